@@ -1,0 +1,1 @@
+"""robench's command-line front end (installed as ``robench.cli``)."""

@@ -1,0 +1,72 @@
+"""The ``robench`` command group and its exit-code contract.
+
+Commands only parse, call the library and render. Heavy imports (torch, timm)
+happen inside commands so that ``robench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from robench import __version__
+from robench.errors import RobenchError
+
+EXIT_CODES = """\b
+Exit codes (every command):
+  0    ok
+  1    a gate or leak check failed
+  2    bad usage or input (one line on stderr says what and how to fix it)
+  3    runtime error
+  130  interrupted"""
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"robench: error: {message}", err=True)
+    sys.exit(code)
+
+
+class RobenchGroup(click.Group):
+    """A Click group that maps every failure onto robench's exit codes, one line each."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            _fail(f"{e.format_message()}{hint}", 2)
+        except RobenchError as e:
+            _fail(str(e), 2)
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        except click.ClickException as e:
+            _fail(e.format_message(), 2)
+        except Exception as e:  # noqa: BLE001 - the contract: one line and exit 3, never a traceback
+            if os.environ.get("ROBENCH_DEBUG"):
+                raise
+            _fail(f"runtime error: {type(e).__name__}: {e} (set ROBENCH_DEBUG=1 for the traceback)", 3)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=RobenchGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="robench")
+def main() -> None:
+    """Measure how robust timm image classifiers are to adversarial examples.
+
+    Attacks and findings follow Kurakin, Goodfellow & Bengio, "Adversarial
+    Machine Learning at Scale" (ICLR 2017). Every command runs offline on
+    built-in data and models.
+    """
+
+
+def _register() -> None:
+    from .eval_cmd import eval_command
+
+    main.add_command(eval_command)
+
+
+_register()

@@ -1,0 +1,53 @@
+"""The attack registry: one place that names every attack robench can run.
+
+Every attack has the same signature,
+``run(model, x, labels, eps, config, rng) -> iterator of (eps, x_adv)``,
+where ``model`` takes [0, 1] pixels, ``eps`` is a list in 1/255 units and
+``config`` is the attack's own frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from robench.attacks.base import Labels, attack_mode
+from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
+from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
+from robench.errors import RobenchError
+
+__all__ = ["Attack", "Labels", "REGISTRY", "attack_mode", "get_attack"]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack: its function, its config class and a one-line summary."""
+
+    name: str
+    run: Callable[..., Iterator[tuple[float, Any]]]
+    config: type
+    single_step: bool
+    summary: str
+
+
+REGISTRY: dict[str, Attack] = {
+    a.name: a
+    for a in (
+        Attack("fgsm", fgsm, FgsmConfig, True, "fast gradient sign, one step up the loss"),
+        Attack("step_ll", step_ll, StepLLConfig, True, "one step toward the least-likely class"),
+        Attack("bim", bim, BimConfig, False, "iterative FGSM, paper schedule"),
+        Attack("iter_ll", iter_ll, IterLLConfig, False, "iterative least-likely class"),
+        Attack("pgd", pgd, PgdConfig, False, "projected gradient descent, random start"),
+    )
+}
+
+
+def get_attack(name: str) -> Attack:
+    """Look an attack up by name; an unknown name suggests the closest ones."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, REGISTRY, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(REGISTRY)}"
+    raise RobenchError(f"unknown attack '{name}'; {hint}")

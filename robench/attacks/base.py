@@ -1,0 +1,79 @@
+"""What every attack shares: target labels, the model-state guard, gradient sign, projection.
+
+All attacks work on [0, 1] pixels and take eps in 1/255 units, as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LabelKind = Literal["true", "predicted"]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Per-sample classes an attack may use, all taken from one clean forward pass."""
+
+    true: Tensor
+    predicted: Tensor
+    least_likely: Tensor
+
+    @classmethod
+    def from_logits(cls, logits: Tensor, true: Tensor) -> Labels:
+        """Prediction and least-likely class of clean logits (argmin, as in the paper)."""
+        return cls(true=true, predicted=logits.argmax(1), least_likely=logits.argmin(1))
+
+    def pick(self, kind: LabelKind) -> Tensor:
+        """The labels an untargeted attack pushes away from."""
+        return self.true if kind == "true" else self.predicted
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters for the duration; both restored afterwards.
+
+    Eval mode keeps BatchNorm statistics untouched; frozen parameters keep
+    ``param.grad`` untouched and make backward passes cheaper.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
+    """sign(d loss / d x) of the summed cross-entropy, without touching ``param.grad``.
+
+    The loss is summed, not averaged, so a sample's gradient does not depend on
+    the size of the batch it travels in.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), labels.clone(), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.sign()
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Clip into the eps-ball around x (eps in [0, 1] units), then into [0, 1]."""
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+
+
+def to_unit(eps: float) -> float:
+    """Convert eps from 1/255 units to [0, 1] pixel units."""
+    return eps / 255

@@ -1,0 +1,148 @@
+"""Iterative attacks: BIM (iterative FGSM), iter l.l. and PGD.
+
+BIM and iter l.l. follow the paper's schedule: step 1/255 and
+min(eps + 4, 1.25 eps) iterations (eps in 1/255 units), each step projected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robench.attacks.base import LabelKind, Labels, attack_mode, gradient_sign, project, to_unit
+
+
+@dataclass(frozen=True)
+class BimConfig:
+    """BIM: repeated FGSM steps. ``steps`` None means the paper's schedule."""
+
+    label: LabelKind = "true"
+    step_size: float = 1.0
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class IterLLConfig:
+    """iter l.l.: repeated steps toward the least-likely class of the clean image."""
+
+    step_size: float = 1.0
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class PgdConfig:
+    """PGD (Madry et al.): random start, then projected steps.
+
+    ``step_size`` None means 2.5 * eps / steps, Madry et al.'s choice.
+    """
+
+    label: LabelKind = "true"
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+
+
+def paper_steps(eps: float) -> int:
+    """The paper's iteration count, floor(min(eps + 4, 1.25 eps)), at least 1 for eps > 0."""
+    if eps == 0:
+        return 0
+    return max(1, math.floor(min(eps + 4, 1.25 * eps) + 1e-9))
+
+
+def descend(
+    model: nn.Module,
+    x: Tensor,
+    start: Tensor,
+    target: Tensor,
+    eps: float,
+    step: float,
+    steps: int,
+    first: Tensor | None = None,
+) -> Tensor:
+    """Run ``steps`` projected sign-gradient steps of size ``step`` from ``start``.
+
+    All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``.
+    ``first`` is the gradient sign at ``start`` when the caller already has it.
+    """
+    x_adv = start
+    for i in range(steps):
+        g = first if (i == 0 and first is not None) else gradient_sign(model, x_adv, target)
+        x_adv = project(x_adv + step * g, x, eps)
+    return x_adv
+
+
+def _schedule(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    eps: Sequence[float],
+    step_size: float,
+    steps: int | None,
+    sign: float,
+) -> Iterator[tuple[float, Tensor]]:
+    """BIM-style sweep; every eps starts at x, so the first gradient is computed once."""
+    first: Tensor | None = None
+    for e in eps:
+        n = paper_steps(e) if steps is None else steps
+        if e == 0 or n == 0:
+            yield e, x.clone()
+            continue
+        with attack_mode(model):
+            if first is None:
+                first = gradient_sign(model, x, target)
+            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, first)
+        yield e, x_adv
+
+
+def bim(
+    model: nn.Module,
+    x: Tensor,
+    labels: Labels,
+    eps: Sequence[float],
+    config: BimConfig,
+    rng: torch.Generator | None = None,
+) -> Iterator[tuple[float, Tensor]]:
+    """Basic iterative method (iterative FGSM) up the loss of ``label``."""
+    target = labels.pick(config.label)
+    yield from _schedule(model, x, target, eps, config.step_size, config.steps, 1.0)
+
+
+def iter_ll(
+    model: nn.Module,
+    x: Tensor,
+    labels: Labels,
+    eps: Sequence[float],
+    config: IterLLConfig,
+    rng: torch.Generator | None = None,
+) -> Iterator[tuple[float, Tensor]]:
+    """Iterative least-likely class method: BIM steps down the loss of y_LL."""
+    yield from _schedule(model, x, labels.least_likely, eps, config.step_size, config.steps, -1.0)
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    labels: Labels,
+    eps: Sequence[float],
+    config: PgdConfig,
+    rng: torch.Generator | None = None,
+) -> Iterator[tuple[float, Tensor]]:
+    """Projected gradient descent with a uniform random start in the eps-ball."""
+    target = labels.pick(config.label)
+    for e in eps:
+        if e == 0 or config.steps == 0:
+            yield e, x.clone()
+            continue
+        unit = to_unit(e)
+        size = 2.5 * e / config.steps if config.step_size is None else config.step_size
+        start = x
+        if config.random_start:
+            noise = torch.empty_like(x).uniform_(-unit, unit, generator=rng)
+            start = (x + noise).clamp(0.0, 1.0)
+        with attack_mode(model):
+            x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps)
+        yield e, x_adv

@@ -1,0 +1,311 @@
+"""Datasets -> batches of ([0, 1] float images, labels, row positions), with stable sample ids.
+
+Built-in: ``digits`` (scikit-learn's bundled 8x8 digits, the default) and
+``fashion-mnist[:DIR]`` (IDX files); anything else is an ImageFolder directory
+or a timm dataset string (``torch/...``, ``hfds/...``).
+
+Each source keeps only what it must in memory (digits and Fashion-MNIST are a few MB
+of uint8); images are resized per batch to the model's input size, so memory stays
+O(batch) whatever the model's resolution.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robench.errors import RobenchError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DIGITS_TEST_EVERY = 5  # digits test split: sklearn index % 5 == 0 (360 images); train: the rest
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How a model wants its pixels: from timm's data config, minus normalization."""
+
+    channels: int = 3
+    size: tuple[int, int] = (224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    crop_mode: str = "center"
+
+    @classmethod
+    def from_timm(cls, cfg: dict[str, Any]) -> InputConfig:
+        """From a timm data config (``resolve_model_data_config``)."""
+        c, h, w = cfg["input_size"]
+        return cls(
+            channels=int(c),
+            size=(int(h), int(w)),
+            interpolation=str(cfg.get("interpolation", "bilinear")),
+            crop_pct=float(cfg.get("crop_pct") or 1.0),
+            crop_mode=str(cfg.get("crop_mode") or "center"),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images in [0, 1] (float32, NCHW), labels, and their rows in the source's id list."""
+
+    images: Tensor
+    labels: Tensor
+    rows: Tensor
+
+
+class Source(Protocol):
+    """A selected, ordered set of labelled images with stable ids."""
+
+    name: str
+    ids: list[str]
+    num_classes: int
+
+    def batches(self, cfg: InputConfig, batch_size: int) -> Iterator[Batch]: ...
+
+
+def select(total: int, limit: int | None, seed: int, name: str) -> np.ndarray:
+    """Indices to use: all, or ``limit`` of them drawn by a seeded permutation, in order.
+
+    Asking for more than exist is an error: a silent truncation would change n.
+    """
+    if limit is None:
+        return np.arange(total)
+    if limit <= 0:
+        raise RobenchError(f"--limit must be a positive number, got {limit}")
+    if limit > total:
+        raise RobenchError(f"--limit {limit} is more than the {total} samples in {name}; use --limit {total} or less")
+    perm = np.random.default_rng(seed).permutation(total)[:limit]
+    return np.sort(perm)
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    """Hash of the ordered id list: two results with equal hashes saw the same samples."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def _resize(images: Tensor, cfg: InputConfig) -> Tensor:
+    """[0, 1] float NCHW -> the model's channels and size."""
+    if tuple(images.shape[-2:]) != cfg.size:
+        mode = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+        kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
+        images = F.interpolate(images, size=cfg.size, mode=mode, **kwargs).clamp(0.0, 1.0)
+    if images.shape[1] == 1 and cfg.channels != 1:
+        images = images.expand(-1, cfg.channels, -1, -1)
+    return images.contiguous()
+
+
+@dataclass
+class TensorSource:
+    """Small grayscale datasets held as uint8 (or float) tensors, resized per batch."""
+
+    name: str
+    images: Tensor  # [N, 1, h, w], uint8 0..255 or float in [0, 1]
+    labels: Tensor  # [N] int64
+    ids: list[str]
+    num_classes: int
+    scale: float = 255.0
+
+    def batches(self, cfg: InputConfig, batch_size: int) -> Iterator[Batch]:
+        """Consecutive batches in id order."""
+        for start in range(0, len(self.ids), batch_size):
+            rows = torch.arange(start, min(start + batch_size, len(self.ids)))
+            x = self.images[rows].float() / self.scale
+            yield Batch(_resize(x, cfg), self.labels[rows], rows)
+
+
+def load_digits_source(split: str = "test", limit: int | None = None, seed: int = 0) -> TensorSource:
+    """scikit-learn's bundled digits (1797 8x8 images, 17 gray levels); test = index % 5 == 0."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    index = np.arange(len(d.target))
+    in_test = index % DIGITS_TEST_EVERY == 0
+    index = index[in_test] if split == "test" else index[~in_test]
+    index = index[select(len(index), limit, seed, f"digits ({split} split)")]
+    images = torch.from_numpy(d.images[index].astype(np.float32))[:, None]
+    return TensorSource(
+        name="digits", images=images, labels=torch.from_numpy(d.target[index].astype(np.int64)),
+        ids=[f"digits:{i}" for i in index], num_classes=10, scale=16.0,
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("bad magic number")
+        shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise RobenchError(f"cannot read IDX file {path}: {e}; is it an uncorrupted Fashion-MNIST file?") from None
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise RobenchError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}; install the Debian package "
+        f"dataset-fashion-mnist or give the folder as fashion-mnist:DIR"
+    )
+
+
+def load_fashion_mnist_source(
+    root: Path = FASHION_MNIST_DIR, split: str = "test", limit: int | None = None, seed: int = 0
+) -> TensorSource:
+    """Fashion-MNIST from IDX files (t10k-* for test, train-* for train)."""
+    prefix = "t10k" if split == "test" else "train"
+    images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise RobenchError(f"Fashion-MNIST files in {root} do not match: {images.shape} images, {labels.shape} labels")
+    index = select(len(labels), limit, seed, f"fashion-mnist ({split} split)")
+    return TensorSource(
+        name="fashion-mnist", images=torch.from_numpy(images[index].copy())[:, None],
+        labels=torch.from_numpy(labels[index].astype(np.int64)),
+        ids=[f"fashion-mnist:{split}:{i}" for i in index], num_classes=10,
+    )
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Items of a PIL-image dataset through a [0, 1] transform.
+
+    An unreadable image becomes label -1 and is reported by the caller with its
+    file name: errors in loader workers would otherwise arrive as tracebacks, and
+    timm's own ImageDataset silently substitutes the next image.
+    """
+
+    def __init__(self, get: Any, index: np.ndarray, transform: Any) -> None:
+        self.get, self.index, self.transform = get, index, transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, row: int) -> tuple[Tensor, int, int]:
+        try:
+            image, label = self.get(int(self.index[row]))
+            return self.transform(image.convert("RGB")), int(label), row
+        except (OSError, ValueError, SyntaxError):
+            return torch.zeros(0), -1, row
+
+
+def eval_transform(cfg: InputConfig) -> Any:
+    """timm's eval transform (resize, crop, interpolation) giving [0, 1] float tensors.
+
+    Normalization with mean 0 and std 1 keeps timm's float conversion while the
+    model's own mean/std stay inside the model wrapper; ``normalize=False`` would
+    give uint8 0..255 instead.
+    """
+    from timm.data import create_transform
+
+    return create_transform(
+        (cfg.channels, *cfg.size), interpolation=cfg.interpolation, crop_pct=cfg.crop_pct,
+        crop_mode=cfg.crop_mode, mean=(0.0,) * cfg.channels, std=(1.0,) * cfg.channels,
+    )
+
+
+@dataclass
+class ImageSource:
+    """Datasets of PIL images (image folders, torchvision and HF datasets), decoded per batch."""
+
+    name: str
+    get: Any  # index -> (PIL image, label)
+    index: np.ndarray
+    ids: list[str]
+    num_classes: int
+    describe_row: Any  # index -> human-readable name for error messages
+    workers: int = 0
+
+    def batches(self, cfg: InputConfig, batch_size: int) -> Iterator[Batch]:
+        """Batches in id order; an unreadable image stops the run with its file name."""
+        loader = torch.utils.data.DataLoader(
+            _Decoded(self.get, self.index, eval_transform(cfg)),
+            batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
+        )
+        for images, labels, rows in loader:
+            if (labels < 0).any():
+                bad = self.describe_row(int(self.index[int(rows[labels < 0][0])]))
+                raise RobenchError(f"cannot read image {bad}: corrupt or not an image; remove or replace it")
+            yield Batch(images, labels, rows)
+
+
+def _collate(items: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    labels = torch.tensor([i[1] for i in items])
+    rows = torch.tensor([i[2] for i in items])
+    good = [i[0] for i in items if i[1] >= 0]
+    images = torch.stack(good) if len(good) == len(items) else torch.zeros(0)
+    return images, labels, rows
+
+
+def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0) -> ImageSource:
+    """An ImageFolder directory (class subfolders), listed by timm's folder reader."""
+    from PIL import Image
+    from timm.data.readers import create_reader
+
+    if not root.is_dir():
+        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR] or an image folder")
+    try:
+        reader = create_reader("", root=str(root))
+    except (RuntimeError, AssertionError) as e:
+        raise RobenchError(f"no images found in {root}: {e}; expected class subfolders of images") from None
+    if len(reader) == 0:
+        raise RobenchError(f"no images found in {root}; expected class subfolders of images")
+    index = select(len(reader), limit, seed, str(root))
+    names = [str(reader._filename(i, basename=False, absolute=False)) for i in range(len(reader))]
+
+    def get(i: int) -> tuple[Any, int]:
+        file, label = reader[i]
+        with file:
+            return Image.open(file).convert("RGB"), label
+
+    return ImageSource(
+        name=str(root), get=get, index=index, ids=[names[i] for i in index],
+        num_classes=len(reader.class_to_idx), describe_row=lambda i: str(root / names[i]), workers=workers,
+    )
+
+
+def load_timm_source(name: str, split: str, limit: int | None, seed: int, workers: int = 0) -> ImageSource:
+    """A timm dataset string (``torch/cifar10``, ``hfds/...``); these may download."""
+    from timm.data import create_dataset
+
+    from robench.cache import cache_dir
+
+    try:
+        ds = create_dataset(name, root=str(cache_dir() / "datasets"), split=split, download=True)
+    except Exception as e:  # noqa: BLE001 - timm and its back ends raise many kinds
+        raise RobenchError(f"cannot open dataset {name} (split {split}): {str(e).splitlines()[0]}") from None
+    classes = getattr(ds, "classes", None) or getattr(getattr(ds, "reader", None), "class_to_idx", None)
+    if not classes:
+        raise RobenchError(f"dataset {name} does not say how many classes it has; use an image folder instead")
+    index = select(len(ds), limit, seed, name)
+    return ImageSource(
+        name=name, get=lambda i: ds[i][:2], index=index, ids=[f"{name}:{split}:{i}" for i in index],
+        num_classes=len(classes), describe_row=lambda i: f"{name}[{i}]", workers=workers,
+    )
+
+
+def open_source(
+    spec: str, split: str = "test", limit: int | None = None, seed: int = 0, workers: int = 0
+) -> Source:
+    """``digits`` | ``fashion-mnist[:DIR]`` | ``torch/...`` / ``hfds/...`` | an image folder."""
+    if spec == "digits":
+        return load_digits_source(split, limit, seed)
+    if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
+        root = Path(spec.partition(":")[2]) if ":" in spec else FASHION_MNIST_DIR
+        return load_fashion_mnist_source(root, split, limit, seed)
+    if spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
+        return load_timm_source(spec, split, limit, seed, workers)
+    return load_folder_source(Path(spec), limit, seed, workers)

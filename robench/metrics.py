@@ -1,0 +1,56 @@
+"""Metrics: one definition each, named in every output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from robench.engine import CLEAN, Outcomes
+
+DEFINITIONS = {
+    "top1": "share of samples whose top-1 prediction is the true label",
+    "top5": "share of samples whose true label is among the 5 highest logits",
+    "success_rate": (
+        "among samples the model classifies correctly when clean (top-1), the share whose "
+        "adversarial example it misclassifies; empty for clean rows"
+    ),
+    "n": "number of samples",
+}
+ROW_COLUMNS = ["model", "attack", "eps", "top1", "top5", "success_rate", "n"]
+
+
+def success_rate(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray) -> float:
+    """Attack success among clean-correct samples; NaN when none is clean-correct."""
+    ok = clean_pred == labels
+    if not ok.any():
+        return float("nan")
+    return float((adv_pred[ok] != labels[ok]).mean())
+
+
+def summarize(out: Outcomes, model: str) -> pd.DataFrame:
+    """Tidy rows: one per (model, attack, eps), clean first as attack "clean", eps 0."""
+    rows = []
+    for s, (attack, eps) in enumerate(out.settings):
+        rows.append({
+            "model": model, "attack": attack, "eps": eps,
+            "top1": float((out.pred[s] == out.labels).mean()),
+            "top5": float(out.top5[s].mean()),
+            "success_rate": float("nan") if attack == CLEAN else success_rate(out.pred[0], out.pred[s], out.labels),
+            "n": len(out.ids),
+        })
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def per_sample(out: Outcomes, model: str) -> pd.DataFrame:
+    """Tidy per-sample rows: id, model, attack, eps, label, pred, top1 and top5 correctness."""
+    s, n = out.pred.shape
+    return pd.DataFrame({
+        "id": np.tile(np.asarray(out.ids, dtype=object), s),
+        "model": model,
+        "attack": np.repeat([a for a, _ in out.settings], n),
+        "eps": np.repeat([e for _, e in out.settings], n),
+        "label": np.tile(out.labels, s),
+        "pred": out.pred.reshape(-1),
+        "top1_correct": (out.pred == out.labels[None, :]).reshape(-1),
+        "top5_correct": out.top5.reshape(-1),
+    })

@@ -1,0 +1,247 @@
+"""Model specs -> models that take [0, 1] pixels, with their input config and a weights hash.
+
+A spec is ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]CHECKPOINT.safetensors``
+(a robench checkpoint carries its own architecture and preprocessing).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robench.checkpoint import read_metadata
+from robench.data import InputConfig
+from robench.errors import RobenchError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec; ``name`` is None when the checkpoint names the architecture."""
+
+    text: str
+    label: str
+    name: str | None
+    checkpoint: Path | None
+
+
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+
+def _is_checkpoint_path(text: str) -> bool:
+    if text.startswith(HUB_PREFIXES):
+        return False
+    return text.endswith(CHECKPOINT_SUFFIXES) or "/" in text or Path(text).is_file()
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Split ``[LABEL=]NAME[@CHECKPOINT]``; the label defaults to NAME or the file's stem."""
+    label, eq, rest = text.partition("=")
+    if not eq:
+        label, rest = "", text
+    name, at, ckpt = rest.partition("@")
+    if not rest or (at and not (name and ckpt)):
+        raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth")
+    if not at and _is_checkpoint_path(name):
+        path = Path(name)
+        return ModelSpec(text, label or path.name.split(".")[0], None, path)
+    checkpoint = Path(ckpt) if at else None
+    return ModelSpec(text, label or name, name, checkpoint)
+
+
+class Normalized(nn.Module):
+    """[0, 1] pixels in, logits out: the model's own mean/std are applied inside.
+
+    Attacks then clip and measure eps in pixel space, whatever the model's preprocessing.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+@dataclass
+class LoadedModel:
+    """A ready model and what results need to record about it."""
+
+    spec: ModelSpec
+    arch: str
+    module: Normalized
+    input: InputConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    weights_sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return {
+            "label": self.spec.label, "spec": self.spec.text, "arch": self.arch,
+            "checkpoint": str(self.spec.checkpoint) if self.spec.checkpoint else None,
+            "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
+            "input_size": [self.input.channels, *self.input.size], "interpolation": self.input.interpolation,
+            "crop_pct": self.input.crop_pct, "mean": list(self.mean), "std": list(self.std),
+        }
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_arch(name: str) -> None:
+    import timm
+
+    if name.startswith(HUB_PREFIXES):
+        return
+    arch, dot, _ = name.partition(".")
+    if timm.is_model(arch):
+        if dot and not _has_hub_weights(name):
+            tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:5]) or "none"
+            raise RobenchError(f"unknown pretrained tag in '{name}'; known for {arch}: {tags}")
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `timm.list_models()` for names"
+    raise RobenchError(f"unknown model '{name}'; {hint}")
+
+
+def _has_hub_weights(name: str) -> bool:
+    import timm
+
+    if name.startswith(HUB_PREFIXES):
+        return True
+    return "." in name and name in timm.list_pretrained(name)
+
+
+def _create(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - hub and network errors come in many types
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RobenchError(
+            f"cannot load pretrained weights for '{arch}' ({reason}); without network, "
+            f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
+        ) from None
+
+
+def _load_state(path: Path) -> dict[str, Tensor]:
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        raise RobenchError(f"checkpoint not found: {path}")
+    try:
+        return load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and safetensors errors differ
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+            first = "it holds pickled objects other than tensors, which robench refuses to load"
+        raise RobenchError(f"cannot load checkpoint {path}: {first}") from None
+
+
+def _classifier_rows(model: nn.Module, state: dict[str, Tensor]) -> int | None:
+    """num_classes a plain state dict was trained with, read from its classifier weight."""
+    head = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    head = head[0] if isinstance(head, (tuple, list)) else head
+    weight = state.get(f"{head}.weight") if head else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
+def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        detail = lines[0] if lines else str(e).splitlines()[0]
+        raise RobenchError(f"checkpoint {spec.checkpoint} does not fit {arch}: {detail}") from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        if unexpected:
+            more = ", ..." if len(unexpected) > 3 else ""
+            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}{more})")
+        raise RobenchError(
+            f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(parts)}; is it the right architecture?"
+        )
+
+
+def load_model(
+    spec: ModelSpec, num_classes: int, pretrained: bool = False, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Build, load and wrap a model; it comes back in eval mode on ``device``.
+
+    num_classes comes from the checkpoint when it says, else from the dataset.
+    Hub weights are fetched only with ``pretrained`` or for a NAME.TAG with no checkpoint.
+    """
+    from timm.data import resolve_model_data_config
+
+    meta = _checkpoint_meta(spec)
+    arch = spec.name or meta.get("arch")
+    if not arch:
+        raise RobenchError(
+            f"checkpoint {spec.checkpoint} does not name its architecture; give it as NAME@{spec.checkpoint}"
+        )
+    _check_arch(arch)
+    hub = spec.checkpoint is None and (pretrained or _has_hub_weights(arch))
+    kwargs = dict(meta.get("model_kwargs", {}))
+    if not hub:
+        kwargs["num_classes"] = int(meta.get("num_classes", num_classes))
+    model = _create(arch, hub, kwargs)
+    if spec.checkpoint is not None:
+        state = _load_state(spec.checkpoint)
+        rows = _classifier_rows(model, state)
+        if "num_classes" not in meta and rows is not None and rows != kwargs["num_classes"]:
+            model = _create(arch, False, {**kwargs, "num_classes": rows})
+        _fit(model, state, spec, arch)
+    return _wrap(spec, arch, model, meta, resolve_model_data_config(model), device)
+
+
+def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
+    """robench metadata of the spec's checkpoint ({} for plain weights)."""
+    ckpt = spec.checkpoint
+    if ckpt is None:
+        return {}
+    if not ckpt.is_file():
+        raise RobenchError(f"checkpoint not found: {ckpt}")
+    meta = read_metadata(ckpt) if ckpt.suffix == ".safetensors" else None
+    if meta is None and spec.name is None:
+        raise RobenchError(
+            f"{ckpt} carries no robench metadata naming its architecture; give it as NAME@{ckpt}, e.g. resnet18@{ckpt}"
+        )
+    return meta or {}
+
+
+def _wrap(
+    spec: ModelSpec, arch: str, model: nn.Module, meta: dict[str, Any], cfg: dict[str, Any], device: Any
+) -> LoadedModel:
+    cfg = {**cfg, **{k: meta[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in meta}}
+    mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    model.eval()
+    wrapped = Normalized(model, mean, std).to(device).eval()
+    return LoadedModel(
+        spec=spec, arch=arch, module=wrapped, input=InputConfig.from_timm(cfg), mean=mean, std=std,
+        num_classes=int(model.num_classes) if hasattr(model, "num_classes") else int(meta.get("num_classes", 0)),
+        weights_sha256=weights_sha256(model), meta=meta,
+    )

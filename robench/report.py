@@ -1,0 +1,145 @@
+"""Result DataFrames -> rich tables and json/csv/md files, written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robench.errors import RobenchError
+
+RESULT_SUFFIXES = (".json", ".csv", ".md")
+
+
+def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, option: str = "--out") -> None:
+    """Fail before any work if ``path`` has an unknown suffix or cannot be written."""
+    if path is None:
+        return
+    if path.suffix.lower() not in suffixes:
+        raise RobenchError(f"{option} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise RobenchError(f"{option} {path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise RobenchError(f"{option} {path}: folder {parent} is not writable")
+    if path.is_dir():
+        raise RobenchError(f"{option} {path} is a folder; give a file name")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then move it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text atomically."""
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as JSON-ready dicts (NaN becomes null)."""
+    return [{k: _clean(v) for k, v in r.items()} for r in rows.to_dict("records")]
+
+
+def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table, written by hand (no tabulate dependency)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if math.isnan(v):
+                return ""
+            return f"{v:g}" if v.is_integer() else f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(rows.columns) + " |"
+    rule = "|" + "|".join("---" for _ in rows.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def _markdown_header(meta: dict[str, Any]) -> str:
+    ds = meta["dataset"]
+    lines = [
+        f"# robench {meta['command']}", "",
+        f"- robench {meta['robench']} (schema {meta['schema_version']}); "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "robench"),
+        f"- dataset: {ds['spec']} ({ds['split']} split), n = {ds['n']}, ids sha256 {ds['ids_sha256']}",
+    ]
+    lines += [f"- model {m['label']}: {m['spec']}, weights sha256 {m['weights_sha256']}" for m in meta["models"]]
+    lines += [f"- config: `{json.dumps(meta['config'], sort_keys=True)}`", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame) -> list[Path]:
+    """Write rows with their provenance in the format the suffix names; returns files written.
+
+    ``.json`` holds everything; ``.csv`` holds the rows with the provenance beside it in
+    ``<file>.meta.json``; ``.md`` holds a provenance header and the table.
+    """
+    check_output(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        doc = {**meta, "rows": records(rows)}
+        atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        return [path]
+    if suffix == ".md":
+        atomic_write_text(path, _markdown_header(meta) + to_markdown(rows))
+        return [path]
+    side = path.with_name(path.name + ".meta.json")
+    atomic_write_text(side, json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    atomic_write(path, lambda p: rows.to_csv(p, index=False))
+    return [path, side]
+
+
+def write_per_sample(path: Path, frame: pd.DataFrame) -> None:
+    """Per-sample outcomes as CSV, atomically."""
+    atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
+
+def pct(v: float) -> str:
+    """A share as a percentage with one decimal; blank for NaN."""
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def eps_label(eps: float) -> str:
+    """2.0 -> "2", 0.5 -> "0.5" (1/255 units)."""
+    return f"{eps:g}"
+
+
+def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 accuracy (%)") -> Any:
+    """A rich table: one line per (model, attack), one column per eps (in 1/255)."""
+    from rich.table import Table
+
+    eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
+    table = Table(title=title, title_justify="left")
+    table.add_column("model", style="bold")
+    table.add_column("attack")
+    table.add_column("clean", justify="right")
+    for e in eps_values:
+        table.add_column(f"eps {eps_label(e)}/255", justify="right")
+    for model, group in rows.groupby("model", sort=False):
+        clean = group[group["attack"] == "clean"].iloc[0]
+        table.add_row(str(model), "clean", f"{pct(clean.top1)} / {pct(clean.top5)}", *[""] * len(eps_values))
+        for attack, g in group[group["attack"] != "clean"].groupby("attack", sort=False):
+            by_eps = {r.eps: f"{pct(r.top1)} / {pct(r.top5)}" for r in g.itertuples()}
+            table.add_row("", str(attack), "", *[by_eps.get(e, "") for e in eps_values])
+        table.add_section()
+    return table

@@ -1,0 +1,241 @@
+"""Attack suites: attacks.yaml -> validated, frozen configuration.
+
+Validation errors name the file, the line and the key, because a suite is
+hand-written and a silent default would change the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robench.attacks import REGISTRY, get_attack
+from robench.errors import RobenchError
+
+DEFAULT_SUITE = Path(__file__).with_name("attacks.yaml")
+MAX_EPS = 255.0
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite: registry name, result id, eps list (1/255 units), config."""
+
+    id: str
+    name: str
+    eps: tuple[float, ...]
+    config: Any
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return {"id": self.id, "name": self.name, "eps": list(self.eps),
+                **dataclasses.asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An ordered set of attacks, each with its eps list."""
+
+    attacks: tuple[AttackSpec, ...]
+    source: str = "<built-in>"
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return {"source": self.source, "attacks": [a.describe() for a in self.attacks]}
+
+
+class _Mapping(dict):
+    """A YAML mapping that remembers the line of itself and of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader (no object construction) that keeps line numbers for messages."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Any:
+    data = _Mapping()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    yield data
+    data.update(loader.construct_mapping(node))
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def parse_eps(value: Any, where: str = "eps") -> float:
+    """One eps in 1/255 units: a number, or a fraction such as "8/255" (no eval)."""
+    if isinstance(value, bool):
+        raise RobenchError(f"{where}: eps must be a number, got {value!r}")
+    try:
+        eps = float(value) if isinstance(value, (int, float)) else float(Fraction(str(value)) * 255)
+    except (ValueError, ZeroDivisionError):
+        raise RobenchError(
+            f"{where}: eps {value!r} is not a number; use 1/255 units like 8 or a fraction like 8/255"
+        ) from None
+    if not 0 <= eps <= MAX_EPS:
+        raise RobenchError(f"{where}: eps {value!r} is out of range; it must lie in [0, 255] (1/255 units)")
+    return eps
+
+
+def parse_eps_list(text: str, where: str = "--eps") -> tuple[float, ...]:
+    """A comma-separated eps list such as "2,4,8" or "8/255,16/255"."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
+    return tuple(parse_eps(p, where) for p in parts)
+
+
+def _type_ok(hint: Any, value: Any) -> bool:
+    """Does a YAML value fit a config field's type hint (Literal, Optional, int, float, ...)?"""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return " | ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else hint.__name__
+
+
+def build_config(name: str, options: dict[str, Any], where: str = "") -> Any:
+    """The attack's frozen config from plain options, checking every key and type."""
+    attack = get_attack(name)
+    hints = typing.get_type_hints(attack.config)
+    prefix = f"{where}: " if where else ""
+    for key, value in options.items():
+        if key not in hints:
+            allowed = ", ".join(hints) or "none"
+            raise RobenchError(f"{prefix}unknown key '{key}' for attack '{name}'; allowed: {allowed}")
+        if key == "label" and value is True:  # YAML reads `label: true` as a boolean
+            value = options[key] = "true"
+        if not _type_ok(hints[key], value):
+            raise RobenchError(
+                f"{prefix}'{key}' of attack '{name}' must be {_type_name(hints[key])}, got {value!r}"
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise RobenchError(f"{prefix}'{key}' of attack '{name}' must be >= 0, got {value!r}")
+    return attack.config(**options)
+
+
+def _where(source: str, node: Any, key: str | None = None) -> str:
+    line = node.key_lines.get(key, node.line) if isinstance(node, _Mapping) and key else getattr(node, "line", 0)
+    return f"{source} line {line}" if line else source
+
+
+def _eps_from(node: Any, source: str, owner: Any) -> tuple[float, ...]:
+    where = _where(source, owner, "eps")
+    values = node if isinstance(node, list) else [node]
+    if not values:
+        raise RobenchError(f"{where}: 'eps' is empty; give a list such as [2, 4, 8, 16]")
+    return tuple(parse_eps(v, f"{where}: 'eps'") for v in values)
+
+
+def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str) -> AttackSpec:
+    if not isinstance(entry, dict):
+        raise RobenchError(f"{source}: each entry of 'attacks' must be a mapping with a 'name', got {entry!r}")
+    options = dict(entry)
+    where = _where(source, entry)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        raise RobenchError(f"{where}: attack entry needs 'name: <attack>'; known: {', '.join(REGISTRY)}")
+    get_attack_at(name, where)
+    ident = options.pop("id", name)
+    eps = _eps_from(options.pop("eps"), source, entry) if "eps" in options else default_eps
+    if eps is None:
+        raise RobenchError(f"{where}: attack '{name}' has no eps; add a top-level 'eps: [2, 4, 8, 16]'")
+    config = build_config(name, options, where)
+    return AttackSpec(id=str(ident), name=name, eps=eps, config=config)
+
+
+def get_attack_at(name: str, where: str) -> None:
+    """get_attack with the file location in front of the message."""
+    try:
+        get_attack(name)
+    except RobenchError as e:
+        raise RobenchError(f"{where}: {e}") from None
+
+
+def parse_suite(text: str, source: str = "<string>") -> Suite:
+    """Parse and validate a suite document."""
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RobenchError(f"{source}{line}: invalid YAML: {problem}") from None
+    if not isinstance(doc, dict):
+        raise RobenchError(f"{source}: a suite is a mapping with 'eps' and 'attacks' keys")
+    unknown = set(doc) - {"eps", "attacks"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RobenchError(f"{_where(source, doc, key)}: unknown key '{key}'; allowed: eps, attacks")
+    default_eps = _eps_from(doc["eps"], source, doc) if "eps" in doc else None
+    entries = doc.get("attacks")
+    if not isinstance(entries, list) or not entries:
+        raise RobenchError(f"{_where(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
+    return _unique(Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source))
+
+
+def _unique(suite: Suite) -> Suite:
+    seen: set[str] = set()
+    for a in suite.attacks:
+        if a.id in seen or a.id == "clean":
+            raise RobenchError(
+                f"{suite.source}: attack id '{a.id}' is used twice (or is reserved); give one entry an 'id:'"
+            )
+        seen.add(a.id)
+    return suite
+
+
+def load_suite(path: str | Path | None = None) -> Suite:
+    """Read a suite file; None means the built-in default (attacks.yaml)."""
+    path = Path(path) if path is not None else DEFAULT_SUITE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RobenchError(f"attack suite file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RobenchError(f"cannot read attack suite {path}: {e}") from None
+    return parse_suite(text, str(path) if path != DEFAULT_SUITE else "attacks.yaml (built-in)")
+
+
+def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Suite:
+    """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list."""
+    attacks = suite.attacks
+    if names:
+        by_id = {a.id: a for a in suite.attacks}
+        picked = []
+        for n in names:
+            if n in by_id:
+                picked.append(by_id[n])
+            else:
+                cfg = get_attack(n).config()
+                picked.append(AttackSpec(n, n, attacks[0].eps if attacks else (), cfg))
+        attacks = tuple(picked)
+    if eps is not None:
+        attacks = tuple(dataclasses.replace(a, eps=eps) for a in attacks)
+    return _unique(Suite(attacks, suite.source))
