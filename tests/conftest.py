@@ -1,0 +1,78 @@
+"""Shared fixtures: an isolated cache, the trained default model (once per session), tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def robench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session trains into its own cache: tests never touch ~/.cache."""
+    path = tmp_path_factory.mktemp("robench-cache")
+    old = os.environ.get("ROBENCH_CACHE_DIR")
+    os.environ["ROBENCH_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ROBENCH_CACHE_DIR", None)
+    else:
+        os.environ["ROBENCH_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint(robench_cache: Path) -> Path:
+    """The default model (test_resnet trained on digits at 32 px), trained once per session."""
+    from robench.default_model import default_checkpoint
+
+    return default_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def trained(default_checkpoint: Path):
+    """The trained default model loaded as a LoadedModel ([0, 1] in, logits out)."""
+    from robench.models import load_model, parse_spec
+
+    return load_model(parse_spec(str(default_checkpoint)), num_classes=10)
+
+
+@pytest.fixture(scope="session")
+def digits_batch(trained):
+    """64 digits test images at the trained model's input size."""
+    from robench.data import load_digits_source
+
+    return next(load_digits_source("test", limit=64, seed=0).batches(trained.input, 64))
+
+
+class Linear(nn.Module):
+    """logits = W x.flatten() + b: its input gradient is known by hand."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.fc = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+            self.fc.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def linear_model() -> Linear:
+    """Two classes over 4 pixels (1x2x2 images) with distinct, hand-checkable weights."""
+    w = torch.tensor([[1.0, -2.0, 0.5, 0.0], [-1.0, 1.0, -0.5, 3.0]])
+    return Linear(w, torch.tensor([0.1, -0.1]))
+
+
+@pytest.fixture
+def small_cnn() -> nn.Module:
+    """A seeded conv net with BatchNorm (buffers) and Dropout (mode matters), for property tests."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5),
+    )

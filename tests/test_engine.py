@@ -1,0 +1,135 @@
+"""Engine, metrics and report: pass counts, batch independence, exact metric values, atomic files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from robench import engine, metrics, report
+from robench.attacks.single_step import FgsmConfig
+from robench.data import InputConfig, TensorSource
+from robench.errors import RobenchError
+from robench.suite import AttackSpec, Suite, load_suite, override
+
+
+def _source(n: int = 20, size: int = 8, seed: int = 0) -> TensorSource:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g)
+    labels = torch.randint(0, 5, (n,), generator=g)
+    return TensorSource("random", images, labels, [f"r:{i}" for i in range(n)], 5, scale=1.0)
+
+
+class Counting(nn.Module):
+    """Counts forward calls of the wrapped model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+def test_clean_forward_once_and_one_gradient_for_all_eps(small_cnn: nn.Module) -> None:
+    suite = Suite((AttackSpec("fgsm", "fgsm", (2.0, 4.0, 8.0, 16.0), FgsmConfig()),))
+    model, src = Counting(small_cnn), _source(20)
+    engine.evaluate(model, src.batches(InputConfig(size=(8, 8)), 10), src.ids, suite)
+    # per batch: 1 clean forward + 1 gradient forward + 4 scoring forwards; 2 batches
+    assert model.calls == 2 * (1 + 1 + 4)
+
+
+def test_batch_size_does_not_change_outcomes(small_cnn: nn.Module) -> None:
+    suite = override(load_suite(), ("fgsm", "step_ll", "bim", "iter_ll"), (2.0, 8.0))
+    src, cfg = _source(24), InputConfig(size=(8, 8))
+    a = engine.evaluate(small_cnn, src.batches(cfg, 24), src.ids, suite)
+    b = engine.evaluate(small_cnn, src.batches(cfg, 5), src.ids, suite)
+    assert np.array_equal(a.pred, b.pred) and np.array_equal(a.top5, b.top5)
+    assert a.settings[0] == ("clean", 0.0) and len(a.settings) == 1 + 4 * 2
+
+
+def test_evaluate_restores_model_state(small_cnn: nn.Module) -> None:
+    small_cnn.train()
+    before = {k: v.clone() for k, v in small_cnn.state_dict().items()}
+    src = _source(6)
+    engine.evaluate(small_cnn, src.batches(InputConfig(size=(8, 8)), 6), src.ids, load_suite())
+    assert all(m.training for m in small_cnn.modules())
+    assert all(p.requires_grad and p.grad is None for p in small_cnn.parameters())
+    assert all(torch.equal(before[k], v) for k, v in small_cnn.state_dict().items())
+
+
+def _outcomes() -> engine.Outcomes:
+    out = engine.Outcomes.empty(["a", "b", "c", "d"], [("clean", 0.0), ("fgsm", 8.0)])
+    out.labels[:] = [0, 1, 2, 3]
+    out.pred[0] = [0, 1, 2, 0]  # 3 of 4 correct when clean
+    out.pred[1] = [0, 0, 1, 3]  # sample d flips to correct; a stays; b, c fooled
+    out.top5[0] = [True, True, True, True]
+    out.top5[1] = [True, False, True, True]
+    return out
+
+
+def test_summarize_exact_values() -> None:
+    rows = metrics.summarize(_outcomes(), "m")
+    assert list(rows.columns) == metrics.ROW_COLUMNS
+    clean, fgsm = rows.iloc[0], rows.iloc[1]
+    assert (clean.attack, clean.eps, clean.top1, clean.top5, clean.n) == ("clean", 0.0, 0.75, 1.0, 4)
+    assert math.isnan(clean.success_rate)
+    # success among the 3 clean-correct samples (a, b, c): b and c fooled -> 2/3
+    assert (fgsm.top1, fgsm.top5, fgsm.success_rate) == (0.5, 0.75, pytest.approx(2 / 3))
+
+
+def test_success_rate_is_nan_without_clean_correct_samples() -> None:
+    assert math.isnan(metrics.success_rate(np.array([1, 1]), np.array([0, 0]), np.array([0, 0])))
+
+
+def test_per_sample_is_tidy() -> None:
+    frame = metrics.per_sample(_outcomes(), "m")
+    assert len(frame) == 8
+    row = frame[(frame.id == "d") & (frame.attack == "fgsm")].iloc[0]
+    assert (row.label, row.pred, bool(row.top1_correct), row.eps) == (3, 3, True, 8.0)
+
+
+def test_markdown_is_exact() -> None:
+    frame = pd.DataFrame({"model": ["m"], "eps": [2.0], "top1": [0.5], "success_rate": [float("nan")]})
+    assert report.to_markdown(frame) == "| model | eps | top1 | success_rate |\n|---|---|---|---|\n| m | 2 | 0.5000 |  |\n"
+
+
+def _meta() -> dict:
+    return {"robench": "0", "schema_version": 1, "command": "eval", "config": {}, "versions": {"torch": "x"},
+            "dataset": {"spec": "d", "split": "test", "n": 4, "ids_sha256": "h", "ids": ["a"]},
+            "models": [{"label": "m", "spec": "m", "weights_sha256": "w"}], "metrics": {}}
+
+
+def test_write_results_json_csv_md(tmp_path: Path) -> None:
+    rows = metrics.summarize(_outcomes(), "m")
+    report.write_results(tmp_path / "r.json", _meta(), rows)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["rows"][0]["success_rate"] is None and doc["rows"][1]["top1"] == 0.5
+    written = report.write_results(tmp_path / "r.csv", _meta(), rows)
+    assert written == [tmp_path / "r.csv", tmp_path / "r.csv.meta.json"]
+    assert pd.read_csv(tmp_path / "r.csv")["top1"].tolist() == [0.75, 0.5]
+    report.write_results(tmp_path / "r.md", _meta(), rows)
+    assert "weights sha256 w" in (tmp_path / "r.md").read_text()
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    def boom(p: Path) -> None:
+        p.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        report.atomic_write(tmp_path / "out.json", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["x.txt", "missing/x.json"])
+def test_check_output_rejects_bad_paths(tmp_path: Path, name: str) -> None:
+    with pytest.raises(RobenchError):
+        report.check_output(tmp_path / name)
