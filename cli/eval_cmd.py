@@ -58,7 +58,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], data: str, att
     cfg = EvalConfig(models=specs + models, data=data, suite=suite, limit=limit, seed=seed,
                      batch_size=batch_size, device=device, pretrained=pretrained, workers=workers)
     with progress_bar(not quiet) as progress:
-        result = run_eval(cfg, progress)
+        result = run_eval(cfg, progress, warn=lambda msg: console(err=True).print(f"[yellow]warning:[/] {msg}"))
     if out is not None:
         write_results(out, result.meta, result.rows)
     if per_sample is not None:

@@ -87,12 +87,20 @@ def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device
     return models
 
 
-def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
-    """Evaluate every model on clean data and under every attack x eps of the suite."""
+def run_eval(
+    cfg: EvalConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None
+) -> EvalResult:
+    """Evaluate every model on clean data and under every attack x eps of the suite.
+
+    ``warn`` hears about things that are allowed but rarely meant, such as random weights.
+    """
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     source = open_source(cfg.data, "test", cfg.limit, cfg.seed, cfg.workers)
     models = load_models(cfg.models, source, cfg.pretrained, device)
+    for m in models:
+        if m.weights == "random" and warn is not None:
+            warn(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
     tables, outcomes = [], {}
     for m in models:
         done = [0]

@@ -84,6 +84,7 @@ class LoadedModel:
     std: tuple[float, ...]
     num_classes: int
     weights_sha256: str
+    weights: str = "checkpoint"  # "checkpoint", "hub" or "random" (no checkpoint, no --pretrained)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -91,7 +92,7 @@ class LoadedModel:
         return {
             "label": self.spec.label, "spec": self.spec.text, "arch": self.arch,
             "checkpoint": str(self.spec.checkpoint) if self.spec.checkpoint else None,
-            "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
+            "weights": self.weights, "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
             "input_size": [self.input.channels, *self.input.size], "interpolation": self.input.interpolation,
             "crop_pct": self.input.crop_pct, "mean": list(self.mean), "std": list(self.std),
         }
@@ -215,7 +216,9 @@ def load_model(
         if "num_classes" not in meta and rows is not None and rows != kwargs["num_classes"]:
             model = _create(arch, False, {**kwargs, "num_classes": rows})
         _fit(model, state, spec, arch)
-    return _wrap(spec, arch, model, meta, resolve_model_data_config(model), device)
+    loaded = _wrap(spec, arch, model, meta, resolve_model_data_config(model), device)
+    loaded.weights = "hub" if hub else "checkpoint" if spec.checkpoint else "random"
+    return loaded
 
 
 def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:

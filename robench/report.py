@@ -62,16 +62,19 @@ def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table, written by hand (no tabulate dependency)."""
-    def cell(v: Any) -> str:
+    def cell(column: str, v: Any) -> str:
         if isinstance(v, float):
             if math.isnan(v):
                 return ""
-            return f"{v:g}" if v.is_integer() else f"{v:.{digits}f}"
+            return eps_label(v) if column == "eps" else f"{v:.{digits}f}"
         return str(v).replace("|", "\\|")
 
     head = "| " + " | ".join(rows.columns) + " |"
     rule = "|" + "|".join("---" for _ in rows.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(cell(c, v) for c, v in zip(rows.columns, r, strict=True)) + " |"
+        for r in rows.itertuples(index=False)
+    ]
     return "\n".join([head, rule, *body]) + "\n"
 
 

@@ -77,7 +77,8 @@ def parse_eps(value: Any, where: str = "eps") -> float:
     if isinstance(value, bool):
         raise RobenchError(f"{where}: eps must be a number, got {value!r}")
     try:
-        eps = float(value) if isinstance(value, (int, float)) else float(Fraction(str(value)) * 255)
+        text = str(value).strip()
+        eps = float(Fraction(text) * 255) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise RobenchError(
             f"{where}: eps {value!r} is not a number; use 1/255 units like 8 or a fraction like 8/255"
