@@ -98,7 +98,8 @@ def test_per_sample_is_tidy() -> None:
 
 def test_markdown_is_exact() -> None:
     frame = pd.DataFrame({"model": ["m"], "eps": [2.0], "top1": [0.5], "success_rate": [float("nan")]})
-    assert report.to_markdown(frame) == "| model | eps | top1 | success_rate |\n|---|---|---|---|\n| m | 2 | 0.5000 |  |\n"
+    expected = "| model | eps | top1 | success_rate |\n|---|---|---|---|\n| m | 2 | 0.5000 |  |\n"
+    assert report.to_markdown(frame) == expected
 
 
 def _meta() -> dict:
