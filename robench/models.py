@@ -169,23 +169,27 @@ def _classifier_rows(model: nn.Module, state: dict[str, Tensor]) -> int | None:
     return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
 
 
+def _keys(kind: str, keys: list[str]) -> str:
+    if not keys:
+        return ""
+    more = ", ..." if len(keys) > 3 else ""
+    return f"{len(keys)} {kind} keys ({', '.join(keys[:3])}{more})"
+
+
 def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str) -> None:
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
-        detail = lines[0] if lines else str(e).splitlines()[0]
-        raise RobenchError(f"checkpoint {spec.checkpoint} does not fit {arch}: {detail}") from None
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-        if unexpected:
-            more = ", ..." if len(unexpected) > 3 else ""
-            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}{more})")
+    """Load strictly, or name every missing, unexpected and wrongly shaped key in one line."""
+    own = model.state_dict()
+    problems = [
+        _keys("missing", [k for k in own if k not in state]),
+        _keys("unexpected", [k for k in state if k not in own]),
+        _keys("wrongly shaped", [k for k in own if k in state and state[k].shape != own[k].shape]),
+    ]
+    problems = [p for p in problems if p]
+    if problems:
         raise RobenchError(
-            f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(parts)}; is it the right architecture?"
+            f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(problems)}; is it the right architecture?"
         )
+    model.load_state_dict(state, strict=True)
 
 
 def load_model(
