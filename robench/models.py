@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -137,6 +142,17 @@ def _create(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
 
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
+    with _hub_offline():  # cached weights first, without touching the network
+        try:
+            return timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception:  # noqa: BLE001, S110 - not cached: try the network below
+            pass
+    host = _weights_host(arch)
+    if host and not _reachable(host):
+        raise RobenchError(
+            f"cannot load pretrained weights for '{arch}': not cached and {host} is unreachable; "
+            f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
+        )
     try:
         return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - hub and network errors come in many types
@@ -145,6 +161,41 @@ def _create(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             f"cannot load pretrained weights for '{arch}' ({reason}); without network, "
             f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
         ) from None
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub use its cache only (it reads this flag at call time)."""
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _weights_host(arch: str) -> str | None:
+    """The host timm would download ``arch``'s weights from, if it can tell."""
+    from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
+
+    cfg = None if arch.startswith(HUB_PREFIXES) else get_pretrained_cfg(arch)
+    if cfg is None or cfg.hf_hub_id:
+        return urlparse(constants.ENDPOINT).hostname
+    return urlparse(cfg.url).hostname if cfg.url else None
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to ``host``:443? Behind a proxy, assume yes."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:

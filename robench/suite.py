@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -121,12 +122,15 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else hint.__name__
 
 
-def build_config(name: str, options: dict[str, Any], where: str = "") -> Any:
-    """The attack's frozen config from plain options, checking every key and type."""
+def build_config(name: str, options: dict[str, Any], where: Callable[[str], str] | None = None) -> Any:
+    """The attack's frozen config from plain options, checking every key and type.
+
+    ``where(key)`` names the file and line of a key, for messages.
+    """
     attack = get_attack(name)
     hints = typing.get_type_hints(attack.config)
-    prefix = f"{where}: " if where else ""
     for key, value in options.items():
+        prefix = f"{where(key)}: " if where else ""
         if key not in hints:
             allowed = ", ".join(hints) or "none"
             raise RobenchError(f"{prefix}unknown key '{key}' for attack '{name}'; allowed: {allowed}")
@@ -167,7 +171,7 @@ def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str)
     eps = _eps_from(options.pop("eps"), source, entry) if "eps" in options else default_eps
     if eps is None:
         raise RobenchError(f"{where}: attack '{name}' has no eps; add a top-level 'eps: [2, 4, 8, 16]'")
-    config = build_config(name, options, where)
+    config = build_config(name, options, lambda key: _where(source, entry, key))
     return AttackSpec(id=str(ident), name=name, eps=eps, config=config)
 
 
