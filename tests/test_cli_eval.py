@@ -145,3 +145,16 @@ def test_cli_import_is_light_and_not_top_level(tmp_path: Path) -> None:
     assert light.stdout.split() == ["False", "False"]
     top = subprocess.run([sys.executable, "-c", "import cli"], capture_output=True, text=True, cwd=tmp_path)
     assert top.returncode != 0 and "No module named 'cli'" in top.stderr
+
+
+def test_default_run_is_meaningful(default_checkpoint: Path, tmp_path: Path) -> None:
+    """The built-in default: clean accuracy above 95 %, and accuracy falling as eps grows."""
+    out = tmp_path / "r.json"
+    result = invoke("eval", "--attack", "fgsm", "--attack", "step_ll", "-q", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    clean = rows[0]
+    assert clean["attack"] == "clean" and clean["n"] == 360 and clean["top1"] > 0.95
+    for attack in ("fgsm", "step_ll"):
+        curve = [clean["top1"]] + [r["top1"] for r in rows if r["attack"] == attack]
+        assert len(curve) == 5 and curve == sorted(curve, reverse=True) and curve[-1] < 0.1

@@ -134,3 +134,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
 def test_check_output_rejects_bad_paths(tmp_path: Path, name: str) -> None:
     with pytest.raises(RobenchError):
         report.check_output(tmp_path / name)
+
+
+def test_runs_are_reproducible(small_cnn: nn.Module) -> None:
+    src, cfg = _source(12), InputConfig(size=(8, 8))
+    suite = override(load_suite(), ("pgd",), (8.0,))
+    a = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, suite, seed=3)
+    b = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, suite, seed=3)
+    assert np.array_equal(a.pred, b.pred)
