@@ -158,3 +158,20 @@ def test_default_run_is_meaningful(default_checkpoint: Path, tmp_path: Path) -> 
     for attack in ("fgsm", "step_ll"):
         curve = [clean["top1"]] + [r["top1"] for r in rows if r["attack"] == attack]
         assert len(curve) == 5 and curve == sorted(curve, reverse=True) and curve[-1] < 0.1
+
+
+@pytest.mark.parametrize(("error", "code", "text"), [(KeyboardInterrupt(), 130, "interrupted"),
+                                                     (ValueError("boom"), 3, "runtime error: ValueError: boom")])
+def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error, code, text) -> None:
+    import robench.evaluate
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(robench.evaluate, "run_eval", fail)
+    out = tmp_path / "r.json"
+    result = invoke("eval", "--out", str(out))
+    assert result.exit_code == code
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -268,3 +268,8 @@ def test_hub_weights_offline_give_one_clear_line(monkeypatch: pytest.MonkeyPatch
         "cannot load pretrained weights for 'test_resnet.r160_in1k': not cached and huggingface.co is unreachable; "
         "give local weights instead: test_resnet@/path/to/weights.safetensors"
     )
+
+
+def test_unknown_timm_dataset_string() -> None:
+    with pytest.raises(RobenchError, match="cannot open dataset torch/not-a-dataset"):
+        open_source("torch/not-a-dataset")
