@@ -65,8 +65,10 @@ def main() -> None:
 
 def _register() -> None:
     from .eval_cmd import eval_command
+    from .train_cmd import train_command
 
     main.add_command(eval_command)
+    main.add_command(train_command)
 
 
 _register()

@@ -48,3 +48,25 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
 
     with bar:
         yield update
+
+
+@contextmanager
+def epoch_bar(epochs: int, enabled: bool = True) -> Iterator[Callable[[Any], None]]:
+    """A callback taking robench.train.EpochStats: one rich bar per epoch with loss and accuracy."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        yield lambda stats: None
+        return
+    bar = Progress(TextColumn(f"epoch {{task.fields[epoch]}}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"), TimeElapsedColumn(),
+                   console=console(err=True))
+    tasks: dict[int, Any] = {}
+
+    def update(stats: Any) -> None:
+        if stats.epoch not in tasks:
+            tasks[stats.epoch] = bar.add_task("", total=stats.total, epoch=stats.epoch, loss=0.0, acc=0.0)
+        bar.update(tasks[stats.epoch], completed=stats.seen, loss=stats.loss, acc=stats.accuracy)
+
+    with bar:
+        yield update

@@ -69,7 +69,7 @@ class Source(Protocol):
     ids: list[str]
     num_classes: int
 
-    def batches(self, cfg: InputConfig, batch_size: int) -> Iterator[Batch]: ...
+    def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]: ...
 
 
 def select(total: int, limit: int | None, seed: int, name: str) -> np.ndarray:
@@ -114,10 +114,10 @@ class TensorSource:
     num_classes: int
     scale: float = 255.0
 
-    def batches(self, cfg: InputConfig, batch_size: int) -> Iterator[Batch]:
-        """Consecutive batches in id order."""
-        for start in range(0, len(self.ids), batch_size):
-            rows = torch.arange(start, min(start + batch_size, len(self.ids)))
+    def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
+        """Consecutive batches in id order, or in ``order`` (rows) when given, e.g. shuffled for training."""
+        order = torch.arange(len(self.ids)) if order is None else order
+        for rows in order.split(batch_size):
             x = self.images[rows].float() / self.scale
             yield Batch(_resize(x, cfg), self.labels[rows], rows)
 
@@ -229,13 +229,15 @@ class ImageSource:
     describe_row: Any  # index -> human-readable name for error messages
     workers: int = 0
 
-    def batches(self, cfg: InputConfig, batch_size: int) -> Iterator[Batch]:
-        """Batches in id order; an unreadable image stops the run with its file name."""
+    def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
+        """Batches in id order (or ``order``); an unreadable image stops the run with its file name."""
+        order = torch.arange(len(self.ids)) if order is None else order
         loader = torch.utils.data.DataLoader(
-            _Decoded(self.get, self.index, eval_transform(cfg)),
+            _Decoded(self.get, self.index[order.numpy()], eval_transform(cfg)),
             batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
         )
-        for images, labels, rows in loader:
+        for images, labels, positions in loader:
+            rows = order[positions]
             if (labels < 0).any():
                 bad = self.describe_row(int(self.index[int(rows[labels < 0][0])]))
                 raise RobenchError(f"cannot read image {bad}: corrupt or not an image; remove or replace it")

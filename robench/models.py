@@ -113,7 +113,8 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _check_arch(name: str) -> None:
+def check_arch(name: str) -> None:
+    """Raise a RobenchError suggesting close names for an unknown timm model or tag."""
     import timm
 
     if name.startswith(HUB_PREFIXES):
@@ -259,7 +260,7 @@ def load_model(
         raise RobenchError(
             f"checkpoint {spec.checkpoint} does not name its architecture; give it as NAME@{spec.checkpoint}"
         )
-    _check_arch(arch)
+    check_arch(arch)
     hub = spec.checkpoint is None and (pretrained or _has_hub_weights(arch))
     kwargs = dict(meta.get("model_kwargs", {}))
     if not hub:

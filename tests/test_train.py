@@ -1,0 +1,134 @@
+"""Adversarial training: loss weighting, eps sampler, checkpoint metadata, determinism, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from robench.cli.main import main
+
+from robench.checkpoint import read_metadata
+from robench.errors import RobenchError
+from robench.models import load_model, parse_spec, weights_sha256
+from robench.train import TrainConfig, craft, mixed_loss, sample_eps, train
+
+FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "input_size": 16}
+
+
+def test_mixed_loss_matches_formula_by_hand() -> None:
+    # logits [0, 0] give CE = log 2 for either label; logits [ln 3, 0] with label 0 give CE = log(4/3)
+    clean_logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    adv_logits = torch.tensor([[0.0, 0.0]])
+    loss = mixed_loss(clean_logits, torch.tensor([1, 0]), adv_logits, torch.tensor([0]), lam=0.3)
+    expected = (math.log(2) + math.log(4 / 3) + 0.3 * math.log(2)) / (2 + 0.3 * 1)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(mixed_loss(clean_logits, torch.tensor([1, 0]), adv_logits[:0], torch.tensor([], dtype=torch.long),
+                            lam=0.3)) == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, rel=1e-6)
+
+
+def test_eps_sampler_range_and_shape() -> None:
+    eps = sample_eps(200_000, 16.0, 8.0, torch.Generator().manual_seed(0)).double()
+    assert eps.min() >= 0 and eps.max() <= 16
+    # mean of |N(0, s)| truncated to [0, a]: s sqrt(2/pi) (1 - exp(-a^2 / 2 s^2)) / erf(a / (s sqrt 2))
+    s, a = 8.0, 16.0
+    mean = s * math.sqrt(2 / math.pi) * (1 - math.exp(-(a**2) / (2 * s**2))) / math.erf(a / (s * math.sqrt(2)))
+    assert float(eps.mean()) == pytest.approx(mean, abs=0.05)
+    counts = torch.histc(eps, bins=8, min=0, max=16)
+    assert all(counts[i] > counts[i + 1] for i in range(7)), "density must fall from 0 to eps_max"
+    assert torch.equal(sample_eps(5, 0.0, 8.0, torch.Generator()), torch.zeros(5))
+
+
+def test_craft_respects_per_example_eps(small_cnn) -> None:
+    x = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    eps = torch.tensor([0.0, 2.0, 8.0, 16.0])
+    for attack in ("step_ll", "fgsm", "bim", "pgd"):
+        adv = craft(small_cnn, x, torch.tensor([0, 1, 2, 3]), eps, TrainConfig(attack=attack),
+                    torch.Generator().manual_seed(0))
+        dist = (adv - x).abs().flatten(1).max(1).values
+        assert torch.all(dist <= eps / 255 + 1e-6) and adv.min() >= 0 and adv.max() <= 1
+        assert torch.equal(adv[0], x[0])
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("train") / "m.safetensors"
+    return out, train(TrainConfig(attack="step_ll", **FAST), out)
+
+
+def test_checkpoint_metadata_round_trip(trained_once) -> None:
+    out, result = trained_once
+    meta = read_metadata(out)
+    assert meta == result.meta
+    assert (meta["arch"], meta["num_classes"], meta["epochs_done"]) == ("test_resnet", 10, 1)
+    assert meta["input_size"] == [3, 16, 16]
+    assert meta["recipe"]["attack"] == "step_ll" and meta["recipe"]["lam"] == 0.3 and meta["seed"] == 0
+    assert 0 <= meta["val_accuracy"] <= 1 and 0 <= meta["train_accuracy"] <= 1
+    assert list(result.history.columns) == ["epoch", "loss", "train_accuracy"]
+    model = load_model(parse_spec(str(out)), num_classes=10)
+    assert model.input.size == (16, 16) and model.mean == (0.5, 0.5, 0.5)
+
+
+def test_same_seed_same_weights(trained_once, tmp_path: Path) -> None:
+    out, _ = trained_once
+    again = tmp_path / "again.safetensors"
+    train(TrainConfig(attack="step_ll", **FAST), again)
+    assert again.read_bytes() == out.read_bytes()
+    other = tmp_path / "other.safetensors"
+    train(TrainConfig(attack="step_ll", **{**FAST, "seed": 1}), other)
+    a = load_model(parse_spec(str(out)), 10).module.model
+    b = load_model(parse_spec(str(other)), 10).module.model
+    assert weights_sha256(a) != weights_sha256(b)
+
+
+def test_adversarial_fraction_one_and_none_run(tmp_path: Path) -> None:
+    for attack, fraction in (("fgsm", 1.0), ("none", 0.5)):
+        result = train(TrainConfig(attack=attack, adv_fraction=fraction, label="predicted", **FAST),
+                       tmp_path / f"{attack}.safetensors")
+        assert math.isfinite(result.history["loss"].iloc[0])
+
+
+def test_plain_loss_equals_cross_entropy() -> None:
+    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    assert torch.allclose(mixed_loss(logits, y, logits[:0], y[:0], 0.3), F.cross_entropy(logits, y))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--arch", "test_resnt"], "did you mean test_resnet"),
+        (["--lam", "-0.1"], "--lam -0.1 must be >= 0"),
+        (["--adv-fraction", "1.5"], "--adv-fraction 1.5 must lie in [0, 1]"),
+        (["--attack", "cw"], "--attack 'cw' must be one of"),
+        (["--out", "/nonexistent-dir/m.safetensors"], "does not exist"),
+        (["--out", "m.pth"], "unknown format"),
+    ],
+)
+def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
+    out_args = [] if "--out" in args else ["--out", str(tmp_path / "m.safetensors")]
+    result = CliRunner().invoke(main, ["train", "--epochs", "1", "--limit", "8", *out_args, *args])
+    assert result.exit_code == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the output folder should be: cannot be written, even by root
+    with pytest.raises(RobenchError, match="does not exist"):
+        train(TrainConfig(**FAST), blocker / "m.safetensors")
+    with pytest.raises(RobenchError, match="is a folder"):
+        (tmp_path / "dir.safetensors").mkdir()
+        train(TrainConfig(**FAST), tmp_path / "dir.safetensors")
+
+
+def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "1", "--limit", "64",
+                                       "--input-size", "16", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
