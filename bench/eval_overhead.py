@@ -2,7 +2,7 @@
 
 Two workloads, each timed both ways on the same wrapped model and the same batches in memory:
 
-  (a) the default model (timm test_resnet trained on digits at 32 px), digits test split, batch 100;
+  (a) the zoo's resnet-base (timm test_resnet trained by robench on digits at 32 px), digits test split, batch 100;
   (b) timm resnet18 (random init, 10 classes) at 224 px on synthetic random images.
 
 Both sides run the default suite (fgsm, step_ll, bim, iter_ll, pgd at eps 2, 4, 8, 16). A forward
@@ -283,12 +283,12 @@ def default_suite() -> Suite:
 
 
 def digits_workload(suite: Suite) -> Workload:
-    """(a) the default model on the digits test split, batch 100."""
-    from robench.default_model import default_checkpoint
+    """(a) the zoo's test_resnet (resnet-base) on the digits test split, batch 100."""
+    from robench.zoo import get
 
-    loaded = load_model(parse_spec(f"default={default_checkpoint()}"), 10)
+    loaded = load_model(parse_spec(str(get("resnet-base").path)), 10)
     source = open_source("digits", "test")
-    return Workload("a: default/digits", loaded.module, list(source.batches(loaded.input, 100)), source.ids, suite)
+    return Workload("a: resnet-base/digits", loaded.module, list(source.batches(loaded.input, 100)), source.ids, suite)
 
 
 def resnet18_workload(suite: Suite, images: int, batch: int) -> Workload:
@@ -303,14 +303,14 @@ def resnet18_workload(suite: Suite, images: int, batch: int) -> Workload:
 
 
 def end_to_end() -> dict[str, float]:
-    """(a) through run_eval, and its data and model loading on their own (default model cached)."""
+    """(a) through run_eval, and its data and model loading on their own."""
     cpu = torch.device("cpu")
     t0 = time.perf_counter()
     source = open_source("digits", "test")
     t1 = time.perf_counter()
-    load_models((), source, False, cpu)
+    load_models(("zoo:resnet-base",), source, False, cpu)
     t2 = time.perf_counter()
-    run_eval(EvalConfig(batch_size=100, device="cpu"))
+    run_eval(EvalConfig(models=("zoo:resnet-base",), batch_size=100, device="cpu"))
     t3 = time.perf_counter()
     return {"data load": t1 - t0, "model load": t2 - t1, "run_eval total": t3 - t2}
 

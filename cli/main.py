@@ -66,9 +66,11 @@ def main() -> None:
 def _register() -> None:
     from .eval_cmd import eval_command
     from .train_cmd import train_command
+    from .zoo_cmd import zoo_command
 
     main.add_command(eval_command)
     main.add_command(train_command)
+    main.add_command(zoo_command)
 
 
 _register()

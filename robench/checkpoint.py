@@ -7,14 +7,13 @@ The metadata (arch, num_classes, input size, mean/std, ...) lets
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from robench.errors import RobenchError
+from robench.files import atomic_write
 
 META_KEY = "robench"
 
@@ -24,14 +23,7 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_model(model, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)}))
 
 
 def read_metadata(path: Path) -> dict[str, Any] | None:

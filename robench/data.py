@@ -302,7 +302,10 @@ def load_timm_source(name: str, split: str, limit: int | None, seed: int, worker
 def open_source(
     spec: str, split: str = "test", limit: int | None = None, seed: int = 0, workers: int = 0
 ) -> Source:
-    """``digits`` | ``fashion-mnist[:DIR]`` | ``torch/...`` / ``hfds/...`` | an image folder."""
+    """``digits`` | ``fashion-mnist[:DIR]`` | ``torch/...`` / ``hfds/...`` | an image folder.
+
+    An image folder with ``train/`` and ``val/`` subfolders gives its splits; else it is one split.
+    """
     if spec == "digits":
         return load_digits_source(split, limit, seed)
     if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
@@ -310,4 +313,10 @@ def open_source(
         return load_fashion_mnist_source(root, split, limit, seed)
     if spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
         return load_timm_source(spec, split, limit, seed, workers)
-    return load_folder_source(Path(spec), limit, seed, workers)
+    return load_folder_source(_split_folder(Path(spec), split), limit, seed, workers)
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """``root/train`` for training, ``root/val`` (or ``validation``, ``test``) for evaluation, else root."""
+    names = ("train",) if split == "train" else ("val", "validation", "test")
+    return next((root / n for n in names if (root / n).is_dir()), root)

@@ -24,7 +24,7 @@ Progress = Callable[[str, int, int], None]  # (model label, images done, images 
 class EvalConfig:
     """Everything that decides the numbers of an eval run."""
 
-    models: tuple[str, ...] = ()  # empty: the built-in default model
+    models: tuple[str, ...] = ()  # empty: the zoo's default pair (a baseline and a step_ll model)
     data: str = "digits"
     suite: Suite = field(default_factory=load_suite)
     limit: int | None = None
@@ -69,9 +69,9 @@ def resolve_device(device: str) -> torch.device:
 def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device) -> list[LoadedModel]:
     """Load every model and check it fits the dataset; an empty tuple gives the default model."""
     if not specs:
-        from robench.default_model import default_checkpoint
+        from robench.zoo import DEFAULT
 
-        specs = (f"default={default_checkpoint()}",)
+        specs = tuple(f"zoo:{name}" for name in DEFAULT)
     parsed = [parse_spec(s) for s in specs]
     labels = [p.label for p in parsed]
     dup = next((lb for lb in labels if labels.count(lb) > 1), None)

@@ -47,10 +47,15 @@ def _is_checkpoint_path(text: str) -> bool:
 
 
 def parse_spec(text: str) -> ModelSpec:
-    """Split ``[LABEL=]NAME[@CHECKPOINT]``; the label defaults to NAME or the file's stem."""
+    """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem."""
     label, eq, rest = text.partition("=")
     if not eq:
         label, rest = "", text
+    if rest.startswith("zoo:"):
+        from robench.zoo import get  # the zoo's recipes import the trainer, which imports this module
+
+        entry = get(rest[4:])
+        return ModelSpec(text, label or entry.name, None, entry.path)
     name, at, ckpt = rest.partition("@")
     if not rest or (at and not (name and ckpt)):
         raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from robench.errors import RobenchError
+from robench.files import atomic_write, atomic_write_text
 
 RESULT_SUFFIXES = (".json", ".csv", ".md")
 
@@ -30,23 +29,6 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
         raise RobenchError(f"{option} {path}: folder {parent} is not writable")
     if path.is_dir():
         raise RobenchError(f"{option} {path} is a folder; give a file name")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text atomically."""
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _clean(value: Any) -> Any:

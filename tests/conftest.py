@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated cache, the trained default model (once per session), tiny models."""
+"""Shared fixtures: an isolated cache, a trained zoo model, tiny hand-checkable models."""
 
 from __future__ import annotations
 
@@ -24,16 +24,16 @@ def robench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_checkpoint(robench_cache: Path) -> Path:
-    """The default model (test_resnet trained on digits at 32 px), trained once per session."""
-    from robench.default_model import default_checkpoint
+def default_checkpoint() -> Path:
+    """The zoo's plainly trained test_resnet (digits, 32 px), shipped in the package."""
+    from robench.zoo import get
 
-    return default_checkpoint()
+    return get("resnet-base").path
 
 
 @pytest.fixture(scope="session")
 def trained(default_checkpoint: Path):
-    """The trained default model loaded as a LoadedModel ([0, 1] in, logits out)."""
+    """The zoo's resnet-base loaded as a LoadedModel ([0, 1] in, logits out)."""
     from robench.models import load_model, parse_spec
 
     return load_model(parse_spec(str(default_checkpoint)), num_classes=10)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from robench import engine, metrics, report
+from robench import engine, files, metrics, report
 from robench.attacks.single_step import FgsmConfig
 from robench.data import InputConfig, TensorSource
 from robench.errors import RobenchError
@@ -126,7 +126,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        report.atomic_write(tmp_path / "out.json", boom)
+        files.atomic_write(tmp_path / "out.json", boom)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -273,3 +273,11 @@ def test_hub_weights_offline_give_one_clear_line(monkeypatch: pytest.MonkeyPatch
 def test_unknown_timm_dataset_string() -> None:
     with pytest.raises(RobenchError, match="cannot open dataset torch/not-a-dataset"):
         open_source("torch/not-a-dataset")
+
+
+def test_image_folder_splits(tmp_path: Path) -> None:
+    _folder(tmp_path / "ds" / "train")
+    _folder(tmp_path / "ds" / "val")
+    (tmp_path / "ds" / "val" / "dog" / "1.png").unlink()
+    assert len(open_source(str(tmp_path / "ds"), "train").ids) == 4
+    assert open_source(str(tmp_path / "ds"), "test").ids == ["cat/0.png", "cat/1.png", "dog/0.png"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from robench.cli.main import main
 
 from robench.checkpoint import read_metadata
+from robench.cli.main import main
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec, weights_sha256
 from robench.train import TrainConfig, craft, mixed_loss, sample_eps, train

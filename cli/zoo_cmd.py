@@ -1,0 +1,36 @@
+"""`robench zoo`: the built-in models."""
+
+from __future__ import annotations
+
+import click
+
+from .render import console
+
+
+@click.group("zoo")
+def zoo_command() -> None:
+    """The built-in zoo of tiny timm models trained by robench on digits.
+
+    Use them anywhere a model spec goes, as zoo:NAME. Rebuild them with
+    `python -m robench.zoo build` (bit-identical on the same kind of CPU).
+    """
+
+
+@zoo_command.command("list")
+def list_command() -> None:
+    """List the zoo models with their recipes and accuracy."""
+    from rich.table import Table
+
+    from robench.checkpoint import read_metadata
+    from robench.zoo import DEFAULT, ZOO
+
+    table = Table(title="robench zoo (digits, 32 px)", title_justify="left")
+    for column in ("name", "arch", "training", "test acc %", "size KB", "default"):
+        table.add_column(column, justify="right" if column in ("test acc %", "size KB") else "left")
+    for entry in ZOO.values():
+        meta = read_metadata(entry.path) if entry.path.is_file() else None
+        acc = f"{100 * meta['val_accuracy']:.1f}" if meta else "missing"
+        size = f"{entry.path.stat().st_size / 1024:.0f}" if meta else ""
+        table.add_row(f"zoo:{entry.name}", entry.config.arch, entry.summary, acc, size,
+                      "yes" if entry.name in DEFAULT else "")
+    console().print(table)
