@@ -48,8 +48,13 @@ def train_command(out: Path, quiet: bool, **options: object) -> None:
     from robench.train import TrainConfig, train
 
     cfg = TrainConfig(**options)  # type: ignore[arg-type]
-    with epoch_bar(cfg.epochs, not quiet) as progress:
-        result = train(cfg, out, progress)
+    try:
+        with epoch_bar(cfg.epochs, not quiet) as progress:
+            result = train(cfg, out, progress)
+    except KeyboardInterrupt:
+        if out.is_file():
+            click.echo(f"robench: {out} holds the last finished epoch", err=True)
+        raise
     meta = result.meta
     console(err=True).print(
         f"wrote {out}: train accuracy {100 * meta['train_accuracy']:.1f} %, "

@@ -132,3 +132,17 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
                                        "--input-size", "16", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
+
+
+def test_interrupt_keeps_last_finished_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+
+    def stop_in_second_epoch(stats) -> None:
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**{**FAST, "epochs": 3}), out, stop_in_second_epoch)
+    meta = read_metadata(out)
+    assert meta["epochs_done"] == 1 and "val_accuracy" not in meta
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
