@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from robench import engine
 from robench.attacks import attack_mode
 from robench.data import Batch, TensorSource, open_source
+from robench.engine import attack_rng
 from robench.evaluate import EvalConfig, load_models, run_eval
 from robench.models import load_model, parse_spec
 from robench.suite import Suite, load_suite
@@ -174,7 +175,7 @@ def bare_eval(model: nn.Module, batches: list[Batch], n: int, suite: Suite) -> t
                 pred[s, rows] = logits.argmax(1).int()
                 top5[s, rows] = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
 
-            rng = torch.Generator().manual_seed(SEED * 1_000_003 + i)
+            rng = attack_rng(SEED, i, SUITE_NAMES.index("pgd"), torch.device("cpu"))  # robench's seeding
             bare_batch(model, b.images, b.labels, eps, rng, record)
     finally:
         for p, flag in flags:

@@ -66,10 +66,12 @@ def main() -> None:
 def _register() -> None:
     from .eval_cmd import eval_command
     from .train_cmd import train_command
+    from .transfer_cmd import transfer_command
     from .zoo_cmd import zoo_command
 
     main.add_command(eval_command)
     main.add_command(train_command)
+    main.add_command(transfer_command)
     main.add_command(zoo_command)
 
 

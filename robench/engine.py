@@ -61,7 +61,16 @@ def score(model: nn.Module, x: Tensor) -> Tensor:
     return logits.clone()
 
 
-def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, rng: torch.Generator) -> None:
+def attack_rng(seed: int, batch_index: int, attack_index: int, device: torch.device) -> torch.Generator:
+    """Randomness for one attack on one batch (PGD's start), reproducible and independent.
+
+    Seeding per (seed, batch, attack) rather than sharing one stream means an attack's
+    examples do not depend on which other attacks ran (or came from a cache) before it.
+    """
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index) * 1_009 + attack_index)
+
+
+def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed: int, index: int) -> None:
     """Clean forward once, then every attack x eps, recorded into ``out``."""
     device = next(model.parameters()).device
     x, y = batch.images.to(device), batch.labels.to(device)
@@ -70,8 +79,8 @@ def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, rng: 
     out.record(0, batch.rows, logits, y)
     labels = Labels.from_logits(logits, y)
     setting = 1
-    for spec in suite.attacks:
-        attack = REGISTRY[spec.name]
+    for a, spec in enumerate(suite.attacks):
+        attack, rng = REGISTRY[spec.name], attack_rng(seed, index, a, device)
         for _, x_adv in attack.run(model, x, labels, spec.eps, spec.config, rng):
             out.record(setting, batch.rows, score(model, x_adv), y)
             setting += 1
@@ -87,11 +96,9 @@ def evaluate(
 ) -> Outcomes:
     """Run the suite over all batches; the model's mode and parameter flags are restored after."""
     out = Outcomes.empty(ids, settings_of(suite))
-    device = next(model.parameters()).device
     with attack_mode(model):
         for i, batch in enumerate(batches):
-            rng = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-            run_batch(model, batch, suite, out, rng)
+            run_batch(model, batch, suite, out, seed, i)
             if on_batch is not None:
                 on_batch(len(batch.rows))
     return out

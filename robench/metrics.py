@@ -54,3 +54,26 @@ def per_sample(out: Outcomes, model: str) -> pd.DataFrame:
         "top1_correct": (out.pred == out.labels[None, :]).reshape(-1),
         "top5_correct": out.top5.reshape(-1),
     })
+
+
+TRANSFER_DEFINITIONS = {
+    "target_top1": "top-1 accuracy of the target on the source's adversarial examples",
+    "target_top5": "top-5 accuracy of the target on the source's adversarial examples",
+    "transfer_rate": (
+        "among samples that both source and target classify correctly when clean and whose adversarial "
+        "example fools the source (top-1), the share that also fools the target; empty when there are none"
+    ),
+    "n_fooled_source": "the number of such samples (the transfer rate's denominator)",
+    "n": "number of samples",
+}
+TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "transfer_rate",
+                    "n_fooled_source", "n"]
+
+
+def transfer_rate(clean_source: np.ndarray, clean_target: np.ndarray, adv_source: np.ndarray,
+                  adv_target: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """The transfer rate (see TRANSFER_DEFINITIONS) and its denominator; NaN when it is 0."""
+    fooled = (clean_source == labels) & (clean_target == labels) & (adv_source != labels)
+    if not fooled.any():
+        return float("nan"), 0
+    return float((adv_target[fooled] != labels[fooled]).mean()), int(fooled.sum())

@@ -32,9 +32,10 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
 
 
 def _clean(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+    """NaN and pandas' NA become None (JSON null); numpy scalars become Python ones."""
+    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
-    return value
+    return value.item() if hasattr(value, "item") else value
 
 
 def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -45,6 +46,8 @@ def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
 def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table, written by hand (no tabulate dependency)."""
     def cell(column: str, v: Any) -> str:
+        if v is pd.NA or v is None:
+            return ""
         if isinstance(v, float):
             if math.isnan(v):
                 return ""
@@ -128,3 +131,23 @@ def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 
             table.add_row("", str(attack), "", *[by_eps.get(e, "") for e in eps_values])
         table.add_section()
     return table
+
+
+def transfer_tables(rows: pd.DataFrame) -> list[Any]:
+    """One rich table per (attack, eps): sources as rows, targets as columns, transfer rate (target top-1)."""
+    from rich.table import Table
+
+    adv = rows[rows["attack"] != "clean"]
+    targets = list(dict.fromkeys(adv["target"]))
+    tables = []
+    for (attack, eps), group in adv.groupby(["attack", "eps"], sort=False):
+        title = f"{attack} eps {eps_label(eps)}/255: transfer rate % (target top-1 %)"
+        table = Table(title=title, title_justify="left")
+        table.add_column("source \\ target", style="bold")
+        for t in targets:
+            table.add_column(str(t), justify="right")
+        for source, g in group.groupby("source", sort=False):
+            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)})" for r in g.itertuples()}
+            table.add_row(str(source), *[cells.get(t, "") for t in targets])
+        tables.append(table)
+    return tables

@@ -1,0 +1,66 @@
+"""`robench transfer-matrix`: black-box transfer across sources, targets, attacks and eps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .render import console, progress_bar
+
+
+def _labels(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+@click.command("transfer-matrix")
+@click.argument("specs", nargs=-1, metavar="[MODEL]...")
+@click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help="Model spec (repeatable).")
+@click.option("--sources", metavar="LABELS", help="Comma-separated labels crafting examples. Default: every model.")
+@click.option("--targets", metavar="LABELS", help="Comma-separated labels scoring them. Default: every model.")
+@click.option("-d", "--data", default="digits", show_default=True, help="As for `robench eval`.")
+@click.option("--attacks", "attacks_file", type=click.Path(path_type=Path), metavar="FILE", help="Attack suite YAML.")
+@click.option("--attack", "attack_names", multiple=True, metavar="NAME", help="Run only this attack (repeatable).")
+@click.option("--eps", "eps_text", metavar="LIST", help="Comma-separated eps in 1/255 units, e.g. 2,4,8,16.")
+@click.option("--limit", type=int, metavar="N", help="Use N samples, drawn by a seeded permutation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--pretrained", is_flag=True, help="Load hub weights for NAME.")
+@click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
+              help="Keep adversarial examples here; a rerun crafts only what is missing.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
+def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
+                     data: str, attacks_file: Path | None, attack_names: tuple[str, ...], eps_text: str | None,
+                     limit: int | None, seed: int, batch_size: int, device: str, pretrained: bool,
+                     cache: Path | None, out: Path | None, quiet: bool) -> None:
+    """Craft adversarial examples on each source model and score them on every target.
+
+    Examples are crafted once per (source, attack, eps) and scored on all targets;
+    the diagonal is the white-box result. transfer_rate: among samples that both
+    models classify correctly when clean and whose example fools the source, the
+    share that also fools the target. An example reaches a target of another input
+    size as the source's perturbation resized (bilinear) onto the target's own input.
+
+    \b
+    Example:
+      robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
+    """
+    from robench.report import check_output, transfer_tables, write_results
+    from robench.suite import load_suite, override, parse_eps_list
+    from robench.transfer import TransferConfig, run_transfer
+
+    check_output(out)
+    eps = parse_eps_list(eps_text) if eps_text is not None else None
+    suite = override(load_suite(attacks_file), attack_names, eps)
+    cfg = TransferConfig(models=specs + models, sources=_labels(sources), targets=_labels(targets), data=data,
+                         suite=suite, limit=limit, seed=seed, batch_size=batch_size, device=device,
+                         pretrained=pretrained, cache=cache)
+    with progress_bar(not quiet) as progress:
+        result = run_transfer(cfg, progress)
+    if out is not None:
+        write_results(out, result.meta, result.rows)
+    if not quiet:
+        for table in transfer_tables(result.rows):
+            console().print(table)

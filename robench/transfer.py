@@ -1,0 +1,284 @@
+"""Black-box transfer: examples crafted on each source, scored on every target.
+
+Examples are crafted once per (source, attack, eps) and scored on all targets; each
+model's clean forward runs once per batch. Sources and targets may differ in input
+size and normalization: an example reaches a target as the source's perturbation
+(x_adv - x, at the source's resolution) resized to the target's resolution with
+bilinear interpolation (a convex combination, so ||delta||_inf <= eps still holds),
+added to the target's own clean input and clipped to [0, 1]. With a zero perturbation
+this is exactly the target's clean input, so its clean accuracy is unchanged; when the
+two input configs are equal the source's example is used as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robench import metrics
+from robench.attacks import REGISTRY, Labels, attack_mode
+from robench.attacks.base import to_unit
+from robench.data import Batch, InputConfig, ids_sha256, open_source
+from robench.engine import CLEAN, attack_rng, score, settings_of
+from robench.errors import RobenchError
+from robench.evaluate import load_models, resolve_device
+from robench.models import LoadedModel
+from robench.provenance import dataset_record, envelope
+from robench.suite import AttackSpec, Suite, load_suite
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Everything that decides the numbers of a transfer-matrix run."""
+
+    models: tuple[str, ...]
+    sources: tuple[str, ...] | None = None  # labels; None means every model
+    targets: tuple[str, ...] | None = None
+    data: str = "digits"
+    suite: Suite = field(default_factory=load_suite)
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 100
+    device: str = "auto"
+    pretrained: bool = False
+    workers: int = 0
+    cache: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "suite"}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {**d, "cache": str(self.cache) if self.cache else None, "suite": self.suite.describe()}
+
+
+@dataclass
+class TransferOutcomes:
+    """Per-sample predictions: clean per model, adversarial per (source, target) and setting."""
+
+    labels: np.ndarray
+    settings: list[tuple[str, float]]
+    clean: dict[str, np.ndarray] = field(default_factory=dict)
+    clean_top5: dict[str, np.ndarray] = field(default_factory=dict)
+    pred: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # [settings, N]
+    top5: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    crafted: int = 0  # attack calls made (0 when every example came from the cache)
+
+
+def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
+    """The source's perturbation, at the target's resolution, on the target's clean input."""
+    if delta.shape[-2:] != x_target.shape[-2:]:
+        delta = F.interpolate(delta, size=x_target.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+    unit = to_unit(eps)
+    return (x_target + delta.clamp(-unit, unit)).clamp(0.0, 1.0)
+
+
+class ExampleCache:
+    """Adversarial examples on disk, one safetensors file per (source, attack, eps, batch), float32."""
+
+    def __init__(self, root: Path, ids: list[str], cfg: TransferConfig) -> None:
+        self.root, self.ids_hash, self.cfg = root, ids_sha256(ids), cfg
+
+    def _path(self, model: LoadedModel, spec: AttackSpec, batch_index: int) -> Path:
+        key = json.dumps([model.weights_sha256, self.ids_hash, spec.describe(), self.cfg.seed,
+                          self.cfg.batch_size, list(model.input.size)], sort_keys=True)
+        return self.root / hashlib.sha256(key.encode()).hexdigest()[:32] / f"batch-{batch_index:06d}.safetensors"
+
+    def load(self, model: LoadedModel, spec: AttackSpec, batch_index: int) -> list[tuple[float, Tensor]] | None:
+        from safetensors.torch import load_file
+
+        path = self._path(model, spec, batch_index)
+        if not path.is_file():
+            return None
+        tensors = load_file(str(path))
+        return [(e, tensors[f"eps={e!r}"]) for e in spec.eps]
+
+    def save(self, model: LoadedModel, spec: AttackSpec, batch_index: int,
+             examples: list[tuple[float, Tensor]]) -> None:
+        from safetensors.torch import save_file
+
+        from robench.files import atomic_write
+
+        path = self._path(model, spec, batch_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"eps={e!r}": x.detach().cpu().contiguous() for e, x in examples}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def _views(source: Any, configs: list[InputConfig], batch_size: int) -> Iterator[dict[InputConfig, Batch]]:
+    """The same samples, batch by batch, as each distinct input config sees them."""
+    iterators = {c: source.batches(c, batch_size) for c in configs}
+    for batches in zip(*iterators.values(), strict=True):
+        yield dict(zip(iterators, batches, strict=True))
+
+
+def _record(preds: np.ndarray, hits: np.ndarray, setting: int, rows: np.ndarray, logits: Tensor, y: Tensor) -> None:
+    k = min(5, logits.shape[1])
+    preds[setting, rows] = logits.argmax(1).cpu().numpy()
+    hits[setting, rows] = (logits.topk(k, dim=1).indices == y[:, None]).any(1).cpu().numpy()
+
+
+@dataclass
+class _Run:
+    """State shared by the batches of one transfer run."""
+
+    sources: list[LoadedModel]
+    targets: list[LoadedModel]
+    suite: Suite
+    out: TransferOutcomes
+    seed: int
+    cache: ExampleCache | None
+    device: torch.device
+
+    def examples(self, s: LoadedModel, a: int, x: Tensor, labels: Labels, index: int) -> list[tuple[float, Tensor]]:
+        """The source's adversarial examples for attack ``a``: from the cache, or crafted once."""
+        spec = self.suite.attacks[a]
+        cached = self.cache.load(s, spec, index) if self.cache else None
+        if cached is not None:
+            return [(e, t.to(self.device)) for e, t in cached]
+        self.out.crafted += 1
+        rng = attack_rng(self.seed, index, a, self.device)
+        made = list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, rng))
+        if self.cache:
+            self.cache.save(s, spec, index, made)
+        return made
+
+    def batch(self, views: dict[InputConfig, Batch], index: int) -> None:
+        """Clean forwards once per model, then each source's examples scored on every target."""
+        first = next(iter(views.values()))
+        rows, y = first.rows.numpy(), first.labels.to(self.device)
+        self.out.labels[rows] = first.labels.numpy()
+        x = {c: b.images.to(self.device) for c, b in views.items()}
+        clean = {}
+        for m in {id(m): m for m in self.sources + self.targets}.values():
+            clean[m.spec.label] = logits = score(m.module, x[m.input])
+            _record(self.out.clean[m.spec.label], self.out.clean_top5[m.spec.label], 0, rows, logits, y)
+        for s in self.sources:
+            labels = Labels.from_logits(clean[s.spec.label], y)
+            scorers = self.targets if s in self.targets else [*self.targets, s]
+            setting = 0
+            for a in range(len(self.suite.attacks)):
+                for eps, x_adv in self.examples(s, a, x[s.input], labels, index):
+                    for t in scorers:
+                        xt = x_adv if t.input == s.input else deliver(x[t.input], x_adv - x[s.input], eps)
+                        key = (s.spec.label, t.spec.label)
+                        _record(self.out.pred[key], self.out.top5[key], setting, rows, score(t.module, xt), y)
+                    setting += 1
+
+
+def _pick(models: list[LoadedModel], names: tuple[str, ...] | None, option: str) -> list[LoadedModel]:
+    if names is None:
+        return models
+    by_label = {m.spec.label: m for m in models}
+    if not names:
+        raise RobenchError(f"{option} is empty; name at least one model label, e.g. {option} {models[0].spec.label}")
+    unknown = [n for n in names if n not in by_label]
+    if unknown:
+        raise RobenchError(f"{option} names '{unknown[0]}', which is not a model; labels: {', '.join(by_label)}")
+    return [by_label[n] for n in names]
+
+
+@dataclass
+class TransferResult:
+    """Tidy rows (one per source x target x attack x eps, plus clean rows) and provenance."""
+
+    rows: pd.DataFrame
+    outcomes: TransferOutcomes
+    meta: dict[str, Any]
+
+
+def _check_cache(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".robench-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RobenchError(f"--cache {path} is not a writable folder ({e.strerror}); choose another folder") from None
+
+
+def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> TransferResult:
+    """Craft on every source once per batch, score on every target; see the module docstring."""
+    if not cfg.models:
+        raise RobenchError("transfer-matrix needs at least one --model")
+    _check_cache(cfg.cache)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    source = open_source(cfg.data, "test", cfg.limit, cfg.seed, cfg.workers)
+    models = load_models(cfg.models, source, cfg.pretrained, device)
+    sources, targets = _pick(models, cfg.sources, "--sources"), _pick(models, cfg.targets, "--targets")
+    settings = settings_of(cfg.suite)[1:]
+    n = len(source.ids)
+    out = TransferOutcomes(labels=np.full(n, -1, dtype=np.int64), settings=settings)
+    for m in models:
+        out.clean[m.spec.label] = np.full((1, n), -1, dtype=np.int32)
+        out.clean_top5[m.spec.label] = np.zeros((1, n), dtype=bool)
+    for s in sources:
+        for t in {id(m): m for m in [*targets, s]}.values():
+            out.pred[(s.spec.label, t.spec.label)] = np.full((len(settings), n), -1, dtype=np.int32)
+            out.top5[(s.spec.label, t.spec.label)] = np.zeros((len(settings), n), dtype=bool)
+    cache = ExampleCache(cfg.cache, source.ids, cfg) if cfg.cache else None
+    run = _Run(sources, targets, cfg.suite, out, cfg.seed, cache, device)
+    configs = list(dict.fromkeys(m.input for m in models))
+    done = 0
+    with _frozen(models):
+        for index, views in enumerate(_views(source, configs, cfg.batch_size)):
+            run.batch(views, index)
+            done += len(next(iter(views.values())).rows)
+            if progress is not None:
+                progress("transfer", done, n)
+    rows = summarize(out, [s.spec.label for s in sources], [t.spec.label for t in targets])
+    meta = envelope("transfer-matrix", cfg.describe(), dataset_record(source, cfg.data, "test"),
+                    [m.describe() for m in models], {**metrics.TRANSFER_DEFINITIONS})
+    meta["sources"], meta["targets"] = [s.spec.label for s in sources], [t.spec.label for t in targets]
+    meta["crafted_attack_calls"] = out.crafted
+    return TransferResult(rows, out, meta)
+
+
+class _frozen:
+    """attack_mode for several models at once."""
+
+    def __init__(self, models: list[LoadedModel]) -> None:
+        self.guards = [attack_mode(m.module) for m in models]
+
+    def __enter__(self) -> None:
+        for g in self.guards:
+            g.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for g in reversed(self.guards):
+            g.__exit__(*exc)
+
+
+def summarize(out: TransferOutcomes, sources: list[str], targets: list[str]) -> pd.DataFrame:
+    """Tidy rows: each target's clean row, then (source, target, attack, eps) rows."""
+    y = out.labels
+    rows = [{"source": t, "target": t, "attack": CLEAN, "eps": 0.0,
+             "target_top1": float((out.clean[t][0] == y).mean()), "target_top5": float(out.clean_top5[t][0].mean()),
+             "transfer_rate": float("nan"), "n_fooled_source": None, "n": len(y)} for t in targets]
+    for s in sources:
+        for t in targets:
+            for k, (attack, eps) in enumerate(out.settings):
+                rate, fooled = metrics.transfer_rate(out.clean[s][0], out.clean[t][0], out.pred[(s, s)][k],
+                                                     out.pred[(s, t)][k], y)
+                rows.append({"source": s, "target": t, "attack": attack, "eps": eps,
+                             "target_top1": float((out.pred[(s, t)][k] == y).mean()),
+                             "target_top5": float(out.top5[(s, t)][k].mean()), "transfer_rate": rate,
+                             "n_fooled_source": fooled, "n": len(y)})
+    frame = pd.DataFrame(rows, columns=metrics.TRANSFER_COLUMNS)
+    frame["n_fooled_source"] = frame["n_fooled_source"].astype("Int64")
+    return frame

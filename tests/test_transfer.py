@@ -1,0 +1,125 @@
+"""transfer-matrix: the transfer-rate definition, the diagonal, the cache, resolution mismatch, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robench import metrics
+from robench.checkpoint import save_checkpoint
+from robench.cli.main import main
+from robench.evaluate import EvalConfig, run_eval
+from robench.suite import load_suite, override
+from robench.transfer import TransferConfig, deliver, run_transfer
+
+SUITE = override(load_suite(), ("fgsm", "iter_ll", "pgd"), (4.0, 16.0))
+
+
+def test_transfer_rate_by_hand() -> None:
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    clean_s = np.array([0, 1, 2, 3, 4, 0])  # sample 5 wrong on the source
+    clean_t = np.array([0, 1, 2, 3, 0, 5])  # sample 4 wrong on the target
+    adv_s = np.array([9, 9, 9, 3, 9, 9])  # fools the source on 0, 1, 2 (and 4, 5: not both-correct)
+    adv_t = np.array([9, 1, 9, 9, 9, 9])  # of 0, 1, 2 the target is fooled on 0 and 2
+    assert metrics.transfer_rate(clean_s, clean_t, adv_s, adv_t, labels) == (2 / 3, 3)
+    rate, n = metrics.transfer_rate(clean_s, clean_t, clean_s, adv_t, labels)
+    assert math.isnan(rate) and n == 0
+
+
+def test_diagonal_equals_eval() -> None:
+    common = {"suite": SUITE, "limit": 30, "batch_size": 16}
+    transfer = run_transfer(TransferConfig(models=("zoo:resnet-base",), **common))
+    evaluated = run_eval(EvalConfig(models=("zoo:resnet-base",), **common))
+    diagonal = transfer.rows.set_index(["attack", "eps"])["target_top1"]
+    assert evaluated.rows.set_index(["attack", "eps"])["top1"].to_dict() == diagonal.to_dict()
+    out = evaluated.outcomes["resnet-base"]
+    assert np.array_equal(out.pred[1:], transfer.outcomes.pred[("resnet-base", "resnet-base")])
+    assert transfer.rows.loc[transfer.rows.attack != "clean", "transfer_rate"].eq(1.0).all()
+
+
+def test_examples_are_crafted_once_and_cached(tmp_path: Path) -> None:
+    common = {"suite": SUITE, "limit": 20, "batch_size": 10, "cache": tmp_path / "cache"}
+    first = run_transfer(TransferConfig(models=("zoo:effnet-base", "zoo:resnet-base"), **common))
+    assert first.outcomes.crafted == 2 * 3 * 2  # sources x attacks x batches, whatever the targets
+    again = run_transfer(TransferConfig(models=("zoo:effnet-base", "zoo:resnet-base"), **common))
+    assert again.outcomes.crafted == 0
+    assert again.rows.equals(first.rows)
+    wider = run_transfer(TransferConfig(models=("zoo:effnet-base", "zoo:resnet-base", "zoo:effnet-stepll"),
+                                        sources=("effnet-base", "resnet-base"), **common))
+    assert wider.outcomes.crafted == 0 and len(wider.meta["targets"]) == 3
+
+
+def test_deliver_keeps_clean_input_and_eps() -> None:
+    g = torch.Generator().manual_seed(0)
+    x_target = torch.rand(2, 3, 24, 24, generator=g)
+    assert torch.equal(deliver(x_target, torch.zeros(2, 3, 32, 32), 8.0), x_target)
+    delta = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) * 8 / 255
+    moved = deliver(x_target, delta, 8.0)
+    assert moved.shape == x_target.shape and (moved - x_target).abs().max() <= 8 / 255 + 1e-7
+    assert moved.min() >= 0 and moved.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def small_res(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test_resnet at 24 px (random weights, 10 classes) with its own mean/std."""
+    import timm
+
+    path = tmp_path_factory.mktemp("res") / "r24.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(path, timm.create_model("test_resnet", num_classes=10),
+                    {"arch": "test_resnet", "num_classes": 10, "input_size": [3, 24, 24], "mean": [0.4, 0.4, 0.4],
+                     "std": [0.3, 0.3, 0.3]})
+    return path
+
+
+def test_resolution_mismatch_pair(small_res: Path) -> None:
+    common = {"suite": override(load_suite(), ("fgsm",), (8.0,)), "limit": 20}
+    result = run_transfer(TransferConfig(models=("zoo:resnet-base", f"small={small_res}"), **common))
+    alone = run_eval(EvalConfig(models=(f"small={small_res}",), **common))
+    clean = result.rows[(result.rows.attack == "clean") & (result.rows.target == "small")]
+    assert clean.target_top1.iloc[0] == alone.rows.top1.iloc[0]
+    cross = result.rows[(result.rows.source == "resnet-base") & (result.rows.target == "small")]
+    assert len(cross) == 1 and 0 <= cross.target_top1.iloc[0] <= 1
+
+
+def test_cli_writes_tidy_rows(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(main, ["transfer-matrix", "zoo:effnet-base", "zoo:resnet-base", "--attack", "fgsm",
+                                       "--eps", "16", "--limit", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "source \\ target" in result.stdout and "transfer rate" in result.stdout
+    doc = json.loads(out.read_text())
+    assert doc["command"] == "transfer-matrix" and "transfer_rate" in doc["metrics"]
+    assert len(doc["rows"]) == 2 + 4 and doc["crafted_attack_calls"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["zoo:effnet-base", "--targets", ""], "--targets is empty"),
+        (["zoo:effnet-base", "--sources", "nope"], "--sources names 'nope'"),
+        (["zoo:nope"], "unknown zoo model"),
+        (["zoo:effnet-base", "--cache", "{blocker}/cache"], "is not a writable folder"),
+        (["{five}"], "5 classes"),
+    ],
+)
+def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
+    import timm
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    five = tmp_path / "five.safetensors"
+    save_checkpoint(five, timm.create_model("test_resnet", num_classes=5), {"arch": "test_resnet", "num_classes": 5})
+    out = tmp_path / "t.json"
+    args = [a.format(blocker=blocker, five=five) for a in args]
+    result = CliRunner().invoke(main, ["transfer-matrix", *args, "--limit", "5", "--out", str(out)])
+    assert result.exit_code == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not out.exists()
