@@ -30,11 +30,13 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
               help="Keep adversarial examples here; a rerun crafts only what is missing.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png",
+              help="Heatmaps of the transfer rate (needs the plot extra: matplotlib).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      data: str, attacks_file: Path | None, attack_names: tuple[str, ...], eps_text: str | None,
                      limit: int | None, seed: int, batch_size: int, device: str, pretrained: bool,
-                     cache: Path | None, out: Path | None, quiet: bool) -> None:
+                     cache: Path | None, out: Path | None, plot: Path | None, quiet: bool) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
     Examples are crafted once per (source, attack, eps) and scored on all targets;
@@ -47,11 +49,12 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     Example:
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
     """
-    from robench.report import check_output, transfer_tables, write_results
+    from robench.report import check_output, transfer_heatmaps, transfer_tables, write_results
     from robench.suite import load_suite, override, parse_eps_list
     from robench.transfer import TransferConfig, run_transfer
 
     check_output(out)
+    check_output(plot, (".png",), "--plot")
     eps = parse_eps_list(eps_text) if eps_text is not None else None
     suite = override(load_suite(attacks_file), attack_names, eps)
     cfg = TransferConfig(models=specs + models, sources=_labels(sources), targets=_labels(targets), data=data,
@@ -61,6 +64,8 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
         result = run_transfer(cfg, progress)
     if out is not None:
         write_results(out, result.meta, result.rows)
+    if plot is not None:
+        transfer_heatmaps(result.rows, plot)
     if not quiet:
         for table in transfer_tables(result.rows):
             console().print(table)
