@@ -1,0 +1,303 @@
+"""Attack tests: one contract over the whole registry, hand-computed exact results, sweeps and schedules.
+
+Property tests use small_cnn on 6x6 images so the file runs in seconds; exact tests use linear_model,
+whose input gradient W^T (softmax - onehot) is computed here by hand, never by autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robench.attacks.base as base
+import robench.attacks.iterative as iterative
+import robench.attacks.single_step as single_step
+from robench.attacks import REGISTRY, Labels, get_attack
+from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
+from robench.attacks.single_step import FgsmConfig, StepLLConfig
+from robench.errors import RobenchError
+
+EPS = [0.0, 2.0, 8.0, 16.0]
+SWEEP = [2.0, 4.0, 8.0, 16.0]
+
+
+def _inputs(n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded [0, 1] images for small_cnn (5 classes), with pixels at and next to both bounds."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 6, 6, generator=g)
+    x[:, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.001, 0.999])
+    return x, torch.randint(0, 5, (n,), generator=g)
+
+
+def _labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Labels:
+    model.eval()
+    with torch.no_grad():
+        return Labels.from_logits(model(x), y)
+
+
+def _run(name: str, model: nn.Module, x: torch.Tensor, labels: Labels, eps: list[float], config=None, seed: int = 0):
+    attack = REGISTRY[name]
+    rng = torch.Generator().manual_seed(seed)
+    return dict(attack.run(model, x, labels, eps, attack.config() if config is None else config, rng))
+
+
+def _row(labels: Labels, i: int) -> Labels:
+    return Labels(labels.true[i : i + 1], labels.predicted[i : i + 1], labels.least_likely[i : i + 1])
+
+
+# --- the contract, for every registered attack -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("train_mode", [True, False], ids=["from-train", "from-eval"])
+def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    small_cnn.train(train_mode)
+    small_cnn[3].train(not train_mode)  # a mixed state: every submodule's own flag must come back
+    modes = [m.training for m in small_cnn.modules()]
+    params = list(small_cnn.parameters())
+    known = torch.full_like(params[0], 0.25)
+    params[0].grad = known.clone()
+    params[1].requires_grad_(False)
+    flags = [p.requires_grad for p in params]
+    buffers = {k: v.clone() for k, v in small_cnn.state_dict().items()}
+    assert "1.num_batches_tracked" in buffers and "1.running_var" in buffers
+    x_before = x.clone()
+
+    out = _run(name, small_cnn, x, labels, EPS)
+
+    assert list(out) == EPS, "one output per eps, in order"
+    assert torch.equal(x, x_before), "input mutated"
+    assert torch.equal(out[0.0], x), "eps 0 must return x exactly"
+    for eps, x_adv in out.items():
+        assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+        assert (x_adv - x).abs().max().item() <= eps / 255 + 1e-6
+        assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert (out[16.0] - x).abs().max().item() > 8 / 255, "the attack did not move"
+    assert [m.training for m in small_cnn.modules()] == modes
+    state = small_cnn.state_dict()
+    assert all(torch.equal(buffers[k], state[k]) for k in buffers), "parameters or BN buffers changed"
+    assert [p.requires_grad for p in params] == flags
+    assert torch.equal(params[0].grad, known)
+    assert all(p.grad is None for p in params[1:])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
+    # the loss is summed over the batch, so a sample's gradient does not depend on its neighbours.
+    # PGD draws its random start from rng for the whole batch, so one sample at a time draws other
+    # numbers; without the random start it is deterministic and must agree like the others.
+    config = PgdConfig(random_start=False) if name == "pgd" else None
+    x, y = _inputs(4)
+    labels = _labels(small_cnn, x, y)
+    whole = _run(name, small_cnn, x, labels, [4.0, 8.0], config)
+    for i in range(4):
+        single = _run(name, small_cnn, x[i : i + 1], _row(labels, i), [4.0, 8.0], config)
+        for eps in (4.0, 8.0):
+            assert torch.equal(single[eps][0], whole[eps][i]), (i, eps)
+
+
+def test_pgd_random_start_is_seeded(small_cnn: nn.Module) -> None:
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    a = _run("pgd", small_cnn, x, labels, [8.0], seed=1)[8.0]
+    b = _run("pgd", small_cnn, x, labels, [8.0], seed=1)[8.0]
+    c = _run("pgd", small_cnn, x, labels, [8.0], seed=2)[8.0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # one full-size step from x without a random start is exactly FGSM
+    one = _run("pgd", small_cnn, x, labels, [8.0], PgdConfig(steps=1, step_size=8.0, random_start=False))[8.0]
+    assert torch.equal(one, _run("fgsm", small_cnn, x, labels, [8.0])[8.0])
+
+
+# --- exact results on the linear model, gradient by hand ----------------------------------------
+
+
+def _hand_sign(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sign of d CE / dx for logits = W x + b: W^T (softmax - onehot), no autograd."""
+    w, b = model.fc.weight.detach(), model.fc.bias.detach()
+    p = torch.softmax(x.flatten(1) @ w.T + b, dim=1)
+    return ((p - F.one_hot(target, w.shape[0]).to(p.dtype)) @ w).sign().view_as(x)
+
+
+def _pixels(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows).view(len(rows), 1, 2, 2)
+
+
+def test_linear_hand_sign_is_the_weight_difference(linear_model) -> None:
+    # two classes: d CE / dx = p_other * (w_other - w_label); w1 - w0 = [-2, 3, -1, 3], never zero
+    x = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_hand_sign(linear_model, x, torch.zeros(5, dtype=torch.long)), _pixels(*[[-1, 1, -1, 1]] * 5))
+    assert torch.equal(_hand_sign(linear_model, x, torch.ones(5, dtype=torch.long)), _pixels(*[[1, -1, 1, -1]] * 5))
+
+
+def test_fgsm_and_step_ll_literal(linear_model) -> None:
+    # dyadic pixels and eps = 255/64, a step of exactly 1/64: every expected value below is exact.
+    # A: logits [-1.627, 1.384] -> predicted 1, least likely 0.  B: [1.452, -1.459] -> predicted 0, least likely 1.
+    x = _pixels([1 / 128, 127 / 128, 0.5, 0.25], [127 / 128, 1 / 128, 0.75, 0.0])
+    labels = _labels(linear_model, x, torch.tensor([0, 1]))
+    assert labels.predicted.tolist() == [1, 0] and labels.least_likely.tolist() == [0, 1]
+    eps = [0.0, 255 / 64, 255.0]
+
+    fgsm = _run("fgsm", linear_model, x, labels, eps)
+    # A up the loss of class 0 moves by [-1, 1, -1, 1]/64; B up the loss of class 1 by [1, -1, 1, -1]/64
+    assert torch.equal(fgsm[0.0], x)
+    assert torch.equal(fgsm[255 / 64], _pixels([0.0, 1.0, 0.484375, 0.265625], [1.0, 0.0, 0.765625, 0.0]))
+    assert torch.equal(fgsm[255.0], _pixels([0, 1, 0, 1], [1, 0, 1, 0]))
+
+    step_ll = _run("step_ll", linear_model, x, labels, eps)
+    # down the loss of the least-likely class: A toward class 0, B toward class 1
+    assert torch.equal(step_ll[255 / 64], _pixels([0.0234375, 0.9765625, 0.515625, 0.234375],
+                                                 [0.9765625, 0.0234375, 0.734375, 0.015625]))
+    assert torch.equal(step_ll[255.0], _pixels([1, 0, 1, 0], [0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("eps", [1.0, 4.0, 16.0, 100.0])
+def test_fgsm_and_step_ll_equal_hand_gradient(eps: float, linear_model) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 1, 2, 2, generator=g)
+    x[:4, 0, 0, 0], x[4:, 0, 1, 1] = 0.002, 0.998  # near the bounds: clipping is exercised
+    y = torch.randint(0, 2, (8,), generator=g)
+    labels = _labels(linear_model, x, y)
+    step = eps / 255
+    for kind in ("true", "predicted"):
+        moved = x + step * _hand_sign(linear_model, x, labels.pick(kind))
+        assert ((moved < 0) | (moved > 1)).any(), "no pixel is clipped: the test would miss clipping"
+        assert torch.equal(_run("fgsm", linear_model, x, labels, [eps], FgsmConfig(kind))[eps], moved.clamp(0, 1))
+    moved = x - step * _hand_sign(linear_model, x, labels.least_likely)
+    assert ((moved < 0) | (moved > 1)).any()
+    assert torch.equal(_run("step_ll", linear_model, x, labels, [eps])[eps], moved.clamp(0, 1))
+
+
+@pytest.mark.parametrize(("iterative_name", "single_name"), [("bim", "fgsm"), ("iter_ll", "step_ll")])
+def test_iterative_on_linear_model_ends_at_the_single_step(iterative_name: str, single_name: str, linear_model) -> None:
+    # the linear model's gradient sign never changes along the path, and the paper schedule takes more
+    # steps of 1/255 than eps, so each pixel walks to the eps-ball (or [0, 1]) edge and stops there:
+    # the projection's x +- eps is the same float as the single step's x + eps * sign.
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(5))
+    x[0, 0, 0, 0], x[1, 0, 1, 1] = 0.01, 0.99
+    labels = _labels(linear_model, x, torch.tensor([0, 1, 0, 1, 0, 1]))
+    eps = [4.0, 8.0, 16.0]
+    assert all(paper_steps(e) > e for e in eps)
+    many = _run(iterative_name, linear_model, x, labels, eps)
+    one = _run(single_name, linear_model, x, labels, eps)
+    for e in eps:
+        assert torch.equal(many[e], one[e]), e
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def test_step_ll_targets_argmin_of_clean_logits(small_cnn: nn.Module) -> None:
+    x, y = _inputs(8)
+    small_cnn.eval()
+    with torch.no_grad():
+        logits = small_cnn(x)
+    labels = Labels.from_logits(logits, y)
+    ll = logits.argmin(1)
+    assert torch.equal(labels.least_likely, ll) and torch.equal(labels.predicted, logits.argmax(1))
+
+    def down(target: torch.Tensor) -> torch.Tensor:
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(small_cnn(xg), target, reduction="sum"), xg)
+        return (x - 8 / 255 * grad.sign()).clamp(0, 1)
+
+    ours = _run("step_ll", small_cnn, x, labels, [8.0])[8.0]
+    assert torch.equal(ours, down(ll))
+    second = logits.topk(2, dim=1, largest=False).indices[:, 1]  # the second least likely: must differ
+    assert not torch.equal(ours, down(second))
+
+
+def test_fgsm_predicted_equals_true_where_prediction_is_right(small_cnn: nn.Module) -> None:
+    x, y = _inputs(12)
+    labels = _labels(small_cnn, x, y)
+    y = labels.predicted.clone()
+    y[::2] = (y[::2] + 1) % 5  # half right, half wrong, by construction
+    labels = Labels(y, labels.predicted, labels.least_likely)
+    true = _run("fgsm", small_cnn, x, labels, [8.0], FgsmConfig("true"))[8.0]
+    pred = _run("fgsm", small_cnn, x, labels, [8.0], FgsmConfig("predicted"))[8.0]
+    right = labels.predicted == y
+    assert right.sum() == 6
+    assert torch.equal(true[right], pred[right])
+    assert all(not torch.equal(true[i], pred[i]) for i in torch.nonzero(~right).flatten())
+
+
+# --- the shared sweep and the schedule ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [("fgsm", FgsmConfig()), ("step_ll", StepLLConfig()), ("bim", BimConfig()), ("iter_ll", IterLLConfig())],
+    ids=["fgsm", "step_ll", "bim", "iter_ll"],
+)
+def test_shared_sweep_equals_per_eps_calls(name: str, config, small_cnn: nn.Module) -> None:
+    x, y = _inputs(3)
+    labels = _labels(small_cnn, x, y)
+    sweep = _run(name, small_cnn, x, labels, SWEEP, config)
+    for eps in SWEEP:
+        assert torch.equal(sweep[eps], _run(name, small_cnn, x, labels, [eps], config)[eps]), eps
+    assert not torch.equal(sweep[2.0], sweep[16.0])
+
+
+def test_paper_schedule() -> None:
+    assert [paper_steps(e) for e in SWEEP] == [2, 5, 10, 20]
+    assert paper_steps(0.0) == 0
+    for e in [1.0, 3.0, 5.0, 6.0, 7.0, 12.0, 20.0, 32.0, 64.0]:
+        assert paper_steps(e) == math.floor(min(e + 4, 1.25 * e)), e
+
+
+@pytest.fixture
+def gradient_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count gradient computations: both attack modules call gradient_sign through their own name."""
+    calls: list[int] = []
+    real = base.gradient_sign
+
+    def counting(model, x, target):
+        calls.append(len(x))
+        return real(model, x, target)
+
+    monkeypatch.setattr(iterative, "gradient_sign", counting)
+    monkeypatch.setattr(single_step, "gradient_sign", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "eps", "expected"),
+    [
+        ("fgsm", SWEEP, 1),
+        ("step_ll", SWEEP, 1),
+        ("bim", SWEEP, 1 + (2 - 1) + (5 - 1) + (10 - 1) + (20 - 1)),  # first gradient at x shared
+        ("iter_ll", SWEEP, 34),
+        ("bim", [0.0, 4.0], 5),  # eps 0 costs nothing
+        ("bim", [2.0], 2),
+        ("pgd", SWEEP, 4 * 10),  # random starts differ per eps: nothing shared
+    ],
+)
+def test_gradient_count(name: str, eps: list[float], expected: int, gradient_calls, small_cnn: nn.Module) -> None:
+    x, y = _inputs(2)
+    labels = _labels(small_cnn, x, y)
+    _run(name, small_cnn, x, labels, eps)
+    assert len(gradient_calls) == expected
+    assert set(gradient_calls) == {2}, "every gradient is over the whole batch"
+
+
+def test_explicit_steps_override_schedule(gradient_calls, small_cnn: nn.Module) -> None:
+    x, y = _inputs(2)
+    _run("bim", small_cnn, x, _labels(small_cnn, x, y), [2.0, 16.0], BimConfig(steps=3))
+    assert len(gradient_calls) == 1 + 2 + 2
+
+
+# --- bad arguments ------------------------------------------------------------------------------
+
+
+def test_unknown_attack_suggests_the_close_name() -> None:
+    with pytest.raises(RobenchError, match="fgsm") as info:
+        get_attack("fgsmm")
+    assert "fgsmm" in str(info.value)
+    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd"):
+        get_attack("zzz")
+    assert get_attack("pgd") is REGISTRY["pgd"]
