@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ from robench import engine, metrics
 from robench.data import Source, open_source
 from robench.errors import RobenchError
 from robench.models import LoadedModel, load_model, parse_spec
-from robench.provenance import dataset_record, envelope
+from robench.provenance import dataset_record, envelope, plain_config
 from robench.suite import Suite, load_suite
 
 Progress = Callable[[str, int, int], None]  # (model label, images done, images total)
@@ -36,8 +35,7 @@ class EvalConfig:
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "suite"}
-        return {**d, "models": list(self.models), "suite": self.suite.describe()}
+        return plain_config(self)
 
 
 @dataclass

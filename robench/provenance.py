@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
+from pathlib import Path
 from typing import Any
 
 from robench import __version__
@@ -38,3 +40,18 @@ def envelope(command: str, config: dict[str, Any], dataset: dict[str, Any], mode
         "robench": __version__, "schema_version": SCHEMA_VERSION, "command": command, "config": config,
         "versions": versions(), "dataset": dataset, "models": models, "metrics": metrics,
     }
+
+
+def plain_config(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as JSON-ready data: suites described, tuples as lists, paths as strings."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if hasattr(value, "describe"):
+            value = value.describe()
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f.name] = value
+    return out

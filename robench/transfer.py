@@ -12,7 +12,6 @@ two input configs are equal the source's example is used as it is.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from robench.engine import CLEAN, attack_rng, score, settings_of
 from robench.errors import RobenchError
 from robench.evaluate import load_models, resolve_device
 from robench.models import LoadedModel
-from robench.provenance import dataset_record, envelope
+from robench.provenance import dataset_record, envelope, plain_config
 from robench.suite import AttackSpec, Suite, load_suite
 
 Progress = Callable[[str, int, int], None]
@@ -59,9 +58,7 @@ class TransferConfig:
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "suite"}
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-        return {**d, "cache": str(self.cache) if self.cache else None, "suite": self.suite.describe()}
+        return plain_config(self)
 
 
 @dataclass
