@@ -175,7 +175,7 @@ def bare_eval(model: nn.Module, batches: list[Batch], n: int, suite: Suite) -> t
                 pred[s, rows] = logits.argmax(1).int()
                 top5[s, rows] = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
 
-            rng = attack_rng(SEED, i, SUITE_NAMES.index("pgd"), torch.device("cpu"))  # robench's seeding
+            rng = attack_rng(SEED, i, "pgd", torch.device("cpu"))  # robench's seeding
             bare_batch(model, b.images, b.labels, eps, rng, record)
     finally:
         for p, flag in flags:

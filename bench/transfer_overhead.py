@@ -37,9 +37,9 @@ def naive(images: int, batch: int) -> tuple[float, int, dict]:
                                                   strict=True)):
                     labels = Labels.from_logits(score(s.module, bs.images), bs.labels)
                     score(t.module, bt.images)  # the target's clean forward, as a per-pair script does
-                    for a, spec in enumerate(suite.attacks):
+                    for spec in suite.attacks:
                         calls += 1
-                        rng = attack_rng(0, i, a, torch.device("cpu"))
+                        rng = attack_rng(0, i, spec.id, torch.device("cpu"))
                         for e, x_adv in REGISTRY[spec.name].run(s.module, bs.images, labels, spec.eps, spec.config,
                                                                  rng):
                             xt = x_adv if t.input == s.input else deliver(bt.images, x_adv - bs.images, e)

@@ -8,6 +8,7 @@ outcomes are kept (a few bytes per sample per setting), so memory is O(batch).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -61,13 +62,14 @@ def score(model: nn.Module, x: Tensor) -> Tensor:
     return logits.clone()
 
 
-def attack_rng(seed: int, batch_index: int, attack_index: int, device: torch.device) -> torch.Generator:
+def attack_rng(seed: int, batch_index: int, attack_id: str, device: torch.device) -> torch.Generator:
     """Randomness for one attack on one batch (PGD's start), reproducible and independent.
 
-    Seeding per (seed, batch, attack) rather than sharing one stream means an attack's
+    Seeding per (seed, batch, attack id) rather than sharing one stream means an attack's
     examples do not depend on which other attacks ran (or came from a cache) before it.
     """
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_index) * 1_009 + attack_index)
+    stream = (seed * 1_000_003 + batch_index) * 1_009 + zlib.crc32(attack_id.encode())
+    return torch.Generator(device=device).manual_seed(stream)
 
 
 def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed: int, index: int) -> None:
@@ -79,8 +81,8 @@ def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed:
     out.record(0, batch.rows, logits, y)
     labels = Labels.from_logits(logits, y)
     setting = 1
-    for a, spec in enumerate(suite.attacks):
-        attack, rng = REGISTRY[spec.name], attack_rng(seed, index, a, device)
+    for spec in suite.attacks:
+        attack, rng = REGISTRY[spec.name], attack_rng(seed, index, spec.id, device)
         for _, x_adv in attack.run(model, x, labels, spec.eps, spec.config, rng):
             out.record(setting, batch.rows, score(model, x_adv), y)
             setting += 1

@@ -146,7 +146,7 @@ class _Run:
         if cached is not None:
             return [(e, t.to(self.device)) for e, t in cached]
         self.out.crafted += 1
-        rng = attack_rng(self.seed, index, a, self.device)
+        rng = attack_rng(self.seed, index, spec.id, self.device)
         made = list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, rng))
         if self.cache:
             self.cache.save(s, spec, index, made)

@@ -142,3 +142,11 @@ def test_runs_are_reproducible(small_cnn: nn.Module) -> None:
     a = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, suite, seed=3)
     b = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, suite, seed=3)
     assert np.array_equal(a.pred, b.pred)
+
+
+def test_pgd_does_not_depend_on_its_place_in_the_suite(small_cnn: nn.Module) -> None:
+    src, cfg = _source(12), InputConfig(size=(8, 8))
+    alone = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, override(load_suite(), ("pgd",), (8.0,)))
+    suite = override(load_suite(), ("fgsm", "pgd"), (8.0,))
+    after = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, suite)
+    assert np.array_equal(alone.pred[1], after.pred[2])
