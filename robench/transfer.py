@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,9 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> Trans
     run = _Run(sources, targets, cfg.suite, out, cfg.seed, cache, device)
     configs = list(dict.fromkeys(m.input for m in models))
     done = 0
-    with _frozen(models):
+    with ExitStack() as stack:
+        for m in models:
+            stack.enter_context(attack_mode(m.module))
         for index, views in enumerate(_views(source, configs, cfg.batch_size)):
             run.batch(views, index)
             done += len(next(iter(views.values())).rows)
@@ -244,21 +247,6 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> Trans
     meta["sources"], meta["targets"] = [s.spec.label for s in sources], [t.spec.label for t in targets]
     meta["crafted_attack_calls"] = out.crafted
     return TransferResult(rows, out, meta)
-
-
-class _frozen:
-    """attack_mode for several models at once."""
-
-    def __init__(self, models: list[LoadedModel]) -> None:
-        self.guards = [attack_mode(m.module) for m in models]
-
-    def __enter__(self) -> None:
-        for g in self.guards:
-            g.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for g in reversed(self.guards):
-            g.__exit__(*exc)
 
 
 def summarize(out: TransferOutcomes, sources: list[str], targets: list[str]) -> pd.DataFrame:
