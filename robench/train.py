@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> Trai
     for epoch in range(1, cfg.epochs + 1):
         row = _epoch(model, opt, source, input_cfg, cfg, gen, epoch, progress)
         history.append(row)
-        save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
+        if epoch < cfg.epochs:  # the last epoch is written below, with its validation accuracy
+            save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
     val = accuracy(model, open_source(cfg.data, "test"), input_cfg)
     meta = _meta(cfg, model, input_cfg, source, {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val})
     save_checkpoint(out, model.model, meta)
