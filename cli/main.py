@@ -15,6 +15,9 @@ import click
 from robench import __version__
 from robench.errors import RobenchError
 
+# Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
+_NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 EXIT_CODES = """\b
 Exit codes (every command):
   0    ok
@@ -36,6 +39,9 @@ class RobenchGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as e:  # help, not an error: no "robench: error:" in front of it
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(2)
         except click.UsageError as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             _fail(f"{e.format_message()}{hint}", 2)
@@ -63,16 +69,24 @@ def main() -> None:
     """
 
 
+def _with_exit_codes(command: click.Command) -> click.Command:
+    """Every command's --help ends with the exit codes: scripts look for them there."""
+    command.epilog = command.epilog or EXIT_CODES
+    for sub in getattr(command, "commands", {}).values():
+        _with_exit_codes(sub)
+    return command
+
+
 def _register() -> None:
     from .eval_cmd import eval_command
     from .train_cmd import train_command
     from .transfer_cmd import transfer_command
     from .zoo_cmd import zoo_command
 
-    main.add_command(eval_command)
-    main.add_command(train_command)
-    main.add_command(transfer_command)
-    main.add_command(zoo_command)
+    main.add_command(_with_exit_codes(eval_command))
+    main.add_command(_with_exit_codes(train_command))
+    main.add_command(_with_exit_codes(transfer_command))
+    main.add_command(_with_exit_codes(zoo_command))
 
 
 _register()

@@ -49,7 +49,7 @@ def _is_checkpoint_path(text: str) -> bool:
 def parse_spec(text: str) -> ModelSpec:
     """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem."""
     label, eq, rest = text.partition("=")
-    if not eq:
+    if not eq or "/" in label or "@" in label or Path(text).is_file():  # '=' inside a path, e.g. runs/lr=0.1/
         label, rest = "", text
     if rest.startswith("zoo:"):
         from robench.zoo import get  # the zoo's recipes import the trainer, which imports this module
@@ -57,6 +57,8 @@ def parse_spec(text: str) -> ModelSpec:
         entry = get(rest[4:])
         return ModelSpec(text, label or entry.name, None, entry.path)
     name, at, ckpt = rest.partition("@")
+    if at and Path(rest).is_file():  # an existing file whose path holds '@'
+        name, at, ckpt = rest, "", ""
     if not rest or (at and not (name and ckpt)):
         raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth")
     if not at and _is_checkpoint_path(name):
@@ -153,6 +155,11 @@ def _create(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             return timm.create_model(arch, pretrained=True, **kwargs)
         except Exception:  # noqa: BLE001, S110 - not cached: try the network below
             pass
+    if _offline():
+        raise RobenchError(
+            f"cannot load pretrained weights for '{arch}': not cached and HF_HUB_OFFLINE is set; "
+            f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
+        )
     host = _weights_host(arch)
     if host and not _reachable(host):
         raise RobenchError(
@@ -167,6 +174,14 @@ def _create(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             f"cannot load pretrained weights for '{arch}' ({reason}); without network, "
             f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
         ) from None
+
+
+def _offline() -> bool:
+    """Has the user asked huggingface_hub to stay offline? Then robench does not probe the network either."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return flag or bool(constants.HF_HUB_OFFLINE)
 
 
 @contextmanager
@@ -213,8 +228,10 @@ def _load_state(path: Path) -> dict[str, Tensor]:
         return load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and safetensors errors differ
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+        if "Unsupported global" in str(e):  # torch's weights_only unpickler met a class or function
             first = "it holds pickled objects other than tensors, which robench refuses to load"
+        elif "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+            first = "it is corrupt or not a PyTorch checkpoint"
         raise RobenchError(f"cannot load checkpoint {path}: {first}") from None
 
 

@@ -65,7 +65,14 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Any:
     data = _Mapping()
     data.line = node.start_mark.line + 1
-    data.key_lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+    data.key_lines = {}
+    for k, _ in node.value:  # YAML would silently keep the last of two equal keys
+        key = str(k.value)
+        if key in data.key_lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first at line {data.key_lines[key]})", k.start_mark
+            )
+        data.key_lines[key] = k.start_mark.line + 1
     yield data
     data.update(loader.construct_mapping(node))
 
@@ -202,17 +209,24 @@ def parse_suite(text: str, source: str = "<string>") -> Suite:
     entries = doc.get("attacks")
     if not isinstance(entries, list) or not entries:
         raise RobenchError(f"{_where(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
-    return _unique(Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source))
+    suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source)
+    return _unique(suite, tuple(_where(source, e, "id" if "id" in e else None) for e in entries))
 
 
-def _unique(suite: Suite) -> Suite:
-    seen: set[str] = set()
-    for a in suite.attacks:
-        if a.id in seen or a.id == "clean":
-            raise RobenchError(
-                f"{suite.source}: attack id '{a.id}' is used twice (or is reserved); give one entry an 'id:'"
-            )
-        seen.add(a.id)
+def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:
+    """Attack ids key the result rows: they must differ, and 'clean' is taken by clean accuracy.
+
+    ``where`` names each attack's file and line, for messages.
+    """
+    first: dict[str, str] = {}
+    for i, a in enumerate(suite.attacks):
+        at = where[i] if where else suite.source
+        if a.id == "clean":
+            raise RobenchError(f"{at}: attack id 'clean' is reserved for clean accuracy; give the entry another 'id:'")
+        if a.id in first:
+            earlier = f" (first at {first[a.id]})" if where else ""
+            raise RobenchError(f"{at}: attack id '{a.id}' is used twice{earlier}; give one entry its own 'id:'")
+        first[a.id] = at
     return suite
 
 
@@ -231,6 +245,9 @@ def load_suite(path: str | Path | None = None) -> Suite:
 def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Suite:
     """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list."""
     attacks = suite.attacks
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise RobenchError(f"--attack {dup} is given twice; give each attack once")
     if names:
         by_id = {a.id: a for a in suite.attacks}
         picked = []

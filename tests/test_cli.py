@@ -1,0 +1,293 @@
+"""The `robench` command line: eval outputs, and exactly one line + exit 2 (no traceback, no file) for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import timm
+from click.testing import CliRunner
+from PIL import Image
+
+from robench.checkpoint import save_checkpoint
+from robench.cli.main import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def stderr_lines(result) -> list[str]:
+    return [ln for ln in result.stderr.splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------- eval end to end
+
+
+@pytest.fixture(scope="module")
+def fgsm_run(default_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One eval of the default model: 40 digits, FGSM at eps 2 and 8, JSON and per-sample CSV."""
+    root = tmp_path_factory.mktemp("eval")
+    out, samples = root / "x.json", root / "s.csv"
+    result = invoke("eval", "-m", default_checkpoint, "--limit", "40", "--attack", "fgsm", "--eps", "2,8",
+                    "--out", out, "--per-sample", samples)
+    return result, out, samples
+
+
+def test_eval_exits_0_and_prints_a_table(fgsm_run) -> None:
+    result, _, _ = fgsm_run
+    assert result.exit_code == 0, result.stderr
+    assert "fgsm" in result.stdout and "clean" in result.stdout
+    assert "eps 2/255" in result.stdout and "eps 8/255" in result.stdout
+    assert "robench: error" not in result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
+def test_eval_json_envelope(fgsm_run, default_checkpoint: Path) -> None:
+    _, out, _ = fgsm_run
+    doc = json.loads(out.read_text())
+    assert {"robench", "schema_version", "command", "config", "dataset", "models", "rows"} <= set(doc)
+    assert doc["command"] == "eval" and doc["schema_version"] == 1
+    assert doc["config"]["limit"] == 40 and doc["config"]["data"] == "digits"
+    assert [a["id"] for a in doc["config"]["suite"]["attacks"]] == ["fgsm"]
+    ds = doc["dataset"]
+    assert ds["name"] == "digits" and ds["n"] == 40 and len(ds["ids"]) == 40 and len(set(ds["ids"])) == 40
+    assert all(i.startswith("digits:") and int(i[7:]) % 5 == 0 for i in ds["ids"])
+    from robench.data import ids_sha256
+
+    assert ds["ids_sha256"] == ids_sha256(ds["ids"])
+    [model] = doc["models"]
+    assert model["spec"] == str(default_checkpoint) and model["arch"] == "test_resnet"
+    from robench.models import load_model, parse_spec
+
+    assert model["weights_sha256"] == load_model(parse_spec(str(default_checkpoint)), 10).weights_sha256
+
+
+def test_eval_json_rows(fgsm_run) -> None:
+    _, out, _ = fgsm_run
+    rows = json.loads(out.read_text())["rows"]
+    assert all(set(r) == {"model", "attack", "eps", "top1", "top5", "success_rate", "n"} for r in rows)
+    assert [(r["attack"], r["eps"]) for r in rows] == [("clean", 0.0), ("fgsm", 2.0), ("fgsm", 8.0)]
+    clean, eps2, eps8 = rows
+    assert clean["success_rate"] is None and all(r["n"] == 40 for r in rows)
+    assert clean["top1"] >= 0.9  # the shipped model is accurate on digits
+    assert eps8["top1"] < clean["top1"] and eps8["top1"] <= eps2["top1"]
+    assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 for r in rows)
+    assert 0.0 < eps8["success_rate"] <= 1.0
+
+
+def test_eval_per_sample_csv(fgsm_run) -> None:
+    _, out, samples = fgsm_run
+    rows = json.loads(out.read_text())["rows"]
+    ids = json.loads(out.read_text())["dataset"]["ids"]
+    frame = pd.read_csv(samples)
+    assert len(frame) == 40 * 3
+    assert list(frame.columns) == ["id", "model", "attack", "eps", "label", "pred", "top1_correct", "top5_correct"]
+    assert frame["id"].tolist() == ids * 3
+    for r in rows:
+        part = frame[(frame.attack == r["attack"]) & (frame.eps == r["eps"])]
+        assert len(part) == 40 and part["top1_correct"].mean() == pytest.approx(r["top1"])
+        assert part["top5_correct"].mean() == pytest.approx(r["top5"])
+
+
+def test_eval_csv_writes_rows_and_meta(default_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.csv"
+    result = invoke("eval", "-m", default_checkpoint, "--limit", "10", "--attack", "step_ll", "--eps", "4", "-q",
+                    "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # -q: no table
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["model", "attack", "eps", "top1", "top5", "success_rate", "n"]
+    assert frame["attack"].tolist() == ["clean", "step_ll"] and frame["eps"].tolist() == [0.0, 4.0]
+    meta = json.loads((tmp_path / "x.csv.meta.json").read_text())
+    assert meta["dataset"]["n"] == 10 and meta["command"] == "eval" and "rows" not in meta
+
+
+def test_eval_md_has_a_table(default_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.md"
+    result = invoke("eval", f"mine={default_checkpoint}", "--limit", "10", "--attack", "fgsm", "--eps", "8/255",
+                    "-q", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    text = out.read_text()
+    assert text.startswith("# robench eval\n") and "n = 10" in text
+    assert "| model | attack | eps | top1 | top5 | success_rate | n |" in text
+    assert "| mine | clean | 0 |" in text and "| mine | fgsm | 8 |" in text
+
+
+def test_eval_without_a_model_uses_the_zoo_default(tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    result = invoke("eval", "--limit", "20", "--attack", "fgsm", "--eps", "8", "-q", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert [m["label"] for m in doc["models"]] == ["effnet-base", "effnet-stepll"]
+    assert len(doc["rows"]) == 4 and all(r["n"] == 20 for r in doc["rows"])
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
+
+BAD_YAML = """\
+eps: [2, 4]
+attacks:
+  - name: fgsm
+  - name: pgd
+    steps: ten
+"""
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Inputs that must each be refused with one line."""
+    root = tmp_path_factory.mktemp("bad")
+    empty = root / "empty"
+    (empty / "cat").mkdir(parents=True)
+    corrupt = root / "corrupt"
+    for cls in ("cat", "dog"):
+        (corrupt / cls).mkdir(parents=True)
+        Image.new("RGB", (12, 12), (40, 90, 200)).save(corrupt / cls / "ok.png")
+    (corrupt / "dog" / "broken.png").write_bytes(b"\x89PNG but not really" * 5)
+    (root / "bad.yaml").write_text(BAD_YAML)
+    (root / "syntax.yaml").write_text("eps: [2, 4]\nattacks:\n  - name: fgsm\n    label: [true\n")
+    import torch
+
+    torch.save(timm.create_model("test_efficientnet", num_classes=10).state_dict(), root / "effnet.pth")
+    for n in (2, 5):
+        save_checkpoint(root / f"classes{n}.safetensors", timm.create_model("test_resnet", num_classes=n),
+                        {"arch": "test_resnet", "num_classes": n, "input_size": [3, 32, 32]})
+    return {"root": root, "empty": empty, "corrupt": corrupt}
+
+
+BAD_INPUTS = {
+    "unknown model": (["-m", "test_resnt"], ["unknown model 'test_resnt'", "did you mean", "test_resnet"]),
+    "checkpoint of another arch": (["-m", "test_resnet@{root}/effnet.pth"],
+                                   ["does not fit test_resnet", "missing keys", "unexpected keys"]),
+    "missing checkpoint": (["-m", "test_resnet@{root}/nope.pth"], ["checkpoint not found", "nope.pth"]),
+    "missing checkpoint alone": (["-m", "{root}/nope.safetensors"], ["checkpoint not found"]),
+    "missing data folder": (["--data", "{root}/no-such-folder"], ["dataset folder not found", "no-such-folder"]),
+    "empty image folder": (["-m", "{root}/classes2.safetensors", "--data", "{empty}"], ["no images found"]),
+    "corrupt image": (["-m", "{root}/classes2.safetensors", "--data", "{corrupt}"],
+                      ["cannot read image", "dog/broken.png"]),
+    "bad yaml type": (["--attacks", "{root}/bad.yaml"], ["bad.yaml line 5", "'steps'", "must be int"]),
+    "bad yaml syntax": (["--attacks", "{root}/syntax.yaml"], ["syntax.yaml line 5", "invalid YAML"]),
+    "missing yaml": (["--attacks", "{root}/none.yaml"], ["attack suite file not found"]),
+    "unknown attack": (["--attack", "fgsmm"], ["unknown attack 'fgsmm'", "did you mean fgsm"]),
+    "attack twice": (["--attack", "fgsm", "--attack", "fgsm"], ["--attack fgsm is given twice"]),
+    "eps too large": (["--eps", "300"], ["--eps", "out of range"]),
+    "eps negative": (["--eps", "2,-4"], ["out of range"]),
+    "eps not a number": (["--eps", "abc"], ["--eps", "not a number"]),
+    "eps code": (["--eps", "__import__('os').getcwd()"], ["not a number"]),
+    "limit too large": (["--limit", "100000"], ["--limit 100000 is more than the 360 samples", "--limit 360"]),
+    "limit zero": (["--limit", "0"], ["--limit must be a positive number"]),
+    "limit not an int": (["--limit", "many"], ["'--limit'", "not a valid integer"]),
+    "num_classes mismatch": (["-m", "{root}/classes5.safetensors"], ["has 5 classes", "digits has 10"]),
+    "duplicate labels": (["-m", "a=test_resnet", "-m", "a=test_efficientnet"], ["two models are labelled 'a'"]),
+    "unknown option": (["--bogus-option"], ["No such option", "--bogus-option"]),
+    "batch size 0": (["--batch-size", "0"], ["'--batch-size'", "0 is not in the range"]),
+    "unknown device": (["--device", "tpu9"], ["unknown device 'tpu9'"]),
+    "per-sample suffix": (["--per-sample", "{root}/s.json"], ["--per-sample", "unknown format '.json'"]),
+}
+
+
+@pytest.mark.parametrize(("args", "needles"), list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needles: list[str], bad: dict[str, Path],
+                                          default_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    args = [a.format(**{k: str(v) for k, v in bad.items()}) for a in args]
+    limit = [] if "--limit" in args else ["--limit", "3"]
+    result = invoke("eval", *args, *limit, "--attack" if "--attack" not in args else "--seed",
+                    "fgsm" if "--attack" not in args else "1", "--out", out)
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("robench: error: ") and len(lines[0]) > len("robench: error: ") + 10
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.JSONL"])
+def test_unknown_output_suffix(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    result = invoke("eval", "--out", out)
+    assert result.exit_code == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(f"robench: error: --out {out}: unknown format")
+    assert "use one of .json, .csv, .md" in lines[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_output_folder_must_exist(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "x.json"
+    result = invoke("eval", "--out", out)
+    assert result.exit_code == 2 and stderr_lines(result) == [
+        f"robench: error: --out {out}: folder {out.parent} does not exist; create it first"
+    ]
+
+
+def test_top_level_usage_error_is_one_line() -> None:
+    result = invoke("--bogus")
+    assert result.exit_code == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("robench: error: No such option") and "--bogus" in lines[0]
+    assert lines[0].endswith("--help')") and "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_one_line() -> None:
+    result = invoke("evl")
+    assert result.exit_code == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("robench: error: No such command 'evl'")
+
+
+def test_no_command_shows_help_not_an_error() -> None:
+    result = invoke()
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Usage: ") and "Commands:" in result.stderr and "eval" in result.stderr
+    assert "robench: error" not in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- help and imports
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["eval", "--help"], ["zoo", "list", "--help"]])
+def test_help_mentions_exit_codes(args: list[str]) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "Exit codes" in result.stdout
+    for code, meaning in (("0", "ok"), ("2", "bad usage or input"), ("3", "runtime error"), ("130", "interrupted")):
+        assert f"{code}  " in result.stdout and meaning in result.stdout
+
+
+def test_eval_help_documents_eps_units() -> None:
+    result = invoke("eval", "--help")
+    assert "1/255" in result.stdout and "--limit" in result.stdout and "--per-sample" in result.stdout
+
+
+def test_version() -> None:
+    from robench import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"robench, version {__version__}"
+
+
+def test_cli_import_does_not_import_torch(tmp_path: Path) -> None:
+    code = "import sys, robench.cli.main; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_no_top_level_cli_module(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", "import cli"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=60)
+    assert run.returncode != 0 and "No module named 'cli'" in run.stderr
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    from importlib.metadata import entry_points
+
+    [script] = [e for e in entry_points(group="console_scripts") if e.name == "robench"]
+    assert script.value == "robench.cli.main:main"

@@ -1,0 +1,300 @@
+"""Data sources: the exact digits split, seeded --limit, IDX files and image folders as [0, 1] floats."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robench.data import FASHION_MNIST_DIR, InputConfig, ids_sha256, load_digits_source, open_source, select
+from robench.errors import RobenchError
+
+# ---------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope="module")
+def sk_digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
+def test_digits_test_split_is_every_fifth_sklearn_index(sk_digits) -> None:
+    src = load_digits_source("test")
+    expected = [i for i in range(len(sk_digits.target)) if i % 5 == 0]
+    assert len(expected) == 360
+    assert src.ids == [f"digits:{i}" for i in expected]
+    assert src.ids[:4] == ["digits:0", "digits:5", "digits:10", "digits:15"] and src.ids[-1] == "digits:1795"
+    assert src.labels.tolist() == sk_digits.target[expected].tolist()
+    assert src.num_classes == 10 and src.name == "digits"
+
+
+def test_digits_train_split_is_the_rest(sk_digits) -> None:
+    train, test = load_digits_source("train"), load_digits_source("test")
+    assert len(train.ids) == 1437
+    assert set(train.ids).isdisjoint(test.ids)
+    assert len(set(train.ids) | set(test.ids)) == len(sk_digits.target) == 1797
+    assert train.ids[:4] == ["digits:1", "digits:2", "digits:3", "digits:4"]
+    assert train.labels.tolist() == [t for i, t in enumerate(sk_digits.target.tolist()) if i % 5]
+
+
+@pytest.mark.parametrize("size", [(8, 8), (32, 32), (20, 24)])
+def test_digits_images_are_unit_floats_at_the_input_size(sk_digits, size: tuple[int, int]) -> None:
+    src = load_digits_source("test")
+    batch = next(src.batches(InputConfig(size=size), 7))
+    assert batch.images.dtype == torch.float32 and batch.images.shape == (7, 3, *size)
+    assert batch.images.min() >= 0.0 and batch.images.max() <= 1.0
+    assert batch.labels.tolist() == sk_digits.target[[0, 5, 10, 15, 20, 25, 30]].tolist()
+    assert batch.rows.tolist() == list(range(7))
+    assert torch.equal(batch.images[:, 0], batch.images[:, 2])  # gray: the channels are copies
+    if size == (8, 8):  # no resize: exactly sklearn's 17 gray levels / 16
+        assert torch.equal(batch.images[1, 0], torch.from_numpy(sk_digits.images[5] / 16).float())
+
+
+def test_digits_single_channel_and_order() -> None:
+    src = load_digits_source("test", limit=10)
+    batch = next(src.batches(InputConfig(channels=1, size=(8, 8)), 10))
+    assert batch.images.shape == (10, 1, 8, 8)
+    order = torch.tensor([9, 0, 4])
+    shuffled = next(src.batches(InputConfig(size=(8, 8)), 3, order))
+    assert shuffled.rows.tolist() == [9, 0, 4] and shuffled.labels.tolist() == src.labels[order].tolist()
+
+
+def test_batches_cover_every_sample_once() -> None:
+    src = load_digits_source("test")
+    batches = list(src.batches(InputConfig(size=(8, 8)), 100))
+    assert [len(b.rows) for b in batches] == [100, 100, 100, 60]
+    assert torch.cat([b.rows for b in batches]).tolist() == list(range(360))
+
+
+# ---------------------------------------------------------------- --limit
+
+
+def _index(ids: list[str]) -> list[int]:
+    return [int(i.rsplit(":", 1)[1]) for i in ids]
+
+
+def test_limit_is_a_seeded_sorted_subset() -> None:
+    full = load_digits_source("test").ids
+    a, b, c = (load_digits_source("test", 40, seed).ids for seed in (0, 0, 7))
+    assert len(a) == 40 and a == b and a != c
+    assert _index(a) == sorted(_index(a)) and set(a) <= set(full)
+    assert ids_sha256(a) == ids_sha256(b) != ids_sha256(c)
+    assert load_digits_source("test", 360, seed=3).ids == full  # all of them, in order
+
+
+@pytest.mark.parametrize(("limit", "message"), [(361, "more than the 360 samples"), (0, "positive"), (-5, "positive")])
+def test_limit_errors(limit: int, message: str) -> None:
+    with pytest.raises(RobenchError, match=message) as err:
+        load_digits_source("test", limit)
+    if limit > 0:
+        assert "use --limit 360 or less" in str(err.value)
+
+
+def test_limit_is_per_split() -> None:
+    assert len(load_digits_source("train", 1437).ids) == 1437
+    with pytest.raises(RobenchError, match=r"more than the 1437 samples in digits \(train split\)"):
+        load_digits_source("train", 1438)
+
+
+def test_select_matches_numpy_permutation() -> None:
+    assert select(10, None, 0, "x").tolist() == list(range(10))
+    assert select(10, 4, 5, "x").tolist() == sorted(np.random.default_rng(5).permutation(10)[:4].tolist())
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX format: 0x0000, type 0x08 (uint8), ndim, then ndim big-endian uint32 sizes, then the data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_fashion(root: Path, images: np.ndarray, labels: np.ndarray, gz: bool, prefix: str = "t10k") -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+        data = _idx_bytes(array)
+        if gz:
+            (root / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / stem).write_bytes(data)
+
+
+IMAGES = (np.arange(6 * 28 * 28).reshape(6, 28, 28) * 7) % 256
+LABELS = np.array([9, 0, 0, 3, 2, 7])
+
+
+def test_idx_header_is_the_real_format() -> None:
+    data = _idx_bytes(IMAGES)
+    assert data[:4] == bytes([0, 0, 8, 3]) and data[4:16] == (6).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    assert _idx_bytes(LABELS)[:8] == bytes([0, 0, 8, 1, 0, 0, 0, 6])
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "raw"])
+def test_fashion_mnist_idx_files_load(tmp_path: Path, gz: bool) -> None:
+    _write_fashion(tmp_path, IMAGES, LABELS, gz)
+    src = open_source(f"fashion-mnist:{tmp_path}")
+    assert src.name == "fashion-mnist" and src.num_classes == 10
+    assert src.ids == [f"fashion-mnist:test:{i}" for i in range(6)]
+    assert src.labels.tolist() == LABELS.tolist()
+    batch = next(src.batches(InputConfig(size=(28, 28)), 6))
+    assert batch.images.dtype == torch.float32 and batch.images.shape == (6, 3, 28, 28)
+    assert torch.equal(batch.images[:, 1], torch.from_numpy(IMAGES).float() / 255)
+    small = next(src.batches(InputConfig(size=(14, 14)), 6)).images
+    assert small.shape == (6, 3, 14, 14) and small.min() >= 0 and small.max() <= 1
+
+
+def test_fashion_mnist_train_split_and_limit(tmp_path: Path) -> None:
+    _write_fashion(tmp_path, IMAGES[:4], LABELS[:4], gz=True, prefix="train")
+    src = open_source(f"fashion-mnist:{tmp_path}", "train", limit=2, seed=1)
+    picked = sorted(np.random.default_rng(1).permutation(4)[:2].tolist())
+    assert src.ids == [f"fashion-mnist:train:{i}" for i in picked]
+    assert src.labels.tolist() == LABELS[picked].tolist()
+    with pytest.raises(RobenchError, match=r"t10k-images-idx3-ubyte\[\.gz\] not found"):
+        open_source(f"fashion-mnist:{tmp_path}", "test")
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (b"\x00\x00\x09\x03" + b"\x00" * 20, _idx_bytes(LABELS), "bad magic number"),  # type 0x09, not uint8
+        (b"\x00\x01\x08\x03" + b"\x00" * 20, _idx_bytes(LABELS), "bad magic number"),
+        (_idx_bytes(IMAGES)[:-100], _idx_bytes(LABELS), "cannot read IDX file"),  # truncated data
+        (_idx_bytes(IMAGES)[:10], _idx_bytes(LABELS), "cannot read IDX file"),  # truncated header
+        (b"", _idx_bytes(LABELS), "cannot read IDX file"),
+        (_idx_bytes(IMAGES), _idx_bytes(LABELS[:5]), "do not match"),  # 6 images, 5 labels
+        (_idx_bytes(LABELS), _idx_bytes(LABELS), "do not match"),  # labels given as images
+    ],
+)
+def test_corrupt_idx_files(tmp_path: Path, images: bytes, labels: bytes, message: str) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(images)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(labels)
+    with pytest.raises(RobenchError, match=message):
+        open_source(f"fashion-mnist:{tmp_path}")
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(IMAGES))[:-30])
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(RobenchError, match=r"cannot read IDX file .*t10k-images-idx3-ubyte\.gz"):
+        open_source(f"fashion-mnist:{tmp_path}")
+
+
+def test_missing_fashion_mnist_folder(tmp_path: Path) -> None:
+    with pytest.raises(RobenchError) as err:
+        open_source(f"fashion-mnist:{tmp_path / 'nowhere'}")
+    assert "dataset-fashion-mnist" in str(err.value) and "fashion-mnist:DIR" in str(err.value)
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_system_package() -> None:
+    src = open_source("fashion-mnist")
+    assert len(src.ids) == 10_000 and src.num_classes == 10
+    assert src.ids[0] == "fashion-mnist:test:0" and src.ids[-1] == "fashion-mnist:test:9999"
+    assert np.bincount(src.labels.numpy()).tolist() == [1000] * 10  # Fashion-MNIST's test set is balanced
+    batch = next(src.batches(InputConfig(size=(32, 32)), 16))
+    assert batch.images.shape == (16, 3, 32, 32) and batch.images.min() >= 0 and batch.images.max() <= 1
+
+
+# ---------------------------------------------------------------- image folders
+
+COLORS = {"cat": (250, 20, 0), "dog": (0, 60, 200)}
+
+
+def _folder(root: Path, n: int = 2, size: tuple[int, int] = (40, 30)) -> Path:
+    for cls, color in COLORS.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", size, color).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_image_folder_ids_labels_and_unit_floats(tmp_path: Path) -> None:
+    src = open_source(str(_folder(tmp_path / "imgs")))
+    assert src.ids == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"] and src.num_classes == 2
+    batch = next(src.batches(InputConfig(size=(16, 16)), 4))
+    assert batch.labels.tolist() == [0, 0, 1, 1] and batch.rows.tolist() == [0, 1, 2, 3]
+    # float32 in [0, 1]: timm's transform without normalization would give uint8 0..255
+    assert batch.images.dtype == torch.float32 and batch.images.shape == (4, 3, 16, 16)
+    assert batch.images.min() >= 0.0 and batch.images.max() <= 1.0
+    for row, cls in enumerate(["cat", "cat", "dog", "dog"]):
+        expected = torch.tensor(COLORS[cls], dtype=torch.float32) / 255
+        assert torch.allclose(batch.images[row].mean(dim=(1, 2)), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [InputConfig(size=(16, 16)), InputConfig(size=(20, 24)), InputConfig(size=(33, 33), interpolation="bicubic",
+                                                                           crop_pct=0.875)],
+)
+def test_image_folder_follows_the_input_config(tmp_path: Path, cfg: InputConfig) -> None:
+    src = open_source(str(_folder(tmp_path / "imgs", n=1, size=(50, 37))))
+    batch = next(src.batches(cfg, 2))
+    assert batch.images.shape == (2, 3, *cfg.size) and batch.images.dtype == torch.float32
+    assert batch.images.min() >= 0.0 and batch.images.max() <= 1.0
+
+
+def test_image_folder_gray_and_rgba_images_become_rgb(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    Image.new("L", (12, 12), 51).save(root / "a" / "gray.png")
+    Image.new("RGBA", (12, 12), (255, 0, 0, 128)).save(root / "a" / "rgba.png")
+    batch = next(open_source(str(root)).batches(InputConfig(size=(8, 8)), 2))
+    assert batch.images.shape == (2, 3, 8, 8)
+    assert torch.allclose(batch.images[0], torch.full((3, 8, 8), 0.2), atol=1e-3)
+    assert torch.allclose(batch.images[1, 0], torch.ones(8, 8)) and batch.images[1, 1:].max() == 0
+
+
+def test_image_folder_limit(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", n=5)
+    a, b = open_source(str(root), limit=3, seed=2), open_source(str(root), limit=3, seed=2)
+    everything = open_source(str(root)).ids
+    assert a.ids == b.ids and len(a.ids) == 3 and a.ids == [i for i in everything if i in a.ids]
+    with pytest.raises(RobenchError, match="more than the 10 samples"):
+        open_source(str(root), limit=11)
+
+
+def test_image_folder_val_split(tmp_path: Path) -> None:
+    _folder(tmp_path / "ds" / "train", n=3)
+    _folder(tmp_path / "ds" / "val", n=1)
+    assert open_source(str(tmp_path / "ds")).ids == ["cat/0.png", "dog/0.png"]
+    assert len(open_source(str(tmp_path / "ds"), "train").ids) == 6
+
+
+def test_empty_image_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(RobenchError, match="no images found in"):
+        open_source(str(tmp_path / "empty"))
+
+
+def test_missing_image_folder(tmp_path: Path) -> None:
+    with pytest.raises(RobenchError, match="dataset folder not found"):
+        open_source(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_png_names_the_file(tmp_path: Path, workers: int) -> None:
+    root = _folder(tmp_path / "imgs")
+    (root / "dog" / "2.png").write_bytes(os.urandom(256))
+    src = open_source(str(root), workers=workers)
+    with pytest.raises(RobenchError) as err:
+        list(src.batches(InputConfig(size=(8, 8)), 2))
+    bad = root / "dog" / "2.png"
+    assert str(err.value) == f"cannot read image {bad}: corrupt or not an image; remove or replace it"
+
+
+def test_truncated_png_names_the_file(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs")
+    data = (root / "cat" / "1.png").read_bytes()
+    (root / "cat" / "1.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RobenchError, match=r"cannot read image .*cat/1\.png"):
+        list(open_source(str(root)).batches(InputConfig(size=(8, 8)), 4))

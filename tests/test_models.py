@@ -1,0 +1,311 @@
+"""Model specs and loading: [0, 1] wrappers, weights hashes, plain and unsafe checkpoints, offline hub weights."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from robench.checkpoint import save_checkpoint
+from robench.errors import RobenchError
+from robench.models import Normalized, load_model, parse_spec, weights_sha256
+
+# ---------------------------------------------------------------- specs
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "name", "checkpoint"),
+    [
+        ("resnet18", "resnet18", "resnet18", None),
+        ("lbl=resnet18@w.pth", "lbl", "resnet18", Path("w.pth")),
+        ("resnet18@dir/w.pth", "resnet18", "resnet18", Path("dir/w.pth")),
+        ("path/x.safetensors", "x", None, Path("path/x.safetensors")),
+        ("x.pth", "x", None, Path("x.pth")),
+        ("mine=path/x.safetensors", "mine", None, Path("path/x.safetensors")),
+        ("inception_v3.tf_adv_in1k", "inception_v3.tf_adv_in1k", "inception_v3.tf_adv_in1k", None),
+        ("adv=inception_v3.tf_adv_in1k", "adv", "inception_v3.tf_adv_in1k", None),
+        ("hf-hub:timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k", None),
+        # '=' inside a path is not a label
+        ("runs/lr=0.1/m.safetensors", "m", None, Path("runs/lr=0.1/m.safetensors")),
+        ("resnet18@runs/lr=0.1/w.pth", "resnet18", "resnet18", Path("runs/lr=0.1/w.pth")),
+    ],
+)
+def test_parse_spec(text: str, label: str, name: str | None, checkpoint: Path | None) -> None:
+    spec = parse_spec(text)
+    assert (spec.text, spec.label, spec.name, spec.checkpoint) == (text, label, name, checkpoint)
+
+
+@pytest.mark.parametrize("text", ["a@", "@b", "", "x=", "lbl=@w.pth", "lbl=resnet18@"])
+def test_parse_spec_rejects(text: str) -> None:
+    with pytest.raises(RobenchError, match=r"bad model spec .*use \[LABEL=\]NAME\[@CHECKPOINT\]"):
+        parse_spec(text)
+
+
+def test_existing_files_with_odd_names_are_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("lr=0.1").mkdir()
+    Path("lr=0.1/m.safetensors").write_bytes(b"")
+    Path("v1@2.safetensors").write_bytes(b"")
+    assert parse_spec("lr=0.1/m.safetensors").checkpoint == Path("lr=0.1/m.safetensors")
+    spec = parse_spec("v1@2.safetensors")
+    assert (spec.label, spec.name, spec.checkpoint) == ("v1@2", None, Path("v1@2.safetensors"))
+
+
+def test_zoo_spec(default_checkpoint: Path) -> None:
+    spec = parse_spec("zoo:resnet-base")
+    assert (spec.label, spec.name, spec.checkpoint) == ("resnet-base", None, default_checkpoint)
+    with pytest.raises(RobenchError, match="unknown zoo model 'nope'"):
+        parse_spec("zoo:nope")
+
+
+# ---------------------------------------------------------------- the [0, 1] wrapper and the weights hash
+
+
+def test_normalized_is_model_of_standardized_input() -> None:
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(4))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    wrapped = Normalized(inner, mean, std)
+    x = torch.rand(2, 3, 8, 8)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.equal(wrapped(x), inner((x - m) / s))
+    assert not torch.equal(wrapped(x), inner(x))
+    assert "mean" not in wrapped.state_dict() and "std" not in wrapped.state_dict()  # not saved with weights
+
+
+def test_normalized_by_hand() -> None:
+    wrapped = Normalized(nn.Identity(), (0.5, 0.25, 0.0), (0.5, 0.25, 2.0))
+    x = torch.tensor([1.0, 0.5, 1.0]).view(1, 3, 1, 1)
+    assert wrapped(x).flatten().tolist() == [1.0, 1.0, 0.5]
+
+
+def test_normalized_gradient_flows_to_pixels() -> None:
+    wrapped = Normalized(nn.Identity(), (0.5,), (0.25,))
+    x = torch.rand(1, 1, 2, 2, requires_grad=True)
+    wrapped(x).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 4.0))
+
+
+def test_weights_sha256_stable_and_sensitive(default_checkpoint: Path) -> None:
+    a = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
+    b = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
+    assert len(a.weights_sha256) == 64 and a.weights_sha256 == b.weights_sha256
+    assert weights_sha256(a.module.model) == a.weights_sha256  # the timm model's own state dict
+    with torch.no_grad():
+        b.module.model.fc.weight[0, 0] += 1e-6
+    assert weights_sha256(b.module.model) != a.weights_sha256
+    c = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
+    c.module.model.bn1.running_mean[0] += 1.0  # buffers count too
+    assert weights_sha256(c.module.model) != a.weights_sha256
+
+
+# ---------------------------------------------------------------- robench checkpoints
+
+
+def test_default_checkpoint_alone(default_checkpoint: Path) -> None:
+    model = load_model(parse_spec(str(default_checkpoint)), num_classes=3)  # its metadata wins over the dataset
+    assert (model.arch, model.num_classes, model.weights) == ("test_resnet", 10, "checkpoint")
+    assert (model.input.channels, model.input.size) == (3, (32, 32))
+    assert model.mean == (0.5, 0.5, 0.5) and model.std == (0.5, 0.5, 0.5)
+    assert model.spec.label == default_checkpoint.name.split(".")[0] and not model.module.training
+    logits = model.module(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    described = model.describe()
+    assert described["arch"] == "test_resnet" and described["input_size"] == [3, 32, 32]
+    assert described["weights_sha256"] == model.weights_sha256
+
+
+def test_default_checkpoint_with_a_name(default_checkpoint: Path) -> None:
+    by_name = load_model(parse_spec(f"test_resnet@{default_checkpoint}"), num_classes=10)
+    alone = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
+    assert by_name.weights_sha256 == alone.weights_sha256 and by_name.spec.label == "test_resnet"
+
+
+def test_robench_checkpoint_roundtrip(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = timm.create_model("test_efficientnet", num_classes=4)
+    meta = {"arch": "test_efficientnet", "num_classes": 4, "input_size": [3, 24, 24], "mean": [0.1] * 3,
+            "std": [0.2] * 3}
+    save_checkpoint(tmp_path / "e.safetensors", net, meta)
+    loaded = load_model(parse_spec(str(tmp_path / "e.safetensors")), num_classes=10)
+    assert (loaded.arch, loaded.num_classes, loaded.input.size) == ("test_efficientnet", 4, (24, 24))
+    assert loaded.mean == (0.1,) * 3 and loaded.std == (0.2,) * 3
+    assert loaded.weights_sha256 == weights_sha256(net)
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(RobenchError) as err:
+        load_model(parse_spec("test_resnt"), num_classes=10)
+    assert str(err.value).startswith("unknown model 'test_resnt'; did you mean ") and "test_resnet" in str(err.value)
+    with pytest.raises(RobenchError, match=r"unknown model 'qqqqqqqq'; see `timm.list_models\(\)`"):
+        load_model(parse_spec("qqqqqqqq"), num_classes=10)
+
+
+def test_unknown_pretrained_tag() -> None:
+    with pytest.raises(RobenchError) as err:
+        load_model(parse_spec("test_resnet.no_such_tag"), num_classes=10)
+    assert str(err.value).startswith("unknown pretrained tag in 'test_resnet.no_such_tag'; known for test_resnet: ")
+    assert "test_resnet.r160_in1k" in str(err.value)
+
+
+def test_plain_name_gives_random_weights() -> None:
+    model = load_model(parse_spec("test_resnet"), num_classes=7)
+    assert (model.weights, model.num_classes, model.arch) == ("random", 7, "test_resnet")
+
+
+# ---------------------------------------------------------------- plain state dicts
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=10)
+
+
+def test_plain_state_dicts_load_as_name_at_file(tmp_path: Path, resnet: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    torch.save(resnet.state_dict(), tmp_path / "w.pth")
+    torch.save({"state_dict": resnet.state_dict(), "epoch": 3}, tmp_path / "trainer.pth")
+    torch.save({"module." + k: v for k, v in resnet.state_dict().items()}, tmp_path / "dataparallel.pt")
+    save_file(resnet.state_dict(), str(tmp_path / "w.safetensors"))
+    x = torch.rand(2, 3, 32, 32)
+    for name in ("w.pth", "trainer.pth", "dataparallel.pt", "w.safetensors"):
+        loaded = load_model(parse_spec(f"test_resnet@{tmp_path / name}"), num_classes=10)
+        assert loaded.weights_sha256 == weights_sha256(resnet), name
+        assert (loaded.arch, loaded.weights, loaded.spec.label) == ("test_resnet", "checkpoint", "test_resnet")
+        mean = torch.tensor(loaded.mean).view(1, 3, 1, 1)
+        std = torch.tensor(loaded.std).view(1, 3, 1, 1)
+        resnet.eval()
+        assert torch.allclose(loaded.module(x), resnet((x - mean) / std))
+
+
+def test_plain_state_dict_num_classes_come_from_its_head(tmp_path: Path) -> None:
+    seven = timm.create_model("test_resnet", num_classes=7)
+    torch.save(seven.state_dict(), tmp_path / "seven.pth")
+    loaded = load_model(parse_spec(f"test_resnet@{tmp_path / 'seven.pth'}"), num_classes=10)
+    assert loaded.num_classes == 7 and loaded.weights_sha256 == weights_sha256(seven)
+
+
+def test_plain_safetensors_alone_needs_a_name(tmp_path: Path, resnet: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    save_file(resnet.state_dict(), str(tmp_path / "w.safetensors"))
+    with pytest.raises(RobenchError, match=r"carries no robench metadata .*give it as NAME@"):
+        load_model(parse_spec(str(tmp_path / "w.safetensors")), num_classes=10)
+
+
+def test_other_architecture_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
+    effnet = timm.create_model("test_efficientnet", num_classes=10)
+    torch.save(effnet.state_dict(), tmp_path / "effnet.pth")
+    with pytest.raises(RobenchError) as err:
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'effnet.pth'}"), num_classes=10)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'effnet.pth'} does not fit test_resnet: ")
+    assert "missing keys (conv1.0.weight" in message and "unexpected keys (conv_stem.weight" in message
+    assert message.endswith("is it the right architecture?") and "\n" not in message
+
+
+def test_wrongly_shaped_keys_are_named(tmp_path: Path, resnet: nn.Module) -> None:
+    state = dict(resnet.state_dict())
+    state["conv1.0.weight"] = torch.zeros(1, 2, 3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(RobenchError, match=r"does not fit test_resnet: 1 wrongly shaped keys \(conv1\.0\.weight\)"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'bad.pth'}"), num_classes=10)
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path: Path, resnet: nn.Module) -> None:
+    with pytest.raises(RobenchError, match="checkpoint not found"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'none.pth'}"), num_classes=10)
+    (tmp_path / "zeros.pth").write_bytes(b"\x00" * 100)
+    with pytest.raises(RobenchError, match="cannot load checkpoint .*zeros.pth: it is corrupt or not a PyTorch"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'zeros.pth'}"), num_classes=10)
+    torch.save(resnet.state_dict(), tmp_path / "w.pth")
+    data = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "half.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RobenchError, match="cannot load checkpoint .*half.pth"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'half.pth'}"), num_classes=10)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(RobenchError, match="cannot read checkpoint .*bad.safetensors"):
+        load_model(parse_spec(str(tmp_path / "bad.safetensors")), num_classes=10)
+
+
+class _SideEffect:
+    """Unpickling this opens (creates) a file: stands for any code hidden in a pickle."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path: Path, resnet: nn.Module) -> None:
+    marker = tmp_path / "side-effect"
+    torch.save({"state_dict": resnet.state_dict(), "hook": _SideEffect(str(marker))}, tmp_path / "evil.pth")
+    assert not marker.exists()
+    with pytest.raises(RobenchError) as err:
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'evil.pth'}"), num_classes=10)
+    assert "pickled objects other than tensors, which robench refuses to load" in str(err.value)
+    assert not marker.exists()
+
+
+def test_whole_pickled_module_is_refused(tmp_path: Path, resnet: nn.Module) -> None:
+    torch.save(resnet, tmp_path / "model.pth")
+    with pytest.raises(RobenchError, match="robench refuses to load"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'model.pth'}"), num_classes=10)
+
+
+# ---------------------------------------------------------------- hub weights, offline
+
+
+@pytest.mark.parametrize(("spec", "pretrained"), [("test_resnet.r160_in1k", False), ("test_resnet", True)])
+def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spec: str,
+                                       pretrained: bool) -> None:
+    from huggingface_hub import constants
+
+    import robench.models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("robench probed the network although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(robench.models, "_reachable", no_network)
+    start = time.monotonic()
+    with pytest.raises(RobenchError) as err:
+        load_model(parse_spec(spec), num_classes=10, pretrained=pretrained)
+    assert time.monotonic() - start < 20
+    message = str(err.value)
+    assert message.startswith(f"cannot load pretrained weights for '{spec}'") and "HF_HUB_OFFLINE" in message
+    assert message.endswith("give local weights instead: test_resnet@/path/to/weights.safetensors")
+    assert not list((tmp_path / "hub").glob("*"))
+
+
+def test_hub_weights_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    import robench.models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    hosts: list[str] = []
+    monkeypatch.setattr(robench.models, "_reachable", lambda host, timeout=3.0: hosts.append(host) or False)
+    with pytest.raises(RobenchError) as err:
+        load_model(parse_spec("test_resnet.r160_in1k"), num_classes=10)
+    assert hosts == ["huggingface.co"]
+    assert str(err.value) == (
+        "cannot load pretrained weights for 'test_resnet.r160_in1k': not cached and huggingface.co is unreachable; "
+        "give local weights instead: test_resnet@/path/to/weights.safetensors"
+    )

@@ -1,0 +1,229 @@
+"""Attack suites: the default attacks.yaml, eps parsing, and errors that name the key and its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig
+from robench.attacks.single_step import FgsmConfig, StepLLConfig
+from robench.errors import RobenchError
+from robench.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_eps_list, parse_suite
+
+# ---------------------------------------------------------------- the default suite
+
+
+def test_default_suite_is_the_papers_four_plus_pgd() -> None:
+    suite = load_suite()
+    assert [(a.id, a.name) for a in suite.attacks] == [
+        ("fgsm", "fgsm"), ("step_ll", "step_ll"), ("bim", "bim"), ("iter_ll", "iter_ll"), ("pgd", "pgd"),
+    ]
+    assert all(a.eps == (2.0, 4.0, 8.0, 16.0) for a in suite.attacks)
+    configs = [a.config for a in suite.attacks]
+    assert configs == [FgsmConfig(label="true"), StepLLConfig(), BimConfig(), IterLLConfig(), PgdConfig(steps=10)]
+    assert suite.source == "attacks.yaml (built-in)"
+
+
+def test_repo_attacks_yaml_is_the_packaged_one() -> None:
+    repo_copy = Path(__file__).resolve().parents[1] / "attacks.yaml"
+    assert repo_copy.read_text() == DEFAULT_SUITE.read_text()
+    assert load_suite(repo_copy).attacks == load_suite().attacks
+
+
+def test_describe_is_plain_data() -> None:
+    described = load_suite().describe()
+    assert described["attacks"][4] == {"id": "pgd", "name": "pgd", "eps": [2.0, 4.0, 8.0, 16.0], "label": "true",
+                                       "steps": 10, "step_size": None, "random_start": True}
+
+
+# ---------------------------------------------------------------- eps
+
+
+@pytest.mark.parametrize(
+    ("value", "eps"),
+    [("8/255", 8.0), ("16/255", 16.0), ("8", 8.0), (" 8 ", 8.0), ("0.5", 0.5), (0.5, 0.5), (4, 4.0), ("0", 0.0),
+     ("255", 255.0), ("1/2", 127.5), ("1e1", 10.0)],
+)
+def test_parse_eps(value, eps: float) -> None:
+    assert parse_eps(value) == eps
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("-1", "out of range"), (-0.5, "out of range"), ("256", "out of range"), (255.5, "out of range"),
+     ("300/255", "out of range"), ("nan", "out of range"), ("inf", "out of range"), ("abc", "not a number"),
+     ("", "not a number"), ("1/0", "not a number"), ("__import__('os')", "not a number"),
+     ("2**3", "not a number"), (None, "not a number"), (True, "must be a number"), (False, "must be a number")],
+)
+def test_parse_eps_rejects(value, why: str) -> None:
+    with pytest.raises(RobenchError, match=why) as err:
+        parse_eps(value, "--eps")
+    assert str(err.value).startswith("--eps: ")
+
+
+def test_parse_eps_never_evaluates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RobenchError):
+        parse_eps("open('pwned', 'w') and 1")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_parse_eps_list() -> None:
+    assert parse_eps_list("2,4,8") == (2.0, 4.0, 8.0)
+    assert parse_eps_list(" 2, 8/255 ,0.5,") == (2.0, 8.0, 0.5)
+    with pytest.raises(RobenchError, match="at least one eps"):
+        parse_eps_list(" , ")
+    with pytest.raises(RobenchError, match=r"^--eps: eps '300' is out of range"):
+        parse_eps_list("2,300")
+
+
+# ---------------------------------------------------------------- YAML documents and their errors
+
+SUITE = """\
+# a hand-written suite
+eps: [2, 4]
+attacks:
+  - name: fgsm
+    label: predicted
+  - name: pgd
+    steps: 3
+    eps: [8/255, 16]
+  - name: bim
+    id: bim-long
+    steps: 20
+"""
+# line numbers of SUITE: 2 eps, 3 attacks, 4 fgsm, 5 label, 6 pgd, 7 steps, 8 eps, 9 bim, 10 id, 11 steps
+
+
+def test_suite_document_parses() -> None:
+    suite = parse_suite(SUITE, "s.yaml")
+    assert [(a.id, a.name, a.eps) for a in suite.attacks] == [
+        ("fgsm", "fgsm", (2.0, 4.0)), ("pgd", "pgd", (8.0, 16.0)), ("bim-long", "bim", (2.0, 4.0)),
+    ]
+    assert suite.attacks[0].config == FgsmConfig(label="predicted")
+    assert suite.attacks[1].config == PgdConfig(steps=3)
+    assert suite.attacks[2].config == BimConfig(steps=20)
+    assert suite.source == "s.yaml"
+
+
+def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(SUITE.replace("    steps: 3", "    steps: ten"))
+    with pytest.raises(RobenchError) as err:
+        load_suite(path)
+    assert str(err.value) == f"{path} line 7: 'steps' of attack 'pgd' must be int, got 'ten'"
+    with pytest.raises(RobenchError, match="attack suite file not found"):
+        load_suite(tmp_path / "none.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b"eps: [2]\n# \xe9\n")
+    with pytest.raises(RobenchError, match="cannot read attack suite"):
+        load_suite(tmp_path / "latin1.yaml")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("eps: [2, 4]", "eps: [2, 4]\nrepeat: 3",
+         "s.yaml line 3: unknown key 'repeat'; allowed: eps, attacks"),
+        ("    steps: 20", "    steps: 20\n    stepsize: 1",
+         "s.yaml line 12: unknown key 'stepsize' for attack 'bim'; allowed: label, step_size, steps"),
+        ("    steps: 3", "    steps: ten",
+         "s.yaml line 7: 'steps' of attack 'pgd' must be int, got 'ten'"),
+        ("    steps: 3", "    steps: 2.5",
+         "s.yaml line 7: 'steps' of attack 'pgd' must be int, got 2.5"),
+        ("    steps: 3", "    random_start: maybe",
+         "s.yaml line 7: 'random_start' of attack 'pgd' must be bool, got 'maybe'"),
+        ("    label: predicted", "    label: guess",
+         "s.yaml line 5: 'label' of attack 'fgsm' must be true | predicted, got 'guess'"),
+        ("    steps: 20", "    steps: -20",
+         "s.yaml line 11: 'steps' of attack 'bim' must be >= 0, got -20"),
+        ("eps: [2, 4]", "eps: [2, -4]",
+         "s.yaml line 2: 'eps': eps -4 is out of range; it must lie in [0, 255] (1/255 units)"),
+        ("    eps: [8/255, 16]", "    eps: [8/255, 999]",
+         "s.yaml line 8: 'eps': eps 999 is out of range; it must lie in [0, 255] (1/255 units)"),
+        ("    eps: [8/255, 16]", "    eps: [true]",
+         "s.yaml line 8: 'eps': eps must be a number, got True"),
+        ("    eps: [8/255, 16]", "    eps: []",
+         "s.yaml line 8: 'eps' is empty; give a list such as [2, 4, 8, 16]"),
+        ("  - name: pgd", "  - name: pgdd",
+         "s.yaml line 6: unknown attack 'pgdd'; did you mean pgd?"),
+        ("  - name: bim", "  - name: iter-ll",
+         "s.yaml line 9: unknown attack 'iter-ll'; did you mean iter_ll?"),
+        ("    id: bim-long", "    id: fgsm",
+         "s.yaml line 10: attack id 'fgsm' is used twice (first at s.yaml line 4); give one entry its own 'id:'"),
+        ("    id: bim-long", "    id: clean",
+         "s.yaml line 10: attack id 'clean' is reserved for clean accuracy; give the entry another 'id:'"),
+        ("    steps: 20", "    steps: 20\n  - name: fgsm",
+         "s.yaml line 12: attack id 'fgsm' is used twice (first at s.yaml line 4); give one entry its own 'id:'"),
+        ("    steps: 3", "    steps: 3\n    steps: 5",
+         "s.yaml line 8: invalid YAML: duplicate key 'steps' (first at line 7)"),
+        ("    steps: 3", "    steps: [3",
+         "s.yaml line 8: invalid YAML: expected ',' or ']', but got ':'"),
+        ("    label: predicted", "   label: predicted",
+         "s.yaml line 5: invalid YAML: expected <block end>, but found '<block mapping start>'"),
+    ],
+)
+def test_suite_errors_name_key_and_line(old: str, new: str, expected: str) -> None:
+    assert SUITE.count(old) == 1
+    with pytest.raises(RobenchError) as err:
+        parse_suite(SUITE.replace(old, new), "s.yaml")
+    assert str(err.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "s.yaml: a suite is a mapping with 'eps' and 'attacks' keys"),
+        ("- fgsm\n", "s.yaml: a suite is a mapping with 'eps' and 'attacks' keys"),
+        ("eps: [2]\nattacks: []\n", "s.yaml line 2: 'attacks' must be a non-empty list"),
+        ("eps: [2]\n", "s.yaml line 1: 'attacks' must be a non-empty list"),
+        ("attacks:\n  - name: fgsm\n", "s.yaml line 2: attack 'fgsm' has no eps; add a top-level 'eps: [2, 4, 8, 16]'"),
+        ("eps: 2\nattacks:\n  - label: true\n", "s.yaml line 3: attack entry needs 'name: <attack>'"),
+    ],
+)
+def test_suite_structure_errors(text: str, expected: str) -> None:
+    with pytest.raises(RobenchError) as err:
+        parse_suite(text, "s.yaml")
+    assert str(err.value).startswith(expected)
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    text = f"eps: !!python/object/apply:os.system ['touch {tmp_path / 'pwned'}']\nattacks:\n  - name: fgsm\n"
+    with pytest.raises(RobenchError, match=r"^s\.yaml line 1: invalid YAML"):
+        parse_suite(text, "s.yaml")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_label_true_may_be_a_yaml_boolean() -> None:
+    suite = parse_suite("eps: [2]\nattacks:\n  - name: bim\n    label: True\n", "s.yaml")
+    assert suite.attacks[0].config == BimConfig(label="true")
+
+
+# ---------------------------------------------------------------- override (--attack, --eps)
+
+
+def test_override_names_and_eps() -> None:
+    suite = parse_suite(SUITE, "s.yaml")
+    assert override(suite) == suite
+    picked = override(suite, ("bim-long", "pgd"))
+    assert [(a.id, a.eps) for a in picked.attacks] == [("bim-long", (2.0, 4.0)), ("pgd", (8.0, 16.0))]
+    assert picked.attacks[0].config == BimConfig(steps=20)  # suite entries keep their options
+    swept = override(suite, eps=(1.0,))
+    assert [a.eps for a in swept.attacks] == [(1.0,)] * 3 and swept.attacks[1].config.steps == 3
+
+
+def test_override_falls_back_to_registry_defaults() -> None:
+    suite = parse_suite(SUITE, "s.yaml")
+    picked = override(suite, ("iter_ll", "bim"), (8.0, 16.0))
+    assert [(a.id, a.name, a.eps, a.config) for a in picked.attacks] == [
+        ("iter_ll", "iter_ll", (8.0, 16.0), IterLLConfig()), ("bim", "bim", (8.0, 16.0), BimConfig()),
+    ]
+    assert override(suite, ("step_ll",)).attacks[0].eps == (2.0, 4.0)  # the suite's first eps list
+
+
+def test_override_errors() -> None:
+    suite = load_suite()
+    with pytest.raises(RobenchError, match=r"unknown attack 'fgsmm'; did you mean fgsm\?"):
+        override(suite, ("fgsmm",))
+    with pytest.raises(RobenchError, match="--attack fgsm is given twice"):
+        override(suite, ("fgsm", "fgsm"))
