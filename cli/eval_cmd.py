@@ -60,7 +60,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], data: str, att
     with progress_bar(not quiet) as progress:
         result = run_eval(cfg, progress, warn=lambda msg: console(err=True).print(f"[yellow]warning:[/] {msg}"))
     if out is not None:
-        write_results(out, result.meta, result.rows)
+        write_results(out, result.meta, result.rows, result.packed_samples())
     if per_sample is not None:
         write_per_sample(per_sample, result.per_sample())
     if not quiet:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from robench import __version__
-from robench.errors import RobenchError
+from robench.errors import CheckFailed, RobenchError
 
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -47,6 +47,8 @@ class RobenchGroup(click.Group):
             _fail(f"{e.format_message()}{hint}", 2)
         except RobenchError as e:
             _fail(str(e), 2)
+        except CheckFailed as e:
+            _fail(str(e), 1)
         except (click.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
         except click.ClickException as e:
@@ -79,11 +81,13 @@ def _with_exit_codes(command: click.Command) -> click.Command:
 
 def _register() -> None:
     from .eval_cmd import eval_command
+    from .leak_cmd import leak_command
     from .train_cmd import train_command
     from .transfer_cmd import transfer_command
     from .zoo_cmd import zoo_command
 
     main.add_command(_with_exit_codes(eval_command))
+    main.add_command(_with_exit_codes(leak_command))
     main.add_command(_with_exit_codes(train_command))
     main.add_command(_with_exit_codes(transfer_command))
     main.add_command(_with_exit_codes(zoo_command))

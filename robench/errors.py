@@ -6,3 +6,10 @@ class RobenchError(Exception):
 
     The message says what is wrong, where, and how to fix it.
     """
+
+
+class CheckFailed(Exception):
+    """A gate or leak check ran correctly and failed: the CLI prints the message and exits with code 1.
+
+    Not a RobenchError: the input was fine; the model (or the change) is what failed.
+    """

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robench import engine, metrics
+from robench import engine, metrics, samples
 from robench.data import Source, open_source
 from robench.errors import RobenchError
 from robench.models import LoadedModel, load_model, parse_spec
@@ -49,6 +49,10 @@ class EvalResult:
     def per_sample(self) -> pd.DataFrame:
         """Tidy per-sample rows for every model."""
         return pd.concat([metrics.per_sample(o, m) for m, o in self.outcomes.items()], ignore_index=True)
+
+    def packed_samples(self) -> dict[str, Any]:
+        """Packed per-sample top-1/top-5 correctness, one record per row (for results files)."""
+        return samples.from_outcomes(self.outcomes)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -77,16 +77,18 @@ def _markdown_header(meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame) -> list[Path]:
+def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
+                  samples: dict[str, Any] | None = None) -> list[Path]:
     """Write rows with their provenance in the format the suffix names; returns files written.
 
-    ``.json`` holds everything; ``.csv`` holds the rows with the provenance beside it in
+    ``.json`` holds everything, including the packed per-sample outcomes (``samples``) that
+    gates use for paired tests; ``.csv`` holds the rows with the provenance beside it in
     ``<file>.meta.json``; ``.md`` holds a provenance header and the table.
     """
     check_output(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        doc = {**meta, "rows": records(rows)}
+        doc = {**meta, "rows": records(rows), **({"samples": samples} if samples else {})}
         atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
         return [path]
     if suffix == ".md":
@@ -186,3 +188,34 @@ def transfer_heatmaps(rows: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
+
+
+VERDICT_STYLE = {"LEAK": "bold red", "OK": "bold green", "INCONCLUSIVE": "bold yellow"}
+
+
+def _gap(value: float, low: float, high: float, significant: bool) -> str:
+    """A gap in points with its interval, starred when significant."""
+    star = " *" if significant else ""
+    return f"{100 * value:+.1f} \\[{100 * low:+.1f}, {100 * high:+.1f}]{star}"
+
+
+def leak_table(rows: pd.DataFrame) -> Any:
+    """A rich table: one line per (model, eps), accuracies in %, gaps in points, the verdict highlighted."""
+    from rich.table import Table
+
+    table = Table(title="robench leak-check: top-1 (%) and gaps (points, \\[interval], * significant)",
+                  title_justify="left")
+    for name in ("model", "eps", "clean", "fgsm true", "fgsm pred", "step_ll", "leak_gap", "adv - clean", "verdict"):
+        table.add_column(name, justify="left" if name in ("model", "verdict") else "right")
+    for model, group in rows.groupby("model", sort=False):
+        for i, r in enumerate(group.itertuples()):
+            verdict = f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" if i == 0 else ""
+            table.add_row(
+                str(model) if i == 0 else "", f"{eps_label(r.eps)}/255", pct(r.clean_top1), pct(r.fgsm_true_top1),
+                pct(r.fgsm_predicted_top1), pct(r.step_ll_top1),
+                _gap(r.leak_gap, r.leak_gap_low, r.leak_gap_high, r.leak_gap_significant),
+                _gap(r.adv_minus_clean, r.adv_minus_clean_low, r.adv_minus_clean_high, r.adv_minus_clean_significant),
+                verdict,
+            )
+        table.add_section()
+    return table

@@ -1,0 +1,70 @@
+"""`robench leak-check`: measure label leaking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import run_options
+from .render import console, progress_bar
+
+
+@click.command("leak-check")
+@click.argument("specs", nargs=-1, metavar="[MODEL]...")
+@click.option("-m", "--model", "models", multiple=True, metavar="SPEC",
+              help="Model spec (repeatable). Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
+@click.option("--eps", "eps_text", default="2,4,8,16", show_default=True, metavar="LIST",
+              help="Comma-separated eps in 1/255 units.")
+@run_options
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Family-wise error rate of a LEAK verdict, per model.")
+@click.option("--margin", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="Largest gap (accuracy share) an OK verdict tolerates.")
+@click.option("--fail-on-leak", is_flag=True, help="Exit 1 when any model leaks (for CI).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
+def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, data: str, limit: int | None,
+                 seed: int, batch_size: int, device: str, pretrained: bool, workers: int, alpha: float,
+                 margin: float, fail_on_leak: bool, out: Path | None, quiet: bool) -> None:
+    """Measure label leaking: does the true label make FGSM weaker?
+
+    Label leaking (Kurakin et al. 2017, section 4.1): a model adversarially
+    trained with FGSM on true labels can learn to read the label back out of
+    the perturbation, and then scores higher on FGSM examples than on clean
+    ones, so its adversarial accuracy overstates its robustness. On the same
+    images this command measures clean top-1 and top-1 under fgsm with true
+    labels, fgsm with the model's predicted labels, and step_ll. leak_gap =
+    acc(fgsm_true) - acc(fgsm_predicted) and adv_minus_clean = acc(fgsm_true)
+    - acc(clean); either significantly above 0 (exact McNemar tests,
+    Holm-corrected) gives LEAK. OK needs every gap's upper confidence bound
+    at most --margin; otherwise INCONCLUSIVE (too few samples). To avoid
+    leaking, train with predicted labels (--label predicted) or with step_ll,
+    and evaluate with predicted labels.
+
+    \b
+    Examples:
+      robench leak-check
+      robench leak-check -m model.safetensors --data fashion-mnist --limit 2000 --fail-on-leak
+    """
+    from robench.evaluate import EvalConfig
+    from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
+    from robench.report import check_output, leak_table, write_results
+    from robench.suite import parse_eps_list
+
+    check_output(out)
+    suite = leak_suite(parse_eps_list(eps_text))
+    eval_cfg = EvalConfig(models=(specs + models) or DEFAULT_MODELS, data=data, suite=suite, limit=limit, seed=seed,
+                          batch_size=batch_size, device=device, pretrained=pretrained, workers=workers)
+    cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
+    with progress_bar(not quiet) as progress:
+        result = run_leak_check(cfg, progress, warn=lambda msg: console(err=True).print(f"[yellow]warning:[/] {msg}"))
+    if out is not None:
+        write_results(out, result.meta, result.rows, result.packed_samples())
+    if not quiet:
+        console().print(leak_table(result.rows))
+    if fail_on_leak and result.leaking:
+        from robench.errors import CheckFailed
+
+        raise CheckFailed(f"{LEAK}: label leaking in {', '.join(result.leaking)}: leak_gap or adv_minus_clean is "
+                          f"significantly > 0 (--fail-on-leak)")
