@@ -1,0 +1,66 @@
+"""Fuzzing the hand-written config parsers: any input gives a valid config or one clear RobenchError.
+
+A suite (and a gates file) is typed by people; a traceback from a typo would break the
+exit-code contract, and a silent default would change the numbers.
+"""
+
+from __future__ import annotations
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from robench.errors import RobenchError
+from robench.suite import Suite, parse_suite
+
+KEYS = ["eps", "attacks", "name", "id", "label", "steps", "step_size", "random_start", "bogus", "eps "]
+NAMES = ["fgsm", "step_ll", "bim", "iter_ll", "pgd", "nope", ""]
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-300, 300), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(NAMES + ["true", "predicted", "8/255", "1/0", "2,4", "-1", "1e400", "nan"]),
+    st.text(max_size=12),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
+    max_leaves=12,
+)
+ENTRY = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5) | st.fixed_dictionaries(
+    {"name": st.sampled_from(NAMES)}, optional={k: VALUES for k in KEYS[3:]}
+)
+DOCS = st.one_of(
+    VALUES,
+    st.fixed_dictionaries({"attacks": st.lists(ENTRY, max_size=4)}, optional={"eps": VALUES, "bogus": VALUES}),
+)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def check_one_line(text: str) -> None:
+    try:
+        suite = parse_suite(text, "fuzz.yaml")
+    except RobenchError as e:
+        message = str(e)
+        assert message and "\n" not in message and "Traceback" not in message
+        assert message.startswith("fuzz.yaml"), message
+        return
+    assert isinstance(suite, Suite) and suite.attacks
+    for a in suite.attacks:
+        assert a.eps and all(0 <= e <= 255 for e in a.eps)
+
+
+@FUZZ
+@given(DOCS)
+def test_structured_suites_parse_or_fail_in_one_line(doc) -> None:
+    check_one_line(yaml.safe_dump(doc, allow_unicode=True))
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_any_text_parses_or_fails_in_one_line(text: str) -> None:
+    check_one_line(text)
+
+
+@FUZZ
+@given(st.text(alphabet="eps:[]{}-, \n\t'\"&*!|>#%@`0123456789./abcfgilmnpst_", max_size=120))
+def test_yaml_syntax_noise_parses_or_fails_in_one_line(text: str) -> None:
+    check_one_line(text)
