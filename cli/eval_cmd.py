@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .gate_cmd import apply_gate, prepare_gate
 from .render import console, progress_bar
 
 
@@ -31,11 +32,15 @@ from .render import console, progress_bar
               help="Write results: .json (full record), .csv (+ .meta.json) or .md.")
 @click.option("--per-sample", type=click.Path(path_type=Path), metavar="FILE.csv",
               help="Write per-sample outcomes as CSV.")
+@click.option("--gate", "gate_rules", type=click.Path(path_type=Path), metavar="GATES.yaml",
+              help="Gate the results as 'robench gate' does, in memory; exit 1 when a check fails.")
+@click.option("--baseline", type=click.Path(path_type=Path), metavar="BASELINE.json",
+              help="Baseline for the gate (alone: max_drop 0.02 on top1 of every row).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], data: str, attacks_file: Path | None,
                  attack_names: tuple[str, ...], eps_text: str | None, limit: int | None, seed: int,
                  batch_size: int, device: str, pretrained: bool, workers: int, out: Path | None,
-                 per_sample: Path | None, quiet: bool) -> None:
+                 per_sample: Path | None, gate_rules: Path | None, baseline: Path | None, quiet: bool) -> None:
     """Attack each model with its own gradients across attacks x eps.
 
     Prints clean and adversarial top-1 / top-5 accuracy. With no model it
@@ -48,11 +53,12 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], data: str, att
       robench eval -m model.safetensors --attack fgsm --attack bim --out results.json
     """
     from robench.evaluate import EvalConfig, run_eval
-    from robench.report import check_output, results_table, write_per_sample, write_results
+    from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
     from robench.suite import load_suite, override, parse_eps_list
 
     check_output(out)
     check_output(per_sample, (".csv",), "--per-sample")
+    gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
     eps = parse_eps_list(eps_text) if eps_text is not None else None
     suite = override(load_suite(attacks_file), attack_names, eps)
     cfg = EvalConfig(models=specs + models, data=data, suite=suite, limit=limit, seed=seed,
@@ -65,3 +71,5 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], data: str, att
         write_per_sample(per_sample, result.per_sample())
     if not quiet:
         console().print(results_table(result.rows))
+    if gate is not None:
+        apply_gate(gate, results_doc(result.meta, result.rows, result.packed_samples()), "eval results", quiet)

@@ -80,13 +80,17 @@ def _with_exit_codes(command: click.Command) -> click.Command:
 
 
 def _register() -> None:
+    from .baseline_cmd import baseline_group
     from .eval_cmd import eval_command
+    from .gate_cmd import gate_command
     from .leak_cmd import leak_command
     from .train_cmd import train_command
     from .transfer_cmd import transfer_command
     from .zoo_cmd import zoo_command
 
+    main.add_command(_with_exit_codes(baseline_group))
     main.add_command(_with_exit_codes(eval_command))
+    main.add_command(_with_exit_codes(gate_command))
     main.add_command(_with_exit_codes(leak_command))
     main.add_command(_with_exit_codes(train_command))
     main.add_command(_with_exit_codes(transfer_command))

@@ -77,6 +77,14 @@ def _markdown_header(meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_doc(meta: dict[str, Any], rows: pd.DataFrame, samples: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON results document: provenance, rows and (when given) packed per-sample outcomes.
+
+    ``robench eval --gate`` gates this in memory; ``write_results`` writes the same document.
+    """
+    return {**meta, "rows": records(rows), **({"samples": samples} if samples else {})}
+
+
 def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
                   samples: dict[str, Any] | None = None) -> list[Path]:
     """Write rows with their provenance in the format the suffix names; returns files written.
@@ -88,8 +96,7 @@ def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
     check_output(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        doc = {**meta, "rows": records(rows), **({"samples": samples} if samples else {})}
-        atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(results_doc(meta, rows, samples), indent=2, allow_nan=False) + "\n")
         return [path]
     if suffix == ".md":
         atomic_write_text(path, _markdown_header(meta) + to_markdown(rows))

@@ -152,13 +152,14 @@ def build_config(name: str, options: dict[str, Any], where: Callable[[str], str]
     return attack.config(**options)
 
 
-def _where(source: str, node: Any, key: str | None = None) -> str:
+def locate(source: str, node: Any, key: str | None = None) -> str:
+    """"FILE line N" for a mapping read by ``read_yaml`` (the line of ``key`` when given)."""
     line = node.key_lines.get(key, node.line) if isinstance(node, _Mapping) and key else getattr(node, "line", 0)
     return f"{source} line {line}" if line else source
 
 
 def _eps_from(node: Any, source: str, owner: Any) -> tuple[float, ...]:
-    where = _where(source, owner, "eps")
+    where = locate(source, owner, "eps")
     values = node if isinstance(node, list) else [node]
     if not values:
         raise RobenchError(f"{where}: 'eps' is empty; give a list such as [2, 4, 8, 16]")
@@ -169,7 +170,7 @@ def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str)
     if not isinstance(entry, dict):
         raise RobenchError(f"{source}: each entry of 'attacks' must be a mapping with a 'name', got {entry!r}")
     options = dict(entry)
-    where = _where(source, entry)
+    where = locate(source, entry)
     name = options.pop("name", None)
     if not isinstance(name, str):
         raise RobenchError(f"{where}: attack entry needs 'name: <attack>'; known: {', '.join(REGISTRY)}")
@@ -178,7 +179,7 @@ def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str)
     eps = _eps_from(options.pop("eps"), source, entry) if "eps" in options else default_eps
     if eps is None:
         raise RobenchError(f"{where}: attack '{name}' has no eps; add a top-level 'eps: [2, 4, 8, 16]'")
-    config = build_config(name, options, lambda key: _where(source, entry, key))
+    config = build_config(name, options, lambda key: locate(source, entry, key))
     return AttackSpec(id=str(ident), name=name, eps=eps, config=config)
 
 
@@ -190,27 +191,35 @@ def get_attack_at(name: str, where: str) -> None:
         raise RobenchError(f"{where}: {e}") from None
 
 
-def parse_suite(text: str, source: str = "<string>") -> Suite:
-    """Parse and validate a suite document."""
+def read_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse hand-written YAML safely; mappings remember their lines for ``locate``.
+
+    Duplicate keys and syntax errors are errors naming the file and line.
+    """
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RobenchError(f"{source}{line}: invalid YAML: {problem}") from None
+
+
+def parse_suite(text: str, source: str = "<string>") -> Suite:
+    """Parse and validate a suite document."""
+    doc = read_yaml(text, source)
     if not isinstance(doc, dict):
         raise RobenchError(f"{source}: a suite is a mapping with 'eps' and 'attacks' keys")
     unknown = set(doc) - {"eps", "attacks"}
     if unknown:
         key = sorted(unknown)[0]
-        raise RobenchError(f"{_where(source, doc, key)}: unknown key '{key}'; allowed: eps, attacks")
+        raise RobenchError(f"{locate(source, doc, key)}: unknown key '{key}'; allowed: eps, attacks")
     default_eps = _eps_from(doc["eps"], source, doc) if "eps" in doc else None
     entries = doc.get("attacks")
     if not isinstance(entries, list) or not entries:
-        raise RobenchError(f"{_where(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
+        raise RobenchError(f"{locate(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
     suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source)
-    return _unique(suite, tuple(_where(source, e, "id" if "id" in e else None) for e in entries))
+    return _unique(suite, tuple(locate(source, e, "id" if "id" in e else None) for e in entries))
 
 
 def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:

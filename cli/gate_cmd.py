@@ -1,0 +1,111 @@
+"""`robench gate`: the CI regression gate over a results file (also used by `robench eval --gate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .render import console
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    """Rules and baseline read and checked before any work; where the reports go."""
+
+    rules: Any
+    baseline: dict[str, Any] | None
+    baseline_path: Path | None
+    rules_path: Path | None
+    junit: Path | None = None
+    summary: Path | None = None
+
+
+def _writable(path: Path | None, option: str) -> None:
+    """Any file name will do (GitHub's $GITHUB_STEP_SUMMARY has no suffix), in a writable folder."""
+    from robench.report import check_output
+
+    if path is not None:
+        check_output(path, (path.suffix.lower(),), option)
+
+
+def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Path | None = None,
+                 summary: Path | None = None) -> GatePlan:
+    """Read the rules and the baseline, and check the report paths: bad input fails before any evaluation."""
+    from robench.errors import RobenchError
+    from robench.gate import default_rules, load_results, load_rules
+
+    if rules_path is None and baseline_path is None:
+        raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
+    _writable(junit, "--junit")
+    _writable(summary, "--summary")
+    rules = load_rules(rules_path) if rules_path is not None else default_rules()
+    baseline = load_results(baseline_path, "baseline") if baseline_path is not None else None
+    return GatePlan(rules, baseline, baseline_path, rules_path, junit, summary)
+
+
+def apply_gate(plan: GatePlan, doc: dict[str, Any], name: str, quiet: bool = False) -> None:
+    """Gate a results document, write the reports, print the table; CheckFailed (exit 1) when a check fails."""
+    from robench import gate_report
+    from robench.files import atomic_write_text
+    from robench.gate import run_gate
+
+    report = run_gate(doc, plan.baseline, plan.rules, (name, str(plan.baseline_path or "baseline")))
+    if plan.junit is not None:
+        atomic_write_text(plan.junit, gate_report.junit(report))
+    if plan.summary is not None:
+        atomic_write_text(plan.summary, gate_report.markdown(report, _inputs(plan, name)))
+    if not quiet:
+        console().print(gate_report.table(report))
+    report.raise_for_failures()
+
+
+def _inputs(plan: GatePlan, name: str) -> str:
+    parts = [f"results `{name}`"]
+    parts.append(f"baseline `{plan.baseline_path}`" if plan.baseline_path else "no baseline")
+    parts.append(f"rules `{plan.rules_path}`" if plan.rules_path else "default rules (max_drop 0.02 on top1)")
+    return ", ".join(parts) + "."
+
+
+@click.command("gate")
+@click.argument("results", type=click.Path(path_type=Path), metavar="RESULTS.json")
+@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path), metavar="BASELINE.json",
+              help="Results to compare with (never written by the gate; see 'robench baseline update').")
+@click.option("--rules", "rules_path", type=click.Path(path_type=Path), metavar="GATES.yaml",
+              help="Gate rules. Default: max_drop 0.02 on top1 of every row (needs --baseline).")
+@click.option("--junit", type=click.Path(path_type=Path), metavar="FILE.xml",
+              help="Write JUnit XML: one testcase per (rule, row).")
+@click.option("--summary", type=click.Path(path_type=Path), metavar="FILE.md",
+              help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY or a PR comment).")
+@click.option("-q", "--quiet", is_flag=True, help="No table.")
+def gate_command(results: Path, baseline_path: Path | None, rules_path: Path | None, junit: Path | None,
+                 summary: Path | None, quiet: bool) -> None:
+    """Check RESULTS.json against rules and a baseline; exit 1 when a check fails.
+
+    A regression check fails only when the drop (baseline - results) is
+    significantly above max_drop: the whole confidence interval of the drop
+    (paired on per-sample outcomes when both files have them) lies above it,
+    so a few flipped samples do not fail a gate. RESULTS may also be a .csv
+    written by --out (with its .meta.json).
+
+    \b
+    Rules (gates.yaml), each checked on every row it matches (model/attack globs, eps):
+      {attack: fgsm, eps: 8, min: 0.40}   floor (also max:), on metric top1 by default
+      {model: "*", max_drop: 0.02}        no significant drop against --baseline
+      {no_leak: true, model: "*"}         leak-check verdicts (allow_inconclusive: false)
+      {health: strict}                    health findings fail the gate (warn: report only)
+    Without --rules: max_drop 0.02 on top1 of every row in both files (needs --baseline).
+
+    \b
+    Examples:
+      robench gate results.json --baseline baseline.json
+      robench gate results.json --baseline base.json --rules gates.yaml --summary "$GITHUB_STEP_SUMMARY"
+      robench gate leak.json --rules no-leak.yaml
+    """
+    from robench.gate import load_results
+
+    plan = prepare_gate(rules_path, baseline_path, junit, summary)
+    apply_gate(plan, load_results(results), str(results), quiet)
+

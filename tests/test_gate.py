@@ -1,0 +1,492 @@
+"""`robench gate`: rules, matching, the statistics of max_drop, reports, exit codes, and the CI example."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from robench import gate, gate_report, samples, stats
+from robench.cli.main import main
+from robench.data import ids_sha256
+from robench.errors import CheckFailed, RobenchError
+from robench.provenance import SCHEMA_VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "examples" / "ci"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error_line(result, code: int, *needles: str) -> str:
+    """The exit code, exactly one 'robench: error:' line on stderr, no traceback; returns the line."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robench: error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def flip(bits: np.ndarray, k: int, to: bool = False) -> np.ndarray:
+    """A copy with the first k samples that are (not to) set to ``to``."""
+    out = bits.copy()
+    out[np.flatnonzero(out != to)[:k]] = to
+    return out
+
+
+def make_doc(outcomes: dict[tuple, np.ndarray], with_samples: bool = True, ids: list[str] | None = None,
+             **extra) -> dict:
+    """A results document as robench eval writes it, from per-sample top-1 correctness per (model, attack, eps)."""
+    n = len(next(iter(outcomes.values())))
+    ids = ids or [f"s{i}" for i in range(n)]
+    rows = [{"model": m, "attack": a, "eps": e, "top1": float(b.mean()), "top5": 1.0,
+             "success_rate": None if a == "clean" else 0.5, "n": n} for (m, a, e), b in outcomes.items()]
+    doc = {"robench": "test", "schema_version": SCHEMA_VERSION, "command": "eval",
+           "dataset": {"name": "t", "n": n, "ids_sha256": ids_sha256(ids), "ids": ids}, "rows": rows}
+    if with_samples:
+        recs = [samples.record({"model": m, "attack": a, "eps": e}, b) for (m, a, e), b in outcomes.items()]
+        doc["samples"] = samples.section(recs)
+    return {**doc, **extra}
+
+
+N = 200
+BASE = np.arange(N) % 4 != 0  # 150 of 200 right: top1 0.75
+GRID = {(m, a, e): BASE for m in ("effnet-base", "effnet-stepll", "resnet-base")
+        for a, e in (("clean", 0.0), ("fgsm", 4.0), ("fgsm", 8.0), ("bim", 8.0))}
+
+
+def write(path: Path, doc: dict | str) -> Path:
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def rules(text: str) -> gate.Rules:
+    return gate.parse_rules(text, "gates.yaml")
+
+
+def run(results: dict, baseline: dict | None, text: str) -> pd.DataFrame:
+    return gate.run_gate(results, baseline, rules(text)).checks
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("selector", "expected"), [
+    ('model: "effnet-*", attack: fgsm, eps: 8', {"effnet-base fgsm eps 8", "effnet-stepll fgsm eps 8"}),
+    ('model: "*-base", attack: fgsm', {f"{m} fgsm eps {e}" for m in ("effnet-base", "resnet-base") for e in (4, 8)}),
+    ('attack: "[fb]*", eps: [4, 8/255], model: resnet-base', {"resnet-base fgsm eps 4", "resnet-base fgsm eps 8",
+                                                             "resnet-base bim eps 8"}),
+    ("eps: 0", {f"{m} clean" for m in ("effnet-base", "effnet-stepll", "resnet-base")}),
+    ("model: effnet-stepll", {"effnet-stepll clean", "effnet-stepll fgsm eps 4", "effnet-stepll fgsm eps 8",
+                              "effnet-stepll bim eps 8"}),
+])
+def test_floor_matches_globs_and_eps(selector: str, expected: set[str]) -> None:
+    checks = run(make_doc(GRID), None, f"rules: [{{{selector}, min: 0.5}}]")
+    assert set(checks["row"]) == expected and len(checks) == len(expected)
+    assert (checks["status"] == "pass").all() and (checks["value"] == 0.75).all()
+
+
+def test_floor_min_and_max_per_row() -> None:
+    doc = make_doc({("m", "clean", 0.0): BASE, ("m", "fgsm", 8.0): flip(BASE, 100)})  # 0.75 and 0.25
+    checks = run(doc, None, "- {attack: '*', min: 0.3}\n- {attack: clean, max: 0.7}\n- {min: 0.2, max: 0.8}")
+    assert checks["status"].tolist() == ["pass", "fail", "fail", "pass", "pass"]
+    assert "below the floor 0.3" in checks["detail"][1] and "above the ceiling 0.7" in checks["detail"][2]
+
+
+def test_metric_other_than_top1() -> None:
+    checks = run(make_doc(GRID), None, "- {attack: fgsm, metric: success_rate, max: 0.4}")
+    assert len(checks) == 6 and (checks["status"] == "fail").all() and set(checks["metric"]) == {"success_rate"}
+
+
+# --- statistics of max_drop ----------------------------------------------------------------------
+
+def test_one_flipped_sample_in_200_passes_max_drop_0() -> None:
+    base = make_doc({("m", "fgsm", 8.0): BASE})
+    new = make_doc({("m", "fgsm", 8.0): flip(BASE, 1)})
+    check = run(new, base, "- {max_drop: 0}").iloc[0]
+    assert check["test"] == "paired" and check["drop"] == pytest.approx(1 / N)
+    assert check["status"] == "warn" and "not significantly" in check["detail"]  # above 0, but noise
+    assert check["drop_low"] < 0 < check["drop_high"]
+
+
+def test_a_real_drop_of_20_in_200_fails() -> None:
+    base = make_doc({("m", "fgsm", 8.0): BASE})
+    new = make_doc({("m", "fgsm", 8.0): flip(BASE, 20)})
+    check = run(new, base, "- {max_drop: 0.02}").iloc[0]
+    d = stats.paired(BASE, flip(BASE, 20), 0.95)
+    assert (d.lost, d.gained) == (20, 0)
+    assert check["drop"] == pytest.approx(0.1) and check["drop_low"] == pytest.approx(-d.high)
+    assert check["drop_high"] == pytest.approx(-d.low) and check["drop_low"] > 0.02
+    assert check["status"] == "fail" and "20 lost, 0 gained of 200" in check["detail"]
+
+
+def test_improvement_and_swaps_pass() -> None:
+    swapped = flip(flip(BASE, 10, to=True), 10)  # 10 gained, 10 lost: same accuracy
+    base = make_doc({("m", "clean", 0.0): BASE, ("m", "fgsm", 8.0): BASE})
+    new = make_doc({("m", "clean", 0.0): flip(BASE, 30, to=True), ("m", "fgsm", 8.0): swapped})
+    checks = run(new, base, "- {max_drop: 0}")
+    assert checks["status"].tolist() == ["pass", "pass"] and checks["drop"].tolist() == pytest.approx([-0.15, 0])
+
+
+def test_paired_sees_what_independent_cannot() -> None:
+    """The same 20/200 drop, with and without per-sample outcomes: pairing removes the shared variance."""
+    outcomes = ({("m", "fgsm", 8.0): BASE}, {("m", "fgsm", 8.0): flip(BASE, 20)})
+    paired = run(make_doc(outcomes[1]), make_doc(outcomes[0]), "- {max_drop: 0.02}").iloc[0]
+    plain = run(make_doc(outcomes[1], False), make_doc(outcomes[0], False), "- {max_drop: 0.02}").iloc[0]
+    assert (paired["test"], paired["status"]) == ("paired", "fail")
+    assert (plain["test"], plain["status"]) == ("independent", "warn") and "150/200 then 130/200" in plain["detail"]
+    low, high = gate.independent_interval(150, 200, 130, 200, 0.95)
+    assert (plain["drop_low"], plain["drop_high"]) == pytest.approx((low, high))
+    assert low < 0.02 < 0.1 < high and high - low > paired["drop_high"] - paired["drop_low"]
+
+
+def test_independent_interval_by_hand() -> None:
+    # Agresti-Caffo: (151/202 - 131/202) +- 1.959964 * sqrt(p1 q1 / 202 + p2 q2 / 202)
+    p1, p2 = 151 / 202, 131 / 202
+    half = 1.959964 * np.sqrt(p1 * (1 - p1) / 202 + p2 * (1 - p2) / 202)
+    assert gate.independent_interval(150, 200, 130, 200) == pytest.approx((p1 - p2 - half, p1 - p2 + half), abs=1e-6)
+    assert gate.independent_interval(0, 5, 5, 5)[0] >= -1.0
+
+
+def test_bonferroni_widens_each_interval() -> None:
+    base = make_doc(GRID)
+    family = gate.run_gate(base, base, rules("- {max_drop: 0.02}"))
+    alone = gate.run_gate(base, base, rules("correction: none\nrules: [{max_drop: 0.02}]"))
+    assert family.comparisons == alone.comparisons == 12
+    assert family.check_confidence == pytest.approx(1 - 0.05 / 12) and alone.check_confidence == 0.95
+    width = [r.checks["drop_high"][0] - r.checks["drop_low"][0] for r in (family, alone)]
+    assert width[0] > width[1] and "Bonferroni" in family.statistics() and "Bonferroni" not in alone.statistics()
+
+
+def test_rows_missing_from_results_fail_and_new_rows_are_skipped() -> None:
+    base = make_doc({("a", "clean", 0.0): BASE, ("b", "clean", 0.0): BASE})
+    new = make_doc({("a", "clean", 0.0): BASE, ("c", "clean", 0.0): BASE})
+    checks = run(new, base, "- {max_drop: 0.02}").set_index("row")
+    assert checks.loc["a clean", "status"] == "pass" and checks.loc["c clean", "status"] == "skip"
+    assert checks.loc["b clean", "status"] == "fail" and "missing from results" in checks.loc["b clean", "detail"]
+
+
+def test_no_common_row_is_bad_input() -> None:
+    base, new = make_doc({("a", "clean", 0.0): BASE}), make_doc({("b", "clean", 0.0): BASE})
+    with pytest.raises(RobenchError, match="no row the rule matches is in both results and baseline"):
+        run(new, base, "- {max_drop: 0.02}")
+    with pytest.raises(RobenchError, match="line 1: the rule .model=c. matches nothing in results"):
+        run(new, base, "- {max_drop: 0.02, model: c}")
+
+
+def test_edited_row_disagreeing_with_its_samples_is_refused() -> None:
+    base = make_doc({("m", "clean", 0.0): BASE})
+    new = make_doc({("m", "clean", 0.0): BASE})
+    new["rows"][0]["top1"] = 0.9
+    with pytest.raises(RobenchError, match="per-sample outcomes give 0.7500"):
+        run(new, base, "- {max_drop: 0.02}")
+
+
+# --- leak verdicts and health --------------------------------------------------------------------
+
+LEAK_DOC = make_doc({("m", "clean", 0.0): BASE}, command="leak-check",
+                    verdicts={"fgsm-true": "LEAK", "fgsm-pred": "OK", "stepll": "INCONCLUSIVE"})
+
+
+@pytest.mark.parametrize(("rule", "statuses"), [
+    ('{no_leak: true, model: "*"}', ["fail", "pass", "warn"]),
+    ("{no_leak: true, model: fgsm-pred}", ["pass"]),
+    ("{no_leak: true, model: stepll, allow_inconclusive: false}", ["fail"]),
+    ('{no_leak: true, model: "*-*"}', ["fail", "pass"]),
+])
+def test_no_leak(rule: str, statuses: list[str]) -> None:
+    report = gate.run_gate(LEAK_DOC, LEAK_DOC, rules(f"- {rule}\n- {{max_drop: 0.02}}"))
+    assert report.checks["status"].tolist() == [*statuses, "pass"]
+    assert report.comparisons == 1 and report.check_confidence == 0.95  # verdicts are not comparisons
+
+
+FINDING = {"check": "masking", "model": "m", "attack": "fgsm", "eps": 8.0, "message": "fgsm beats bim",
+           "docs": "README#health"}
+
+
+@pytest.mark.parametrize(("health", "mode", "statuses", "needle"), [
+    ([], "strict", ["pass"], "no health findings"),
+    ([FINDING], "strict", ["fail"], "masking: fgsm beats bim (see README#health)"),
+    ([FINDING], "warn", ["warn"], "masking"),
+    (None, "strict", ["fail"], "not checked"),
+    (None, "warn", ["warn"], "not checked"),
+])
+def test_health(health, mode: str, statuses: list[str], needle: str) -> None:
+    doc = make_doc({("m", "clean", 0.0): BASE}, **({} if health is None else {"health": health}))
+    checks = run(doc, None, f"- {{health: {mode}}}")
+    assert checks["status"].tolist() == statuses and needle in checks["detail"][0]
+
+
+# --- rule files: every mistake names the file, the line and the key ------------------------------
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("rules:\n  - {attack: fgsm, min: 0.4}\n  - attack: fgsm\n    mim: 0.4\n",
+     ["gates.yaml line 4", "unknown key 'mim' in a rule; did you mean 'min'?"]),
+    ("rules:\n  - attack: fgsm\n    eps: 8\n", ["line 2", "exactly one of min/max, max_drop"]),
+    ("- {min: 0.4, max_drop: 0.02}", ["line 1", "min and max_drop"]),
+    ("- {min: 40}", ["'min' must be a number in [0, 1]", "0.4 for 40%"]),
+    ("- {min: 0.8, max: 0.2}", ["min 0.8 is above max 0.2"]),
+    ("- {max_drop: 0.02, metric: success_rate}", ["max_drop judges accuracies"]),
+    ("- {no_leak: false}", ["no_leak: true"]),
+    ("- {health: loud}", ["strict or warn"]),
+    ("- {health: warn, eps: 8}", ["unknown key 'eps' for a health rule", "another kind of rule"]),
+    ("- {model: 3, min: 0.4}", ["'model' must be a name or glob"]),
+    ("- {eps: 300, min: 0.4}", ["out of range"]),
+    ("confidence: 2\nrules: [{min: 0.4}]", ["line 1", "'confidence'"]),
+    ("correction: holm\nrules: [{min: 0.4}]", ["bonferroni or none"]),
+    ("rule: [{min: 0.4}]", ["line 1", "unknown key 'rule' at the top level"]),
+    ("rules: []", ["non-empty list"]),
+    ("rules:\n  - {min: 0.4\n", ["line 3", "invalid YAML"]),
+    ("- {min: 0.4, min: 0.5}", ["duplicate key 'min'"]),
+    ("- 7", ["each rule is a mapping"]),
+])
+def test_bad_rules(text: str, needles: list[str]) -> None:
+    with pytest.raises(RobenchError) as e:
+        rules(text)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+def test_readme_rules_example_parses() -> None:
+    section = (REPO / "README.md").read_text().split("## CI gates", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    kinds = [gate.KINDS[type(r)] for r in rules(example).rules]
+    assert kinds == ["floor", "floor", "regression", "no_leak", "health"]
+    assert [type(r) for r in gate.load_rules(CI / "gates.yaml").rules] == [gate.Regression, gate.Floor, gate.Floor,
+                                                                          gate.Health]
+
+
+def test_transfer_rows_match_on_source_and_target() -> None:
+    row = {"attack": "fgsm", "eps": 8.0, "target_top1": 0.5, "transfer_rate": 0.2, "n": 200}
+    doc = {**make_doc(GRID, with_samples=False), "command": "transfer-matrix",
+           "rows": [{"source": "a", "target": "b", **row}, {"source": "b", "target": "a", **row, "target_top1": 0.3}]}
+    base = {**doc, "rows": [{**r, "target_top1": 0.5} for r in doc["rows"]]}
+    checks = run(doc, base, "- {source: a, max: 0.25, metric: transfer_rate}\n- {max_drop: 0.02, metric: target_top1}")
+    assert checks["row"].tolist() == ["a -> b fgsm eps 8", "a -> b fgsm eps 8", "b -> a fgsm eps 8"]
+    assert checks["status"].tolist() == ["pass", "pass", "fail"] and checks["test"][2] == "independent"
+
+
+def test_rules_are_frozen_dataclasses() -> None:
+    parsed = rules("confidence: 0.9\nrules:\n  - {name: floor, model: 'a*', attack: fgsm, eps: [4, 8], min: 0.4}\n"
+                   "  - {max_drop: 0.01, metric: top5}\n  - {no_leak: true}\n  - {health: warn}\n")
+    floor, drop, leak, health = parsed.rules
+    assert floor == gate.Floor("gates.yaml line 3", "floor", gate.Match((("model", "a*"), ("attack", "fgsm")),
+                                                                       (4.0, 8.0)), "top1", 0.4, None)
+    assert (drop.max_drop, drop.metric, leak.allow_inconclusive, health.mode) == (0.01, "top5", True, "warn")
+    assert parsed.confidence == 0.9 and parsed.correction == "bonferroni"
+    with pytest.raises(AttributeError):
+        floor.min = 0.1
+
+
+# --- the CLI: exit codes, reports ----------------------------------------------------------------
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    base = make_doc(GRID)
+    worse = make_doc({k: flip(v, 30) if k == ("effnet-stepll", "fgsm", 8.0) else v for k, v in GRID.items()})
+    return {
+        "base": write(tmp_path / "base.json", base),
+        "worse": write(tmp_path / "worse.json", worse),
+        "rules": write(tmp_path / "gates.yaml", "rules:\n  - {name: no regression, max_drop: 0.02}\n"
+                                                "  - {attack: clean, min: 0.7}\n"),
+        "dir": tmp_path,
+    }
+
+
+def test_cli_pass_exit_0(files) -> None:
+    r = invoke("gate", files["base"], "--baseline", files["base"], "--rules", files["rules"])
+    assert r.exit_code == 0, r.stderr
+    assert "robench gate: PASSED: 15 checks (15 pass, 0 warn, 0 fail, 0 skip)" in r.stdout and r.stderr == ""
+
+
+def test_cli_fail_exit_1_with_reports(files) -> None:
+    junit, summary = files["dir"] / "gate.xml", files["dir"] / "summary"  # $GITHUB_STEP_SUMMARY has no suffix
+    r = invoke("gate", files["worse"], "--baseline", files["base"], "--rules", files["rules"],
+               "--junit", junit, "--summary", summary)
+    line = one_error_line(r, 1, "gate failed: 1 of 15 checks failed", "rule 1 (no regression) effnet-stepll fgsm eps 8",
+                          "top1 0.7500 -> 0.6000", "drop +0.1500", "30 lost, 0 gained of 200")
+    assert "significantly above 0.02" in line and "FAILED" in r.stdout and "fail" in r.stdout
+    root = ET.parse(junit).getroot()
+    cases = root.findall("./testsuite/testcase")
+    failures = root.findall("./testsuite/testcase/failure")
+    assert len(cases) == 15 and len(failures) == 1 and root.find("testsuite").get("failures") == "1"
+    assert "effnet-stepll fgsm eps 8" in cases[[c.find("failure") is not None for c in cases].index(True)].get("name")
+    assert "30 lost" in failures[0].text and "rule at:" in failures[0].text
+    md = summary.read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert md.startswith("## robench gate: FAILED: 15 checks (14 pass, 0 warn, 1 fail, 0 skip)")
+    assert table[0].startswith("| status | rule | row | value | threshold | baseline | drop [interval] |")
+    assert table[1].startswith("| ❌ fail | rule 1 (no regression) | effnet-stepll fgsm eps 8 | 0.6000 |")
+    assert "| top1 drop <= 0.02 | 0.7500 | +0.1500 [" in table[1] and len(table) == 16
+    assert "**Statistics.**" in md and "Bonett-Price" in md and "12 intervals hold simultaneously" in md
+
+
+def test_cli_default_rules_need_a_baseline(files) -> None:
+    r = invoke("gate", files["worse"], "--baseline", files["base"], "-q")
+    one_error_line(r, 1, "1 of 12 checks failed")
+    assert r.stdout == ""
+    one_error_line(invoke("gate", files["worse"]), 2, "nothing to gate", "--rules", "--baseline")
+
+
+def test_csv_results_are_compared_unpaired(files, tmp_path: Path) -> None:
+    from robench.report import write_results
+
+    doc = json.loads(files["worse"].read_text())
+    meta = {k: v for k, v in doc.items() if k not in ("rows", "samples")}
+    write_results(tmp_path / "worse.csv", meta, pd.DataFrame(doc["rows"]))
+    r = invoke("gate", tmp_path / "worse.csv", "--baseline", files["base"], "--junit", tmp_path / "j.xml")
+    assert r.exit_code == 0, r.stderr  # unpaired, a 30/200 drop is not significant after Bonferroni
+    assert "independent" in r.stdout and "warn" in r.stdout
+
+
+BAD_INPUT = [
+    (["{dir}/none.json", "--baseline", "{base}"], ["results file not found", "none.json"]),
+    (["{base}", "--baseline", "{dir}/none.json"], ["baseline file not found"]),
+    (["{bad_json}", "--baseline", "{base}"], ["bad.json: not valid JSON", "line 1 column"]),
+    (["{old_schema}", "--baseline", "{base}"], ["schema_version 99", "reads schema_version 1"]),
+    (["{no_schema}", "--baseline", "{base}"], ["no 'schema_version'"]),
+    (["{base}", "--baseline", "{other_ids}"], ["different samples", "robench baseline update"]),
+    (["{base}", "--rules", "{no_match}"], ["no_match.yaml line 2", "matches nothing", "model effnet-base"]),
+    (["{base}", "--rules", "{bad_key}"], ["bad_key.yaml line 3", "unknown key 'esp'"]),
+    (["{base}", "--rules", "{dir}/none.yaml"], ["gate rules file not found"]),
+    (["{base}", "--rules", "{drop_rule}"], ["max_drop compares with a baseline", "--baseline"]),
+    (["{base}", "--rules", "{leak_rule}"], ["no_leak needs a leak-check results file", "'eval'"]),
+    (["{base}", "--rules", "{bad_metric}"], ["metric 'top7' is not a column"]),
+    (["{base}", "--baseline", "{base}", "--junit", "{dir}/no/such/gate.xml"], ["--junit", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_cli_bad_input_exit_2(args: list[str], needles: list[str], files) -> None:
+    d = files["dir"]
+    paths = {
+        **{k: str(v) for k, v in files.items()},
+        "bad_json": write(d / "bad.json", '{"schema_version": 1, "rows": [}'),
+        "old_schema": write(d / "old.json", {**make_doc(GRID), "schema_version": 99}),
+        "no_schema": write(d / "no.json", {k: v for k, v in make_doc(GRID).items() if k != "schema_version"}),
+        "other_ids": write(d / "ids.json", make_doc(GRID, ids=[f"x{i}" for i in range(N)])),
+        "no_match": write(d / "no_match.yaml", "rules:\n  - {model: vit, min: 0.5}\n"),
+        "bad_key": write(d / "bad_key.yaml", "rules:\n  - attack: fgsm\n    esp: 8\n    min: 0.5\n"),
+        "drop_rule": write(d / "drop.yaml", "- {max_drop: 0.02}"),
+        "leak_rule": write(d / "leak.yaml", "- {no_leak: true}"),
+        "bad_metric": write(d / "metric.yaml", "- {metric: top7, min: 0.2}"),
+    }
+    r = invoke("gate", *[a.format(**paths) for a in args])
+    one_error_line(r, 2, *needles)
+    assert r.stdout == "" and not (d / "no").exists()
+
+
+def test_gate_never_writes_its_baseline(files) -> None:
+    before = files["base"].read_bytes()
+    invoke("gate", files["worse"], "--baseline", files["base"])
+    assert files["base"].read_bytes() == before
+
+
+# --- robench baseline update ---------------------------------------------------------------------
+
+def test_baseline_update_copies_a_valid_results_file(files, tmp_path: Path) -> None:
+    target = tmp_path / "ci" / "baseline.json"
+    target.parent.mkdir()
+    r = invoke("baseline", "update", files["worse"], target)
+    assert r.exit_code == 0, r.stderr
+    assert target.read_bytes() == files["worse"].read_bytes()
+    assert "12 rows (effnet-base, effnet-stepll, resnet-base), with per-sample outcomes" in r.stdout
+    assert invoke("gate", files["worse"], "--baseline", target).exit_code == 0  # the new baseline gates clean
+
+
+def test_baseline_update_refuses_bad_results(files, tmp_path: Path) -> None:
+    old = write(tmp_path / "old.json", {**make_doc(GRID), "schema_version": 0})
+    one_error_line(invoke("baseline", "update", old, files["base"]), 2, "schema_version 0")
+    one_error_line(invoke("baseline", "update", files["base"], tmp_path / "b.yaml"), 2, "BASELINE", ".json")
+    assert json.loads(files["base"].read_text())["schema_version"] == SCHEMA_VERSION
+    assert not (tmp_path / "b.yaml").exists()
+
+
+# --- the library entry point ---------------------------------------------------------------------
+
+def test_gate_function_raises_check_failed() -> None:
+    base = make_doc(GRID)
+    report = gate.gate(base, base)
+    assert report.passed and report.counts() == {"pass": 12, "warn": 0, "fail": 0, "skip": 0}
+    with pytest.raises(CheckFailed, match="gate failed: 1 of 1 checks failed"):
+        gate.gate(base, None, rules("- {model: effnet-base, attack: clean, min: 0.8}"))
+    assert "PASSED" in gate_report.headline(report) and list(report.checks.columns) == gate.CHECK_COLUMNS
+
+
+# --- the CI example: the committed baseline, the workflow's own commands -------------------------
+
+def workflow_commands(tmp_path: Path) -> dict[str, list[str]]:
+    """The workflow's robench commands, with its files mapped into tmp_path and the repository."""
+    steps = yaml.safe_load((CI / "robench-gate.yml").read_text())["jobs"]["gate"]["steps"]
+    local = {"results.json": tmp_path / "results.json", "gate.xml": tmp_path / "gate.xml",
+             "$GITHUB_STEP_SUMMARY": tmp_path / "summary.md"}
+    out = {}
+    for step in steps:
+        words = shlex.split(step.get("run", ""))
+        if words[:1] == ["robench"]:
+            out[words[1]] = [str(local.get(w, REPO / w if w.startswith("examples/") else w)) for w in words[2:]]
+    return out
+
+
+def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
+    """The workflow's eval then gate, exactly as it runs them, against the committed baseline."""
+    cmds = workflow_commands(tmp_path)
+    assert set(cmds) == {"eval", "gate"}
+    r = invoke("eval", *cmds["eval"], "-q")
+    assert r.exit_code == 0, r.stderr
+    r = invoke("gate", *cmds["gate"])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert "PASSED" in r.stdout and r.stderr == ""
+    assert ET.parse(tmp_path / "gate.xml").getroot().get("failures") == "0"
+    assert "## robench gate: PASSED" in (tmp_path / "summary.md").read_text()
+
+
+def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:
+    """effnet-base relabelled as the step l.l. model: eval --gate and gate both exit 1, with a readable summary."""
+    cmds = workflow_commands(tmp_path)
+    degraded = ["effnet-base=zoo:effnet-base", "effnet-stepll=zoo:effnet-base"]
+    r = invoke("eval", *degraded, *cmds["eval"], "-q", "--gate", CI / "gates.yaml", "--baseline", CI / "baseline.json")
+    one_error_line(r, 1, "gate failed", "effnet-stepll fgsm")
+    assert (tmp_path / "results.json").exists()  # results are written before the gate judges them
+    r = invoke("gate", *cmds["gate"])
+    one_error_line(r, 1, "gate failed")
+    md = (tmp_path / "summary.md").read_text()
+    fails = [ln for ln in md.splitlines() if ln.startswith("| ❌ fail")]
+    assert md.startswith("## robench gate: FAILED")
+    assert any("(step l.l. model resists fgsm) | effnet-stepll fgsm eps 8" in ln for ln in fails)
+    assert any("(no regression) | effnet-stepll fgsm eps 8" in ln and "significantly above 0.02" in ln for ln in fails)
+    assert not any("effnet-base" in ln.split("|")[3] for ln in fails)  # the real effnet-base still passes
+
+
+def test_eval_gate_bad_rules_fail_before_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import robench.evaluate
+
+    monkeypatch.setattr(robench.evaluate, "run_eval", lambda *a, **k: pytest.fail("evaluated despite bad rules"))
+    bad = write(tmp_path / "gates.yaml", "- {min: 0.4, mx: 1}")
+    r = invoke("eval", "--gate", bad, "--out", tmp_path / "r.json")
+    one_error_line(r, 2, "gates.yaml line 1", "unknown key 'mx'")
+    one_error_line(invoke("eval", "--baseline", tmp_path / "none.json"), 2, "baseline file not found")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_gate_in_memory_passes(tmp_path: Path) -> None:
+    args = ["zoo:resnet-base", "--limit", "40", "--attack", "fgsm", "--eps", "8", "-q"]
+    r = invoke("eval", *args, "--out", tmp_path / "b.json")
+    assert r.exit_code == 0, r.stderr
+    r = invoke("eval", *args, "--baseline", tmp_path / "b.json")
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    r = invoke("eval", *args[:-1], "--baseline", tmp_path / "b.json", "--gate", write(tmp_path / "g.yaml",
+               "- {max_drop: 0}\n- {attack: fgsm, min: 0.5}"))
+    assert r.exit_code == 1 and "robench gate: FAILED" in r.stdout and "robench eval" in r.stdout  # both tables
+    last = r.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("robench: error: gate failed: 1 of 3 checks failed") and "below the floor 0.5" in last
