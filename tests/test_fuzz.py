@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robench.errors import RobenchError
+from robench.gate import Rules, parse_rules
 from robench.suite import Suite, parse_suite
 
 KEYS = ["eps", "attacks", "name", "id", "label", "steps", "step_size", "random_start", "bogus", "eps "]
@@ -31,6 +32,15 @@ ENTRY = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5) | st.fixed_di
 DOCS = st.one_of(
     VALUES,
     st.fixed_dictionaries({"attacks": st.lists(ENTRY, max_size=4)}, optional={"eps": VALUES, "bogus": VALUES}),
+)
+GATE_KEYS = ["rules", "confidence", "correction", "name", "model", "attack", "eps", "metric", "min", "max",
+             "max_drop", "no_leak", "allow_inconclusive", "health", "source", "target", "bogus"]
+GATE_SCALARS = st.one_of(SCALARS, st.sampled_from(["*", "fgsm", "top1", "top5", "strict", "warn", "bonferroni", 0.4]))
+GATE_RULE = st.dictionaries(st.sampled_from(GATE_KEYS), GATE_SCALARS | st.lists(GATE_SCALARS, max_size=3), max_size=5)
+GATE_DOCS = st.one_of(
+    VALUES,
+    st.fixed_dictionaries({"rules": st.lists(GATE_RULE, max_size=4)},
+                          optional={"confidence": GATE_SCALARS, "correction": GATE_SCALARS, "bogus": VALUES}),
 )
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -64,3 +74,26 @@ def test_any_text_parses_or_fails_in_one_line(text: str) -> None:
 @given(st.text(alphabet="eps:[]{}-, \n\t'\"&*!|>#%@`0123456789./abcfgilmnpst_", max_size=120))
 def test_yaml_syntax_noise_parses_or_fails_in_one_line(text: str) -> None:
     check_one_line(text)
+
+
+def check_rules_one_line(text: str) -> None:
+    try:
+        rules = parse_rules(text, "gates.yaml")
+    except RobenchError as e:
+        message = str(e)
+        assert message and "\n" not in message and "Traceback" not in message
+        assert message.startswith("gates.yaml"), message
+        return
+    assert isinstance(rules, Rules)
+
+
+@FUZZ
+@given(GATE_DOCS)
+def test_structured_gate_rules_parse_or_fail_in_one_line(doc) -> None:
+    check_rules_one_line(yaml.safe_dump(doc, allow_unicode=True))
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_any_text_as_gate_rules_parses_or_fails_in_one_line(text: str) -> None:
+    check_rules_one_line(text)
