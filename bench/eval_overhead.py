@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from robench import engine
 from robench.attacks import attack_mode
 from robench.data import Batch, TensorSource, open_source
-from robench.engine import attack_rng
+from robench.engine import attack_noise
 from robench.evaluate import EvalConfig, load_models, run_eval
 from robench.models import load_model, parse_spec
 from robench.suite import Suite, load_suite
@@ -132,12 +132,12 @@ def bare_iterative(
 
 
 def bare_pgd(
-    model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float], rng: torch.Generator, record: Record, s: int
+    model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float], noise: Tensor, record: Record, s: int
 ) -> int:
-    """pgd: uniform random start, 10 steps of 2.5 eps / 10 per eps."""
+    """pgd: uniform random start (one [-1, 1] draw scaled per eps), 10 steps of 2.5 eps / 10 per eps."""
     for e in eps:
         unit, step = e / 255, 2.5 * e / 10 / 255
-        x_adv = (x + torch.empty_like(x).uniform_(-unit, unit, generator=rng)).clamp(0.0, 1.0)
+        x_adv = (x + unit * noise).clamp(0.0, 1.0)
         for _ in range(10):
             x_adv = project(x_adv + step * grad_sign(model, x_adv, y), x, unit)
         record(s, infer(model, x_adv))
@@ -145,7 +145,7 @@ def bare_pgd(
     return s
 
 
-def bare_batch(model: nn.Module, x: Tensor, y: Tensor, eps: dict[str, tuple[float, ...]], rng: torch.Generator,
+def bare_batch(model: nn.Module, x: Tensor, y: Tensor, eps: dict[str, tuple[float, ...]], noise: Tensor,
                record: Record) -> None:
     """The default suite on one batch, in robench's setting order."""
     logits = infer(model, x)
@@ -155,11 +155,12 @@ def bare_batch(model: nn.Module, x: Tensor, y: Tensor, eps: dict[str, tuple[floa
     s = bare_single(model, x, -grad_sign(model, x, ll), eps["step_ll"], record, s)
     s = bare_iterative(model, x, y, eps["bim"], 1 / 255, record, s)
     s = bare_iterative(model, x, ll, eps["iter_ll"], -1 / 255, record, s)
-    bare_pgd(model, x, y, eps["pgd"], rng, record, s)
+    bare_pgd(model, x, y, eps["pgd"], noise, record, s)
 
 
-def bare_eval(model: nn.Module, batches: list[Batch], n: int, suite: Suite) -> tuple[np.ndarray, np.ndarray]:
-    """The plain loop: frozen parameters, eval mode, per-batch generator seeded as robench seeds it."""
+def bare_eval(model: nn.Module, batches: list[Batch], ids: list[str], suite: Suite) -> tuple[np.ndarray, np.ndarray]:
+    """The plain loop: frozen parameters, eval mode, PGD noise seeded per sample as robench seeds it."""
+    n = len(ids)
     eps = {a.name: a.eps for a in suite.attacks}
     settings = 1 + sum(len(v) for v in eps.values())
     pred = torch.full((settings, n), -1, dtype=torch.int32)
@@ -169,14 +170,14 @@ def bare_eval(model: nn.Module, batches: list[Batch], n: int, suite: Suite) -> t
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        for i, b in enumerate(batches):
+        for b in batches:
 
             def record(s: int, logits: Tensor, rows: Tensor = b.rows, y: Tensor = b.labels) -> None:
                 pred[s, rows] = logits.argmax(1).int()
                 top5[s, rows] = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
 
-            rng = attack_rng(SEED, i, "pgd", torch.device("cpu"))  # robench's seeding
-            bare_batch(model, b.images, b.labels, eps, rng, record)
+            noise = attack_noise(SEED, "pgd", [ids[r] for r in b.rows.tolist()]).uniform_like(b.images)
+            bare_batch(model, b.images, b.labels, eps, noise, record)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -212,7 +213,7 @@ def run_robench(w: Workload) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_bare(w: Workload) -> tuple[np.ndarray, np.ndarray]:
-    return bare_eval(w.model, w.batches, len(w.ids), w.suite)
+    return bare_eval(w.model, w.batches, w.ids, w.suite)
 
 
 def timed(side: Side, fn: Callable[[Workload], tuple[np.ndarray, np.ndarray]], w: Workload,

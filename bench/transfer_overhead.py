@@ -15,7 +15,7 @@ import torch
 
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.data import open_source
-from robench.engine import attack_rng, score
+from robench.engine import attack_noise, score
 from robench.evaluate import load_models
 from robench.suite import load_suite
 from robench.transfer import TransferConfig, deliver, run_transfer
@@ -33,13 +33,12 @@ def naive(images: int, batch: int) -> tuple[float, int, dict]:
     for s in models:
         for t in models:
             with attack_mode(s.module), attack_mode(t.module):
-                for i, (bs, bt) in enumerate(zip(source.batches(s.input, batch), source.batches(t.input, batch),
-                                                  strict=True)):
+                for bs, bt in zip(source.batches(s.input, batch), source.batches(t.input, batch), strict=True):
                     labels = Labels.from_logits(score(s.module, bs.images), bs.labels)
                     score(t.module, bt.images)  # the target's clean forward, as a per-pair script does
                     for spec in suite.attacks:
                         calls += 1
-                        rng = attack_rng(0, i, spec.id, torch.device("cpu"))
+                        rng = attack_noise(0, spec.id, [source.ids[r] for r in bs.rows.tolist()])
                         for e, x_adv in REGISTRY[spec.name].run(s.module, bs.images, labels, spec.eps, spec.config,
                                                                  rng):
                             xt = x_adv if t.input == s.input else deliver(bt.images, x_adv - bs.images, e)

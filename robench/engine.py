@@ -8,7 +8,7 @@ outcomes are kept (a few bytes per sample per setting), so memory is O(batch).
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks import REGISTRY, Labels, attack_mode
+from robench.attacks.base import SampleNoise
 from robench.data import Batch
 from robench.suite import Suite
 
@@ -62,17 +63,21 @@ def score(model: nn.Module, x: Tensor) -> Tensor:
     return logits.clone()
 
 
-def attack_rng(seed: int, batch_index: int, attack_id: str, device: torch.device) -> torch.Generator:
-    """Randomness for one attack on one batch (PGD's start), reproducible and independent.
+def attack_noise(seed: int, attack_id: str, ids: list[str]) -> SampleNoise:
+    """Randomness for one attack (PGD's start) on these samples, reproducible and independent.
 
-    Seeding per (seed, batch, attack id) rather than sharing one stream means an attack's
-    examples do not depend on which other attacks ran (or came from a cache) before it.
+    Each sample's stream is seeded by (seed, attack id, sample id), so its examples do not
+    depend on the batch size, the batch it falls in, the torchrun rank that runs it, or
+    which other attacks ran (or came from a cache) before.
     """
-    stream = (seed * 1_000_003 + batch_index) * 1_009 + zlib.crc32(attack_id.encode())
-    return torch.Generator(device=device).manual_seed(stream)
+    def stream(sample_id: str) -> int:
+        digest = hashlib.blake2b(f"{seed}\0{attack_id}\0{sample_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") & (2**63 - 1)
+
+    return SampleNoise(tuple(stream(i) for i in ids))
 
 
-def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed: int, index: int) -> None:
+def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed: int) -> None:
     """Clean forward once, then every attack x eps, recorded into ``out``."""
     device = next(model.parameters()).device
     x, y = batch.images.to(device), batch.labels.to(device)
@@ -80,9 +85,10 @@ def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed:
     out.labels[batch.rows.numpy()] = batch.labels.numpy()
     out.record(0, batch.rows, logits, y)
     labels = Labels.from_logits(logits, y)
+    ids = [out.ids[r] for r in batch.rows.tolist()]
     setting = 1
     for spec in suite.attacks:
-        attack, rng = REGISTRY[spec.name], attack_rng(seed, index, spec.id, device)
+        attack, rng = REGISTRY[spec.name], attack_noise(seed, spec.id, ids)
         for _, x_adv in attack.run(model, x, labels, spec.eps, spec.config, rng):
             out.record(setting, batch.rows, score(model, x_adv), y)
             setting += 1
@@ -99,8 +105,8 @@ def evaluate(
     """Run the suite over all batches; the model's mode and parameter flags are restored after."""
     out = Outcomes.empty(ids, settings_of(suite))
     with attack_mode(model):
-        for i, batch in enumerate(batches):
-            run_batch(model, batch, suite, out, seed, i)
+        for batch in batches:
+            run_batch(model, batch, suite, out, seed)
             if on_batch is not None:
                 on_batch(len(batch.rows))
     return out

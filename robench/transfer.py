@@ -30,7 +30,7 @@ from robench import metrics
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import to_unit
 from robench.data import Batch, InputConfig, ids_sha256, open_source
-from robench.engine import CLEAN, attack_rng, score, settings_of
+from robench.engine import CLEAN, attack_noise, score, settings_of
 from robench.errors import RobenchError
 from robench.evaluate import load_models, resolve_device
 from robench.models import LoadedModel
@@ -66,6 +66,7 @@ class TransferConfig:
 class TransferOutcomes:
     """Per-sample predictions: clean per model, adversarial per (source, target) and setting."""
 
+    ids: list[str]
     labels: np.ndarray
     settings: list[tuple[str, float]]
     clean: dict[str, np.ndarray] = field(default_factory=dict)
@@ -140,14 +141,15 @@ class _Run:
     cache: ExampleCache | None
     device: torch.device
 
-    def examples(self, s: LoadedModel, a: int, x: Tensor, labels: Labels, index: int) -> list[tuple[float, Tensor]]:
+    def examples(self, s: LoadedModel, a: int, x: Tensor, labels: Labels, index: int,
+                 ids: list[str]) -> list[tuple[float, Tensor]]:
         """The source's adversarial examples for attack ``a``: from the cache, or crafted once."""
         spec = self.suite.attacks[a]
         cached = self.cache.load(s, spec, index) if self.cache else None
         if cached is not None:
             return [(e, t.to(self.device)) for e, t in cached]
         self.out.crafted += 1
-        rng = attack_rng(self.seed, index, spec.id, self.device)
+        rng = attack_noise(self.seed, spec.id, ids)
         made = list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, rng))
         if self.cache:
             self.cache.save(s, spec, index, made)
@@ -157,6 +159,7 @@ class _Run:
         """Clean forwards once per model, then each source's examples scored on every target."""
         first = next(iter(views.values()))
         rows, y = first.rows.numpy(), first.labels.to(self.device)
+        ids = [self.out.ids[r] for r in rows.tolist()]
         self.out.labels[rows] = first.labels.numpy()
         x = {c: b.images.to(self.device) for c, b in views.items()}
         clean = {}
@@ -168,7 +171,7 @@ class _Run:
             scorers = self.targets if s in self.targets else [*self.targets, s]
             setting = 0
             for a in range(len(self.suite.attacks)):
-                for eps, x_adv in self.examples(s, a, x[s.input], labels, index):
+                for eps, x_adv in self.examples(s, a, x[s.input], labels, index, ids):
                     for t in scorers:
                         xt = x_adv if t.input == s.input else deliver(x[t.input], x_adv - x[s.input], eps)
                         key = (s.spec.label, t.spec.label)
@@ -221,7 +224,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> Trans
     sources, targets = _pick(models, cfg.sources, "--sources"), _pick(models, cfg.targets, "--targets")
     settings = settings_of(cfg.suite)[1:]
     n = len(source.ids)
-    out = TransferOutcomes(labels=np.full(n, -1, dtype=np.int64), settings=settings)
+    out = TransferOutcomes(ids=list(source.ids), labels=np.full(n, -1, dtype=np.int64), settings=settings)
     for m in models:
         out.clean[m.spec.label] = np.full((1, n), -1, dtype=np.int32)
         out.clean_top5[m.spec.label] = np.zeros((1, n), dtype=bool)

@@ -102,6 +102,27 @@ def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
             assert torch.equal(single[eps][0], whole[eps][i]), (i, eps)
 
 
+def test_pgd_sample_noise_is_independent_of_batching_and_eps_list(small_cnn: nn.Module) -> None:
+    from robench.attacks.base import SampleNoise
+    from robench.engine import attack_noise
+
+    x, y = _inputs(4)
+    labels = _labels(small_cnn, x, y)
+    noise = attack_noise(0, "pgd", ["a", "b", "c", "d"])
+    assert noise == attack_noise(0, "pgd", ["a", "b", "c", "d"]) != attack_noise(1, "pgd", ["a", "b", "c", "d"])
+    assert attack_noise(0, "pgd", ["a"]).seeds != attack_noise(0, "pgd2", ["a"]).seeds
+    u = noise.uniform_like(x)
+    assert u.shape == x.shape and u.min() >= -1 and u.max() <= 1 and u.std() > 0.5
+    run = REGISTRY["pgd"].run
+    whole = dict(run(small_cnn, x, labels, [4.0, 8.0], PgdConfig(), noise))
+    alone = dict(run(small_cnn, x, labels, [8.0], PgdConfig(), noise))
+    assert torch.equal(whole[8.0], alone[8.0])  # another eps list does not change eps 8
+    for i in range(4):
+        own = SampleNoise(noise.seeds[i : i + 1])
+        one = dict(run(small_cnn, x[i : i + 1], _row(labels, i), [4.0, 8.0], PgdConfig(), own))
+        assert torch.equal(one[4.0][0], whole[4.0][i]) and torch.equal(one[8.0][0], whole[8.0][i])
+
+
 def test_pgd_random_start_is_seeded(small_cnn: nn.Module) -> None:
     x, y = _inputs()
     labels = _labels(small_cnn, x, y)

@@ -69,6 +69,32 @@ def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     return grad.sign()
 
 
+@dataclass(frozen=True)
+class SampleNoise:
+    """Uniform noise in [-1, 1], from one reproducible stream per sample.
+
+    A sample's noise depends on its own seed only, never on the batch it travels in,
+    so a random start is the same at any batch size, after an out-of-memory split,
+    on any torchrun rank, and for any eps list.
+    """
+
+    seeds: tuple[int, ...]
+
+    def uniform_like(self, x: Tensor) -> Tensor:
+        """Noise shaped like ``x`` (one row per seed), on x's device and dtype."""
+        if len(self.seeds) != len(x):
+            raise ValueError(f"{len(self.seeds)} noise seeds for a batch of {len(x)}")
+        rows = [torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in self.seeds]
+        return (torch.stack(rows) * 2 - 1).to(device=x.device, dtype=x.dtype)
+
+
+def uniform_noise(x: Tensor, rng: SampleNoise | torch.Generator | None) -> Tensor:
+    """Noise in [-1, 1] shaped like x: per sample from SampleNoise, else from a generator."""
+    if isinstance(rng, SampleNoise):
+        return rng.uniform_like(x)
+    return torch.empty_like(x).uniform_(-1.0, 1.0, generator=rng)
+
+
 def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """Clip into the eps-ball around x (eps in [0, 1] units), then into [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)

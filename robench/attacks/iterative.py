@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robench.attacks.base import LabelKind, Labels, attack_mode, gradient_sign, project, to_unit
+from robench.attacks.base import (
+    LabelKind,
+    Labels,
+    SampleNoise,
+    attack_mode,
+    gradient_sign,
+    project,
+    to_unit,
+    uniform_noise,
+)
 
 
 @dataclass(frozen=True)
@@ -129,20 +138,22 @@ def pgd(
     labels: Labels,
     eps: Sequence[float],
     config: PgdConfig,
-    rng: torch.Generator | None = None,
+    rng: SampleNoise | torch.Generator | None = None,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Projected gradient descent with a uniform random start in the eps-ball."""
+    """Projected gradient descent with a uniform random start in the eps-ball.
+
+    One noise draw in [-1, 1] serves every eps (scaled by it), so a start does not
+    depend on which other eps values were asked for.
+    """
     target = labels.pick(config.label)
+    noise = uniform_noise(x, rng) if config.random_start else None
     for e in eps:
         if e == 0 or config.steps == 0:
             yield e, x.clone()
             continue
         unit = to_unit(e)
         size = 2.5 * e / config.steps if config.step_size is None else config.step_size
-        start = x
-        if config.random_start:
-            noise = torch.empty_like(x).uniform_(-unit, unit, generator=rng)
-            start = (x + noise).clamp(0.0, 1.0)
+        start = x if noise is None else (x + unit * noise).clamp(0.0, 1.0)
         with attack_mode(model):
             x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps)
         yield e, x_adv
