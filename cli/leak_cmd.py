@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .options import run_options
-from .render import console, progress_bar
+from .options import resume_option, run_options
+from .render import console, distributed_run, warn
 
 
 @click.command("leak-check")
@@ -17,6 +18,7 @@ from .render import console, progress_bar
 @click.option("--eps", "eps_text", default="2,4,8,16", show_default=True, metavar="LIST",
               help="Comma-separated eps in 1/255 units.")
 @run_options
+@resume_option
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Family-wise error rate of a LEAK verdict, per model.")
 @click.option("--margin", type=click.FloatRange(0, 1), default=0.02, show_default=True,
@@ -24,9 +26,8 @@ from .render import console, progress_bar
 @click.option("--fail-on-leak", is_flag=True, help="Exit 1 when any model leaks (for CI).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
-def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, data: str, limit: int | None,
-                 seed: int, batch_size: int, device: str, pretrained: bool, workers: int, alpha: float,
-                 margin: float, fail_on_leak: bool, out: Path | None, quiet: bool) -> None:
+def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, resume: Path | None, alpha: float,
+                 margin: float, fail_on_leak: bool, out: Path | None, quiet: bool, **run: Any) -> None:
     """Measure label leaking: does the true label make FGSM weaker?
 
     Label leaking (Kurakin et al. 2017, section 4.1): a model adversarially
@@ -54,11 +55,12 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
 
     check_output(out)
     suite = leak_suite(parse_eps_list(eps_text))
-    eval_cfg = EvalConfig(models=(specs + models) or DEFAULT_MODELS, data=data, suite=suite, limit=limit, seed=seed,
-                          batch_size=batch_size, device=device, pretrained=pretrained, workers=workers)
+    eval_cfg = EvalConfig(models=(specs + models) or DEFAULT_MODELS, suite=suite, resume=resume, **run)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
-    with progress_bar(not quiet) as progress:
-        result = run_leak_check(cfg, progress, warn=lambda msg: console(err=True).print(f"[yellow]warning:[/] {msg}"))
+    with distributed_run(eval_cfg.device, quiet, resume) as (dist, progress):
+        result = run_leak_check(cfg, progress, warn, dist)
+    if result is None:  # a torchrun rank other than 0
+        return
     if out is not None:
         write_results(out, result.meta, result.rows, result.packed_samples())
     if not quiet:

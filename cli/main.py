@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from robench import __version__
-from robench.errors import CheckFailed, RobenchError
+from robench.errors import CheckFailed, Interrupted, RobenchError
 
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -49,6 +49,8 @@ class RobenchGroup(click.Group):
             _fail(str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
+        except Interrupted as e:
+            _fail(str(e), 130)
         except (click.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
         except click.ClickException as e:

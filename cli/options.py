@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,11 +18,21 @@ _RUN_OPTIONS = (
     click.option("--pretrained", is_flag=True, help="Load hub weights for NAME (needs network or a warm cache)."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Data-loading worker processes for image folders."),
+    click.option("--skip-bad-images", is_flag=True,
+                 help="Leave unreadable images out, listed in the results, instead of stopping."),
 )
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --data, --limit, --seed, --batch-size, --device, --pretrained and --workers."""
+    """Add --data, --limit, --seed, --batch-size, --device, --pretrained, --workers and --skip-bad-images."""
     for option in reversed(_RUN_OPTIONS):
         command = option(command)
     return command
+
+
+def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --resume DIR."""
+    return click.option(
+        "--resume", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+        help="Keep finished batches in DIR as they complete; rerunning the same command there computes only the rest.",
+    )(command)

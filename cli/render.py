@@ -16,6 +16,15 @@ def console(err: bool = False) -> Any:
     return Console(file=stream, width=None if stream.isatty() else 160)
 
 
+def health_warnings(flags: list[Any]) -> None:
+    """One warning line on stderr per health flag (robench.health.Flag), ending with its README link."""
+    from rich.markup import escape
+
+    err = console(err=True)
+    for f in flags:
+        err.print(f"[yellow]health warning:[/] {escape(f.line())}", soft_wrap=True)
+
+
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
     """A callback (label, done, total) that drives one rich bar per model, with images/s."""
@@ -70,3 +79,25 @@ def epoch_bar(epochs: int, enabled: bool = True) -> Iterator[Callable[[Any], Non
 
     with bar:
         yield update
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, one line."""
+    console(err=True).print(f"[yellow]warning:[/] {message}")
+
+
+@contextmanager
+def distributed_run(device: str, quiet: bool, resume: Any = None) -> Iterator[tuple[Any, Callable]]:
+    """The torchrun process group (or one process) and a progress bar on rank 0 only.
+
+    Ctrl-C leaves through robench.errors.Interrupted, naming the --resume folder when there is one.
+    """
+    from robench.distributed import session
+    from robench.errors import Interrupted
+
+    with session(device) as dist, progress_bar(dist.is_main and not quiet) as progress:
+        try:
+            yield dist, progress
+        except KeyboardInterrupt:
+            where = f"; finished batches are kept in {resume}: run the same command to go on" if resume else ""
+            raise Interrupted(f"interrupted{where}") from None

@@ -30,8 +30,10 @@ from .render import console, epoch_bar
 @click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
 @click.option("--limit", type=int, metavar="N", help="Train on N samples drawn by a seeded permutation.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same weights (on the CPU).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train_command(out: Path, quiet: bool, **options: object) -> None:
+def train_command(out: Path, quiet: bool, device: str, **options: object) -> None:
     """Train a timm model with the paper's adversarial-training recipe.
 
     Each minibatch mixes clean and adversarial examples (--adv-fraction), the loss
@@ -40,21 +42,29 @@ def train_command(out: Path, quiet: bool, **options: object) -> None:
     truncated to [0, eps-max]. The checkpoint (.safetensors) records the recipe,
     so `robench eval FILE.safetensors` needs nothing else.
 
+    Under torchrun every process trains on its share of each minibatch with
+    DistributedDataParallel (--batch-size stays the global batch); rank 0 writes.
+
     \b
     Examples:
       robench train --arch test_resnet --attack step_ll --out stepll.safetensors
       robench train --attack none --out baseline.safetensors
+      torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
+    from robench.distributed import session
     from robench.train import TrainConfig, train
 
-    cfg = TrainConfig(**options)  # type: ignore[arg-type]
-    try:
-        with epoch_bar(cfg.epochs, not quiet) as progress:
-            result = train(cfg, out, progress)
-    except KeyboardInterrupt:
-        if out.is_file():
-            click.echo(f"robench: {out} holds the last finished epoch", err=True)
-        raise
+    cfg = TrainConfig(**options).validate()  # type: ignore[arg-type]
+    with session(device) as dist:
+        try:
+            with epoch_bar(cfg.epochs, not quiet and dist.is_main) as progress:
+                result = train(cfg, out, progress, dist)
+        except KeyboardInterrupt:
+            if dist.is_main and out.is_file():
+                click.echo(f"robench: {out} holds the last finished epoch", err=True)
+            raise
+    if not dist.is_main:
+        return
     meta = result.meta
     console(err=True).print(
         f"wrote {out}: train accuracy {100 * meta['train_accuracy']:.1f} %, "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .render import console, progress_bar
+from .render import console, health_warnings, progress_bar
 
 
 def _labels(text: str | None) -> tuple[str, ...] | None:
@@ -32,11 +32,12 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png",
               help="Heatmaps of the transfer rate (needs the plot extra: matplotlib).")
+@click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      data: str, attacks_file: Path | None, attack_names: tuple[str, ...], eps_text: str | None,
                      limit: int | None, seed: int, batch_size: int, device: str, pretrained: bool,
-                     cache: Path | None, out: Path | None, plot: Path | None, quiet: bool) -> None:
+                     cache: Path | None, out: Path | None, plot: Path | None, no_health: bool, quiet: bool) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
     Examples are crafted once per (source, attack, eps) and scored on all targets;
@@ -59,7 +60,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     suite = override(load_suite(attacks_file), attack_names, eps)
     cfg = TransferConfig(models=specs + models, sources=_labels(sources), targets=_labels(targets), data=data,
                          suite=suite, limit=limit, seed=seed, batch_size=batch_size, device=device,
-                         pretrained=pretrained, cache=cache)
+                         pretrained=pretrained, cache=cache, health_probes=not no_health)
     with progress_bar(not quiet) as progress:
         result = run_transfer(cfg, progress)
     if out is not None:
@@ -69,3 +70,4 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     if not quiet:
         for table in transfer_tables(result.rows):
             console().print(table)
+    health_warnings(result.health)

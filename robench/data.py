@@ -15,7 +15,7 @@ import gzip
 import hashlib
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +68,7 @@ class Source(Protocol):
     name: str
     ids: list[str]
     num_classes: int
+    skipped: dict[int, str]  # row -> name of each unreadable image left out so far
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]: ...
 
@@ -113,6 +114,7 @@ class TensorSource:
     ids: list[str]
     num_classes: int
     scale: float = 255.0
+    skipped: dict[int, str] = field(default_factory=dict)  # always empty: tensors are always readable
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Consecutive batches in id order, or in ``order`` (rows) when given, e.g. shuffled for training."""
@@ -228,31 +230,43 @@ class ImageSource:
     num_classes: int
     describe_row: Any  # index -> human-readable name for error messages
     workers: int = 0
+    skip_bad: bool = False  # skip unreadable images (recorded in ``skipped``) instead of failing
+    skipped: dict[int, str] = field(default_factory=dict)  # row -> file name, of images skipped so far
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
-        """Batches in id order (or ``order``); an unreadable image stops the run with its file name."""
+        """Batches in id order (or ``order``); an unreadable image stops the run with its file name.
+
+        With ``skip_bad`` it is left out of its batch and recorded in ``skipped`` instead, so
+        callers can report it: never counted, never silently dropped.
+        """
         order = torch.arange(len(self.ids)) if order is None else order
         loader = torch.utils.data.DataLoader(
             _Decoded(self.get, self.index[order.numpy()], eval_transform(cfg)),
             batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
         )
         for images, labels, positions in loader:
-            rows = order[positions]
-            if (labels < 0).any():
-                bad = self.describe_row(int(self.index[int(rows[labels < 0][0])]))
-                raise RobenchError(f"cannot read image {bad}: corrupt or not an image; remove or replace it")
-            yield Batch(images, labels, rows)
+            rows, good = order[positions], labels >= 0
+            for row in rows[~good].tolist():
+                bad = self.describe_row(int(self.index[row]))
+                if not self.skip_bad:
+                    raise RobenchError(f"cannot read image {bad}: corrupt or not an image; remove or replace it, "
+                                       f"or pass --skip-bad-images to leave it out (it is recorded)")
+                self.skipped[row] = bad
+            if good.any():
+                yield Batch(images, labels[good], rows[good])
 
 
 def _collate(items: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack the readable images; labels and rows of all items (-1 labels mark unreadable ones)."""
     labels = torch.tensor([i[1] for i in items])
     rows = torch.tensor([i[2] for i in items])
     good = [i[0] for i in items if i[1] >= 0]
-    images = torch.stack(good) if len(good) == len(items) else torch.zeros(0)
+    images = torch.stack(good) if good else torch.zeros(0)
     return images, labels, rows
 
 
-def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0) -> ImageSource:
+def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0,
+                       skip_bad: bool = False) -> ImageSource:
     """An ImageFolder directory (class subfolders), listed by timm's folder reader."""
     from PIL import Image
     from timm.data.readers import create_reader
@@ -276,10 +290,12 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     return ImageSource(
         name=str(root), get=get, index=index, ids=[names[i] for i in index],
         num_classes=len(reader.class_to_idx), describe_row=lambda i: str(root / names[i]), workers=workers,
+        skip_bad=skip_bad,
     )
 
 
-def load_timm_source(name: str, split: str, limit: int | None, seed: int, workers: int = 0) -> ImageSource:
+def load_timm_source(name: str, split: str, limit: int | None, seed: int, workers: int = 0,
+                     skip_bad: bool = False) -> ImageSource:
     """A timm dataset string (``torch/cifar10``, ``hfds/...``); these may download."""
     from timm.data import create_dataset
 
@@ -295,12 +311,12 @@ def load_timm_source(name: str, split: str, limit: int | None, seed: int, worker
     index = select(len(ds), limit, seed, name)
     return ImageSource(
         name=name, get=lambda i: ds[i][:2], index=index, ids=[f"{name}:{split}:{i}" for i in index],
-        num_classes=len(classes), describe_row=lambda i: f"{name}[{i}]", workers=workers,
+        num_classes=len(classes), describe_row=lambda i: f"{name}[{i}]", workers=workers, skip_bad=skip_bad,
     )
 
 
 def open_source(
-    spec: str, split: str = "test", limit: int | None = None, seed: int = 0, workers: int = 0
+    spec: str, split: str = "test", limit: int | None = None, seed: int = 0, workers: int = 0, skip_bad: bool = False
 ) -> Source:
     """``digits`` | ``fashion-mnist[:DIR]`` | ``torch/...`` / ``hfds/...`` | an image folder.
 
@@ -312,8 +328,8 @@ def open_source(
         root = Path(spec.partition(":")[2]) if ":" in spec else FASHION_MNIST_DIR
         return load_fashion_mnist_source(root, split, limit, seed)
     if spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
-        return load_timm_source(spec, split, limit, seed, workers)
-    return load_folder_source(_split_folder(Path(spec), split), limit, seed, workers)
+        return load_timm_source(spec, split, limit, seed, workers, skip_bad)
+    return load_folder_source(_split_folder(Path(spec), split), limit, seed, workers, skip_bad)
 
 
 def _split_folder(root: Path, split: str) -> Path:

@@ -13,3 +13,7 @@ class CheckFailed(Exception):
 
     Not a RobenchError: the input was fine; the model (or the change) is what failed.
     """
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C: the CLI prints the message (where to resume) and exits with code 130."""

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from robench import samples
+from robench.distributed import LOCAL, Dist
 from robench.engine import CLEAN, Outcomes
 from robench.evaluate import EvalConfig, Progress, run_eval
 from robench.provenance import plain_config
@@ -145,10 +146,15 @@ class LeakResult:
         return samples.from_outcomes(self.outcomes)
 
 
-def run_leak_check(cfg: LeakConfig, progress: Progress | None = None,
-                   warn: Callable[[str], None] | None = None) -> LeakResult:
-    """Measure label leaking for every model; rows, verdicts and a results envelope."""
-    ev = run_eval(cfg.eval, progress, warn)
+def run_leak_check(cfg: LeakConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
+                   dist: Dist = LOCAL) -> LeakResult | None:
+    """Measure label leaking for every model; rows, verdicts and a results envelope.
+
+    Under torchrun, rank 0 gets the result and the other ranks None (see ``run_eval``).
+    """
+    ev = run_eval(cfg.eval, progress, warn, dist)
+    if ev is None:
+        return None
     tables, verdicts = [], {}
     for model, out in ev.outcomes.items():
         rows, verdicts[model] = summarize(out, model, cfg.alpha, cfg.margin)

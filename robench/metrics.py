@@ -15,8 +15,12 @@ DEFINITIONS = {
         "adversarial example it misclassifies; empty for clean rows"
     ),
     "n": "number of samples",
+    "linf_max": (
+        "the largest ||x_adv - x||_inf over the samples, in 1/255 units (at most eps for a sound attack; "
+        "0 for clean rows)"
+    ),
 }
-ROW_COLUMNS = ["model", "attack", "eps", "top1", "top5", "success_rate", "n"]
+ROW_COLUMNS = ["model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"]
 
 
 def success_rate(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray) -> float:
@@ -37,6 +41,7 @@ def summarize(out: Outcomes, model: str) -> pd.DataFrame:
             "top5": float(out.top5[s].mean()),
             "success_rate": float("nan") if attack == CLEAN else success_rate(out.pred[0], out.pred[s], out.labels),
             "n": len(out.ids),
+            "linf_max": round(float(out.linf[s].max(initial=0.0)), 6),
         })
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 

@@ -25,11 +25,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def dataset_record(source: Source, spec: str, split: str) -> dict[str, Any]:
-    """Name, split, size, id hash and the ordered sample ids."""
+def dataset_record(source: Source, spec: str, split: str, ids: list[str] | None = None) -> dict[str, Any]:
+    """Name, split, size, id hash and the ordered sample ids (``ids``: those evaluated, if not all)."""
+    ids = list(source.ids) if ids is None else ids
     return {
-        "name": source.name, "spec": spec, "split": split, "n": len(source.ids),
-        "num_classes": source.num_classes, "ids_sha256": ids_sha256(source.ids), "ids": list(source.ids),
+        "name": source.name, "spec": spec, "split": split, "n": len(ids),
+        "num_classes": source.num_classes, "ids_sha256": ids_sha256(ids), "ids": ids,
     }
 
 

@@ -8,6 +8,26 @@ and truncated to [0, eps_max]. Examples are crafted with the current weights.
 BatchNorm: examples are crafted in eval mode (running statistics, nothing updated),
 the same function robench attacks at evaluation time, so crafting never moves the
 BN buffers; the update step then runs in train mode on the mixed batch.
+
+Under torchrun (``robench.distributed``) the model trains in DistributedDataParallel and
+every global minibatch of ``batch_size`` examples is split over the ranks by
+``distributed.shard`` (strided), so the global batch and the order stay those of one process:
+
+- Each rank crafts its own adversarial examples (the global positions below k) on the
+  module inside DDP, not through DDP's forward: that forward would prepare DDP's gradient
+  reduction for parameters that are frozen while crafting. Ranks agree on the weights
+  (DDP keeps them equal) and on the running statistics (``sync_buffers`` before crafting).
+- Every rank draws the whole minibatch's eps values and PGD start noise from the same
+  seeded generator and keeps its own rows, so each example's draws are those of one process.
+- DDP averages gradients over ranks, so each rank's loss is its share of the global
+  numerator divided by the global denominator (n_clean + lam * n_adv of the whole minibatch)
+  and multiplied by the world size: the average is then the gradient of the one-process
+  loss, whatever the split, uneven last minibatch included.
+- BatchNorm: SyncBatchNorm on GPUs, so the update normalizes with the whole minibatch's
+  statistics as one process does; torch has no CPU kernels for it, so on gloo/CPU each rank
+  normalizes with its own shard's statistics and rank 0's running statistics are kept.
+- Rank 0 alone renders progress and writes the checkpoint; losses, accuracies and the
+  validation accuracy are summed over ranks, so every rank returns the same numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -29,6 +50,16 @@ from robench.attacks.base import attack_mode, gradient_sign, project, to_unit
 from robench.attacks.iterative import descend
 from robench.checkpoint import save_checkpoint
 from robench.data import InputConfig, Source, open_source
+from robench.distributed import (
+    LOCAL,
+    Dist,
+    all_sum,
+    data_parallel,
+    shard,
+    sync_buffers,
+    syncs_batchnorm,
+    unwrap,
+)
 from robench.errors import RobenchError
 from robench.models import Normalized, check_arch
 from robench.report import check_output
@@ -89,11 +120,15 @@ def sample_eps(n: int, eps_max: float, sigma: float, gen: torch.Generator) -> Te
     return (sigma * math.sqrt(2) * torch.erfinv(u)).clamp(0, eps_max).float()
 
 
+def mixed_loss_sum(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, adv_y: Tensor, lam: float) -> Tensor:
+    """sum clean CE + lam * sum adversarial CE: the numerator of the paper's loss (it adds up over ranks)."""
+    total = F.cross_entropy(clean_logits, clean_y, reduction="sum")
+    return total + lam * F.cross_entropy(adv_logits, adv_y, reduction="sum")
+
+
 def mixed_loss(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, adv_y: Tensor, lam: float) -> Tensor:
     """(sum clean CE + lam * sum adversarial CE) / (n_clean + lam * n_adv), the paper's weighting."""
-    total = F.cross_entropy(clean_logits, clean_y, reduction="sum")
-    total = total + lam * F.cross_entropy(adv_logits, adv_y, reduction="sum")
-    return total / (len(clean_y) + lam * len(adv_y))
+    return mixed_loss_sum(clean_logits, clean_y, adv_logits, adv_y, lam) / (len(clean_y) + lam * len(adv_y))
 
 
 def _target(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> Tensor:
@@ -105,22 +140,51 @@ def _target(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> Tensor:
     return logits.argmin(1) if cfg.attack == "step_ll" else logits.argmax(1)
 
 
+def start_noise(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """PGD's random start in [-1, 1) (times eps), drawn on the CPU so any device gets the same numbers."""
+    return torch.rand(shape, generator=gen) * 2 - 1
+
+
 def craft(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
     """Adversarial versions of x with per-example eps (1/255 units), using the current weights.
 
     bim and pgd take ``cfg.steps`` steps of 2.5 eps / steps each (pgd from a random start).
     """
+    return _craft(model, x, y, eps, start_noise(tuple(x.shape), gen) if cfg.attack == "pgd" else None, cfg)
+
+
+def _craft(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, noise: Tensor | None, cfg: TrainConfig) -> Tensor:
     unit = to_unit(eps).view(-1, 1, 1, 1).to(x.device)
     with attack_mode(model):
         target = _target(model, x, y, cfg)
         if cfg.attack in ("step_ll", "fgsm"):
             sign = -1.0 if cfg.attack == "step_ll" else 1.0
             return (x + sign * unit * gradient_sign(model, x, target)).clamp(0, 1)
-        start = x
-        if cfg.attack == "pgd":
-            noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device)
-            start = project(x + unit * noise, x, unit)
+        start = x if noise is None else project(x + unit * noise.to(x.device), x, unit)
         return descend(model, x, start, target, unit, 2.5 * unit / cfg.steps, cfg.steps)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random numbers of a global minibatch's k adversarial examples, the same on every rank."""
+
+    eps: Tensor  # [k], 1/255 units
+    noise: Tensor | None  # [k, C, H, W]: pgd's start; None for the other attacks
+
+    def take(self, rows: Tensor) -> Draws:
+        """The draws of some of the k examples (this rank's)."""
+        return Draws(self.eps[rows], None if self.noise is None else self.noise[rows])
+
+
+def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Generator) -> Draws:
+    """eps, then pgd's start noise, for all k adversarial examples of a global minibatch.
+
+    Every rank draws the whole minibatch's numbers from its identically seeded generator and
+    keeps its own rows: generators stay in step and an example's draws do not depend on the
+    number of processes (the cost: each rank draws k images of noise for pgd).
+    """
+    eps = sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
+    return Draws(eps, start_noise((k, *image_shape), gen) if cfg.attack == "pgd" else None)
 
 
 @dataclass
@@ -138,23 +202,38 @@ Progress = Callable[[EpochStats], None]
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: TrainConfig,
-               gen: torch.Generator) -> tuple[float, int, int]:
+               gen: torch.Generator, dist: Dist = LOCAL, batch_size: int | None = None) -> tuple[float, int, int]:
     """One minibatch: craft the first k examples, then one update on the mixed batch.
 
-    Returns the loss, the number of clean examples and how many of them were right.
+    Under DDP, (x, y) is this rank's shard of a global minibatch of ``batch_size`` examples
+    (by default one process's whole batch), whose first k positions are adversarial.
+    Returns this rank's share of the loss (shares add up to the minibatch's loss), its
+    number of clean examples and how many of them were right.
     """
-    k = 0 if cfg.attack == "none" else round(cfg.adv_fraction * len(y))
-    parts = [x[k:]]
-    if k:
-        parts.append(craft(model, x[:k], y[:k], sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen), cfg, gen))
+    n = len(y) if batch_size is None else batch_size
+    k = 0 if cfg.attack == "none" else round(cfg.adv_fraction * n)
+    adv = _adversarial(unwrap(model), x, y, k, cfg, gen, dist)
+    clean_x, clean_y, adv_y = x[len(adv):], y[len(adv):], y[: len(adv)]
     model.train()
-    logits = model(torch.cat(parts) if k else x[k:])
-    clean, adv = logits[: len(y) - k], logits[len(y) - k :]
-    loss = mixed_loss(clean, y[k:], adv, y[:k], cfg.lam)
+    logits = model(torch.cat([clean_x, adv]) if len(adv) else clean_x)
+    clean, adv_logits = logits[: len(clean_y)], logits[len(clean_y) :]
+    loss = mixed_loss_sum(clean, clean_y, adv_logits, adv_y, cfg.lam) / ((n - k) + cfg.lam * k)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * dist.world_size if dist.is_distributed else loss).backward()  # DDP divides by world_size
     opt.step()
-    return float(loss.detach()), len(y) - k, int((clean.argmax(1) == y[k:]).sum())
+    return float(loss.detach()), len(clean_y), int((clean.argmax(1) == clean_y).sum())
+
+
+def _adversarial(module: nn.Module, x: Tensor, y: Tensor, k: int, cfg: TrainConfig, gen: torch.Generator,
+                 dist: Dist) -> Tensor:
+    """This rank's adversarial examples: its first rows, the global positions below k (maybe none)."""
+    if not k:
+        return x[:0]
+    sync_buffers(module, dist)  # every rank crafts against rank 0's running statistics
+    mine = shard(k, dist, allow_empty=True)
+    draws = draw(k, tuple(x.shape[1:]), cfg, gen).take(mine)
+    n = len(mine)
+    return _craft(module, x[:n], y[:n], draws.eps, draws.noise, cfg) if n else x[:0]
 
 
 @dataclass
@@ -177,14 +256,22 @@ def _build(cfg: TrainConfig, num_classes: int) -> tuple[Normalized, InputConfig]
     return wrapped, InputConfig(channels=3, size=size, interpolation=str(data_cfg["interpolation"]))
 
 
-def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_size: int = 256) -> float:
-    """Clean top-1 accuracy of a [0, 1]-input model on a whole source."""
+def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_size: int = 256,
+             dist: Dist = LOCAL) -> float:
+    """Clean top-1 accuracy of a [0, 1]-input model on a whole source; each rank scores its shard.
+
+    Rank 0's buffers (BatchNorm statistics) are copied to every rank first, so the figure is
+    that of rank 0's model, the one a checkpoint holds.
+    """
+    sync_buffers(model, dist)
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     with torch.inference_mode():
-        for b in source.batches(input_cfg, batch_size):
-            correct += int((model(b.images).argmax(1) == b.labels).sum())
-    return correct / len(source.ids)
+        for b in source.batches(input_cfg, batch_size, shard(len(source.ids), dist)):
+            correct += int((model(b.images.to(device)).argmax(1) == b.labels.to(device)).sum())
+    (total,) = all_sum([correct], dist)
+    return total / len(source.ids)
 
 
 def _meta(cfg: TrainConfig, model: Normalized, input_cfg: InputConfig, source: Source, extra: dict) -> dict:
@@ -196,40 +283,86 @@ def _meta(cfg: TrainConfig, model: Normalized, input_cfg: InputConfig, source: S
     }
 
 
-def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> TrainResult:
+def _launch_meta(dist: Dist) -> dict[str, Any]:
+    """How many processes trained (absent for one, so one-process checkpoints keep their bytes)."""
+    if not dist.is_distributed:
+        return {}
+    return {"world_size": dist.world_size, "backend": dist.backend, "sync_batchnorm": syncs_batchnorm(dist)}
+
+
+def check_split(n: int, batch_size: int, dist: Dist) -> None:
+    """Every rank needs examples in every global minibatch, or the others would wait for it forever."""
+    last = n % batch_size or batch_size
+    if batch_size < dist.world_size:
+        raise RobenchError(f"--batch-size {batch_size} is smaller than the {dist.world_size} processes; each needs "
+                           f"an example of every minibatch: use --batch-size {dist.world_size} or more")
+    if min(last, n) < dist.world_size:
+        raise RobenchError(f"{n} training samples in minibatches of {batch_size} leave a last one of {min(last, n)}, "
+                           f"fewer than the {dist.world_size} processes; change --limit or --batch-size")
+
+
+def _seed_rank(seed: int, dist: Dist) -> None:
+    """Dropout and drop-path draw from torch's global generator: one stream per rank, not one mask for all."""
+    if dist.is_distributed:
+        torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank]).generate_state(1)[0]))
+
+
+def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: Dist = LOCAL) -> TrainResult:
     """Train ``cfg.arch`` with the paper's recipe; the checkpoint is rewritten after every epoch.
 
-    An interrupted run therefore leaves the last finished epoch on disk.
+    An interrupted run therefore leaves the last finished epoch on disk. Under torchrun pass
+    ``robench.distributed.setup()``'s Dist: every rank calls this, rank 0 writes and reports.
     """
     cfg.validate()
-    check_output(out, (".safetensors",), "--out")
+    if dist.is_main:
+        check_output(out, (".safetensors",), "--out")
     check_arch(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     source = open_source(cfg.data, "train", cfg.limit, cfg.seed)
+    check_split(len(source.ids), cfg.batch_size, dist)
     model, input_cfg = _build(cfg, source.num_classes)
+    net = data_parallel(model.to(dist.device), dist)
+    _seed_rank(cfg.seed, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history = []
+    progress, history = progress if dist.is_main else None, []
     for epoch in range(1, cfg.epochs + 1):
-        row = _epoch(model, opt, source, input_cfg, cfg, gen, epoch, progress)
+        row = _epoch(net, opt, source, input_cfg, cfg, gen, epoch, progress, dist)
         history.append(row)
-        if epoch < cfg.epochs:  # the last epoch is written below, with its validation accuracy
+        if epoch < cfg.epochs and dist.is_main:  # the last epoch is written below, with its validation accuracy
             save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
-    val = accuracy(model, open_source(cfg.data, "test"), input_cfg)
-    meta = _meta(cfg, model, input_cfg, source, {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val})
-    save_checkpoint(out, model.model, meta)
+    val = accuracy(model, open_source(cfg.data, "test"), input_cfg, dist=dist)
+    extra = {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val, **_launch_meta(dist)}
+    meta = _meta(cfg, model, input_cfg, source, extra)
+    if dist.is_main:
+        save_checkpoint(out, model.model, meta)
     return TrainResult(pd.DataFrame(history), meta)
 
 
-def _epoch(model: Normalized, opt: torch.optim.Optimizer, source: Source, input_cfg: InputConfig,
-           cfg: TrainConfig, gen: torch.Generator, epoch: int, progress: Progress | None) -> dict[str, Any]:
+def local_rows(order: Tensor, batch_size: int, dist: Dist) -> tuple[Tensor, int]:
+    """This rank's rows of every global minibatch of ``order``, and its share of a full minibatch.
+
+    Cut into chunks of that share, the rows give back this rank's part of each minibatch
+    (only the last may be shorter), so one ``source.batches`` call streams them all.
+    """
+    parts = [rows[shard(len(rows), dist)] for rows in order.split(batch_size)]
+    return torch.cat(parts), len(shard(batch_size, dist))
+
+
+def _epoch(model: nn.Module, opt: torch.optim.Optimizer, source: Source, input_cfg: InputConfig,
+           cfg: TrainConfig, gen: torch.Generator, epoch: int, progress: Progress | None,
+           dist: Dist = LOCAL) -> dict[str, Any]:
     order = torch.randperm(len(source.ids), generator=gen)
+    sizes = [len(rows) for rows in order.split(cfg.batch_size)]
+    rows, share = local_rows(order, cfg.batch_size, dist)
+    device = next(model.parameters()).device
     seen = clean = correct = 0
     loss_sum = 0.0
-    for batch in source.batches(input_cfg, cfg.batch_size, order):
-        loss, n_clean, right = train_step(model, opt, batch.images, batch.labels, cfg, gen)
-        seen, clean, correct = seen + len(batch.labels), clean + n_clean, correct + right
-        loss_sum += loss * len(batch.labels)
+    for size, batch in zip(sizes, source.batches(input_cfg, share, rows), strict=True):
+        step = train_step(model, opt, batch.images.to(device), batch.labels.to(device), cfg, gen, dist, size)
+        loss, n_clean, right = all_sum(step, dist)  # one tiny all-reduce per step, for exact global figures
+        seen, clean, correct = seen + size, clean + int(n_clean), correct + int(right)
+        loss_sum += loss * size
         if progress is not None:
             progress(EpochStats(epoch, seen, len(source.ids), loss_sum / seen, correct / max(1, clean)))
     return {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": correct / max(1, clean)}

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robench import metrics
+from robench import health, metrics
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import to_unit
 from robench.data import Batch, InputConfig, ids_sha256, open_source
-from robench.engine import CLEAN, attack_noise, score, settings_of
+from robench.engine import CLEAN, Outcomes, attack_noise, score, settings_of
 from robench.errors import RobenchError
-from robench.evaluate import load_models, resolve_device
+from robench.evaluate import load_models, probe_models, resolve_device
 from robench.models import LoadedModel
 from robench.provenance import dataset_record, envelope, plain_config
 from robench.suite import AttackSpec, Suite, load_suite
@@ -56,6 +56,7 @@ class TransferConfig:
     pretrained: bool = False
     workers: int = 0
     cache: Path | None = None
+    health_probes: bool = True  # probe each model on its first batch (robench.health); results are checked anyway
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
@@ -74,6 +75,16 @@ class TransferOutcomes:
     pred: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # [settings, N]
     top5: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     crafted: int = 0  # attack calls made (0 when every example came from the cache)
+    least_likely: dict[str, np.ndarray] = field(default_factory=dict)  # per model: [N] clean least-likely class
+    linf: dict[str, np.ndarray] = field(default_factory=dict)  # per source: [settings, N] ||x_adv - x||_inf, 1/255
+
+    def white_box(self, source: str) -> Outcomes:
+        """A source's outcomes on its own examples, as ``robench eval`` records them."""
+        key, n = (source, source), len(self.labels)
+        return Outcomes(self.ids, self.labels, [(CLEAN, 0.0), *self.settings],
+                        np.vstack([self.clean[source], self.pred[key]]),
+                        np.vstack([self.clean_top5[source], self.top5[key]]),
+                        self.least_likely[source], np.vstack([np.zeros((1, n), np.float32), self.linf[source]]))
 
 
 def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
@@ -166,12 +177,15 @@ class _Run:
         for m in {id(m): m for m in self.sources + self.targets}.values():
             clean[m.spec.label] = logits = score(m.module, x[m.input])
             _record(self.out.clean[m.spec.label], self.out.clean_top5[m.spec.label], 0, rows, logits, y)
+            self.out.least_likely[m.spec.label][rows] = logits.argmin(1).cpu().numpy()
         for s in self.sources:
             labels = Labels.from_logits(clean[s.spec.label], y)
             scorers = self.targets if s in self.targets else [*self.targets, s]
             setting = 0
             for a in range(len(self.suite.attacks)):
                 for eps, x_adv in self.examples(s, a, x[s.input], labels, index, ids):
+                    delta = (x_adv - x[s.input]).abs().flatten(1).amax(1) * 255
+                    self.out.linf[s.spec.label][setting, rows] = delta.float().cpu().numpy()
                     for t in scorers:
                         xt = x_adv if t.input == s.input else deliver(x[t.input], x_adv - x[s.input], eps)
                         key = (s.spec.label, t.spec.label)
@@ -198,6 +212,7 @@ class TransferResult:
     rows: pd.DataFrame
     outcomes: TransferOutcomes
     meta: dict[str, Any]
+    health: list[health.Flag] = field(default_factory=list)  # also in meta["health"], as records
 
 
 def _check_cache(path: Path | None) -> None:
@@ -228,7 +243,10 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> Trans
     for m in models:
         out.clean[m.spec.label] = np.full((1, n), -1, dtype=np.int32)
         out.clean_top5[m.spec.label] = np.zeros((1, n), dtype=bool)
+        out.least_likely[m.spec.label] = np.full(n, -1, dtype=np.int32)
+    probes = probe_models(models, source, cfg.batch_size) if cfg.health_probes else []
     for s in sources:
+        out.linf[s.spec.label] = np.zeros((len(settings), n), dtype=np.float32)
         for t in {id(m): m for m in [*targets, s]}.values():
             out.pred[(s.spec.label, t.spec.label)] = np.full((len(settings), n), -1, dtype=np.int32)
             out.top5[(s.spec.label, t.spec.label)] = np.zeros((len(settings), n), dtype=bool)
@@ -249,7 +267,17 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> Trans
                     [m.describe() for m in models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = [s.spec.label for s in sources], [t.spec.label for t in targets]
     meta["crafted_attack_calls"] = out.crafted
-    return TransferResult(rows, out, meta)
+    flags = [*probes, *transfer_health(out, rows, cfg.suite, [s.spec.label for s in sources])]
+    meta["health"] = health.records(flags)
+    return TransferResult(rows, out, meta, flags)
+
+
+def transfer_health(out: TransferOutcomes, rows: pd.DataFrame, suite: Suite, sources: list[str]) -> list[health.Flag]:
+    """The result checks: each source's white-box outcomes as eval's, and transfer against white-box."""
+    white = {s: out.white_box(s) for s in sources}
+    white_rows = pd.concat([metrics.summarize(o, s) for s, o in white.items()], ignore_index=True)
+    return [*health.eval_flags(white_rows, white, suite),
+            *health.transfer_beats_white_box(rows, health.transfer_correctness(out))]
 
 
 def summarize(out: TransferOutcomes, sources: list[str], targets: list[str]) -> pd.DataFrame:

@@ -69,7 +69,7 @@ def test_eval_json_envelope(fgsm_run, default_checkpoint: Path) -> None:
 def test_eval_json_rows(fgsm_run) -> None:
     _, out, _ = fgsm_run
     rows = json.loads(out.read_text())["rows"]
-    assert all(set(r) == {"model", "attack", "eps", "top1", "top5", "success_rate", "n"} for r in rows)
+    assert all(set(r) == {"model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"} for r in rows)
     assert [(r["attack"], r["eps"]) for r in rows] == [("clean", 0.0), ("fgsm", 2.0), ("fgsm", 8.0)]
     clean, eps2, eps8 = rows
     assert clean["success_rate"] is None and all(r["n"] == 40 for r in rows)
@@ -77,6 +77,9 @@ def test_eval_json_rows(fgsm_run) -> None:
     assert eps8["top1"] < clean["top1"] and eps8["top1"] <= eps2["top1"]
     assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 for r in rows)
     assert 0.0 < eps8["success_rate"] <= 1.0
+    # fgsm moves every unclipped pixel by exactly eps, so the largest move is eps (in 1/255 units)
+    assert clean["linf_max"] == 0.0
+    assert eps2["linf_max"] == pytest.approx(2.0, abs=1e-3) and eps8["linf_max"] == pytest.approx(8.0, abs=1e-3)
 
 
 def test_eval_per_sample_csv(fgsm_run) -> None:
@@ -100,7 +103,7 @@ def test_eval_csv_writes_rows_and_meta(default_checkpoint: Path, tmp_path: Path)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # -q: no table
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["model", "attack", "eps", "top1", "top5", "success_rate", "n"]
+    assert list(frame.columns) == ["model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"]
     assert frame["attack"].tolist() == ["clean", "step_ll"] and frame["eps"].tolist() == [0.0, 4.0]
     meta = json.loads((tmp_path / "x.csv.meta.json").read_text())
     assert meta["dataset"]["n"] == 10 and meta["command"] == "eval" and "rows" not in meta

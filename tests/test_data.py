@@ -289,7 +289,21 @@ def test_corrupt_png_names_the_file(tmp_path: Path, workers: int) -> None:
     with pytest.raises(RobenchError) as err:
         list(src.batches(InputConfig(size=(8, 8)), 2))
     bad = root / "dog" / "2.png"
-    assert str(err.value) == f"cannot read image {bad}: corrupt or not an image; remove or replace it"
+    assert str(err.value) == (f"cannot read image {bad}: corrupt or not an image; remove or replace it, "
+                              f"or pass --skip-bad-images to leave it out (it is recorded)")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_png_skipped_and_recorded(tmp_path: Path, workers: int) -> None:
+    root = _folder(tmp_path / "imgs")
+    (root / "dog" / "2.png").write_bytes(os.urandom(256))
+    src = open_source(str(root), workers=workers, skip_bad=True)
+    batches = list(src.batches(InputConfig(size=(8, 8)), 2))
+    bad_row = src.ids.index("dog/2.png")
+    rows = torch.cat([b.rows for b in batches]).tolist()
+    assert sorted(rows) == [r for r in range(len(src.ids)) if r != bad_row]  # every other image, once
+    assert all(len(b.images) == len(b.labels) == len(b.rows) for b in batches)
+    assert src.skipped == {bad_row: str(root / "dog" / "2.png")}
 
 
 def test_truncated_png_names_the_file(tmp_path: Path) -> None:

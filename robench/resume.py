@@ -1,0 +1,99 @@
+"""Resumable runs: per-sample outcomes appended to a state folder as batches finish.
+
+A long run killed at any moment (SIGKILL included) loses at most the batches in flight:
+each finished batch is one JSON line, flushed and fsynced, in ``state-rank<R>.jsonl``
+(one file per torchrun rank, so ranks never write the same file). The first line of
+each file is the run's fingerprint: everything that decides the numbers (models and
+their weights, samples, suite, seed). A restarted run with the same fingerprint takes
+every finished sample from every file and computes only the rest; one with another
+fingerprint is refused. Results do not depend on batch size or world size (per-sample
+losses and noise), so those may change between the runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from robench.errors import RobenchError
+
+STATE_GLOB = "state-rank*.jsonl"
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    """SHA-256 of a plain-data description of what decides the numbers."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _encode(a: np.ndarray) -> dict[str, Any]:
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode(d: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["data"]), dtype=d["dtype"]).reshape(d["shape"]).copy()
+
+
+class RunState:
+    """The state folder of one run, as seen by one rank."""
+
+    def __init__(self, folder: Path, key: str, rank: int = 0) -> None:
+        self.folder, self.key, self.rank = Path(folder), key, rank
+        self._file: TextIO | None = None
+
+    def check(self) -> None:
+        """Fail before any work if the folder is unusable or belongs to another run."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RobenchError(f"--resume {self.folder} is a file; give a folder for the run's state")
+        for path in sorted(self.folder.glob(STATE_GLOB)) if self.folder.is_dir() else []:
+            first = path.open(encoding="utf-8").readline()
+            try:
+                theirs = json.loads(first)["fingerprint"]
+            except (ValueError, KeyError, TypeError):
+                raise RobenchError(f"{path} is not a robench state file; give a new --resume folder") from None
+            if theirs != self.key:
+                raise RobenchError(f"--resume {self.folder} holds the state of a different run (other models, data, "
+                                   f"attacks or seed); rerun that exact command, or give a new --resume folder")
+
+    def load(self) -> dict[str, list[dict[str, np.ndarray]]]:
+        """Finished parts per model label, from every rank's file; a torn last line is ignored."""
+        parts: dict[str, list[dict[str, np.ndarray]]] = {}
+        for path in sorted(self.folder.glob(STATE_GLOB)) if self.folder.is_dir() else []:
+            for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # the line being written when the run was killed
+                parts.setdefault(rec["model"], []).append({k: _decode(v) for k, v in rec["part"].items()})
+        return parts
+
+    def append(self, model: str, part: dict[str, np.ndarray]) -> None:
+        """Record one finished batch of one model, durably, before the next starts."""
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"state-rank{self.rank}.jsonl"
+            fresh = not path.exists() or path.stat().st_size == 0
+            torn = not fresh and not path.read_bytes().endswith(b"\n")
+            self._file = path.open("a", encoding="utf-8")
+            if fresh:
+                self._write({"fingerprint": self.key})
+            elif torn:  # end the line a killed run left half-written, so the next record stands alone
+                self._file.write("\n")
+        self._write({"model": model, "part": {k: _encode(np.asarray(v)) for k, v in part.items()}})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._file is not None
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close this rank's file (the state stays for later runs)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

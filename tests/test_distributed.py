@@ -1,0 +1,332 @@
+"""torchrun support: sharding, launch checks, collectives on two gloo ranks, DDP training equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from robench.checkpoint import read_metadata
+from robench.cli.main import main
+from robench.data import InputConfig, load_digits_source, open_source
+from robench.distributed import (
+    LOCAL,
+    Dist,
+    all_gather,
+    all_sum,
+    barrier,
+    broadcast,
+    gather,
+    session,
+    setup,
+    shard,
+    sync_batchnorm,
+    sync_buffers,
+    unshard,
+)
+from robench.errors import RobenchError
+from robench.models import load_model, parse_spec
+from robench.train import TrainConfig, accuracy, check_split, local_rows, train, train_step
+
+# A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
+# ranks must give one process's weights (BatchNorm would need SyncBatchNorm, GPU-only in torch).
+# AdamW turns float noise in near-zero gradients into updates of up to ~lr / 100: lr 3e-4 keeps
+# them below atol 1e-5, while a wrong gradient flips signs and moves weights by ~2 lr.
+EQUAL_CFG = TrainConfig(arch="test_efficientnet_gn", attack="pgd", steps=2, adv_fraction=0.3, epochs=1, lr=3e-4,
+                        limit=100, batch_size=23, input_size=16)  # minibatches 23, 23, 23, 23, 8: uneven splits
+STEP_CFG = TrainConfig(attack="pgd", steps=2, adv_fraction=0.3, lam=0.3)
+STEP_SIZES = (23, 23, 9)  # global minibatches; adversarial parts 7, 7, 3
+WORLD = 2
+
+
+# --- shard ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 2), (11, 2), (7, 3), (8, 8), (1000, 7), (3, 1), (0, 1)])
+def test_shard_covers_every_position_once(n: int, world: int) -> None:
+    parts = [shard(n, Dist(rank=r, world_size=world)) for r in range(world)]
+    together = torch.cat(parts)
+    assert sorted(together.tolist()) == list(range(n))  # all positions, none twice, no padding
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert all(torch.equal(p, torch.arange(r, n, world)) for r, p in enumerate(parts))  # strided
+
+
+def test_shard_spreads_a_prefix_evenly() -> None:
+    """The adversarial part of a minibatch (positions below k) is crafted by every rank alike."""
+    parts = [shard(64, Dist(rank=r, world_size=4)) for r in range(4)]
+    assert [int((p < 32).sum()) for p in parts] == [8, 8, 8, 8]
+
+
+def test_fewer_samples_than_processes() -> None:
+    with pytest.raises(RobenchError, match="cannot split 3 samples over 4 processes"):
+        shard(3, Dist(rank=0, world_size=4))
+    assert shard(3, Dist(rank=3, world_size=4), allow_empty=True).tolist() == []
+    assert shard(0, LOCAL).tolist() == [] and shard(5, LOCAL).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="negative"):
+        shard(-1, LOCAL)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array", "list"])
+def test_unshard_inverts_shard(kind: str) -> None:
+    values = torch.arange(11) * 10
+    parts = [values[shard(11, Dist(rank=r, world_size=3))] for r in range(3)]
+    parts = {"tensor": parts, "array": [p.numpy() for p in parts], "list": [p.tolist() for p in parts]}[kind]
+    assert list(unshard(parts)) == values.tolist()
+    with pytest.raises(ValueError, match="rank 0 holds"):
+        unshard([parts[0][:-1], *parts[1:]])
+
+
+def test_local_rows_stream_each_ranks_part_of_every_minibatch() -> None:
+    order = torch.randperm(53, generator=torch.Generator().manual_seed(0))
+    for rank in range(3):
+        rows, share = local_rows(order, 10, Dist(rank=rank, world_size=3))
+        want = [b[rank::3] for b in order.split(10)]
+        assert share == len(want[0]) and all(torch.equal(a, b) for a, b in zip(rows.split(share), want, strict=True))
+    rows, share = local_rows(order, 10, LOCAL)
+    assert torch.equal(rows, order) and share == 10
+
+
+def test_every_rank_needs_examples_in_every_minibatch() -> None:
+    four = Dist(rank=0, world_size=4)
+    check_split(100, 20, four)
+    check_split(104, 20, four)  # a last minibatch of 4: one example each
+    check_split(3, 2, LOCAL)
+    with pytest.raises(RobenchError, match="leave a last one of 2, fewer than the 4 processes"):
+        check_split(102, 20, four)
+    with pytest.raises(RobenchError, match="leave a last one of 3, fewer than the 4 processes"):
+        check_split(3, 64, four)
+    with pytest.raises(RobenchError, match="--batch-size 3 is smaller than the 4 processes"):
+        check_split(100, 3, four)
+
+
+@pytest.mark.parametrize("arch", ["test_efficientnet", "test_resnet"])
+def test_sync_batchnorm_keeps_the_function(arch: str) -> None:
+    """timm's norm + activation layers keep their activation (torch's own converter drops it)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(x)
+        synced = sync_batchnorm(model)  # eval mode: SyncBatchNorm computes plain BatchNorm, even on the CPU
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+        assert not any(type(m).__name__ == "BatchNormAct2d" for m in synced.modules())
+        assert torch.allclose(synced(x), before, atol=1e-6)
+
+
+# --- launch checks ------------------------------------------------------------------------------
+
+
+TORCHRUN_ENV = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+
+
+def test_single_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with session("cpu") as d:
+        assert (d.rank, d.world_size, d.device.type, d.backend, d.is_main, d.is_distributed) == \
+            (0, 1, "cpu", None, True, False)
+        assert gather(7, d) == [7] and all_gather(7, d) == [7] and broadcast(7, d) == 7 and all_sum([2], d) == [2.0]
+        barrier(d)
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs", "needle"),
+    [
+        ({"RANK": None}, {}, "WORLD_SIZE=2 is set but RANK is not; start robench with torchrun"),
+        ({"MASTER_ADDR": None}, {}, "MASTER_ADDR is not"),
+        ({"WORLD_SIZE": "two"}, {}, "WORLD_SIZE='two' is not a whole number"),
+        ({}, {"backend": "nccl", "device": "cpu"}, "backend nccl needs CUDA GPUs"),
+        ({}, {"device": "tpu"}, "unknown device 'tpu'"),
+    ],
+)
+def test_misconfigured_launch(monkeypatch: pytest.MonkeyPatch, env: dict, kwargs: dict, needle: str) -> None:
+    for name, value in {**TORCHRUN_ENV, **env}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(RobenchError, match=needle):
+        setup(**kwargs)
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RobenchError, match="no CUDA GPU is available"):
+        setup("cuda")
+
+
+def test_cli_outside_torchrun_environment_exits_2(tmp_path: Path) -> None:
+    env = {**TORCHRUN_ENV, "LOCAL_RANK": None}
+    result = CliRunner().invoke(main, ["train", "--epochs", "1", "--limit", "8", "-q", "--out",
+                                       str(tmp_path / "m.safetensors")], env=env)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "LOCAL_RANK is not" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+# --- two gloo ranks ------------------------------------------------------------------------------
+
+
+def step_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.rand(n, 3, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for n in STEP_SIZES]
+
+
+def step_model() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A conv net without BatchNorm, and plain SGD: any error in the gradient's scale shows in the weights."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(16, 10))
+    return net, torch.optim.SGD(net.parameters(), lr=0.5)
+
+
+def run_steps(net: nn.Module, opt: torch.optim.Optimizer, d: Dist) -> list[float]:
+    """train_step over STEP_SIZES global minibatches, each rank on its shard; the loss shares."""
+    gen, losses = torch.Generator().manual_seed(0), []
+    for x, y in step_batches():
+        mine = shard(len(y), d)
+        losses.append(train_step(net, opt, x[mine], y[mine], STEP_CFG, gen, d, len(y))[0])
+    return losses
+
+
+def bn_model(rank: int) -> nn.Module:
+    """Equal weights on every rank, BatchNorm statistics that differ by rank."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(32, 10))
+    gen = torch.Generator().manual_seed(rank)
+    net[1].running_mean.copy_(torch.randn(8, generator=gen))
+    net[1].running_var.copy_(torch.rand(8, generator=gen) * 4)
+    return net
+
+
+def bn_accuracy(d: Dist) -> float:
+    return accuracy(bn_model(d.rank), load_digits_source("test", limit=90), InputConfig(size=(8, 8)), 16, d)
+
+
+def _collectives(d: Dist) -> dict:
+    buffers = nn.BatchNorm1d(3)
+    buffers.running_mean.fill_(d.rank + 1.0)
+    sync_buffers(buffers, d)
+    positions = all_gather(shard(11, d).tolist(), d)
+    barrier(d)
+    return {"gather": gather(d.rank * 10, d), "all_gather": all_gather({"r": d.rank}, d),
+            "broadcast": broadcast(f"from {d.rank}", d), "all_sum": all_sum([d.rank, 1.5], d),
+            "buffer": buffers.running_mean.tolist(), "unshard": unshard(positions), "accuracy": bn_accuracy(d)}
+
+
+def _worker(rank: int, port: int, tmp: str) -> None:
+    """One of two ranks, set up as torchrun would: collectives, DDP train_steps, then train()."""
+    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from robench.distributed import data_parallel
+
+    with session("cpu") as d:
+        report = {"dist": [d.rank, d.world_size, d.backend, str(d.device)], "collectives": _collectives(d)}
+        net, opt = step_model()
+        report["step_losses"] = run_steps(data_parallel(net, d), opt, d)
+        torch.save(net.state_dict(), Path(tmp, f"step{rank}.pt"))
+        result = train(EQUAL_CFG, Path(tmp, "ddp.safetensors"), dist=d)
+        report["meta"], report["history"] = result.meta, result.history.to_dict("list")
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """Two gloo ranks spawned once; each leaves a JSON report (rank 0 also the checkpoint)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True)
+    return tmp, [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def test_collectives_on_two_ranks(two_ranks) -> None:
+    _, reports = two_ranks
+    assert [r["dist"] for r in reports] == [[0, 2, "gloo", "cpu"], [1, 2, "gloo", "cpu"]]
+    first, second = (r["collectives"] for r in reports)
+    assert first["gather"] == [0, 10] and second["gather"] is None
+    assert first["all_gather"] == second["all_gather"] == [{"r": 0}, {"r": 1}]
+    assert first["broadcast"] == second["broadcast"] == "from 0"
+    assert first["all_sum"] == second["all_sum"] == [1.0, 3.0]
+    assert first["buffer"] == second["buffer"] == [1.0, 1.0, 1.0]  # rank 0's running statistics
+    assert first["unshard"] == list(range(11))
+    assert first["accuracy"] == second["accuracy"] == bn_accuracy(LOCAL)  # rank 0's model scored on all samples
+    assert bn_accuracy(LOCAL) != accuracy(bn_model(1), load_digits_source("test", limit=90), InputConfig(size=(8, 8)))
+
+
+def test_ddp_steps_equal_one_process(two_ranks) -> None:
+    """Uneven shards, per-rank pgd crafting with shared draws, loss scaled for DDP's average: same SGD steps."""
+    tmp, reports = two_ranks
+    net, opt = step_model()
+    losses = run_steps(net, opt, LOCAL)
+    shares = np.array([r["step_losses"] for r in reports])
+    assert shares.sum(0) == pytest.approx(losses, rel=1e-5)
+    assert (shares > 0).all()  # each rank had its own examples
+    for rank in range(WORLD):
+        ddp = torch.load(Path(tmp, f"step{rank}.pt"))
+        for name, value in net.state_dict().items():
+            assert torch.allclose(ddp[name], value, atol=1e-5, rtol=0), (rank, name)
+
+
+def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
+    """train() on two ranks: rank 0's checkpoint holds one process's weights; ranks agree on every figure."""
+    tmp, reports = two_ranks
+    single = train(EQUAL_CFG, tmp_path / "one.safetensors")
+    assert reports[0]["meta"] == reports[1]["meta"] == read_metadata(tmp / "ddp.safetensors")
+    meta = reports[0]["meta"]
+    assert (meta["world_size"], meta["backend"], meta["sync_batchnorm"]) == (2, "gloo", False)
+    assert meta["recipe"] == single.meta["recipe"] and "world_size" not in single.meta
+    assert meta["val_accuracy"] == single.meta["val_accuracy"]
+    assert meta["train_accuracy"] == single.meta["train_accuracy"]
+    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-5)
+    ddp = load_model(parse_spec(str(tmp / "ddp.safetensors")), 10).module.state_dict()
+    one = load_model(parse_spec(str(tmp_path / "one.safetensors")), 10).module.state_dict()
+    assert ddp.keys() == one.keys()
+    for name in one:
+        assert torch.allclose(ddp[name], one[name], atol=1e-5, rtol=0), name
+
+
+# --- torchrun end to end -------------------------------------------------------------------------
+
+
+def test_torchrun_train_writes_one_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "robench",
+           "train", "--arch", "test_resnet", "--epochs", "1", "--limit", "256", "--batch-size", "64",
+           "--input-size", "16", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    assert proc.stderr.count(f"wrote {out}") == 1  # rank 0 alone reports
+    meta = read_metadata(out)
+    assert (meta["world_size"], meta["backend"], meta["epochs_done"]) == (2, "gloo", 1)
+    recipe = meta["recipe"]
+    assert (recipe["arch"], recipe["limit"], recipe["batch_size"], recipe["attack"]) == ("test_resnet", 256, 64,
+                                                                                         "step_ll")
+    model = load_model(parse_spec(str(out)), 10)
+    assert model.input.size == (16, 16)
+    # the ranks scored halves of the test set with rank 0's BatchNorm statistics: the saved model's accuracy
+    assert meta["val_accuracy"] == accuracy(model.module, open_source("digits", "test"), model.input)
