@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .options import resume_option, run_options
-from .render import console, distributed_run, warn
+from .render import console, distributed_run, health_warnings, warn
 
 
 @click.command("leak-check")
@@ -65,6 +65,7 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
         write_results(out, result.meta, result.rows, result.packed_samples())
     if not quiet:
         console().print(leak_table(result.rows))
+    health_warnings(result.health)
     if fail_on_leak and result.leaking:
         from robench.errors import CheckFailed
 

@@ -73,7 +73,7 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
     Check("unbounded_attack_fails", f"pgd at eps 255/255 leaves more than {UNBOUNDED_MAX_TOP1:.0%} of a batch "
           "correct, where an unbounded attack should reach about 0%"),
     Check("probability_outputs", "the model outputs probabilities or log-probabilities, not logits; "
-          "cross-entropy on them weakens every gradient attack"),
+          "cross-entropy on probabilities saturates and starves gradient attacks"),
     Check("zero_gradients", f"more than {ZERO_GRADIENT_MAX:.0%} of the input-gradient entries are exactly zero "
           "(rounding, quantization or another step without a gradient)"),
     Check("randomized_outputs", "two forward passes of the same input disagree in eval mode (dropout left on, "

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from robench import samples
+from robench import health, samples
 from robench.distributed import LOCAL, Dist
 from robench.engine import CLEAN, Outcomes
 from robench.evaluate import EvalConfig, Progress, run_eval
@@ -135,6 +135,7 @@ class LeakResult:
     verdicts: dict[str, str]
     outcomes: dict[str, Outcomes]
     meta: dict[str, Any]
+    health: list[health.Flag] = field(default_factory=list)  # the eval's health flags; also meta["health"]
 
     @property
     def leaking(self) -> list[str]:
@@ -160,6 +161,6 @@ def run_leak_check(cfg: LeakConfig, progress: Progress | None = None, warn: Call
         rows, verdicts[model] = summarize(out, model, cfg.alpha, cfg.margin)
         tables.append(rows)
     meta = {**ev.meta, "command": "leak-check", "config": cfg.describe(), "metrics": DEFINITIONS,
-            "verdicts": verdicts}
-    return LeakResult(pd.concat(tables, ignore_index=True), verdicts, ev.outcomes, meta)
+            "verdicts": verdicts, "health": health.records(ev.health)}
+    return LeakResult(pd.concat(tables, ignore_index=True), verdicts, ev.outcomes, meta, ev.health)
 
