@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .render import console, health_warnings, progress_bar
+from .options import run_options
+from .render import console, distributed_run, health_warnings, warn
 
 
 def _labels(text: str | None) -> tuple[str, ...] | None:
@@ -18,15 +20,10 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help="Model spec (repeatable).")
 @click.option("--sources", metavar="LABELS", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LABELS", help="Comma-separated labels scoring them. Default: every model.")
-@click.option("-d", "--data", default="digits", show_default=True, help="As for `robench eval`.")
 @click.option("--attacks", "attacks_file", type=click.Path(path_type=Path), metavar="FILE", help="Attack suite YAML.")
 @click.option("--attack", "attack_names", multiple=True, metavar="NAME", help="Run only this attack (repeatable).")
 @click.option("--eps", "eps_text", metavar="LIST", help="Comma-separated eps in 1/255 units, e.g. 2,4,8,16.")
-@click.option("--limit", type=int, metavar="N", help="Use N samples, drawn by a seeded permutation.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--pretrained", is_flag=True, help="Load hub weights for NAME.")
+@run_options
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
               help="Keep adversarial examples here; a rerun crafts only what is missing.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
@@ -35,9 +32,9 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
-                     data: str, attacks_file: Path | None, attack_names: tuple[str, ...], eps_text: str | None,
-                     limit: int | None, seed: int, batch_size: int, device: str, pretrained: bool,
-                     cache: Path | None, out: Path | None, plot: Path | None, no_health: bool, quiet: bool) -> None:
+                     attacks_file: Path | None, attack_names: tuple[str, ...], eps_text: str | None,
+                     cache: Path | None, out: Path | None, plot: Path | None, no_health: bool, quiet: bool,
+                     **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
     Examples are crafted once per (source, attack, eps) and scored on all targets;
@@ -47,8 +44,9 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     size as the source's perturbation resized (bilinear) onto the target's own input.
 
     \b
-    Example:
+    Examples:
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
+      torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
     from robench.report import check_output, transfer_heatmaps, transfer_tables, write_results
     from robench.suite import load_suite, override, parse_eps_list
@@ -58,11 +56,12 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     check_output(plot, (".png",), "--plot")
     eps = parse_eps_list(eps_text) if eps_text is not None else None
     suite = override(load_suite(attacks_file), attack_names, eps)
-    cfg = TransferConfig(models=specs + models, sources=_labels(sources), targets=_labels(targets), data=data,
-                         suite=suite, limit=limit, seed=seed, batch_size=batch_size, device=device,
-                         pretrained=pretrained, cache=cache, health_probes=not no_health)
-    with progress_bar(not quiet) as progress:
-        result = run_transfer(cfg, progress)
+    cfg = TransferConfig(models=specs + models, sources=_labels(sources), targets=_labels(targets), suite=suite,
+                         cache=cache, health_probes=not no_health, **run)
+    with distributed_run(cfg.device, quiet) as (dist, progress):
+        result = run_transfer(cfg, progress, warn, dist)
+    if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
+        return
     if out is not None:
         write_results(out, result.meta, result.rows)
     if plot is not None:

@@ -54,12 +54,8 @@ class Outcomes:
 
     def record(self, setting: int, rows: Tensor, logits: Tensor, labels: Tensor) -> None:
         """Store top-1 prediction and top-5 hit for these rows; NaN/inf logits count as wrong."""
-        k = min(5, logits.shape[1])
-        finite = torch.isfinite(logits).all(1)
-        hit5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1) & finite
         r = rows.numpy()
-        self.pred[setting, r] = torch.where(finite, logits.argmax(1), NONFINITE).cpu().numpy()
-        self.top5[setting, r] = hit5.cpu().numpy()
+        self.pred[setting, r], self.top5[setting, r] = predictions(logits, labels)
 
     def record_linf(self, setting: int, rows: Tensor, x_adv: Tensor, x: Tensor) -> None:
         """Store each row's ||x_adv - x||_inf in 1/255 units (one reduction per scored batch)."""
@@ -89,6 +85,14 @@ class Outcomes:
     def nonfinite(self) -> np.ndarray:
         """[S] how many samples gave NaN or inf logits, per setting."""
         return (self.pred == NONFINITE).sum(1)
+
+
+def predictions(logits: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions and top-5 hits; a row with NaN or inf logits gets NONFINITE and no hit."""
+    k = min(5, logits.shape[1])
+    finite = torch.isfinite(logits).all(1)
+    hit5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1) & finite
+    return torch.where(finite, logits.argmax(1), NONFINITE).cpu().numpy(), hit5.cpu().numpy()
 
 
 def settings_of(suite: Suite) -> list[tuple[str, float]]:

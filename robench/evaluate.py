@@ -16,7 +16,7 @@ from robench.data import Batch, Source, open_source
 from robench.distributed import LOCAL, Dist, gather, resolve_device, shard
 from robench.errors import RobenchError
 from robench.models import LoadedModel, load_model, parse_spec
-from robench.provenance import dataset_record, envelope, plain_config
+from robench.provenance import dataset_record, envelope, merge_skipped, plain_config
 from robench.resume import RunState, fingerprint
 from robench.suite import Suite, load_suite
 
@@ -167,7 +167,7 @@ def _evaluate_model(m: LoadedModel, source: Source, cfg: EvalConfig, mine: np.nd
 def _result(cfg: EvalConfig, source: Source, models: list[LoadedModel], gathered: list,
             warn: Callable[[str], None] | None, probes: list[health.Flag]) -> EvalResult:
     """Every rank's parts assembled; unreadable images left out and recorded; rows and provenance."""
-    skipped = {row: name for _, bad in gathered for row, name in bad.items()}
+    skipped = merge_skipped([bad for _, bad in gathered])
     outcomes = {}
     for m in models:
         out = engine.Outcomes.empty(source.ids, engine.settings_of(cfg.suite))
@@ -179,9 +179,7 @@ def _result(cfg: EvalConfig, source: Source, models: list[LoadedModel], gathered
         outcomes = {label: o.subset(keep) for label, o in outcomes.items()}
     _report_nonfinite(outcomes, warn)
     tables = [metrics.summarize(o, label) for label, o in outcomes.items()]
-    dataset = dataset_record(source, cfg.data, "test", [source.ids[r] for r in keep])
-    if skipped:
-        dataset["skipped"] = [{"id": source.ids[r], "file": name} for r, name in sorted(skipped.items())]
+    dataset = dataset_record(source, cfg.data, "test", [source.ids[r] for r in keep], skipped)
     meta = envelope("eval", cfg.describe(), dataset, [m.describe() for m in models], metrics.DEFINITIONS)
     rows = pd.concat(tables, ignore_index=True)
     flags = [*probes, *health.eval_flags(rows, outcomes, cfg.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]

@@ -25,13 +25,25 @@ def versions() -> dict[str, str]:
     }
 
 
-def dataset_record(source: Source, spec: str, split: str, ids: list[str] | None = None) -> dict[str, Any]:
-    """Name, split, size, id hash and the ordered sample ids (``ids``: those evaluated, if not all)."""
+def dataset_record(source: Source, spec: str, split: str, ids: list[str] | None = None,
+                   skipped: dict[int, str] | None = None) -> dict[str, Any]:
+    """Name, split, size, id hash and the ordered sample ids (``ids``: those evaluated, if not all).
+
+    ``skipped`` (row -> file) lists the unreadable images left out, so none is dropped silently.
+    """
     ids = list(source.ids) if ids is None else ids
-    return {
+    record = {
         "name": source.name, "spec": spec, "split": split, "n": len(ids),
         "num_classes": source.num_classes, "ids_sha256": ids_sha256(ids), "ids": ids,
     }
+    if skipped:
+        record["skipped"] = [{"id": source.ids[r], "file": name} for r, name in sorted(skipped.items())]
+    return record
+
+
+def merge_skipped(parts: list[dict[int, str]]) -> dict[int, str]:
+    """The unreadable images every rank left out (row -> file)."""
+    return {row: name for part in parts for row, name in part.items()}
 
 
 def envelope(command: str, config: dict[str, Any], dataset: dict[str, Any], models: list[dict[str, Any]],

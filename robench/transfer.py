@@ -30,11 +30,12 @@ from robench import health, metrics
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import to_unit
 from robench.data import Batch, InputConfig, ids_sha256, open_source
-from robench.engine import CLEAN, Outcomes, attack_noise, score, settings_of
+from robench.distributed import LOCAL, Dist, gather, resolve_device, shard
+from robench.engine import CLEAN, NONFINITE, Outcomes, attack_noise, predictions, score, settings_of
 from robench.errors import RobenchError
-from robench.evaluate import load_models, probe_models, resolve_device
+from robench.evaluate import load_models, probe_models
 from robench.models import LoadedModel
-from robench.provenance import dataset_record, envelope, plain_config
+from robench.provenance import dataset_record, envelope, merge_skipped, plain_config
 from robench.suite import AttackSpec, Suite, load_suite
 
 Progress = Callable[[str, int, int], None]
@@ -56,6 +57,7 @@ class TransferConfig:
     pretrained: bool = False
     workers: int = 0
     cache: Path | None = None
+    skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
     health_probes: bool = True  # probe each model on its first batch (robench.health); results are checked anyway
 
     def describe(self) -> dict[str, Any]:
@@ -78,6 +80,42 @@ class TransferOutcomes:
     least_likely: dict[str, np.ndarray] = field(default_factory=dict)  # per model: [N] clean least-likely class
     linf: dict[str, np.ndarray] = field(default_factory=dict)  # per source: [settings, N] ||x_adv - x||_inf, 1/255
 
+    @classmethod
+    def empty(cls, ids: list[str], settings: list[tuple[str, float]], models: list[LoadedModel],
+              sources: list[LoadedModel], targets: list[LoadedModel]) -> TransferOutcomes:
+        """Tables for every model (clean) and (source, target) pair, waiting to be filled."""
+        n, k = len(ids), len(settings)
+        out = cls(ids=list(ids), labels=np.full(n, -1, dtype=np.int64), settings=settings)
+        for m in models:
+            out.clean[m.spec.label] = np.full((1, n), -1, dtype=np.int32)
+            out.clean_top5[m.spec.label] = np.zeros((1, n), dtype=bool)
+            out.least_likely[m.spec.label] = np.full(n, -1, dtype=np.int32)
+        for s in sources:
+            out.linf[s.spec.label] = np.zeros((k, n), dtype=np.float32)
+            for t in {id(m): m for m in [*targets, s]}.values():
+                out.pred[(s.spec.label, t.spec.label)] = np.full((k, n), -1, dtype=np.int32)
+                out.top5[(s.spec.label, t.spec.label)] = np.zeros((k, n), dtype=bool)
+        return out
+
+    def part(self, rows: np.ndarray) -> dict[str, Any]:
+        """These rows' outcomes (and this process's attack calls), for another rank."""
+        tables = {name: {k: v[..., rows] for k, v in getattr(self, name).items()} for name in _TABLES}
+        return {"rows": rows, "labels": self.labels[rows], "crafted": self.crafted, "tables": tables}
+
+    def fill(self, part: dict[str, Any]) -> None:
+        """Take in rows' outcomes made by another rank (``part``)."""
+        rows = np.asarray(part["rows"], dtype=np.int64)
+        self.labels[rows] = part["labels"]
+        for name in _TABLES:
+            for k, v in part["tables"][name].items():
+                getattr(self, name)[k][..., rows] = v
+
+    def subset(self, rows: np.ndarray) -> TransferOutcomes:
+        """Only these rows, in this order (e.g. leaving out images that could not be read)."""
+        tables = {name: {k: v[..., rows] for k, v in getattr(self, name).items()} for name in _TABLES}
+        return TransferOutcomes([self.ids[r] for r in rows], self.labels[rows], self.settings,
+                                crafted=self.crafted, **tables)
+
     def white_box(self, source: str) -> Outcomes:
         """A source's outcomes on its own examples, as ``robench eval`` records them."""
         key, n = (source, source), len(self.labels)
@@ -85,6 +123,9 @@ class TransferOutcomes:
                         np.vstack([self.clean[source], self.pred[key]]),
                         np.vstack([self.clean_top5[source], self.top5[key]]),
                         self.least_likely[source], np.vstack([np.zeros((1, n), np.float32), self.linf[source]]))
+
+
+_TABLES = ("clean", "clean_top5", "pred", "top5", "least_likely", "linf")  # per-sample tables, samples last
 
 
 def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
@@ -98,12 +139,13 @@ def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
 class ExampleCache:
     """Adversarial examples on disk, one safetensors file per (source, attack, eps, batch), float32."""
 
-    def __init__(self, root: Path, ids: list[str], cfg: TransferConfig) -> None:
+    def __init__(self, root: Path, ids: list[str], cfg: TransferConfig, dist: Dist = LOCAL) -> None:
         self.root, self.ids_hash, self.cfg = root, ids_sha256(ids), cfg
+        self.shard = [dist.world_size, dist.rank]  # under torchrun, which samples a batch index holds
 
     def _path(self, model: LoadedModel, spec: AttackSpec, batch_index: int) -> Path:
         key = json.dumps([model.weights_sha256, self.ids_hash, spec.describe(), self.cfg.seed,
-                          self.cfg.batch_size, list(model.input.size)], sort_keys=True)
+                          self.cfg.batch_size, list(model.input.size), self.shard], sort_keys=True)
         return self.root / hashlib.sha256(key.encode()).hexdigest()[:32] / f"batch-{batch_index:06d}.safetensors"
 
     def load(self, model: LoadedModel, spec: AttackSpec, batch_index: int) -> list[tuple[float, Tensor]] | None:
@@ -127,17 +169,16 @@ class ExampleCache:
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def _views(source: Any, configs: list[InputConfig], batch_size: int) -> Iterator[dict[InputConfig, Batch]]:
-    """The same samples, batch by batch, as each distinct input config sees them."""
-    iterators = {c: source.batches(c, batch_size) for c in configs}
+def _views(source: Any, configs: list[InputConfig], batch_size: int,
+           order: Tensor | None = None) -> Iterator[dict[InputConfig, Batch]]:
+    """The same samples (``order``: these rows), batch by batch, as each distinct input config sees them."""
+    iterators = {c: source.batches(c, batch_size, order) for c in configs}
     for batches in zip(*iterators.values(), strict=True):
         yield dict(zip(iterators, batches, strict=True))
 
 
 def _record(preds: np.ndarray, hits: np.ndarray, setting: int, rows: np.ndarray, logits: Tensor, y: Tensor) -> None:
-    k = min(5, logits.shape[1])
-    preds[setting, rows] = logits.argmax(1).cpu().numpy()
-    hits[setting, rows] = (logits.topk(k, dim=1).indices == y[:, None]).any(1).cpu().numpy()
+    preds[setting, rows], hits[setting, rows] = predictions(logits, y)
 
 
 @dataclass
@@ -227,49 +268,67 @@ def _check_cache(path: Path | None) -> None:
         raise RobenchError(f"--cache {path} is not a writable folder ({e.strerror}); choose another folder") from None
 
 
-def run_transfer(cfg: TransferConfig, progress: Progress | None = None) -> TransferResult:
-    """Craft on every source once per batch, score on every target; see the module docstring."""
+def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
+                 dist: Dist = LOCAL) -> TransferResult | None:
+    """Craft on every source once per batch, score on every target; see the module docstring.
+
+    Under torchrun (``dist``) each rank takes its shard of the samples; rank 0 gets the
+    result, identical sample by sample to a one-process run, and the others get None.
+    """
     if not cfg.models:
         raise RobenchError("transfer-matrix needs at least one --model")
     _check_cache(cfg.cache)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    source = open_source(cfg.data, "test", cfg.limit, cfg.seed, cfg.workers)
+    device = dist.device if dist.is_distributed else resolve_device(cfg.device)
+    source = open_source(cfg.data, "test", cfg.limit, cfg.seed, cfg.workers, cfg.skip_bad_images)
     models = load_models(cfg.models, source, cfg.pretrained, device)
     sources, targets = _pick(models, cfg.sources, "--sources"), _pick(models, cfg.targets, "--targets")
-    settings = settings_of(cfg.suite)[1:]
-    n = len(source.ids)
-    out = TransferOutcomes(ids=list(source.ids), labels=np.full(n, -1, dtype=np.int64), settings=settings)
-    for m in models:
-        out.clean[m.spec.label] = np.full((1, n), -1, dtype=np.int32)
-        out.clean_top5[m.spec.label] = np.zeros((1, n), dtype=bool)
-        out.least_likely[m.spec.label] = np.full(n, -1, dtype=np.int32)
-    probes = probe_models(models, source, cfg.batch_size) if cfg.health_probes else []
-    for s in sources:
-        out.linf[s.spec.label] = np.zeros((len(settings), n), dtype=np.float32)
-        for t in {id(m): m for m in [*targets, s]}.values():
-            out.pred[(s.spec.label, t.spec.label)] = np.full((len(settings), n), -1, dtype=np.int32)
-            out.top5[(s.spec.label, t.spec.label)] = np.zeros((len(settings), n), dtype=bool)
-    cache = ExampleCache(cfg.cache, source.ids, cfg) if cfg.cache else None
+    out = TransferOutcomes.empty(source.ids, settings_of(cfg.suite)[1:], models, sources, targets)
+    probes = probe_models(models, source, cfg.batch_size) if cfg.health_probes and dist.is_main else []
+    cache = ExampleCache(cfg.cache, source.ids, cfg, dist) if cfg.cache else None
     run = _Run(sources, targets, cfg.suite, out, cfg.seed, cache, device)
     configs = list(dict.fromkeys(m.input for m in models))
+    mine = shard(len(source.ids), dist)
     done = 0
     with ExitStack() as stack:
         for m in models:
             stack.enter_context(attack_mode(m.module))
-        for index, views in enumerate(_views(source, configs, cfg.batch_size)):
+        for index, views in enumerate(_views(source, configs, cfg.batch_size, mine)):
             run.batch(views, index)
             done += len(next(iter(views.values())).rows)
             if progress is not None:
-                progress("transfer", done, n)
+                progress("transfer", done, len(mine))
+    gathered = gather((out.part(mine.numpy()), source.skipped), dist)
+    if gathered is None:
+        return None
+    for part, _ in gathered[1:]:
+        out.fill(part)
+    out.crafted = sum(part["crafted"] for part, _ in gathered)
+    skipped = merge_skipped([bad for _, bad in gathered])
+    if skipped:
+        out = out.subset(np.array([r for r in range(len(source.ids)) if r not in skipped], dtype=np.int64))
+    _report_nonfinite(out, warn)
     rows = summarize(out, [s.spec.label for s in sources], [t.spec.label for t in targets])
-    meta = envelope("transfer-matrix", cfg.describe(), dataset_record(source, cfg.data, "test"),
+    dataset = dataset_record(source, cfg.data, "test", out.ids, skipped)
+    meta = envelope("transfer-matrix", cfg.describe(), dataset,
                     [m.describe() for m in models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = [s.spec.label for s in sources], [t.spec.label for t in targets]
     meta["crafted_attack_calls"] = out.crafted
     flags = [*probes, *transfer_health(out, rows, cfg.suite, [s.spec.label for s in sources])]
     meta["health"] = health.records(flags)
     return TransferResult(rows, out, meta, flags)
+
+
+def _report_nonfinite(out: TransferOutcomes, warn: Callable[[str], None] | None) -> None:
+    """One warning per model and input kind with NaN or inf logits (those samples count as wrong)."""
+    if warn is None:
+        return
+    for label, pred in out.clean.items():
+        if (bad := int((pred == NONFINITE).sum())):
+            warn(f"model '{label}' gave NaN or inf logits on {bad} clean samples; they count as wrong")
+    for (s, t), pred in out.pred.items():
+        if (bad := int((pred == NONFINITE).sum())):
+            warn(f"model '{t}' gave NaN or inf logits on {bad} adversarial examples from '{s}'; they count as wrong")
 
 
 def transfer_health(out: TransferOutcomes, rows: pd.DataFrame, suite: Suite, sources: list[str]) -> list[health.Flag]:

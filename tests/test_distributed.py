@@ -330,3 +330,30 @@ def test_torchrun_train_writes_one_checkpoint(tmp_path: Path) -> None:
     assert model.input.size == (16, 16)
     # the ranks scored halves of the test set with rank 0's BatchNorm statistics: the saved model's accuracy
     assert meta["val_accuracy"] == accuracy(model.module, open_source("digits", "test"), model.input)
+
+
+def _robench(args: list[str], procs: int | None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``robench ARGS`` in one plain process (procs None) or under torchrun with ``procs`` gloo ranks."""
+    launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--standalone"] if procs else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, *launch, "-m", "robench", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# limit 64 in batches of 16: 4 batches in one process, 2 per rank in two, so even the count of attack calls agrees
+SCALE_ARGS = ["zoo:effnet-base", "zoo:resnet-stepll", "--limit", "64", "--batch-size", "16", "--eps", "4,8", "-q"]
+
+
+@pytest.mark.parametrize(("command", "extra"), [("eval", ["--attack", "fgsm", "--attack", "pgd", "--attack",
+                                                          "iter_ll"]),
+                                                 ("transfer-matrix", ["--attack", "fgsm", "--attack", "pgd"])])
+def test_torchrun_two_ranks_write_the_one_process_file(tmp_path: Path, command: str, extra: list[str]) -> None:
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    single = _robench([command, *SCALE_ARGS, *extra, "--out", str(one)], None)
+    assert single.returncode == 0, single.stderr
+    ranks = _robench([command, *SCALE_ARGS, *extra, "--out", str(two)], 2)
+    assert ranks.returncode == 0, ranks.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]  # rank 0 alone writes
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["dataset"]["n"] == 64 and len(a["rows"]) > 4
+    assert a == b  # every row, every per-sample outcome (eval), the provenance and the health section

@@ -1,0 +1,259 @@
+"""Faults: out-of-memory retries, NaN/inf logits, unreadable images, kill-and-resume, Ctrl-C, foreign state."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from robench import engine
+from robench.cli.main import main
+from robench.data import InputConfig, load_digits_source
+from robench.evaluate import _report_nonfinite
+from robench.resume import RunState
+from robench.suite import parse_suite
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+SUITE = parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n")
+
+
+class OomAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit``; counts the sizes it saw."""
+
+    def __init__(self, model: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit, self.sizes = model, limit, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(x)} MiB")
+        return self.model(x)
+
+
+class InfWhenBright(nn.Module):
+    """The model's logits, with +inf for every input brighter than 0.31 on average: a numerically broken model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return torch.where((x.flatten(1).mean(1) > 0.31)[:, None], torch.full_like(logits, float("inf")), logits)
+
+
+def _run(model: nn.Module, batch_size: int, warn=None) -> engine.Outcomes:
+    source = load_digits_source(limit=80)
+    return engine.evaluate(model, source.batches(InputConfig(), batch_size), source.ids, SUITE, 0, None, None, warn)
+
+
+def _same(a: engine.Outcomes, b: engine.Outcomes) -> None:
+    assert a.ids == b.ids and a.settings == b.settings
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.pred, b.pred)
+    np.testing.assert_array_equal(a.top5, b.top5)
+    np.testing.assert_array_equal(a.least_likely, b.least_likely)
+
+
+# --- out of memory ---------------------------------------------------------------------------------
+
+
+def test_out_of_memory_halves_the_batch_and_changes_nothing(trained) -> None:
+    plain = _run(trained.module, 40)
+    warnings: list[str] = []
+    oom = OomAbove(trained.module, limit=12)
+    fitted = _run(oom, 40, warnings.append)
+    _same(fitted, plain)
+    # 40 -> 20 -> 10 on the first batch; the second batch starts at 10 and never fails
+    assert warnings == ["out of memory on a batch of 40; retrying with batch size 20",
+                        "out of memory on a batch of 20; retrying with batch size 10"]
+    assert max(s for s in oom.sizes[2:]) == 10 and oom.sizes[:2] == [40, 20]
+
+
+def test_out_of_memory_at_batch_size_1_and_other_errors_are_raised(trained) -> None:
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _run(OomAbove(trained.module, limit=0), 4)
+
+    class Broken(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not retried: the first call fails
+        _run(Broken(1, 1), 4)
+
+
+def test_is_out_of_memory() -> None:
+    assert engine.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert engine.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
+    assert not engine.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not engine.is_out_of_memory(ValueError("out of memory"))
+
+
+# --- NaN / inf logits ------------------------------------------------------------------------------
+
+
+def test_nonfinite_logits_count_as_wrong_and_are_reported(trained) -> None:
+    source = load_digits_source(limit=80)
+    broken = _run(InfWhenBright(trained.module), 40)
+    bright = torch.cat([b.images.flatten(1).mean(1) > 0.31 for b in source.batches(InputConfig(), 40)]).numpy()
+    clean_bad = broken.pred[0] == engine.NONFINITE
+    np.testing.assert_array_equal(clean_bad, bright)  # exactly the inf rows
+    assert clean_bad.any() and not clean_bad.all()
+    assert not broken.top5[0][clean_bad].any()  # never a top-5 hit either
+    plain = _run(trained.module, 40)
+    np.testing.assert_array_equal(broken.pred[0][~clean_bad], plain.pred[0][~clean_bad])
+    warnings: list[str] = []
+    _report_nonfinite({"broken": broken}, warnings.append)
+    assert len(warnings) == 1 and warnings[0].startswith("model 'broken' gave NaN or inf logits (clean: ")
+    assert f"clean: {int(clean_bad.sum())}" in warnings[0] and warnings[0].endswith("they count as wrong")
+
+
+# --- unreadable images -----------------------------------------------------------------------------
+
+
+def _folder(root: Path) -> Path:
+    gen = np.random.default_rng(0)
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(gen.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / str(c) / f"{i}.png")
+    (root / "3" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))  # a PNG header, then garbage
+    return root
+
+
+def test_corrupt_png_fails_with_its_name_and_writes_nothing(tmp_path: Path) -> None:
+    root, out = _folder(tmp_path / "imgs"), tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", "zoo:resnet-base", "--data", str(root), "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--out", str(out)])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        f"robench: error: cannot read image {root / '3' / '1.png'}: corrupt or not an image; remove or replace it, "
+        "or pass --skip-bad-images to leave it out (it is recorded)"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "transfer-matrix"])
+def test_corrupt_png_skipped_with_the_flag_and_recorded(tmp_path: Path, command: str) -> None:
+    root, out = _folder(tmp_path / "imgs"), tmp_path / "r.json"
+    res = CliRunner().invoke(main, [command, "zoo:resnet-base", "--data", str(root), "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--skip-bad-images", "--no-health", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["dataset"]["skipped"] == [{"id": "3/1.png", "file": str(root / "3" / "1.png")}]
+    assert doc["dataset"]["n"] == 19 and "3/1.png" not in doc["dataset"]["ids"]
+    assert {r["n"] for r in doc["rows"]} == {19}  # counted nowhere
+
+
+# --- resume ----------------------------------------------------------------------------------------
+
+RESUME_SUITE = Path(__file__).parent / "data" / "resume_attacks.yaml"  # fgsm and a 3-step pgd, eps 8
+RESUME_ARGS = ["eval", "zoo:effnet-base", "--limit", "120", "--batch-size", "10", "--attacks", str(RESUME_SUITE),
+               "-q", "--no-health"]
+BATCHES = 12
+
+
+def _records(state: Path) -> list[dict]:
+    """The state file's batch records (header and any torn line left out)."""
+    out = []
+    for line in (state / "state-rank0.jsonl").read_text().splitlines()[1:]:
+        with contextlib.suppress(ValueError):  # a line torn by the kill
+            out.append(json.loads(line))
+    return out
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "robench", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(state: Path, proc: subprocess.Popen, k: int, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if (state / "state-rank0.jsonl").is_file() and len(_records(state)) >= k:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no {k} finished batches in {timeout} s: {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("clean") / "r.json"
+    res = CliRunner().invoke(main, [*RESUME_ARGS, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text())
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uninterrupted: dict) -> None:
+    state, out = tmp_path / "state", tmp_path / "r.json"
+    args = [*RESUME_ARGS, "--resume", str(state), "--out", str(out)]
+    proc = _start(args)
+    _wait_for_records(state, proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    before = len(_records(state))
+    assert 2 <= before < BATCHES
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    # only the unfinished batches were computed: one record each, none twice
+    records = _records(state)
+    assert len(records) == BATCHES
+    rows = np.concatenate([np.frombuffer(base64.b64decode(r["part"]["rows"]["data"]), dtype=np.int64)
+                           for r in records])
+    assert sorted(rows.tolist()) == list(range(120))
+    doc = json.loads(out.read_text())
+    for key in ("rows", "samples", "dataset", "models", "health"):
+        assert doc[key] == uninterrupted[key], key
+    assert doc["config"] == {**uninterrupted["config"], "resume": str(state)}
+
+
+def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = _start([*RESUME_ARGS, "--resume", str(state)])
+    _wait_for_records(state, proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        f"robench: error: interrupted; finished batches are kept in {state}: run the same command to go on")
+    assert len(_records(state)) >= 1
+
+
+def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    RunState(state, "0" * 64).append("m", {"rows": np.arange(2)})
+    res = CliRunner().invoke(main, [*RESUME_ARGS, "--resume", str(state), "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        f"robench: error: --resume {state} holds the state of a different run (other models, data, attacks or "
+        "seed); rerun that exact command, or give a new --resume folder"]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_torn_last_line_is_ignored_and_ended(tmp_path: Path) -> None:
+    state = RunState(tmp_path, "k")
+    state.append("m", {"rows": np.arange(3)})
+    state.close()
+    path = tmp_path / "state-rank0.jsonl"
+    path.write_text(path.read_text() + '{"model": "m", "part": {"rows"')  # killed mid-write
+    assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()["m"]] == [[0, 1, 2]]
+    again = RunState(tmp_path, "k")
+    again.check()
+    again.append("m", {"rows": np.arange(3, 5)})
+    again.close()
+    assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()["m"]] == [[0, 1, 2], [3, 4]]
