@@ -33,7 +33,7 @@ def display(report: GateReport, failures_first: bool = False) -> pd.DataFrame:
     checks = report.checks
     if failures_first:
         checks = checks.sort_values("status", key=lambda s: s != FAIL, kind="stable")
-    rows = [[c["status"], c["rule"], c["row"], _text(c["value"]), c["threshold"],
+    rows = [[c["status"], c["rule"], c["row"] if isinstance(c["row"], str) else "", _text(c["value"]), c["threshold"],
              _text(c["baseline"]), _drop(c), c["detail"]] for _, c in checks.iterrows()]
     return pd.DataFrame(rows, columns=DISPLAY_COLUMNS)
 

@@ -227,6 +227,11 @@ def test_health(health, mode: str, statuses: list[str], needle: str) -> None:
     assert checks["status"].tolist() == statuses and needle in checks["detail"][0]
 
 
+def test_health_check_shows_no_row() -> None:
+    report = gate.run_gate(make_doc({("m", "clean", 0.0): BASE}, health=[]), None, rules("- {health: strict}"))
+    assert gate_report.display(report)["row"].tolist() == [""]  # not "nan": a health rule covers no single row
+
+
 # --- rule files: every mistake names the file, the line and the key ------------------------------
 
 @pytest.mark.parametrize(("text", "needles"), [
