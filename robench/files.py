@@ -31,3 +31,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text atomically."""
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file robench was given; missing or unreadable is bad input naming ``what`` it should hold."""
+    from robench.errors import RobenchError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RobenchError(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RobenchError(f"cannot read {what} file {path}: {e}") from None

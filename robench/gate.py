@@ -33,6 +33,7 @@ import pandas as pd
 
 from robench import samples
 from robench.errors import CheckFailed, RobenchError
+from robench.files import read_text
 from robench.provenance import SCHEMA_VERSION
 from robench.stats import paired
 from robench.suite import locate, parse_eps, read_yaml
@@ -172,13 +173,7 @@ _EXAMPLE = "{attack: fgsm, eps: 8, min: 0.4}"
 def load_rules(path: str | Path) -> Rules:
     """Read and validate a gates.yaml file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RobenchError(f"gate rules file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RobenchError(f"cannot read gate rules {path}: {e}") from None
-    return parse_rules(text, str(path))
+    return parse_rules(read_text(path, "gate rules"), str(path))
 
 
 def parse_rules(text: str, source: str = "<string>") -> Rules:
@@ -319,12 +314,7 @@ def load_results(path: str | Path, role: str = "results") -> dict[str, Any]:
 
 
 def _read_json(path: Path, role: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RobenchError(f"{role} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RobenchError(f"cannot read {role} file {path}: {e}") from None
+    text = read_text(path, role)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -19,6 +19,7 @@ import yaml
 
 from robench.attacks import REGISTRY, get_attack
 from robench.errors import RobenchError
+from robench.files import read_text
 
 DEFAULT_SUITE = Path(__file__).with_name("attacks.yaml")
 MAX_EPS = 255.0
@@ -242,12 +243,7 @@ def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:
 def load_suite(path: str | Path | None = None) -> Suite:
     """Read a suite file; None means the built-in default (attacks.yaml)."""
     path = Path(path) if path is not None else DEFAULT_SUITE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RobenchError(f"attack suite file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RobenchError(f"cannot read attack suite {path}: {e}") from None
+    text = read_text(path, "attack suite")
     return parse_suite(text, str(path) if path != DEFAULT_SUITE else "attacks.yaml (built-in)")
 
 
