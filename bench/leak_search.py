@@ -1,0 +1,213 @@
+"""Search for a training recipe whose model shows label leaking (Kurakin, Goodfellow & Bengio 2017, sec. 4.1).
+
+A model adversarially trained with FGSM on *true* labels may score higher on FGSM-true-label
+examples than on clean ones (and than on FGSM examples crafted with its own *predicted*
+label): the true label shapes the perturbation and the model learns to read it back.
+fgsm_true and fgsm_predicted coincide on every sample the model gets right when clean, so a
+leak can only show on the clean-misclassified ones; the script therefore also reports, among
+those, how many each attack turns right, and checks that the two attacks agree elsewhere.
+
+Each recipe is a ``robench.train.TrainConfig`` trained with ``robench.train.train`` on one
+CPU thread into ``/tmp/leak_search/NAME.safetensors`` (a ``NAME.json`` beside it keeps the
+recipe and the training time; an existing checkpoint of the same recipe is reused unless
+``--retrain``), then evaluated with ``robench.evaluate.run_eval`` on the test split under
+fgsm (true label), fgsm (predicted label) and step_ll at eps 2, 4, 8, 16 (1/255 units).
+
+    python bench/leak_search.py                       # every recipe (long: trains what is missing)
+    python bench/leak_search.py --list                # recipe names and configs
+    python bench/leak_search.py --recipes fm-fgsm-true fm-fgsm-pred fm-stepll
+    python bench/leak_search.py --eval-only           # only recipes already trained
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from robench.evaluate import EvalConfig, run_eval  # noqa: E402
+from robench.suite import parse_suite  # noqa: E402
+from robench.train import TrainConfig, train  # noqa: E402
+
+OUT_DIR = Path("/tmp/leak_search")
+EPS = (2, 4, 8, 16, 32)  # 2-16 as in the paper's tables; 32 for recipes trained with larger eps
+SUITE_YAML = """
+eps: [{eps}]
+attacks:
+  - name: fgsm
+    id: fgsm_true
+    label: true
+  - name: fgsm
+    id: fgsm_predicted
+    label: predicted
+  - name: step_ll
+"""
+
+_FM = dict(data="fashion-mnist", input_size=28)
+UNIFORM = 1e4  # eps_sigma this large makes |N(0, sigma)| truncated to [0, eps_max] ~uniform
+
+RECIPES: dict[str, TrainConfig] = {
+    # digits: the zoo's effnet-fgsm-true recipe (no leak: 94.2 % under fgsm eps 8 vs 98.3 % clean)
+    "dg-zoo-fgsm-true": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=20),
+    # digits, all-adversarial, ~uniform eps up to 16
+    "dg-fgsm-true-a1-u16": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=20,
+                                       adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM),
+    # Fashion-MNIST (28 px, 10000 training images)
+    "fm-fgsm-true-a1-u16": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+                                       adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM, limit=10000, **_FM),
+    "fm-fgsm-true-a05-u16": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+                                        adv_fraction=0.5, lam=1.0, eps_max=16, eps_sigma=UNIFORM, limit=10000, **_FM),
+    "fm-fgsm-true-a1-u32": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+                                       adv_fraction=1.0, lam=1.0, eps_max=32, eps_sigma=UNIFORM, limit=10000, **_FM),
+    "fm-fgsm-true-a1-u64": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+                                       adv_fraction=1.0, lam=1.0, eps_max=64, eps_sigma=UNIFORM, limit=10000, **_FM),
+    "fm-resnet-fgsm-true-a1-u16": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=10,
+                                              adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM, limit=10000,
+                                              **_FM),
+    # capacity and length: the full 60000-image training split, 20 epochs, the wider model
+    "fm-resnet-fgsm-true-a1-u16-full": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=20,
+                                                   adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM, **_FM),
+    # memorization: few images seen many times, so the model can learn the true-label perturbation itself
+    "fm-resnet-fgsm-true-a1-u16-2k-e60": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=60,
+                                                     adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM,
+                                                     limit=2000, **_FM),
+    "dg-resnet-fgsm-true-a1-u32-e100": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=100,
+                                                   adv_fraction=1.0, lam=1.0, eps_max=32, eps_sigma=UNIFORM),
+}
+
+
+def _control(name: str, base: str, **changes: object) -> None:
+    RECIPES[name] = dataclasses.replace(RECIPES[base], **changes)
+
+
+# controls for the Fashion-MNIST headline recipe: the same with predicted labels, and with step_ll
+_control("fm-fgsm-pred-a1-u16", "fm-fgsm-true-a1-u16", label="predicted")
+_control("fm-stepll-a1-u16", "fm-fgsm-true-a1-u16", attack="step_ll")
+
+
+def ckpt_path(name: str) -> Path:
+    return OUT_DIR / f"{name}.safetensors"
+
+
+def train_recipe(name: str, cfg: TrainConfig, retrain: bool) -> dict:
+    """Train (or reuse) a recipe's checkpoint; returns the sidecar record (recipe, train_s, val)."""
+    side = OUT_DIR / f"{name}.json"
+    recipe = dataclasses.asdict(cfg)
+    if not retrain and side.is_file() and ckpt_path(name).is_file():
+        rec = json.loads(side.read_text())
+        if rec.get("recipe") == recipe:
+            return rec
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] training {cfg}", flush=True)
+    t0 = time.perf_counter()
+    result = train(cfg, ckpt_path(name))
+    train_s = time.perf_counter() - t0
+    rec = {"name": name, "recipe": recipe, "train_s": round(train_s, 1),
+           "val_accuracy": result.meta["val_accuracy"], "history": result.history.to_dict("records")}
+    side.write_text(json.dumps(rec, indent=1))
+    print(f"[{name}] trained in {train_s:.0f} s, test accuracy {100 * result.meta['val_accuracy']:.1f} %", flush=True)
+    return rec
+
+
+def evaluate(name: str, cfg: TrainConfig, limit: int | None, batch_size: int,
+             eps_list: tuple[float, ...] = EPS) -> dict:
+    """Top-1 per attack and eps, the gaps, and the split into clean-right / clean-wrong samples."""
+    suite = parse_suite(SUITE_YAML.format(eps=", ".join(f"{e:g}" for e in eps_list)))
+    res = run_eval(EvalConfig(models=(f"leak={ckpt_path(name)}",), data=cfg.data, suite=suite,
+                              limit=limit, seed=0, batch_size=batch_size, device="cpu"))
+    rows = res.rows
+    top1 = {(r.attack, float(r.eps)): float(r.top1) for r in rows.itertuples()}
+    out = res.outcomes["leak"]
+    pred = np.asarray(out.pred)
+    labels = np.asarray(out.labels)
+    setting = {(a, float(e)): i for i, (a, e) in enumerate(out.settings)}
+    clean_right = pred[setting[("clean", 0.0)]] == labels
+    per_eps = {}
+    for eps in eps_list:
+        t = pred[setting[("fgsm_true", float(eps))]]
+        p = pred[setting[("fgsm_predicted", float(eps))]]
+        per_eps[f"{eps:g}"] = {
+            "fgsm_true": top1[("fgsm_true", float(eps))],
+            "fgsm_predicted": top1[("fgsm_predicted", float(eps))],
+            "step_ll": top1[("step_ll", float(eps))],
+            "leak_gap": top1[("fgsm_true", float(eps))] - top1[("fgsm_predicted", float(eps))],
+            "adv_minus_clean": top1[("fgsm_true", float(eps))] - top1[("clean", 0.0)],
+            # among clean-misclassified samples: how many each fgsm variant turns right
+            "wrong_fixed_by_true": int((t[~clean_right] == labels[~clean_right]).sum()),
+            "wrong_fixed_by_pred": int((p[~clean_right] == labels[~clean_right]).sum()),
+            # sanity: the two fgsm variants must agree on clean-right samples
+            "disagree_on_clean_right": int((t[clean_right] != p[clean_right]).sum()),
+        }
+    return {"clean": top1[("clean", 0.0)], "n": len(labels), "n_clean_wrong": int((~clean_right).sum()),
+            "eps": per_eps}
+
+
+def markdown(name: str, rec: dict, ev: dict) -> str:
+    """One recipe's table."""
+    lines = [f"### `{name}`", "",
+             f"train {rec['train_s']:.0f} s (1 thread); test n = {ev['n']}, clean top-1 {100 * ev['clean']:.1f} %"
+             f" ({ev['n_clean_wrong']} clean-misclassified)", "",
+             "| eps | fgsm_true | fgsm_predicted | step_ll | leak_gap | adv_minus_clean "
+             "| wrong->right (true / pred) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for eps, m in ev["eps"].items():
+        lines.append(f"| {eps} | {100 * m['fgsm_true']:.1f} | {100 * m['fgsm_predicted']:.1f} | "
+                     f"{100 * m['step_ll']:.1f} | {100 * m['leak_gap']:+.1f} | {100 * m['adv_minus_clean']:+.1f} | "
+                     f"{m['wrong_fixed_by_true']} / {m['wrong_fixed_by_pred']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", nargs="+", metavar="NAME", help="recipes to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="print the recipes and exit")
+    ap.add_argument("--retrain", action="store_true", help="train even when a matching checkpoint exists")
+    ap.add_argument("--eval-only", action="store_true", help="skip recipes that have no checkpoint yet")
+    ap.add_argument("--train-only", action="store_true", help="train, do not evaluate")
+    ap.add_argument("--eval-limit", type=int, default=2000,
+                    help="test images for Fashion-MNIST (digits always uses its whole 360-image test split)")
+    ap.add_argument("--eps", type=float, nargs="+", default=list(EPS), help="attack eps (1/255 units)")
+    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name, cfg in RECIPES.items():
+            print(f"{name}: {cfg}")
+        return 0
+    names = args.recipes or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        print(f"unknown recipe(s): {', '.join(unknown)}; known: {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name in names:
+        cfg = RECIPES[name]
+        if args.eval_only and not (OUT_DIR / f"{name}.json").is_file():
+            continue
+        rec = train_recipe(name, cfg, args.retrain)
+        if args.train_only:
+            continue
+        limit = None if cfg.data == "digits" else args.eval_limit
+        t0 = time.perf_counter()
+        ev = evaluate(name, cfg, limit, args.batch_size, tuple(args.eps))
+        ev["eval_s"] = round(time.perf_counter() - t0, 1)
+        results[name] = {"train": {k: rec[k] for k in ("recipe", "train_s", "val_accuracy")}, "eval": ev}
+        print(markdown(name, rec, ev), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
