@@ -59,11 +59,7 @@ class Outcomes:
 
     def record_linf(self, setting: int, rows: Tensor, x_adv: Tensor, x: Tensor) -> None:
         """Store each row's ||x_adv - x||_inf in 1/255 units (one reduction per scored batch)."""
-        self.linf[setting, rows.numpy()] = ((x_adv - x).abs().flatten(1).amax(1) * 255).float().cpu().numpy()
-
-    def done(self) -> np.ndarray:
-        """Rows already evaluated (their label is known)."""
-        return np.flatnonzero(self.labels >= 0)
+        self.linf[setting, rows.numpy()] = linf_255(x_adv, x)
 
     def part(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """These rows' outcomes, for a resume file or another rank."""
@@ -85,6 +81,11 @@ class Outcomes:
     def nonfinite(self) -> np.ndarray:
         """[S] how many samples gave NaN or inf logits, per setting."""
         return (self.pred == NONFINITE).sum(1)
+
+
+def linf_255(x_adv: Tensor, x: Tensor) -> np.ndarray:
+    """Each sample's ||x_adv - x||_inf in 1/255 units, the unit of eps."""
+    return ((x_adv - x).abs().flatten(1).amax(1) * 255).float().cpu().numpy()
 
 
 def predictions(logits: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import to_unit
 from robench.data import Batch, InputConfig, ids_sha256, open_source
 from robench.distributed import LOCAL, Dist, gather, resolve_device, shard
-from robench.engine import CLEAN, NONFINITE, Outcomes, attack_noise, predictions, score, settings_of
+from robench.engine import CLEAN, NONFINITE, Outcomes, attack_noise, linf_255, predictions, score, settings_of
 from robench.errors import RobenchError
 from robench.evaluate import load_models, probe_models
 from robench.models import LoadedModel
@@ -225,8 +225,7 @@ class _Run:
             setting = 0
             for a in range(len(self.suite.attacks)):
                 for eps, x_adv in self.examples(s, a, x[s.input], labels, index, ids):
-                    delta = (x_adv - x[s.input]).abs().flatten(1).amax(1) * 255
-                    self.out.linf[s.spec.label][setting, rows] = delta.float().cpu().numpy()
+                    self.out.linf[s.spec.label][setting, rows] = linf_255(x_adv, x[s.input])
                     for t in scorers:
                         xt = x_adv if t.input == s.input else deliver(x[t.input], x_adv - x[s.input], eps)
                         key = (s.spec.label, t.spec.label)

@@ -45,13 +45,20 @@ GATE_DOCS = st.one_of(
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def check_one_line(text: str) -> None:
+def parsed_or_one_line(parse, text: str, name: str):
+    """``parse(text, name)``'s result, or None after checking its error is one line starting with ``name``."""
     try:
-        suite = parse_suite(text, "fuzz.yaml")
+        return parse(text, name)
     except RobenchError as e:
         message = str(e)
         assert message and "\n" not in message and "Traceback" not in message
-        assert message.startswith("fuzz.yaml"), message
+        assert message.startswith(name), message
+        return None
+
+
+def check_one_line(text: str) -> None:
+    suite = parsed_or_one_line(parse_suite, text, "fuzz.yaml")
+    if suite is None:
         return
     assert isinstance(suite, Suite) and suite.attacks
     for a in suite.attacks:
@@ -77,14 +84,8 @@ def test_yaml_syntax_noise_parses_or_fails_in_one_line(text: str) -> None:
 
 
 def check_rules_one_line(text: str) -> None:
-    try:
-        rules = parse_rules(text, "gates.yaml")
-    except RobenchError as e:
-        message = str(e)
-        assert message and "\n" not in message and "Traceback" not in message
-        assert message.startswith("gates.yaml"), message
-        return
-    assert isinstance(rules, Rules)
+    rules = parsed_or_one_line(parse_rules, text, "gates.yaml")
+    assert rules is None or isinstance(rules, Rules)
 
 
 @FUZZ
