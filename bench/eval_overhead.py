@@ -33,8 +33,9 @@ from robench import engine
 from robench.attacks import attack_mode
 from robench.data import Batch, TensorSource, open_source
 from robench.engine import attack_noise
-from robench.evaluate import EvalConfig, load_models, run_eval
+from robench.evaluate import EvalConfig, run_eval
 from robench.models import load_model, parse_spec
+from robench.runspec import RunSpec, load_models
 from robench.suite import Suite, load_suite
 
 TARGET = 1.15  # acceptable robench / bare ratio
@@ -312,7 +313,7 @@ def end_to_end() -> dict[str, float]:
     t1 = time.perf_counter()
     load_models(("zoo:resnet-base",), source, False, cpu)
     t2 = time.perf_counter()
-    run_eval(EvalConfig(models=("zoo:resnet-base",), batch_size=100, device="cpu"))
+    run_eval(EvalConfig(("zoo:resnet-base",), RunSpec(batch_size=100, device="cpu")))
     t3 = time.perf_counter()
     return {"data load": t1 - t0, "model load": t2 - t1, "run_eval total": t3 - t2}
 

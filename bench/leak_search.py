@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from robench.evaluate import EvalConfig, run_eval  # noqa: E402
+from robench.runspec import RunSpec  # noqa: E402
 from robench.suite import parse_suite  # noqa: E402
 from robench.train import TrainConfig, train  # noqa: E402
 
@@ -122,8 +123,8 @@ def evaluate(name: str, cfg: TrainConfig, limit: int | None, batch_size: int,
              eps_list: tuple[float, ...] = EPS) -> dict:
     """Top-1 per attack and eps, the gaps, and the split into clean-right / clean-wrong samples."""
     suite = parse_suite(SUITE_YAML.format(eps=", ".join(f"{e:g}" for e in eps_list)))
-    res = run_eval(EvalConfig(models=(f"leak={ckpt_path(name)}",), data=cfg.data, suite=suite,
-                              limit=limit, seed=0, batch_size=batch_size, device="cpu"))
+    res = run_eval(EvalConfig((f"leak={ckpt_path(name)}",), RunSpec(data=cfg.data, suite=suite, limit=limit, seed=0,
+                                                                   batch_size=batch_size, device="cpu")))
     rows = res.rows
     top1 = {(r.attack, float(r.eps)): float(r.top1) for r in rows.itertuples()}
     out = res.outcomes["leak"]

@@ -16,7 +16,7 @@ import torch
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.data import open_source
 from robench.engine import attack_noise, score
-from robench.evaluate import load_models
+from robench.runspec import RunSpec, load_models
 from robench.suite import load_suite
 from robench.transfer import TransferConfig, deliver, run_transfer
 
@@ -49,7 +49,7 @@ def naive(images: int, batch: int) -> tuple[float, int, dict]:
 
 def robench(images: int, batch: int) -> tuple[float, int, object]:
     start = time.perf_counter()
-    result = run_transfer(TransferConfig(models=MODELS, limit=images, batch_size=batch, device="cpu"))
+    result = run_transfer(TransferConfig(MODELS, run=RunSpec(limit=images, batch_size=batch, device="cpu")))
     return time.perf_counter() - start, result.outcomes.crafted, result
 
 
@@ -72,7 +72,7 @@ def main() -> None:
             times[side].append(t)
             print(f"  round {r + 1}: {side} {t:.2f} s", flush=True)
     out = result.outcomes
-    same = all(np.array_equal(np.concatenate(v), out.pred[(s, t)][out.settings.index((a, e))])
+    same = all(np.array_equal(np.concatenate(v), out.pairs[(s, t)].pred[out.settings.index((a, e))])
                for (s, t, a, e), v in preds.items())
     ours, theirs = statistics.median(times["robench"]), statistics.median(times["naive"])
     print(f"\n3x3 matrix, default suite, {args.images} digits images, batch {args.batch}")

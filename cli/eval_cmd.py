@@ -57,6 +57,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: 
     from robench.evaluate import EvalConfig, run_eval
     from robench.health import parse_clean_ref
     from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
+    from robench.runspec import RunSpec
     from robench.suite import load_suite, override, parse_eps_list
 
     check_output(out)
@@ -64,9 +65,9 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: 
     gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
     eps = parse_eps_list(eps_text) if eps_text is not None else None
     suite = override(load_suite(attacks_file), attack_names, eps)
-    cfg = EvalConfig(models=specs + models, suite=suite, resume=resume, health_probes=not no_health,
-                     clean_refs=tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol=clean_ref_tol, **run)
-    with distributed_run(cfg.device, quiet, resume) as (dist, progress):
+    cfg = EvalConfig(specs + models, RunSpec(suite=suite, health_probes=not no_health, **run), resume,
+                     tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
+    with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):
         result = run_eval(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return

@@ -51,13 +51,14 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     from robench.evaluate import EvalConfig
     from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
     from robench.report import check_output, leak_table, write_results
+    from robench.runspec import RunSpec
     from robench.suite import parse_eps_list
 
     check_output(out)
     suite = leak_suite(parse_eps_list(eps_text))
-    eval_cfg = EvalConfig(models=(specs + models) or DEFAULT_MODELS, suite=suite, resume=resume, **run)
+    eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, RunSpec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
-    with distributed_run(eval_cfg.device, quiet, resume) as (dist, progress):
+    with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, progress):
         result = run_leak_check(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0
         return

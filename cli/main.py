@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from robench import __version__
-from robench.errors import CheckFailed, Interrupted, RobenchError
+from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError
 
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -25,6 +25,14 @@ Exit codes (every command):
   2    bad usage or input (one line on stderr says what and how to fix it)
   3    runtime error
   130  interrupted"""
+
+
+OPTIONS = {"clean_refs": "--clean-ref", "health_probes": "--no-health", "models": "--model"}  # field -> option
+
+
+def option(field: str) -> str:
+    """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``)."""
+    return OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
 def _fail(message: str, code: int) -> None:
@@ -45,8 +53,8 @@ class RobenchGroup(click.Group):
         except click.UsageError as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             _fail(f"{e.format_message()}{hint}", 2)
-        except RobenchError as e:
-            _fail(str(e), 2)
+        except RobenchError as e:  # a FieldError names a config field; the user typed its option
+            _fail(e.named(option(e.field)) if isinstance(e, FieldError) else str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
         except Interrupted as e:

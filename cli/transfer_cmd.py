@@ -49,6 +49,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
     from robench.report import check_output, transfer_heatmaps, transfer_tables, write_results
+    from robench.runspec import RunSpec
     from robench.suite import load_suite, override, parse_eps_list
     from robench.transfer import TransferConfig, run_transfer
 
@@ -56,9 +57,9 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     check_output(plot, (".png",), "--plot")
     eps = parse_eps_list(eps_text) if eps_text is not None else None
     suite = override(load_suite(attacks_file), attack_names, eps)
-    cfg = TransferConfig(models=specs + models, sources=_labels(sources), targets=_labels(targets), suite=suite,
-                         cache=cache, health_probes=not no_health, **run)
-    with distributed_run(cfg.device, quiet) as (dist, progress):
+    cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
+                         RunSpec(suite=suite, health_probes=not no_health, **run), cache)
+    with distributed_run(cfg.run.device, quiet) as (dist, progress):
         result = run_transfer(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TEST_EVERY = 5  # digits test split: sklearn index % 5 == 0 (360 images); train: the rest
@@ -81,9 +81,10 @@ def select(total: int, limit: int | None, seed: int, name: str) -> np.ndarray:
     if limit is None:
         return np.arange(total)
     if limit <= 0:
-        raise RobenchError(f"--limit must be a positive number, got {limit}")
+        raise FieldError("limit", f"{{name}} must be a positive number, got {limit}")
     if limit > total:
-        raise RobenchError(f"--limit {limit} is more than the {total} samples in {name}; use --limit {total} or less")
+        raise FieldError("limit", f"{{name}} {limit} is more than the {total} samples in {name}; "
+                         f"use {{name}} {total} or less")
     perm = np.random.default_rng(seed).permutation(total)[:limit]
     return np.sort(perm)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 
 T = TypeVar("T")
 
@@ -60,13 +60,14 @@ def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
     try:
         asked = torch.device(device)
     except RuntimeError:
-        raise RobenchError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+        raise FieldError("device", f"unknown {{name}} '{device}'; use auto, cpu, cuda or cuda:N") from None
     if asked.type == "cuda" and not torch.cuda.is_available():
-        raise RobenchError(f"device '{device}' asked for, but no CUDA GPU is available; use --device cpu")
+        raise FieldError("device", f"{{name}} '{device}' asked for, but no CUDA GPU is available; use {{name}} cpu")
     if asked.type != "cuda" or local_rank is None:
         return asked
     if asked.index is not None:
-        raise RobenchError(f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; use --device cuda")
+        raise FieldError("device", f"{{name}} {device}: under torchrun each process takes cuda:LOCAL_RANK; "
+                         f"use {{name}} cuda")
     count = torch.cuda.device_count()
     if local_rank >= count:
         raise RobenchError(f"the process with LOCAL_RANK={local_rank} needs cuda:{local_rank}, but this machine has "

@@ -1,16 +1,23 @@
-"""The evaluation engine: one pass over the data per model, every attack x eps per batch.
+"""The evaluation engine: sources craft, targets score, one pass over the data for every command.
 
-Per batch the clean forward runs once (under inference_mode) and gives top-1,
-top-5, the prediction and the least-likely class; then each attack crafts its
-examples for all its eps values and each is scored once. Only per-sample
-outcomes are kept (a few bytes per sample per setting), so memory is O(batch).
+A run is a ``Plan``: models, and for each source the targets that score its examples. A
+white-box sweep (``robench eval``) is the case where every model is its own only target;
+a transfer matrix is the general case. Per batch each model's clean forward runs once
+(under inference_mode); then each source crafts its examples for every attack (once, for
+all its eps) and every target scores each example once. Only per-sample outcomes are
+kept (a few bytes per sample per setting), so memory is O(batch). Out-of-memory batches
+are halved and retried, finished batches go to the resume state, and under torchrun each
+rank runs its shard and rank 0 gathers: all written once, here.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,24 +25,34 @@ from torch import Tensor, nn
 
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import SampleNoise
-from robench.data import Batch
-from robench.suite import Suite
+from robench.data import Batch, InputConfig, Source
+from robench.distributed import LOCAL, Dist, gather, shard
+from robench.metrics import CLEAN, NONFINITE, correct
+from robench.provenance import merge_skipped
+from robench.resume import RunState
+from robench.suite import AttackSpec, Suite
 
-CLEAN = "clean"
-NONFINITE = -2  # the prediction recorded for NaN/inf logits: never a label, so never counted correct
+Warn = Callable[[str], None]
+Progress = Callable[[str, int, int], None]  # (what, images done, images total)
+Deliver = Callable[[Tensor, Tensor, float], Tensor]  # (target's clean x, source's x_adv - x, eps) -> target's input
+Examples = list[tuple[float, Tensor]]  # (eps, x_adv) for every eps of an attack
 
 
 @dataclass
 class Outcomes:
-    """Per-sample outcomes of one model: setting s, sample i -> prediction and top-5 hit."""
+    """Per-sample outcomes of one (source, target) pair: setting s, sample i -> prediction and top-5 hit.
+
+    Setting 0 is the target's clean input; setting s > 0 is the source's example for
+    ``settings[s]`` as the target scores it. A white-box sweep is the pair (model, model).
+    """
 
     ids: list[str]
     labels: np.ndarray  # [N] int64
     settings: list[tuple[str, float]]  # (attack id, eps); settings[0] is ("clean", 0.0)
-    pred: np.ndarray  # [S, N] int32 top-1 prediction
+    pred: np.ndarray  # [S, N] int32 top-1 prediction (NONFINITE for NaN/inf logits)
     top5: np.ndarray  # [S, N] bool: label among the top 5
-    least_likely: np.ndarray | None = None  # [N] int32: least-likely class of the clean logits
-    linf: np.ndarray | None = None  # [S, N] float32: ||x_adv - x||_inf in 1/255 units (0 when clean)
+    least_likely: np.ndarray | None = None  # [N] int32: least-likely class of the source's clean logits
+    linf: np.ndarray | None = None  # [S, N] float32: ||x_adv - x||_inf of the source's example, 1/255 units
 
     def __post_init__(self) -> None:
         s, n = self.pred.shape
@@ -46,41 +63,109 @@ class Outcomes:
 
     @classmethod
     def empty(cls, ids: list[str], settings: list[tuple[str, float]]) -> Outcomes:
+        """Tables for these samples and settings, waiting to be filled (-1: not run yet)."""
         n, s = len(ids), len(settings)
-        return cls(
-            ids=ids, labels=np.full(n, -1, dtype=np.int64), settings=settings,
-            pred=np.full((s, n), -1, dtype=np.int32), top5=np.zeros((s, n), dtype=bool),
-        )
+        return cls(ids=ids, labels=np.full(n, -1, dtype=np.int64), settings=settings,
+                   pred=np.full((s, n), -1, dtype=np.int32), top5=np.zeros((s, n), dtype=bool))
 
-    def record(self, setting: int, rows: Tensor, logits: Tensor, labels: Tensor) -> None:
+    def record(self, setting: int, rows: np.ndarray, logits: Tensor, labels: Tensor) -> None:
         """Store top-1 prediction and top-5 hit for these rows; NaN/inf logits count as wrong."""
-        r = rows.numpy()
-        self.pred[setting, r], self.top5[setting, r] = predictions(logits, labels)
-
-    def record_linf(self, setting: int, rows: Tensor, x_adv: Tensor, x: Tensor) -> None:
-        """Store each row's ||x_adv - x||_inf in 1/255 units (one reduction per scored batch)."""
-        self.linf[setting, rows.numpy()] = linf_255(x_adv, x)
+        self.pred[setting, rows], self.top5[setting, rows] = predictions(logits, labels)
 
     def part(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """These rows' outcomes, for a resume file or another rank."""
-        return {"rows": rows, "labels": self.labels[rows], "pred": self.pred[:, rows], "top5": self.top5[:, rows],
+        return {"labels": self.labels[rows], "pred": self.pred[:, rows], "top5": self.top5[:, rows],
                 "least_likely": self.least_likely[rows], "linf": self.linf[:, rows]}
 
-    def fill(self, part: dict[str, np.ndarray]) -> None:
+    def fill(self, rows: np.ndarray, part: Mapping[str, np.ndarray]) -> None:
         """Take in rows' outcomes made elsewhere (by ``part``)."""
-        rows = np.asarray(part["rows"], dtype=np.int64)
-        self.labels[rows], self.pred[:, rows], self.top5[:, rows] = part["labels"], part["pred"], part["top5"]
-        if "linf" in part:  # parts written before these were recorded keep the defaults
-            self.least_likely[rows], self.linf[:, rows] = part["least_likely"], part["linf"]
+        self.labels[rows], self.least_likely[rows] = part["labels"], part["least_likely"]
+        self.pred[:, rows], self.top5[:, rows], self.linf[:, rows] = part["pred"], part["top5"], part["linf"]
 
     def subset(self, rows: np.ndarray) -> Outcomes:
         """Only these rows, in this order (e.g. leaving out images that could not be read)."""
         return Outcomes([self.ids[r] for r in rows], self.labels[rows], self.settings, self.pred[:, rows],
                         self.top5[:, rows], self.least_likely[rows], self.linf[:, rows])
 
+    def correct(self) -> np.ndarray:
+        """[S, N] top-1 correctness."""
+        return correct(self.pred, self.labels)
+
     def nonfinite(self) -> np.ndarray:
         """[S] how many samples gave NaN or inf logits, per setting."""
         return (self.pred == NONFINITE).sum(1)
+
+
+Pair = tuple[str, str]  # (source label, target label)
+
+
+@dataclass
+class Matrix:
+    """Every (source, target) pair's outcomes of one run, on the same samples and settings."""
+
+    ids: list[str]
+    settings: list[tuple[str, float]]
+    pairs: dict[Pair, Outcomes]
+    crafted: int = 0  # attack calls made (0 when every example came from the cache)
+
+    @classmethod
+    def empty(cls, ids: list[str], settings: list[tuple[str, float]], pairs: Iterable[Pair]) -> Matrix:
+        """Tables for every pair, waiting to be filled."""
+        return cls(list(ids), settings, {p: Outcomes.empty(list(ids), settings) for p in pairs})
+
+    @property
+    def labels(self) -> np.ndarray:
+        """[N] the samples' labels (-1 where not run yet)."""
+        return next(iter(self.pairs.values())).labels
+
+    def done(self, rows: np.ndarray) -> np.ndarray:
+        """Which of these rows hold outcomes already (a resumed run)."""
+        return self.labels[rows] >= 0
+
+    def part(self, rows: np.ndarray) -> dict[str, Any]:
+        """These rows' outcomes of every pair, for a resume file or another rank."""
+        return {"rows": rows, "crafted": self.crafted,
+                "pairs": {json.dumps(p): o.part(rows) for p, o in self.pairs.items()}}
+
+    def fill(self, part: Mapping[str, Any]) -> None:
+        """Take in rows' outcomes made elsewhere (by ``part``)."""
+        rows = np.asarray(part["rows"], dtype=np.int64)
+        for key, values in part["pairs"].items():
+            self.pairs[tuple(json.loads(key))].fill(rows, values)
+
+    def subset(self, rows: np.ndarray) -> Matrix:
+        """Only these rows, in this order."""
+        return Matrix([self.ids[r] for r in rows], self.settings, {p: o.subset(rows) for p, o in self.pairs.items()},
+                      self.crafted)
+
+    def white_box(self) -> dict[str, Outcomes]:
+        """Each source's outcomes on its own examples, by model label (what ``robench eval`` reports)."""
+        return {s: o for (s, t), o in self.pairs.items() if s == t}
+
+    def correctness(self) -> dict[tuple[str, str, str, float], np.ndarray]:
+        """Per-sample top-1 correctness keyed (source, target, attack, eps), for paired tests."""
+        return {(s, t, a, float(e)): ok for (s, t), o in self.pairs.items()
+                for (a, e), ok in zip(o.settings, o.correct(), strict=True)}
+
+    def nonfinite_lines(self) -> list[str]:
+        """One line per model (white-box) or pair (transfer) whose logits were NaN or inf somewhere."""
+        lines, clean_told = [], set()
+        for (s, t), o in self.pairs.items():
+            bad = o.nonfinite()
+            if s == t:
+                clean_told.add(t)
+                if bad.any():
+                    where = ", ".join(f"{a} eps {e:g}: {n}" if a != CLEAN else f"clean: {n}"
+                                      for (a, e), n in zip(o.settings, bad, strict=True) if n)
+                    lines.append(f"model '{t}' gave NaN or inf logits ({where} samples); they count as wrong")
+            elif bad[1:].any():
+                lines.append(f"model '{t}' gave NaN or inf logits on {int(bad[1:].sum())} adversarial examples "
+                             f"from '{s}'; they count as wrong")
+        for (_, t), o in self.pairs.items():
+            if t not in clean_told and (bad := int(o.nonfinite()[0])):
+                clean_told.add(t)
+                lines.append(f"model '{t}' gave NaN or inf logits on {bad} clean samples; they count as wrong")
+        return lines
 
 
 def linf_255(x_adv: Tensor, x: Tensor) -> np.ndarray:
@@ -108,7 +193,7 @@ def score(model: nn.Module, x: Tensor) -> Tensor:
     return logits.clone()
 
 
-def attack_noise(seed: int, attack_id: str, ids: list[str]) -> SampleNoise:
+def attack_noise(seed: int, attack_id: str, ids: Sequence[str]) -> SampleNoise:
     """Randomness for one attack (PGD's start) on these samples, reproducible and independent.
 
     Each sample's stream is seeded by (seed, attack id, sample id), so its examples do not
@@ -122,23 +207,123 @@ def attack_noise(seed: int, attack_id: str, ids: list[str]) -> SampleNoise:
     return SampleNoise(tuple(stream(i) for i in ids))
 
 
-def run_batch(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed: int) -> None:
-    """Clean forward once, then every attack x eps, recorded into ``out``."""
-    device = next(model.parameters()).device
-    x, y = batch.images.to(device), batch.labels.to(device)
-    logits = score(model, x)
-    out.labels[batch.rows.numpy()] = batch.labels.numpy()
-    out.record(0, batch.rows, logits, y)
-    labels = Labels.from_logits(logits, y)
-    out.least_likely[batch.rows.numpy()] = labels.least_likely.cpu().numpy()
-    ids = [out.ids[r] for r in batch.rows.tolist()]
-    setting = 1
-    for spec in suite.attacks:
-        attack, rng = REGISTRY[spec.name], attack_noise(seed, spec.id, ids)
-        for _, x_adv in attack.run(model, x, labels, spec.eps, spec.config, rng):
-            out.record(setting, batch.rows, score(model, x_adv), y)
-            out.record_linf(setting, batch.rows, x_adv, x)
-            setting += 1
+# --- the plan: who crafts, who scores --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Participant:
+    """A model as the engine sees it: its label, a module taking [0, 1] pixels, and its input config."""
+
+    label: str
+    module: nn.Module
+    input: InputConfig
+
+
+class ExampleStore(Protocol):
+    """Where a source's examples may already be kept (transfer's cache), per sample."""
+
+    def load(self, source: str, spec: AttackSpec, ids: list[str], warn: Warn | None) -> list[Examples | None]: ...
+
+    def save(self, source: str, spec: AttackSpec, ids: list[str], examples: Examples) -> None: ...
+
+
+def same_input(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
+    """The example itself: used when every target shares its source's input config."""
+    return x_target + delta
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The models of a run and, for each source, the labels that score its examples (itself first)."""
+
+    models: tuple[Participant, ...]
+    targets: Mapping[str, tuple[str, ...]]
+    deliver: Deliver = same_input  # how an example reaches a target of another input config
+
+    @classmethod
+    def white_box(cls, models: Iterable[Participant]) -> Plan:
+        """Every model attacked with its own gradients and scored by itself alone."""
+        models = tuple(models)
+        return cls(models, {m.label: (m.label,) for m in models})
+
+    def pairs(self) -> list[Pair]:
+        """Every (source, target) pair, sources in model order."""
+        return [(s, t) for s in self.targets for t in self.targets[s]]
+
+    def model(self, label: str) -> Participant:
+        """The participant labelled ``label``."""
+        return next(m for m in self.models if m.label == label)
+
+    def configs(self) -> list[InputConfig]:
+        """The distinct input configs, each read once per batch."""
+        return list(dict.fromkeys(m.input for m in self.models))
+
+
+# --- one batch -------------------------------------------------------------------------------------
+
+Views = dict[InputConfig, Batch]  # the same samples as each distinct input config sees them
+
+
+class _Batch:
+    """One batch of a run: every model's clean logits and each source's examples, scored by its targets."""
+
+    def __init__(self, plan: Plan, suite: Suite, out: Matrix, seed: int, hooks: Hooks, views: Views) -> None:
+        self.plan, self.suite, self.out, self.seed = plan, suite, out, seed
+        self.store, self.warn = hooks.store, hooks.warn
+        first = next(iter(views.values()))
+        device = _device(plan)
+        self.rows, self.labels, self.y = first.rows.numpy(), first.labels.numpy(), first.labels.to(device)
+        self.ids = [out.ids[r] for r in self.rows.tolist()]
+        self.x = {c: b.images.to(device) for c, b in views.items()}
+
+    def run(self) -> None:
+        """Clean forwards once per model, then every source's examples."""
+        clean = {m.label: score(m.module, self.x[m.input]) for m in self.plan.models}
+        for (s, t), o in self.out.pairs.items():
+            o.labels[self.rows] = self.labels
+            o.record(0, self.rows, clean[t], self.y)
+            o.least_likely[self.rows] = clean[s].argmin(1).cpu().numpy()
+        for s in self.plan.targets:
+            self.source(self.plan.model(s), Labels.from_logits(clean[s], self.y))
+
+    def source(self, s: Participant, labels: Labels) -> None:
+        """The source's examples for every attack x eps, each scored by every target of the source."""
+        setting = 1
+        xs = self.x[s.input]
+        for spec in self.suite.attacks:
+            for eps, x_adv in self.examples(s, spec, xs, labels):
+                linf = linf_255(x_adv, xs)
+                for t in self.plan.targets[s.label]:
+                    target = self.plan.model(t)
+                    xt = x_adv if target.input == s.input else self.plan.deliver(self.x[target.input], x_adv - xs, eps)
+                    o = self.out.pairs[(s.label, t)]
+                    o.record(setting, self.rows, score(target.module, xt), self.y)
+                    o.linf[setting, self.rows] = linf
+                setting += 1
+
+    def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
+        """The source's examples for one attack: from the store where it has them, else crafted once."""
+        kept = self.store.load(s.label, spec, self.ids, self.warn) if self.store else [None] * len(self.ids)
+        missing = [i for i, k in enumerate(kept) if k is None]
+        if not missing:
+            return [(e, torch.stack([k[j][1] for k in kept]).to(x.device)) for j, e in enumerate(spec.eps)]
+        made = self.craft(s, spec, x, labels, missing)
+        if self.store:
+            self.store.save(s.label, spec, [self.ids[i] for i in missing], made)
+        if len(missing) == len(kept):
+            return made
+        rows = {r: j for j, r in enumerate(missing)}
+        return [(e, torch.stack([x_e[rows[i]] if i in rows else kept[i][j][1].to(x.device)
+                                 for i in range(len(kept))])) for j, (e, x_e) in enumerate(made)]
+
+    def craft(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, rows: list[int]) -> Examples:
+        """One attack call on these rows of the batch (all of them, unless a store had the rest)."""
+        self.out.crafted += 1
+        if len(rows) < len(x):
+            index = torch.tensor(rows, device=x.device)
+            x = x[index]
+            labels = Labels(labels.true[index], labels.predicted[index], labels.least_likely[index])
+        noise = attack_noise(self.seed, spec.id, [self.ids[i] for i in rows])
+        return list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, noise))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -148,21 +333,20 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def _slice(batch: Batch, start: int, stop: int) -> Batch:
-    return Batch(batch.images[start:stop], batch.labels[start:stop], batch.rows[start:stop])
+def _slice(views: Views, start: int, stop: int) -> Views:
+    return {c: Batch(b.images[start:stop], b.labels[start:stop], b.rows[start:stop]) for c, b in views.items()}
 
 
-def run_batch_fitting(model: nn.Module, batch: Batch, suite: Suite, out: Outcomes, seed: int, size: int,
-                      warn: Callable[[str], None] | None = None) -> int:
-    """``run_batch`` in pieces of at most ``size`` samples, halving ``size`` on out-of-memory.
+def run_views_fitting(step: Callable[[Views], None], views: Views, size: int, warn: Warn | None = None) -> int:
+    """``step`` on pieces of at most ``size`` samples, halving ``size`` on out-of-memory.
 
     Every sample's result is the same at any size (summed losses, per-sample noise), so a
     retry changes nothing but the time. Returns the size that fitted, for the next batch.
     """
-    start = 0
-    while start < len(batch.rows):
+    start, n = 0, len(next(iter(views.values())).rows)
+    while start < n:
         try:
-            run_batch(model, _slice(batch, start, start + size), suite, out, seed)
+            step(_slice(views, start, start + size))
         except Exception as e:  # noqa: BLE001 - only out-of-memory is retried; the rest re-raised
             if not is_out_of_memory(e) or size == 1:
                 raise
@@ -176,25 +360,88 @@ def run_batch_fitting(model: nn.Module, batch: Batch, suite: Suite, out: Outcome
     return size
 
 
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[Batch],
-    ids: list[str],
-    suite: Suite,
-    seed: int = 0,
-    on_batch: Callable[[Batch], None] | None = None,
-    out: Outcomes | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> Outcomes:
-    """Run the suite over all batches; the model's mode and parameter flags are restored after.
+def views(source: Source, configs: list[InputConfig], batch_size: int, order: Tensor | None = None) -> Iterator[Views]:
+    """The same samples (``order``: these rows), batch by batch, as each distinct input config sees them."""
+    iterators = {c: source.batches(c, batch_size, order) for c in configs}
+    for batches in zip(*iterators.values(), strict=True):
+        yield dict(zip(iterators, batches, strict=True))
 
-    ``out`` may hold rows done earlier (a resumed run); ``on_batch`` hears of each finished batch.
-    """
-    out = Outcomes.empty(ids, settings_of(suite)) if out is None else out
-    size = None
-    with attack_mode(model):
-        for batch in batches:
-            size = run_batch_fitting(model, batch, suite, out, seed, size or len(batch.rows), warn)
-            if on_batch is not None:
-                on_batch(batch)
+
+@dataclass
+class Hooks:
+    """What a run reports to and keeps in, beyond its outcomes."""
+
+    progress: Progress | None = None
+    warn: Warn | None = None
+    state: RunState | None = None  # resume: finished batches are appended here, and taken from here
+    store: ExampleStore | None = None  # examples kept between runs (transfer's cache)
+    what: str = "eval"  # the progress bar's label
+
+
+def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix, seed: int = 0,
+                hooks: Hooks | None = None) -> Matrix:
+    """Run the plan over these batches into ``out``; every model's mode and parameter flags are restored after."""
+    hooks = hooks or Hooks()
+    size, done = None, int(out.done(np.arange(len(out.ids))).sum())
+    with ExitStack() as stack:
+        for module in {id(m.module): m.module for m in plan.models}.values():
+            stack.enter_context(attack_mode(module))
+        for v in batches:
+            rows = next(iter(v.values())).rows
+            size = run_views_fitting(lambda piece: _Batch(plan, suite, out, seed, hooks, piece).run(),
+                                     v, size or len(rows), hooks.warn)
+            if hooks.state is not None:
+                hooks.state.append(out.part(rows.numpy()))
+            done += len(rows)
+            if hooks.progress is not None:
+                hooks.progress(hooks.what, done, len(out.ids))
     return out
+
+
+def _device(plan: Plan) -> torch.device:
+    """Where the models are (the first model's first parameter; the CPU for a model without any)."""
+    first = next(plan.models[0].module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, dist: Dist = LOCAL,
+        hooks: Hooks | None = None) -> tuple[Matrix, dict[int, str]] | None:
+    """The whole run: this rank's shard (less what the resume state holds), gathered on rank 0.
+
+    Returns the outcomes of every sample and the unreadable images left out (row -> name),
+    or None on torchrun ranks other than 0. Every sample's outcome is the same at any batch
+    size and world size.
+    """
+    hooks = hooks or Hooks()
+    out = Matrix.empty(source.ids, settings_of(suite), plan.pairs())
+    for part in hooks.state.load() if hooks.state else []:
+        out.fill(part)
+    mine = shard(len(source.ids), dist).numpy()
+    todo = torch.from_numpy(mine[~out.done(mine)])
+    run_batches(plan, views(source, plan.configs(), batch_size, todo), suite, out, seed, hooks)
+    gathered = gather((out.part(mine), source.skipped), dist)
+    if gathered is None:
+        return None
+    for part, _ in gathered[1:]:
+        out.fill(part)
+    out.crafted = sum(part["crafted"] for part, _ in gathered)
+    skipped = merge_skipped([bad for _, bad in gathered])
+    if skipped:
+        out = out.subset(np.array([r for r in range(len(source.ids)) if r not in skipped], dtype=np.int64))
+    for line in out.nonfinite_lines() if hooks.warn else []:
+        hooks.warn(line)
+    return out, skipped
+
+
+def evaluate(model: nn.Module, batches: Iterable[Batch], ids: list[str], suite: Suite, seed: int = 0,
+             warn: Warn | None = None) -> Outcomes:
+    """White-box sweep of one model (any nn.Module taking [0, 1] pixels) over these batches.
+
+    ``batches`` yield [0, 1] images shaped [B, C, H, W] with labels and rows into ``ids``.
+    Returns outcomes shaped [settings, N]; the model's mode and parameter flags are restored.
+    """
+    plan = Plan.white_box([Participant("model", model, InputConfig())])
+    config = plan.models[0].input
+    out = Matrix.empty(ids, settings_of(suite), plan.pairs())
+    run_batches(plan, ({config: b} for b in batches), suite, out, seed, Hooks(warn=warn))
+    return out.pairs[("model", "model")]

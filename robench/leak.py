@@ -26,15 +26,17 @@ import pandas as pd
 
 from robench import health, samples
 from robench.distributed import LOCAL, Dist
-from robench.engine import CLEAN, Outcomes
-from robench.evaluate import EvalConfig, Progress, run_eval
+from robench.engine import CLEAN, Outcomes, Progress
+from robench.evaluate import EvalConfig, run_eval
 from robench.provenance import plain_config
+from robench.runspec import RunSpec
 from robench.stats import PairedDiff, holm, paired
 from robench.suite import AttackSpec, Suite, build_config
 
 FGSM_TRUE, FGSM_PREDICTED, STEP_LL = "fgsm_true", "fgsm_predicted", "step_ll"
 LEAK, OK, INCONCLUSIVE = "LEAK", "OK", "INCONCLUSIVE"
 GAPS = ("leak_gap", "adv_minus_clean")
+DEFAULT_EPS = (2, 4, 8, 16)
 DEFAULT_MODELS = ("zoo:effnet-fgsm-true", "zoo:effnet-fgsm-pred", "zoo:effnet-stepll")
 
 DEFINITIONS = {
@@ -67,7 +69,7 @@ def leak_suite(eps: tuple[float, ...]) -> Suite:
 class LeakConfig:
     """The evaluation to run (its suite is ``leak_suite``) and how verdicts are judged."""
 
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(models=DEFAULT_MODELS, suite=leak_suite((2, 4, 8, 16))))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(DEFAULT_MODELS, RunSpec(suite=leak_suite(DEFAULT_EPS))))
     alpha: float = 0.05  # family-wise error rate of the LEAK verdict, per model
     margin: float = 0.02  # largest gap (accuracy share) an OK verdict tolerates
 
@@ -86,10 +88,10 @@ class Judged:
 
 def gaps(out: Outcomes, eps: float, confidence: float) -> dict[str, PairedDiff]:
     """The two gaps at one eps, compared sample by sample."""
-    correct = {a: out.pred[s] == out.labels for s, (a, e) in enumerate(out.settings) if a == CLEAN or e == eps}
+    ok = {a: c for (a, e), c in zip(out.settings, out.correct(), strict=True) if a == CLEAN or e == eps}
     return {
-        "leak_gap": paired(correct[FGSM_PREDICTED], correct[FGSM_TRUE], confidence),
-        "adv_minus_clean": paired(correct[CLEAN], correct[FGSM_TRUE], confidence),
+        "leak_gap": paired(ok[FGSM_PREDICTED], ok[FGSM_TRUE], confidence),
+        "adv_minus_clean": paired(ok[CLEAN], ok[FGSM_TRUE], confidence),
     }
 
 
@@ -115,7 +117,7 @@ def summarize(out: Outcomes, model: str, alpha: float, margin: float) -> tuple[p
     confidence = confidence_for(len(eps_values), alpha)
     by_eps = {e: gaps(out, e, confidence) for e in eps_values}
     judged = judge(by_eps, alpha, margin)
-    top1 = {(a, e): float((out.pred[s] == out.labels).mean()) for s, (a, e) in enumerate(out.settings)}
+    top1 = {(a, e): float(c.mean()) for (a, e), c in zip(out.settings, out.correct(), strict=True)}
     rows = []
     for e in eps_values:
         row: dict[str, Any] = {"model": model, "eps": e, "clean_top1": top1[(CLEAN, 0.0)]}

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
-from robench.engine import CLEAN, Outcomes
+if TYPE_CHECKING:
+    from robench.engine import Outcomes
+
+CLEAN = "clean"  # the setting (attack name, eps 0) of the unperturbed inputs
+NONFINITE = -2  # the prediction recorded for NaN/inf logits: never a label, so never counted correct
+
+
+def correct(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Top-1 correctness, the one definition: the prediction is the label (pred [..., N], labels [N])."""
+    return pred == labels
 
 DEFINITIONS = {
     "top1": "share of samples whose top-1 prediction is the true label",
@@ -25,7 +36,7 @@ ROW_COLUMNS = ["model", "attack", "eps", "top1", "top5", "success_rate", "n", "l
 
 def success_rate(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray) -> float:
     """Attack success among clean-correct samples; NaN when none is clean-correct."""
-    ok = clean_pred == labels
+    ok = correct(clean_pred, labels)
     if not ok.any():
         return float("nan")
     return float((adv_pred[ok] != labels[ok]).mean())
@@ -37,7 +48,7 @@ def summarize(out: Outcomes, model: str) -> pd.DataFrame:
     for s, (attack, eps) in enumerate(out.settings):
         rows.append({
             "model": model, "attack": attack, "eps": eps,
-            "top1": float((out.pred[s] == out.labels).mean()),
+            "top1": float(correct(out.pred[s], out.labels).mean()),
             "top5": float(out.top5[s].mean()),
             "success_rate": float("nan") if attack == CLEAN else success_rate(out.pred[0], out.pred[s], out.labels),
             "n": len(out.ids),
@@ -56,7 +67,7 @@ def per_sample(out: Outcomes, model: str) -> pd.DataFrame:
         "eps": np.repeat([e for _, e in out.settings], n),
         "label": np.tile(out.labels, s),
         "pred": out.pred.reshape(-1),
-        "top1_correct": (out.pred == out.labels[None, :]).reshape(-1),
+        "top1_correct": correct(out.pred, out.labels).reshape(-1),
         "top5_correct": out.top5.reshape(-1),
     })
 
@@ -78,7 +89,7 @@ TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_
 def transfer_rate(clean_source: np.ndarray, clean_target: np.ndarray, adv_source: np.ndarray,
                   adv_target: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
     """The transfer rate (see TRANSFER_DEFINITIONS) and its denominator; NaN when it is 0."""
-    fooled = (clean_source == labels) & (clean_target == labels) & (adv_source != labels)
+    fooled = correct(clean_source, labels) & correct(clean_target, labels) & ~correct(adv_source, labels)
     if not fooled.any():
         return float("nan"), 0
-    return float((adv_target[fooled] != labels[fooled]).mean()), int(fooled.sum())
+    return float((~correct(adv_target[fooled], labels[fooled])).mean()), int(fooled.sum())

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from robench.errors import RobenchError
+from robench.errors import FieldError
 
 STATE_GLOB = "state-rank*.jsonl"
 
@@ -31,12 +31,22 @@ def fingerprint(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _encode(a: np.ndarray) -> dict[str, Any]:
-    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+def _encode(value: Any) -> Any:
+    """Arrays (at any depth of dicts) as {dtype, shape, data}; other values as they are."""
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"dtype": str(value.dtype), "shape": list(value.shape),
+                "data": base64.b64encode(value.tobytes()).decode("ascii")}
+    return value
 
 
-def _decode(d: dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(d["data"]), dtype=d["dtype"]).reshape(d["shape"]).copy()
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"dtype", "shape", "data"}:
+        return np.frombuffer(base64.b64decode(value["data"]), dtype=value["dtype"]).reshape(value["shape"]).copy()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    return value
 
 
 class RunState:
@@ -49,31 +59,31 @@ class RunState:
     def check(self) -> None:
         """Fail before any work if the folder is unusable or belongs to another run."""
         if self.folder.exists() and not self.folder.is_dir():
-            raise RobenchError(f"--resume {self.folder} is a file; give a folder for the run's state")
+            raise FieldError("resume", f"{{name}} {self.folder} is a file; give a folder for the run's state")
         for path in sorted(self.folder.glob(STATE_GLOB)) if self.folder.is_dir() else []:
             first = path.open(encoding="utf-8").readline()
             try:
                 theirs = json.loads(first)["fingerprint"]
             except (ValueError, KeyError, TypeError):
-                raise RobenchError(f"{path} is not a robench state file; give a new --resume folder") from None
+                raise FieldError("resume", f"{path} is not a robench state file; give a new {{name}} folder") from None
             if theirs != self.key:
-                raise RobenchError(f"--resume {self.folder} holds the state of a different run (other models, data, "
-                                   f"attacks or seed); rerun that exact command, or give a new --resume folder")
+                raise FieldError("resume", f"{{name}} {self.folder} holds the state of a different run (other models, "
+                                 f"data, attacks or seed); rerun that exact command, or give a new {{name}} folder")
 
-    def load(self) -> dict[str, list[dict[str, np.ndarray]]]:
-        """Finished parts per model label, from every rank's file; a torn last line is ignored."""
-        parts: dict[str, list[dict[str, np.ndarray]]] = {}
+    def load(self) -> list[dict[str, Any]]:
+        """Finished batches' parts, from every rank's file; a torn last line is ignored."""
+        parts = []
         for path in sorted(self.folder.glob(STATE_GLOB)) if self.folder.is_dir() else []:
             for line in path.read_text(encoding="utf-8").splitlines()[1:]:
                 try:
                     rec = json.loads(line)
                 except ValueError:
                     continue  # the line being written when the run was killed
-                parts.setdefault(rec["model"], []).append({k: _decode(v) for k, v in rec["part"].items()})
+                parts.append(_decode(rec["part"]))
         return parts
 
-    def append(self, model: str, part: dict[str, np.ndarray]) -> None:
-        """Record one finished batch of one model, durably, before the next starts."""
+    def append(self, part: dict[str, Any]) -> None:
+        """Record one finished batch (the engine's outcomes of its rows), durably, before the next starts."""
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"state-rank{self.rank}.jsonl"
@@ -84,7 +94,7 @@ class RunState:
                 self._write({"fingerprint": self.key})
             elif torn:  # end the line a killed run left half-written, so the next record stands alone
                 self._file.write("\n")
-        self._write({"model": model, "part": {k: _encode(np.asarray(v)) for k, v in part.items()}})
+        self._write({"part": _encode(part)})
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._file is not None

@@ -14,31 +14,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robench import health, metrics
-from robench.attacks import REGISTRY, Labels, attack_mode
+from robench import engine, health, metrics
 from robench.attacks.base import to_unit
-from robench.data import Batch, InputConfig, ids_sha256, open_source
-from robench.distributed import LOCAL, Dist, gather, resolve_device, shard
-from robench.engine import CLEAN, NONFINITE, Outcomes, attack_noise, linf_255, predictions, score, settings_of
-from robench.errors import RobenchError
-from robench.evaluate import load_models, probe_models
+from robench.distributed import LOCAL, Dist
+from robench.engine import CLEAN, Examples, Progress
+from robench.errors import FieldError
+from robench.metrics import correct
 from robench.models import LoadedModel
-from robench.provenance import dataset_record, envelope, merge_skipped, plain_config
-from robench.suite import AttackSpec, Suite, load_suite
-
-Progress = Callable[[str, int, int], None]
+from robench.provenance import dataset_record, envelope
+from robench.runspec import Opened, RunSpec, open_run, probe_models
+from robench.suite import AttackSpec, Suite
 
 
 @dataclass(frozen=True)
@@ -48,84 +42,17 @@ class TransferConfig:
     models: tuple[str, ...]
     sources: tuple[str, ...] | None = None  # labels; None means every model
     targets: tuple[str, ...] | None = None
-    data: str = "digits"
-    suite: Suite = field(default_factory=load_suite)
-    limit: int | None = None
-    seed: int = 0
-    batch_size: int = 100
-    device: str = "auto"
-    pretrained: bool = False
-    workers: int = 0
-    cache: Path | None = None
-    skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
-    health_probes: bool = True  # probe each model on its first batch (robench.health); results are checked anyway
+    run: RunSpec = field(default_factory=RunSpec)
+    cache: Path | None = None  # adversarial examples kept here between runs (ExampleCache)
 
     def describe(self) -> dict[str, Any]:
-        """Plain-data form for result files."""
-        return plain_config(self)
+        """Plain-data form for result files: the run's fields alongside transfer's own."""
+        return {"models": list(self.models), "sources": _list(self.sources), "targets": _list(self.targets),
+                **self.run.describe(), "cache": None if self.cache is None else str(self.cache)}
 
 
-@dataclass
-class TransferOutcomes:
-    """Per-sample predictions: clean per model, adversarial per (source, target) and setting."""
-
-    ids: list[str]
-    labels: np.ndarray
-    settings: list[tuple[str, float]]
-    clean: dict[str, np.ndarray] = field(default_factory=dict)
-    clean_top5: dict[str, np.ndarray] = field(default_factory=dict)
-    pred: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # [settings, N]
-    top5: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    crafted: int = 0  # attack calls made (0 when every example came from the cache)
-    least_likely: dict[str, np.ndarray] = field(default_factory=dict)  # per model: [N] clean least-likely class
-    linf: dict[str, np.ndarray] = field(default_factory=dict)  # per source: [settings, N] ||x_adv - x||_inf, 1/255
-
-    @classmethod
-    def empty(cls, ids: list[str], settings: list[tuple[str, float]], models: list[LoadedModel],
-              sources: list[LoadedModel], targets: list[LoadedModel]) -> TransferOutcomes:
-        """Tables for every model (clean) and (source, target) pair, waiting to be filled."""
-        n, k = len(ids), len(settings)
-        out = cls(ids=list(ids), labels=np.full(n, -1, dtype=np.int64), settings=settings)
-        for m in models:
-            out.clean[m.spec.label] = np.full((1, n), -1, dtype=np.int32)
-            out.clean_top5[m.spec.label] = np.zeros((1, n), dtype=bool)
-            out.least_likely[m.spec.label] = np.full(n, -1, dtype=np.int32)
-        for s in sources:
-            out.linf[s.spec.label] = np.zeros((k, n), dtype=np.float32)
-            for t in {id(m): m for m in [*targets, s]}.values():
-                out.pred[(s.spec.label, t.spec.label)] = np.full((k, n), -1, dtype=np.int32)
-                out.top5[(s.spec.label, t.spec.label)] = np.zeros((k, n), dtype=bool)
-        return out
-
-    def part(self, rows: np.ndarray) -> dict[str, Any]:
-        """These rows' outcomes (and this process's attack calls), for another rank."""
-        tables = {name: {k: v[..., rows] for k, v in getattr(self, name).items()} for name in _TABLES}
-        return {"rows": rows, "labels": self.labels[rows], "crafted": self.crafted, "tables": tables}
-
-    def fill(self, part: dict[str, Any]) -> None:
-        """Take in rows' outcomes made by another rank (``part``)."""
-        rows = np.asarray(part["rows"], dtype=np.int64)
-        self.labels[rows] = part["labels"]
-        for name in _TABLES:
-            for k, v in part["tables"][name].items():
-                getattr(self, name)[k][..., rows] = v
-
-    def subset(self, rows: np.ndarray) -> TransferOutcomes:
-        """Only these rows, in this order (e.g. leaving out images that could not be read)."""
-        tables = {name: {k: v[..., rows] for k, v in getattr(self, name).items()} for name in _TABLES}
-        return TransferOutcomes([self.ids[r] for r in rows], self.labels[rows], self.settings,
-                                crafted=self.crafted, **tables)
-
-    def white_box(self, source: str) -> Outcomes:
-        """A source's outcomes on its own examples, as ``robench eval`` records them."""
-        key, n = (source, source), len(self.labels)
-        return Outcomes(self.ids, self.labels, [(CLEAN, 0.0), *self.settings],
-                        np.vstack([self.clean[source], self.pred[key]]),
-                        np.vstack([self.clean_top5[source], self.top5[key]]),
-                        self.least_likely[source], np.vstack([np.zeros((1, n), np.float32), self.linf[source]]))
-
-
-_TABLES = ("clean", "clean_top5", "pred", "top5", "least_likely", "linf")  # per-sample tables, samples last
+def _list(labels: tuple[str, ...] | None) -> list[str] | None:
+    return None if labels is None else list(labels)
 
 
 def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
@@ -137,111 +64,75 @@ def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
 
 
 class ExampleCache:
-    """Adversarial examples on disk, one safetensors file per (source, attack, eps, batch), float32."""
+    """Adversarial examples on disk, one safetensors file per (source, attack, sample), float32.
 
-    def __init__(self, root: Path, ids: list[str], cfg: TransferConfig, dist: Dist = LOCAL) -> None:
-        self.root, self.ids_hash, self.cfg = root, ids_sha256(ids), cfg
-        self.shard = [dist.world_size, dist.rank]  # under torchrun, which samples a batch index holds
+    A sample's file is keyed by what decides its examples (the source's weights and input
+    config, the attack spec, the seed and the sample id), never by batch size, batch index or
+    torchrun rank, so a rerun at any batch size or world size, or a resumed one, crafts only
+    the samples it lacks. An unreadable file counts as missing: it is crafted again (one
+    warning) and rewritten.
+    """
 
-    def _path(self, model: LoadedModel, spec: AttackSpec, batch_index: int) -> Path:
-        key = json.dumps([model.weights_sha256, self.ids_hash, spec.describe(), self.cfg.seed,
-                          self.cfg.batch_size, list(model.input.size), self.shard], sort_keys=True)
-        return self.root / hashlib.sha256(key.encode()).hexdigest()[:32] / f"batch-{batch_index:06d}.safetensors"
+    def __init__(self, root: Path, models: list[LoadedModel], seed: int) -> None:
+        self.root, self.seed = root, seed
+        self.models = {m.spec.label: m for m in models}
+        self.warned = False
 
-    def load(self, model: LoadedModel, spec: AttackSpec, batch_index: int) -> list[tuple[float, Tensor]] | None:
+    def _folder(self, source: str, spec: AttackSpec) -> Path:
+        m = self.models[source]
+        key = json.dumps([m.weights_sha256, [m.input.channels, *m.input.size], m.input.interpolation,
+                          m.input.crop_pct, m.input.crop_mode, spec.describe(), self.seed], sort_keys=True)
+        return self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    @staticmethod
+    def _file(folder: Path, sample_id: str) -> Path:
+        name = hashlib.sha256(sample_id.encode()).hexdigest()
+        return folder / name[:2] / f"{name}.safetensors"
+
+    def load(self, source: str, spec: AttackSpec, ids: list[str],
+             warn: Callable[[str], None] | None) -> list[Examples | None]:
+        """Each sample's examples [(eps, x_adv [C, H, W])], or None where the cache lacks (or cannot read) them."""
+        folder = self._folder(source, spec)
+        return [self._read(self._file(folder, i), spec, warn) for i in ids]
+
+    def _read(self, path: Path, spec: AttackSpec, warn: Callable[[str], None] | None) -> Examples | None:
         from safetensors.torch import load_file
 
-        path = self._path(model, spec, batch_index)
         if not path.is_file():
             return None
-        tensors = load_file(str(path))
-        return [(e, tensors[f"eps={e!r}"]) for e in spec.eps]
+        try:
+            tensors = load_file(str(path))
+            return [(e, tensors[f"eps={e!r}"]) for e in spec.eps]
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file is a miss, whatever the error
+            if warn is not None and not self.warned:
+                warn(f"cache file {path} is unreadable ({type(e).__name__}); crafting its examples again")
+            self.warned = True
+            return None
 
-    def save(self, model: LoadedModel, spec: AttackSpec, batch_index: int,
-             examples: list[tuple[float, Tensor]]) -> None:
+    def save(self, source: str, spec: AttackSpec, ids: list[str], examples: Examples) -> None:
+        """Keep each sample's examples, one file per sample (written atomically)."""
         from safetensors.torch import save_file
 
         from robench.files import atomic_write
 
-        path = self._path(model, spec, batch_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"eps={e!r}": x.detach().cpu().contiguous() for e, x in examples}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        folder = self._folder(source, spec)
+        for row, sample_id in enumerate(ids):
+            path = self._file(folder, sample_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tensors = {f"eps={e!r}": x[row].detach().cpu().contiguous() for e, x in examples}
+            atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
 
 
-def _views(source: Any, configs: list[InputConfig], batch_size: int,
-           order: Tensor | None = None) -> Iterator[dict[InputConfig, Batch]]:
-    """The same samples (``order``: these rows), batch by batch, as each distinct input config sees them."""
-    iterators = {c: source.batches(c, batch_size, order) for c in configs}
-    for batches in zip(*iterators.values(), strict=True):
-        yield dict(zip(iterators, batches, strict=True))
-
-
-def _record(preds: np.ndarray, hits: np.ndarray, setting: int, rows: np.ndarray, logits: Tensor, y: Tensor) -> None:
-    preds[setting, rows], hits[setting, rows] = predictions(logits, y)
-
-
-@dataclass
-class _Run:
-    """State shared by the batches of one transfer run."""
-
-    sources: list[LoadedModel]
-    targets: list[LoadedModel]
-    suite: Suite
-    out: TransferOutcomes
-    seed: int
-    cache: ExampleCache | None
-    device: torch.device
-
-    def examples(self, s: LoadedModel, a: int, x: Tensor, labels: Labels, index: int,
-                 ids: list[str]) -> list[tuple[float, Tensor]]:
-        """The source's adversarial examples for attack ``a``: from the cache, or crafted once."""
-        spec = self.suite.attacks[a]
-        cached = self.cache.load(s, spec, index) if self.cache else None
-        if cached is not None:
-            return [(e, t.to(self.device)) for e, t in cached]
-        self.out.crafted += 1
-        rng = attack_noise(self.seed, spec.id, ids)
-        made = list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, rng))
-        if self.cache:
-            self.cache.save(s, spec, index, made)
-        return made
-
-    def batch(self, views: dict[InputConfig, Batch], index: int) -> None:
-        """Clean forwards once per model, then each source's examples scored on every target."""
-        first = next(iter(views.values()))
-        rows, y = first.rows.numpy(), first.labels.to(self.device)
-        ids = [self.out.ids[r] for r in rows.tolist()]
-        self.out.labels[rows] = first.labels.numpy()
-        x = {c: b.images.to(self.device) for c, b in views.items()}
-        clean = {}
-        for m in {id(m): m for m in self.sources + self.targets}.values():
-            clean[m.spec.label] = logits = score(m.module, x[m.input])
-            _record(self.out.clean[m.spec.label], self.out.clean_top5[m.spec.label], 0, rows, logits, y)
-            self.out.least_likely[m.spec.label][rows] = logits.argmin(1).cpu().numpy()
-        for s in self.sources:
-            labels = Labels.from_logits(clean[s.spec.label], y)
-            scorers = self.targets if s in self.targets else [*self.targets, s]
-            setting = 0
-            for a in range(len(self.suite.attacks)):
-                for eps, x_adv in self.examples(s, a, x[s.input], labels, index, ids):
-                    self.out.linf[s.spec.label][setting, rows] = linf_255(x_adv, x[s.input])
-                    for t in scorers:
-                        xt = x_adv if t.input == s.input else deliver(x[t.input], x_adv - x[s.input], eps)
-                        key = (s.spec.label, t.spec.label)
-                        _record(self.out.pred[key], self.out.top5[key], setting, rows, score(t.module, xt), y)
-                    setting += 1
-
-
-def _pick(models: list[LoadedModel], names: tuple[str, ...] | None, option: str) -> list[LoadedModel]:
+def _pick(models: list[LoadedModel], names: tuple[str, ...] | None, what: str) -> list[LoadedModel]:
     if names is None:
         return models
     by_label = {m.spec.label: m for m in models}
     if not names:
-        raise RobenchError(f"{option} is empty; name at least one model label, e.g. {option} {models[0].spec.label}")
+        raise FieldError(what, f"{{name}} is empty; name at least one model label, e.g. {{name}} "
+                         f"{models[0].spec.label}")
     unknown = [n for n in names if n not in by_label]
     if unknown:
-        raise RobenchError(f"{option} names '{unknown[0]}', which is not a model; labels: {', '.join(by_label)}")
+        raise FieldError(what, f"{{name}} names '{unknown[0]}', which is not a model; labels: {', '.join(by_label)}")
     return [by_label[n] for n in names]
 
 
@@ -250,7 +141,7 @@ class TransferResult:
     """Tidy rows (one per source x target x attack x eps, plus clean rows) and provenance."""
 
     rows: pd.DataFrame
-    outcomes: TransferOutcomes
+    outcomes: engine.Matrix
     meta: dict[str, Any]
     health: list[health.Flag] = field(default_factory=list)  # also in meta["health"], as records
 
@@ -264,7 +155,15 @@ def _check_cache(path: Path | None) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise RobenchError(f"--cache {path} is not a writable folder ({e.strerror}); choose another folder") from None
+        raise FieldError("cache", f"{{name}} {path} is not a writable folder ({e.strerror}); "
+                         f"choose another folder") from None
+
+
+def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel]) -> engine.Plan:
+    """Each source scored by every target and by itself (the white-box diagonal and the transfer rate need it)."""
+    labels = [t.spec.label for t in targets]
+    return engine.Plan(tuple(opened.participants()),
+                       {s.spec.label: tuple(dict.fromkeys([s.spec.label, *labels])) for s in sources}, deliver)
 
 
 def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
@@ -275,83 +174,59 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     result, identical sample by sample to a one-process run, and the others get None.
     """
     if not cfg.models:
-        raise RobenchError("transfer-matrix needs at least one --model")
+        raise FieldError("models", "transfer-matrix needs at least one {name}")
     _check_cache(cfg.cache)
-    torch.manual_seed(cfg.seed)
-    device = dist.device if dist.is_distributed else resolve_device(cfg.device)
-    source = open_source(cfg.data, "test", cfg.limit, cfg.seed, cfg.workers, cfg.skip_bad_images)
-    models = load_models(cfg.models, source, cfg.pretrained, device)
-    sources, targets = _pick(models, cfg.sources, "--sources"), _pick(models, cfg.targets, "--targets")
-    out = TransferOutcomes.empty(source.ids, settings_of(cfg.suite)[1:], models, sources, targets)
-    probes = probe_models(models, source, cfg.batch_size) if cfg.health_probes and dist.is_main else []
-    cache = ExampleCache(cfg.cache, source.ids, cfg, dist) if cfg.cache else None
-    run = _Run(sources, targets, cfg.suite, out, cfg.seed, cache, device)
-    configs = list(dict.fromkeys(m.input for m in models))
-    mine = shard(len(source.ids), dist)
-    done = 0
-    with ExitStack() as stack:
-        for m in models:
-            stack.enter_context(attack_mode(m.module))
-        for index, views in enumerate(_views(source, configs, cfg.batch_size, mine)):
-            run.batch(views, index)
-            done += len(next(iter(views.values())).rows)
-            if progress is not None:
-                progress("transfer", done, len(mine))
-    gathered = gather((out.part(mine.numpy()), source.skipped), dist)
-    if gathered is None:
+    opened = open_run(cfg.run, cfg.models, dist, warn)
+    sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
+    flags = probe_models(opened, cfg.run, dist)
+    cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed) if cfg.cache else None
+    hooks = engine.Hooks(progress, warn, store=cache, what="transfer")
+    done = engine.run(plan(opened, sources, targets), opened.source, cfg.run.suite, cfg.run.seed, cfg.run.batch_size,
+                      dist, hooks)
+    if done is None:
         return None
-    for part, _ in gathered[1:]:
-        out.fill(part)
-    out.crafted = sum(part["crafted"] for part, _ in gathered)
-    skipped = merge_skipped([bad for _, bad in gathered])
-    if skipped:
-        out = out.subset(np.array([r for r in range(len(source.ids)) if r not in skipped], dtype=np.int64))
-    _report_nonfinite(out, warn)
-    rows = summarize(out, [s.spec.label for s in sources], [t.spec.label for t in targets])
-    dataset = dataset_record(source, cfg.data, "test", out.ids, skipped)
+    out, skipped = done
+    s_labels, t_labels = [s.spec.label for s in sources], [t.spec.label for t in targets]
+    rows = summarize(out, s_labels, t_labels)
+    dataset = dataset_record(opened.source, cfg.run.data, "test", out.ids, skipped)
     meta = envelope("transfer-matrix", cfg.describe(), dataset,
-                    [m.describe() for m in models], {**metrics.TRANSFER_DEFINITIONS})
-    meta["sources"], meta["targets"] = [s.spec.label for s in sources], [t.spec.label for t in targets]
+                    [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
+    meta["sources"], meta["targets"] = s_labels, t_labels
     meta["crafted_attack_calls"] = out.crafted
-    flags = [*probes, *transfer_health(out, rows, cfg.suite, [s.spec.label for s in sources])]
+    flags = [*flags, *transfer_health(out, rows, cfg.run.suite)]
     meta["health"] = health.records(flags)
     return TransferResult(rows, out, meta, flags)
 
 
-def _report_nonfinite(out: TransferOutcomes, warn: Callable[[str], None] | None) -> None:
-    """One warning per model and input kind with NaN or inf logits (those samples count as wrong)."""
-    if warn is None:
-        return
-    for label, pred in out.clean.items():
-        if (bad := int((pred == NONFINITE).sum())):
-            warn(f"model '{label}' gave NaN or inf logits on {bad} clean samples; they count as wrong")
-    for (s, t), pred in out.pred.items():
-        if (bad := int((pred == NONFINITE).sum())):
-            warn(f"model '{t}' gave NaN or inf logits on {bad} adversarial examples from '{s}'; they count as wrong")
-
-
-def transfer_health(out: TransferOutcomes, rows: pd.DataFrame, suite: Suite, sources: list[str]) -> list[health.Flag]:
+def transfer_health(out: engine.Matrix, rows: pd.DataFrame, suite: Suite) -> list[health.Flag]:
     """The result checks: each source's white-box outcomes as eval's, and transfer against white-box."""
-    white = {s: out.white_box(s) for s in sources}
+    white = out.white_box()
     white_rows = pd.concat([metrics.summarize(o, s) for s, o in white.items()], ignore_index=True)
     return [*health.eval_flags(white_rows, white, suite),
-            *health.transfer_beats_white_box(rows, health.transfer_correctness(out))]
+            *health.transfer_beats_white_box(rows, _transfer_correctness(out))]
 
 
-def summarize(out: TransferOutcomes, sources: list[str], targets: list[str]) -> pd.DataFrame:
+def _transfer_correctness(out: engine.Matrix) -> dict[tuple[str, str, str, float], Any]:
+    """Per-sample target correctness under attack, keyed (source, target, attack, eps)."""
+    return {k: v for k, v in out.correctness().items() if k[2] != CLEAN}
+
+
+def summarize(out: engine.Matrix, sources: list[str], targets: list[str]) -> pd.DataFrame:
     """Tidy rows: each target's clean row, then (source, target, attack, eps) rows."""
     y = out.labels
+    clean = {t: next(o for (_, tt), o in out.pairs.items() if tt == t) for t in targets}
     rows = [{"source": t, "target": t, "attack": CLEAN, "eps": 0.0,
-             "target_top1": float((out.clean[t][0] == y).mean()), "target_top5": float(out.clean_top5[t][0].mean()),
+             "target_top1": float(correct(clean[t].pred[0], y).mean()), "target_top5": float(clean[t].top5[0].mean()),
              "transfer_rate": float("nan"), "n_fooled_source": None, "n": len(y)} for t in targets]
     for s in sources:
+        white = out.pairs[(s, s)]
         for t in targets:
-            for k, (attack, eps) in enumerate(out.settings):
-                rate, fooled = metrics.transfer_rate(out.clean[s][0], out.clean[t][0], out.pred[(s, s)][k],
-                                                     out.pred[(s, t)][k], y)
+            o = out.pairs[(s, t)]
+            for k, (attack, eps) in enumerate(o.settings[1:], start=1):
+                rate, fooled = metrics.transfer_rate(white.pred[0], o.pred[0], white.pred[k], o.pred[k], y)
                 rows.append({"source": s, "target": t, "attack": attack, "eps": eps,
-                             "target_top1": float((out.pred[(s, t)][k] == y).mean()),
-                             "target_top5": float(out.top5[(s, t)][k].mean()), "transfer_rate": rate,
+                             "target_top1": float(correct(o.pred[k], y).mean()),
+                             "target_top5": float(o.top5[k].mean()), "transfer_rate": rate,
                              "n_fooled_source": fooled, "n": len(y)})
     frame = pd.DataFrame(rows, columns=metrics.TRANSFER_COLUMNS)
     frame["n_fooled_source"] = frame["n_fooled_source"].astype("Int64")

@@ -22,7 +22,6 @@ from torch import nn
 from robench import engine
 from robench.cli.main import main
 from robench.data import InputConfig, load_digits_source
-from robench.evaluate import _report_nonfinite
 from robench.resume import RunState
 from robench.suite import parse_suite
 
@@ -58,7 +57,7 @@ class InfWhenBright(nn.Module):
 
 def _run(model: nn.Module, batch_size: int, warn=None) -> engine.Outcomes:
     source = load_digits_source(limit=80)
-    return engine.evaluate(model, source.batches(InputConfig(), batch_size), source.ids, SUITE, 0, None, None, warn)
+    return engine.evaluate(model, source.batches(InputConfig(), batch_size), source.ids, SUITE, 0, warn)
 
 
 def _same(a: engine.Outcomes, b: engine.Outcomes) -> None:
@@ -116,8 +115,7 @@ def test_nonfinite_logits_count_as_wrong_and_are_reported(trained) -> None:
     assert not broken.top5[0][clean_bad].any()  # never a top-5 hit either
     plain = _run(trained.module, 40)
     np.testing.assert_array_equal(broken.pred[0][~clean_bad], plain.pred[0][~clean_bad])
-    warnings: list[str] = []
-    _report_nonfinite({"broken": broken}, warnings.append)
+    warnings = engine.Matrix(broken.ids, broken.settings, {("broken", "broken"): broken}).nonfinite_lines()
     assert len(warnings) == 1 and warnings[0].startswith("model 'broken' gave NaN or inf logits (clean: ")
     assert f"clean: {int(clean_bad.sum())}" in warnings[0] and warnings[0].endswith("they count as wrong")
 
@@ -236,7 +234,7 @@ def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
 
 def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    RunState(state, "0" * 64).append("m", {"rows": np.arange(2)})
+    RunState(state, "0" * 64).append({"rows": np.arange(2)})
     res = CliRunner().invoke(main, [*RESUME_ARGS, "--resume", str(state), "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
@@ -247,13 +245,13 @@ def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
 
 def test_torn_last_line_is_ignored_and_ended(tmp_path: Path) -> None:
     state = RunState(tmp_path, "k")
-    state.append("m", {"rows": np.arange(3)})
+    state.append({"rows": np.arange(3)})
     state.close()
     path = tmp_path / "state-rank0.jsonl"
-    path.write_text(path.read_text() + '{"model": "m", "part": {"rows"')  # killed mid-write
-    assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()["m"]] == [[0, 1, 2]]
+    path.write_text(path.read_text() + '{"part": {"rows"')  # killed mid-write
+    assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()] == [[0, 1, 2]]
     again = RunState(tmp_path, "k")
     again.check()
-    again.append("m", {"rows": np.arange(3, 5)})
+    again.append({"rows": np.arange(3, 5)})
     again.close()
-    assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()["m"]] == [[0, 1, 2], [3, 4]]
+    assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()] == [[0, 1, 2], [3, 4]]

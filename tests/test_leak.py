@@ -156,9 +156,10 @@ def test_sign_reading_model_is_flagged() -> None:
 
 def test_true_and_predicted_agree_where_the_model_is_right() -> None:
     from robench.evaluate import EvalConfig
+    from robench.runspec import RunSpec
 
-    cfg = leak.LeakConfig(eval=EvalConfig(models=("zoo:effnet-fgsm-true",), suite=leak.leak_suite((4.0, 16.0)),
-                                          limit=120))
+    cfg = leak.LeakConfig(eval=EvalConfig(("zoo:effnet-fgsm-true",), RunSpec(suite=leak.leak_suite((4.0, 16.0)),
+                                                                              limit=120)))
     result = leak.run_leak_check(cfg)
     out = result.outcomes["effnet-fgsm-true"]
     index = {k: s for s, k in enumerate(out.settings)}

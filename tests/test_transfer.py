@@ -1,4 +1,4 @@
-"""transfer-matrix: the transfer-rate definition, the diagonal, the cache, resolution mismatch, bad input."""
+"""transfer-matrix: the transfer-rate definition, the diagonal, the cache, OOM, resolution mismatch, bad input."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
-from robench import metrics
+from robench import metrics, runspec
 from robench.checkpoint import save_checkpoint
 from robench.cli.main import main
 from robench.evaluate import EvalConfig, run_eval
+from robench.runspec import RunSpec
 from robench.suite import load_suite, override
 from robench.transfer import TransferConfig, deliver, run_transfer
 
@@ -33,26 +35,79 @@ def test_transfer_rate_by_hand() -> None:
 
 
 def test_diagonal_equals_eval() -> None:
-    common = {"suite": SUITE, "limit": 30, "batch_size": 16}
-    transfer = run_transfer(TransferConfig(models=("zoo:resnet-base",), **common))
-    evaluated = run_eval(EvalConfig(models=("zoo:resnet-base",), **common))
+    run = RunSpec(suite=SUITE, limit=30, batch_size=16)
+    transfer = run_transfer(TransferConfig(("zoo:resnet-base",), run=run))
+    evaluated = run_eval(EvalConfig(("zoo:resnet-base",), run))
     diagonal = transfer.rows.set_index(["attack", "eps"])["target_top1"]
     assert evaluated.rows.set_index(["attack", "eps"])["top1"].to_dict() == diagonal.to_dict()
     out = evaluated.outcomes["resnet-base"]
-    assert np.array_equal(out.pred[1:], transfer.outcomes.pred[("resnet-base", "resnet-base")])
+    assert np.array_equal(out.pred, transfer.outcomes.pairs[("resnet-base", "resnet-base")].pred)
     assert transfer.rows.loc[transfer.rows.attack != "clean", "transfer_rate"].eq(1.0).all()
 
 
-def test_examples_are_crafted_once_and_cached(tmp_path: Path) -> None:
-    common = {"suite": SUITE, "limit": 20, "batch_size": 10, "cache": tmp_path / "cache"}
-    first = run_transfer(TransferConfig(models=("zoo:effnet-base", "zoo:resnet-base"), **common))
+PAIR = ("zoo:effnet-base", "zoo:resnet-base")
+
+
+def test_examples_are_crafted_once_and_cached_per_sample(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run_transfer(TransferConfig(PAIR, run=RunSpec(suite=SUITE, limit=20, batch_size=10), cache=cache))
     assert first.outcomes.crafted == 2 * 3 * 2  # sources x attacks x batches, whatever the targets
-    again = run_transfer(TransferConfig(models=("zoo:effnet-base", "zoo:resnet-base"), **common))
-    assert again.outcomes.crafted == 0
+    again = run_transfer(TransferConfig(PAIR, run=RunSpec(suite=SUITE, limit=20, batch_size=4), cache=cache))
+    assert again.outcomes.crafted == 0  # another batch size: every sample's examples come from the cache
     assert again.rows.equals(first.rows)
-    wider = run_transfer(TransferConfig(models=("zoo:effnet-base", "zoo:resnet-base", "zoo:effnet-stepll"),
-                                        sources=("effnet-base", "resnet-base"), **common))
+    wider = run_transfer(TransferConfig((*PAIR, "zoo:effnet-stepll"), ("effnet-base", "resnet-base"),
+                                        run=RunSpec(suite=SUITE, limit=20, batch_size=10), cache=cache))
     assert wider.outcomes.crafted == 0 and len(wider.meta["targets"]) == 3
+
+
+def test_a_truncated_cache_file_is_crafted_again_with_one_warning(tmp_path: Path) -> None:
+    cache, run = tmp_path / "cache", RunSpec(suite=SUITE, limit=12, batch_size=6)
+    first = run_transfer(TransferConfig(PAIR, run=run, cache=cache))
+    files = sorted(cache.rglob("*.safetensors"))
+    assert len(files) == 2 * 3 * 12  # sources x attacks x samples
+    files[5].write_bytes(files[5].read_bytes()[:40])
+    files[7].write_bytes(b"")
+    warnings: list[str] = []
+    again = run_transfer(TransferConfig(PAIR, run=run, cache=cache), warn=warnings.append)
+    assert again.rows.equals(first.rows)
+    assert 1 <= again.outcomes.crafted <= 2  # only the attacks whose files broke, on the broken samples alone
+    assert len([w for w in warnings if "unreadable" in w]) == 1
+    third = run_transfer(TransferConfig(PAIR, run=run, cache=cache))  # the broken files were written anew
+    assert third.outcomes.crafted == 0
+
+
+class OomAbove(nn.Module):
+    """The wrapped model, raising CUDA's out-of-memory error on batches larger than ``limit``."""
+
+    def __init__(self, model: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit = model, limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(x)} MiB")
+        return self.model(x)
+
+
+def test_out_of_memory_on_a_target_halves_the_batch_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunSpec(suite=SUITE, limit=16, batch_size=16, health_probes=False)
+    plain = run_transfer(TransferConfig(PAIR, run=run))
+    load = runspec.load_model
+
+    def target_oom_above_4(spec, *args, **kwargs):  # noqa: ANN001, ANN202 - load_model's own signature
+        loaded = load(spec, *args, **kwargs)
+        if loaded.spec.label == "resnet-base":
+            loaded.module = OomAbove(loaded.module, 4)
+        return loaded
+
+    monkeypatch.setattr(runspec, "load_model", target_oom_above_4)
+    warnings: list[str] = []
+    fitted = run_transfer(TransferConfig(PAIR, run=run), warn=warnings.append)
+    assert warnings == ["out of memory on a batch of 16; retrying with batch size 8",
+                        "out of memory on a batch of 8; retrying with batch size 4"]
+    assert fitted.rows.equals(plain.rows)
+    for pair, o in plain.outcomes.pairs.items():
+        np.testing.assert_array_equal(fitted.outcomes.pairs[pair].pred, o.pred)
 
 
 def test_deliver_keeps_clean_input_and_eps() -> None:
@@ -79,9 +134,9 @@ def small_res(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_resolution_mismatch_pair(small_res: Path) -> None:
-    common = {"suite": override(load_suite(), ("fgsm",), (8.0,)), "limit": 20}
-    result = run_transfer(TransferConfig(models=("zoo:resnet-base", f"small={small_res}"), **common))
-    alone = run_eval(EvalConfig(models=(f"small={small_res}",), **common))
+    run = RunSpec(suite=override(load_suite(), ("fgsm",), (8.0,)), limit=20)
+    result = run_transfer(TransferConfig(("zoo:resnet-base", f"small={small_res}"), run=run))
+    alone = run_eval(EvalConfig((f"small={small_res}",), run))
     clean = result.rows[(result.rows.attack == "clean") & (result.rows.target == "small")]
     assert clean.target_top1.iloc[0] == alone.rows.top1.iloc[0]
     cross = result.rows[(result.rows.source == "resnet-base") & (result.rows.target == "small")]

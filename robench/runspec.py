@@ -1,0 +1,113 @@
+"""What every evaluating command shares: the run specification, and opening its data and models.
+
+``RunSpec`` is composed into ``EvalConfig``, ``TransferConfig`` (and, through EvalConfig,
+``LeakConfig``), so a field means the same thing, is checked the same way and is written
+to results files the same way in every command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from robench import health
+from robench.data import Source, open_source
+from robench.distributed import Dist, resolve_device
+from robench.engine import Participant
+from robench.errors import FieldError, RobenchError
+from robench.models import LoadedModel, load_model, parse_spec
+from robench.provenance import plain_config
+from robench.suite import Suite, load_suite
+from robench.zoo import DEFAULT
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Data, attacks and how to run them: everything but the models that decides an evaluation's numbers."""
+
+    data: str = "digits"
+    suite: Suite = field(default_factory=load_suite)
+    limit: int | None = None  # None: every sample of the split
+    seed: int = 0  # sample choice and random starts
+    batch_size: int = 100
+    device: str = "auto"
+    pretrained: bool = False
+    workers: int = 0
+    skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
+    health_probes: bool = True  # probe each model on its first batch (robench.probes); results are checked anyway
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise FieldError("limit", f"{{name}} must be a positive number, got {self.limit}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FieldError("seed", f"{{name}} must be a whole number in [0, 2**63 - 1], got {self.seed}")
+        if self.batch_size < 1:
+            raise FieldError("batch_size", f"{{name}} must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise FieldError("workers", f"{{name}} must be >= 0, got {self.workers}")
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return plain_config(self)
+
+
+@dataclass
+class Opened:
+    """A run's data and models, loaded and checked, on the run's device."""
+
+    source: Source
+    models: list[LoadedModel]
+    device: torch.device
+
+    def participants(self) -> list[Participant]:
+        """The models as the engine sees them."""
+        return [Participant(m.spec.label, m.module, m.input) for m in self.models]
+
+
+def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[str], None] | None = None) -> Opened:
+    """Seed, device, data and models of a run; an empty ``specs`` gives the zoo's default pair.
+
+    ``warn`` hears about things that are allowed but rarely meant, such as random weights.
+    """
+    torch.manual_seed(run.seed)
+    device = dist.device if dist.is_distributed else resolve_device(run.device)
+    source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images)
+    models = load_models(specs, source, run.pretrained, device)
+    for m in models:
+        if m.weights == "random" and warn is not None:
+            warn(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
+    return Opened(source, models, device)
+
+
+def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device) -> list[LoadedModel]:
+    """Load every model and check it fits the dataset; an empty tuple gives the default models."""
+    parsed = [parse_spec(s) for s in specs or tuple(f"zoo:{name}" for name in DEFAULT)]
+    labels = [p.label for p in parsed]
+    dup = next((lb for lb in labels if labels.count(lb) > 1), None)
+    if dup:
+        raise FieldError("models", f"two models are labelled '{dup}'; name them apart with LABEL=SPEC")
+    models = [load_model(p, source.num_classes, pretrained, device) for p in parsed]
+    for m in models:
+        if m.num_classes != source.num_classes:
+            raise RobenchError(
+                f"model '{m.spec.label}' has {m.num_classes} classes but {source.name} has {source.num_classes}; "
+                f"give a checkpoint trained on this dataset (NAME@CHECKPOINT)"
+            )
+    return models
+
+
+def probe_models(opened: Opened, run: RunSpec, dist: Dist) -> list[health.Flag]:
+    """The health probes of every model on its first batch (rank 0 only, and only if the run asks)."""
+    if not run.health_probes or not dist.is_main:
+        return []
+    flags = []
+    for m in opened.models:
+        first = next(iter(opened.source.batches(m.input, run.batch_size)), None)
+        if first is not None:
+            flags += health.probe(m.module, first.images, first.labels, m.spec.label)
+    return flags
