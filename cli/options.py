@@ -8,26 +8,37 @@ from typing import Any
 
 import click
 
-_RUN_OPTIONS = (
-    click.option("-d", "--data", default="digits", show_default=True,
-                 help="digits | fashion-mnist[:DIR] | IMAGE_FOLDER | torch/NAME | hfds/NAME."),
-    click.option("--limit", type=int, metavar="N", help="Use N samples, drawn by a seeded permutation."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample choice and PGD starts."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    click.option("--pretrained", is_flag=True, help="Load hub weights for NAME (needs network or a warm cache)."),
-    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Data-loading worker processes for image folders."),
-    click.option("--skip-bad-images", is_flag=True,
-                 help="Leave unreadable images out, listed in the results, instead of stopping."),
-)
+_RUN_OPTIONS = {
+    "data": click.option("-d", "--data", default="digits", show_default=True,
+                         help="digits | fashion-mnist[:DIR] | IMAGE_FOLDER | torch/NAME | hfds/NAME."),
+    "limit": click.option("--limit", type=int, metavar="N", help="Use N samples, drawn by a seeded permutation."),
+    "seed": click.option("--seed", type=int, default=0, show_default=True,
+                         help="Seed for sample choice, PGD starts and (train) weights."),
+    "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True),
+    "device": click.option("--device", default="auto", show_default=True,
+                           help="auto, cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK."),
+    "pretrained": click.option("--pretrained", is_flag=True,
+                               help="Load hub weights for NAME (needs network or a warm cache)."),
+    "workers": click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="Data-loading worker processes for image folders."),
+    "skip_bad_images": click.option("--skip-bad-images", is_flag=True,
+                                    help="Leave unreadable images out, listed in the results, instead of stopping."),
+}
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --data, --limit, --seed, --batch-size, --device, --pretrained, --workers and --skip-bad-images."""
-    for option in reversed(_RUN_OPTIONS):
-        command = option(command)
-    return command
+    """Add every option of a RunSpec but the suite: --data, --limit, --seed, --batch-size, --device, ..."""
+    return shared_options(*_RUN_OPTIONS)(command)
+
+
+def shared_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add these run options (by field name), declared once for every command that takes them."""
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(names):
+            command = _RUN_OPTIONS[name](command)
+        return command
+
+    return add
 
 
 def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:

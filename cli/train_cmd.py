@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from .options import shared_options
 from .render import console, epoch_bar
 
 
 @click.command("train")
 @click.option("--arch", default="test_resnet", show_default=True, help="Any timm architecture name.")
-@click.option("-d", "--data", default="digits", show_default=True, help="digits | fashion-mnist[:DIR] | IMAGE_FOLDER.")
+@shared_options("data", "limit", "seed", "device")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE.safetensors",
               help="Checkpoint to write (rewritten after every epoch).")
 @click.option("--attack", default="step_ll", show_default=True,
@@ -28,10 +29,6 @@ from .render import console, epoch_bar
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
-@click.option("--limit", type=int, metavar="N", help="Train on N samples drawn by a seeded permutation.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same weights (on the CPU).")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_command(out: Path, quiet: bool, device: str, **options: object) -> None:
     """Train a timm model with the paper's adversarial-training recipe.
