@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.attacks import REGISTRY, Labels, attack_mode
+from robench.attacks.base import input_gradient
 from robench.attacks.iterative import PgdConfig
 from robench.engine import CLEAN, Outcomes, score
 from robench.errors import RobenchError
@@ -133,17 +133,6 @@ def probability_outputs(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) 
     if z.max() <= PROBABILITY_TOL and z.logsumexp(1).abs().max() <= PROBABILITY_TOL:
         return "every output is <= 0 and each row's logsumexp is 0: log-probabilities, not logits"
     return None
-
-
-def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """d(summed cross-entropy)/dx; zeros where the loss does not depend on x at all."""
-    with torch.inference_mode(False), torch.enable_grad():
-        xg = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xg), y.clone(), reduction="sum")
-        if not loss.requires_grad:
-            return torch.zeros_like(xg)
-        (grad,) = torch.autograd.grad(loss, xg, allow_unused=True)
-    return torch.zeros_like(xg) if grad is None else grad
 
 
 def zero_gradients(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) -> str | None:
