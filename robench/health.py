@@ -276,16 +276,16 @@ def _rises(model: str, attack: str, series: list[Any], correct: Correct | None) 
     return out
 
 
-COUNTERPARTS = {"bim": "fgsm", "pgd": "fgsm", "iter_ll": "step_ll"}  # iterative attack -> its single-step one
-
-
 def counterparts(suite: Suite) -> list[tuple[AttackSpec, AttackSpec]]:
-    """(iterative, single-step) pairs of the suite: bim/pgd with fgsm of the same label, iter_ll with step_ll."""
+    """(iterative, single-step) pairs of the suite: each attack with its registered counterpart of the same label.
+
+    With the registry's attacks: bim and pgd with fgsm, iter_ll with step_ll.
+    """
     def label(spec: AttackSpec) -> str | None:
         return getattr(spec.config, "label", None)
 
     return [(it, one) for it in suite.attacks for one in suite.attacks
-            if COUNTERPARTS.get(it.name) == one.name and label(it) == label(one)]
+            if REGISTRY[it.name].counterpart == one.name and label(it) == label(one)]
 
 
 def success(out: Outcomes, setting: int, targeted: bool) -> np.ndarray:
@@ -312,7 +312,7 @@ def iterative_weaker(outcomes: Mapping[str, Outcomes], suite: Suite, alpha: floa
 
 
 def _weaker(model: str, out: Outcomes, it: AttackSpec, one: AttackSpec, i: int, j: int, eps: float) -> _Candidate:
-    targeted = it.name == "iter_ll"
+    targeted = REGISTRY[it.name].targeted
     s_it, s_one = success(out, i, targeted), success(out, j, targeted)
     p, counts = p_better(s_it, s_one)
     goal = "reaches the least-likely class on" if targeted else "fools"
