@@ -15,6 +15,8 @@ import click
 from robench import __version__
 from robench.errors import CheckFailed, Interrupted, RobenchError
 
+from .options import in_options
+
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -46,7 +48,7 @@ class RobenchGroup(click.Group):
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             _fail(f"{e.format_message()}{hint}", 2)
         except RobenchError as e:
-            _fail(str(e), 2)
+            _fail(in_options(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
         except Interrupted as e:

@@ -8,6 +8,9 @@ from typing import Any
 
 import click
 
+from robench.errors import FieldError
+
+FIELD_OPTIONS = {"clean_refs": "--clean-ref"}  # config field -> the option that sets it
 _RUN_OPTIONS = (
     click.option("-d", "--data", default="digits", show_default=True,
                  help="digits | fashion-mnist[:DIR] | IMAGE_FOLDER | torch/NAME | hfds/NAME."),
@@ -36,3 +39,10 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--resume", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
         help="Keep finished batches in DIR as they complete; rerunning the same command there computes only the rest.",
     )(command)
+
+
+def in_options(error: Exception) -> str:
+    """An error's message, naming the option that sets a config field where the library named the field."""
+    if isinstance(error, FieldError) and error.field in FIELD_OPTIONS:
+        return f"{FIELD_OPTIONS[error.field]} {error.problem}"
+    return str(error)

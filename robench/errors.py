@@ -8,6 +8,19 @@ class RobenchError(Exception):
     """
 
 
+class FieldError(RobenchError):
+    """Bad input in one named config field: the message names the field, which a front end may rename.
+
+    The library speaks in config fields (``clean_refs``); the CLI knows which option sets a
+    field (``--clean-ref``) and says that instead.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class CheckFailed(Exception):
     """A gate or leak check ran correctly and failed: the CLI prints the message and exits with code 1.
 

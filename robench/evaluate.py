@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robench import engine, health, metrics, samples
+from robench import engine, health, metrics, probes, samples
 from robench.data import Batch, Source, open_source
 from robench.distributed import LOCAL, Dist, gather, resolve_device, shard
 from robench.errors import RobenchError
@@ -126,7 +126,7 @@ def probe_models(models: list[LoadedModel], source: Source, batch_size: int) -> 
     for m in models:
         first = next(iter(source.batches(m.input, batch_size)), None)
         if first is not None:
-            flags += health.probe(m.module, first.images, first.labels, m.spec.label)
+            flags += probes.probe(m.module, first.images, first.labels, m.spec.label)
     return flags
 
 
