@@ -11,6 +11,7 @@ import click
 from robench.errors import FieldError
 
 FIELD_OPTIONS = {"clean_refs": "--clean-ref"}  # config field -> the option that sets it
+
 _RUN_OPTIONS = (
     click.option("-d", "--data", default="digits", show_default=True,
                  help="digits | fashion-mnist[:DIR] | IMAGE_FOLDER | torch/NAME | hfds/NAME."),

@@ -25,8 +25,8 @@ __all__ = ["Attack", "Labels", "REGISTRY", "attack_mode", "get_attack"]
 class Attack:
     """A registered attack: its function, its config class, what kind of attack it is and a one-line summary.
 
-    The kind travels with the attack so that other modules (health checks, reports) ask
-    the registry instead of naming attacks.
+    The kind travels with the attack so that other modules (the health checks) ask the
+    registry instead of naming attacks.
     """
 
     name: str
