@@ -19,7 +19,6 @@ files must be identical (the script exits 1 if not).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from robench.results_file import load_results
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 MODELS = ["zoo:effnet-base", "zoo:resnet-base"]
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind, limit in (("full", args.limit), ("fixed", 4)):
                 out = tmp / f"{procs}-{kind}.json"
                 times[(procs, kind)].append(timed(command(procs, limit, args.batch_size, args.eps, out, args.health)))
-    one, two = (json.loads((tmp / f"{p}-full.json").read_text()) for p in (1, 2))
+    one, two = (load_results(tmp / f"{p}-full.json") for p in (1, 2))
     identical = one == two
     med = {k: statistics.median(v) for k, v in times.items()}
     work = {p: med[(p, "full")] - med[(p, "fixed")] for p in (1, 2)}

@@ -26,16 +26,12 @@ def update_command(results: Path, baseline: Path) -> None:
     Example:
       robench eval --out results.json && robench baseline update results.json ci/baseline.json
     """
-    import json
-
     from robench.files import atomic_write_text
-    from robench.gate import load_results
     from robench.report import check_output
+    from robench.results_file import results_json
 
     check_output(baseline, (".json",), "BASELINE")
-    doc = load_results(results)
-    is_json = results.suffix.lower() != ".csv"
-    text = results.read_text(encoding="utf-8") if is_json else json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    doc, text = results_json(results)
     atomic_write_text(baseline, text)
     models = ", ".join(dict.fromkeys(str(r.get("model", r.get("target", "?"))) for r in doc["rows"]))
     paired = "with" if doc.get("samples") else "without"

@@ -55,7 +55,6 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: 
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
     """
     from robench.evaluate import EvalConfig, run_eval
-    from robench.health import parse_clean_ref
     from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
     from robench.runspec import RunSpec
     from robench.suite import load_suite, override, parse_eps_list
@@ -80,3 +79,17 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: 
     health_warnings(result.health)
     if gate is not None:
         apply_gate(gate, results_doc(result.meta, result.rows, result.packed_samples()), "eval results", quiet)
+
+
+def parse_clean_ref(text: str) -> tuple[str, float]:
+    """``LABEL=0.97`` -> ("LABEL", 0.97): a model's expected clean top-1, as a share."""
+    from robench.errors import RobenchError
+
+    label, sep, value = text.rpartition("=")
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not sep or not label or not 0 <= share <= 1:
+        raise RobenchError(f"--clean-ref {text!r}: use LABEL=SHARE with a share in [0, 1], e.g. --clean-ref base=0.97")
+    return label, share

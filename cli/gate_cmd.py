@@ -35,7 +35,8 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
                  summary: Path | None = None) -> GatePlan:
     """Read the rules and the baseline, and check the report paths: bad input fails before any evaluation."""
     from robench.errors import RobenchError
-    from robench.gate import default_rules, load_results, load_rules
+    from robench.results_file import load_results
+    from robench.rules import default_rules, load_rules
 
     if rules_path is None and baseline_path is None:
         raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
@@ -104,7 +105,7 @@ def gate_command(results: Path, baseline_path: Path | None, rules_path: Path | N
       robench gate results.json --baseline base.json --rules gates.yaml --summary "$GITHUB_STEP_SUMMARY"
       robench gate leak.json --rules no-leak.yaml
     """
-    from robench.gate import load_results
+    from robench.results_file import load_results
 
     plan = prepare_gate(rules_path, baseline_path, junit, summary)
     apply_gate(plan, load_results(results), str(results), quiet)

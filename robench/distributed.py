@@ -60,7 +60,7 @@ def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
     try:
         asked = torch.device(device)
     except RuntimeError:
-        raise FieldError("device", f"unknown {{name}} '{device}'; use auto, cpu, cuda or cuda:N") from None
+        raise FieldError("device", f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
     if asked.type == "cuda" and not torch.cuda.is_available():
         raise FieldError("device", f"{{name}} '{device}' asked for, but no CUDA GPU is available; use {{name}} cpu")
     if asked.type != "cuda" or local_rank is None:

@@ -2,15 +2,14 @@
 
 A model that masks its gradients (probabilities for logits, rounding in its forward
 pass, dropout left on), a wrong preprocessing or a weak attack all produce high
-accuracies under attack that look like robustness. Each check here looks for one
-symptom and says, in one line, what it found; the README's "Health checks" section
-says what each means and what to do (every flag's ``docs`` links there).
+accuracies under attack that look like robustness. Each check looks for one symptom
+and says, in one line, what it found; the README's "Health checks" section says what
+each means and what to do (every flag's ``docs`` links there).
 
-Two kinds of check:
+Two kinds of check, one list of them (``CHECKS``) and one kind of finding (``Flag``):
 
-- *probes* (``probe``) run on one batch with the model exactly as the engine uses it
-  (eval mode, frozen parameters) and leave its state as it was;
-- *result checks* read the rows (and, where known, the per-sample outcomes) of a run.
+- *probes* (robench.probes) run on one batch with the model exactly as the engine uses it;
+- *result checks* (here) read the rows (and, where known, the per-sample outcomes) of a run.
 
 Comparisons between two settings on the same samples are judged by the exact one-sided
 McNemar test (``robench.stats.paired``), Holm-corrected over the comparisons a check
@@ -22,31 +21,23 @@ pairing and so flags less.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from robench.attacks import REGISTRY, Labels, attack_mode
-from robench.attacks.iterative import PgdConfig
-from robench.engine import CLEAN, Outcomes, score
-from robench.errors import RobenchError
+from robench.attacks import REGISTRY
+from robench.engine import CLEAN, Outcomes
+from robench.errors import FieldError
 from robench.stats import holm, paired
 from robench.suite import AttackSpec, Suite
 
 README = "README.md"
 ALPHA = 0.05  # family-wise error of a check's comparisons in one run (Holm)
-UNBOUNDED_EPS = 255.0  # 1/255 units: the whole pixel range
-UNBOUNDED_STEPS = 5
-UNBOUNDED_MAX_TOP1 = 0.10  # an unbounded attack leaving more than this correct is a flag
-ZERO_GRADIENT_MAX = 0.5  # share of exactly-zero input-gradient entries above which we flag
-PROBABILITY_TOL = 1e-4  # how close rows must sum to 1 (or logsumexp to 0) to look like probabilities
-RANDOM_TOL = 1e-4  # relative logit difference between two passes that counts as disagreement
+UNBOUNDED_MAX_TOP1 = 0.10  # an unbounded attack leaving more than this correct is a flag (robench.probes)
+ZERO_GRADIENT_MAX = 0.5  # share of exactly-zero input-gradient entries above which a probe flags
 LINF_TOL = 1e-4  # 1/255 units: float slack on ||x_adv - x||_inf <= eps
 
 
@@ -118,89 +109,6 @@ def records(flags: Iterable[Flag]) -> list[dict[str, Any]]:
 
 def _eps(eps: float | None) -> str:
     return "" if eps is None else f"eps {eps:g}"
-
-
-# --- probes: one batch, the model as the engine uses it -------------------------------------------
-
-ProbeFn = Callable[[nn.Module, Tensor, Tensor, Tensor], "str | None"]
-
-
-def probability_outputs(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) -> str | None:
-    """Do the outputs look like probabilities (rows in [0, 1] summing to 1) or log-probabilities?"""
-    z = logits.double()
-    if z.min() >= -PROBABILITY_TOL and z.max() <= 1 + PROBABILITY_TOL and (z.sum(1) - 1).abs().max() <= PROBABILITY_TOL:
-        return "every output lies in [0, 1] and each row sums to 1: probabilities, not logits"
-    if z.max() <= PROBABILITY_TOL and z.logsumexp(1).abs().max() <= PROBABILITY_TOL:
-        return "every output is <= 0 and each row's logsumexp is 0: log-probabilities, not logits"
-    return None
-
-
-def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """d(summed cross-entropy)/dx; zeros where the loss does not depend on x at all."""
-    with torch.inference_mode(False), torch.enable_grad():
-        xg = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xg), y.clone(), reduction="sum")
-        if not loss.requires_grad:
-            return torch.zeros_like(xg)
-        (grad,) = torch.autograd.grad(loss, xg, allow_unused=True)
-    return torch.zeros_like(xg) if grad is None else grad
-
-
-def zero_gradients(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) -> str | None:
-    """Is the share of exactly-zero input-gradient entries above ZERO_GRADIENT_MAX?"""
-    share = float((input_gradient(model, x, y) == 0).float().mean())
-    if share > ZERO_GRADIENT_MAX:
-        return f"{share:.0%} of the input-gradient entries are exactly zero (more than {ZERO_GRADIENT_MAX:.0%})"
-    return None
-
-
-def randomized_outputs(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) -> str | None:
-    """Does a second forward pass of the same batch give other logits?"""
-    again = score(model, x)
-    diff = float((again - logits).abs().nan_to_num(0.0).max())
-    scale = max(1.0, float(logits.abs().nan_to_num(0.0).max()))
-    if diff <= RANDOM_TOL * scale:
-        return None
-    changed = int((again.argmax(1) != logits.argmax(1)).sum())
-    return (f"two forward passes in eval mode differ by up to {diff:.3g} in the logits; "
-            f"{changed} of {len(x)} predictions change")
-
-
-def unbounded_attack_fails(model: nn.Module, x: Tensor, y: Tensor, logits: Tensor) -> str | None:
-    """Does pgd at eps 255/255 (no random start) leave more than UNBOUNDED_MAX_TOP1 of the batch correct?"""
-    config = PgdConfig(steps=UNBOUNDED_STEPS, random_start=False)
-    ((_, x_adv),) = REGISTRY["pgd"].run(model, x, Labels.from_logits(logits, y), [UNBOUNDED_EPS], config, None)
-    top1 = float((score(model, x_adv).argmax(1) == y).float().mean())
-    if top1 > UNBOUNDED_MAX_TOP1:
-        return (f"pgd ({UNBOUNDED_STEPS} steps) at eps 255/255 leaves {top1:.0%} of {len(x)} probe samples "
-                f"correct; an unbounded attack should reach about 0%")
-    return None
-
-
-PROBES: dict[str, ProbeFn] = {
-    "probability_outputs": probability_outputs,
-    "zero_gradients": zero_gradients,
-    "randomized_outputs": randomized_outputs,
-    "unbounded_attack_fails": unbounded_attack_fails,
-}
-PROBE_AT = {"unbounded_attack_fails": ("pgd", UNBOUNDED_EPS)}  # the attack and eps a probe's flag names
-
-
-def probe(model: nn.Module, images: Tensor, labels: Tensor, label: str) -> list[Flag]:
-    """Run every probe on one batch of [0, 1] images; the model's mode, flags, weights and the RNG are kept.
-
-    The model is probed as the engine uses it: eval mode, parameters frozen.
-    """
-    device = next(model.parameters()).device
-    x, y = images.to(device), labels.to(device)
-    flags = []
-    with attack_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        logits = score(model, x)
-        for name, fn in PROBES.items():
-            message = fn(model, x, y, logits)
-            if message is not None:
-                flags.append(flag(name, label, message, *PROBE_AT.get(name, (None, None))))
-    return flags
 
 
 # --- comparisons of two settings on the same samples ----------------------------------------------
@@ -287,16 +195,16 @@ def _rises(model: str, attack: str, series: list[Any], correct: Correct | None) 
     return out
 
 
-COUNTERPARTS = {"bim": "fgsm", "pgd": "fgsm", "iter_ll": "step_ll"}  # iterative attack -> its single-step one
-
-
 def counterparts(suite: Suite) -> list[tuple[AttackSpec, AttackSpec]]:
-    """(iterative, single-step) pairs of the suite: bim/pgd with fgsm of the same label, iter_ll with step_ll."""
+    """(iterative, single-step) pairs of the suite: each attack with its registered counterpart of the same label.
+
+    With the registry's attacks: bim and pgd with fgsm, iter_ll with step_ll.
+    """
     def label(spec: AttackSpec) -> str | None:
         return getattr(spec.config, "label", None)
 
     return [(it, one) for it in suite.attacks for one in suite.attacks
-            if COUNTERPARTS.get(it.name) == one.name and label(it) == label(one)]
+            if REGISTRY[it.name].counterpart == one.name and label(it) == label(one)]
 
 
 def success(out: Outcomes, setting: int, targeted: bool) -> np.ndarray:
@@ -323,7 +231,7 @@ def iterative_weaker(outcomes: Mapping[str, Outcomes], suite: Suite, alpha: floa
 
 
 def _weaker(model: str, out: Outcomes, it: AttackSpec, one: AttackSpec, i: int, j: int, eps: float) -> _Candidate:
-    targeted = it.name == "iter_ll"
+    targeted = REGISTRY[it.name].targeted
     s_it, s_one = success(out, i, targeted), success(out, j, targeted)
     p, counts = p_better(s_it, s_one)
     goal = "reaches the least-likely class on" if targeted else "fools"
@@ -369,24 +277,12 @@ def perturbation_exceeds_eps(rows: pd.DataFrame) -> list[Flag]:
                  f"eps {r.eps:g}/255", str(r.attack), r.eps) for r in over.itertuples()]
 
 
-def parse_clean_ref(text: str) -> tuple[str, float]:
-    """``LABEL=0.97`` -> ("LABEL", 0.97): a model's expected clean top-1, as a share."""
-    label, sep, value = text.rpartition("=")
-    try:
-        share = float(value)
-    except ValueError:
-        share = float("nan")
-    if not sep or not label or not 0 <= share <= 1:
-        raise RobenchError(f"--clean-ref {text!r}: use LABEL=SHARE with a share in [0, 1], e.g. --clean-ref base=0.97")
-    return label, share
-
-
 def check_refs(refs: Mapping[str, float], labels: Iterable[str]) -> None:
     """Every reference must name a model of the run (a typo would silently check nothing)."""
     known = list(labels)
     unknown = next((r for r in refs if r not in known), None)
     if unknown is not None:
-        raise RobenchError(f"--clean-ref names '{unknown}', which is not a model; labels: {', '.join(known)}")
+        raise FieldError("clean_refs", f"{{name}} names '{unknown}', which is not a model; labels: {', '.join(known)}")
 
 
 def clean_accuracy_mismatch(rows: pd.DataFrame, refs: Mapping[str, float], tol: float | None = None) -> list[Flag]:

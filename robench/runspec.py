@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from robench import health
+from robench import health, probes
 from robench.data import Source, open_source
 from robench.distributed import Dist, resolve_device
 from robench.engine import Participant
@@ -109,5 +109,5 @@ def probe_models(opened: Opened, run: RunSpec, dist: Dist) -> list[health.Flag]:
     for m in opened.models:
         first = next(iter(opened.source.batches(m.input, run.batch_size)), None)
         if first is not None:
-            flags += health.probe(m.module, first.images, first.labels, m.spec.label)
+            flags += probes.probe(m.module, first.images, first.labels, m.spec.label)
     return flags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,15 @@ def robench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("ROBENCH_CACHE_DIR", None)
     else:
         os.environ["ROBENCH_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a loaded 2-core machine two threads waiting on each other run ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -156,6 +156,19 @@ def test_linear_hand_sign_is_the_weight_difference(linear_model) -> None:
     assert torch.equal(_hand_sign(linear_model, x, torch.ones(5, dtype=torch.long)), _pixels(*[[1, -1, 1, -1]] * 5))
 
 
+def test_input_gradient_by_hand_and_zero_without_a_path(linear_model) -> None:
+    x = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 1])
+    w, b = linear_model.fc.weight.detach(), linear_model.fc.bias.detach()
+    p = torch.softmax(x.flatten(1) @ w.T + b, dim=1)
+    by_hand = ((p - F.one_hot(y, 2).to(p.dtype)) @ w).view_as(x)
+    grad = base.input_gradient(linear_model, x, y)
+    assert torch.allclose(grad, by_hand, atol=1e-6) and torch.equal(base.gradient_sign(linear_model, x, y), grad.sign())
+    for blind in (lambda z: linear_model(z.detach()), lambda z: linear_model(z) * 0 + linear_model(z.detach())):
+        # no path from x to the loss, or a path that contributes nothing: zero gradient, not an error
+        assert torch.equal(base.input_gradient(blind, x, y), torch.zeros_like(x))
+
+
 def test_fgsm_and_step_ll_literal(linear_model) -> None:
     # dyadic pixels and eps = 255/64, a step of exactly 1/64: every expected value below is exact.
     # A: logits [-1.627, 1.384] -> predicted 1, least likely 0.  B: [1.452, -1.459] -> predicted 0, least likely 1.
@@ -322,3 +335,17 @@ def test_unknown_attack_suggests_the_close_name() -> None:
     with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd"):
         get_attack("zzz")
     assert get_attack("pgd") is REGISTRY["pgd"]
+
+
+# --- what the registry says about each attack ---------------------------------------------------
+
+
+def test_registry_carries_kind_objective_and_counterpart() -> None:
+    assert {n for n, a in REGISTRY.items() if a.single_step} == {"fgsm", "step_ll"}
+    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll"}
+    assert {n: a.counterpart for n, a in REGISTRY.items()} == {
+        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm"}
+    for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
+        if attack.counterpart is not None:
+            one = REGISTRY[attack.counterpart]
+            assert one.single_step and not attack.single_step and one.targeted == attack.targeted

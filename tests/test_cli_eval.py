@@ -13,8 +13,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from robench import evaluate
 from robench.checkpoint import save_checkpoint
+from robench.cli.eval_cmd import parse_clean_ref
 from robench.cli.main import main
+from robench.errors import RobenchError
 
 
 def invoke(*args: str):
@@ -181,3 +184,29 @@ def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+# --- --clean-ref ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "parsed"), [("base=0.97", ("base", 0.97)), ("a=b=1", ("a=b", 1.0)),
+                                              ("zoo:x=0", ("zoo:x", 0.0))])
+def test_parse_clean_ref(text: str, parsed: tuple[str, float]) -> None:
+    assert parse_clean_ref(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["base", "=0.9", "base=", "base=x", "base=1.5", "base=-0.1", "base=nan", "base=97%"])
+def test_parse_clean_ref_errors(text: str) -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_clean_ref(text)
+    message = str(e.value)
+    assert "\n" not in message and f"--clean-ref {text!r}" in message and "LABEL=SHARE" in message
+
+
+def test_cli_clean_ref_mistakes_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluate.engine, "evaluate", lambda *a, **k: pytest.fail("evaluated despite a bad reference"))
+    for ref, needle in (("effnet=0.9", "--clean-ref names 'effnet', which is not a model; labels: effnet-base"),
+                        ("effnet-base=95", "LABEL=SHARE")):
+        r = invoke("eval", "zoo:effnet-base", "--limit", "10", "--clean-ref", ref, "--out", str(tmp_path / "r.json"))
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robench.errors import RobenchError
-from robench.gate import Rules, parse_rules
+from robench.rules import Rules, parse_rules
 from robench.suite import Suite, parse_suite
 
 KEYS = ["eps", "attacks", "name", "id", "label", "steps", "step_size", "random_start", "bogus", "eps "]

@@ -1,4 +1,4 @@
-"""`robench gate`: rules, matching, the statistics of max_drop, reports, exit codes, and the CI example."""
+"""`robench gate`: matching, the statistics of max_drop, verdicts and health, reports, exit codes, the CI example."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from results_docs import BASE, GRID, N, flip, make_doc, write
 
-from robench import gate, gate_report, samples, stats
+from robench import gate, gate_report, stats
 from robench.cli.main import main
-from robench.data import ids_sha256
 from robench.errors import CheckFailed, RobenchError
-from robench.provenance import SCHEMA_VERSION
+from robench.rules import Rules, parse_rules
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "examples" / "ci"
@@ -38,41 +38,9 @@ def one_error_line(result, code: int, *needles: str) -> str:
     return lines[0]
 
 
-def flip(bits: np.ndarray, k: int, to: bool = False) -> np.ndarray:
-    """A copy with the first k samples that are (not to) set to ``to``."""
-    out = bits.copy()
-    out[np.flatnonzero(out != to)[:k]] = to
-    return out
 
-
-def make_doc(outcomes: dict[tuple, np.ndarray], with_samples: bool = True, ids: list[str] | None = None,
-             **extra) -> dict:
-    """A results document as robench eval writes it, from per-sample top-1 correctness per (model, attack, eps)."""
-    n = len(next(iter(outcomes.values())))
-    ids = ids or [f"s{i}" for i in range(n)]
-    rows = [{"model": m, "attack": a, "eps": e, "top1": float(b.mean()), "top5": 1.0,
-             "success_rate": None if a == "clean" else 0.5, "n": n} for (m, a, e), b in outcomes.items()]
-    doc = {"robench": "test", "schema_version": SCHEMA_VERSION, "command": "eval",
-           "dataset": {"name": "t", "n": n, "ids_sha256": ids_sha256(ids), "ids": ids}, "rows": rows}
-    if with_samples:
-        recs = [samples.record({"model": m, "attack": a, "eps": e}, b) for (m, a, e), b in outcomes.items()]
-        doc["samples"] = samples.section(recs)
-    return {**doc, **extra}
-
-
-N = 200
-BASE = np.arange(N) % 4 != 0  # 150 of 200 right: top1 0.75
-GRID = {(m, a, e): BASE for m in ("effnet-base", "effnet-stepll", "resnet-base")
-        for a, e in (("clean", 0.0), ("fgsm", 4.0), ("fgsm", 8.0), ("bim", 8.0))}
-
-
-def write(path: Path, doc: dict | str) -> Path:
-    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
-    return path
-
-
-def rules(text: str) -> gate.Rules:
-    return gate.parse_rules(text, "gates.yaml")
+def rules(text: str) -> Rules:
+    return parse_rules(text, "gates.yaml")
 
 
 def run(results: dict, baseline: dict | None, text: str) -> pd.DataFrame:
@@ -232,45 +200,6 @@ def test_health_check_shows_no_row() -> None:
     assert gate_report.display(report)["row"].tolist() == [""]  # not "nan": a health rule covers no single row
 
 
-# --- rule files: every mistake names the file, the line and the key ------------------------------
-
-@pytest.mark.parametrize(("text", "needles"), [
-    ("rules:\n  - {attack: fgsm, min: 0.4}\n  - attack: fgsm\n    mim: 0.4\n",
-     ["gates.yaml line 4", "unknown key 'mim' in a rule; did you mean 'min'?"]),
-    ("rules:\n  - attack: fgsm\n    eps: 8\n", ["line 2", "exactly one of min/max, max_drop"]),
-    ("- {min: 0.4, max_drop: 0.02}", ["line 1", "min and max_drop"]),
-    ("- {min: 40}", ["'min' must be a number in [0, 1]", "0.4 for 40%"]),
-    ("- {min: 0.8, max: 0.2}", ["min 0.8 is above max 0.2"]),
-    ("- {max_drop: 0.02, metric: success_rate}", ["max_drop judges accuracies"]),
-    ("- {no_leak: false}", ["no_leak: true"]),
-    ("- {health: loud}", ["strict or warn"]),
-    ("- {health: warn, eps: 8}", ["unknown key 'eps' for a health rule", "another kind of rule"]),
-    ("- {model: 3, min: 0.4}", ["'model' must be a name or glob"]),
-    ("- {eps: 300, min: 0.4}", ["out of range"]),
-    ("confidence: 2\nrules: [{min: 0.4}]", ["line 1", "'confidence'"]),
-    ("correction: holm\nrules: [{min: 0.4}]", ["bonferroni or none"]),
-    ("rule: [{min: 0.4}]", ["line 1", "unknown key 'rule' at the top level"]),
-    ("rules: []", ["non-empty list"]),
-    ("rules:\n  - {min: 0.4\n", ["line 3", "invalid YAML"]),
-    ("- {min: 0.4, min: 0.5}", ["duplicate key 'min'"]),
-    ("- 7", ["each rule is a mapping"]),
-])
-def test_bad_rules(text: str, needles: list[str]) -> None:
-    with pytest.raises(RobenchError) as e:
-        rules(text)
-    for needle in needles:
-        assert needle in str(e.value), str(e.value)
-
-
-def test_readme_rules_example_parses() -> None:
-    section = (REPO / "README.md").read_text().split("## CI gates", 1)[1]
-    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
-    kinds = [gate.KINDS[type(r)] for r in rules(example).rules]
-    assert kinds == ["floor", "floor", "regression", "no_leak", "health"]
-    assert [type(r) for r in gate.load_rules(CI / "gates.yaml").rules] == [gate.Regression, gate.Floor, gate.Floor,
-                                                                          gate.Health]
-
-
 def test_transfer_rows_match_on_source_and_target() -> None:
     row = {"attack": "fgsm", "eps": 8.0, "target_top1": 0.5, "transfer_rate": 0.2, "n": 200}
     doc = {**make_doc(GRID, with_samples=False), "command": "transfer-matrix",
@@ -279,18 +208,6 @@ def test_transfer_rows_match_on_source_and_target() -> None:
     checks = run(doc, base, "- {source: a, max: 0.25, metric: transfer_rate}\n- {max_drop: 0.02, metric: target_top1}")
     assert checks["row"].tolist() == ["a -> b fgsm eps 8", "a -> b fgsm eps 8", "b -> a fgsm eps 8"]
     assert checks["status"].tolist() == ["pass", "pass", "fail"] and checks["test"][2] == "independent"
-
-
-def test_rules_are_frozen_dataclasses() -> None:
-    parsed = rules("confidence: 0.9\nrules:\n  - {name: floor, model: 'a*', attack: fgsm, eps: [4, 8], min: 0.4}\n"
-                   "  - {max_drop: 0.01, metric: top5}\n  - {no_leak: true}\n  - {health: warn}\n")
-    floor, drop, leak, health = parsed.rules
-    assert floor == gate.Floor("gates.yaml line 3", "floor", gate.Match((("model", "a*"), ("attack", "fgsm")),
-                                                                       (4.0, 8.0)), "top1", 0.4, None)
-    assert (drop.max_drop, drop.metric, leak.allow_inconclusive, health.mode) == (0.01, "top5", True, "warn")
-    assert parsed.confidence == 0.9 and parsed.correction == "bonferroni"
-    with pytest.raises(AttributeError):
-        floor.min = 0.1
 
 
 # --- the CLI: exit codes, reports ----------------------------------------------------------------
@@ -395,26 +312,6 @@ def test_gate_never_writes_its_baseline(files) -> None:
     before = files["base"].read_bytes()
     invoke("gate", files["worse"], "--baseline", files["base"])
     assert files["base"].read_bytes() == before
-
-
-# --- robench baseline update ---------------------------------------------------------------------
-
-def test_baseline_update_copies_a_valid_results_file(files, tmp_path: Path) -> None:
-    target = tmp_path / "ci" / "baseline.json"
-    target.parent.mkdir()
-    r = invoke("baseline", "update", files["worse"], target)
-    assert r.exit_code == 0, r.stderr
-    assert target.read_bytes() == files["worse"].read_bytes()
-    assert "12 rows (effnet-base, effnet-stepll, resnet-base), with per-sample outcomes" in r.stdout
-    assert invoke("gate", files["worse"], "--baseline", target).exit_code == 0  # the new baseline gates clean
-
-
-def test_baseline_update_refuses_bad_results(files, tmp_path: Path) -> None:
-    old = write(tmp_path / "old.json", {**make_doc(GRID), "schema_version": 0})
-    one_error_line(invoke("baseline", "update", old, files["base"]), 2, "schema_version 0")
-    one_error_line(invoke("baseline", "update", files["base"], tmp_path / "b.yaml"), 2, "BASELINE", ".json")
-    assert json.loads(files["base"].read_text())["schema_version"] == SCHEMA_VERSION
-    assert not (tmp_path / "b.yaml").exists()
 
 
 # --- the library entry point ---------------------------------------------------------------------

@@ -1,154 +1,34 @@
-"""Health checks: each probe fires on a broken toy model and leaves the model as it was, each result
-check fires on a hand-built case and stays silent on noise, the zoo is silent, and flags reach the
-CLI, the results file, leak-check and the gate.
-
-Probes use a nearest-mean classifier of the digits (weights are the class means, no randomness)
-on 40 test images; the broken variants differ from it in one step of their forward pass.
+"""Health checks: each result check fires on a hand-built case and stays silent on noise, the zoo is
+silent, every check is documented, and flags reach the CLI, the results file, leak-check and the gate.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
-from torch import Tensor, nn
 
-from robench import evaluate, health, leak
+from robench import evaluate, health, leak, probes
 from robench.cli.main import main
-from robench.data import InputConfig, open_source
 from robench.engine import CLEAN, Outcomes
-from robench.errors import RobenchError
-from robench.models import Normalized
+from robench.errors import FieldError
+from robench.runspec import RunSpec
 from robench.suite import AttackSpec, Suite, build_config, load_suite, override
 from robench.transfer import TransferConfig, run_transfer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO_PAIR = ("zoo:effnet-base", "zoo:resnet-stepll")  # two architectures, plain and adversarially trained
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a loaded 2-core machine two threads waiting on each other run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-# --- toy models ------------------------------------------------------------------------------------
-
-class Centroids(nn.Module):
-    """Nearest class mean of the digits in normalized pixels, with one optional broken step.
-
-    ``kind``: logits (sound), softmax, log_softmax, round (input quantized: no gradient),
-    dropout (left on in eval mode) or reversed (the input gradient points the wrong way).
-    """
-
-    def __init__(self, kind: str = "logits") -> None:
-        super().__init__()
-        src = open_source("digits", "train")
-        z = (src.images.float() / src.scale).flatten(1) * 2 - 1  # what Normalized(mean 0.5, std 0.5) gives
-        means = torch.stack([z[src.labels == c].mean(0) for c in range(10)])
-        self.kind, self.fc = kind, nn.Linear(64, 10)
-        with torch.no_grad():
-            self.fc.weight.copy_(means)
-            self.fc.bias.copy_(-0.5 * (means**2).sum(1))
-
-    def forward(self, z: Tensor) -> Tensor:
-        z = z.flatten(1)
-        if self.kind == "round":
-            z = torch.round(z * 4) / 4
-        if self.kind == "reversed":
-            z = 2 * z.detach() - z  # the same value, the gradient negated
-        logits = self.fc(z)
-        if self.kind == "dropout":
-            logits = F.dropout(logits, 0.5, training=True)
-        if self.kind == "softmax":
-            return logits.softmax(1)
-        return logits.log_softmax(1) if self.kind == "log_softmax" else logits
-
-
-def toy(kind: str = "logits") -> Normalized:
-    """A toy model wrapped as robench wraps every model: [0, 1] pixels in, normalization inside."""
-    return Normalized(Centroids(kind), (0.5,), (0.5,))
-
-
-@pytest.fixture(scope="module")
-def batch() -> tuple[Tensor, Tensor]:
-    """40 digits test images (1 x 8 x 8, [0, 1]) and their labels."""
-    first = next(open_source("digits", limit=40).batches(InputConfig(channels=1, size=(8, 8)), 40))
-    return first.images, first.labels
-
-
-def probed(kind: str, batch: tuple[Tensor, Tensor]) -> dict[str, health.Flag]:
-    torch.manual_seed(0)
-    return {f.check: f for f in health.probe(toy(kind), *batch, kind)}
-
-
-# --- probes ----------------------------------------------------------------------------------------
-
-def test_sound_toy_model_passes_every_probe(batch) -> None:
-    x, y = batch
-    assert (toy()(x).argmax(1) == y).float().mean() >= 0.8  # a real classifier, so the broken ones can fail
-    assert probed("logits", batch) == {}
-
-
-@pytest.mark.parametrize(("kind", "checks", "needle"), [
-    ("softmax", {"probability_outputs"}, "probabilities, not logits"),
-    ("log_softmax", {"probability_outputs"}, "log-probabilities, not logits"),
-    ("round", {"zero_gradients", "unbounded_attack_fails"}, "100% of the input-gradient entries are exactly zero"),
-    ("dropout", {"randomized_outputs"}, "two forward passes in eval mode differ"),
-    ("reversed", {"unbounded_attack_fails"}, "pgd (5 steps) at eps 255/255 leaves"),
-])
-def test_probe_fires_on_its_broken_model(kind: str, checks: set[str], needle: str, batch) -> None:
-    flags = probed(kind, batch)
-    assert set(flags) == checks
-    assert any(needle in f.message for f in flags.values()), [f.message for f in flags.values()]
-    for f in flags.values():
-        assert f.model == kind and f.docs == f"README.md#{f.check}"
-        assert f.line().startswith(f"{f.check} ({kind}") and f.line().endswith(f"(see README.md#{f.check})")
-
-
-def test_unbounded_flag_names_pgd_at_255(batch) -> None:
-    f = probed("reversed", batch)["unbounded_attack_fails"]
-    assert (f.attack, f.eps) == ("pgd", 255.0)
-    assert f.record() == {"check": "unbounded_attack_fails", "model": "reversed", "attack": "pgd", "eps": 255.0,
-                          "message": f.message, "docs": "README.md#unbounded_attack_fails"}
-    assert f.line().startswith("unbounded_attack_fails (reversed, pgd eps 255): ")
-
-
-def test_probe_leaves_mode_flags_weights_and_rng_alone(batch) -> None:
-    model = toy("dropout")  # dropout draws from the global RNG on every forward pass
-    model.train()
-    model.model.fc.bias.requires_grad_(False)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.manual_seed(1)
-    rng = torch.get_rng_state()
-    flags = health.probe(model, *batch, "m")
-    assert [f.check for f in flags] == ["randomized_outputs"]  # the probes ran, and drew random numbers
-    assert torch.equal(torch.get_rng_state(), rng)
-    assert all(m.training for m in model.modules())
-    assert model.model.fc.weight.requires_grad and not model.model.fc.bias.requires_grad
-    assert all(p.grad is None for p in model.parameters())
-    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-
-
-def test_probe_uses_eval_mode(batch) -> None:
-    model = Normalized(nn.Sequential(Centroids(), nn.Dropout(0.5)), (0.5,), (0.5,)).train()
-    assert health.probe(model, *batch, "m") == []  # nn.Dropout is off in eval mode, as the engine runs it
-    assert model.training
 
 
 # --- result checks ---------------------------------------------------------------------------------
@@ -283,34 +163,10 @@ def test_clean_accuracy_mismatch(ref: float, tol: float | None, flagged: bool) -
         assert flags[0].message == f"clean top-1 0.900 (90/100), but the reference {ref:g} is {why}"
 
 
-@pytest.mark.parametrize(("text", "parsed"), [("base=0.97", ("base", 0.97)), ("a=b=1", ("a=b", 1.0)),
-                                              ("zoo:x=0", ("zoo:x", 0.0))])
-def test_parse_clean_ref(text: str, parsed: tuple[str, float]) -> None:
-    assert health.parse_clean_ref(text) == parsed
-
-
-@pytest.mark.parametrize("text", ["base", "=0.9", "base=", "base=x", "base=1.5", "base=-0.1", "base=nan", "base=97%"])
-def test_parse_clean_ref_errors(text: str) -> None:
-    with pytest.raises(RobenchError) as e:
-        health.parse_clean_ref(text)
-    message = str(e.value)
-    assert "\n" not in message and f"--clean-ref {text!r}" in message and "LABEL=SHARE" in message
-
-
 def test_check_refs_names_the_unknown_label() -> None:
     health.check_refs({"a": 0.9}, ["a", "b"])
-    with pytest.raises(RobenchError, match=r"^--clean-ref names 'c', which is not a model; labels: a, b$"):
+    with pytest.raises(FieldError, match=r"^clean_refs names 'c', which is not a model; labels: a, b$"):
         health.check_refs({"a": 0.9, "c": 0.5}, ["a", "b"])
-
-
-def test_cli_clean_ref_mistakes_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evaluate.engine, "evaluate", lambda *a, **k: pytest.fail("evaluated despite a bad reference"))
-    for ref, needle in (("effnet=0.9", "names 'effnet', which is not a model; labels: effnet-base"),
-                        ("effnet-base=95", "LABEL=SHARE")):
-        r = invoke("eval", "zoo:effnet-base", "--limit", "10", "--clean-ref", ref, "--out", tmp_path / "r.json")
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.stderr
-    assert not (tmp_path / "r.json").exists()
 
 
 # --- every check is documented ---------------------------------------------------------------------
@@ -346,7 +202,7 @@ def test_zoo_eval_is_silent_and_writes_an_empty_health_list(tmp_path: Path, monk
 def test_zoo_transfer_matrix_is_silent() -> None:
     # the default suite's white-box checks on these models are the eval test's; this one is about transfer
     suite = override(load_suite(), ("fgsm", "step_ll", "pgd"), (4.0, 16.0))
-    result = run_transfer(TransferConfig(models=ZOO_PAIR, suite=suite, limit=40))
+    result = run_transfer(TransferConfig(ZOO_PAIR, run=RunSpec(suite=suite, limit=40)))
     assert set(result.rows["source"]) == {"effnet-base", "resnet-stepll"} and len(result.rows) == 2 + 4 * 3 * 2
     assert result.health == [] and result.meta["health"] == []
 
@@ -357,7 +213,7 @@ PROBE_FLAG = health.flag("probability_outputs", "effnet-base", "every output lie
 @pytest.fixture
 def flagged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every model probes as if it output probabilities."""
-    monkeypatch.setattr(health, "probe", lambda model, images, labels, label: [PROBE_FLAG])
+    monkeypatch.setattr(probes, "probe", lambda model, images, labels, label: [PROBE_FLAG])
 
 
 def write(path: Path, text: str) -> Path:
@@ -382,8 +238,8 @@ def test_flag_is_warned_written_and_gated(flagged, tmp_path: Path) -> None:
 
 
 def test_leak_check_carries_and_warns_health(flagged, tmp_path: Path) -> None:
-    cfg = leak.LeakConfig(eval=evaluate.EvalConfig(models=("zoo:effnet-base",), suite=leak.leak_suite((8.0,)),
-                                                   limit=20))
+    cfg = leak.LeakConfig(eval=evaluate.EvalConfig(("zoo:effnet-base",), RunSpec(suite=leak.leak_suite((8.0,)),
+                                                                                 limit=20)))
     result = leak.run_leak_check(cfg)
     assert result.health == [PROBE_FLAG] and result.meta["health"] == [PROBE_FLAG.record()]
     out = tmp_path / "r.json"

@@ -1,4 +1,4 @@
-"""What every attack shares: target labels, the model-state guard, gradient sign, projection.
+"""What every attack shares: target labels, the model-state guard, input gradient and its sign, projection.
 
 All attacks work on [0, 1] pixels and take eps in 1/255 units, as in the paper.
 """
@@ -56,17 +56,26 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
-    """sign(d loss / d x) of the summed cross-entropy, without touching ``param.grad``.
+def input_gradient(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
+    """d(summed cross-entropy)/dx, without touching ``param.grad``; zeros where the loss does not depend on x.
 
     The loss is summed, not averaged, so a sample's gradient does not depend on
-    the size of the batch it travels in.
+    the size of the batch it travels in. A model whose output does not depend on
+    its input has a zero gradient, as a model that rounds its input does, rather
+    than an error: the zero_gradients health probe is what reports it.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), labels.clone(), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad.sign()
+        xg = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xg), labels.clone(), reduction="sum")
+        if not loss.requires_grad:
+            return torch.zeros_like(xg)
+        (grad,) = torch.autograd.grad(loss, xg, allow_unused=True)
+    return torch.zeros_like(xg) if grad is None else grad
+
+
+def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
+    """sign(d loss / d x) of the summed cross-entropy: the direction of every sign-gradient step."""
+    return input_gradient(model, x, labels).sign()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""Results documents as robench writes them, built by hand from per-sample outcomes (for gate tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from robench import samples
+from robench.data import ids_sha256
+from robench.provenance import SCHEMA_VERSION
+
+
+def flip(bits: np.ndarray, k: int, to: bool = False) -> np.ndarray:
+    """A copy with the first k samples that are (not to) set to ``to``."""
+    out = bits.copy()
+    out[np.flatnonzero(out != to)[:k]] = to
+    return out
+
+
+def make_doc(outcomes: dict[tuple, np.ndarray], with_samples: bool = True, ids: list[str] | None = None,
+             **extra) -> dict:
+    """A results document as robench eval writes it, from per-sample top-1 correctness per (model, attack, eps)."""
+    n = len(next(iter(outcomes.values())))
+    ids = ids or [f"s{i}" for i in range(n)]
+    rows = [{"model": m, "attack": a, "eps": e, "top1": float(b.mean()), "top5": 1.0,
+             "success_rate": None if a == "clean" else 0.5, "n": n} for (m, a, e), b in outcomes.items()]
+    doc = {"robench": "test", "schema_version": SCHEMA_VERSION, "command": "eval",
+           "dataset": {"name": "t", "n": n, "ids_sha256": ids_sha256(ids), "ids": ids}, "rows": rows}
+    if with_samples:
+        recs = [samples.record({"model": m, "attack": a, "eps": e}, b) for (m, a, e), b in outcomes.items()]
+        doc["samples"] = samples.section(recs)
+    return {**doc, **extra}
+
+
+N = 200
+BASE = np.arange(N) % 4 != 0  # 150 of 200 right: top1 0.75
+GRID = {(m, a, e): BASE for m in ("effnet-base", "effnet-stepll", "resnet-base")
+        for a, e in (("clean", 0.0), ("fgsm", 4.0), ("fgsm", 8.0), ("bim", 8.0))}
+
+
+def write(path: Path, doc: dict | str) -> Path:
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path

@@ -1,0 +1,67 @@
+"""Gate rules (gates.yaml): every mistake names the file, the line and the key; rules are frozen records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from robench.errors import RobenchError
+from robench.rules import KINDS, Floor, Health, Match, Regression, Rules, load_rules, parse_rules
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "examples" / "ci"
+
+
+def rules(text: str) -> Rules:
+    return parse_rules(text, "gates.yaml")
+
+
+# --- rule files: every mistake names the file, the line and the key ------------------------------
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("rules:\n  - {attack: fgsm, min: 0.4}\n  - attack: fgsm\n    mim: 0.4\n",
+     ["gates.yaml line 4", "unknown key 'mim' in a rule; did you mean 'min'?"]),
+    ("rules:\n  - attack: fgsm\n    eps: 8\n", ["line 2", "exactly one of min/max, max_drop"]),
+    ("- {min: 0.4, max_drop: 0.02}", ["line 1", "min and max_drop"]),
+    ("- {min: 40}", ["'min' must be a number in [0, 1]", "0.4 for 40%"]),
+    ("- {min: 0.8, max: 0.2}", ["min 0.8 is above max 0.2"]),
+    ("- {max_drop: 0.02, metric: success_rate}", ["max_drop judges accuracies"]),
+    ("- {no_leak: false}", ["no_leak: true"]),
+    ("- {health: loud}", ["strict or warn"]),
+    ("- {health: warn, eps: 8}", ["unknown key 'eps' for a health rule", "another kind of rule"]),
+    ("- {model: 3, min: 0.4}", ["'model' must be a name or glob"]),
+    ("- {eps: 300, min: 0.4}", ["out of range"]),
+    ("confidence: 2\nrules: [{min: 0.4}]", ["line 1", "'confidence'"]),
+    ("correction: holm\nrules: [{min: 0.4}]", ["bonferroni or none"]),
+    ("rule: [{min: 0.4}]", ["line 1", "unknown key 'rule' at the top level"]),
+    ("rules: []", ["non-empty list"]),
+    ("rules:\n  - {min: 0.4\n", ["line 3", "invalid YAML"]),
+    ("- {min: 0.4, min: 0.5}", ["duplicate key 'min'"]),
+    ("- 7", ["each rule is a mapping"]),
+])
+def test_bad_rules(text: str, needles: list[str]) -> None:
+    with pytest.raises(RobenchError) as e:
+        rules(text)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+def test_readme_rules_example_parses() -> None:
+    section = (REPO / "README.md").read_text().split("## CI gates", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    kinds = [KINDS[type(r)] for r in rules(example).rules]
+    assert kinds == ["floor", "floor", "regression", "no_leak", "health"]
+    assert [type(r) for r in load_rules(CI / "gates.yaml").rules] == [Regression, Floor, Floor, Health]
+
+
+def test_rules_are_frozen_dataclasses() -> None:
+    parsed = rules("confidence: 0.9\nrules:\n  - {name: floor, model: 'a*', attack: fgsm, eps: [4, 8], min: 0.4}\n"
+                   "  - {max_drop: 0.01, metric: top5}\n  - {no_leak: true}\n  - {health: warn}\n")
+    floor, drop, leak, health = parsed.rules
+    assert floor == Floor("gates.yaml line 3", "floor", Match((("model", "a*"), ("attack", "fgsm")), (4.0, 8.0)),
+                          "top1", 0.4, None)
+    assert (drop.max_drop, drop.metric, leak.allow_inconclusive, health.mode) == (0.01, "top5", True, "warn")
+    assert parsed.confidence == 0.9 and parsed.correction == "bonferroni"
+    with pytest.raises(AttributeError):
+        floor.min = 0.1
