@@ -93,8 +93,10 @@ def test_limit_is_a_seeded_sorted_subset() -> None:
 def test_limit_errors(limit: int, message: str) -> None:
     with pytest.raises(RobenchError, match=message) as err:
         load_digits_source("test", limit)
+    assert err.value.field == "limit"  # the library names the field; the CLI says --limit (test_cli)
     if limit > 0:
-        assert "use --limit 360 or less" in str(err.value)
+        assert "use limit 360 or less" in str(err.value)
+        assert err.value.named("--limit").endswith("use --limit 360 or less")
 
 
 def test_limit_is_per_split() -> None:
