@@ -188,18 +188,24 @@ def test_plain_state_dicts_load_as_name_at_file(tmp_path: Path, resnet: nn.Modul
 
 
 def test_plain_state_dict_num_classes_come_from_its_head(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
     seven = timm.create_model("test_resnet", num_classes=7)
     torch.save(seven.state_dict(), tmp_path / "seven.pth")
-    loaded = load_model(parse_spec(f"test_resnet@{tmp_path / 'seven.pth'}"), num_classes=10)
-    assert loaded.num_classes == 7 and loaded.weights_sha256 == weights_sha256(seven)
+    save_file(seven.state_dict(), str(tmp_path / "seven.safetensors"))
+    for name in ("seven.pth", "seven.safetensors"):
+        loaded = load_model(parse_spec(f"test_resnet@{tmp_path / name}"), num_classes=10)
+        assert loaded.num_classes == 7 and loaded.weights_sha256 == weights_sha256(seven), name
 
 
-def test_plain_safetensors_alone_needs_a_name(tmp_path: Path, resnet: nn.Module) -> None:
+def test_plain_checkpoint_alone_needs_a_name(tmp_path: Path, resnet: nn.Module) -> None:
     from safetensors.torch import save_file
 
     save_file(resnet.state_dict(), str(tmp_path / "w.safetensors"))
-    with pytest.raises(RobenchError, match=r"carries no robench metadata .*give it as NAME@"):
-        load_model(parse_spec(str(tmp_path / "w.safetensors")), num_classes=10)
+    torch.save(resnet.state_dict(), tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        with pytest.raises(RobenchError, match=r"carries no robench metadata .*give it as NAME@"):
+            load_model(parse_spec(str(tmp_path / name)), num_classes=10)
 
 
 def test_other_architecture_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
