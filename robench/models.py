@@ -40,16 +40,25 @@ class ModelSpec:
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
-def _is_checkpoint_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
+    """A checkpoint suffix or a slash (``./NAME`` included) makes a text a path; anything else is a name.
+
+    The rule is written, not guessed from the filesystem: ``resnet18`` stays a timm name even
+    when a file of that name lies in the working folder (``./resnet18`` names the file).
+    """
     if text.startswith(HUB_PREFIXES):
         return False
-    return text.endswith(CHECKPOINT_SUFFIXES) or "/" in text or Path(text).is_file()
+    return text.endswith(CHECKPOINT_SUFFIXES) or "/" in text
 
 
 def parse_spec(text: str) -> ModelSpec:
-    """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem."""
+    """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem.
+
+    A ``=`` or ``@`` belongs to a path when what comes before it looks like one
+    (``runs/lr=0.1/m.safetensors``, ``./v1@2.safetensors``).
+    """
     label, eq, rest = text.partition("=")
-    if not eq or "/" in label or "@" in label or Path(text).is_file():  # '=' inside a path, e.g. runs/lr=0.1/
+    if not eq or "@" in label or looks_like_path(label):
         label, rest = "", text
     if rest.startswith("zoo:"):
         from robench.zoo import get  # the zoo's recipes import the trainer, which imports this module
@@ -57,11 +66,11 @@ def parse_spec(text: str) -> ModelSpec:
         entry = get(rest[4:])
         return ModelSpec(text, label or entry.name, None, entry.path)
     name, at, ckpt = rest.partition("@")
-    if at and Path(rest).is_file():  # an existing file whose path holds '@'
+    if at and looks_like_path(name):
         name, at, ckpt = rest, "", ""
     if not rest or (at and not (name and ckpt)):
         raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth")
-    if not at and _is_checkpoint_path(name):
+    if not at and looks_like_path(name):
         path = Path(name)
         return ModelSpec(text, label or path.name.split(".")[0], None, path)
     checkpoint = Path(ckpt) if at else None

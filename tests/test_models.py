@@ -25,6 +25,8 @@ from robench.models import Normalized, load_model, parse_spec, weights_sha256
         ("resnet18@dir/w.pth", "resnet18", "resnet18", Path("dir/w.pth")),
         ("path/x.safetensors", "x", None, Path("path/x.safetensors")),
         ("x.pth", "x", None, Path("x.pth")),
+        ("./x", "x", None, Path("x")),
+        ("mine=./x", "mine", None, Path("x")),
         ("mine=path/x.safetensors", "mine", None, Path("path/x.safetensors")),
         ("inception_v3.tf_adv_in1k", "inception_v3.tf_adv_in1k", "inception_v3.tf_adv_in1k", None),
         ("adv=inception_v3.tf_adv_in1k", "adv", "inception_v3.tf_adv_in1k", None),
@@ -45,14 +47,29 @@ def test_parse_spec_rejects(text: str) -> None:
         parse_spec(text)
 
 
-def test_existing_files_with_odd_names_are_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_odd_paths_are_paths_when_they_look_like_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("lr=0.1").mkdir()
     Path("lr=0.1/m.safetensors").write_bytes(b"")
     Path("v1@2.safetensors").write_bytes(b"")
-    assert parse_spec("lr=0.1/m.safetensors").checkpoint == Path("lr=0.1/m.safetensors")
-    spec = parse_spec("v1@2.safetensors")
+    assert parse_spec("./lr=0.1/m.safetensors").checkpoint == Path("lr=0.1/m.safetensors")
+    spec = parse_spec("./v1@2.safetensors")
     assert (spec.label, spec.name, spec.checkpoint) == ("v1@2", None, Path("v1@2.safetensors"))
+    # without ./ the same texts read as LABEL=PATH and NAME@PATH, whatever files exist
+    spec = parse_spec("lr=0.1/m.safetensors")
+    assert (spec.label, spec.name, spec.checkpoint) == ("lr", None, Path("0.1/m.safetensors"))
+    spec = parse_spec("v1@2.safetensors")
+    assert (spec.label, spec.name, spec.checkpoint) == ("v1", "v1", Path("2.safetensors"))
+
+
+def test_a_timm_name_wins_over_a_file_of_that_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("resnet18").write_bytes(b"")
+    spec = parse_spec("resnet18")
+    assert (spec.label, spec.name, spec.checkpoint) == ("resnet18", "resnet18", None)
+    spec = parse_spec("./resnet18")
+    assert (spec.label, spec.name, spec.checkpoint) == ("resnet18", None, Path("resnet18"))
+    assert parse_spec("mine=resnet18").checkpoint is None and parse_spec("mine=./resnet18").label == "mine"
 
 
 def test_zoo_spec(default_checkpoint: Path) -> None:
