@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from robench import zoo
 from robench.checkpoint import read_metadata
 from robench.data import InputConfig
 from robench.errors import RobenchError
@@ -61,9 +62,7 @@ def parse_spec(text: str) -> ModelSpec:
     if not eq or "@" in label or looks_like_path(label):
         label, rest = "", text
     if rest.startswith("zoo:"):
-        from robench.zoo import get  # the zoo's recipes import the trainer, which imports this module
-
-        entry = get(rest[4:])
+        entry = zoo.get(rest[4:])
         return ModelSpec(text, label or entry.name, None, entry.path)
     name, at, ckpt = rest.partition("@")
     if at and looks_like_path(name):

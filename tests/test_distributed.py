@@ -35,7 +35,8 @@ from robench.distributed import (
 )
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec
-from robench.train import TrainConfig, accuracy, check_split, local_rows, train, train_step
+from robench.recipe import TrainConfig
+from robench.train import accuracy, check_split, local_rows, train, train_step
 
 # A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
 # ranks must give one process's weights (BatchNorm would need SyncBatchNorm, GPU-only in torch).

@@ -14,7 +14,8 @@ from robench.checkpoint import read_metadata
 from robench.cli.main import main
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec, weights_sha256
-from robench.train import TrainConfig, craft, mixed_loss, sample_eps, train
+from robench.recipe import TrainConfig
+from robench.train import craft, mixed_loss, sample_eps, train
 
 FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "input_size": 16}
 

@@ -11,7 +11,8 @@ from robench.checkpoint import read_metadata
 from robench.cli.main import main
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec
-from robench.zoo import DEFAULT, ZOO, ZOO_DIR, build, get
+from robench.zoo import DEFAULT, ZOO, ZOO_DIR, get
+from robench.zoo_build import build
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -49,6 +50,6 @@ def test_zoo_list_cli() -> None:
 
 
 def test_rebuild_is_bit_identical(tmp_path: Path) -> None:
-    """`python -m robench.zoo build` reproduces the shipped file byte for byte (same kind of CPU)."""
+    """`python -m robench.zoo_build` reproduces the shipped file byte for byte (same kind of CPU)."""
     (path,) = build(["effnet-base"], tmp_path)
     assert path.read_bytes() == get("effnet-base").path.read_bytes()

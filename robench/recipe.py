@@ -1,0 +1,57 @@
+"""The adversarial-training recipe as plain data: TrainConfig.
+
+Apart from ``robench.train`` so that the zoo's list of recipes (which every ``zoo:NAME``
+spec reads) needs no trainer, and the trainer, the zoo and the CLI share one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robench.errors import RobenchError
+
+TRAIN_ATTACKS = ("none", "step_ll", "fgsm", "bim", "pgd")
+LABELS = ("true", "predicted")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights (recorded in the checkpoint)."""
+
+    arch: str = "test_resnet"
+    data: str = "digits"
+    input_size: int = 32
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    attack: str = "step_ll"
+    label: str = "true"  # fgsm / bim / pgd: craft with true or predicted labels
+    adv_fraction: float = 0.5
+    lam: float = 0.3
+    eps_max: float = 16.0  # 1/255 units
+    eps_sigma: float = 8.0  # 1/255 units
+    steps: int = 5  # bim / pgd
+    limit: int | None = None
+    seed: int = 0
+
+    def validate(self) -> TrainConfig:
+        """Raise a RobenchError naming the option for any value outside its range."""
+        checks = [
+            (self.attack in TRAIN_ATTACKS, "--attack", f"must be one of {', '.join(TRAIN_ATTACKS)}"),
+            (self.label in LABELS, "--label", "must be true or predicted"),
+            (0 <= self.adv_fraction <= 1, "--adv-fraction", "must lie in [0, 1]"),
+            (self.lam >= 0, "--lam", "must be >= 0"),
+            (0 <= self.eps_max <= 255, "--eps-max", "must lie in [0, 255] (1/255 units)"),
+            (self.eps_sigma > 0, "--eps-sigma", "must be > 0"),
+            (self.epochs >= 1, "--epochs", "must be >= 1"),
+            (self.batch_size >= 2, "--batch-size", "must be >= 2"),
+            (self.lr > 0, "--lr", "must be > 0"),
+            (self.steps >= 1, "--steps", "must be >= 1"),
+            (self.input_size >= 8, "--input-size", "must be >= 8"),
+        ]
+        for ok, option, rule in checks:
+            if not ok:
+                value = getattr(self, option[2:].replace("-", "_"))
+                raise RobenchError(f"{option} {value!r} {rule}")
+        return self
