@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from robench import zoo
-from robench.checkpoint import read_metadata
+from robench.checkpoint import data_config, input_metadata, read_metadata
 from robench.data import InputConfig
 from robench.errors import RobenchError
 
@@ -92,6 +92,18 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+def wrap(model: nn.Module, cfg: dict[str, Any]) -> tuple[Normalized, InputConfig]:
+    """``model`` taking [0, 1] pixels, with the mean/std of its timm data config inside, and the pixels it wants.
+
+    Training and loading both wrap here, so a model is attacked through the normalization it trained with.
+    """
+    return Normalized(model, _floats(cfg["mean"]), _floats(cfg["std"])), InputConfig.from_timm(cfg)
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
 @dataclass
 class LoadedModel:
     """A ready model and what results need to record about it."""
@@ -113,8 +125,7 @@ class LoadedModel:
             "label": self.spec.label, "spec": self.spec.text, "arch": self.arch,
             "checkpoint": str(self.spec.checkpoint) if self.spec.checkpoint else None,
             "weights": self.weights, "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
-            "input_size": [self.input.channels, *self.input.size], "interpolation": self.input.interpolation,
-            "crop_pct": self.input.crop_pct, "mean": list(self.mean), "std": list(self.std),
+            **input_metadata(self.input, self.mean, self.std),
         }
 
 
@@ -302,7 +313,7 @@ def load_model(
         if "num_classes" not in meta and rows is not None and rows != kwargs["num_classes"]:
             model = _create(arch, False, {**kwargs, "num_classes": rows})
         _fit(model, state, spec, arch)
-    loaded = _wrap(spec, arch, model, meta, resolve_model_data_config(model), device)
+    loaded = _loaded(spec, arch, model, meta, resolve_model_data_config(model), device)
     loaded.weights = "hub" if hub else "checkpoint" if spec.checkpoint else "random"
     return loaded
 
@@ -322,15 +333,15 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
     return meta or {}
 
 
-def _wrap(
+def _loaded(
     spec: ModelSpec, arch: str, model: nn.Module, meta: dict[str, Any], cfg: dict[str, Any], device: Any
 ) -> LoadedModel:
-    cfg = {**cfg, **{k: meta[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in meta}}
-    mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    cfg = data_config(meta, cfg)
     model.eval()
-    wrapped = Normalized(model, mean, std).to(device).eval()
+    wrapped, input_cfg = wrap(model, cfg)
     return LoadedModel(
-        spec=spec, arch=arch, module=wrapped, input=InputConfig.from_timm(cfg), mean=mean, std=std,
+        spec=spec, arch=arch, module=wrapped.to(device).eval(), input=input_cfg, mean=_floats(cfg["mean"]),
+        std=_floats(cfg["std"]),
         num_classes=int(model.num_classes) if hasattr(model, "num_classes") else int(meta.get("num_classes", 0)),
         weights_sha256=weights_sha256(model), meta=meta,
     )

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from robench import __version__
 from robench.attacks.base import attack_mode, gradient_sign, project, to_unit
 from robench.attacks.iterative import descend
-from robench.checkpoint import save_checkpoint
+from robench.checkpoint import input_metadata, save_checkpoint
 from robench.data import InputConfig, Source, open_source
 from robench.distributed import (
     LOCAL,
@@ -61,7 +61,7 @@ from robench.distributed import (
     unwrap,
 )
 from robench.errors import RobenchError
-from robench.models import Normalized, check_arch
+from robench.models import Normalized, check_arch, wrap
 from robench.recipe import TrainConfig
 from robench.report import check_output
 
@@ -200,15 +200,13 @@ class TrainResult:
 
 
 def _build(cfg: TrainConfig, num_classes: int) -> tuple[Normalized, InputConfig]:
-    """The timm model wrapped to take [0, 1] pixels, with its own mean/std."""
+    """The timm model wrapped to take [0, 1] pixels, with its own mean/std, and the pixels it trains on."""
     import timm
     from timm.data import resolve_model_data_config
 
     model = timm.create_model(cfg.arch, num_classes=num_classes)
-    data_cfg = resolve_model_data_config(model)
-    wrapped = Normalized(model, tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
-    size = (cfg.input_size, cfg.input_size)
-    return wrapped, InputConfig(channels=3, size=size, interpolation=str(data_cfg["interpolation"]))
+    size = (3, cfg.input_size, cfg.input_size)  # the whole image, resized: no crop
+    return wrap(model, {**resolve_model_data_config(model), "input_size": size, "crop_pct": 1.0, "crop_mode": "center"})
 
 
 def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_size: int = 256,
@@ -230,11 +228,12 @@ def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_siz
 
 
 def _meta(cfg: TrainConfig, model: Normalized, input_cfg: InputConfig, source: Source, extra: dict) -> dict:
+    """The checkpoint's metadata; mean/std as the wrapper applies them (float32)."""
+    mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
     return {
-        "arch": cfg.arch, "num_classes": source.num_classes, "input_size": [3, *input_cfg.size],
-        "mean": list(model.mean.flatten().tolist()), "std": list(model.std.flatten().tolist()),
-        "interpolation": input_cfg.interpolation, "crop_pct": 1.0, "dataset": f"{cfg.data}:train",
-        "recipe": dataclasses.asdict(cfg), "seed": cfg.seed, "robench_version": __version__, **extra,
+        "arch": cfg.arch, "num_classes": source.num_classes, **input_metadata(input_cfg, mean, std),
+        "dataset": f"{cfg.data}:train", "recipe": dataclasses.asdict(cfg), "seed": cfg.seed,
+        "robench_version": __version__, **extra,
     }
 
 

@@ -10,7 +10,8 @@ import timm
 import torch
 from torch import nn
 
-from robench.checkpoint import save_checkpoint
+from robench.checkpoint import data_config, input_metadata, save_checkpoint
+from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.models import Normalized, load_model, parse_spec, weights_sha256
 
@@ -136,6 +137,13 @@ def test_default_checkpoint_alone(default_checkpoint: Path) -> None:
     assert described["weights_sha256"] == model.weights_sha256
 
 
+def test_zoo_checkpoints_without_crop_mode_load_with_center_crop(default_checkpoint: Path) -> None:
+    from robench.checkpoint import read_metadata
+
+    assert "crop_mode" not in read_metadata(default_checkpoint)
+    assert load_model(parse_spec(str(default_checkpoint)), num_classes=10).input.crop_mode == "center"
+
+
 def test_default_checkpoint_with_a_name(default_checkpoint: Path) -> None:
     by_name = load_model(parse_spec(f"test_resnet@{default_checkpoint}"), num_classes=10)
     alone = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
@@ -152,6 +160,28 @@ def test_robench_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert (loaded.arch, loaded.num_classes, loaded.input.size) == ("test_efficientnet", 4, (24, 24))
     assert loaded.mean == (0.1,) * 3 and loaded.std == (0.2,) * 3
     assert loaded.weights_sha256 == weights_sha256(net)
+    assert loaded.input.crop_mode == "center" and "crop_mode" not in loaded.describe()  # not recorded: center
+    save_checkpoint(tmp_path / "squash.safetensors", net, {**meta, "crop_mode": "squash", "crop_pct": 0.9})
+    squash = load_model(parse_spec(str(tmp_path / "squash.safetensors")), num_classes=10)
+    assert (squash.input.crop_mode, squash.input.crop_pct) == ("squash", 0.9)
+    assert squash.describe()["crop_mode"] == "squash" and squash.describe()["crop_pct"] == 0.9
+
+
+def test_input_metadata_round_trips_through_the_data_config() -> None:
+    """One mapping writes a model's input as metadata and reads it back over the architecture's defaults."""
+    defaults = {"input_size": (3, 160, 160), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                "crop_pct": 0.95, "crop_mode": "border"}
+    squash = InputConfig(channels=3, size=(24, 20), interpolation="bicubic", crop_pct=0.875, crop_mode="squash")
+    meta = input_metadata(squash, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert meta == {"input_size": [3, 24, 20], "interpolation": "bicubic", "crop_pct": 0.875, "mean": [0.1, 0.2, 0.3],
+                    "std": [0.4, 0.5, 0.6], "crop_mode": "squash"}
+    cfg = data_config(meta, defaults)
+    assert InputConfig.from_timm(cfg) == squash and (cfg["mean"], cfg["std"]) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    center = InputConfig(size=(32, 32))
+    meta = input_metadata(center, (0.5,) * 3, (0.5,) * 3)
+    assert "crop_mode" not in meta  # the default is left out: older checkpoints keep their bytes
+    assert InputConfig.from_timm(data_config({"arch": "x", **meta}, defaults)) == center  # not the arch's "border"
+    assert data_config({}, defaults) == defaults  # plain weights: the architecture's own config
 
 
 # ---------------------------------------------------------------- names

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from robench.checkpoint import read_metadata
+from robench.checkpoint import input_metadata, read_metadata
 from robench.cli.main import main
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec, weights_sha256
@@ -71,6 +71,8 @@ def test_checkpoint_metadata_round_trip(trained_once) -> None:
     assert list(result.history.columns) == ["epoch", "loss", "train_accuracy"]
     model = load_model(parse_spec(str(out)), num_classes=10)
     assert model.input.size == (16, 16) and model.mean == (0.5, 0.5, 0.5)
+    assert (model.input.crop_pct, model.input.crop_mode) == (1.0, "center")  # the whole image, as trained
+    assert input_metadata(model.input, model.mean, model.std).items() <= meta.items()  # read back as written
 
 
 def test_same_seed_same_weights(trained_once, tmp_path: Path) -> None:
