@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench import __version__
-from robench.attacks.base import attack_mode, gradient_sign, project, to_unit
+from robench.attacks.base import Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
 from robench.checkpoint import input_metadata, save_checkpoint
 from robench.data import InputConfig, Source, open_source
@@ -62,7 +62,7 @@ from robench.distributed import (
 )
 from robench.errors import RobenchError
 from robench.models import Normalized, check_arch, wrap
-from robench.recipe import TrainConfig
+from robench.recipe import CRAFTING, Crafting, TrainConfig
 from robench.report import check_output
 
 
@@ -86,37 +86,18 @@ def mixed_loss(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, adv_y:
     return mixed_loss_sum(clean_logits, clean_y, adv_logits, adv_y, lam) / (len(clean_y) + lam * len(adv_y))
 
 
-def _target(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> Tensor:
-    """The class each example is pushed away from (or toward, for step_ll)."""
-    if cfg.attack != "step_ll" and cfg.label == "true":
+def _target(model: nn.Module, x: Tensor, y: Tensor, how: Crafting, label: str) -> Tensor:
+    """The class each example is pushed away from (toward, for step l.l.); a forward only when needed."""
+    if not how.least_likely and label == "true":
         return y
     with torch.no_grad():
-        logits = model(x)
-    return logits.argmin(1) if cfg.attack == "step_ll" else logits.argmax(1)
+        labels = Labels.from_logits(model(x), y)
+    return labels.least_likely if how.least_likely else labels.pick(label)
 
 
 def start_noise(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     """PGD's random start in [-1, 1) (times eps), drawn on the CPU so any device gets the same numbers."""
     return torch.rand(shape, generator=gen) * 2 - 1
-
-
-def craft(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
-    """Adversarial versions of x with per-example eps (1/255 units), using the current weights.
-
-    bim and pgd take ``cfg.steps`` steps of 2.5 eps / steps each (pgd from a random start).
-    """
-    return _craft(model, x, y, eps, start_noise(tuple(x.shape), gen) if cfg.attack == "pgd" else None, cfg)
-
-
-def _craft(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, noise: Tensor | None, cfg: TrainConfig) -> Tensor:
-    unit = to_unit(eps).view(-1, 1, 1, 1).to(x.device)
-    with attack_mode(model):
-        target = _target(model, x, y, cfg)
-        if cfg.attack in ("step_ll", "fgsm"):
-            sign = -1.0 if cfg.attack == "step_ll" else 1.0
-            return (x + sign * unit * gradient_sign(model, x, target)).clamp(0, 1)
-        start = x if noise is None else project(x + unit * noise.to(x.device), x, unit)
-        return descend(model, x, start, target, unit, 2.5 * unit / cfg.steps, cfg.steps)
 
 
 @dataclass(frozen=True)
@@ -139,7 +120,22 @@ def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Gene
     number of processes (the cost: each rank draws k images of noise for pgd).
     """
     eps = sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
-    return Draws(eps, start_noise((k, *image_shape), gen) if cfg.attack == "pgd" else None)
+    return Draws(eps, start_noise((k, *image_shape), gen) if CRAFTING[cfg.attack].random_start else None)
+
+
+def craft_batch(model: nn.Module, x: Tensor, y: Tensor, draws: Draws, cfg: TrainConfig) -> Tensor:
+    """Adversarial versions of x with each example's own eps and start (``draws``), using the current weights.
+
+    One lookup in ``CRAFTING``; the steps are the attacks' own (``descend``: sign gradient,
+    projection into the eps-ball and [0, 1]), with a per-example eps tensor.
+    """
+    how = CRAFTING[cfg.attack]
+    unit = to_unit(draws.eps).view(-1, 1, 1, 1).to(x.device)
+    steps, size = (cfg.steps, 2.5 * unit / cfg.steps) if how.iterative else (1, unit)
+    with attack_mode(model):
+        target = _target(model, x, y, how, cfg.label)
+        start = x if draws.noise is None else project(x + unit * draws.noise.to(x.device), x, unit)
+        return descend(model, x, start, target, unit, -size if how.least_likely else size, steps)
 
 
 @dataclass
@@ -188,7 +184,7 @@ def _adversarial(module: nn.Module, x: Tensor, y: Tensor, k: int, cfg: TrainConf
     mine = shard(k, dist, allow_empty=True)
     draws = draw(k, tuple(x.shape[1:]), cfg, gen).take(mine)
     n = len(mine)
-    return _craft(module, x[:n], y[:n], draws.eps, draws.noise, cfg) if n else x[:0]
+    return craft_batch(module, x[:n], y[:n], draws, cfg) if n else x[:0]
 
 
 @dataclass
