@@ -81,11 +81,6 @@ def mixed_loss_sum(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, ad
     return total + lam * F.cross_entropy(adv_logits, adv_y, reduction="sum")
 
 
-def mixed_loss(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, adv_y: Tensor, lam: float) -> Tensor:
-    """(sum clean CE + lam * sum adversarial CE) / (n_clean + lam * n_adv), the paper's weighting."""
-    return mixed_loss_sum(clean_logits, clean_y, adv_logits, adv_y, lam) / (len(clean_y) + lam * len(adv_y))
-
-
 def _target(model: nn.Module, x: Tensor, y: Tensor, how: Crafting, label: str) -> Tensor:
     """The class each example is pushed away from (toward, for step l.l.); a forward only when needed."""
     if not how.least_likely and label == "true":
