@@ -35,9 +35,8 @@ from robench.recipe import TrainConfig
 from robench.train import accuracy, check_split, local_rows, train, train_step
 
 # A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
-# ranks must give one process's weights (BatchNorm would need SyncBatchNorm, GPU-only in torch).
-# AdamW turns float noise in near-zero gradients into updates of up to ~lr / 100: lr 3e-4 keeps
-# them below atol 1e-5, while a wrong gradient flips signs and moves weights by ~2 lr.
+# ranks must give one process's weights up to float noise (BatchNorm would need SyncBatchNorm,
+# GPU-only in torch). See test_ddp_train_equals_one_process for how much noise.
 EQUAL_CFG = TrainConfig(arch="test_efficientnet_gn", attack="pgd", steps=2, adv_fraction=0.3, epochs=1, lr=3e-4,
                         limit=100, batch_size=23, input_size=16)  # minibatches 23, 23, 23, 23, 8: uneven splits
 STEP_CFG = TrainConfig(attack="pgd", steps=2, adv_fraction=0.3, lam=0.3)
@@ -257,7 +256,11 @@ def test_collectives_on_two_ranks(two_ranks) -> None:
 
 
 def test_ddp_steps_equal_one_process(two_ranks) -> None:
-    """Uneven shards, per-rank pgd crafting with shared draws, loss scaled for DDP's average: same SGD steps."""
+    """Uneven shards, per-rank pgd crafting with shared draws, loss scaled for DDP's average: same SGD steps.
+
+    With plain SGD a gradient of the wrong scale shows in full: measured, the weights end 1e-7 from one
+    process's (of steps moving them 0.77 in norm); gradients summed instead of averaged end 0.2 away.
+    """
     tmp, reports = two_ranks
     net, opt = step_model()
     losses = run_steps(net, opt, LOCAL)
@@ -270,22 +273,49 @@ def test_ddp_steps_equal_one_process(two_ranks) -> None:
             assert torch.allclose(ddp[name], value, atol=1e-5, rtol=0), (rank, name)
 
 
+def off_by(weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+           start: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """How far ``weights`` are from ``reference``, in units of how far training moved ``reference`` from ``start``.
+
+    Overall (norms over every entry) and in the worst tensor.
+    """
+    gap = {k: (weights[k] - reference[k]).double().flatten() for k in reference}
+    moved = {k: (reference[k] - start[k]).double().flatten() for k in reference}
+    overall = torch.cat(list(gap.values())).norm() / torch.cat(list(moved.values())).norm()
+    worst = max(float(gap[k].norm() / moved[k].norm()) if gap[k].any() else 0.0 for k in reference)
+    return float(overall), worst
+
+
 def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
-    """train() on two ranks: rank 0's checkpoint holds one process's weights; ranks agree on every figure."""
+    """train() on two ranks: rank 0's checkpoint holds one process's weights up to float noise; ranks agree.
+
+    Splitting a minibatch sums its gradient in another order, and AdamW's normalized steps grow that
+    float noise to a fair share of lr wherever a gradient is near zero, so the weights are compared
+    against how far training moved them, never bit for bit. Measured on a 2-core Xeon (lr 3e-4): DDP
+    ends 9e-5 from one process at most, 4e-4 of the update overall and 2e-3 in the worst tensor
+    (one process at 1 or 2 threads: 1e-6). A wrong DDP ends far off: ranks crafting with each other's
+    draws 0.47 (0.77 worst tensor), both ranks on the same rows 0.86, each rank normalizing the loss
+    by its own counts 0.06 (0.12). Gradients summed instead of averaged leave AdamW's steps as they
+    were; test_ddp_steps_equal_one_process catches those with SGD.
+    """
+    import timm
+
     tmp, reports = two_ranks
     single = train(EQUAL_CFG, tmp_path / "one.safetensors")
     assert reports[0]["meta"] == reports[1]["meta"] == read_metadata(tmp / "ddp.safetensors")
     meta = reports[0]["meta"]
     assert (meta["world_size"], meta["backend"], meta["sync_batchnorm"]) == (2, "gloo", False)
     assert meta["recipe"] == single.meta["recipe"] and "world_size" not in single.meta
-    assert meta["val_accuracy"] == single.meta["val_accuracy"]
-    assert meta["train_accuracy"] == single.meta["train_accuracy"]
-    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-5)
-    ddp = load_model(parse_spec(str(tmp / "ddp.safetensors")), 10).module.state_dict()
-    one = load_model(parse_spec(str(tmp_path / "one.safetensors")), 10).module.state_dict()
-    assert ddp.keys() == one.keys()
-    for name in one:
-        assert torch.allclose(ddp[name], one[name], atol=1e-5, rtol=0), name
+    assert meta["val_accuracy"] == pytest.approx(single.meta["val_accuracy"], abs=1.01 / 360)  # one test image
+    assert meta["train_accuracy"] == pytest.approx(single.meta["train_accuracy"], abs=1.01 / 70)  # one clean example
+    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-4)  # measured 4e-6; other draws: 5e-4
+    ddp = load_model(parse_spec(str(tmp / "ddp.safetensors")), 10).module.model.state_dict()
+    one = load_model(parse_spec(str(tmp_path / "one.safetensors")), 10).module.model.state_dict()
+    torch.manual_seed(EQUAL_CFG.seed)  # as train() does before creating the model
+    start = timm.create_model(EQUAL_CFG.arch, num_classes=10).state_dict()
+    assert ddp.keys() == one.keys() == start.keys()
+    overall, worst = off_by(ddp, one, start)
+    assert overall < 1e-2 and worst < 3e-2, (overall, worst)
 
 
 # --- torchrun end to end -------------------------------------------------------------------------
