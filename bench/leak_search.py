@@ -7,7 +7,7 @@ fgsm_true and fgsm_predicted coincide on every sample the model gets right when 
 leak can only show on the clean-misclassified ones; the script therefore also reports, among
 those, how many each attack turns right, and checks that the two attacks agree elsewhere.
 
-Each recipe is a ``robench.train.TrainConfig`` trained with ``robench.train.train`` on one
+Each recipe is a ``robench.recipe.TrainConfig`` trained with ``robench.train.train`` on one
 CPU thread into ``/tmp/leak_search/NAME.safetensors`` (a ``NAME.json`` beside it keeps the
 recipe and the training time; an existing checkpoint of the same recipe is reused unless
 ``--retrain``), then evaluated with ``robench.evaluate.run_eval`` on the test split under
@@ -35,9 +35,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from robench.evaluate import EvalConfig, run_eval  # noqa: E402
+from robench.recipe import TrainConfig  # noqa: E402
 from robench.runspec import RunSpec  # noqa: E402
 from robench.suite import parse_suite  # noqa: E402
-from robench.train import TrainConfig, train  # noqa: E402
+from robench.train import train  # noqa: E402
 
 OUT_DIR = Path("/tmp/leak_search")
 EPS = (2, 4, 8, 16, 32)  # 2-16 as in the paper's tables; 32 for recipes trained with larger eps

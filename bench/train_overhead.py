@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.data import InputConfig, TensorSource, open_source
-from robench.train import TrainConfig, _build, _epoch, train
+from robench.recipe import TrainConfig
+from robench.train import _build, _epoch, train
 
 TARGET = 1.15  # acceptable robench / bare ratio
 CFG = TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1)

@@ -49,7 +49,8 @@ def train_command(out: Path, quiet: bool, device: str, **options: object) -> Non
       torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
     from robench.distributed import session
-    from robench.train import TrainConfig, train
+    from robench.recipe import TrainConfig
+    from robench.train import train
 
     cfg = TrainConfig(**options).validate()  # type: ignore[arg-type]
     with session(device) as dist:

@@ -12,7 +12,7 @@ def zoo_command() -> None:
     """The built-in zoo of tiny timm models trained by robench on digits.
 
     Use them anywhere a model spec goes, as zoo:NAME. Rebuild them with
-    `python -m robench.zoo build` (bit-identical on the same kind of CPU).
+    `python -m robench.zoo_build` (bit-identical on the same machine).
     """
 
 

@@ -1,21 +1,26 @@
 """Self-describing checkpoints: safetensors weights plus robench metadata.
 
 The metadata (arch, num_classes, input size, mean/std, ...) lets
-``robench eval path.safetensors`` rebuild the model with nothing else.
+``robench eval path.safetensors`` rebuild the model with nothing else. How a model wants
+its pixels is recorded under timm's data-config keys, written and read here only.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.files import atomic_write
 
 META_KEY = "robench"
+INPUT_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std", "crop_mode")  # timm data-config keys
+DEFAULT_CROP_MODE = "center"  # what checkpoints that do not record crop_mode were made with
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -41,3 +46,28 @@ def read_metadata(path: Path) -> dict[str, Any] | None:
         return json.loads(meta[META_KEY])
     except json.JSONDecodeError:
         raise RobenchError(f"checkpoint {path} has unreadable robench metadata") from None
+
+
+def input_metadata(input_cfg: InputConfig, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """How a model wants its pixels, as metadata (timm data-config keys, in result files too).
+
+    crop_mode is left out at its default, so files keep the bytes they had before it was
+    recorded: the zoo's rebuilds still match the shipped files.
+    """
+    meta = {"input_size": [input_cfg.channels, *input_cfg.size], "interpolation": input_cfg.interpolation,
+            "crop_pct": input_cfg.crop_pct, "mean": list(mean), "std": list(std), "crop_mode": input_cfg.crop_mode}
+    if input_cfg.crop_mode == DEFAULT_CROP_MODE:
+        del meta["crop_mode"]
+    return meta
+
+
+def data_config(meta: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A checkpointed model's timm data config: what its metadata records, over the architecture's ``defaults``.
+
+    Plain weights (no metadata) take the architecture's config whole; robench metadata
+    without crop_mode means the default center crop, never the architecture's own mode.
+    """
+    recorded = {k: meta[k] for k in INPUT_KEYS if k in meta}
+    if meta and "crop_mode" not in meta:
+        recorded["crop_mode"] = DEFAULT_CROP_MODE
+    return {**defaults, **recorded}

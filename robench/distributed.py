@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -164,7 +163,7 @@ def shard(n: int, dist: Dist, *, allow_empty: bool = False) -> Tensor:
     pads by repeating samples, which would count them twice in a metric), and shard sizes
     differ by at most one. Strided rather than contiguous blocks, so any prefix of the
     positions (the adversarial part of a training minibatch) is also spread evenly, and
-    global position = rank + i * world_size for the i-th local one (see ``unshard``).
+    global position = rank + i * world_size for the i-th local one.
     Fewer positions than processes is an error unless ``allow_empty``: a rank with nothing
     to do usually means a misconfigured launch.
     """
@@ -174,24 +173,6 @@ def shard(n: int, dist: Dist, *, allow_empty: bool = False) -> Tensor:
         raise RobenchError(f"cannot split {n} samples over {dist.world_size} processes (some would get none); "
                            f"start at most {n} processes (torchrun --nproc-per-node) or use more samples")
     return torch.arange(dist.rank, n, dist.world_size)
-
-
-def unshard(parts: Sequence[Any]) -> Any:
-    """Undo ``shard``: per-rank tensors, arrays or lists (in rank order) back into position order."""
-    world, n = len(parts), sum(len(p) for p in parts)
-    for rank, part in enumerate(parts):
-        if len(part) != len(range(rank, n, world)):
-            raise ValueError(f"rank {rank} holds {len(part)} items; shard({n}) gives it {len(range(rank, n, world))}")
-    first = parts[0]
-    if isinstance(first, Tensor):
-        out: Any = first.new_empty((n, *first.shape[1:]))
-    elif isinstance(first, np.ndarray):
-        out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
-    else:
-        out = [None] * n
-    for rank, part in enumerate(parts):
-        out[rank::world] = part
-    return out
 
 
 def all_sum(values: Sequence[float], dist: Dist) -> list[float]:
@@ -210,30 +191,6 @@ def gather(obj: T, dist: Dist) -> list[T] | None:
     out: list[Any] | None = [None] * dist.world_size if dist.is_main else None
     torch.distributed.gather_object(obj, out, dst=0)
     return out
-
-
-def all_gather(obj: T, dist: Dist) -> list[T]:
-    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
-    if not dist.is_distributed:
-        return [obj]
-    out: list[Any] = [None] * dist.world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def broadcast(obj: T, dist: Dist) -> T:
-    """Rank 0's ``obj`` (picklable) on every rank."""
-    if not dist.is_distributed:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(dist: Dist) -> None:
-    """Wait until every rank gets here."""
-    if dist.is_distributed:
-        torch.distributed.barrier()
 
 
 def syncs_batchnorm(dist: Dist) -> bool:

@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from robench.checkpoint import read_metadata
+from robench import zoo
+from robench.checkpoint import data_config, input_metadata, read_metadata
 from robench.data import InputConfig
 from robench.errors import RobenchError
 
@@ -40,28 +41,35 @@ class ModelSpec:
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
-def _is_checkpoint_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
+    """A checkpoint suffix or a slash (``./NAME`` included) makes a text a path; anything else is a name.
+
+    The rule is written, not guessed from the filesystem: ``resnet18`` stays a timm name even
+    when a file of that name lies in the working folder (``./resnet18`` names the file).
+    """
     if text.startswith(HUB_PREFIXES):
         return False
-    return text.endswith(CHECKPOINT_SUFFIXES) or "/" in text or Path(text).is_file()
+    return text.endswith(CHECKPOINT_SUFFIXES) or "/" in text
 
 
 def parse_spec(text: str) -> ModelSpec:
-    """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem."""
+    """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem.
+
+    A ``=`` or ``@`` belongs to a path when what comes before it looks like one
+    (``runs/lr=0.1/m.safetensors``, ``./v1@2.safetensors``).
+    """
     label, eq, rest = text.partition("=")
-    if not eq or "/" in label or "@" in label or Path(text).is_file():  # '=' inside a path, e.g. runs/lr=0.1/
+    if not eq or "@" in label or looks_like_path(label):
         label, rest = "", text
     if rest.startswith("zoo:"):
-        from robench.zoo import get  # the zoo's recipes import the trainer, which imports this module
-
-        entry = get(rest[4:])
+        entry = zoo.get(rest[4:])
         return ModelSpec(text, label or entry.name, None, entry.path)
     name, at, ckpt = rest.partition("@")
-    if at and Path(rest).is_file():  # an existing file whose path holds '@'
+    if at and looks_like_path(name):
         name, at, ckpt = rest, "", ""
     if not rest or (at and not (name and ckpt)):
         raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth")
-    if not at and _is_checkpoint_path(name):
+    if not at and looks_like_path(name):
         path = Path(name)
         return ModelSpec(text, label or path.name.split(".")[0], None, path)
     checkpoint = Path(ckpt) if at else None
@@ -82,6 +90,18 @@ class Normalized(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model((x - self.mean) / self.std)
+
+
+def wrap(model: nn.Module, cfg: dict[str, Any]) -> tuple[Normalized, InputConfig]:
+    """``model`` taking [0, 1] pixels, with the mean/std of its timm data config inside, and the pixels it wants.
+
+    Training and loading both wrap here, so a model is attacked through the normalization it trained with.
+    """
+    return Normalized(model, _floats(cfg["mean"]), _floats(cfg["std"])), InputConfig.from_timm(cfg)
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
 
 
 @dataclass
@@ -105,8 +125,7 @@ class LoadedModel:
             "label": self.spec.label, "spec": self.spec.text, "arch": self.arch,
             "checkpoint": str(self.spec.checkpoint) if self.spec.checkpoint else None,
             "weights": self.weights, "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
-            "input_size": [self.input.channels, *self.input.size], "interpolation": self.input.interpolation,
-            "crop_pct": self.input.crop_pct, "mean": list(self.mean), "std": list(self.std),
+            **input_metadata(self.input, self.mean, self.std),
         }
 
 
@@ -294,7 +313,7 @@ def load_model(
         if "num_classes" not in meta and rows is not None and rows != kwargs["num_classes"]:
             model = _create(arch, False, {**kwargs, "num_classes": rows})
         _fit(model, state, spec, arch)
-    loaded = _wrap(spec, arch, model, meta, resolve_model_data_config(model), device)
+    loaded = _loaded(spec, arch, model, meta, resolve_model_data_config(model), device)
     loaded.weights = "hub" if hub else "checkpoint" if spec.checkpoint else "random"
     return loaded
 
@@ -314,15 +333,15 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
     return meta or {}
 
 
-def _wrap(
+def _loaded(
     spec: ModelSpec, arch: str, model: nn.Module, meta: dict[str, Any], cfg: dict[str, Any], device: Any
 ) -> LoadedModel:
-    cfg = {**cfg, **{k: meta[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in meta}}
-    mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    cfg = data_config(meta, cfg)
     model.eval()
-    wrapped = Normalized(model, mean, std).to(device).eval()
+    wrapped, input_cfg = wrap(model, cfg)
     return LoadedModel(
-        spec=spec, arch=arch, module=wrapped, input=InputConfig.from_timm(cfg), mean=mean, std=std,
+        spec=spec, arch=arch, module=wrapped.to(device).eval(), input=input_cfg, mean=_floats(cfg["mean"]),
+        std=_floats(cfg["std"]),
         num_classes=int(model.num_classes) if hasattr(model, "num_classes") else int(meta.get("num_classes", 0)),
         weights_sha256=weights_sha256(model), meta=meta,
     )

@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench import __version__
-from robench.attacks.base import attack_mode, gradient_sign, project, to_unit
+from robench.attacks.base import Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
-from robench.checkpoint import save_checkpoint
+from robench.checkpoint import input_metadata, save_checkpoint
 from robench.data import InputConfig, Source, open_source
 from robench.distributed import (
     LOCAL,
@@ -61,54 +61,9 @@ from robench.distributed import (
     unwrap,
 )
 from robench.errors import RobenchError
-from robench.models import Normalized, check_arch
+from robench.models import Normalized, check_arch, wrap
+from robench.recipe import CRAFTING, Crafting, TrainConfig
 from robench.report import check_output
-
-TRAIN_ATTACKS = ("none", "step_ll", "fgsm", "bim", "pgd")
-LABELS = ("true", "predicted")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides the trained weights (recorded in the checkpoint)."""
-
-    arch: str = "test_resnet"
-    data: str = "digits"
-    input_size: int = 32
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    attack: str = "step_ll"
-    label: str = "true"  # fgsm / bim / pgd: craft with true or predicted labels
-    adv_fraction: float = 0.5
-    lam: float = 0.3
-    eps_max: float = 16.0  # 1/255 units
-    eps_sigma: float = 8.0  # 1/255 units
-    steps: int = 5  # bim / pgd
-    limit: int | None = None
-    seed: int = 0
-
-    def validate(self) -> TrainConfig:
-        """Raise a RobenchError naming the option for any value outside its range."""
-        checks = [
-            (self.attack in TRAIN_ATTACKS, "--attack", f"must be one of {', '.join(TRAIN_ATTACKS)}"),
-            (self.label in LABELS, "--label", "must be true or predicted"),
-            (0 <= self.adv_fraction <= 1, "--adv-fraction", "must lie in [0, 1]"),
-            (self.lam >= 0, "--lam", "must be >= 0"),
-            (0 <= self.eps_max <= 255, "--eps-max", "must lie in [0, 255] (1/255 units)"),
-            (self.eps_sigma > 0, "--eps-sigma", "must be > 0"),
-            (self.epochs >= 1, "--epochs", "must be >= 1"),
-            (self.batch_size >= 2, "--batch-size", "must be >= 2"),
-            (self.lr > 0, "--lr", "must be > 0"),
-            (self.steps >= 1, "--steps", "must be >= 1"),
-            (self.input_size >= 8, "--input-size", "must be >= 8"),
-        ]
-        for ok, option, rule in checks:
-            if not ok:
-                value = getattr(self, option[2:].replace("-", "_"))
-                raise RobenchError(f"{option} {value!r} {rule}")
-        return self
 
 
 def sample_eps(n: int, eps_max: float, sigma: float, gen: torch.Generator) -> Tensor:
@@ -126,42 +81,18 @@ def mixed_loss_sum(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, ad
     return total + lam * F.cross_entropy(adv_logits, adv_y, reduction="sum")
 
 
-def mixed_loss(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, adv_y: Tensor, lam: float) -> Tensor:
-    """(sum clean CE + lam * sum adversarial CE) / (n_clean + lam * n_adv), the paper's weighting."""
-    return mixed_loss_sum(clean_logits, clean_y, adv_logits, adv_y, lam) / (len(clean_y) + lam * len(adv_y))
-
-
-def _target(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> Tensor:
-    """The class each example is pushed away from (or toward, for step_ll)."""
-    if cfg.attack != "step_ll" and cfg.label == "true":
+def _target(model: nn.Module, x: Tensor, y: Tensor, how: Crafting, label: str) -> Tensor:
+    """The class each example is pushed away from (toward, for step l.l.); a forward only when needed."""
+    if not how.least_likely and label == "true":
         return y
     with torch.no_grad():
-        logits = model(x)
-    return logits.argmin(1) if cfg.attack == "step_ll" else logits.argmax(1)
+        labels = Labels.from_logits(model(x), y)
+    return labels.least_likely if how.least_likely else labels.pick(label)
 
 
 def start_noise(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     """PGD's random start in [-1, 1) (times eps), drawn on the CPU so any device gets the same numbers."""
     return torch.rand(shape, generator=gen) * 2 - 1
-
-
-def craft(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
-    """Adversarial versions of x with per-example eps (1/255 units), using the current weights.
-
-    bim and pgd take ``cfg.steps`` steps of 2.5 eps / steps each (pgd from a random start).
-    """
-    return _craft(model, x, y, eps, start_noise(tuple(x.shape), gen) if cfg.attack == "pgd" else None, cfg)
-
-
-def _craft(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, noise: Tensor | None, cfg: TrainConfig) -> Tensor:
-    unit = to_unit(eps).view(-1, 1, 1, 1).to(x.device)
-    with attack_mode(model):
-        target = _target(model, x, y, cfg)
-        if cfg.attack in ("step_ll", "fgsm"):
-            sign = -1.0 if cfg.attack == "step_ll" else 1.0
-            return (x + sign * unit * gradient_sign(model, x, target)).clamp(0, 1)
-        start = x if noise is None else project(x + unit * noise.to(x.device), x, unit)
-        return descend(model, x, start, target, unit, 2.5 * unit / cfg.steps, cfg.steps)
 
 
 @dataclass(frozen=True)
@@ -184,7 +115,22 @@ def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Gene
     number of processes (the cost: each rank draws k images of noise for pgd).
     """
     eps = sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
-    return Draws(eps, start_noise((k, *image_shape), gen) if cfg.attack == "pgd" else None)
+    return Draws(eps, start_noise((k, *image_shape), gen) if CRAFTING[cfg.attack].random_start else None)
+
+
+def craft_batch(model: nn.Module, x: Tensor, y: Tensor, draws: Draws, cfg: TrainConfig) -> Tensor:
+    """Adversarial versions of x with each example's own eps and start (``draws``), using the current weights.
+
+    One lookup in ``CRAFTING``; the steps are the attacks' own (``descend``: sign gradient,
+    projection into the eps-ball and [0, 1]), with a per-example eps tensor.
+    """
+    how = CRAFTING[cfg.attack]
+    unit = to_unit(draws.eps).view(-1, 1, 1, 1).to(x.device)
+    steps, size = (cfg.steps, 2.5 * unit / cfg.steps) if how.iterative else (1, unit)
+    with attack_mode(model):
+        target = _target(model, x, y, how, cfg.label)
+        start = x if draws.noise is None else project(x + unit * draws.noise.to(x.device), x, unit)
+        return descend(model, x, start, target, unit, -size if how.least_likely else size, steps)
 
 
 @dataclass
@@ -233,7 +179,7 @@ def _adversarial(module: nn.Module, x: Tensor, y: Tensor, k: int, cfg: TrainConf
     mine = shard(k, dist, allow_empty=True)
     draws = draw(k, tuple(x.shape[1:]), cfg, gen).take(mine)
     n = len(mine)
-    return _craft(module, x[:n], y[:n], draws.eps, draws.noise, cfg) if n else x[:0]
+    return craft_batch(module, x[:n], y[:n], draws, cfg) if n else x[:0]
 
 
 @dataclass
@@ -245,15 +191,13 @@ class TrainResult:
 
 
 def _build(cfg: TrainConfig, num_classes: int) -> tuple[Normalized, InputConfig]:
-    """The timm model wrapped to take [0, 1] pixels, with its own mean/std."""
+    """The timm model wrapped to take [0, 1] pixels, with its own mean/std, and the pixels it trains on."""
     import timm
     from timm.data import resolve_model_data_config
 
     model = timm.create_model(cfg.arch, num_classes=num_classes)
-    data_cfg = resolve_model_data_config(model)
-    wrapped = Normalized(model, tuple(data_cfg["mean"]), tuple(data_cfg["std"]))
-    size = (cfg.input_size, cfg.input_size)
-    return wrapped, InputConfig(channels=3, size=size, interpolation=str(data_cfg["interpolation"]))
+    size = (3, cfg.input_size, cfg.input_size)  # the whole image, resized: no crop
+    return wrap(model, {**resolve_model_data_config(model), "input_size": size, "crop_pct": 1.0, "crop_mode": "center"})
 
 
 def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_size: int = 256,
@@ -275,11 +219,12 @@ def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_siz
 
 
 def _meta(cfg: TrainConfig, model: Normalized, input_cfg: InputConfig, source: Source, extra: dict) -> dict:
+    """The checkpoint's metadata; mean/std as the wrapper applies them (float32)."""
+    mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
     return {
-        "arch": cfg.arch, "num_classes": source.num_classes, "input_size": [3, *input_cfg.size],
-        "mean": list(model.mean.flatten().tolist()), "std": list(model.std.flatten().tolist()),
-        "interpolation": input_cfg.interpolation, "crop_pct": 1.0, "dataset": f"{cfg.data}:train",
-        "recipe": dataclasses.asdict(cfg), "seed": cfg.seed, "robench_version": __version__, **extra,
+        "arch": cfg.arch, "num_classes": source.num_classes, **input_metadata(input_cfg, mean, std),
+        "dataset": f"{cfg.data}:train", "recipe": dataclasses.asdict(cfg), "seed": cfg.seed,
+        "robench_version": __version__, **extra,
     }
 
 

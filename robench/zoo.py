@@ -1,8 +1,8 @@
 """The built-in zoo: tiny timm models trained by robench itself on digits, shipped in the package.
 
 Every command has real subjects offline: baselines and adversarially trained models of
-two architectures. ``python -m robench.zoo build`` retrains them from their recipes;
-on the same kind of CPU the files come out bit-identical.
+two architectures. This module is the list (names, files, recipes as plain data), which
+every ``zoo:NAME`` spec reads; ``python -m robench.zoo_build`` retrains them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robench.errors import RobenchError
-from robench.train import TrainConfig
+from robench.recipe import TrainConfig
 
 ZOO_DIR = Path(__file__).with_name("zoo_weights")
 EPOCHS = 20
@@ -56,37 +56,9 @@ def get(name: str) -> ZooEntry:
         raise RobenchError(f"unknown zoo model '{name}'; known: {', '.join(ZOO)} (see `robench zoo list`)")
     entry = ZOO[name]
     if not entry.path.is_file():
-        raise RobenchError(f"zoo model '{name}' is missing from {ZOO_DIR}; run: python -m robench.zoo build {name}")
+        raise RobenchError(f"zoo model '{name}' is missing from {ZOO_DIR}; run: python -m robench.zoo_build {name}")
     return entry
 
 
-def build(names: list[str] | None = None, out_dir: Path = ZOO_DIR) -> list[Path]:
-    """Retrain zoo models from their recipes (into the package folder by default).
-
-    Training runs on one CPU thread: float results depend on how work is split between
-    threads, and one thread makes the files bit-identical on any machine of the same kind.
-    """
-    import torch
-
-    from robench.train import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    written = []
-    try:
-        for name in names or list(ZOO):
-            if name not in ZOO:
-                raise RobenchError(f"unknown zoo model '{name}'; known: {', '.join(ZOO)}")
-            path = out_dir / f"{name}.safetensors"
-            result = train(ZOO[name].config, path)
-            written.append(path)
-            print(f"{name}: test accuracy {100 * result.meta['val_accuracy']:.1f} % -> {path}", flush=True)
-    finally:
-        torch.set_num_threads(threads)
-    return written
-
-
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] != "build":
-        sys.exit("usage: python -m robench.zoo build [NAME ...]")
-    build(sys.argv[2:] or None)
+    sys.exit("robench.zoo builds nothing itself; run: python -m robench.zoo_build [NAME ...]")

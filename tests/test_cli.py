@@ -13,8 +13,11 @@ import timm
 from click.testing import CliRunner
 from PIL import Image
 
+from robench import evaluate
 from robench.checkpoint import save_checkpoint
+from robench.cli.eval_cmd import parse_clean_ref
 from robench.cli.main import main
+from robench.errors import RobenchError
 
 
 def invoke(*args: str):
@@ -49,7 +52,7 @@ def test_eval_exits_0_and_prints_a_table(fgsm_run) -> None:
 def test_eval_json_envelope(fgsm_run, default_checkpoint: Path) -> None:
     _, out, _ = fgsm_run
     doc = json.loads(out.read_text())
-    assert {"robench", "schema_version", "command", "config", "dataset", "models", "rows"} <= set(doc)
+    assert {"robench", "schema_version", "command", "config", "versions", "dataset", "models", "rows"} <= set(doc)
     assert doc["command"] == "eval" and doc["schema_version"] == 1
     assert doc["config"]["limit"] == 40 and doc["config"]["data"] == "digits"
     assert [a["id"] for a in doc["config"]["suite"]["attacks"]] == ["fgsm"]
@@ -74,7 +77,7 @@ def test_eval_json_rows(fgsm_run) -> None:
     clean, eps2, eps8 = rows
     assert clean["success_rate"] is None and all(r["n"] == 40 for r in rows)
     assert clean["top1"] >= 0.9  # the shipped model is accurate on digits
-    assert eps8["top1"] < clean["top1"] and eps8["top1"] <= eps2["top1"]
+    assert eps8["top1"] < eps2["top1"] < clean["top1"]
     assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 for r in rows)
     assert 0.0 < eps8["success_rate"] <= 1.0
     # fgsm moves every unclipped pixel by exactly eps, so the largest move is eps (in 1/255 units)
@@ -127,6 +130,24 @@ def test_eval_without_a_model_uses_the_zoo_default(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert [m["label"] for m in doc["models"]] == ["effnet-base", "effnet-stepll"]
     assert len(doc["rows"]) == 4 and all(r["n"] == 20 for r in doc["rows"])
+
+
+def test_default_run_is_meaningful(tmp_path: Path) -> None:
+    """The built-in default (the zoo's baseline and step_ll pair): accurate, and the paper's finding 1."""
+    out = tmp_path / "r.json"
+    result = invoke("eval", "--attack", "fgsm", "--attack", "step_ll", "-q", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert [m["label"] for m in doc["models"]] == ["effnet-base", "effnet-stepll"]
+    top1 = {(r["model"], r["attack"], r["eps"]): r["top1"] for r in doc["rows"]}
+    for model in ("effnet-base", "effnet-stepll"):
+        clean = top1[(model, "clean", 0.0)]
+        assert clean > 0.95
+        for attack in ("fgsm", "step_ll"):
+            curve = [clean] + [top1[(model, attack, e)] for e in (2.0, 4.0, 8.0, 16.0)]
+            assert curve == sorted(curve, reverse=True)
+    for attack in ("fgsm", "step_ll"):  # step_ll training keeps far more accuracy at eps 8
+        assert top1[("effnet-stepll", attack, 8.0)] > top1[("effnet-base", attack, 8.0)] + 0.15
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
@@ -245,6 +266,23 @@ def test_unknown_command_is_one_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("robench: error: No such command 'evl'")
 
 
+@pytest.mark.parametrize(("error", "code", "text"), [(KeyboardInterrupt(), 130, "interrupted"),
+                                                     (ValueError("boom"), 3, "runtime error: ValueError: boom")])
+def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error, code, text) -> None:
+    import robench.evaluate
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(robench.evaluate, "run_eval", fail)
+    out = tmp_path / "r.json"
+    result = invoke("eval", "--out", out)
+    assert result.exit_code == code
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and text in lines[0] and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_no_command_shows_help_not_an_error() -> None:
     result = invoke()
     assert result.exit_code == 2
@@ -294,3 +332,29 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
 
     [script] = [e for e in entry_points(group="console_scripts") if e.name == "robench"]
     assert script.value == "robench.cli.main:main"
+
+
+# --- --clean-ref ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "parsed"), [("base=0.97", ("base", 0.97)), ("a=b=1", ("a=b", 1.0)),
+                                              ("zoo:x=0", ("zoo:x", 0.0))])
+def test_parse_clean_ref(text: str, parsed: tuple[str, float]) -> None:
+    assert parse_clean_ref(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["base", "=0.9", "base=", "base=x", "base=1.5", "base=-0.1", "base=nan", "base=97%"])
+def test_parse_clean_ref_errors(text: str) -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_clean_ref(text)
+    message = str(e.value)
+    assert "\n" not in message and f"--clean-ref {text!r}" in message and "LABEL=SHARE" in message
+
+
+def test_cli_clean_ref_mistakes_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluate.engine, "run", lambda *a, **k: pytest.fail("evaluated despite a bad reference"))
+    for ref, needle in (("effnet=0.9", "--clean-ref names 'effnet', which is not a model; labels: effnet-base"),
+                        ("effnet-base=95", "LABEL=SHARE")):
+        r = invoke("eval", "zoo:effnet-base", "--limit", "10", "--clean-ref", ref, "--out", str(tmp_path / "r.json"))
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -278,6 +278,11 @@ def test_empty_image_folder(tmp_path: Path) -> None:
         open_source(str(tmp_path / "empty"))
 
 
+def test_unknown_timm_dataset_string() -> None:
+    with pytest.raises(RobenchError, match="cannot open dataset torch/not-a-dataset"):
+        open_source("torch/not-a-dataset")
+
+
 def test_missing_image_folder(tmp_path: Path) -> None:
     with pytest.raises(RobenchError, match="dataset folder not found"):
         open_source(str(tmp_path / "nope"))

@@ -21,26 +21,22 @@ from robench.data import InputConfig, load_digits_source, open_source
 from robench.distributed import (
     LOCAL,
     Dist,
-    all_gather,
     all_sum,
-    barrier,
-    broadcast,
     gather,
     session,
     setup,
     shard,
     sync_batchnorm,
     sync_buffers,
-    unshard,
 )
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec
-from robench.train import TrainConfig, accuracy, check_split, local_rows, train, train_step
+from robench.recipe import TrainConfig
+from robench.train import accuracy, check_split, local_rows, train, train_step
 
 # A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
-# ranks must give one process's weights (BatchNorm would need SyncBatchNorm, GPU-only in torch).
-# AdamW turns float noise in near-zero gradients into updates of up to ~lr / 100: lr 3e-4 keeps
-# them below atol 1e-5, while a wrong gradient flips signs and moves weights by ~2 lr.
+# ranks must give one process's weights up to float noise (BatchNorm would need SyncBatchNorm,
+# GPU-only in torch). See test_ddp_train_equals_one_process for how much noise.
 EQUAL_CFG = TrainConfig(arch="test_efficientnet_gn", attack="pgd", steps=2, adv_fraction=0.3, epochs=1, lr=3e-4,
                         limit=100, batch_size=23, input_size=16)  # minibatches 23, 23, 23, 23, 8: uneven splits
 STEP_CFG = TrainConfig(attack="pgd", steps=2, adv_fraction=0.3, lam=0.3)
@@ -74,16 +70,6 @@ def test_fewer_samples_than_processes() -> None:
     assert shard(0, LOCAL).tolist() == [] and shard(5, LOCAL).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="negative"):
         shard(-1, LOCAL)
-
-
-@pytest.mark.parametrize("kind", ["tensor", "array", "list"])
-def test_unshard_inverts_shard(kind: str) -> None:
-    values = torch.arange(11) * 10
-    parts = [values[shard(11, Dist(rank=r, world_size=3))] for r in range(3)]
-    parts = {"tensor": parts, "array": [p.numpy() for p in parts], "list": [p.tolist() for p in parts]}[kind]
-    assert list(unshard(parts)) == values.tolist()
-    with pytest.raises(ValueError, match="rank 0 holds"):
-        unshard([parts[0][:-1], *parts[1:]])
 
 
 def test_local_rows_stream_each_ranks_part_of_every_minibatch() -> None:
@@ -137,8 +123,7 @@ def test_single_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> Non
     with session("cpu") as d:
         assert (d.rank, d.world_size, d.device.type, d.backend, d.is_main, d.is_distributed) == \
             (0, 1, "cpu", None, True, False)
-        assert gather(7, d) == [7] and all_gather(7, d) == [7] and broadcast(7, d) == 7 and all_sum([2], d) == [2.0]
-        barrier(d)
+        assert gather(7, d) == [7] and all_sum([2], d) == [2.0]
     assert not torch.distributed.is_initialized()
 
 
@@ -224,11 +209,8 @@ def _collectives(d: Dist) -> dict:
     buffers = nn.BatchNorm1d(3)
     buffers.running_mean.fill_(d.rank + 1.0)
     sync_buffers(buffers, d)
-    positions = all_gather(shard(11, d).tolist(), d)
-    barrier(d)
-    return {"gather": gather(d.rank * 10, d), "all_gather": all_gather({"r": d.rank}, d),
-            "broadcast": broadcast(f"from {d.rank}", d), "all_sum": all_sum([d.rank, 1.5], d),
-            "buffer": buffers.running_mean.tolist(), "unshard": unshard(positions), "accuracy": bn_accuracy(d)}
+    return {"gather": gather(d.rank * 10, d), "all_sum": all_sum([d.rank, 1.5], d),
+            "buffer": buffers.running_mean.tolist(), "accuracy": bn_accuracy(d)}
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
@@ -267,17 +249,18 @@ def test_collectives_on_two_ranks(two_ranks) -> None:
     assert [r["dist"] for r in reports] == [[0, 2, "gloo", "cpu"], [1, 2, "gloo", "cpu"]]
     first, second = (r["collectives"] for r in reports)
     assert first["gather"] == [0, 10] and second["gather"] is None
-    assert first["all_gather"] == second["all_gather"] == [{"r": 0}, {"r": 1}]
-    assert first["broadcast"] == second["broadcast"] == "from 0"
     assert first["all_sum"] == second["all_sum"] == [1.0, 3.0]
     assert first["buffer"] == second["buffer"] == [1.0, 1.0, 1.0]  # rank 0's running statistics
-    assert first["unshard"] == list(range(11))
     assert first["accuracy"] == second["accuracy"] == bn_accuracy(LOCAL)  # rank 0's model scored on all samples
     assert bn_accuracy(LOCAL) != accuracy(bn_model(1), load_digits_source("test", limit=90), InputConfig(size=(8, 8)))
 
 
 def test_ddp_steps_equal_one_process(two_ranks) -> None:
-    """Uneven shards, per-rank pgd crafting with shared draws, loss scaled for DDP's average: same SGD steps."""
+    """Uneven shards, per-rank pgd crafting with shared draws, loss scaled for DDP's average: same SGD steps.
+
+    With plain SGD a gradient of the wrong scale shows in full: measured, the weights end 1e-7 from one
+    process's (of steps moving them 0.77 in norm); gradients summed instead of averaged end 0.2 away.
+    """
     tmp, reports = two_ranks
     net, opt = step_model()
     losses = run_steps(net, opt, LOCAL)
@@ -290,22 +273,49 @@ def test_ddp_steps_equal_one_process(two_ranks) -> None:
             assert torch.allclose(ddp[name], value, atol=1e-5, rtol=0), (rank, name)
 
 
+def off_by(weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+           start: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """How far ``weights`` are from ``reference``, in units of how far training moved ``reference`` from ``start``.
+
+    Overall (norms over every entry) and in the worst tensor.
+    """
+    gap = {k: (weights[k] - reference[k]).double().flatten() for k in reference}
+    moved = {k: (reference[k] - start[k]).double().flatten() for k in reference}
+    overall = torch.cat(list(gap.values())).norm() / torch.cat(list(moved.values())).norm()
+    worst = max(float(gap[k].norm() / moved[k].norm()) if gap[k].any() else 0.0 for k in reference)
+    return float(overall), worst
+
+
 def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
-    """train() on two ranks: rank 0's checkpoint holds one process's weights; ranks agree on every figure."""
+    """train() on two ranks: rank 0's checkpoint holds one process's weights up to float noise; ranks agree.
+
+    Splitting a minibatch sums its gradient in another order, and AdamW's normalized steps grow that
+    float noise to a fair share of lr wherever a gradient is near zero, so the weights are compared
+    against how far training moved them, never bit for bit. Measured on a 2-core Xeon (lr 3e-4): DDP
+    ends 9e-5 from one process at most, 4e-4 of the update overall and 2e-3 in the worst tensor
+    (one process at 1 or 2 threads: 1e-6). A wrong DDP ends far off: ranks crafting with each other's
+    draws 0.47 (0.77 worst tensor), both ranks on the same rows 0.86, each rank normalizing the loss
+    by its own counts 0.06 (0.12). Gradients summed instead of averaged leave AdamW's steps as they
+    were; test_ddp_steps_equal_one_process catches those with SGD.
+    """
+    import timm
+
     tmp, reports = two_ranks
     single = train(EQUAL_CFG, tmp_path / "one.safetensors")
     assert reports[0]["meta"] == reports[1]["meta"] == read_metadata(tmp / "ddp.safetensors")
     meta = reports[0]["meta"]
     assert (meta["world_size"], meta["backend"], meta["sync_batchnorm"]) == (2, "gloo", False)
     assert meta["recipe"] == single.meta["recipe"] and "world_size" not in single.meta
-    assert meta["val_accuracy"] == single.meta["val_accuracy"]
-    assert meta["train_accuracy"] == single.meta["train_accuracy"]
-    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-5)
-    ddp = load_model(parse_spec(str(tmp / "ddp.safetensors")), 10).module.state_dict()
-    one = load_model(parse_spec(str(tmp_path / "one.safetensors")), 10).module.state_dict()
-    assert ddp.keys() == one.keys()
-    for name in one:
-        assert torch.allclose(ddp[name], one[name], atol=1e-5, rtol=0), name
+    assert meta["val_accuracy"] == pytest.approx(single.meta["val_accuracy"], abs=1.01 / 360)  # one test image
+    assert meta["train_accuracy"] == pytest.approx(single.meta["train_accuracy"], abs=1.01 / 70)  # one clean example
+    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-4)  # measured 4e-6; other draws: 5e-4
+    ddp = load_model(parse_spec(str(tmp / "ddp.safetensors")), 10).module.model.state_dict()
+    one = load_model(parse_spec(str(tmp_path / "one.safetensors")), 10).module.model.state_dict()
+    torch.manual_seed(EQUAL_CFG.seed)  # as train() does before creating the model
+    start = timm.create_model(EQUAL_CFG.arch, num_classes=10).state_dict()
+    assert ddp.keys() == one.keys() == start.keys()
+    overall, worst = off_by(ddp, one, start)
+    assert overall < 1e-2 and worst < 3e-2, (overall, worst)
 
 
 # --- torchrun end to end -------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import timm
 import torch
 from torch import nn
 
-from robench.checkpoint import save_checkpoint
+from robench.checkpoint import data_config, input_metadata, save_checkpoint
+from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.models import Normalized, load_model, parse_spec, weights_sha256
 
@@ -25,6 +26,8 @@ from robench.models import Normalized, load_model, parse_spec, weights_sha256
         ("resnet18@dir/w.pth", "resnet18", "resnet18", Path("dir/w.pth")),
         ("path/x.safetensors", "x", None, Path("path/x.safetensors")),
         ("x.pth", "x", None, Path("x.pth")),
+        ("./x", "x", None, Path("x")),
+        ("mine=./x", "mine", None, Path("x")),
         ("mine=path/x.safetensors", "mine", None, Path("path/x.safetensors")),
         ("inception_v3.tf_adv_in1k", "inception_v3.tf_adv_in1k", "inception_v3.tf_adv_in1k", None),
         ("adv=inception_v3.tf_adv_in1k", "adv", "inception_v3.tf_adv_in1k", None),
@@ -45,14 +48,29 @@ def test_parse_spec_rejects(text: str) -> None:
         parse_spec(text)
 
 
-def test_existing_files_with_odd_names_are_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_odd_paths_are_paths_when_they_look_like_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("lr=0.1").mkdir()
     Path("lr=0.1/m.safetensors").write_bytes(b"")
     Path("v1@2.safetensors").write_bytes(b"")
-    assert parse_spec("lr=0.1/m.safetensors").checkpoint == Path("lr=0.1/m.safetensors")
-    spec = parse_spec("v1@2.safetensors")
+    assert parse_spec("./lr=0.1/m.safetensors").checkpoint == Path("lr=0.1/m.safetensors")
+    spec = parse_spec("./v1@2.safetensors")
     assert (spec.label, spec.name, spec.checkpoint) == ("v1@2", None, Path("v1@2.safetensors"))
+    # without ./ the same texts read as LABEL=PATH and NAME@PATH, whatever files exist
+    spec = parse_spec("lr=0.1/m.safetensors")
+    assert (spec.label, spec.name, spec.checkpoint) == ("lr", None, Path("0.1/m.safetensors"))
+    spec = parse_spec("v1@2.safetensors")
+    assert (spec.label, spec.name, spec.checkpoint) == ("v1", "v1", Path("2.safetensors"))
+
+
+def test_a_timm_name_wins_over_a_file_of_that_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("resnet18").write_bytes(b"")
+    spec = parse_spec("resnet18")
+    assert (spec.label, spec.name, spec.checkpoint) == ("resnet18", "resnet18", None)
+    spec = parse_spec("./resnet18")
+    assert (spec.label, spec.name, spec.checkpoint) == ("resnet18", None, Path("resnet18"))
+    assert parse_spec("mine=resnet18").checkpoint is None and parse_spec("mine=./resnet18").label == "mine"
 
 
 def test_zoo_spec(default_checkpoint: Path) -> None:
@@ -119,6 +137,13 @@ def test_default_checkpoint_alone(default_checkpoint: Path) -> None:
     assert described["weights_sha256"] == model.weights_sha256
 
 
+def test_zoo_checkpoints_without_crop_mode_load_with_center_crop(default_checkpoint: Path) -> None:
+    from robench.checkpoint import read_metadata
+
+    assert "crop_mode" not in read_metadata(default_checkpoint)
+    assert load_model(parse_spec(str(default_checkpoint)), num_classes=10).input.crop_mode == "center"
+
+
 def test_default_checkpoint_with_a_name(default_checkpoint: Path) -> None:
     by_name = load_model(parse_spec(f"test_resnet@{default_checkpoint}"), num_classes=10)
     alone = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
@@ -135,6 +160,28 @@ def test_robench_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert (loaded.arch, loaded.num_classes, loaded.input.size) == ("test_efficientnet", 4, (24, 24))
     assert loaded.mean == (0.1,) * 3 and loaded.std == (0.2,) * 3
     assert loaded.weights_sha256 == weights_sha256(net)
+    assert loaded.input.crop_mode == "center" and "crop_mode" not in loaded.describe()  # not recorded: center
+    save_checkpoint(tmp_path / "squash.safetensors", net, {**meta, "crop_mode": "squash", "crop_pct": 0.9})
+    squash = load_model(parse_spec(str(tmp_path / "squash.safetensors")), num_classes=10)
+    assert (squash.input.crop_mode, squash.input.crop_pct) == ("squash", 0.9)
+    assert squash.describe()["crop_mode"] == "squash" and squash.describe()["crop_pct"] == 0.9
+
+
+def test_input_metadata_round_trips_through_the_data_config() -> None:
+    """One mapping writes a model's input as metadata and reads it back over the architecture's defaults."""
+    defaults = {"input_size": (3, 160, 160), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                "crop_pct": 0.95, "crop_mode": "border"}
+    squash = InputConfig(channels=3, size=(24, 20), interpolation="bicubic", crop_pct=0.875, crop_mode="squash")
+    meta = input_metadata(squash, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert meta == {"input_size": [3, 24, 20], "interpolation": "bicubic", "crop_pct": 0.875, "mean": [0.1, 0.2, 0.3],
+                    "std": [0.4, 0.5, 0.6], "crop_mode": "squash"}
+    cfg = data_config(meta, defaults)
+    assert InputConfig.from_timm(cfg) == squash and (cfg["mean"], cfg["std"]) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    center = InputConfig(size=(32, 32))
+    meta = input_metadata(center, (0.5,) * 3, (0.5,) * 3)
+    assert "crop_mode" not in meta  # the default is left out: older checkpoints keep their bytes
+    assert InputConfig.from_timm(data_config({"arch": "x", **meta}, defaults)) == center  # not the arch's "border"
+    assert data_config({}, defaults) == defaults  # plain weights: the architecture's own config
 
 
 # ---------------------------------------------------------------- names
@@ -188,18 +235,24 @@ def test_plain_state_dicts_load_as_name_at_file(tmp_path: Path, resnet: nn.Modul
 
 
 def test_plain_state_dict_num_classes_come_from_its_head(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
     seven = timm.create_model("test_resnet", num_classes=7)
     torch.save(seven.state_dict(), tmp_path / "seven.pth")
-    loaded = load_model(parse_spec(f"test_resnet@{tmp_path / 'seven.pth'}"), num_classes=10)
-    assert loaded.num_classes == 7 and loaded.weights_sha256 == weights_sha256(seven)
+    save_file(seven.state_dict(), str(tmp_path / "seven.safetensors"))
+    for name in ("seven.pth", "seven.safetensors"):
+        loaded = load_model(parse_spec(f"test_resnet@{tmp_path / name}"), num_classes=10)
+        assert loaded.num_classes == 7 and loaded.weights_sha256 == weights_sha256(seven), name
 
 
-def test_plain_safetensors_alone_needs_a_name(tmp_path: Path, resnet: nn.Module) -> None:
+def test_plain_checkpoint_alone_needs_a_name(tmp_path: Path, resnet: nn.Module) -> None:
     from safetensors.torch import save_file
 
     save_file(resnet.state_dict(), str(tmp_path / "w.safetensors"))
-    with pytest.raises(RobenchError, match=r"carries no robench metadata .*give it as NAME@"):
-        load_model(parse_spec(str(tmp_path / "w.safetensors")), num_classes=10)
+    torch.save(resnet.state_dict(), tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        with pytest.raises(RobenchError, match=r"carries no robench metadata .*give it as NAME@"):
+            load_model(parse_spec(str(tmp_path / name)), num_classes=10)
 
 
 def test_other_architecture_names_missing_and_unexpected_keys(tmp_path: Path) -> None:

@@ -9,25 +9,57 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from torch import nn
 
-from robench.checkpoint import read_metadata
+from robench.attacks.base import Labels
+from robench.attacks.iterative import PgdConfig, pgd
+from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
+from robench.checkpoint import input_metadata, read_metadata
 from robench.cli.main import main
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 from robench.models import load_model, parse_spec, weights_sha256
-from robench.train import TrainConfig, craft, mixed_loss, sample_eps, train
+from robench.recipe import CRAFTING, TrainConfig
+from robench.train import Draws, craft_batch, mixed_loss_sum, sample_eps, start_noise, train, train_step
 
 FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "input_size": 16}
 
 
-def test_mixed_loss_matches_formula_by_hand() -> None:
+class ConstantLogits(nn.Module):
+    """Logits [ln 3, 0] whatever the image: CE log(4/3) for class 0, log 4 for class 1.
+
+    The input gradient is zero, so crafted examples equal their images and the losses stay known.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([math.log(3.0), 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_train_step_loss_matches_formula_by_hand() -> None:
+    """(sum clean CE + lam * sum adversarial CE) / (n_clean + lam * n_adv), the paper's weighting."""
+    model = ConstantLogits()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(4, 1, 2, 2), torch.tensor([1, 1, 0, 0])  # adversarial: the first two (class 1)
+    cfg = TrainConfig(attack="fgsm", adv_fraction=0.5, lam=0.3)
+    loss, n_clean, right = train_step(model, opt, x, y, cfg, torch.Generator().manual_seed(0))
+    expected = (2 * math.log(4 / 3) + 0.3 * 2 * math.log(4)) / (2 + 0.3 * 2)
+    assert loss == pytest.approx(expected, rel=1e-6) and (n_clean, right) == (2, 2)
+    clean_only = TrainConfig(attack="fgsm", adv_fraction=0.0, lam=0.3)
+    loss, n_clean, _ = train_step(ConstantLogits(), opt, x, y, clean_only, torch.Generator())
+    assert loss == pytest.approx((2 * math.log(4) + 2 * math.log(4 / 3)) / 4, rel=1e-6) and n_clean == 4
+
+
+def test_mixed_loss_sum_by_hand() -> None:
     # logits [0, 0] give CE = log 2 for either label; logits [ln 3, 0] with label 0 give CE = log(4/3)
     clean_logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
     adv_logits = torch.tensor([[0.0, 0.0]])
-    loss = mixed_loss(clean_logits, torch.tensor([1, 0]), adv_logits, torch.tensor([0]), lam=0.3)
-    expected = (math.log(2) + math.log(4 / 3) + 0.3 * math.log(2)) / (2 + 0.3 * 1)
-    assert float(loss) == pytest.approx(expected, rel=1e-6)
-    assert float(mixed_loss(clean_logits, torch.tensor([1, 0]), adv_logits[:0], torch.tensor([], dtype=torch.long),
-                            lam=0.3)) == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, rel=1e-6)
+    total = mixed_loss_sum(clean_logits, torch.tensor([1, 0]), adv_logits, torch.tensor([0]), lam=0.3)
+    assert float(total) == pytest.approx(math.log(2) + math.log(4 / 3) + 0.3 * math.log(2), rel=1e-6)
+    assert float(mixed_loss_sum(clean_logits, torch.tensor([1, 0]), adv_logits[:0], torch.tensor([], dtype=torch.long),
+                                lam=0.3)) == pytest.approx(math.log(2) + math.log(4 / 3), rel=1e-6)
 
 
 def test_eps_sampler_range_and_shape() -> None:
@@ -45,12 +77,34 @@ def test_eps_sampler_range_and_shape() -> None:
 def test_craft_respects_per_example_eps(small_cnn) -> None:
     x = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     eps = torch.tensor([0.0, 2.0, 8.0, 16.0])
-    for attack in ("step_ll", "fgsm", "bim", "pgd"):
-        adv = craft(small_cnn, x, torch.tensor([0, 1, 2, 3]), eps, TrainConfig(attack=attack),
-                    torch.Generator().manual_seed(0))
+    for attack, how in CRAFTING.items():
+        noise = start_noise(tuple(x.shape), torch.Generator().manual_seed(0)) if how.random_start else None
+        adv = craft_batch(small_cnn, x, torch.tensor([0, 1, 2, 3]), Draws(eps, noise), TrainConfig(attack=attack))
         dist = (adv - x).abs().flatten(1).max(1).values
         assert torch.all(dist <= eps / 255 + 1e-6) and adv.min() >= 0 and adv.max() <= 1
         assert torch.equal(adv[0], x[0])
+
+
+@pytest.mark.parametrize(("attack", "label", "registry", "config"), [
+    ("fgsm", "true", fgsm, FgsmConfig("true")), ("fgsm", "predicted", fgsm, FgsmConfig("predicted")),
+    ("step_ll", "true", step_ll, StepLLConfig()),
+    ("bim", "true", pgd, PgdConfig("true", steps=5, random_start=False)),  # training's bim: 2.5 eps / steps
+])
+def test_craft_agrees_with_the_registry_at_one_eps(small_cnn, attack, label, registry, config) -> None:
+    """With one eps for every example, training crafts what the registry's attack does."""
+    x = torch.rand(6, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    small_cnn.eval()
+    with torch.no_grad():
+        labels = Labels.from_logits(small_cnn(x), y)
+    cfg = TrainConfig(attack=attack, label=label, steps=5)
+    for e in (2.0, 8.0):
+        ours = craft_batch(small_cnn, x, y, Draws(torch.full((6,), e), None), cfg)
+        [(_, theirs)] = list(registry(small_cnn, x, labels, [e], config))
+        if attack == "bim":  # the step size is computed per example here, once there: an ulp apart at most
+            assert torch.allclose(ours, theirs, atol=1e-6, rtol=0), e
+        else:
+            assert torch.equal(ours, theirs), (attack, e)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +124,8 @@ def test_checkpoint_metadata_round_trip(trained_once) -> None:
     assert list(result.history.columns) == ["epoch", "loss", "train_accuracy"]
     model = load_model(parse_spec(str(out)), num_classes=10)
     assert model.input.size == (16, 16) and model.mean == (0.5, 0.5, 0.5)
+    assert (model.input.crop_pct, model.input.crop_mode) == (1.0, "center")  # the whole image, as trained
+    assert input_metadata(model.input, model.mean, model.std).items() <= meta.items()  # read back as written
 
 
 def test_same_seed_same_weights(trained_once, tmp_path: Path) -> None:
@@ -92,8 +148,14 @@ def test_adversarial_fraction_one_and_none_run(tmp_path: Path) -> None:
 
 
 def test_plain_loss_equals_cross_entropy() -> None:
-    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
-    assert torch.allclose(mixed_loss(logits, y, logits[:0], y[:0], 0.3), F.cross_entropy(logits, y))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y)
+    loss, _, _ = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, TrainConfig(attack="none"),
+                            torch.Generator())
+    assert loss == pytest.approx(float(expected), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -103,6 +165,7 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--lam", "-0.1"], "--lam -0.1 must be >= 0"),
         (["--adv-fraction", "1.5"], "--adv-fraction 1.5 must lie in [0, 1]"),
         (["--attack", "cw"], "--attack 'cw' must be one of"),
+        (["--seed", "-3"], "--seed -3 must be a whole number in [0, 2**63 - 1]"),
         (["--out", "/nonexistent-dir/m.safetensors"], "does not exist"),
         (["--out", "m.pth"], "unknown format"),
     ],
@@ -114,6 +177,14 @@ def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_library_errors_name_fields() -> None:
+    with pytest.raises(FieldError) as err:
+        TrainConfig(lam=-0.1).validate()
+    assert (str(err.value), err.value.field) == ("lam -0.1 must be >= 0", "lam")
+    with pytest.raises(FieldError, match="^adv_fraction 1.5 must lie in"):
+        TrainConfig(adv_fraction=1.5).validate()
 
 
 def test_unwritable_output(tmp_path: Path) -> None:

@@ -1,0 +1,80 @@
+"""The adversarial-training recipe as plain data: TrainConfig and how each attack crafts.
+
+Apart from ``robench.train`` so that the zoo's list of recipes (which every ``zoo:NAME``
+spec reads) needs no trainer, and the trainer, the zoo and the CLI share one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robench.errors import FieldError
+
+
+@dataclass(frozen=True)
+class Crafting:
+    """How training crafts with one attack, from the building blocks of ``robench.attacks``.
+
+    Every attack is sign-gradient steps projected into each example's own eps-ball (the
+    registry's attacks share one eps per call, so training cannot call them): one step of
+    eps, or ``steps`` steps of 2.5 eps / steps (Madry et al.'s size), from x or a random
+    start; up the loss of the true or predicted label, or down that of the least-likely class.
+    """
+
+    least_likely: bool = False  # step l.l.: toward the least-likely class, whatever --label says
+    iterative: bool = False
+    random_start: bool = False
+
+
+CRAFTING: dict[str, Crafting] = {
+    "step_ll": Crafting(least_likely=True),
+    "fgsm": Crafting(),
+    "bim": Crafting(iterative=True),
+    "pgd": Crafting(iterative=True, random_start=True),
+}
+TRAIN_ATTACKS = ("none", *CRAFTING)
+LABELS = ("true", "predicted")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights (recorded in the checkpoint)."""
+
+    arch: str = "test_resnet"
+    data: str = "digits"
+    input_size: int = 32
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    attack: str = "step_ll"
+    label: str = "true"  # fgsm / bim / pgd: craft with true or predicted labels
+    adv_fraction: float = 0.5
+    lam: float = 0.3
+    eps_max: float = 16.0  # 1/255 units
+    eps_sigma: float = 8.0  # 1/255 units
+    steps: int = 5  # bim / pgd
+    limit: int | None = None
+    seed: int = 0
+
+    def validate(self) -> TrainConfig:
+        """Raise a FieldError naming the field (the CLI names its option) for any value outside its range."""
+        checks = [
+            (self.attack in TRAIN_ATTACKS, "attack", f"must be one of {', '.join(TRAIN_ATTACKS)}"),
+            (self.label in LABELS, "label", "must be true or predicted"),
+            (0 <= self.adv_fraction <= 1, "adv_fraction", "must lie in [0, 1]"),
+            (self.lam >= 0, "lam", "must be >= 0"),
+            (0 <= self.eps_max <= 255, "eps_max", "must lie in [0, 255] (1/255 units)"),
+            (self.eps_sigma > 0, "eps_sigma", "must be > 0"),
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 2, "batch_size", "must be >= 2"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.steps >= 1, "steps", "must be >= 1"),
+            (self.input_size >= 8, "input_size", "must be >= 8"),
+            (self.limit is None or self.limit >= 1, "limit", "must be a positive number"),
+            (0 <= self.seed <= 2**63 - 1, "seed", "must be a whole number in [0, 2**63 - 1]"),
+        ]
+        for ok, field_name, rule in checks:
+            if not ok:
+                raise FieldError(field_name, f"{{name}} {getattr(self, field_name)!r} {rule}")
+        return self
