@@ -1,4 +1,4 @@
-"""The adversarial-training recipe as plain data: TrainConfig and how each attack crafts.
+"""The adversarial-training recipe as plain data: TrainConfig and the attacks training can craft with.
 
 Apart from ``robench.train`` so that the zoo's list of recipes (which every ``zoo:NAME``
 spec reads) needs no trainer, and the trainer, the zoo and the CLI share one definition.
@@ -10,29 +10,7 @@ from dataclasses import dataclass
 
 from robench.errors import FieldError
 
-
-@dataclass(frozen=True)
-class Crafting:
-    """How training crafts with one attack, from the building blocks of ``robench.attacks``.
-
-    Every attack is sign-gradient steps projected into each example's own eps-ball (the
-    registry's attacks share one eps per call, so training cannot call them): one step of
-    eps, or ``steps`` steps of 2.5 eps / steps (Madry et al.'s size), from x or a random
-    start; up the loss of the true or predicted label, or down that of the least-likely class.
-    """
-
-    least_likely: bool = False  # step l.l.: toward the least-likely class, whatever --label says
-    iterative: bool = False
-    random_start: bool = False
-
-
-CRAFTING: dict[str, Crafting] = {
-    "step_ll": Crafting(least_likely=True),
-    "fgsm": Crafting(),
-    "bim": Crafting(iterative=True),
-    "pgd": Crafting(iterative=True, random_start=True),
-}
-TRAIN_ATTACKS = ("none", *CRAFTING)
+TRAIN_ATTACKS = ("none", "step_ll", "fgsm", "bim", "pgd")  # how each crafts: robench.train.crafting
 LABELS = ("true", "predicted")
 
 

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench import __version__
+from robench.attacks import REGISTRY
 from robench.attacks.base import Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
 from robench.checkpoint import input_metadata, save_checkpoint
@@ -62,7 +63,7 @@ from robench.distributed import (
 )
 from robench.errors import RobenchError
 from robench.models import Normalized, check_arch, wrap
-from robench.recipe import CRAFTING, Crafting, TrainConfig
+from robench.recipe import TrainConfig
 from robench.report import check_output
 
 
@@ -79,6 +80,28 @@ def mixed_loss_sum(clean_logits: Tensor, clean_y: Tensor, adv_logits: Tensor, ad
     """sum clean CE + lam * sum adversarial CE: the numerator of the paper's loss (it adds up over ranks)."""
     total = F.cross_entropy(clean_logits, clean_y, reduction="sum")
     return total + lam * F.cross_entropy(adv_logits, adv_y, reduction="sum")
+
+
+@dataclass(frozen=True)
+class Crafting:
+    """How training crafts with one attack, from the building blocks of ``robench.attacks``.
+
+    Every attack is sign-gradient steps projected into each example's own eps-ball (the
+    registry's attacks share one eps per call, so training cannot call them): one step of
+    eps, or ``steps`` steps of 2.5 eps / steps (Madry et al.'s size), from x or a random
+    start; up the loss of the true or predicted label, or down that of the least-likely class.
+    """
+
+    least_likely: bool = False  # step l.l.: toward the least-likely class, whatever --label says
+    iterative: bool = False
+    random_start: bool = False
+
+
+def crafting(attack: str) -> Crafting:
+    """What the attack registry says of ``attack``: targeted, single step or iterative, random start."""
+    entry = REGISTRY[attack]
+    return Crafting(least_likely=entry.targeted, iterative=not entry.single_step,
+                    random_start=bool(getattr(entry.config(), "random_start", False)))
 
 
 def _target(model: nn.Module, x: Tensor, y: Tensor, how: Crafting, label: str) -> Tensor:
@@ -115,16 +138,16 @@ def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Gene
     number of processes (the cost: each rank draws k images of noise for pgd).
     """
     eps = sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
-    return Draws(eps, start_noise((k, *image_shape), gen) if CRAFTING[cfg.attack].random_start else None)
+    return Draws(eps, start_noise((k, *image_shape), gen) if crafting(cfg.attack).random_start else None)
 
 
 def craft_batch(model: nn.Module, x: Tensor, y: Tensor, draws: Draws, cfg: TrainConfig) -> Tensor:
     """Adversarial versions of x with each example's own eps and start (``draws``), using the current weights.
 
-    One lookup in ``CRAFTING``; the steps are the attacks' own (``descend``: sign gradient,
-    projection into the eps-ball and [0, 1]), with a per-example eps tensor.
+    What to do comes from the attack registry (``crafting``); the steps are the attacks' own
+    (``descend``: sign gradient, projection into the eps-ball and [0, 1]), with a per-example eps tensor.
     """
-    how = CRAFTING[cfg.attack]
+    how = crafting(cfg.attack)
     unit = to_unit(draws.eps).view(-1, 1, 1, 1).to(x.device)
     steps, size = (cfg.steps, 2.5 * unit / cfg.steps) if how.iterative else (1, unit)
     with attack_mode(model):

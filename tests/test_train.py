@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from robench.checkpoint import input_metadata, read_metadata
 from robench.cli.main import main
 from robench.errors import FieldError, RobenchError
 from robench.models import load_model, parse_spec, weights_sha256
-from robench.recipe import CRAFTING, TrainConfig
-from robench.train import Draws, craft_batch, mixed_loss_sum, sample_eps, start_noise, train, train_step
+from robench.recipe import TRAIN_ATTACKS, TrainConfig
+from robench.train import Draws, craft_batch, crafting, mixed_loss_sum, sample_eps, start_noise, train, train_step
 
 FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "input_size": 16}
 
@@ -74,10 +75,17 @@ def test_eps_sampler_range_and_shape() -> None:
     assert torch.equal(sample_eps(5, 0.0, 8.0, torch.Generator()), torch.zeros(5))
 
 
+def test_crafting_is_what_the_registry_says() -> None:
+    assert [(a, *dataclasses.astuple(crafting(a))) for a in TRAIN_ATTACKS[1:]] == [
+        ("step_ll", True, False, False), ("fgsm", False, False, False), ("bim", False, True, False),
+        ("pgd", False, True, True)]  # (least_likely, iterative, random_start)
+
+
 def test_craft_respects_per_example_eps(small_cnn) -> None:
     x = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     eps = torch.tensor([0.0, 2.0, 8.0, 16.0])
-    for attack, how in CRAFTING.items():
+    for attack in TRAIN_ATTACKS[1:]:
+        how = crafting(attack)
         noise = start_noise(tuple(x.shape), torch.Generator().manual_seed(0)) if how.random_start else None
         adv = craft_batch(small_cnn, x, torch.tensor([0, 1, 2, 3]), Draws(eps, noise), TrainConfig(attack=attack))
         dist = (adv - x).abs().flatten(1).max(1).values

@@ -23,17 +23,16 @@ __all__ = ["Attack", "Labels", "REGISTRY", "attack_mode", "get_attack"]
 
 @dataclass(frozen=True)
 class Attack:
-    """A registered attack: its function, its config class, what kind of attack it is and a one-line summary.
+    """A registered attack: its function, its config class and what kind of attack it is.
 
-    The kind travels with the attack so that other modules (the health checks) ask the
-    registry instead of naming attacks.
+    The kind travels with the attack so that other modules (the health checks, training)
+    ask the registry instead of naming attacks. What each attack does is its function's docstring.
     """
 
     name: str
     run: Callable[..., Iterator[tuple[float, Any]]]
     config: type
-    single_step: bool
-    summary: str
+    single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
     targeted: bool = False  # aims at the least-likely class rather than away from a label
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
 
@@ -41,12 +40,11 @@ class Attack:
 REGISTRY: dict[str, Attack] = {
     a.name: a
     for a in (
-        Attack("fgsm", fgsm, FgsmConfig, True, "fast gradient sign, one step up the loss"),
-        Attack("step_ll", step_ll, StepLLConfig, True, "one step toward the least-likely class", targeted=True),
-        Attack("bim", bim, BimConfig, False, "iterative FGSM, paper schedule", counterpart="fgsm"),
-        Attack("iter_ll", iter_ll, IterLLConfig, False, "iterative least-likely class", targeted=True,
-               counterpart="step_ll"),
-        Attack("pgd", pgd, PgdConfig, False, "projected gradient descent, random start", counterpart="fgsm"),
+        Attack("fgsm", fgsm, FgsmConfig, True),
+        Attack("step_ll", step_ll, StepLLConfig, True, targeted=True),
+        Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
+        Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
+        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
     )
 }
 
