@@ -31,6 +31,7 @@ import pandas as pd
 from robench.attacks import REGISTRY
 from robench.engine import CLEAN, Outcomes
 from robench.errors import FieldError
+from robench.metrics import correct
 from robench.stats import holm, paired
 from robench.suite import AttackSpec, Suite
 
@@ -118,7 +119,8 @@ Correct = Mapping[tuple[Any, ...], np.ndarray]  # row key -> per-sample success 
 
 def correctness(outcomes: Mapping[str, Outcomes]) -> dict[tuple[str, str, float], np.ndarray]:
     """Per-sample top-1 correctness keyed (model, attack, eps), for the paired tests."""
-    return {(m, a, float(e)): o.pred[s] == o.labels for m, o in outcomes.items() for s, (a, e) in enumerate(o.settings)}
+    return {(m, a, float(e)): ok for m, o in outcomes.items()
+            for (a, e), ok in zip(o.settings, o.correct(), strict=True)}
 
 
 def p_better(worse: np.ndarray, better: np.ndarray) -> tuple[float, str]:
@@ -211,7 +213,7 @@ def success(out: Outcomes, setting: int, targeted: bool) -> np.ndarray:
     """Per-sample success of an attack on its own objective: misclassified, or (targeted) the least-likely class."""
     if targeted:
         return out.pred[setting] == out.least_likely
-    return out.pred[setting] != out.labels
+    return ~correct(out.pred[setting], out.labels)
 
 
 def iterative_weaker(outcomes: Mapping[str, Outcomes], suite: Suite, alpha: float = ALPHA) -> list[Flag]:
@@ -260,12 +262,6 @@ def transfer_beats_white_box(rows: pd.DataFrame, correct: Correct | None = None,
         group = (r.target, r.source, r.attack)
         candidates.append(_Candidate(p, group, flag("transfer_beats_white_box", r.target, message, r.attack, r.eps)))
     return significant(candidates, alpha)
-
-
-def transfer_correctness(outcomes: Any) -> dict[tuple[str, str, str, float], np.ndarray]:
-    """Per-sample target correctness of a transfer run, keyed (source, target, attack, eps)."""
-    return {(s, t, a, float(e)): pred[k] == outcomes.labels
-            for (s, t), pred in outcomes.pred.items() for k, (a, e) in enumerate(outcomes.settings)}
 
 
 def perturbation_exceeds_eps(rows: pd.DataFrame) -> list[Flag]:

@@ -39,7 +39,7 @@ def success_rate(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarra
     ok = correct(clean_pred, labels)
     if not ok.any():
         return float("nan")
-    return float((adv_pred[ok] != labels[ok]).mean())
+    return float((~correct(adv_pred[ok], labels[ok])).mean())
 
 
 def summarize(out: Outcomes, model: str) -> pd.DataFrame:

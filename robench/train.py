@@ -62,6 +62,7 @@ from robench.distributed import (
     unwrap,
 )
 from robench.errors import RobenchError
+from robench.metrics import correct
 from robench.models import Normalized, check_arch, wrap
 from robench.recipe import TrainConfig
 from robench.report import check_output
@@ -190,7 +191,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tenso
     opt.zero_grad(set_to_none=True)
     (loss * dist.world_size if dist.is_distributed else loss).backward()  # DDP divides by world_size
     opt.step()
-    return float(loss.detach()), len(clean_y), int((clean.argmax(1) == clean_y).sum())
+    return float(loss.detach()), len(clean_y), int(correct(clean.argmax(1), clean_y).sum())
 
 
 def _adversarial(module: nn.Module, x: Tensor, y: Tensor, k: int, cfg: TrainConfig, gen: torch.Generator,
@@ -233,11 +234,11 @@ def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_siz
     sync_buffers(model, dist)
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
+    hits = 0
     with torch.inference_mode():
         for b in source.batches(input_cfg, batch_size, shard(len(source.ids), dist)):
-            correct += int((model(b.images.to(device)).argmax(1) == b.labels.to(device)).sum())
-    (total,) = all_sum([correct], dist)
+            hits += int(correct(model(b.images.to(device)).argmax(1), b.labels.to(device)).sum())
+    (total,) = all_sum([hits], dist)
     return total / len(source.ids)
 
 
@@ -324,13 +325,13 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, source: Source, input_c
     sizes = [len(rows) for rows in order.split(cfg.batch_size)]
     rows, share = local_rows(order, cfg.batch_size, dist)
     device = next(model.parameters()).device
-    seen = clean = correct = 0
+    seen = clean = right_total = 0
     loss_sum = 0.0
     for size, batch in zip(sizes, source.batches(input_cfg, share, rows), strict=True):
         step = train_step(model, opt, batch.images.to(device), batch.labels.to(device), cfg, gen, dist, size)
         loss, n_clean, right = all_sum(step, dist)  # one tiny all-reduce per step, for exact global figures
-        seen, clean, correct = seen + size, clean + int(n_clean), correct + int(right)
+        seen, clean, right_total = seen + size, clean + int(n_clean), right_total + int(right)
         loss_sum += loss * size
         if progress is not None:
-            progress(EpochStats(epoch, seen, len(source.ids), loss_sum / seen, correct / max(1, clean)))
-    return {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": correct / max(1, clean)}
+            progress(EpochStats(epoch, seen, len(source.ids), loss_sum / seen, right_total / max(1, clean)))
+    return {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": right_total / max(1, clean)}
