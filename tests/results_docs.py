@@ -1,4 +1,4 @@
-"""Results documents as robench writes them, built by hand from per-sample outcomes (for gate tests)."""
+"""Results documents built by hand from per-sample outcomes, and the CLI checks the gate tests share."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from click.testing import CliRunner
 
 from robench import samples
+from robench.cli.main import main
 from robench.data import ids_sha256
 from robench.provenance import SCHEMA_VERSION
 
@@ -43,3 +45,18 @@ GRID = {(m, a, e): BASE for m in ("effnet-base", "effnet-stepll", "resnet-base")
 def write(path: Path, doc: dict | str) -> Path:
     path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error_line(result, code: int, *needles: str) -> str:
+    """The exit code, exactly one 'robench: error:' line on stderr, no traceback; returns the line."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robench: error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -11,31 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
-from results_docs import BASE, GRID, N, flip, make_doc, write
+from results_docs import BASE, GRID, N, flip, invoke, make_doc, one_error_line, write
 
 from robench import gate, gate_report, stats
-from robench.cli.main import main
 from robench.errors import CheckFailed, RobenchError
 from robench.rules import Rules, parse_rules
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "examples" / "ci"
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, code: int, *needles: str) -> str:
-    """The exit code, exactly one 'robench: error:' line on stderr, no traceback; returns the line."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robench: error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 

@@ -8,29 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from results_docs import BASE, GRID, flip, make_doc, write
+from results_docs import BASE, GRID, flip, invoke, make_doc, one_error_line, write
 
-from robench.cli.main import main
 from robench.errors import RobenchError
 from robench.provenance import SCHEMA_VERSION
 from robench.report import write_results
 from robench.results_file import load_results, per_sample, results_json, row_key, row_label
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, code: int, *needles: str) -> str:
-    """The exit code, exactly one 'robench: error:' line on stderr, no traceback; returns the line."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("robench: error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
