@@ -27,7 +27,7 @@ def health_warnings(flags: list[Any]) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
-    """A callback (label, done, total) that drives one rich bar per model, with images/s."""
+    """A callback (label, done, total) that drives one rich bar per label (the command), with images/s."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
