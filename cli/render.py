@@ -51,12 +51,17 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
     tasks: dict[str, Any] = {}
 
     def update(label: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # on the first finished batch: an error before it leaves stderr to its one line
         if label not in tasks:
             tasks[label] = bar.add_task(label, total=total)
         bar.update(tasks[label], completed=done)
 
-    with bar:
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 @contextmanager
@@ -82,8 +87,10 @@ def epoch_bar(epochs: int, enabled: bool = True) -> Iterator[Callable[[Any], Non
 
 
 def warn(message: str) -> None:
-    """A warning on stderr, one line."""
-    console(err=True).print(f"[yellow]warning:[/] {message}")
+    """A warning on stderr, one line however long (paths and messages are printed as they are)."""
+    from rich.markup import escape
+
+    console(err=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 @contextmanager

@@ -52,16 +52,29 @@ class Dist:
 LOCAL = Dist()
 
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; under torchrun (``local_rank`` given) GPUs are cuda:LOCAL_RANK."""
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``, checked to exist here.
+
+    Under torchrun (``local_rank`` given) GPUs are cuda:LOCAL_RANK. Raises FieldError (field ``device``).
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         asked = torch.device(device)
     except RuntimeError:
-        raise FieldError("device", f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+        raise FieldError("device", f"unknown device '{device}' for {{name}}; use {DEVICES}") from None
+    if asked.type not in ("cpu", "cuda", "mps"):
+        raise FieldError("device", f"{{name}} '{device}' cannot run models robench can score; use {DEVICES}")
+    if asked.type == "mps" and not torch.backends.mps.is_available():
+        raise FieldError("device", f"{{name}} '{device}' asked for, but MPS is not available here; use {{name}} cpu")
     if asked.type == "cuda" and not torch.cuda.is_available():
         raise FieldError("device", f"{{name}} '{device}' asked for, but no CUDA GPU is available; use {{name}} cpu")
+    if asked.type == "cuda" and asked.index is not None and asked.index >= torch.cuda.device_count():
+        raise FieldError("device", f"{{name}} '{device}' asked for, but this machine has {torch.cuda.device_count()} "
+                         f"GPU(s); use {{name}} cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if asked.type != "cuda" or local_rank is None:
         return asked
     if asked.index is not None:

@@ -60,6 +60,11 @@ class RunState:
         """Fail before any work if the folder is unusable or belongs to another run."""
         if self.folder.exists() and not self.folder.is_dir():
             raise FieldError("resume", f"{{name}} {self.folder} is a file; give a folder for the run's state")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FieldError("resume", f"{{name}} {self.folder} cannot be created ({e.strerror}); "
+                             f"give a folder that can be written") from None
         for path in sorted(self.folder.glob(STATE_GLOB)) if self.folder.is_dir() else []:
             first = path.open(encoding="utf-8").readline()
             try:

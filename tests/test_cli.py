@@ -209,7 +209,10 @@ BAD_INPUTS = {
     "duplicate labels": (["-m", "a=test_resnet", "-m", "a=test_efficientnet"], ["two models are labelled 'a'"]),
     "unknown option": (["--bogus-option"], ["No such option", "--bogus-option"]),
     "batch size 0": (["--batch-size", "0"], ["'--batch-size'", "0 is not in the range"]),
-    "unknown device": (["--device", "tpu9"], ["unknown device 'tpu9'"]),
+    "unknown device": (["--device", "tpu9"], ["unknown device 'tpu9' for --device"]),
+    "device meta": (["--device", "meta"], ["--device 'meta' cannot run models"]),
+    "resume inside a file": (["--resume", "{root}/classes5.safetensors/state"], ["--resume", "cannot be created"]),
+    "clean-ref names no model": (["--clean-ref", "nope=0.9"], ["--clean-ref names 'nope', which is not a model"]),
     "per-sample suffix": (["--per-sample", "{root}/s.json"], ["--per-sample", "unknown format '.json'"]),
 }
 
@@ -224,7 +227,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needles: list[str], b
                     "fgsm" if "--attack" not in args else "1", "--out", out)
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     lines = stderr_lines(result)
-    assert len(lines) == 1, result.stderr
+    assert result.stderr.splitlines() == lines and len(lines) == 1, result.stderr  # no blank line either
     assert lines[0].startswith("robench: error: ") and len(lines[0]) > len("robench: error: ") + 10
     assert "Traceback" not in result.stdout + result.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
@@ -358,3 +361,11 @@ def test_cli_clean_ref_mistakes_exit_2(tmp_path: Path, monkeypatch: pytest.Monke
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and needle in lines[0], r.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_warning_is_one_line_however_long(capsys: pytest.CaptureFixture[str]) -> None:
+    from robench.cli.render import warn
+
+    warn("cache file /tmp/" + "a" * 300 + ".safetensors is unreadable [SafetensorError]; crafting it again")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: cache file") and "[SafetensorError]" in err
