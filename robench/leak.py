@@ -155,7 +155,8 @@ def run_leak_check(cfg: LeakConfig, progress: Progress | None = None, warn: Call
 
     Under torchrun, rank 0 gets the result and the other ranks None (see ``run_eval``).
     """
-    ev = run_eval(cfg.eval, progress, warn, dist)
+    relabelled = None if progress is None else lambda _, done, total: progress("leak-check", done, total)
+    ev = run_eval(cfg.eval, relabelled, warn, dist)
     if ev is None:
         return None
     tables, verdicts = [], {}
