@@ -26,6 +26,7 @@ from robench.resume import RunState
 from robench.suite import parse_suite
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ZOO_INPUT = InputConfig(size=(32, 32))  # the zoo's input, as its models were trained
 SUITE = parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n")
 
 
@@ -57,7 +58,7 @@ class InfWhenBright(nn.Module):
 
 def _run(model: nn.Module, batch_size: int, warn=None) -> engine.Outcomes:
     source = load_digits_source(limit=80)
-    return engine.evaluate(model, source.batches(InputConfig(), batch_size), source.ids, SUITE, 0, warn)
+    return engine.evaluate(model, source.batches(ZOO_INPUT, batch_size), source.ids, SUITE, 0, warn)
 
 
 def _same(a: engine.Outcomes, b: engine.Outcomes) -> None:
@@ -108,7 +109,7 @@ def test_is_out_of_memory() -> None:
 def test_nonfinite_logits_count_as_wrong_and_are_reported(trained) -> None:
     source = load_digits_source(limit=80)
     broken = _run(InfWhenBright(trained.module), 40)
-    bright = torch.cat([b.images.flatten(1).mean(1) > 0.31 for b in source.batches(InputConfig(), 40)]).numpy()
+    bright = torch.cat([b.images.flatten(1).mean(1) > 0.31 for b in source.batches(ZOO_INPUT, 40)]).numpy()
     clean_bad = broken.pred[0] == engine.NONFINITE
     np.testing.assert_array_equal(clean_bad, bright)  # exactly the inf rows
     assert clean_bad.any() and not clean_bad.all()
