@@ -7,6 +7,7 @@ to results files the same way in every command.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,18 @@ from robench.suite import Suite, load_suite
 from robench.zoo import DEFAULT
 
 MAX_SEED = 2**63 - 1
+_KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say it); checked before the ranges
+    "data": (str, "text such as digits"),
+    "suite": (Suite, "a Suite (robench.suite.load_suite)"),
+    "limit": ((numbers.Integral, type(None)), "a whole number or None"),
+    "seed": (numbers.Integral, "a whole number"),
+    "batch_size": (numbers.Integral, "a whole number"),
+    "device": (str, "text such as auto, cpu or cuda"),
+    "pretrained": (bool, "True or False"),
+    "workers": (numbers.Integral, "a whole number"),
+    "skip_bad_images": (bool, "True or False"),
+    "health_probes": (bool, "True or False"),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,12 @@ class RunSpec:
     health_probes: bool = True  # probe each model on its first batch (robench.probes); results are checked anyway
 
     def __post_init__(self) -> None:
+        for name, (kind, text) in _KINDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise FieldError(name, f"{{name}} must be {text}, got {value!r}")
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))  # numpy integers too, as plain ints for results files
         if self.limit is not None and self.limit < 1:
             raise FieldError("limit", f"{{name}} must be a positive number, got {self.limit}")
         if not 0 <= self.seed <= MAX_SEED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,6 +20,13 @@ from robench.transfer import TransferConfig
     ({"seed": 10**23}, "seed must be a whole number in [0, 2**63 - 1], got 100000000000000000000000"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
     ({"workers": -2}, "workers must be >= 0, got -2"),
+    ({"limit": 1.5}, "limit must be a whole number or None, got 1.5"),
+    ({"limit": True}, "limit must be a whole number or None, got True"),
+    ({"batch_size": "8"}, "batch_size must be a whole number, got '8'"),
+    ({"seed": "x"}, "seed must be a whole number, got 'x'"),
+    ({"device": 0}, "device must be text such as auto, cpu or cuda, got 0"),
+    ({"suite": "attacks.yaml"}, "suite must be a Suite (robench.suite.load_suite), got 'attacks.yaml'"),
+    ({"pretrained": "yes"}, "pretrained must be True or False, got 'yes'"),
 ])
 def test_bad_fields_are_named_as_fields(fields: dict, message: str) -> None:
     with pytest.raises(FieldError) as err:
@@ -49,3 +57,8 @@ def test_configs_compose_the_run_and_record_it_flat() -> None:
     assert (tr["sources"], tr["targets"], tr["cache"]) == (["effnet-base"], None, None)
     assert set(ev) - set(shared) == {"models", "resume", "clean_refs", "clean_ref_tol"}
     assert set(tr) - set(shared) == {"models", "sources", "targets", "cache"}
+
+
+def test_numpy_integers_become_plain_ints() -> None:
+    run = RunSpec(limit=np.int64(5), seed=np.int32(2))
+    assert (run.limit, run.seed) == (5, 2) and type(run.limit) is int and type(run.seed) is int
