@@ -226,18 +226,18 @@ class ExampleStore(Protocol):
     def save(self, source: str, spec: AttackSpec, ids: list[str], examples: Examples) -> None: ...
 
 
-def same_input(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
-    """The example itself: used when every target shares its source's input config."""
-    return x_target + delta
-
-
 @dataclass(frozen=True)
 class Plan:
     """The models of a run and, for each source, the labels that score its examples (itself first)."""
 
     models: tuple[Participant, ...]
     targets: Mapping[str, tuple[str, ...]]
-    deliver: Deliver = same_input  # how an example reaches a target of another input config
+    deliver: Deliver | None = None  # how an example reaches a target of another input config
+
+    def __post_init__(self) -> None:
+        crosses = any(self.model(s).input != self.model(t).input for s, t in self.pairs())
+        if crosses and self.deliver is None:
+            raise ValueError("a source's examples reach a target of another input config; give the plan a deliver")
 
     @classmethod
     def white_box(cls, models: Iterable[Participant]) -> Plan:

@@ -203,12 +203,7 @@ def transfer_health(out: engine.Matrix, rows: pd.DataFrame, suite: Suite) -> lis
     white = out.white_box()
     white_rows = pd.concat([metrics.summarize(o, s) for s, o in white.items()], ignore_index=True)
     return [*health.eval_flags(white_rows, white, suite),
-            *health.transfer_beats_white_box(rows, _transfer_correctness(out))]
-
-
-def _transfer_correctness(out: engine.Matrix) -> dict[tuple[str, str, str, float], Any]:
-    """Per-sample target correctness under attack, keyed (source, target, attack, eps)."""
-    return {k: v for k, v in out.correctness().items() if k[2] != CLEAN}
+            *health.transfer_beats_white_box(rows, out.correctness())]
 
 
 def summarize(out: engine.Matrix, sources: list[str], targets: list[str]) -> pd.DataFrame:

@@ -150,3 +150,11 @@ def test_pgd_does_not_depend_on_its_place_in_the_suite(small_cnn: nn.Module) -> 
     suite = override(load_suite(), ("fgsm", "pgd"), (8.0,))
     after = engine.evaluate(small_cnn, src.batches(cfg, 6), src.ids, suite)
     assert np.array_equal(alone.pred[1], after.pred[2])
+
+
+def test_a_plan_crossing_input_configs_needs_a_deliver(small_cnn: nn.Module) -> None:
+    a = engine.Participant("a", small_cnn, InputConfig(size=(8, 8)))
+    b = engine.Participant("b", small_cnn, InputConfig(size=(16, 16)))
+    assert engine.Plan.white_box([a, b]).deliver is None  # each model scores itself alone: nothing crosses
+    with pytest.raises(ValueError, match="give the plan a deliver"):
+        engine.Plan((a, b), {"a": ("a", "b")})
