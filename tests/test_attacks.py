@@ -89,17 +89,43 @@ def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
-    # the loss is summed over the batch, so a sample's gradient does not depend on its neighbours.
-    # PGD draws its random start from rng for the whole batch, so one sample at a time draws other
-    # numbers; without the random start it is deterministic and must agree like the others.
-    config = PgdConfig(random_start=False) if name == "pgd" else None
+    # the loss is summed over the batch and randomness comes per sample (SampleNoise), so a
+    # sample's example does not depend on its neighbours
+    from robench.engine import attack_noise
+
     x, y = _inputs(4)
     labels = _labels(small_cnn, x, y)
-    whole = _run(name, small_cnn, x, labels, [4.0, 8.0], config)
+    ids = ["a", "b", "c", "d"]
+    run, config = REGISTRY[name].run, REGISTRY[name].config()
+    whole = dict(run(small_cnn, x, labels, [4.0, 8.0], config, attack_noise(0, name, ids)))
     for i in range(4):
-        single = _run(name, small_cnn, x[i : i + 1], _row(labels, i), [4.0, 8.0], config)
+        single = dict(run(small_cnn, x[i : i + 1], _row(labels, i), [4.0, 8.0], config,
+                          attack_noise(0, name, ids[i : i + 1])))
         for eps in (4.0, 8.0):
             assert torch.equal(single[eps][0], whole[eps][i]), (i, eps)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_early_stop_keeps_every_success_and_changes_nothing_else(name: str, small_cnn: nn.Module) -> None:
+    # a sample follows the same path until its first misclassified iterate, which early stopping
+    # keeps: it is fooled whenever the full run fools it, and an unfooled sample's example is the same
+    from robench.engine import attack_noise
+
+    x, y = _inputs(8, seed=4)
+    labels = _labels(small_cnn, x, y)
+    small_cnn.eval()
+    run, config = REGISTRY[name].run, REGISTRY[name].config()
+    noise = attack_noise(0, name, [str(i) for i in range(8)])
+    full = dict(run(small_cnn, x, labels, EPS, config, noise))
+    early = dict(run(small_cnn, x, labels, EPS, config, noise, early_stop=True))
+    for eps in EPS:
+        with torch.no_grad():
+            fooled_full = small_cnn(full[eps]).argmax(1) != y
+            fooled_early = small_cnn(early[eps]).argmax(1) != y
+        assert (fooled_early | ~fooled_full).all(), eps
+        assert torch.equal(early[eps][~fooled_early], full[eps][~fooled_early]), eps
+        assert (early[eps] - x).abs().max().item() <= eps / 255 + 1e-6
+        assert early[eps].min().item() >= 0.0 and early[eps].max().item() <= 1.0
 
 
 def test_pgd_sample_noise_is_independent_of_batching_and_eps_list(small_cnn: nn.Module) -> None:

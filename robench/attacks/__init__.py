@@ -1,9 +1,12 @@
 """The attack registry: one place that names every attack robench can run.
 
 Every attack has the same signature,
-``run(model, x, labels, eps, config, rng) -> iterator of (eps, x_adv)``,
-where ``model`` takes [0, 1] pixels, ``eps`` is a list in 1/255 units and
-``config`` is the attack's own frozen dataclass.
+``run(model, x, labels, eps, config, rng, early_stop=False) -> iterator of (eps, x_adv)``,
+where ``model`` takes [0, 1] pixels, ``x`` is [N, C, H, W] in [0, 1], ``eps`` is a list in
+1/255 units, ``config`` is the attack's own frozen dataclass, and ``rng`` is a
+``SampleNoise`` (one stream per sample, so results do not depend on the batch) or a
+generator. With ``early_stop`` an iterative attack stops on a sample at its first
+misclassified iterate and keeps it.
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ All attacks work on [0, 1] pixels and take eps in 1/255 units, as in the paper.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +75,16 @@ def input_gradient(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     return torch.zeros_like(xg) if grad is None else grad
 
 
+def gradient_and_logits(model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """sign(d summed CE / dx) and the logits of that same forward, so early stopping costs no extra pass."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        logits = model(xg)
+        loss = F.cross_entropy(logits, labels.clone(), reduction="sum")
+        grad = torch.autograd.grad(loss, xg, allow_unused=True)[0] if loss.requires_grad else None
+    return (torch.zeros_like(xg) if grad is None else grad).sign(), logits.detach()
+
+
 def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     """sign(d loss / d x) of the summed cross-entropy: the direction of every sign-gradient step."""
     return input_gradient(model, x, labels).sign()
@@ -95,6 +107,47 @@ class SampleNoise:
             raise ValueError(f"{len(self.seeds)} noise seeds for a batch of {len(x)}")
         rows = [torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in self.seeds]
         return (torch.stack(rows) * 2 - 1).to(device=x.device, dtype=x.dtype)
+
+
+    def child(self, tag: str | int) -> SampleNoise:
+        """Independent streams for one part of an attack (a restart, a target class), still per sample."""
+        return SampleNoise(tuple(_mix(s, str(tag)) for s in self.seeds))
+
+    def uniform(self, step: int, count: int) -> Tensor:
+        """[N, count] uniform numbers in [0, 1) for iteration ``step``: counter-based, so no per-sample loop.
+
+        Sample i's numbers depend on (its seed, step, position) only, never on its batch
+        (splitmix64 of the three; Steele et al. 2014), so a score-based attack that draws
+        every iteration stays batch-invariant at the cost of a few integer operations.
+        """
+        seeds = np.asarray(self.seeds, dtype=np.uint64)[:, None]
+        with np.errstate(over="ignore"):
+            counter = np.uint64(step) * np.uint64(0x9E3779B97F4A7C15) + np.arange(count, dtype=np.uint64)[None, :]
+            z = _splitmix64(_splitmix64(seeds) ^ counter)
+        return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(2**53))
+
+
+def _mix(seed: int, tag: str) -> int:
+    digest = hashlib.blake2b(f"{seed}\0{tag}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def sample_noise(rng: SampleNoise | torch.Generator | None, n: int) -> SampleNoise:
+    """Per-sample streams for n samples: ``rng`` itself, or seeds drawn from a generator (None: seed 0)."""
+    if isinstance(rng, SampleNoise):
+        if len(rng.seeds) != n:
+            raise ValueError(f"{len(rng.seeds)} noise seeds for a batch of {n}")
+        return rng
+    gen = rng if rng is not None else torch.Generator().manual_seed(0)
+    return SampleNoise(tuple(int(s) for s in torch.randint(0, 2**62, (n,), generator=gen).tolist()))
 
 
 def uniform_noise(x: Tensor, rng: SampleNoise | torch.Generator | None) -> Tensor:

@@ -18,6 +18,7 @@ from robench.attacks.base import (
     Labels,
     SampleNoise,
     attack_mode,
+    gradient_and_logits,
     gradient_sign,
     project,
     to_unit,
@@ -71,16 +72,36 @@ def descend(
     step: float,
     steps: int,
     first: Tensor | None = None,
+    stop_on: Tensor | None = None,
 ) -> Tensor:
     """Run ``steps`` projected sign-gradient steps of size ``step`` from ``start``.
 
     All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``.
-    ``first`` is the gradient sign at ``start`` when the caller already has it.
+    ``first`` is the gradient sign at ``start`` when the caller already has it. With
+    ``stop_on`` (the true labels, [N]) a sample stops at the first iterate that the model
+    misclassifies and keeps it (early stopping): the gradient's own forward tells, so it
+    costs no extra pass, and the other samples' steps are unchanged.
     """
+    if stop_on is not None:
+        return _descend_until_fooled(model, x, start, target, eps, step, steps, stop_on)
     x_adv = start
     for i in range(steps):
         g = first if (i == 0 and first is not None) else gradient_sign(model, x_adv, target)
         x_adv = project(x_adv + step * g, x, eps)
+    return x_adv
+
+
+def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Tensor, eps: float, step: float,
+                          steps: int, stop_on: Tensor) -> Tensor:
+    """``descend`` on the samples the model still classifies correctly, one gradient each per step."""
+    x_adv, live = start.clone(), torch.arange(len(x), device=x.device)
+    for _ in range(steps):
+        g, logits = gradient_and_logits(model, x_adv[live], target[live])
+        keep = logits.argmax(1) == stop_on[live]
+        live, g = live[keep], g[keep]
+        if len(live) == 0:
+            break
+        x_adv[live] = project(x_adv[live] + step * g, x[live], eps)
     return x_adv
 
 
@@ -92,8 +113,9 @@ def _schedule(
     step_size: float,
     steps: int | None,
     sign: float,
+    stop_on: Tensor | None = None,
 ) -> Iterator[tuple[float, Tensor]]:
-    """BIM-style sweep; every eps starts at x, so the first gradient is computed once."""
+    """BIM-style sweep; every eps starts at x, so the first gradient is computed once (without early stopping)."""
     first: Tensor | None = None
     for e in eps:
         n = paper_steps(e) if steps is None else steps
@@ -101,9 +123,9 @@ def _schedule(
             yield e, x.clone()
             continue
         with attack_mode(model):
-            if first is None:
+            if first is None and stop_on is None:
                 first = gradient_sign(model, x, target)
-            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, first)
+            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, first, stop_on)
         yield e, x_adv
 
 
@@ -114,10 +136,12 @@ def bim(
     eps: Sequence[float],
     config: BimConfig,
     rng: torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
     """Basic iterative method (iterative FGSM) up the loss of ``label``."""
     target = labels.pick(config.label)
-    yield from _schedule(model, x, target, eps, config.step_size, config.steps, 1.0)
+    stop_on = labels.true if early_stop else None
+    yield from _schedule(model, x, target, eps, config.step_size, config.steps, 1.0, stop_on)
 
 
 def iter_ll(
@@ -127,9 +151,14 @@ def iter_ll(
     eps: Sequence[float],
     config: IterLLConfig,
     rng: torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Iterative least-likely class method: BIM steps down the loss of y_LL."""
-    yield from _schedule(model, x, labels.least_likely, eps, config.step_size, config.steps, -1.0)
+    """Iterative least-likely class method: BIM steps down the loss of y_LL.
+
+    Early stopping stops at misclassification (what robust accuracy counts), not at y_LL.
+    """
+    stop_on = labels.true if early_stop else None
+    yield from _schedule(model, x, labels.least_likely, eps, config.step_size, config.steps, -1.0, stop_on)
 
 
 def pgd(
@@ -139,6 +168,7 @@ def pgd(
     eps: Sequence[float],
     config: PgdConfig,
     rng: SampleNoise | torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
     """Projected gradient descent with a uniform random start in the eps-ball.
 
@@ -155,5 +185,6 @@ def pgd(
         size = 2.5 * e / config.steps if config.step_size is None else config.step_size
         start = x if noise is None else (x + unit * noise).clamp(0.0, 1.0)
         with attack_mode(model):
-            x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps)
+            x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps,
+                            stop_on=labels.true if early_stop else None)
         yield e, x_adv

@@ -1,6 +1,7 @@
 """Single-step attacks: FGSM and step l.l. (Kurakin et al. 2017, eqs. 1 and 2).
 
-Each computes one gradient per batch and reuses it for every eps.
+Each computes one gradient per batch and reuses it for every eps. ``early_stop`` is accepted
+and changes nothing: one step has nothing to stop (the engine keeps a smaller eps's success).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def fgsm(
     eps: Sequence[float],
     config: FgsmConfig,
     rng: torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
     """Fast gradient sign method: x + eps * sign(grad_x J(x, y))."""
     with attack_mode(model):
@@ -56,6 +58,7 @@ def step_ll(
     eps: Sequence[float],
     config: StepLLConfig,
     rng: torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
     """One step toward the least-likely class: x - eps * sign(grad_x J(x, y_LL))."""
     with attack_mode(model):
