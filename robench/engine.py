@@ -321,7 +321,7 @@ class _Batch:
         if len(rows) < len(x):
             index = torch.tensor(rows, device=x.device)
             x = x[index]
-            labels = Labels(labels.true[index], labels.predicted[index], labels.least_likely[index])
+            labels = labels.rows(index)
         noise = attack_noise(self.seed, spec.id, [self.ids[i] for i in rows])
         return list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, noise))
 

@@ -46,7 +46,7 @@ def _run(name: str, model: nn.Module, x: torch.Tensor, labels: Labels, eps: list
 
 
 def _row(labels: Labels, i: int) -> Labels:
-    return Labels(labels.true[i : i + 1], labels.predicted[i : i + 1], labels.least_likely[i : i + 1])
+    return labels.rows(torch.arange(i, i + 1))
 
 
 # --- the contract, for every registered attack -------------------------------------------------

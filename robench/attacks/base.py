@@ -23,14 +23,20 @@ LabelKind = Literal["true", "predicted"]
 class Labels:
     """Per-sample classes an attack may use, all taken from one clean forward pass."""
 
-    true: Tensor
-    predicted: Tensor
-    least_likely: Tensor
+    true: Tensor  # [N] int64
+    predicted: Tensor  # [N]
+    least_likely: Tensor  # [N]
+    logits: Tensor | None = None  # [N, classes] the clean logits, for attacks that rank classes (apgd_t, fab_t)
 
     @classmethod
     def from_logits(cls, logits: Tensor, true: Tensor) -> Labels:
         """Prediction and least-likely class of clean logits (argmin, as in the paper)."""
-        return cls(true=true, predicted=logits.argmax(1), least_likely=logits.argmin(1))
+        return cls(true=true, predicted=logits.argmax(1), least_likely=logits.argmin(1), logits=logits)
+
+    def rows(self, index: Tensor) -> Labels:
+        """These samples' labels (index: [K] positions)."""
+        return Labels(self.true[index], self.predicted[index], self.least_likely[index],
+                      None if self.logits is None else self.logits[index])
 
     def pick(self, kind: LabelKind) -> Tensor:
         """The labels an untargeted attack pushes away from."""
