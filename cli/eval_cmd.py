@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .gate_cmd import apply_gate, prepare_gate
-from .options import resume_option, run_options
+from .options import build_suite, resume_option, run_options, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -16,11 +16,13 @@ from .render import console, distributed_run, health_warnings, warn
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @click.option("-m", "--model", "models", multiple=True, metavar="SPEC",
               help="[LABEL=]NAME[@CHECKPOINT] or a robench .safetensors file (repeatable). Default: built-in model.")
-@click.option("--attacks", "attacks_file", type=click.Path(path_type=Path), metavar="FILE",
-              help="Attack suite YAML. Default: the built-in attacks.yaml.")
-@click.option("--attack", "attack_names", multiple=True, metavar="NAME",
-              help="Run only this attack (repeatable); suite entries keep their options.")
-@click.option("--eps", "eps_text", metavar="LIST", help="Comma-separated eps in 1/255 units, e.g. 2,4,8 or 8/255.")
+@suite_options
+@click.option("--cascade/--no-cascade", default=None,
+              help="Run each attack only on samples still robust after those before it (AutoAttack's standard "
+                   "run). Default: the suite's setting.")
+@click.option("--early-stop/--no-early-stop", default=None,
+              help="Stop attacking a sample at its first misclassified iterate, and skip larger eps once fooled. "
+                   "Default: the suite's setting.")
 @run_options
 @resume_option
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE",
@@ -37,19 +39,23 @@ from .render import console, distributed_run, health_warnings, warn
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
-def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: Path | None,
-                 attack_names: tuple[str, ...], eps_text: str | None, resume: Path | None, out: Path | None,
+def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
+                 attack_names: tuple[str, ...], eps_text: str | None, cascade: bool | None, early_stop: bool | None,
+                 resume: Path | None, out: Path | None,
                  per_sample: Path | None, gate_rules: Path | None, baseline: Path | None,
                  clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
                  **run: Any) -> None:
     """Attack each model with its own gradients across attacks x eps.
 
-    Prints clean and adversarial top-1 / top-5 accuracy. With no model it
-    evaluates the built-in default (a tiny timm model trained on digits).
+    Prints clean and adversarial top-1 / top-5 accuracy, and per eps the "worst"
+    row: robust accuracy as the per-sample worst case over the suite (a sample
+    counts only if it is right clean and under every attack). With no model it
+    evaluates the built-in default (the zoo's baseline and step l.l. models).
 
     \b
     Examples:
       robench eval
+      robench eval --attacks autoattack
       robench eval -m resnet18@weights.pth --data ./val --limit 500 --eps 2,4,8
       robench eval -m model.safetensors --attack fgsm --attack bim --out results.json
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
@@ -57,13 +63,11 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: 
     from robench.evaluate import EvalConfig, run_eval
     from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
     from robench.runspec import RunSpec
-    from robench.suite import load_suite, override, parse_eps_list
 
     check_output(out)
     check_output(per_sample, (".csv",), "--per-sample")
     gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
-    eps = parse_eps_list(eps_text) if eps_text is not None else None
-    suite = override(load_suite(attacks_file), attack_names, eps)
+    suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop)
     cfg = EvalConfig(specs + models, RunSpec(suite=suite, health_probes=not no_health, **run), resume,
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):
@@ -75,7 +79,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], attacks_file: 
     if per_sample is not None:
         write_per_sample(per_sample, result.per_sample())
     if not quiet:
-        console().print(results_table(result.rows))
+        console().print(results_table(result.rows, suite=suite))
     health_warnings(result.health)
     if gate is not None:
         apply_gate(gate, results_doc(result.meta, result.rows, result.packed_samples()), "eval results", quiet)

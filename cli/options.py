@@ -47,3 +47,31 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--resume", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
         help="Keep finished batches in DIR as they complete; rerunning the same command there computes only the rest.",
     )(command)
+
+
+def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --attacks NAME|FILE, --attack NAME (repeatable) and --eps LIST."""
+    for option in reversed((
+        click.option("--attacks", "suite_name", metavar="NAME|FILE",
+                     help="Attack suite: a built-in (paper, autoattack, autoattack-fast, quick; see `robench suites`) "
+                          "or a YAML file. Default: paper."),
+        click.option("--attack", "attack_names", multiple=True, metavar="NAME",
+                     help="Run only this attack (repeatable); suite entries keep their options."),
+        click.option("--eps", "eps_text", metavar="LIST",
+                     help="Comma-separated eps in 1/255 units, e.g. 2,4,8 or 8/255."),
+    )):
+        command = option(command)
+    return command
+
+
+def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None,
+                cascade: bool | None = None, early_stop: bool | None = None) -> Any:
+    """The suite the options describe; None for --cascade/--early-stop keeps the suite's own setting."""
+    import dataclasses
+
+    from robench.suite import load_suite, override, parse_eps_list
+
+    eps = parse_eps_list(eps_text) if eps_text is not None else None
+    suite = override(load_suite(suite_name), attack_names, eps)
+    flags = {k: v for k, v in (("cascade", cascade), ("early_stop", early_stop)) if v is not None}
+    return dataclasses.replace(suite, **flags) if flags else suite

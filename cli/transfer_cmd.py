@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import run_options
+from .options import build_suite, run_options, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -20,9 +20,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help="Model spec (repeatable).")
 @click.option("--sources", metavar="LABELS", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LABELS", help="Comma-separated labels scoring them. Default: every model.")
-@click.option("--attacks", "attacks_file", type=click.Path(path_type=Path), metavar="FILE", help="Attack suite YAML.")
-@click.option("--attack", "attack_names", multiple=True, metavar="NAME", help="Run only this attack (repeatable).")
-@click.option("--eps", "eps_text", metavar="LIST", help="Comma-separated eps in 1/255 units, e.g. 2,4,8,16.")
+@suite_options
 @run_options
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
               help="Keep adversarial examples here; a rerun crafts only what is missing.")
@@ -32,7 +30,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
-                     attacks_file: Path | None, attack_names: tuple[str, ...], eps_text: str | None,
+                     suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None,
                      cache: Path | None, out: Path | None, plot: Path | None, no_health: bool, quiet: bool,
                      **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
@@ -50,13 +48,11 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     """
     from robench.report import check_output, transfer_heatmaps, transfer_tables, write_results
     from robench.runspec import RunSpec
-    from robench.suite import load_suite, override, parse_eps_list
     from robench.transfer import TransferConfig, run_transfer
 
     check_output(out)
     check_output(plot, (".png",), "--plot")
-    eps = parse_eps_list(eps_text) if eps_text is not None else None
-    suite = override(load_suite(attacks_file), attack_names, eps)
+    suite = build_suite(suite_name, attack_names, eps_text)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          RunSpec(suite=suite, health_probes=not no_health, **run), cache)
     with distributed_run(cfg.run.device, quiet) as (dist, progress):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +29,7 @@ from robench.attacks.base import SampleNoise
 from robench.data import Batch, InputConfig, Source
 from robench.distributed import LOCAL, Dist, gather, shard
 from robench.metrics import CLEAN, NONFINITE, correct
+from robench.passes import Passes, count_passes
 from robench.provenance import merge_skipped
 from robench.resume import RunState
 from robench.suite import AttackSpec, Suite
@@ -107,6 +109,27 @@ class Matrix:
     settings: list[tuple[str, float]]
     pairs: dict[Pair, Outcomes]
     crafted: int = 0  # attack calls made (0 when every example came from the cache)
+    cost: dict[str, list[float]] = field(default_factory=dict)  # json [source, attack] -> [forward, backward, s]
+
+    def charge(self, source: str, attack: str, passes: Passes, seconds: float) -> None:
+        """Add an attack call's per-sample passes and wall time to its (source, attack) cost."""
+        cost = self.cost.setdefault(json.dumps([source, attack]), [0, 0, 0.0])
+        cost[0] += passes.forward
+        cost[1] += passes.backward
+        cost[2] += seconds
+
+    def costs(self) -> list[dict[str, Any]]:
+        """Per (source, attack): per-sample forward and backward passes made crafting.
+
+        Passes, not seconds, go into results files: they are the same on any machine, batch
+        size or number of torchrun ranks (a resumed run counts the batches it ran).
+        """
+        return [{"model": s, "attack": a, "forward_passes": int(c[0]), "backward_passes": int(c[1])}
+                for (s, a), c in ((json.loads(k), c) for k, c in self.cost.items())]
+
+    def seconds(self) -> dict[tuple[str, str], float]:
+        """Wall seconds spent per (source, attack), crafting and scoring's attack calls (for benchmarks)."""
+        return {tuple(json.loads(k)): c[2] for k, c in self.cost.items()}
 
     @classmethod
     def empty(cls, ids: list[str], settings: list[tuple[str, float]], pairs: Iterable[Pair]) -> Matrix:
@@ -124,7 +147,7 @@ class Matrix:
 
     def part(self, rows: np.ndarray) -> dict[str, Any]:
         """These rows' outcomes of every pair, for a resume file or another rank."""
-        return {"rows": rows, "crafted": self.crafted,
+        return {"rows": rows, "crafted": self.crafted, "cost": self.cost,
                 "pairs": {json.dumps(p): o.part(rows) for p, o in self.pairs.items()}}
 
     def fill(self, part: Mapping[str, Any]) -> None:
@@ -136,7 +159,7 @@ class Matrix:
     def subset(self, rows: np.ndarray) -> Matrix:
         """Only these rows, in this order."""
         return Matrix([self.ids[r] for r in rows], self.settings, {p: o.subset(rows) for p, o in self.pairs.items()},
-                      self.crafted)
+                      self.crafted, self.cost)
 
     def white_box(self) -> dict[str, Outcomes]:
         """Each source's outcomes on its own examples, by model label (what ``robench eval`` reports)."""
@@ -287,6 +310,9 @@ class _Batch:
 
     def source(self, s: Participant, labels: Labels) -> None:
         """The source's examples for every attack x eps, each scored by every target of the source."""
+        if self.suite.cascade or self.suite.early_stop:
+            Survivors(self, s, labels).run()
+            return
         setting = 1
         xs = self.x[s.input]
         for spec in self.suite.attacks:
@@ -322,8 +348,113 @@ class _Batch:
             index = torch.tensor(rows, device=x.device)
             x = x[index]
             labels = labels.rows(index)
-        noise = attack_noise(self.seed, spec.id, [self.ids[i] for i in rows])
-        return list(REGISTRY[spec.name].run(s.module, x, labels, spec.eps, spec.config, noise))
+        return self.call(s, spec, x, labels, [self.ids[i] for i in rows], spec.eps)
+
+    def call(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, ids: list[str],
+             eps: Sequence[float], early_stop: bool = False) -> Examples:
+        """The attack on these samples at these eps, its passes and time charged to (source, attack)."""
+        start = time.perf_counter()
+        with count_passes(s.module) as passes:
+            made = list(REGISTRY[spec.name].run(s.module, x, labels, eps, spec.config,
+                                                attack_noise(self.seed, spec.id, ids), early_stop))
+        self.out.charge(s.label, spec.id, passes, time.perf_counter() - start)
+        return made
+
+
+Row = tuple[np.ndarray, np.ndarray, np.ndarray]  # per sample of a batch: prediction, top-5 hit, L-inf (1/255)
+
+
+class Survivors:
+    """One white-box source under cascade and/or early stopping: attacks run on survivors only.
+
+    The state, per eps, is each sample's outcome under the strongest example so far (clean at
+    first). Under cascade an attack runs at eps e only on the samples still robust at e, and its
+    row is the state after it ("robust after this stage"); a sample is attacked with exactly the
+    example a full run would give it, so the worst case is the full run's. Under early stopping
+    a sample fooled at a smaller eps keeps that example at the larger ones (it lies in their
+    ball), eps ascending. Single-step attacks still take one gradient for every eps.
+    """
+
+    def __init__(self, batch: _Batch, s: Participant, labels: Labels) -> None:
+        self.batch, self.s, self.labels = batch, s, labels
+        self.o, self.x = batch.out.pairs[(s.label, s.label)], batch.x[s.input]
+        rows = batch.rows
+        clean = (self.o.pred[0, rows].copy(), self.o.top5[0, rows].copy(), np.zeros(len(rows), np.float32))
+        every_eps = sorted({float(e) for a in batch.suite.attacks for e in a.eps})
+        self.state: dict[float, Row] = {e: tuple(v.copy() for v in clean) for e in every_eps}
+
+    def run(self) -> None:
+        """Every attack of the suite in order, each at its eps ascending."""
+        setting = 1
+        for spec in self.batch.suite.attacks:
+            self.attack(spec, {float(e): setting + j for j, e in enumerate(spec.eps)})
+            setting += len(spec.eps)
+
+    def robust(self, e: float) -> np.ndarray:
+        """[B] which samples the state still has right at eps e."""
+        return correct(self.state[e][0], self.batch.labels)
+
+    def attack(self, spec: AttackSpec, settings: dict[float, int]) -> None:
+        """One attack's rows: crafted for the samples still in play, carried for the rest."""
+        cascade, early_stop, n = self.batch.suite.cascade, self.batch.suite.early_stop, len(self.x)
+        carried = np.zeros(n, dtype=bool)  # fooled by this attack at a smaller eps
+        carry: Row = (np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, np.float32))
+        ahead = self.single_step(spec) if REGISTRY[spec.name].single_step else None
+        for e in sorted(settings):
+            todo = (self.robust(e) if cascade else np.ones(n, dtype=bool)) & ~carried
+            row: Row = tuple(v.copy() for v in self.state[e]) if cascade else tuple(np.zeros_like(v) for v in carry)
+            if todo.any():
+                self.score(row, todo, ahead[e][todo] if ahead else self.craft(spec, e, todo), cascade, e)
+            for mine, theirs in zip(row, carry, strict=True):
+                mine[carried] = theirs[carried]
+            self.record(settings[e], row)
+            if cascade:
+                self.state[e] = row
+            if early_stop:
+                newly = todo & ~correct(row[0], self.batch.labels)
+                for theirs, mine in zip(carry, row, strict=True):
+                    theirs[newly] = mine[newly]
+                carried |= newly
+
+    def single_step(self, spec: AttackSpec) -> dict[float, Tensor]:
+        """A single-step attack's examples at every eps from one gradient, for every sample that may need one."""
+        need = np.ones(len(self.x), dtype=bool)
+        if self.batch.suite.cascade:
+            need = np.any([self.robust(float(e)) for e in spec.eps], axis=0)
+        out = {float(e): self.x.clone() for e in spec.eps}
+        if need.any():
+            index = self.index(need)
+            self.batch.out.crafted += 1
+            made = self.batch.call(self.s, spec, self.x[index], self.labels.rows(index), self.ids(need), spec.eps)
+            for e, x_e in made:
+                out[float(e)][index] = x_e
+        return out
+
+    def craft(self, spec: AttackSpec, e: float, todo: np.ndarray) -> Tensor:
+        """An iterative attack's examples at eps e for these samples."""
+        index = self.index(todo)
+        self.batch.out.crafted += 1
+        made = self.batch.call(self.s, spec, self.x[index], self.labels.rows(index), self.ids(todo), [e],
+                               self.batch.suite.early_stop)
+        return made[0][1]
+
+    def score(self, row: Row, todo: np.ndarray, x_adv: Tensor, cascade: bool, e: float) -> None:
+        """Write the outcomes of these samples' examples into ``row``."""
+        index = self.index(todo)
+        pred, top5 = predictions(score(self.s.module, x_adv), self.batch.y[index])
+        row[0][todo] = pred
+        row[1][todo] = top5 & self.state[e][1][todo] if cascade else top5
+        row[2][todo] = linf_255(x_adv, self.x[index])
+
+    def record(self, setting: int, row: Row) -> None:
+        rows = self.batch.rows
+        self.o.pred[setting, rows], self.o.top5[setting, rows], self.o.linf[setting, rows] = row
+
+    def index(self, mask: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.flatnonzero(mask)).to(self.x.device)
+
+    def ids(self, mask: np.ndarray) -> list[str]:
+        return [i for i, m in zip(self.batch.ids, mask, strict=True) if m]
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -382,6 +513,8 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
                 hooks: Hooks | None = None) -> Matrix:
     """Run the plan over these batches into ``out``; every model's mode and parameter flags are restored after."""
     hooks = hooks or Hooks()
+    if (suite.cascade or suite.early_stop) and any(t != (s,) for s, t in plan.targets.items()):
+        raise ValueError("cascade and early_stop are for white-box runs: every source its own only target")
     size, done = None, int(out.done(np.arange(len(out.ids))).sum())
     with ExitStack() as stack:
         for module in {id(m.module): m.module for m in plan.models}.values():
@@ -425,12 +558,22 @@ def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, di
     for part, _ in gathered[1:]:
         out.fill(part)
     out.crafted = sum(part["crafted"] for part, _ in gathered)
+    out.cost = _summed_costs([part["cost"] for part, _ in gathered])
     skipped = merge_skipped([bad for _, bad in gathered])
     if skipped:
         out = out.subset(np.array([r for r in range(len(source.ids)) if r not in skipped], dtype=np.int64))
     for line in out.nonfinite_lines() if hooks.warn else []:
         hooks.warn(line)
     return out, skipped
+
+
+def _summed_costs(costs: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Every rank's costs, added up."""
+    total: dict[str, list[float]] = {}
+    for cost in costs:
+        for key, values in cost.items():
+            total[key] = [a + b for a, b in zip(total.get(key, [0, 0, 0.0]), values, strict=True)]
+    return total
 
 
 def evaluate(model: nn.Module, batches: Iterable[Batch], ids: list[str], suite: Suite, seed: int = 0,

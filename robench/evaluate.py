@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from robench import engine, health, metrics, samples
+from robench import engine, health, metrics, samples, worst
 from robench.distributed import LOCAL, Dist
 from robench.engine import Progress
 from robench.provenance import dataset_record, envelope
@@ -26,12 +27,14 @@ class EvalConfig:
     resume: Path | None = None  # state folder: finished batches are kept there, and taken from there
     clean_refs: tuple[tuple[str, float], ...] = ()  # (label, expected clean top-1): checked against the result
     clean_ref_tol: float | None = None  # allowed |clean top-1 - reference|; None: the exact 95% interval for n
+    worst: bool = True  # add the per-sample worst-case rows (attack "worst"; leak-check leaves them out)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files: the run's fields alongside eval's own."""
         return {"models": list(self.models), **self.run.describe(),
                 "resume": None if self.resume is None else str(self.resume),
-                "clean_refs": [list(r) for r in self.clean_refs], "clean_ref_tol": self.clean_ref_tol}
+                "clean_refs": [list(r) for r in self.clean_refs], "clean_ref_tol": self.clean_ref_tol,
+                "worst": self.worst}
 
 
 @dataclass
@@ -44,8 +47,13 @@ class EvalResult:
     health: list[health.Flag] = field(default_factory=list)  # also in meta["health"], as records
 
     def per_sample(self) -> pd.DataFrame:
-        """Tidy per-sample rows for every model."""
-        return pd.concat([metrics.per_sample(o, m) for m, o in self.outcomes.items()], ignore_index=True)
+        """Tidy per-sample rows for every model, with each sample's smallest breaking eps (``min_eps``)."""
+        frames = []
+        for m, o in self.outcomes.items():
+            frame = metrics.per_sample(o, m)
+            frame["min_eps"] = np.tile(worst.min_eps(o), len(o.settings))
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
 
     def packed_samples(self) -> dict[str, Any]:
         """Packed per-sample top-1/top-5 correctness, one record per row (for results files)."""
@@ -96,9 +104,13 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
             flags: list[health.Flag]) -> EvalResult:
     """Rows, provenance and health of the gathered outcomes."""
     outcomes = out.white_box()
+    if cfg.worst:
+        outcomes = {label: worst.with_worst(o) for label, o in outcomes.items()}
     rows = pd.concat([metrics.summarize(o, label) for label, o in outcomes.items()], ignore_index=True)
     dataset = dataset_record(opened.source, cfg.run.data, "test", out.ids, skipped)
     meta = envelope("eval", cfg.describe(), dataset, [m.describe() for m in opened.models], metrics.DEFINITIONS)
+    meta["cost"] = out.costs()
+    meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
     flags = [*flags, *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]
     meta["health"] = health.records(flags)
     return EvalResult(rows, outcomes, meta, flags)

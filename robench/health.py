@@ -40,6 +40,7 @@ ALPHA = 0.05  # family-wise error of a check's comparisons in one run (Holm)
 UNBOUNDED_MAX_TOP1 = 0.10  # an unbounded attack leaving more than this correct is a flag (robench.probes)
 ZERO_GRADIENT_MAX = 0.5  # share of exactly-zero input-gradient entries above which a probe flags
 LINF_TOL = 1e-4  # 1/255 units: float slack on ||x_adv - x||_inf <= eps
+BLACK_BOX_MIN_SHARE = 0.01  # share of samples a black box alone fools above which it is a flag (and 2 samples)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
           "or other randomness): attacks chase noise"),
     Check("perturbation_exceeds_eps", "a measured ||x_adv - x||_inf exceeds the attack's eps: the examples left "
           "the threat model"),
+    Check("black_box_beats_white_box", "a score-based black-box attack (square) fools samples that every gradient "
+          "attack of the suite missed at the same eps: the gradients are masked (AutoAttack's own check)"),
     Check("clean_accuracy_mismatch", "clean accuracy differs from the reference given beyond sampling noise "
           "(wrong weights, normalization, resolution or labels)"),
 )}
@@ -264,6 +267,31 @@ def transfer_beats_white_box(rows: pd.DataFrame, correct: Correct | None = None,
     return significant(candidates, alpha)
 
 
+def black_box_beats_white_box(outcomes: Mapping[str, Outcomes], suite: Suite) -> list[Flag]:
+    """Check 10: samples a black-box attack fools although every gradient attack at that eps missed them.
+
+    With full gradients a black box should find next to nothing the white-box attacks missed;
+    AutoAttack warns on the same symptom. Flags when such samples are at least
+    BLACK_BOX_MIN_SHARE of n and at least 2. Works on full and cascade rows alike (a cascade
+    row that is right has survived every stage before it).
+    """
+    kinds = {a.id: REGISTRY[a.name].black_box for a in suite.attacks}
+    flags = []
+    for model, out in outcomes.items():
+        ok = out.correct()
+        for e in sorted({float(e) for a in suite.attacks for e in a.eps} - {0.0}):
+            at = {a: i for i, (a, x) in enumerate(out.settings) if a in kinds and float(x) == e}
+            white = [i for a, i in at.items() if not kinds[a]]
+            for attack, i in ((a, i) for a, i in at.items() if kinds[a] and white):
+                alone = ok[0] & ok[white].all(0) & ~ok[i]
+                k = int(alone.sum())
+                if k >= 2 and k >= BLACK_BOX_MIN_SHARE * len(alone):
+                    flags.append(flag("black_box_beats_white_box", model,
+                                      f"{attack} fools {k} samples ({k / len(alone):.1%}) that all {len(white)} "
+                                      "gradient attacks missed", attack, e))
+    return flags
+
+
 def perturbation_exceeds_eps(rows: pd.DataFrame) -> list[Flag]:
     """Check 8: a row whose ``linf_max`` (1/255 units) exceeds its eps by more than LINF_TOL."""
     if "linf_max" not in rows:
@@ -305,10 +333,11 @@ def _off_reference(top1: float, n: int, ref: float, tol: float | None) -> str | 
 
 def eval_flags(rows: pd.DataFrame, outcomes: Mapping[str, Outcomes], suite: Suite,
                refs: Mapping[str, float] | None = None, tol: float | None = None) -> list[Flag]:
-    """The result checks of a white-box run (1, 2, 8 and, with references, 9)."""
+    """The result checks of a white-box run (1, 2, 8, 10 and, with references, 9)."""
     return [
         *accuracy_rises(rows, correctness(outcomes)),
         *iterative_weaker(outcomes, suite),
+        *black_box_beats_white_box(outcomes, suite),
         *perturbation_exceeds_eps(rows),
         *(clean_accuracy_mismatch(rows, refs, tol) if refs else []),
     ]

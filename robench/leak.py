@@ -18,6 +18,7 @@ INCONCLUSIVE otherwise, which is what too few samples give.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,7 +157,7 @@ def run_leak_check(cfg: LeakConfig, progress: Progress | None = None, warn: Call
     Under torchrun, rank 0 gets the result and the other ranks None (see ``run_eval``).
     """
     relabelled = None if progress is None else lambda _, done, total: progress("leak-check", done, total)
-    ev = run_eval(cfg.eval, relabelled, warn, dist)
+    ev = run_eval(dataclasses.replace(cfg.eval, worst=False), relabelled, warn, dist)
     if ev is None:
         return None
     tables, verdicts = [], {}

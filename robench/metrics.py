@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from robench.engine import Outcomes
 
 CLEAN = "clean"  # the setting (attack name, eps 0) of the unperturbed inputs
+WORST = "worst"  # the per-sample worst case over clean and every attack of the suite, per eps
 NONFINITE = -2  # the prediction recorded for NaN/inf logits: never a label, so never counted correct
 
 
@@ -26,6 +27,11 @@ DEFINITIONS = {
         "adversarial example it misclassifies; empty for clean rows"
     ),
     "n": "number of samples",
+    "worst": (
+        "attack 'worst': robust accuracy as the per-sample worst case; a sample counts only if the model "
+        "classifies it correctly clean and under every attack of the suite at that eps"
+    ),
+    "min_eps": "per sample: the smallest eps (1/255 units) at which any attack fooled it; 0 if wrong clean",
     "linf_max": (
         "the largest ||x_adv - x||_inf over the samples, in 1/255 units (at most eps for a sound attack; "
         "0 for clean rows)"

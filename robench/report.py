@@ -122,12 +122,18 @@ def eps_label(eps: float) -> str:
     return f"{eps:g}"
 
 
-def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 accuracy (%)") -> Any:
-    """A rich table: one line per (model, attack), one column per eps (in 1/255)."""
+def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 accuracy (%)",
+                  suite: Any = None) -> Any:
+    """A rich table: one line per (model, attack), one column per eps (in 1/255), the worst case last.
+
+    Under a cascade suite an attack row is the accuracy after that stage, and is labelled so.
+    """
     from rich.table import Table
 
     eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
-    table = Table(title=title, title_justify="left")
+    cascade = bool(getattr(suite, "cascade", False))
+    caption = f"rows: {suite.semantics()}" if suite is not None else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("model", style="bold")
     table.add_column("attack")
     table.add_column("clean", justify="right")
@@ -138,9 +144,17 @@ def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 
         table.add_row(str(model), "clean", f"{pct(clean.top1)} / {pct(clean.top5)}", *[""] * len(eps_values))
         for attack, g in group[group["attack"] != "clean"].groupby("attack", sort=False):
             by_eps = {r.eps: f"{pct(r.top1)} / {pct(r.top5)}" for r in g.itertuples()}
-            table.add_row("", str(attack), "", *[by_eps.get(e, "") for e in eps_values])
+            label = _attack_label(str(attack), cascade)
+            table.add_row("", label, "", *[by_eps.get(e, "") for e in eps_values],
+                          style="bold" if attack == "worst" else None)
         table.add_section()
     return table
+
+
+def _attack_label(attack: str, cascade: bool) -> str:
+    if attack == "worst":
+        return "worst case (robust accuracy)"
+    return f"after {attack}" if cascade else attack
 
 
 def transfer_tables(rows: pd.DataFrame) -> list[Any]:

@@ -96,6 +96,7 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     torch.manual_seed(run.seed)
     device = dist.device if dist.is_distributed else resolve_device(run.device)
     source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images)
+    run.suite.check_classes(source.num_classes, source.name)
     models = load_models(specs, source, run.pretrained, device)
     for m in models:
         if m.weights == "random" and warn is not None:

@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,17 @@ import yaml
 from robench.attacks import REGISTRY, get_attack
 from robench.errors import RobenchError
 from robench.files import read_text
+from robench.metrics import CLEAN, WORST
 
 DEFAULT_SUITE = Path(__file__).with_name("attacks.yaml")
+BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
+    "paper": DEFAULT_SUITE,
+    "autoattack": Path(__file__).with_name("suites") / "autoattack.yaml",
+    "autoattack-fast": Path(__file__).with_name("suites") / "autoattack-fast.yaml",
+    "quick": Path(__file__).with_name("suites") / "quick.yaml",
+}
 MAX_EPS = 255.0
+SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class AttackSpec:
     name: str
     eps: tuple[float, ...]
     config: Any
+    at: str = field(default="", compare=False)  # "FILE line N" of the entry, for messages
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
@@ -42,14 +51,46 @@ class AttackSpec:
 
 @dataclass(frozen=True)
 class Suite:
-    """An ordered set of attacks, each with its eps list."""
+    """An ordered set of attacks, each with its eps list, and how the engine runs them.
+
+    ``cascade`` (AutoAttack's standard run): each attack runs only on the samples still
+    robust after the attacks before it, at each eps; the per-attack rows then mean "robust
+    after this stage", and the worst-case row is the same as without it.
+    ``early_stop``: an iterative attack stops on a sample at its first misclassified iterate,
+    and a sample fooled at a smaller eps is not attacked again at a larger one (its example
+    lies inside the larger ball), so robust accuracy is monotone in eps. Both are off by
+    default: the paper's numbers and the bit-exact agreement with torchattacks need full runs.
+    """
 
     attacks: tuple[AttackSpec, ...]
     source: str = "<built-in>"
+    cascade: bool = False
+    early_stop: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
-        return {"source": self.source, "attacks": [a.describe() for a in self.attacks]}
+        return {"source": self.source, "cascade": self.cascade, "early_stop": self.early_stop,
+                "semantics": self.semantics(), "attacks": [a.describe() for a in self.attacks]}
+
+    def check_classes(self, classes: int, data: str) -> None:
+        """Refuse an attack the data has too few classes for, naming its suite line.
+
+        Raises RobenchError: e.g. apgd_t or fab_t on 2-class data, where no target class
+        is left besides the true and the predicted one.
+        """
+        for a in self.attacks:
+            need = REGISTRY[a.name].min_classes
+            if classes < need:
+                where = a.at or self.source
+                raise RobenchError(f"{where}: attack '{a.id}' ({a.name}) needs at least {need} classes, but {data} "
+                                   f"has {classes}; remove it from the suite or use 'apgd' (untargeted)")
+
+    def semantics(self) -> str:
+        """What an attack row means under this suite's options, for outputs."""
+        rows = "robust after this stage (cascade)" if self.cascade else "each attack on every sample"
+        stop = "stop at the first misclassified iterate; survivors only across eps" if self.early_stop \
+            else "full iterations at every eps"
+        return f"{rows}; {stop}"
 
 
 class _Mapping(dict):
@@ -181,7 +222,7 @@ def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str)
     if eps is None:
         raise RobenchError(f"{where}: attack '{name}' has no eps; add a top-level 'eps: [2, 4, 8, 16]'")
     config = build_config(name, options, lambda key: locate(source, entry, key))
-    return AttackSpec(id=str(ident), name=name, eps=eps, config=config)
+    return AttackSpec(id=str(ident), name=name, eps=eps, config=config, at=where)
 
 
 def get_attack_at(name: str, where: str) -> None:
@@ -211,28 +252,34 @@ def parse_suite(text: str, source: str = "<string>") -> Suite:
     doc = read_yaml(text, source)
     if not isinstance(doc, dict):
         raise RobenchError(f"{source}: a suite is a mapping with 'eps' and 'attacks' keys")
-    unknown = set(doc) - {"eps", "attacks"}
+    unknown = set(doc) - set(SUITE_KEYS)
     if unknown:
         key = sorted(unknown)[0]
-        raise RobenchError(f"{locate(source, doc, key)}: unknown key '{key}'; allowed: eps, attacks")
+        raise RobenchError(f"{locate(source, doc, key)}: unknown key '{key}'; allowed: {', '.join(SUITE_KEYS)}")
     default_eps = _eps_from(doc["eps"], source, doc) if "eps" in doc else None
     entries = doc.get("attacks")
     if not isinstance(entries, list) or not entries:
         raise RobenchError(f"{locate(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
-    suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source)
+    flags = {}
+    for key in ("cascade", "early_stop"):
+        flags[key] = doc.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise RobenchError(f"{locate(source, doc, key)}: '{key}' must be true or false, got {flags[key]!r}")
+    suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source, **flags)
     return _unique(suite, tuple(locate(source, e, "id" if "id" in e else None) for e in entries))
 
 
 def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:
-    """Attack ids key the result rows: they must differ, and 'clean' is taken by clean accuracy.
+    """Attack ids key the result rows: they must differ, and 'clean' and 'worst' are taken.
 
     ``where`` names each attack's file and line, for messages.
     """
     first: dict[str, str] = {}
     for i, a in enumerate(suite.attacks):
         at = where[i] if where else suite.source
-        if a.id == "clean":
-            raise RobenchError(f"{at}: attack id 'clean' is reserved for clean accuracy; give the entry another 'id:'")
+        if a.id in (CLEAN, WORST):
+            what = "clean accuracy" if a.id == CLEAN else "the per-sample worst case"
+            raise RobenchError(f"{at}: attack id '{a.id}' is reserved for {what}; give the entry another 'id:'")
         if a.id in first:
             earlier = f" (first at {first[a.id]})" if where else ""
             raise RobenchError(f"{at}: attack id '{a.id}' is used twice{earlier}; give one entry its own 'id:'")
@@ -241,10 +288,28 @@ def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:
 
 
 def load_suite(path: str | Path | None = None) -> Suite:
-    """Read a suite file; None means the built-in default (attacks.yaml)."""
-    path = Path(path) if path is not None else DEFAULT_SUITE
-    text = read_text(path, "attack suite")
-    return parse_suite(text, str(path) if path != DEFAULT_SUITE else "attacks.yaml (built-in)")
+    """Read a suite: a built-in name (see ``BUILT_IN``), a file, or None for the default (``paper``).
+
+    A built-in name wins over a file of the same name; write ``./paper`` for the file.
+    """
+    if path is None or (isinstance(path, str) and path in BUILT_IN):
+        name = "paper" if path is None else path
+        file = BUILT_IN[name]
+        return parse_suite(read_text(file, "attack suite"), f"{name} (built-in)")
+    path = Path(path)
+    if not path.exists() and "/" not in str(path) and path.suffix not in (".yaml", ".yml"):
+        raise RobenchError(f"no suite '{path}': not a built-in ({', '.join(BUILT_IN)}) and no such file")
+    return parse_suite(read_text(path, "attack suite"), str(path))
+
+
+def built_in_suites() -> list[tuple[str, Suite, str]]:
+    """Every built-in suite: (name, suite, the file's opening comment), for ``robench suites``."""
+    out = []
+    for name, file in BUILT_IN.items():
+        text = read_text(file, "attack suite")
+        about = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
+        out.append((name, parse_suite(text, f"{name} (built-in)"), about))
+    return out
 
 
 def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Suite:
@@ -265,4 +330,4 @@ def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] |
         attacks = tuple(picked)
     if eps is not None:
         attacks = tuple(dataclasses.replace(a, eps=eps) for a in attacks)
-    return _unique(Suite(attacks, suite.source))
+    return _unique(dataclasses.replace(suite, attacks=attacks))

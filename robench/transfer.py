@@ -12,6 +12,7 @@ two input configs are equal the source's example is used as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -166,6 +167,22 @@ def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel])
                        {s.spec.label: tuple(dict.fromkeys([s.spec.label, *labels])) for s in sources}, deliver)
 
 
+def full_strength(suite: Suite, warn: Callable[[str], None] | None) -> Suite:
+    """The suite without cascade and early stopping, which are white-box notions.
+
+    A transfer example is crafted once and scored on every target, so "the samples still
+    robust" has no single meaning, and an example stopped at the source's first
+    misclassification would understate transfer. The worst-case row is left out for the
+    same reason: transfer rates are per attack (the paper's Table 4 and 5).
+    """
+    if not (suite.cascade or suite.early_stop):
+        return suite
+    if warn is not None:
+        warn(f"suite {suite.source}: transfer-matrix runs every attack on every sample at full strength; "
+             "its cascade/early_stop settings apply to eval only")
+    return dataclasses.replace(suite, cascade=False, early_stop=False)
+
+
 def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
                  dist: Dist = LOCAL) -> TransferResult | None:
     """Craft on every source once per batch, score on every target; see the module docstring.
@@ -181,8 +198,8 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     flags = probe_models(opened, cfg.run, dist)
     cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed) if cfg.cache else None
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer")
-    done = engine.run(plan(opened, sources, targets), opened.source, cfg.run.suite, cfg.run.seed, cfg.run.batch_size,
-                      dist, hooks)
+    done = engine.run(plan(opened, sources, targets), opened.source, full_strength(cfg.run.suite, warn),
+                      cfg.run.seed, cfg.run.batch_size, dist, hooks)
     if done is None:
         return None
     out, skipped = done

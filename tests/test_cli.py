@@ -73,8 +73,11 @@ def test_eval_json_rows(fgsm_run) -> None:
     _, out, _ = fgsm_run
     rows = json.loads(out.read_text())["rows"]
     assert all(set(r) == {"model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"} for r in rows)
-    assert [(r["attack"], r["eps"]) for r in rows] == [("clean", 0.0), ("fgsm", 2.0), ("fgsm", 8.0)]
-    clean, eps2, eps8 = rows
+    assert [(r["attack"], r["eps"]) for r in rows] == [("clean", 0.0), ("fgsm", 2.0), ("fgsm", 8.0),
+                                                       ("worst", 2.0), ("worst", 8.0)]
+    clean, eps2, eps8, worst2, worst8 = rows
+    # one attack: the worst case is fgsm's row less the samples fgsm "fixes" (wrong clean, right under fgsm)
+    assert worst2["top1"] <= min(clean["top1"], eps2["top1"]) and worst8["top1"] <= min(clean["top1"], eps8["top1"])
     assert clean["success_rate"] is None and all(r["n"] == 40 for r in rows)
     assert clean["top1"] >= 0.9  # the shipped model is accurate on digits
     assert eps8["top1"] < eps2["top1"] < clean["top1"]
@@ -90,9 +93,16 @@ def test_eval_per_sample_csv(fgsm_run) -> None:
     rows = json.loads(out.read_text())["rows"]
     ids = json.loads(out.read_text())["dataset"]["ids"]
     frame = pd.read_csv(samples)
-    assert len(frame) == 40 * 3
-    assert list(frame.columns) == ["id", "model", "attack", "eps", "label", "pred", "top1_correct", "top5_correct"]
-    assert frame["id"].tolist() == ids * 3
+    assert len(frame) == 40 * 5
+    assert list(frame.columns) == ["id", "model", "attack", "eps", "label", "pred", "top1_correct", "top5_correct",
+                                   "min_eps"]
+    assert frame["id"].tolist() == ids * 5
+    # min_eps: 0 when wrong clean, else the smallest eps fgsm fooled it at, else inf
+    clean = frame[frame.attack == "clean"].set_index("id")
+    at = {e: frame[(frame.attack == "fgsm") & (frame.eps == e)].set_index("id")["top1_correct"] for e in (2.0, 8.0)}
+    expected = [0.0 if not clean.loc[i, "top1_correct"] else 2.0 if not at[2.0][i] else 8.0 if not at[8.0][i]
+                else float("inf") for i in ids]
+    assert clean["min_eps"].tolist() == expected
     for r in rows:
         part = frame[(frame.attack == r["attack"]) & (frame.eps == r["eps"])]
         assert len(part) == 40 and part["top1_correct"].mean() == pytest.approx(r["top1"])
@@ -107,7 +117,7 @@ def test_eval_csv_writes_rows_and_meta(default_checkpoint: Path, tmp_path: Path)
     assert result.stdout == ""  # -q: no table
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"]
-    assert frame["attack"].tolist() == ["clean", "step_ll"] and frame["eps"].tolist() == [0.0, 4.0]
+    assert frame["attack"].tolist() == ["clean", "step_ll", "worst"] and frame["eps"].tolist() == [0.0, 4.0, 4.0]
     meta = json.loads((tmp_path / "x.csv.meta.json").read_text())
     assert meta["dataset"]["n"] == 10 and meta["command"] == "eval" and "rows" not in meta
 
@@ -129,7 +139,7 @@ def test_eval_without_a_model_uses_the_zoo_default(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     doc = json.loads(out.read_text())
     assert [m["label"] for m in doc["models"]] == ["effnet-base", "effnet-stepll"]
-    assert len(doc["rows"]) == 4 and all(r["n"] == 20 for r in doc["rows"])
+    assert len(doc["rows"]) == 6 and all(r["n"] == 20 for r in doc["rows"])  # clean, fgsm, worst per model
 
 
 def test_default_run_is_meaningful(tmp_path: Path) -> None:

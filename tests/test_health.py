@@ -194,7 +194,7 @@ def test_zoo_eval_is_silent_and_writes_an_empty_health_list(tmp_path: Path, monk
     r = invoke("eval", *ZOO_PAIR, "--limit", "40", "-q", "--out", tmp_path / "r.json")
     assert r.exit_code == 0, r.stderr
     (result,) = results
-    assert len(result.rows) == 2 * (1 + 5 * 4)  # both models, the default suite: 5 attacks x 4 eps
+    assert len(result.rows) == 2 * (1 + 5 * 4 + 4)  # both models, the default suite: 5 attacks x 4 eps, worst x 4
     assert result.health == [] and "health warning" not in r.stderr
     assert json.loads((tmp_path / "r.json").read_text())["health"] == []
 

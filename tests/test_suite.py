@@ -22,7 +22,7 @@ def test_default_suite_is_the_papers_four_plus_pgd() -> None:
     assert all(a.eps == (2.0, 4.0, 8.0, 16.0) for a in suite.attacks)
     configs = [a.config for a in suite.attacks]
     assert configs == [FgsmConfig(label="true"), StepLLConfig(), BimConfig(), IterLLConfig(), PgdConfig(steps=10)]
-    assert suite.source == "attacks.yaml (built-in)"
+    assert suite.source == "paper (built-in)" and not suite.cascade and not suite.early_stop
 
 
 def test_repo_attacks_yaml_is_the_packaged_one() -> None:
@@ -124,7 +124,7 @@ def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
     ("old", "new", "expected"),
     [
         ("eps: [2, 4]", "eps: [2, 4]\nrepeat: 3",
-         "s.yaml line 3: unknown key 'repeat'; allowed: eps, attacks"),
+         "s.yaml line 3: unknown key 'repeat'; allowed: eps, attacks, cascade, early_stop"),
         ("    steps: 20", "    steps: 20\n    stepsize: 1",
          "s.yaml line 12: unknown key 'stepsize' for attack 'bim'; allowed: label, step_size, steps"),
         ("    steps: 3", "    steps: ten",

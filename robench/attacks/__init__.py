@@ -38,6 +38,8 @@ class Attack:
     single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
     targeted: bool = False  # aims at the least-likely class rather than away from a label
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
+    min_classes: int = 2  # apgd_t and fab_t aim at the classes other than the true and the top one
+    black_box: bool = False  # uses scores only, no gradients: the health checks' witness of gradient masking
 
 
 REGISTRY: dict[str, Attack] = {

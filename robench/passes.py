@@ -1,0 +1,51 @@
+"""Counting a model's forward and backward passes, per sample: the cost measure of an attack.
+
+Wall time depends on the machine and on who else shares it; passes do not. A pass over a
+batch of B samples counts B, so runs on different batch sizes compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass
+class Passes:
+    """Per-sample forward and backward passes through one model."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def add(self, other: Passes) -> None:
+        """Add another count to this one."""
+        self.forward += other.forward
+        self.backward += other.backward
+
+
+@contextmanager
+def count_passes(model: nn.Module) -> Iterator[Passes]:
+    """Count ``model``'s passes while the block runs; the hook is removed afterwards.
+
+    A forward counts its batch; a backward counts when a gradient flows back into the
+    model's output, which is where every input-gradient attack pays for its backward.
+    """
+    passes = Passes()
+
+    def backward_hook(grad: Tensor) -> None:
+        passes.backward += grad.shape[0]
+
+    def forward_hook(_: nn.Module, __: object, out: object) -> None:
+        if isinstance(out, Tensor):
+            passes.forward += out.shape[0] if out.dim() else 1
+            if out.requires_grad:
+                out.register_hook(backward_hook)
+
+    handle = model.register_forward_hook(forward_hook)
+    try:
+        yield passes
+    finally:
+        handle.remove()

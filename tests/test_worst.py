@@ -1,0 +1,138 @@
+"""The per-sample worst case, cascade and early stopping: hand-built tables, then a trained model.
+
+Hand-built outcome tables check the definitions exactly; the zoo model checks that cascade
+gives the full run's worst case with fewer passes, and that early stopping is monotone in eps
+and at least as strong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from robench import worst
+from robench.data import InputConfig
+from robench.engine import Hooks, Matrix, Outcomes, Participant, Plan, run_batches, settings_of
+from robench.metrics import summarize
+from robench.suite import parse_suite
+
+SETTINGS = [("clean", 0.0), ("a", 4.0), ("b", 4.0), ("a", 8.0), ("b", 8.0)]
+
+
+def _table(pred: list[list[int]], labels: list[int]) -> Outcomes:
+    n = len(labels)
+    o = Outcomes.empty([f"s{i}" for i in range(n)], SETTINGS)
+    o.labels[:] = labels
+    o.pred[:] = np.array(pred, dtype=np.int32)
+    o.top5[:] = True
+    return o
+
+
+def test_worst_is_the_per_sample_and_by_hand() -> None:
+    # sample:      0  1  2  3  4
+    labels = [0, 1, 2, 3, 4]
+    pred = [[0, 1, 2, 3, 9],   # clean: sample 4 wrong
+            [0, 7, 2, 3, 4],   # a@4 fools 1
+            [0, 1, 2, 8, 4],   # b@4 fools 3
+            [0, 1, 2, 3, 4],   # a@8 fools nobody (non-monotone: fine without early stopping)
+            [5, 1, 2, 3, 4]]   # b@8 fools 0
+    w = worst.with_worst(_table(pred, labels))
+    assert w.settings[-2:] == [("worst", 4.0), ("worst", 8.0)]
+    assert w.pred[-2].tolist() == [0, 7, 2, 8, 9]  # the first wrong prediction (clean, a, b), else the label
+    assert w.pred[-1].tolist() == [5, 1, 2, 3, 9]
+    rows = summarize(w, "m").set_index(["attack", "eps"])
+    assert rows.loc[("worst", 4.0), "top1"] == pytest.approx(2 / 5)
+    assert rows.loc[("worst", 8.0), "top1"] == pytest.approx(3 / 5)
+    assert rows.loc[("worst", 4.0), "success_rate"] == pytest.approx(2 / 4)  # of the 4 clean-correct
+    assert worst.min_eps(w).tolist() == [8.0, 4.0, np.inf, 4.0, 0.0]
+    assert worst.robustness_curve(w) == [{"eps": 0.0, "robust_accuracy": 0.8}, {"eps": 4.0, "robust_accuracy": 0.4},
+                                         {"eps": 8.0, "robust_accuracy": 0.2}]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_worst_never_exceeds_any_attack_row(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 50)
+    o = _table(rng.integers(0, 3, (5, 50)).tolist(), labels.tolist())
+    o.top5[:] = rng.random((5, 50)) > 0.3
+    w = worst.with_worst(o)
+    ok = w.correct()
+    for k, e in enumerate((4.0, 8.0)):
+        rows = [0] + [s for s, (a, x) in enumerate(SETTINGS) if x == e]
+        assert np.array_equal(ok[5 + k], ok[rows].all(0))
+        assert np.array_equal(w.top5[5 + k], o.top5[rows].all(0))
+        assert ok[5 + k].mean() <= ok[rows].mean(1).min()
+    curve = [p["robust_accuracy"] for p in worst.robustness_curve(w)]
+    assert curve == sorted(curve, reverse=True)
+
+
+SUITE = """
+eps: [4, 8, 16]
+attacks:
+  - name: fgsm
+  - name: step_ll
+  - name: bim
+  - name: pgd
+    steps: 5
+"""
+
+
+def _run(trained, digits_batch, suite, seed=0) -> Matrix:
+    plan = Plan.white_box([Participant("m", trained.module, InputConfig())])
+    ids = [str(i) for i in range(len(digits_batch.labels))]
+    out = Matrix.empty(ids, settings_of(suite), plan.pairs())
+    run_batches(plan, iter([{InputConfig(): digits_batch}]), suite, out, seed, Hooks())
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(trained, digits_batch):
+    full = parse_suite(SUITE, "s.yaml")
+    return {mode: _run(trained, digits_batch, dataclasses.replace(full, cascade=c, early_stop=e))
+            for mode, c, e in (("full", False, False), ("cascade", True, False), ("stop", False, True),
+                               ("both", True, True))}
+
+
+def _worst(matrix: Matrix) -> np.ndarray:
+    w = worst.with_worst(matrix.pairs[("m", "m")])
+    return w.correct()[[s for s, (a, _) in enumerate(w.settings) if a == "worst"]]
+
+
+def _backward(matrix: Matrix) -> int:
+    return sum(c["backward_passes"] for c in matrix.costs())
+
+
+def test_cascade_worst_equals_full_worst_with_fewer_passes(runs) -> None:
+    full, cascade = runs["full"], runs["cascade"]
+    assert np.array_equal(_worst(cascade), _worst(full))
+    assert _backward(cascade) < _backward(full)
+    # each cascade row is "robust after this stage": the running AND of the full rows
+    f, c = full.pairs[("m", "m")].correct(), cascade.pairs[("m", "m")].correct()
+    settings = full.settings
+    for s, (_, e) in enumerate(settings[1:], start=1):
+        upto = [0] + [k for k, (_, x) in enumerate(settings[: s + 1]) if k and x == e]
+        assert np.array_equal(c[s], f[upto].all(0)), settings[s]
+
+
+def test_early_stop_is_monotone_and_at_least_as_strong(runs) -> None:
+    full, stop, both = _worst(runs["full"]), _worst(runs["stop"]), _worst(runs["both"])
+    assert np.array_equal(stop, both)  # cascade changes the passes, never the worst case
+    assert (~stop | full).all(), "a sample the full run fools is fooled with early stopping too"
+    assert (stop[1:] <= stop[:-1]).all(), "robust at a larger eps implies robust at the smaller ones"
+    assert _backward(runs["stop"]) < _backward(runs["full"])
+    o = runs["stop"].pairs[("m", "m")]
+    for s, (a, e) in enumerate(o.settings):  # attack rows are monotone too
+        later = [k for k, (b, x) in enumerate(o.settings) if b == a and x > e]
+        assert all((o.correct()[k] <= o.correct()[s]).all() for k in later), a
+
+
+def test_single_step_attacks_take_one_gradient_for_every_eps(runs, digits_batch) -> None:
+    n = len(digits_batch.labels)
+    for mode in ("full", "stop"):
+        costs = {c["attack"]: c for c in runs[mode].costs()}
+        assert costs["fgsm"]["backward_passes"] == n and costs["step_ll"]["backward_passes"] == n
+    costs = {c["attack"]: c for c in runs["full"].costs()}
+    assert costs["bim"]["backward_passes"] == n * (5 + 10 + 20 - 2)  # paper steps; first gradient shared
+    assert costs["pgd"]["backward_passes"] == n * 5 * 3
