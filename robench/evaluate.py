@@ -109,6 +109,7 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     rows = pd.concat([metrics.summarize(o, label) for label, o in outcomes.items()], ignore_index=True)
     dataset = dataset_record(opened.source, cfg.run.data, "test", out.ids, skipped)
     meta = envelope("eval", cfg.describe(), dataset, [m.describe() for m in opened.models], metrics.DEFINITIONS)
+    meta["semantics"] = cfg.run.suite.semantics()
     meta["cost"] = out.costs()
     meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
     flags = [*flags, *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]

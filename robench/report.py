@@ -73,6 +73,8 @@ def _markdown_header(meta: dict[str, Any]) -> str:
         f"- dataset: {ds['spec']} ({ds['split']} split), n = {ds['n']}, ids sha256 {ds['ids_sha256']}",
     ]
     lines += [f"- model {m['label']}: {m['spec']}, weights sha256 {m['weights_sha256']}" for m in meta["models"]]
+    if "semantics" in meta:
+        lines.append(f"- attack rows: {meta['semantics']}")
     lines += [f"- config: `{json.dumps(meta['config'], sort_keys=True)}`", ""]
     return "\n".join(lines) + "\n"
 

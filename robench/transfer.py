@@ -198,8 +198,9 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     flags = probe_models(opened, cfg.run, dist)
     cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed) if cfg.cache else None
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer")
-    done = engine.run(plan(opened, sources, targets), opened.source, full_strength(cfg.run.suite, warn),
-                      cfg.run.seed, cfg.run.batch_size, dist, hooks)
+    suite = full_strength(cfg.run.suite, warn)
+    done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
+                      dist, hooks)
     if done is None:
         return None
     out, skipped = done
@@ -210,6 +211,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = s_labels, t_labels
     meta["crafted_attack_calls"] = out.crafted
+    meta["semantics"] = suite.semantics()
     flags = [*flags, *transfer_health(out, rows, cfg.run.suite)]
     meta["health"] = health.records(flags)
     return TransferResult(rows, out, meta, flags)

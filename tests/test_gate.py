@@ -376,3 +376,17 @@ def test_eval_gate_in_memory_passes(tmp_path: Path) -> None:
     last = r.stderr.strip().splitlines()[-1]  # after the progress bar
     # max_drop on clean, fgsm and worst, and the fgsm floor
     assert last.startswith("robench: error: gate failed: 1 of 4 checks failed") and "below the floor 0.5" in last
+
+
+def test_gate_on_the_worst_case_row(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = invoke("eval", "zoo:resnet-stepll", "--limit", "40", "--attack", "fgsm", "--attack", "pgd", "--eps", "8",
+               "-q", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    top1 = {(row["attack"], row["eps"]): row["top1"] for row in json.loads(out.read_text())["rows"]}
+    floor = top1[("worst", 8.0)]
+    assert floor <= min(top1[("fgsm", 8.0)], top1[("pgd", 8.0)], top1[("clean", 0.0)])
+    passing = invoke("gate", out, "--rules", write(tmp_path / "ok.yaml", f"- {{attack: worst, eps: 8, min: {floor}}}"))
+    assert passing.exit_code == 0, passing.stderr
+    failing = invoke("gate", out, "--rules", write(tmp_path / "no.yaml", f"- {{attack: worst, min: {floor + 0.01}}}"))
+    assert failing.exit_code == 1 and "resnet-stepll worst eps 8" in failing.stdout
