@@ -12,6 +12,7 @@ import pytest
 import timm
 from click.testing import CliRunner
 from PIL import Image
+from results_docs import one_error_line
 
 from robench import evaluate
 from robench.checkpoint import save_checkpoint
@@ -379,3 +380,52 @@ def test_a_warning_is_one_line_however_long(capsys: pytest.CaptureFixture[str]) 
     warn("cache file /tmp/" + "a" * 300 + ".safetensors is unreadable [SafetensorError]; crafting it again")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: cache file") and "[SafetensorError]" in err
+
+
+# ---------------------------------------------------------------- suites by name, cascade, early stopping
+
+
+def test_suites_lists_the_built_ins() -> None:
+    r = invoke("suites")
+    assert r.exit_code == 0, r.stderr
+    for name in ("paper (default)", "autoattack", "autoattack-fast", "quick", "apgd-ce", "cascade", "4/255"):
+        assert name in r.stdout, name
+
+
+def test_eval_by_suite_name_with_cascade_labels_the_rows(default_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = invoke("eval", default_checkpoint, "--attacks", "quick", "--eps", "4", "--limit", "20", "--cascade",
+               "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "after fgsm" in r.stdout and "after pgd-10" in r.stdout and "worst case" in r.stdout
+    assert "robust after this stage" in r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["config"]["suite"]["cascade"] is True and doc["config"]["suite"]["source"] == "quick (built-in)"
+    assert doc["semantics"].startswith("robust after this stage (cascade)")
+    top1 = {(row["attack"], row["eps"]): row["top1"] for row in doc["rows"]}
+    assert top1[("pgd-10", 4.0)] == top1[("worst", 4.0)] <= top1[("fgsm", 4.0)]  # the last stage is the worst case
+    assert [c["attack"] for c in doc["cost"]] == ["fgsm", "pgd-10"] and doc["cost"][0]["backward_passes"] <= 20
+    assert [p["eps"] for p in doc["robustness_curve"][doc["models"][0]["label"]]] == [0.0, 4.0]
+
+
+def test_targeted_attack_on_two_classes_is_one_line(tmp_path: Path) -> None:
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(tmp_path / "data" / label / f"{i}.png")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("eps: [8]\nattacks:\n  - name: apgd\n  - name: apgd_t\n")
+    r = invoke("eval", "test_resnet", "--data", tmp_path / "data", "--attacks", suite, "--out", tmp_path / "r.json")
+    one_error_line(r, 2, f"{suite} line 4: attack 'apgd_t' (apgd_t) needs at least 3 classes", "has 2")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_transfer_matrix_runs_a_cascade_suite_at_full_strength(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    r = invoke("transfer-matrix", "zoo:resnet-base", "--attacks", "autoattack-fast", "--attack", "apgd-ce",
+               "--eps", "8", "--limit", "8", "-q", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "transfer-matrix runs every attack on every sample at full strength" in r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["semantics"] == "each attack on every sample; full iterations at every eps"
+    assert all(row["attack"] != "worst" for row in doc["rows"])

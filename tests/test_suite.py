@@ -227,3 +227,60 @@ def test_override_errors() -> None:
         override(suite, ("fgsmm",))
     with pytest.raises(RobenchError, match="--attack fgsm is given twice"):
         override(suite, ("fgsm", "fgsm"))
+
+
+# ---------------------------------------------------------------- built-in suites, cascade and early_stop
+
+
+def test_built_in_suites_by_name() -> None:
+    aa = load_suite("autoattack")
+    assert [(a.id, a.name) for a in aa.attacks] == [("apgd-ce", "apgd"), ("apgd_t", "apgd_t"), ("fab_t", "fab_t"),
+                                                    ("square", "square")]
+    assert aa.cascade and not aa.early_stop and all(a.eps == (8.0,) for a in aa.attacks)
+    assert aa.attacks[0].config.loss == "ce" and aa.attacks[1].config.targets == 9
+    assert aa.attacks[3].config.queries == 5000 and aa.attacks[3].config.p_init == 0.8
+    fast = load_suite("autoattack-fast")
+    assert [a.id for a in fast.attacks] == ["apgd-ce", "apgd_t"] and fast.cascade
+    quick = load_suite("quick")
+    assert [(a.id, a.config.steps if a.name == "pgd" else None) for a in quick.attacks] == [("fgsm", None),
+                                                                                            ("pgd-10", 10)]
+    assert load_suite("paper") == load_suite()
+    assert "4/255" in (DEFAULT_SUITE.parent / "suites" / "autoattack.yaml").read_text()  # how to use ImageNet's eps
+
+
+def test_a_built_in_name_wins_and_a_file_needs_a_suffix_or_slash(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").write_text("eps: [1]\nattacks:\n  - name: fgsm\n")
+    assert load_suite("quick").source == "quick (built-in)"
+    assert load_suite("./quick").attacks[0].eps == (1.0,)
+    with pytest.raises(RobenchError, match=r"^no suite 'qiuck': not a built-in \(paper, autoattack, "
+                                           r"autoattack-fast, quick\) and no such file$"):
+        load_suite("qiuck")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("cascade: yes\neps: [8]\nattacks:\n  - name: fgsm\n", "s.yaml line 1: 'cascade' must be true or false, got 'yes'"),
+    ("eps: [8]\nearly_stop: 1\nattacks:\n  - name: fgsm\n", "s.yaml line 2: 'early_stop' must be true or false, got 1"),
+    ("eps: [8]\nattacks:\n  - name: fgsm\n    id: worst\n",
+     "s.yaml line 4: attack id 'worst' is reserved for the per-sample worst case; give the entry another 'id:'"),
+])
+def test_suite_flags_and_reserved_ids_are_checked(text: str, message: str) -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_suite(text, "s.yaml")
+    assert str(e.value) == message
+
+
+def test_targeted_attacks_need_three_classes_and_the_error_names_the_line() -> None:
+    suite = parse_suite("eps: [8]\nattacks:\n  - name: apgd\n  - name: fab_t\n    targets: 2\n", "s.yaml")
+    suite.check_classes(3, "digits")
+    with pytest.raises(RobenchError) as e:
+        suite.check_classes(2, "pairs")
+    assert str(e.value) == ("s.yaml line 4: attack 'fab_t' (fab_t) needs at least 3 classes, but pairs has 2; "
+                            "remove it from the suite or use 'apgd' (untargeted)")
+
+
+def test_override_keeps_the_suite_options() -> None:
+    suite = override(load_suite("autoattack"), ("apgd-ce", "square"), (4.0,))
+    assert suite.cascade and [a.id for a in suite.attacks] == ["apgd-ce", "square"]
+    assert all(a.eps == (4.0,) for a in suite.attacks)
+    assert "robust after this stage" in suite.semantics() and "full iterations" in suite.semantics()
