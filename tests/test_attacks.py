@@ -368,9 +368,9 @@ def test_unknown_attack_suggests_the_close_name() -> None:
 
 def test_registry_carries_kind_objective_and_counterpart() -> None:
     assert {n for n, a in REGISTRY.items() if a.single_step} == {"fgsm", "step_ll"}
-    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll"}
+    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll", "fab_t"}
     assert {n: a.counterpart for n, a in REGISTRY.items()} == {
-        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm"}
+        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "fab_t": None}
     for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
         if attack.counterpart is not None:
             one = REGISTRY[attack.counterpart]
