@@ -40,7 +40,7 @@ class FabTConfig:
 
 
 def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """The smallest-L-inf step d with w . (t + d) = b and t + d in [0, 1]^D (FAB, Sec. 3.1).
+    """The smallest-L-inf step d with w . (t + d) = b and t + d in [0, 1]^D: FAB's projection (Sec. 3).
 
     t, w: [N, D] (t in [0, 1]); b: [N]; returns d: [N, D], row by row. Every coordinate moves the
     way that helps, by a common level or less where its box bound comes first; the level is the
@@ -88,7 +88,7 @@ def margin_gradient(model: nn.Module, x: Tensor, y: Tensor, target: Tensor) -> t
 
 
 def fab_step(x0: Tensor, x1: Tensor, margin: Tensor, grad: Tensor, config: FabTConfig) -> Tensor:
-    """The next FAB iterate from x1 (FAB, Sec. 3.2): a step biased between the projections of x1 and x0.
+    """The next FAB iterate from x1 (FAB, Sec. 3): a step biased between the projections of x1 and x0.
 
     x0, x1, grad: [N, C, H, W] in [0, 1] (original and current point); margin: [N] at x1. Both
     points are projected onto the linearized boundary within the box, overshot by eta, and mixed
@@ -101,7 +101,7 @@ def fab_step(x0: Tensor, x1: Tensor, margin: Tensor, grad: Tensor, config: FabTC
     a1, a0 = d1.abs().amax(1).clamp_min(1e-8), d0.abs().amax(1).clamp_min(1e-8)
     alpha = (a1 / (a1 + a0)).clamp(0.0, config.alpha_max)[:, None]
     mixed = (x1.flatten(1) + config.eta * d1) * (1 - alpha) + (x0.flatten(1) + config.eta * d0) * alpha
-    return mixed.clamp(0.0, 1.0).view_as(x1)
+    return mixed.clamp(0.0, 1.0).reshape_as(x1)
 
 
 @dataclass
@@ -138,7 +138,7 @@ def fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, start: Tens
     """``config.steps`` FAB iterates from ``start`` toward ``target`` (one class per sample, [N]), x0 the original.
 
     An adversarial iterate (not classified y) is recorded and then shrunk toward x0 by beta
-    (FAB, Sec. 3.2). With ``early_stop`` a sample stops once it has one within eps ([0, 1] units).
+    (FAB, Sec. 3). With ``early_stop`` a sample stops once it has one within eps ([0, 1] units).
     """
     found, x1, live = _Found.empty(x0), start.clone(), torch.arange(len(x0), device=x0.device)
     _, margin, grad = margin_gradient(model, x1, y, target)
@@ -170,7 +170,10 @@ def ranked_targets(logits: Tensor, y: Tensor, count: int) -> Tensor:
 
 
 def random_start(x: Tensor, eps: float, noise: SampleNoise) -> Tensor:
-    """A point at L-inf distance eps / 2 from x, in a per-sample random direction, clipped to [0, 1] (FAB, Sec. 3.3)."""
+    """A restart's start (FAB, Sec. 3): x moved by eps / 2 in L-inf, per-sample random direction, clipped to [0, 1].
+
+    x: [N, C, H, W] in [0, 1]; eps in [0, 1] units. AutoAttack's FAB starts a restart the same way.
+    """
     u = noise.uniform_like(x)
     scale = u.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
     return (x + 0.5 * eps * u / scale).clamp(0.0, 1.0)
