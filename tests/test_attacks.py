@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robench.attacks.base as base
+import robench.attacks.fab as fab
 import robench.attacks.iterative as iterative
 import robench.attacks.single_step as single_step
 from robench.attacks import REGISTRY, Labels, get_attack
@@ -351,6 +352,121 @@ def test_explicit_steps_override_schedule(gradient_calls, small_cnn: nn.Module) 
     assert len(gradient_calls) == 1 + 2 + 2
 
 
+# --- FAB-T: the projection, the targets, the closed form of a linear model ------------------------
+
+
+def _rows(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_fab_projection_by_hand() -> None:
+    # dyadic cases: free (level 1/8 on both), box binding (the first pixel stops at 1, the other goes on
+    # to level 1/4), a zero weight that never moves, a hyperplane beyond the box (the nearest corner)
+    t = _rows([0.5, 0.5], [0.875, 0.5], [0.25, 0.5], [0.5, 0.5], [0.5, 0.5])
+    w = _rows([1, -3], [1, 1], [2, 0], [1, 1], [-1, 1])
+    b = torch.tensor([-0.5, 1.75, 1.0, 3.0, 0.5], dtype=torch.float64)
+    d = fab.project_linf(t, w, b)
+    assert torch.equal(d, _rows([0.125, -0.125], [0.125, 0.25], [0.25, 0.0], [0.5, 0.5], [-0.25, 0.25]))
+
+
+def test_fab_projection_is_the_linear_program_optimum() -> None:
+    # min s subject to |d_i| <= s, w . (t + d) = b, 0 <= t + d <= 1, solved by scipy's HiGHS
+    linprog = pytest.importorskip("scipy.optimize").linprog
+    g = torch.Generator().manual_seed(7)
+    t, w = torch.rand(40, 6, generator=g, dtype=torch.float64), torch.randn(40, 6, generator=g, dtype=torch.float64)
+    w[::5, 0] = 0.0
+    b = (w * t).sum(1) + torch.randn(40, generator=g, dtype=torch.float64)
+    d = fab.project_linf(t, w, b)
+    binding = 0
+    for i in range(40):
+        eye = torch.eye(6, dtype=torch.float64)
+        a_ub = torch.cat([torch.cat([eye, -torch.ones(6, 1)], 1), torch.cat([-eye, -torch.ones(6, 1)], 1)])
+        box = [*zip((-t[i]).tolist(), (1 - t[i]).tolist(), strict=True), (0, None)]
+        res = linprog([0] * 6 + [1], A_ub=a_ub.tolist(), b_ub=[0] * 12, A_eq=[[*w[i].tolist(), 0]],
+                      b_eq=[float(b[i] - w[i] @ t[i])], bounds=box)
+        if res.status != 0:  # the hyperplane misses the box: the corner nearest it
+            assert torch.allclose(d[i], torch.where(w[i] * (b[i] - w[i] @ t[i]) > 0, 1 - t[i], -t[i]) * (w[i] != 0))
+            continue
+        z = t[i] + d[i]
+        assert abs(float(w[i] @ z - b[i])) < 1e-9 and z.min() >= 0 and z.max() <= 1 and d[i][w[i] == 0].eq(0).all()
+        assert d[i].abs().max().item() == pytest.approx(res.fun, abs=1e-7)
+        binding += bool(((z == 0) | (z == 1)).any() and d[i].abs().max() > 0)
+    assert binding >= 5, "the box never binds: the test would miss it"
+
+
+def test_fab_targets_are_the_most_likely_wrong_classes_capped() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0, 3.0, 2.0], [9.0, 5.0, 1.0, 3.0, 2.0]])
+    y = torch.tensor([1, 1])  # the second sample is misclassified: its top class 0 is a target
+    assert fab.ranked_targets(logits, y, 2).tolist() == [[3, 4], [0, 3]]
+    assert fab.ranked_targets(logits, y, 9).tolist() == [[3, 4, 2, 0], [0, 3, 4, 2]]  # classes - 1 at most
+    with pytest.raises(RobenchError, match="at least 3 classes"):
+        fab.ranked_targets(logits[:, :2], torch.tensor([0, 1]), 9)
+
+
+def test_fab_refuses_two_classes(linear_model) -> None:
+    x = torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RobenchError, match="at least 3 classes to choose a target class; the model has 2"):
+        _run("fab_t", linear_model, x, _labels(linear_model, x, torch.tensor([0, 1])), [8.0])
+
+
+def test_fab_reaches_the_linear_boundary_at_its_closed_form_distance() -> None:
+    # class 0 against class 1 of logits Wx + b: the smallest L-inf step to the boundary is
+    # margin / |w1 - w0|_1 along sign(w1 - w0) (the box does not bind: pixels in [0.4, 0.6], steps < 0.4).
+    # FAB's first iterate lands at eta times it; shrunk by beta, the next lands exactly at
+    # 1.05 - 0.05 * c * (1 - alpha) times it, c = beta * eta, alpha = (1 - c) / (2 - c): its best.
+    from conftest import Linear
+
+    model = Linear(torch.tensor([[0.0] * 4, [1.0, -1.0, 0.5, -0.5], [-1.0] * 4]), torch.tensor([0.0, -0.75, -4.0]))
+    x = 0.4 + 0.2 * torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    labels = _labels(model, x, torch.zeros(6, dtype=torch.long))
+    assert labels.predicted.eq(0).all() and labels.least_likely.eq(2).all()
+    smallest = (labels.logits[:, 0] - labels.logits[:, 1]) / 3
+    c = 0.9 * 1.05
+    found = 1.05 - 0.05 * c * (1 - (1 - c) / (2 - c))
+    below, above = 0.999 * 255 * smallest.min().item(), 1.01 * 255 * smallest.max().item()
+    out = _run("fab_t", model, x, labels, [below, above], fab.FabTConfig(steps=20))
+    step = (out[above] - x).flatten(1)
+    assert torch.allclose(step.abs().amax(1), found * smallest, rtol=1e-5)
+    assert torch.equal(step.sign(), torch.tensor([[1.0, -1.0, 1.0, -1.0]] * 6))
+    with torch.no_grad():
+        assert model(out[above]).argmax(1).eq(1).all() and model(out[below]).argmax(1).eq(0).all()
+
+
+class _OneByOne(nn.Module):
+    """Runs its net on one sample at a time: CPU conv and linear kernels round differently for
+    another batch size, so only such a model tells FAB's own batch invariance from the kernels'."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(x[i : i + 1]) for i in range(len(x))])
+
+
+def test_fab_batch_invariance_and_early_stop_with_every_sample_attacked(small_cnn: nn.Module) -> None:
+    # the registry-wide tests attack few samples (small_cnn misclassifies most of _inputs): here every
+    # sample is classified right (labels = predictions) and eps 100 and 160 fool some and all
+    from robench.engine import attack_noise
+
+    model, (x, _) = _OneByOne(small_cnn).eval(), _inputs(6, seed=4)
+    labels, eps = _labels(model, x, _labels(model, x, torch.zeros(6, dtype=torch.long)).predicted), [100.0, 160.0]
+    config, ids = fab.FabTConfig(targets=2, steps=10, restarts=2), [str(i) for i in range(6)]
+    whole = dict(fab.fab_t(model, x, labels, eps, config, attack_noise(0, "fab_t", ids)))
+    early = dict(fab.fab_t(model, x, labels, eps, config, attack_noise(0, "fab_t", ids), early_stop=True))
+    for i in range(6):
+        noise = attack_noise(0, "fab_t", ids[i : i + 1])
+        one = dict(fab.fab_t(model, x[i : i + 1], _row(labels, i), eps, config, noise))
+        assert all(torch.equal(one[e][0], whole[e][i]) for e in eps), i
+    with torch.no_grad():
+        fooled = {e: model(whole[e]).argmax(1) != labels.true for e in eps}
+        assert 0 < fooled[100.0].sum() < 6 and fooled[160.0].all()
+        for e in eps:
+            assert torch.equal(model(early[e]).argmax(1) != labels.true, fooled[e])
+            assert torch.equal(early[e][~fooled[e]], whole[e][~fooled[e]])
+            assert not torch.equal(early[e][fooled[e]], whole[e][fooled[e]])  # early stop kept a first success
+
+
 # --- bad arguments ------------------------------------------------------------------------------
 
 
@@ -368,9 +484,9 @@ def test_unknown_attack_suggests_the_close_name() -> None:
 
 def test_registry_carries_kind_objective_and_counterpart() -> None:
     assert {n for n, a in REGISTRY.items() if a.single_step} == {"fgsm", "step_ll"}
-    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll"}
+    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll", "fab_t"}
     assert {n: a.counterpart for n, a in REGISTRY.items()} == {
-        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm"}
+        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "fab_t": None}
     for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
         if attack.counterpart is not None:
             one = REGISTRY[attack.counterpart]

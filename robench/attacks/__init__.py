@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robench.attacks.base import Labels, attack_mode
+from robench.attacks.fab import FabTConfig, fab_t
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
 from robench.errors import RobenchError
@@ -36,7 +37,7 @@ class Attack:
     run: Callable[..., Iterator[tuple[float, Any]]]
     config: type
     single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
-    targeted: bool = False  # aims at the least-likely class rather than away from a label
+    targeted: bool = False  # aims at chosen classes (least likely; most likely wrong) rather than away
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
     min_classes: int = 2  # apgd_t and fab_t aim at the classes other than the true and the top one
     black_box: bool = False  # uses scores only, no gradients: the health checks' witness of gradient masking
@@ -50,6 +51,7 @@ REGISTRY: dict[str, Attack] = {
         Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
         Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
+        Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3),
     )
 }
 
