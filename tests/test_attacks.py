@@ -358,7 +358,7 @@ def test_unknown_attack_suggests_the_close_name() -> None:
     with pytest.raises(RobenchError, match="fgsm") as info:
         get_attack("fgsmm")
     assert "fgsmm" in str(info.value)
-    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd"):
+    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd, square"):
         get_attack("zzz")
     assert get_attack("pgd") is REGISTRY["pgd"]
 
@@ -370,7 +370,7 @@ def test_registry_carries_kind_objective_and_counterpart() -> None:
     assert {n for n, a in REGISTRY.items() if a.single_step} == {"fgsm", "step_ll"}
     assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll"}
     assert {n: a.counterpart for n, a in REGISTRY.items()} == {
-        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm"}
+        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "square": None}
     for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
         if attack.counterpart is not None:
             one = REGISTRY[attack.counterpart]

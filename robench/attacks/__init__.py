@@ -6,7 +6,8 @@ where ``model`` takes [0, 1] pixels, ``x`` is [N, C, H, W] in [0, 1], ``eps`` is
 1/255 units, ``config`` is the attack's own frozen dataclass, and ``rng`` is a
 ``SampleNoise`` (one stream per sample, so results do not depend on the batch) or a
 generator. With ``early_stop`` an iterative attack stops on a sample at its first
-misclassified iterate and keeps it.
+misclassified iterate and keeps it. ``square`` is score-based (forwards only) and always
+stops on a fooled sample.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from robench.attacks.base import Labels, attack_mode
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
+from robench.attacks.square import SquareConfig, square
 from robench.errors import RobenchError
 
 __all__ = ["Attack", "Labels", "REGISTRY", "attack_mode", "get_attack"]
@@ -35,7 +37,7 @@ class Attack:
     name: str
     run: Callable[..., Iterator[tuple[float, Any]]]
     config: type
-    single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
+    single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative (square: iterative, no gradient)
     targeted: bool = False  # aims at the least-likely class rather than away from a label
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
 
@@ -48,6 +50,7 @@ REGISTRY: dict[str, Attack] = {
         Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
         Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
+        Attack("square", square, SquareConfig, False),
     )
 }
 
