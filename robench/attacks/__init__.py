@@ -20,7 +20,8 @@ from typing import Any
 from robench.attacks.base import Labels, attack_mode
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
-from robench.attacks.square import SquareConfig, square
+from robench.attacks.square import SquareConfig
+from robench.attacks.square import square as square_attack  # the package's `square` stays the module
 from robench.errors import RobenchError
 
 __all__ = ["Attack", "Labels", "REGISTRY", "attack_mode", "get_attack"]
@@ -50,7 +51,7 @@ REGISTRY: dict[str, Attack] = {
         Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
         Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
-        Attack("square", square, SquareConfig, False),
+        Attack("square", square_attack, SquareConfig, False),
     )
 }
 

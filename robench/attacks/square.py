@@ -77,9 +77,12 @@ def stripes(noise: SampleNoise, x: Tensor) -> Tensor:
 
 
 def square_mask(u: Tensor, side: int, h: int, w: int, device: torch.device) -> Tensor:
-    """[N, 1, H, W] one side x side square per sample, its corner drawn from u[:, 0:2] as in the official code."""
-    top = (u[:, 0] * max(h - side, 1)).floor().long().to(device)[:, None]
-    left = (u[:, 1] * max(w - side, 1)).floor().long().to(device)[:, None]
+    """[N, 1, H, W] one side x side square per sample, its corner uniform in {0..h-side} x {0..w-side} from u[:, 0:2].
+
+    Every position as in the paper's Algorithm 2 (the official code never draws the last row and column).
+    """
+    top = (u[:, 0] * (h - side + 1)).floor().long().to(device)[:, None]
+    left = (u[:, 1] * (w - side + 1)).floor().long().to(device)[:, None]
     rows, cols = torch.arange(h, device=device)[None], torch.arange(w, device=device)[None]
     in_rows = (rows >= top) & (rows < top + side)
     in_cols = (cols >= left) & (cols < left + side)
