@@ -20,10 +20,19 @@ import robench.attacks.single_step as single_step
 from robench.attacks import REGISTRY, Labels, get_attack
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
-from robench.errors import RobenchError
+from robench.attacks.square import SquareConfig, square_search, square_share, square_side
+from robench.errors import FieldError, RobenchError
 
 EPS = [0.0, 2.0, 8.0, 16.0]
 SWEEP = [2.0, 4.0, 8.0, 16.0]
+# square's default 5000 queries cost ~15 s per unfooled sample of small_cnn here; 200 queries run every
+# branch (the rescaled schedule goes through all nine halvings) in a fraction of that
+FAST = {"square": SquareConfig(queries=200)}
+
+
+def _config(name: str):
+    """The attack's default config, or a cheaper one with the same code paths (FAST)."""
+    return FAST.get(name, REGISTRY[name].config())
 
 
 def _inputs(n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +52,7 @@ def _labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Labels:
 def _run(name: str, model: nn.Module, x: torch.Tensor, labels: Labels, eps: list[float], config=None, seed: int = 0):
     attack = REGISTRY[name]
     rng = torch.Generator().manual_seed(seed)
-    return dict(attack.run(model, x, labels, eps, attack.config() if config is None else config, rng))
+    return dict(attack.run(model, x, labels, eps, _config(name) if config is None else config, rng))
 
 
 def _row(labels: Labels, i: int) -> Labels:
@@ -97,7 +106,7 @@ def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
     x, y = _inputs(4)
     labels = _labels(small_cnn, x, y)
     ids = ["a", "b", "c", "d"]
-    run, config = REGISTRY[name].run, REGISTRY[name].config()
+    run, config = REGISTRY[name].run, _config(name)
     whole = dict(run(small_cnn, x, labels, [4.0, 8.0], config, attack_noise(0, name, ids)))
     for i in range(4):
         single = dict(run(small_cnn, x[i : i + 1], _row(labels, i), [4.0, 8.0], config,
@@ -115,7 +124,7 @@ def test_early_stop_keeps_every_success_and_changes_nothing_else(name: str, smal
     x, y = _inputs(8, seed=4)
     labels = _labels(small_cnn, x, y)
     small_cnn.eval()
-    run, config = REGISTRY[name].run, REGISTRY[name].config()
+    run, config = REGISTRY[name].run, _config(name)
     noise = attack_noise(0, name, [str(i) for i in range(8)])
     full = dict(run(small_cnn, x, labels, EPS, config, noise))
     early = dict(run(small_cnn, x, labels, EPS, config, noise, early_stop=True))
@@ -474,7 +483,7 @@ def test_unknown_attack_suggests_the_close_name() -> None:
     with pytest.raises(RobenchError, match="fgsm") as info:
         get_attack("fgsmm")
     assert "fgsmm" in str(info.value)
-    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd"):
+    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd, square"):
         get_attack("zzz")
     assert get_attack("pgd") is REGISTRY["pgd"]
 
@@ -486,8 +495,139 @@ def test_registry_carries_kind_objective_and_counterpart() -> None:
     assert {n for n, a in REGISTRY.items() if a.single_step} == {"fgsm", "step_ll"}
     assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll", "fab_t"}
     assert {n: a.counterpart for n, a in REGISTRY.items()} == {
-        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "fab_t": None}
+        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "fab_t": None,
+        "square": None}
+    assert {n for n, a in REGISTRY.items() if a.black_box} == {"square"}
+    assert {n for n, a in REGISTRY.items() if a.min_classes == 3} == {"fab_t"}
     for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
         if attack.counterpart is not None:
             one = REGISTRY[attack.counterpart]
             assert one.single_step and not attack.single_step and one.targeted == attack.targeted
+
+
+# --- square: the schedule, the vertices of the ball, forwards only, queries ---------------------
+
+
+def test_square_schedule_is_the_papers_and_rescales_with_the_budget() -> None:
+    # 10000 queries: p_init until iteration 10, then halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000
+    paper = {0: 1, 10: 1, 11: 2, 50: 2, 51: 4, 200: 4, 201: 8, 500: 8, 501: 16, 1000: 16, 1001: 32,
+             2000: 32, 2001: 64, 4000: 64, 4001: 128, 6000: 128, 6001: 256, 8000: 256, 8001: 512, 9998: 512}
+    for i, div in paper.items():
+        assert square_share(i, 10000, 0.8) == 0.8 / div, i
+    # 1000 queries: iteration i counts as int(i / 1000 * 10000) = 10 i of the paper's
+    rescaled = {1: 1, 2: 2, 5: 2, 6: 4, 20: 4, 21: 8, 100: 16, 101: 32, 801: 512, 999: 512}
+    for i, div in rescaled.items():
+        assert square_share(i, 1000, 0.5) == 0.5 / div, i
+    # side = round(sqrt(p h w)) within [1, min(h, w) - 1]
+    assert [square_side(p, 32, 32) for p in (0.8, 0.4, 0.05, 0.8 / 512)] == [29, 20, 7, 1]
+    assert square_side(1.0, 6, 6) == 5 and square_side(1e-6, 6, 6) == 1 and square_side(1.0, 1, 1) == 1
+
+
+def test_square_config_checks_its_fields() -> None:
+    for bad in ({"queries": -1}, {"p_init": 0.0}, {"p_init": 1.5}):
+        with pytest.raises(FieldError):
+            SquareConfig(**bad)
+    x, y = _inputs(2)
+    out = _run("square", nn.Linear(1, 1), x, Labels(y, y, y), [8.0], SquareConfig(queries=0))
+    assert torch.equal(out[8.0], x)  # no query, no change
+
+
+def test_square_lives_on_the_vertices_of_the_ball(small_cnn: nn.Module) -> None:
+    # every pixel is x + eps or x - eps (the same floats), unless [0, 1] clips it
+    x, y = _inputs(6)
+    out = _run("square", small_cnn, x, _labels(small_cnn, x, y), [4.0, 16.0])
+    for eps, x_adv in out.items():
+        e = eps / 255
+        up, down = x + e, x - e
+        assert ((x_adv == up) | (x_adv == down) | (x_adv == up.clamp(max=1)) | (x_adv == down.clamp(min=0))).all()
+        inside = (up <= 1) & (down >= 0)
+        assert ((x_adv == up) | (x_adv == down))[inside].all()
+        assert ((x_adv > x) & inside).any() and ((x_adv < x) & inside).any()
+
+
+class _Recording(nn.Module):
+    """Wraps a model: records each forward's batch size and fails if autograd could ever backpropagate."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert not torch.is_grad_enabled() and not x.requires_grad, "square must never build a graph"
+        self.sizes.append(len(x))
+        return self.model(x)
+
+
+def test_square_makes_no_backward_and_stays_in_budget() -> None:
+    # a seeded linear model over small_cnn's inputs: at eps 32 some samples fall mid-run, some hold out
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(108, 5))
+    net[1].weight.grad = known = torch.ones_like(net[1].weight)
+    x, _ = _inputs(8)
+    model = _Recording(net).eval()
+    with torch.no_grad():
+        y = net(x).argmax(1)  # every sample right when clean
+    model.sizes.clear()
+    with base.attack_mode(model):
+        x_adv, spent = square_search(model, x, y, 32 / 255, SquareConfig(queries=60), base.sample_noise(None, 8))
+    assert sum(model.sizes) == int(spent.sum()) and len(model.sizes) <= 60
+    assert spent.max() <= 60 and spent.min() >= 1
+    with torch.no_grad():
+        fooled = net(x_adv).argmax(1) != y
+    assert torch.equal(fooled, spent < 60), "a sample is queried until fooled or out of budget"
+    assert (~fooled).any() and ((spent > 1) & fooled).any()
+    assert torch.equal(net[1].weight.grad, known) and net[1].bias.grad is None
+
+
+class _Constant(nn.Module):
+    """Logits [0, 1] whatever the input: a label-1 sample is never fooled, a label-0 one always is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 1.0]).expand(len(x), 2)
+
+
+def test_square_stops_querying_a_fooled_sample() -> None:
+    x, _ = _inputs(4)
+    y = torch.tensor([0, 1, 0, 1])
+    model = _Recording(_Constant())
+    with base.attack_mode(model):
+        x_adv, spent = square_search(model, x, y, 8 / 255, SquareConfig(queries=25), base.sample_noise(None, 4))
+    assert spent.tolist() == [1, 25, 1, 25]  # the start counts as a query
+    assert model.sizes == [4] + [2] * 24
+
+
+# --- square against gradient masking (the zoo's trained model) ----------------------------------
+
+
+class _Scaled(nn.Module):
+    """Logits times 1000: in float32 the cross-entropy gradient of a confident sample underflows to zero."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * 1000
+
+
+class _Rounded(_Scaled):
+    """Rounds its input to 8 bits inside forward: the input gradient is zero everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+@pytest.mark.parametrize("mask", [_Scaled, _Rounded], ids=["logits-x1000", "rounded-input"])
+def test_square_sees_through_gradient_masking(mask: type, trained, digits_batch, one_thread) -> None:
+    model = mask(trained.module).eval()
+    x, y = digits_batch.images, digits_batch.labels
+    labels = _labels(model, x, y)
+    clean = (labels.predicted == y).float().mean().item()
+
+    def top1(name: str, config) -> float:
+        ((_, x_adv),) = REGISTRY[name].run(model, x, labels, [16.0], config, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return (model(x_adv).argmax(1) == y).float().mean().item()
+
+    assert top1("fgsm", FgsmConfig()) == clean and top1("pgd", PgdConfig()) == clean  # gradients see nothing
+    assert top1("square", SquareConfig(queries=150)) < clean - 0.3  # measured 0.72 at 100, about 0.1 at 300 queries

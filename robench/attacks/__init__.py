@@ -6,7 +6,8 @@ where ``model`` takes [0, 1] pixels, ``x`` is [N, C, H, W] in [0, 1], ``eps`` is
 1/255 units, ``config`` is the attack's own frozen dataclass, and ``rng`` is a
 ``SampleNoise`` (one stream per sample, so results do not depend on the batch) or a
 generator. With ``early_stop`` an iterative attack stops on a sample at its first
-misclassified iterate and keeps it.
+misclassified iterate and keeps it. ``square`` is score-based (forwards only) and always
+stops on a fooled sample.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from robench.attacks.base import Labels, attack_mode
 from robench.attacks.fab import FabTConfig, fab_t
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
+from robench.attacks.square import SquareConfig
+from robench.attacks.square import square as square_attack  # the package's `square` stays the module
 from robench.errors import RobenchError
 
 __all__ = ["Attack", "Labels", "REGISTRY", "attack_mode", "get_attack"]
@@ -52,6 +55,7 @@ REGISTRY: dict[str, Attack] = {
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
         Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
         Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3),
+        Attack("square", square_attack, SquareConfig, False, black_box=True),
     )
 }
 
