@@ -483,7 +483,7 @@ def test_unknown_attack_suggests_the_close_name() -> None:
     with pytest.raises(RobenchError, match="fgsm") as info:
         get_attack("fgsmm")
     assert "fgsmm" in str(info.value)
-    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd, square"):
+    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd, apgd, apgd_t, fab_t, square"):
         get_attack("zzz")
     assert get_attack("pgd") is REGISTRY["pgd"]
 
