@@ -93,11 +93,22 @@ def descend(
 
 def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Tensor, eps: float, step: float,
                           steps: int, stop_on: Tensor) -> Tensor:
-    """``descend`` on the samples the model still classifies correctly, one gradient each per step."""
-    x_adv, live = start.clone(), torch.arange(len(x), device=x.device)
+    """``descend`` on the samples the model still classifies correctly, one gradient each per step.
+
+    While every sample is still in play the whole batch is used as it is, without copies.
+    """
+    x_adv, live = start.clone(), None  # None: every sample
     for _ in range(steps):
-        g, logits = gradient_and_logits(model, x_adv[live], target[live])
-        keep = logits.argmax(1) == stop_on[live]
+        if live is None:
+            g, logits = gradient_and_logits(model, x_adv, target)
+            keep = logits.argmax(1) == stop_on
+            if bool(keep.all()):
+                x_adv = project(x_adv + step * g, x, eps)
+                continue
+            live = torch.arange(len(x), device=x.device)
+        else:
+            g, logits = gradient_and_logits(model, x_adv[live], target[live])
+            keep = logits.argmax(1) == stop_on[live]
         live, g = live[keep], g[keep]
         if len(live) == 0:
             break
