@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from robench.attacks.apgd import ApgdConfig, ApgdTConfig, apgd, apgd_t
 from robench.attacks.base import Labels, attack_mode
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
@@ -36,7 +37,7 @@ class Attack:
     run: Callable[..., Iterator[tuple[float, Any]]]
     config: type
     single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
-    targeted: bool = False  # aims at the least-likely class rather than away from a label
+    targeted: bool = False  # aims at a chosen class (least likely; apgd_t: each top-ranked one), not away from a label
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
 
 
@@ -48,6 +49,8 @@ REGISTRY: dict[str, Attack] = {
         Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
         Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
+        Attack("apgd", apgd, ApgdConfig, False),
+        Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True),
     )
 }
 
