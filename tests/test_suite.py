@@ -146,7 +146,7 @@ def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
         ("    eps: [8/255, 16]", "    eps: []",
          "s.yaml line 8: 'eps' is empty; give a list such as [2, 4, 8, 16]"),
         ("  - name: pgd", "  - name: pgdd",
-         "s.yaml line 6: unknown attack 'pgdd'; did you mean pgd?"),
+         "s.yaml line 6: unknown attack 'pgdd'; did you mean pgd, apgd, apgd_t?"),
         ("  - name: bim", "  - name: iter-ll",
          "s.yaml line 9: unknown attack 'iter-ll'; did you mean iter_ll?"),
         ("    id: bim-long", "    id: fgsm",
