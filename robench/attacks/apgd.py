@@ -123,6 +123,7 @@ class _Goal:
     target: Tensor | None = None
 
     def rows(self, index: Tensor) -> _Goal:
+        """The same goal for these samples (index: [K] positions)."""
         return _Goal(self.loss, self.true[index], None if self.target is None else self.target[index])
 
     def value(self, logits: Tensor) -> Tensor:
@@ -264,7 +265,11 @@ def _noise_rows(noise: SampleNoise | None, rows: Tensor) -> SampleNoise | None:
 
 def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple[_Goal, SampleNoise | None]],
                   steps: int, rho: float, early_stop: bool) -> Tensor:
-    """Each run on the samples no earlier run fooled; per sample the first success, else the highest loss."""
+    """Each run on the samples no earlier run fooled; per sample the first success, else the highest loss.
+
+    Across apgd_t's targets that is the highest DLR-T, whose values compare: each is a margin over
+    the same kind of logit spread.
+    """
     out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
     best_loss = torch.full((len(x),), float("-inf"), device=x.device)
     for goal, noise in runs:
