@@ -75,11 +75,13 @@ class Suite:
     def check_classes(self, classes: int, data: str) -> None:
         """Refuse an attack the data has too few classes for, naming its suite line.
 
-        Raises RobenchError: e.g. apgd_t or fab_t on 2-class data, where no target class
-        is left besides the true and the predicted one.
+        Raises RobenchError: fab_t below 3 classes (no wrong class to aim at besides the
+        top one), apgd with the DLR loss below 3 and apgd_t below 4 (its DLR-T loss reads
+        the 3rd and 4th largest logits; Croce & Hein 2020, eq. 7).
         """
         for a in self.attacks:
-            need = REGISTRY[a.name].min_classes
+            dlr = getattr(a.config, "loss", None) == "dlr"  # DLR divides by the top minus the 3rd logit
+            need = max(REGISTRY[a.name].min_classes, 3 if dlr else 2)
             if classes < need:
                 where = a.at or self.source
                 raise RobenchError(f"{where}: attack '{a.id}' ({a.name}) needs at least {need} classes, but {data} "

@@ -7,6 +7,7 @@ whose input gradient W^T (softmax - onehot) is computed here by hand, never by a
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,15 @@ import robench.attacks.fab as fab
 import robench.attacks.iterative as iterative
 import robench.attacks.single_step as single_step
 from robench.attacks import REGISTRY, Labels, get_attack
+from robench.attacks.apgd import (
+    ApgdConfig,
+    ApgdTConfig,
+    checkpoints,
+    dlr_loss,
+    dlr_targeted_loss,
+    ranked_targets,
+    rose,
+)
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
 from robench.attacks.square import SquareConfig, square_search, square_share, square_side
@@ -493,12 +503,12 @@ def test_unknown_attack_suggests_the_close_name() -> None:
 
 def test_registry_carries_kind_objective_and_counterpart() -> None:
     assert {n for n, a in REGISTRY.items() if a.single_step} == {"fgsm", "step_ll"}
-    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll", "fab_t"}
+    assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll", "apgd_t", "fab_t"}
     assert {n: a.counterpart for n, a in REGISTRY.items()} == {
-        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "fab_t": None,
-        "square": None}
+        "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "apgd": None,
+        "apgd_t": None, "fab_t": None, "square": None}
     assert {n for n, a in REGISTRY.items() if a.black_box} == {"square"}
-    assert {n for n, a in REGISTRY.items() if a.min_classes == 3} == {"fab_t"}
+    assert {n for n, a in REGISTRY.items() if a.min_classes > 2} == {"apgd_t", "fab_t"}
     for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
         if attack.counterpart is not None:
             one = REGISTRY[attack.counterpart]
@@ -631,3 +641,104 @@ def test_square_sees_through_gradient_masking(mask: type, trained, digits_batch,
 
     assert top1("fgsm", FgsmConfig()) == clean and top1("pgd", PgdConfig()) == clean  # gradients see nothing
     assert top1("square", SquareConfig(queries=150)) < clean - 0.3  # measured 0.72 at 100, about 0.1 at 300 queries
+
+
+# --- APGD and APGD-T (Croce & Hein 2020) --------------------------------------------------------
+
+apgd_module = sys.modules["robench.attacks.apgd"]  # robench.attacks.apgd the name is the function
+
+
+def test_apgd_checkpoints_are_the_papers() -> None:
+    # p_0 = 0, p_1 = .22, then steps of max(previous step - .03, .06): .19, .16, .13, .10, .07, .06, .06
+    # p = .22 .41 .57 .70 .80 .87 .93 .99 (the next, 1.05, is past the end); w_j = ceil(p_j * steps)
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(200) == [44, 82, 114, 140, 160, 174, 186, 198]
+    # 10 steps: 2.2 4.1 5.7 7.0 8.0 8.7 9.3 9.9 round up to 3 5 6 7 8 9 10 10; the two 10s count once
+    assert checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+    assert checkpoints(1) == [1] and checkpoints(0) == []
+
+
+def test_dlr_losses_by_hand() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 5.0, 1.0, 2.0]])
+    true = torch.tensor([0, 0])
+    # right: -(3 - 2) / (3 - 1) = -0.5; wrong: -(0 - 5) / (5 - 1) = 1.25 (positive exactly when misclassified)
+    torch.testing.assert_close(dlr_loss(logits, true), torch.tensor([-0.5, 1.25]))
+    # DLR-T toward class 1: -(3 - 1) / (3 - (1 + 0) / 2) = -0.8; toward 3: -(0 - 2) / (5 - (1 + 0) / 2) = 4 / 9
+    torch.testing.assert_close(dlr_targeted_loss(logits, true, torch.tensor([1, 3])), torch.tensor([-0.8, 4 / 9]))
+    # both are unchanged by scaling and shifting the logits: what makes them work where CE saturates
+    torch.testing.assert_close(dlr_loss(logits * 1000 - 7, true), torch.tensor([-0.5, 1.25]))
+    with pytest.raises(RobenchError, match="at least 3 classes"):
+        dlr_loss(logits[:, :2], true)
+    with pytest.raises(RobenchError, match="at least 4 classes"):
+        dlr_targeted_loss(logits[:, :3], true, torch.tensor([1, 1]))
+
+
+def test_apgd_t_targets_are_the_top_non_true_classes_capped() -> None:
+    logits = torch.tensor([[0.1, 0.5, 0.3, 0.9, 0.2], [0.4, 0.0, 0.3, 0.2, 0.1]])
+    true = torch.tensor([3, 0])
+    assert ranked_targets(logits, true, 2).tolist() == [[1, 2], [2, 3]]
+    assert ranked_targets(logits, true, 9).tolist() == [[1, 2, 4, 0], [2, 3, 4, 1]]  # at most classes - 1
+
+
+class _Fixed(nn.Module):
+    """The same logits whatever the input (no gradient reaches x): nothing is ever fooled."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.rows: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(len(x))
+        return self.logits.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
+
+
+def test_apgd_t_runs_each_target_once_and_apgd_counts_its_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _Fixed(torch.tensor([[0.1, 0.5, 0.3, 0.9, 0.2]]))
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = Labels.from_logits(model(x), torch.tensor([3, 3]))  # both right, and stay right
+    seen, real = [], apgd_module._single_run
+
+    def spy(model: nn.Module, x: torch.Tensor, start: torch.Tensor, goal, *rest):
+        seen.append(None if goal.target is None else goal.target.tolist())
+        return real(model, x, start, goal, *rest)
+
+    monkeypatch.setattr(apgd_module, "_single_run", spy)
+    model.rows.clear()
+    _run("apgd_t", model, x, labels, [8.0], ApgdTConfig(targets=9, steps=10))
+    assert seen == [[1, 1], [2, 2], [4, 4], [0, 0]]  # one run per rank (1 2 4 0 below class 3), capped at 4
+    assert model.rows == [2] * 4 * 11  # a forward at the start and after each of the 10 steps
+    model.rows.clear()
+    _run("apgd", model, x, labels, [4.0, 8.0], ApgdConfig(steps=10, restarts=2))
+    assert model.rows == [2] * 2 * 2 * 11  # every eps and restart on its own
+
+
+def test_apgd_t_needs_four_classes(small_cnn: nn.Module) -> None:
+    model = _Fixed(torch.tensor([[0.1, 0.5, 0.3]]))
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for logits in (None, model(x)):  # ranked from labels.logits, else from one forward
+        labels = Labels(torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 0]), logits)
+        with pytest.raises(RobenchError, match="apgd_t .* at least 4 classes; the model gives 3"):
+            _run("apgd_t", model, x, labels, [8.0])
+    two = _Fixed(torch.tensor([[0.1, 0.5]]))
+    labels = Labels.from_logits(two(x), torch.tensor([0, 1]))
+    with pytest.raises(RobenchError, match="DLR loss needs at least 3 classes"):
+        _run("apgd", two, x, labels, [8.0], ApgdConfig(loss="dlr"))
+    _run("apgd", two, x, labels, [8.0], ApgdConfig(steps=2))  # cross-entropy works on two classes
+
+
+def test_apgd_one_step_from_x_is_fgsm(linear_model) -> None:
+    # the first step is 2 eps along the gradient sign, projected back onto the eps-ball: FGSM's point.
+    # CE is convex along that line, so the step raises the loss and the attack keeps that point.
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(5))
+    labels = _labels(linear_model, x, torch.tensor([0, 1, 0, 1, 0, 1]))
+    labels = _labels(linear_model, x, labels.predicted)  # right at x: a wrong x^(0) would be kept as it is
+    one = _run("apgd", linear_model, x, labels, [4.0, 16.0], ApgdConfig(steps=1, random_start=False))
+    fgsm = _run("fgsm", linear_model, x, labels, [4.0, 16.0])
+    assert torch.equal(one[4.0], fgsm[4.0]) and torch.equal(one[16.0], fgsm[16.0])
+
+
+def test_rise_ignores_float_noise() -> None:
+    old = torch.tensor([1.0, 1.0, 0.0, -20.0, 20.0])
+    new = torch.tensor([1.0 + 1e-6, 1.01, 1e-3, -19.99, 20.0001])
+    assert rose(new, old).tolist() == [False, True, True, True, False]

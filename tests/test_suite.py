@@ -146,7 +146,7 @@ def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
         ("    eps: [8/255, 16]", "    eps: []",
          "s.yaml line 8: 'eps' is empty; give a list such as [2, 4, 8, 16]"),
         ("  - name: pgd", "  - name: pgdd",
-         "s.yaml line 6: unknown attack 'pgdd'; did you mean pgd?"),
+         "s.yaml line 6: unknown attack 'pgdd'; did you mean pgd, apgd, apgd_t?"),
         ("  - name: bim", "  - name: iter-ll",
          "s.yaml line 9: unknown attack 'iter-ll'; did you mean iter_ll?"),
         ("    id: bim-long", "    id: fgsm",
@@ -277,6 +277,14 @@ def test_targeted_attacks_need_three_classes_and_the_error_names_the_line() -> N
         suite.check_classes(2, "pairs")
     assert str(e.value) == ("s.yaml line 4: attack 'fab_t' (fab_t) needs at least 3 classes, but pairs has 2; "
                             "remove it from the suite or use 'apgd' (untargeted)")
+    aa = load_suite("autoattack")
+    aa.check_classes(4, "four")
+    with pytest.raises(RobenchError, match=r"^autoattack \(built-in\) line \d+: attack 'apgd_t' \(apgd_t\) needs at "
+                                           r"least 4"):
+        aa.check_classes(3, "three")
+    dlr = parse_suite("eps: [8]\nattacks:\n  - name: apgd\n    loss: dlr\n", "d.yaml")
+    with pytest.raises(RobenchError, match="d.yaml line 3: attack 'apgd' .* at least 3 classes"):
+        dlr.check_classes(2, "pairs")
 
 
 def test_override_keeps_the_suite_options() -> None:

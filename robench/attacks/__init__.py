@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from robench.attacks.apgd import ApgdConfig, ApgdTConfig, apgd, apgd_t
 from robench.attacks.base import Labels, attack_mode
 from robench.attacks.fab import FabTConfig, fab_t
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
@@ -40,9 +41,9 @@ class Attack:
     run: Callable[..., Iterator[tuple[float, Any]]]
     config: type
     single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
-    targeted: bool = False  # aims at chosen classes (least likely; most likely wrong) rather than away
+    targeted: bool = False  # aims at chosen classes (least likely; the most likely wrong ones) rather than away
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
-    min_classes: int = 2  # apgd_t and fab_t aim at the classes other than the true and the top one
+    min_classes: int = 2  # apgd_t's DLR-T reads the 4th largest logit; fab_t needs a wrong class to aim at
     black_box: bool = False  # uses scores only, no gradients: the health checks' witness of gradient masking
 
 
@@ -54,6 +55,8 @@ REGISTRY: dict[str, Attack] = {
         Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
         Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
+        Attack("apgd", apgd, ApgdConfig, False),
+        Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True, min_classes=4),
         Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3),
         Attack("square", square_attack, SquareConfig, False, black_box=True),
     )

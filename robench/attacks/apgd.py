@@ -1,0 +1,347 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD on cross-entropy or DLR, and targeted APGD on DLR-T; L-infinity.
+
+APGD is PGD with momentum whose step size, starting at 2 eps, halves at checkpoints where the
+loss stopped rising, each time restarting from the best point so far (the paper's Algorithm 1,
+Section 3). Nothing needs tuning per model, which is why AutoAttack builds on it. Every decision
+(step size, best point, restart) is taken per sample, so a sample's example does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robench.attacks.base import Labels, SampleNoise, attack_mode, project, sample_noise, to_unit
+from robench.errors import RobenchError
+
+ALPHA = 0.75  # momentum weight of the new step (Section 3.2); the first step has none
+TIE = 1e-12  # keeps DLR finite where the logits it divides by tie (as AutoAttack's own code does)
+RISE = 1e-4  # a loss rises when it gains more than RISE * max(1, |loss|): see rose()
+
+
+@dataclass(frozen=True)
+class ApgdConfig:
+    """APGD (Algorithm 1) on cross-entropy or the DLR loss; restarts run only on samples not yet fooled."""
+
+    loss: Literal["ce", "dlr"] = "ce"
+    steps: int = 100
+    restarts: int = 1
+    rho: float = 0.75
+    random_start: bool = True
+
+
+@dataclass(frozen=True)
+class ApgdTConfig:
+    """Targeted APGD on DLR-T, once for each of the ``targets`` most likely classes other than the true one."""
+
+    targets: int = 9
+    steps: int = 100
+    restarts: int = 1
+    rho: float = 0.75
+    random_start: bool = True
+
+
+# --- the checkpoint schedule and the losses ---------------------------------------------------------
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations w_j = ceil(p_j * steps), j >= 1, at which APGD may halve its step (Section 3.2).
+
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), kept below 1. The p_j are
+    whole hundredths, computed as integers so that no float rounding moves a checkpoint; with
+    few steps two p_j can share an iteration, which then counts once.
+    """
+    marks, before, p = set(), 0, 22
+    while p < 100:
+        marks.add(-(-p * steps // 100))
+        before, p = p, p + max(p - before - 3, 6)
+    return sorted(m for m in marks if 0 < m <= steps)
+
+
+def rose(new: Tensor, old: Tensor) -> Tensor:
+    """Per sample, did the loss rise from ``old`` to ``new`` by more than float noise?
+
+    A model's last float bits depend on the batch size (convolution and matrix kernels block by
+    batch), and APGD's late iterates differ in loss by about that much: a plain ``new > old``
+    would make a sample's best point and step size depend on its batch. A rise must exceed
+    RISE * max(1, |old|), far above that noise and far below what the attack gains early on.
+    """
+    return new > old + RISE * old.abs().clamp_min(1.0)
+
+
+def _need_classes(logits: Tensor, count: int, what: str) -> None:
+    if logits.shape[1] < count:
+        raise RobenchError(f"{what} needs at least {count} classes; the model gives {logits.shape[1]}")
+
+
+def dlr_loss(logits: Tensor, true: Tensor) -> Tensor:
+    """Difference of logits ratio per sample (eq. 6): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3).
+
+    logits [N, classes], true [N] -> [N]. Positive exactly when the sample is misclassified, and
+    unchanged by shifting or rescaling the logits, so it still has a gradient where
+    cross-entropy's saturates. Raises RobenchError with fewer than 3 classes.
+    """
+    _need_classes(logits, 3, "the DLR loss")
+    top = logits.topk(3, dim=1).values
+    z_y = logits.gather(1, true[:, None]).squeeze(1)
+    other = logits.scatter(1, true[:, None], float("-inf")).amax(1)
+    return (other - z_y) / (top[:, 0] - top[:, 2] + TIE)
+
+
+def dlr_targeted_loss(logits: Tensor, true: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR per sample (Section 4, DLR-T): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+
+    logits [N, classes], true and target [N] -> [N]. Raises RobenchError with fewer than 4 classes.
+    """
+    _need_classes(logits, 4, "the targeted DLR loss")
+    top = logits.topk(4, dim=1).values
+    z_y, z_t = logits.gather(1, true[:, None]).squeeze(1), logits.gather(1, target[:, None]).squeeze(1)
+    return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + TIE)
+
+
+def ranked_targets(logits: Tensor, true: Tensor, count: int) -> Tensor:
+    """The ``count`` most likely classes other than the true one, most likely first: [N, min(count, classes - 1)].
+
+    Ties go to the lower class index. Raises RobenchError with fewer than 4 classes (DLR-T needs them).
+    """
+    _need_classes(logits, 4, "apgd_t (the targeted DLR loss)")
+    others = logits.scatter(1, true[:, None], float("-inf"))
+    return others.argsort(dim=1, descending=True, stable=True)[:, : min(count, logits.shape[1] - 1)]
+
+
+@dataclass(frozen=True)
+class _Goal:
+    """What one run climbs (``ce``, ``dlr`` or ``dlr-t``), the true labels [N] and, for DLR-T, the targets [N]."""
+
+    loss: str
+    true: Tensor
+    target: Tensor | None = None
+
+    def rows(self, index: Tensor) -> _Goal:
+        """The same goal for these samples (index: [K] positions)."""
+        return _Goal(self.loss, self.true[index], None if self.target is None else self.target[index])
+
+    def value(self, logits: Tensor) -> Tensor:
+        """The loss per sample, [N]."""
+        if self.loss == "ce":
+            return F.cross_entropy(logits, self.true, reduction="none")
+        if self.loss == "dlr":
+            return dlr_loss(logits, self.true)
+        return dlr_targeted_loss(logits, self.true, self.target)
+
+
+def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """At x: sign of d(summed loss)/dx (None when not needed), the loss per sample [N], and misclassified [N].
+
+    The loss is summed, never averaged, so a sample's gradient does not depend on its batch; a
+    loss that does not depend on x has a zero gradient.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(need_grad)
+        logits = model(xg)
+        loss = goal.value(logits)
+        sign = None
+        if need_grad:
+            grads = torch.autograd.grad(loss.sum(), xg, allow_unused=True) if loss.requires_grad else (None,)
+            sign = torch.zeros_like(xg) if grads[0] is None else grads[0].sign()
+    return sign, loss.detach(), logits.detach().argmax(1) != goal.true
+
+
+# --- one run: Algorithm 1 -------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One APGD run's state, a row per sample: the iterates, step sizes, best point, first success."""
+
+    x: Tensor  # [N, C, H, W] clean images
+    unit: float  # eps in [0, 1] pixel units
+    cur: Tensor  # x^(k)
+    prev: Tensor  # x^(k-1)
+    sign: Tensor  # sign of the gradient at x^(k)
+    loss: Tensor  # f(x^(k)), [N]
+    step: Tensor  # eta, [N, 1, 1, 1]
+    best: Tensor  # x_max
+    best_sign: Tensor
+    best_loss: Tensor  # f_max, [N]
+    out: Tensor  # the first misclassified iterate, where there is one
+    fooled: Tensor  # [N] bool
+    ups: Tensor  # [N] steps since the last checkpoint where the loss rose
+    reduced: Tensor  # [N] bool: the step was halved at the last checkpoint
+    best_at_check: Tensor  # f_max at the last checkpoint
+
+    @classmethod
+    def begin(cls, model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: float) -> _Run:
+        """The state at the starting point x^(0), after its one forward and backward pass."""
+        sign, loss, wrong = _evaluate(model, start, goal, True)
+        step = torch.full((len(x),) + (1,) * (x.dim() - 1), 2 * unit, dtype=x.dtype, device=x.device)
+        out = torch.where(wrong.view(step.shape), start, x)
+        ups = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        return cls(x, unit, start.clone(), start.clone(), sign, loss.clone(), step, start.clone(), sign.clone(),
+                   loss.clone(), out, wrong, ups, torch.zeros_like(wrong), loss.clone())
+
+    def result(self) -> Tensor:
+        """Per sample: the first misclassified iterate, else the point of highest loss."""
+        return torch.where(self.fooled.view(self.step.shape), self.out, self.best)
+
+
+def _advance(model: nn.Module, run: _Run, goal: _Goal, live: Tensor, alpha: float, need_grad: bool) -> None:
+    """One momentum step on the live samples (Algorithm 1, lines 5-6), then their bookkeeping (lines 7-9)."""
+    x, cur, prev = run.x[live], run.cur[live], run.prev[live]
+    z = project(cur + run.step[live] * run.sign[live], x, run.unit)
+    nxt = project(cur + (z - cur) * alpha + (cur - prev) * (1 - alpha), x, run.unit)
+    sign, loss, wrong = _evaluate(model, nxt, goal.rows(live), need_grad)
+    run.ups[live] += rose(loss, run.loss[live]).long()
+    run.prev[live], run.cur[live], run.loss[live] = cur, nxt, loss
+    if sign is not None:  # the last iterate needs no gradient: no step follows it
+        run.sign[live] = sign
+    better = rose(loss, run.best_loss[live])
+    run.best[live[better]], run.best_loss[live[better]] = nxt[better], loss[better]
+    if sign is not None:
+        run.best_sign[live[better]] = sign[better]
+    new = wrong & ~run.fooled[live]
+    run.out[live[new]], run.fooled[live[new]] = nxt[new], True
+
+
+def _checkpoint(run: _Run, length: int, rho: float) -> None:
+    """At checkpoint w_j (Section 3.2): halve eta and go back to x_max where condition 1 or 2 holds.
+
+    Condition 1: the loss rose in fewer than rho * (w_j - w_{j-1}) of the steps since w_{j-1}.
+    Condition 2: eta was not halved at w_{j-1} and f_max has not improved since.
+    """
+    halve = (run.ups < rho * length) | (~run.reduced & (run.best_loss <= run.best_at_check))
+    run.step[halve] /= 2
+    run.cur[halve], run.sign[halve], run.loss[halve] = run.best[halve], run.best_sign[halve], run.best_loss[halve]
+    run.reduced, run.best_at_check = halve, run.best_loss.clone()
+    run.ups.zero_()
+
+
+def _single_run(model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: float, steps: int, rho: float,
+                early_stop: bool) -> _Run:
+    """``steps`` APGD iterations from ``start`` (one forward each, and a backward for all but the last)."""
+    run = _Run.begin(model, x, start, goal, unit)
+    marks = checkpoints(steps)
+    lengths = {b: b - a for a, b in zip([0, *marks], marks, strict=False)}  # w_j -> w_j - w_{j-1}
+    everyone = torch.arange(len(x), device=x.device)
+    for k in range(1, steps + 1):
+        live = torch.nonzero(~run.fooled).flatten() if early_stop else everyone
+        if len(live) == 0:
+            break
+        _advance(model, run, goal, live, 1.0 if k == 1 else ALPHA, k < steps)
+        if k in lengths:
+            _checkpoint(run, lengths[k], rho)
+    return run
+
+
+# --- restarts, targets and the eps sweep -----------------------------------------------------------
+
+
+def start_point(x: Tensor, unit: float, noise: SampleNoise | None) -> Tensor:
+    """x plus uniform noise scaled so that each sample's largest change is eps, clipped to [0, 1]; x without noise.
+
+    Scaling to the sup norm puts every start on the eps-ball's surface, as AutoAttack's code does.
+    """
+    if noise is None:
+        return x.clone()
+    u = noise.uniform_like(x)
+    top = u.abs().flatten(1).amax(1).view((len(x),) + (1,) * (x.dim() - 1))
+    return (x + unit * u / top).clamp(0.0, 1.0)
+
+
+def run_noise(noise: SampleNoise, restart: int, target: int | None = None) -> SampleNoise:
+    """The per-sample streams of one restart (of one target class, for apgd_t): independent of every other."""
+    own = noise if target is None else noise.child(f"target{target}")
+    return own.child(f"restart{restart}")
+
+
+def _noise_rows(noise: SampleNoise | None, rows: Tensor) -> SampleNoise | None:
+    return None if noise is None else SampleNoise(tuple(noise.seeds[i] for i in rows.tolist()))
+
+
+def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple[_Goal, SampleNoise | None]],
+                  steps: int, rho: float, early_stop: bool) -> Tensor:
+    """Each run on the samples no earlier run fooled; per sample the first success, else the highest loss.
+
+    Across apgd_t's targets that is the highest DLR-T, whose values compare: each is a margin over
+    the same kind of logit spread.
+    """
+    out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    best_loss = torch.full((len(x),), float("-inf"), device=x.device)
+    for goal, noise in runs:
+        rows = torch.nonzero(~fooled).flatten()
+        if len(rows) == 0:
+            break
+        start = start_point(x[rows], unit, _noise_rows(noise, rows))
+        run = _single_run(model, x[rows], start, goal.rows(rows), unit, steps, rho, early_stop)
+        take = run.fooled | (best_loss[rows] == float("-inf")) | rose(run.best_loss, best_loss[rows])
+        out[rows[take]], best_loss[rows[take]] = run.result()[take], run.best_loss[take]
+        fooled[rows[take]] = run.fooled[take]
+    return out
+
+
+def _sweep(model: nn.Module, x: Tensor, eps: Sequence[float], runs: Sequence[tuple[_Goal, SampleNoise | None]],
+           steps: int, rho: float, early_stop: bool) -> Iterator[tuple[float, Tensor]]:
+    """Every eps from x on its own; eps 0 (or no steps) gives x itself."""
+    for e in eps:
+        if e == 0 or steps == 0:
+            yield e, x.clone()
+            continue
+        with attack_mode(model):
+            out = _best_of_runs(model, x, to_unit(e), runs, steps, rho, early_stop)
+        yield e, out
+
+
+def apgd(
+    model: nn.Module,
+    x: Tensor,
+    labels: Labels,
+    eps: Sequence[float],
+    config: ApgdConfig,
+    rng: SampleNoise | torch.Generator | None = None,
+    early_stop: bool = False,
+) -> Iterator[tuple[float, Tensor]]:
+    """Auto-PGD, L-infinity (Croce & Hein 2020, Algorithm 1): x [N, C, H, W] in [0, 1], eps in 1/255 units.
+
+    Up the cross-entropy or DLR loss of ``labels.true``, ``config.steps`` iterations per restart.
+    Each sample keeps its first misclassified iterate, else its point of highest loss, over all
+    restarts. Raises RobenchError for the DLR loss on fewer than 3 classes.
+    """
+    noise = sample_noise(rng, len(x))
+    goal = _Goal(config.loss, labels.true)
+    runs = [(goal, run_noise(noise, r) if config.random_start else None) for r in range(config.restarts)]
+    yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)
+
+
+def _clean_logits(model: nn.Module, x: Tensor, labels: Labels) -> Tensor:
+    if labels.logits is not None:
+        return labels.logits
+    with attack_mode(model), torch.no_grad():
+        return model(x)
+
+
+def apgd_t(
+    model: nn.Module,
+    x: Tensor,
+    labels: Labels,
+    eps: Sequence[float],
+    config: ApgdTConfig,
+    rng: SampleNoise | torch.Generator | None = None,
+    early_stop: bool = False,
+) -> Iterator[tuple[float, Tensor]]:
+    """Targeted Auto-PGD on DLR-T (Croce & Hein 2020, Section 4), L-infinity, eps in 1/255 units.
+
+    One APGD run per target class, the ``config.targets`` most likely classes other than the
+    true one by the clean logits (``labels.logits``, else one forward), at most classes - 1, each on
+    the samples still not misclassified. Raises RobenchError with fewer than 4 classes: DLR-T
+    divides by the largest logit minus the mean of the 3rd and 4th largest.
+    """
+    noise = sample_noise(rng, len(x))
+    ranked = ranked_targets(_clean_logits(model, x, labels), labels.true, config.targets)
+    runs = [(_Goal("dlr-t", labels.true, ranked[:, t]), run_noise(noise, r, t) if config.random_start else None)
+            for t in range(ranked.shape[1]) for r in range(config.restarts)]
+    yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)
