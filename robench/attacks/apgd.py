@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.attacks.base import Labels, SampleNoise, attack_mode, project, sample_noise, to_unit
+from robench.attacks.base import (
+    Labels,
+    SampleNoise,
+    attack_mode,
+    clean_logits,
+    project,
+    ranked_targets,
+    sample_noise,
+    to_unit,
+)
 from robench.errors import RobenchError
 
 ALPHA = 0.75  # momentum weight of the new step (Section 3.2); the first step has none
@@ -102,16 +111,6 @@ def dlr_targeted_loss(logits: Tensor, true: Tensor, target: Tensor) -> Tensor:
     top = logits.topk(4, dim=1).values
     z_y, z_t = logits.gather(1, true[:, None]).squeeze(1), logits.gather(1, target[:, None]).squeeze(1)
     return (z_t - z_y) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + TIE)
-
-
-def ranked_targets(logits: Tensor, true: Tensor, count: int) -> Tensor:
-    """The ``count`` most likely classes other than the true one, most likely first: [N, min(count, classes - 1)].
-
-    Ties go to the lower class index. Raises RobenchError with fewer than 4 classes (DLR-T needs them).
-    """
-    _need_classes(logits, 4, "apgd_t (the targeted DLR loss)")
-    others = logits.scatter(1, true[:, None], float("-inf"))
-    return others.argsort(dim=1, descending=True, stable=True)[:, : min(count, logits.shape[1] - 1)]
 
 
 @dataclass(frozen=True)
@@ -259,10 +258,6 @@ def run_noise(noise: SampleNoise, restart: int, target: int | None = None) -> Sa
     return own.child(f"restart{restart}")
 
 
-def _noise_rows(noise: SampleNoise | None, rows: Tensor) -> SampleNoise | None:
-    return None if noise is None else SampleNoise(tuple(noise.seeds[i] for i in rows.tolist()))
-
-
 def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple[_Goal, SampleNoise | None]],
                   steps: int, rho: float, early_stop: bool) -> Tensor:
     """Each run on the samples no earlier run fooled; per sample the first success, else the highest loss.
@@ -276,7 +271,7 @@ def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple
         rows = torch.nonzero(~fooled).flatten()
         if len(rows) == 0:
             break
-        start = start_point(x[rows], unit, _noise_rows(noise, rows))
+        start = start_point(x[rows], unit, (None if noise is None else noise.rows(rows)))
         run = _single_run(model, x[rows], start, goal.rows(rows), unit, steps, rho, early_stop)
         take = run.fooled | (best_loss[rows] == float("-inf")) | rose(run.best_loss, best_loss[rows])
         out[rows[take]], best_loss[rows[take]] = run.result()[take], run.best_loss[take]
@@ -317,13 +312,6 @@ def apgd(
     yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)
 
 
-def _clean_logits(model: nn.Module, x: Tensor, labels: Labels) -> Tensor:
-    if labels.logits is not None:
-        return labels.logits
-    with attack_mode(model), torch.no_grad():
-        return model(x)
-
-
 def apgd_t(
     model: nn.Module,
     x: Tensor,
@@ -341,7 +329,9 @@ def apgd_t(
     divides by the largest logit minus the mean of the 3rd and 4th largest.
     """
     noise = sample_noise(rng, len(x))
-    ranked = ranked_targets(_clean_logits(model, x, labels), labels.true, config.targets)
+    logits = clean_logits(model, x, labels)
+    _need_classes(logits, 4, "apgd_t (the targeted DLR loss)")
+    ranked = ranked_targets(logits, labels.true, config.targets)
     runs = [(_Goal("dlr-t", labels.true, ranked[:, t]), run_noise(noise, r, t) if config.random_start else None)
             for t in range(ranked.shape[1]) for r in range(config.restarts)]
     yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)

@@ -81,6 +81,23 @@ def input_gradient(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     return torch.zeros_like(xg) if grad is None else grad
 
 
+def clean_logits(model: nn.Module, x: Tensor, labels: Labels) -> Tensor:
+    """[N, classes] the clean logits: the engine's (``labels.logits``), else one forward pass."""
+    if labels.logits is not None:
+        return labels.logits
+    with attack_mode(model), torch.no_grad():
+        return model(x)
+
+
+def ranked_targets(logits: Tensor, true: Tensor, count: int) -> Tensor:
+    """The ``count`` most likely classes other than the true one, most likely first: [N, min(count, classes - 1)].
+
+    The target classes of apgd_t and fab_t (Croce & Hein 2020). Ties go to the lower class index.
+    """
+    others = logits.detach().float().scatter(1, true[:, None], float("-inf"))
+    return others.argsort(dim=1, descending=True, stable=True)[:, : min(count, logits.shape[1] - 1)]
+
+
 def gradient_and_logits(model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """sign(d summed CE / dx) and the logits of that same forward, so early stopping costs no extra pass."""
     with torch.inference_mode(False), torch.enable_grad():
@@ -114,6 +131,10 @@ class SampleNoise:
         rows = [torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in self.seeds]
         return (torch.stack(rows) * 2 - 1).to(device=x.device, dtype=x.dtype)
 
+
+    def rows(self, index: Tensor) -> SampleNoise:
+        """The streams of these samples (index: [K] positions), for work on a subset of a batch."""
+        return SampleNoise(tuple(self.seeds[i] for i in index.tolist()))
 
     def child(self, tag: str | int) -> SampleNoise:
         """Independent streams for one part of an attack (a restart, a target class), still per sample."""

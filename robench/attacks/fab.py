@@ -19,7 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.attacks.base import Labels, SampleNoise, attack_mode, project, sample_noise, to_unit
+from robench.attacks.base import (
+    Labels,
+    SampleNoise,
+    attack_mode,
+    clean_logits,
+    project,
+    ranked_targets,
+    sample_noise,
+    to_unit,
+)
 from robench.errors import RobenchError
 
 
@@ -157,16 +166,10 @@ def fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, start: Tens
     return found
 
 
-def ranked_targets(logits: Tensor, y: Tensor, count: int) -> Tensor:
-    """The ``count`` most likely classes other than y, most likely first: [N, min(count, classes - 1)].
-
-    logits: [N, classes]. Raises RobenchError with fewer than 3 classes (no choice of target).
-    """
+def _need_three(logits: Tensor) -> None:
     classes = logits.shape[1]
     if classes < 3:
         raise RobenchError(f"fab_t needs at least 3 classes to choose a target class; the model has {classes}")
-    others = logits.detach().float().scatter(1, y[:, None], -math.inf)
-    return others.argsort(dim=1, descending=True, stable=True)[:, : min(count, classes - 1)]
 
 
 def random_start(x: Tensor, eps: float, noise: SampleNoise) -> Tensor:
@@ -177,10 +180,6 @@ def random_start(x: Tensor, eps: float, noise: SampleNoise) -> Tensor:
     u = noise.uniform_like(x)
     scale = u.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
     return (x + 0.5 * eps * u / scale).clamp(0.0, 1.0)
-
-
-def _noise_rows(noise: SampleNoise, rows: Tensor) -> SampleNoise:
-    return SampleNoise(tuple(noise.seeds[i] for i in rows.tolist()))
 
 
 def _attack(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, wrong: Tensor, eps: float,
@@ -196,7 +195,7 @@ def _attack(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, wrong: Tens
             rows = (found.norm > eps).nonzero().flatten()
             if len(rows) == 0:
                 return found.result(x, eps)
-            start = x[rows] if r == 0 else random_start(x[rows], eps, _noise_rows(noise, rows).child(f"{k}/{r}"))
+            start = x[rows] if r == 0 else random_start(x[rows], eps, noise.rows(rows).child(f"{k}/{r}"))
             found.merge(rows, fab_run(model, x[rows], y[rows], targets[rows, k], start, eps, config, early_stop))
     return found.result(x, eps)
 
@@ -219,8 +218,8 @@ def fab_t(
     the eps-ball. Raises RobenchError with fewer than 3 classes.
     """
     noise = sample_noise(rng, len(x))
-    with attack_mode(model):
-        logits = labels.logits if labels.logits is not None else _clean_logits(model, x)
+    logits = clean_logits(model, x, labels)
+    _need_three(logits)
     targets = ranked_targets(logits, labels.true, config.targets)
     wrong = logits.argmax(1) != labels.true
     for e in eps:
@@ -229,8 +228,3 @@ def fab_t(
             continue
         with attack_mode(model):
             yield e, _attack(model, x, labels.true, targets, wrong, to_unit(e), config, noise, early_stop)
-
-
-def _clean_logits(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x)
