@@ -259,7 +259,8 @@ def test_a_built_in_name_wins_and_a_file_needs_a_suffix_or_slash(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("cascade: yes\neps: [8]\nattacks:\n  - name: fgsm\n", "s.yaml line 1: 'cascade' must be true or false, got 'yes'"),
+    ("cascade: always\neps: [8]\nattacks:\n  - name: fgsm\n",
+     "s.yaml line 1: 'cascade' must be true or false, got 'always'"),
     ("eps: [8]\nearly_stop: 1\nattacks:\n  - name: fgsm\n", "s.yaml line 2: 'early_stop' must be true or false, got 1"),
     ("eps: [8]\nattacks:\n  - name: fgsm\n    id: worst\n",
      "s.yaml line 4: attack id 'worst' is reserved for the per-sample worst case; give the entry another 'id:'"),
