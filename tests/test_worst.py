@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from robench import worst
 from robench.data import InputConfig
@@ -136,3 +137,65 @@ def test_single_step_attacks_take_one_gradient_for_every_eps(runs, digits_batch)
     costs = {c["attack"]: c for c in runs["full"].costs()}
     assert costs["bim"]["backward_passes"] == n * (5 + 10 + 20 - 2)  # paper steps; first gradient shared
     assert costs["pgd"]["backward_passes"] == n * 5 * 3
+
+
+# --- gradient masking: the paper's attacks call it robust, the worst case through square does not ---------
+
+class _Scaled(torch.nn.Module):
+    """A trained model's logits times 1000: in float32 the cross-entropy gradient underflows to exactly zero."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * 1000
+
+
+class _Rounded(_Scaled):
+    """Rounds its input to 8 bits inside forward: every input gradient is zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+def _cheap(suite):
+    """The suite at eps 16 with AutoAttack's budgets cut (10 steps, 3 targets, 150 queries) to fit a test."""
+    cut = {"apgd": {"steps": 10}, "apgd_t": {"steps": 10, "targets": 3}, "fab_t": {"steps": 10, "targets": 3},
+           "square": {"queries": 150}}
+    return dataclasses.replace(suite, attacks=tuple(
+        dataclasses.replace(a, eps=(16.0,), config=dataclasses.replace(a.config, **cut.get(a.name, {})))
+        for a in suite.attacks))
+
+
+def _masked_run(model, digits_batch, suite):
+    from robench import health
+
+    plan = Plan.white_box([Participant("m", model, InputConfig())])
+    out = Matrix.empty([str(i) for i in range(len(digits_batch.labels))], settings_of(suite), plan.pairs())
+    run_batches(plan, iter([{InputConfig(): digits_batch}]), suite, out, 0, Hooks())
+    o = worst.with_worst(out.pairs[("m", "m")])
+    top1 = {a: float(c.mean()) for (a, _), c in zip(o.settings, o.correct(), strict=True)}
+    return top1, [f.check for f in health.black_box_beats_white_box({"m": o}, suite)]
+
+
+@pytest.mark.parametrize("mask", [_Scaled, _Rounded], ids=["logits-x1000", "rounded-input"])
+def test_masked_gradients_fool_the_papers_attacks_not_the_worst_case(mask, trained, digits_batch, one_thread) -> None:
+    from robench.suite import load_suite
+
+    model = mask(trained.module).eval()
+    # fgsm, bim and pgd push up the true class's cross-entropy, whose gradient is exactly zero here.
+    # (step l.l. and iter l.l. pull toward the least-likely class, whose cross-entropy does not saturate
+    # on the x1000 model: they are left out of this check.)
+    untargeted = parse_suite("eps: [16]\nattacks:\n  - name: fgsm\n  - name: bim\n  - name: pgd\n", "p.yaml")
+    paper, _ = _masked_run(model, digits_batch, untargeted)
+    assert paper["clean"] == 1.0 and paper["worst"] == 1.0, paper  # every one of them: "robust" at eps 16
+    with_square = parse_suite("eps: [16]\nattacks:\n  - name: pgd\n  - name: square\n", "q.yaml")
+    top1, flags = _masked_run(model, digits_batch, _cheap(with_square))
+    assert top1["pgd"] == 1.0 and top1["worst"] < 0.8 and flags == ["black_box_beats_white_box"], top1
+    top1, flags = _masked_run(model, digits_batch, _cheap(load_suite("autoattack")))
+    assert top1["worst"] < 0.8, top1
+    if mask is _Scaled:  # DLR is scale-invariant: apgd_t sees through it, so the gradient attacks do the work
+        assert top1["apgd-ce"] == 1.0 and top1["apgd_t"] < 0.1 and flags == []
+    else:  # no gradient at all: only square breaks it, and the check says so
+        assert top1["fab_t"] == 1.0 and flags == ["black_box_beats_white_box"]
