@@ -236,7 +236,7 @@ def test_built_in_suites_by_name() -> None:
     aa = load_suite("autoattack")
     assert [(a.id, a.name) for a in aa.attacks] == [("apgd-ce", "apgd"), ("apgd_t", "apgd_t"), ("fab_t", "fab_t"),
                                                     ("square", "square")]
-    assert aa.cascade and not aa.early_stop and all(a.eps == (8.0,) for a in aa.attacks)
+    assert aa.cascade and aa.early_stop and all(a.eps == (8.0,) for a in aa.attacks)
     assert aa.attacks[0].config.loss == "ce" and aa.attacks[1].config.targets == 9
     assert aa.attacks[3].config.queries == 5000 and aa.attacks[3].config.p_init == 0.8
     fast = load_suite("autoattack-fast")
@@ -292,4 +292,4 @@ def test_override_keeps_the_suite_options() -> None:
     suite = override(load_suite("autoattack"), ("apgd-ce", "square"), (4.0,))
     assert suite.cascade and [a.id for a in suite.attacks] == ["apgd-ce", "square"]
     assert all(a.eps == (4.0,) for a in suite.attacks)
-    assert "robust after this stage" in suite.semantics() and "full iterations" in suite.semantics()
+    assert "robust after this stage" in suite.semantics() and "first misclassified iterate" in suite.semantics()
