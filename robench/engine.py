@@ -515,6 +515,9 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
     hooks = hooks or Hooks()
     if (suite.cascade or suite.early_stop) and any(t != (s,) for s, t in plan.targets.items()):
         raise ValueError("cascade and early_stop are for white-box runs: every source its own only target")
+    for s in plan.targets:  # every attack has a cost entry, 0 passes where no sample needed it
+        for spec in suite.attacks:
+            out.cost.setdefault(json.dumps([s, spec.id]), [0, 0, 0.0])
     size, done = None, int(out.done(np.arange(len(out.ids))).sum())
     with ExitStack() as stack:
         for module in {id(m.module): m.module for m in plan.models}.values():
