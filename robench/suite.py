@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from robench.attacks import REGISTRY, get_attack
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 from robench.files import read_text
 from robench.metrics import CLEAN, WORST
 
@@ -193,7 +193,11 @@ def build_config(name: str, options: dict[str, Any], where: Callable[[str], str]
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise RobenchError(f"{prefix}'{key}' of attack '{name}' must be >= 0, got {value!r}")
-    return attack.config(**options)
+    try:
+        return attack.config(**options)
+    except FieldError as e:
+        prefix = f"{where(e.field)}: " if where else ""
+        raise RobenchError(f"{prefix}{e.named(repr(e.field))} for attack '{name}'") from None
 
 
 def locate(source: str, node: Any, key: str | None = None) -> str:

@@ -293,3 +293,16 @@ def test_override_keeps_the_suite_options() -> None:
     assert suite.cascade and [a.id for a in suite.attacks] == ["apgd-ce", "square"]
     assert all(a.eps == (4.0,) for a in suite.attacks)
     assert "robust after this stage" in suite.semantics() and "first misclassified iterate" in suite.semantics()
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("  - name: fab_t\n    targets: 0\n", "s.yaml line 4: 'targets' must be at least 1, got 0 for attack 'fab_t'"),
+    ("  - name: apgd\n    rho: 2\n", "s.yaml line 4: 'rho' must be in (0, 1], got 2 for attack 'apgd'"),
+    ("  - name: apgd_t\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'apgd_t'"),
+    ("  - name: square\n    p_init: 1.5\n", "s.yaml line 4: 'p_init' must be in (0, 1], got 1.5 for attack 'square'"),
+    ("  - name: apgd\n    loss: hinge\n", "s.yaml line 4: 'loss' of attack 'apgd' must be ce | dlr, got 'hinge'"),
+])
+def test_attack_options_out_of_range_name_the_line(entry: str, message: str) -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_suite(f"eps: [8]\nattacks:\n{entry}", "s.yaml")
+    assert str(e.value) == message

@@ -20,6 +20,7 @@ from robench.attacks.base import (
     Labels,
     SampleNoise,
     attack_mode,
+    check_ranges,
     clean_logits,
     project,
     ranked_targets,
@@ -43,6 +44,9 @@ class ApgdConfig:
     rho: float = 0.75
     random_start: bool = True
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={"steps": 1, "restarts": 1}, unit=("rho",))
+
 
 @dataclass(frozen=True)
 class ApgdTConfig:
@@ -53,6 +57,9 @@ class ApgdTConfig:
     restarts: int = 1
     rho: float = 0.75
     random_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={"targets": 1, "steps": 1, "restarts": 1}, unit=("rho",))
 
 
 # --- the checkpoint schedule and the losses ---------------------------------------------------------

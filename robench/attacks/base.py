@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robench.errors import FieldError
+
 LabelKind = Literal["true", "predicted"]
 
 
@@ -187,6 +189,22 @@ def uniform_noise(x: Tensor, rng: SampleNoise | torch.Generator | None) -> Tenso
 def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """Clip into the eps-ball around x (eps in [0, 1] units), then into [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+
+
+def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ...] = ()) -> None:
+    """Refuse an attack option out of range: ``at_least`` fields below their minimum, ``unit`` fields outside (0, 1].
+
+    Raises FieldError naming the field; a suite file's reader adds the file and line. An
+    attack left with nothing to do (0 targets, a step size of 0) would report a model robust.
+    """
+    for name, low in at_least.items():
+        value = getattr(config, name)
+        if value < low:
+            raise FieldError(name, f"{{name}} must be at least {low:g}, got {value!r}")
+    for name in unit:
+        value = getattr(config, name)
+        if not 0 < value <= 1:
+            raise FieldError(name, f"{{name}} must be in (0, 1], got {value!r}")
 
 
 def to_unit(eps: float) -> float:

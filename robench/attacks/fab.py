@@ -23,6 +23,7 @@ from robench.attacks.base import (
     Labels,
     SampleNoise,
     attack_mode,
+    check_ranges,
     clean_logits,
     project,
     ranked_targets,
@@ -46,6 +47,9 @@ class FabTConfig:
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={"targets": 1, "steps": 1, "restarts": 1, "eta": 1}, unit=("alpha_max", "beta"))
 
 
 def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robench.attacks.base import Labels, SampleNoise, attack_mode, sample_noise, to_unit
-from robench.errors import FieldError
+from robench.attacks.base import Labels, SampleNoise, attack_mode, check_ranges, sample_noise, to_unit
 
 # iterations of the paper's 10000-query schedule after which p halves (official code's p_selection)
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -36,10 +35,7 @@ class SquareConfig:
     p_init: float = 0.8
 
     def __post_init__(self) -> None:
-        if self.queries < 0:
-            raise FieldError("queries", f"{{name}} must be >= 0, got {self.queries}")
-        if not 0 < self.p_init <= 1:
-            raise FieldError("p_init", f"{{name}} must be in (0, 1], got {self.p_init}")
+        check_ranges(self, at_least={"queries": 0}, unit=("p_init",))
 
 
 def square_share(i: int, queries: int, p_init: float) -> float:
