@@ -15,7 +15,7 @@ accuracies. Full robench equals torchattacks bit for bit on fgsm, step_ll, bim a
 Early stopping's worst case is never above the full run's (checked).
 
     python bench/early_stop.py                  # about 3 minutes on 2 CPU cores
-    python bench/early_stop.py --model zoo:resnet-stepll --rounds 5
+    python bench/early_stop.py --models zoo:effnet-base,zoo:effnet-stepll --rounds 3
 """
 
 from __future__ import annotations
@@ -81,14 +81,28 @@ def timed(fn, model) -> tuple[float, Passes, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="zoo:resnet-base")
+    parser.add_argument("--models", default="zoo:resnet-base", help="comma-separated model specs")
     parser.add_argument("--limit", type=int, default=360)
     parser.add_argument("--batch", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model(parse_spec(args.model), 10)
+    ok, totals = True, {}
+    for spec in args.models.split(","):
+        model_ok, medians = run_model(spec, args)
+        ok &= model_ok
+        for name, t in medians.items():
+            totals[name] = totals.get(name, 0.0) + t
+    if len(args.models.split(",")) > 1:
+        base = totals["torchattacks"]
+        print("all models: " + ", ".join(f"{k} {v:.2f} s ({v / base:.3f}x)" for k, v in totals.items()))
+    return 0 if ok else 1
+
+
+def run_model(spec: str, args: argparse.Namespace) -> tuple[bool, dict[str, float]]:
+    """Every side on one model, alternating over rounds; the report and the median CPU seconds."""
+    loaded = load_model(parse_spec(spec), 10)
     model = loaded.module.eval()
     source = open_source("digits", "test", args.limit, 0)
     batches = list(source.batches(loaded.input, args.batch))
@@ -104,15 +118,15 @@ def main() -> int:
         for name in order:
             seconds, passes[name], results[name] = timed(sides[name], model)
             times[name].append(seconds)
-    ok = report(args, times, passes, results, len(source.ids))
-    return 0 if ok else 1
+    ok = report(spec, args, times, passes, results, len(source.ids))
+    return ok, {k: statistics.median(v) for k, v in times.items()}
 
 
-def report(args, times, passes, results, n) -> bool:
+def report(spec: str, args: argparse.Namespace, times: dict, passes: dict, results: dict, n: int) -> bool:
     ref = results["torchattacks"]
     full, stop = results["robench"], results["robench early_stop"]
     base = statistics.median(times["torchattacks"])
-    print(f"model {args.model}, {n} digits test images, batch {args.batch}, {args.threads} thread(s), "
+    print(f"\nmodel {spec}, {n} digits test images, batch {args.batch}, {args.threads} thread(s), "
           f"{args.rounds} rounds (median CPU seconds)")
     print(f"{'side':<20}{'CPU s':>9}{'ratio':>8}{'fwd/sample':>12}{'bwd/sample':>12}")
     for name, ts in times.items():
