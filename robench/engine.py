@@ -119,7 +119,9 @@ class Matrix:
         cost[2] += seconds
 
     def costs(self) -> list[dict[str, Any]]:
-        """Per (source, attack): per-sample forward and backward passes made crafting.
+        """Per (source, attack): forward and backward passes made crafting, summed over samples.
+
+        A pass over a batch of B samples counts B; divide by n for passes per sample.
 
         Passes, not seconds, go into results files: they are the same on any machine, batch
         size or number of torchrun ranks (a resumed run counts the batches it ran).

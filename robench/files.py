@@ -33,7 +33,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def read_text(path: Path, what: str) -> str:
+def read_text(path: str | Path, what: str) -> str:
     """A UTF-8 text file robench was given; missing or unreadable is bad input naming ``what`` it should hold."""
     from robench.errors import RobenchError
 

@@ -32,6 +32,10 @@ DEFINITIONS = {
         "classifies it correctly clean and under every attack of the suite at that eps"
     ),
     "min_eps": "per sample: the smallest eps (1/255 units) at which any attack fooled it; 0 if wrong clean",
+    "cost": (
+        "per model and attack: the forward and backward passes crafting took, summed over samples (a pass over "
+        "a batch of B counts B; divide by n for passes per sample)"
+    ),
     "linf_max": (
         "the largest ||x_adv - x||_inf over the samples, in 1/255 units (at most eps for a sound attack; "
         "0 for clean rows)"

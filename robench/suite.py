@@ -7,6 +7,7 @@ hand-written and a silent default would change the numbers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable
@@ -83,9 +84,16 @@ class Suite:
             dlr = getattr(a.config, "loss", None) == "dlr"  # DLR divides by the top minus the 3rd logit
             need = max(REGISTRY[a.name].min_classes, 3 if dlr else 2)
             if classes < need:
-                where = a.at or self.source
-                raise RobenchError(f"{where}: attack '{a.id}' ({a.name}) needs at least {need} classes, but {data} "
-                                   f"has {classes}; remove it from the suite or use 'apgd' (untargeted)")
+                what = f"'{a.id}'" if a.id == a.name else f"'{a.id}' ({a.name})"
+                raise RobenchError(f"{a.at or self.source}: attack {what} needs at least {need} classes, but {data} "
+                                   f"has {classes}; {self._class_fix(a)}")
+
+    def _class_fix(self, a: AttackSpec) -> str:
+        """How to get past too few classes: another loss, another attack, or leaving the attack out."""
+        fix = "use 'loss: ce'" if a.name == "apgd" else "remove it or use 'apgd' (untargeted, cross-entropy)"
+        if self.source.endswith("(built-in)"):
+            return f"leave it out with --attack (keeping the others), or copy the suite into a file and {fix}"
+        return fix
 
     def semantics(self) -> str:
         """What an attack row means under this suite's options, for outputs."""
@@ -302,10 +310,24 @@ def load_suite(path: str | Path | None = None) -> Suite:
         name = "paper" if path is None else path
         file = BUILT_IN[name]
         return parse_suite(read_text(file, "attack suite"), f"{name} (built-in)")
-    path = Path(path)
-    if not path.exists() and "/" not in str(path) and path.suffix not in (".yaml", ".yml"):
-        raise RobenchError(f"no suite '{path}': not a built-in ({', '.join(BUILT_IN)}) and no such file")
-    return parse_suite(read_text(path, "attack suite"), str(path))
+    text = str(path)
+    if not Path(path).exists() and "/" not in text and Path(text).suffix not in (".yaml", ".yml"):
+        close = difflib.get_close_matches(text, BUILT_IN, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise RobenchError(f"no suite '{text}': not a built-in and no such file; {hint}built-ins: "
+                           f"{', '.join(BUILT_IN)} (robench suites), or a YAML file")
+    return parse_suite(read_text(text, "attack suite"), text)
+
+
+def _opening_comment(text: str) -> list[str]:
+    """The lines of a file's first comment paragraph, without their '#'."""
+    lines = []
+    for line in text.splitlines():
+        words = line.lstrip("#").strip()
+        if not line.startswith("#") or not words:
+            break
+        lines.append(words)
+    return lines
 
 
 def built_in_suites() -> list[tuple[str, Suite, str]]:
@@ -313,7 +335,7 @@ def built_in_suites() -> list[tuple[str, Suite, str]]:
     out = []
     for name, file in BUILT_IN.items():
         text = read_text(file, "attack suite")
-        about = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
+        about = " ".join(_opening_comment(text))
         out.append((name, parse_suite(text, f"{name} (built-in)"), about))
     return out
 

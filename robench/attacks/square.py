@@ -27,15 +27,15 @@ REDRAWS = 16  # sign draws per iteration; the first that changes the image is tr
 class SquareConfig:
     """Square Attack (L-inf, margin loss, untargeted).
 
-    ``queries``: forwards per sample at most, the first (the stripes start) included; 0 leaves x
-    unchanged. ``p_init``: the share of pixels the first squares change, in (0, 1].
+    ``queries``: forwards per sample at most, the first (the stripes start) included; at least 1.
+    ``p_init``: the share of pixels the first squares change, in (0, 1].
     """
 
     queries: int = 5000
     p_init: float = 0.8
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={"queries": 0}, unit=("p_init",))
+        check_ranges(self, at_least={"queries": 1}, unit=("p_init",))
 
 
 def square_share(i: int, queries: int, p_init: float) -> float:
@@ -166,7 +166,7 @@ def square(
     """
     noise = sample_noise(rng, len(x))
     for e in eps:
-        if e == 0 or config.queries == 0:
+        if e == 0:
             yield e, x.clone()
             continue
         with attack_mode(model):
