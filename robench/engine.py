@@ -374,8 +374,7 @@ class Survivors:
     row is the state after it ("robust after this stage"); a sample is attacked with exactly the
     example a full run would give it, so the worst case is the full run's. Under early stopping
     a sample fooled at a smaller eps keeps that example at the larger ones (it lies in their
-    ball), eps ascending. Single-step attacks still take one gradient for every eps, and without
-    cascade an early-stopped iterative attack runs every eps in one call (robench.attacks.sweep).
+    ball), eps ascending. Single-step attacks still take one gradient for every eps.
     """
 
     def __init__(self, batch: _Batch, s: Participant, labels: Labels) -> None:
@@ -402,10 +401,7 @@ class Survivors:
         cascade, early_stop, n = self.batch.suite.cascade, self.batch.suite.early_stop, len(self.x)
         carried = np.zeros(n, dtype=bool)  # fooled by this attack at a smaller eps
         carry: Row = (np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, np.float32))
-        # one call for every eps: a single-step attack's one gradient, or (early stopping, no cascade)
-        # an iterative attack's stacked sweep, which stops a sample's larger eps once a smaller one fools it
-        at_once = REGISTRY[spec.name].single_step or (early_stop and not cascade)
-        ahead = self.all_eps(spec) if at_once else None
+        ahead = self.single_step(spec) if REGISTRY[spec.name].single_step else None
         for e in sorted(settings):
             todo = (self.robust(e) if cascade else np.ones(n, dtype=bool)) & ~carried
             row: Row = tuple(v.copy() for v in self.state[e]) if cascade else tuple(np.zeros_like(v) for v in carry)
@@ -422,8 +418,8 @@ class Survivors:
                     theirs[newly] = mine[newly]
                 carried |= newly
 
-    def all_eps(self, spec: AttackSpec) -> dict[float, Tensor]:
-        """An attack's examples at every eps from one call, for every sample that may need one."""
+    def single_step(self, spec: AttackSpec) -> dict[float, Tensor]:
+        """A single-step attack's examples at every eps from one gradient, for every sample that may need one."""
         need = np.ones(len(self.x), dtype=bool)
         if self.batch.suite.cascade:
             need = np.any([self.robust(float(e)) for e in spec.eps], axis=0)
@@ -431,8 +427,7 @@ class Survivors:
         if need.any():
             index = self.index(need)
             self.batch.out.crafted += 1
-            made = self.batch.call(self.s, spec, self.x[index], self.labels.rows(index), self.ids(need), spec.eps,
-                                   self.batch.suite.early_stop)
+            made = self.batch.call(self.s, spec, self.x[index], self.labels.rows(index), self.ids(need), spec.eps)
             for e, x_e in made:
                 out[float(e)][index] = x_e
         return out

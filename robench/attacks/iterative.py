@@ -18,12 +18,12 @@ from robench.attacks.base import (
     Labels,
     SampleNoise,
     attack_mode,
+    gradient_and_logits,
     gradient_sign,
     project,
     to_unit,
     uniform_noise,
 )
-from robench.attacks.sweep import Leg, stacked_descent
 
 
 @dataclass(frozen=True)
@@ -72,17 +72,47 @@ def descend(
     step: float,
     steps: int,
     first: Tensor | None = None,
+    stop_on: Tensor | None = None,
 ) -> Tensor:
     """Run ``steps`` projected sign-gradient steps of size ``step`` from ``start``.
 
     All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``.
-    ``first`` is the gradient sign at ``start`` when the caller already has it. Early
-    stopping is robench.attacks.sweep's, which runs every eps at once.
+    ``first`` is the gradient sign at ``start`` when the caller already has it. With
+    ``stop_on`` (the true labels, [N]) a sample stops at the first iterate that the model
+    misclassifies and keeps it (early stopping): the gradient's own forward tells, so it
+    costs no extra pass, and the other samples' steps are unchanged.
     """
+    if stop_on is not None:
+        return _descend_until_fooled(model, x, start, target, eps, step, steps, stop_on)
     x_adv = start
     for i in range(steps):
         g = first if (i == 0 and first is not None) else gradient_sign(model, x_adv, target)
         x_adv = project(x_adv + step * g, x, eps)
+    return x_adv
+
+
+def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Tensor, eps: float, step: float,
+                          steps: int, stop_on: Tensor) -> Tensor:
+    """``descend`` on the samples the model still classifies correctly, one gradient each per step.
+
+    While every sample is still in play the whole batch is used as it is, without copies.
+    """
+    x_adv, live = start.clone(), None  # None: every sample
+    for _ in range(steps):
+        if live is None:
+            g, logits = gradient_and_logits(model, x_adv, target)
+            keep = logits.argmax(1) == stop_on
+            if bool(keep.all()):
+                x_adv = project(x_adv + step * g, x, eps)
+                continue
+            live = torch.arange(len(x), device=x.device)
+        else:
+            g, logits = gradient_and_logits(model, x_adv[live], target[live])
+            keep = logits.argmax(1) == stop_on[live]
+        live, g = live[keep], g[keep]
+        if len(live) == 0:
+            break
+        x_adv[live] = project(x_adv[live] + step * g, x[live], eps)
     return x_adv
 
 
@@ -96,14 +126,7 @@ def _schedule(
     sign: float,
     stop_on: Tensor | None = None,
 ) -> Iterator[tuple[float, Tensor]]:
-    """BIM-style sweep; every eps starts at x, so the first gradient is computed once.
-
-    With ``stop_on`` (early stopping) every eps runs at once instead (robench.attacks.sweep).
-    """
-    if stop_on is not None:
-        legs = {e: Leg(e, sign * to_unit(step_size), paper_steps(e) if steps is None else steps, x) for e in eps}
-        yield from _early_stopped(model, x, target, legs, stop_on)
-        return
+    """BIM-style sweep; every eps starts at x, so the first gradient is computed once (without early stopping)."""
     first: Tensor | None = None
     for e in eps:
         n = paper_steps(e) if steps is None else steps
@@ -111,28 +134,10 @@ def _schedule(
             yield e, x.clone()
             continue
         with attack_mode(model):
-            if first is None:
+            if first is None and stop_on is None:
                 first = gradient_sign(model, x, target)
-            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, first)
+            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, first, stop_on)
         yield e, x_adv
-
-
-def _pgd_leg(x: Tensor, e: float, config: PgdConfig, noise: Tensor | None) -> Leg:
-    """PGD's schedule at one eps: its random start (one noise draw, scaled by eps), step size and steps."""
-    size = 2.5 * e / config.steps if config.step_size is None else config.step_size
-    start = x if noise is None else (x + to_unit(e) * noise).clamp(0.0, 1.0)
-    return Leg(e, to_unit(size), config.steps, start)
-
-
-def _early_stopped(model: nn.Module, x: Tensor, target: Tensor, legs: dict[float, Leg],
-                   stop_on: Tensor) -> Iterator[tuple[float, Tensor]]:
-    """Every eps at once (robench.attacks.sweep), in the order asked; eps 0 and 0 steps return x."""
-    run = [g for e, g in legs.items() if e != 0 and g.steps > 0]
-    with attack_mode(model):
-        made = dict(zip([g.eps for g in run], stacked_descent(model, x, target, run, stop_on), strict=True)) \
-            if run else {}
-    for e in legs:
-        yield e, made[e] if e in made else x.clone()
 
 
 def bim(
@@ -183,10 +188,6 @@ def pgd(
     """
     target = labels.pick(config.label)
     noise = uniform_noise(x, rng) if config.random_start else None
-    if early_stop:
-        legs = {e: _pgd_leg(x, e, config, noise) for e in eps}
-        yield from _early_stopped(model, x, target, legs, labels.true)
-        return
     for e in eps:
         if e == 0 or config.steps == 0:
             yield e, x.clone()
@@ -195,5 +196,6 @@ def pgd(
         size = 2.5 * e / config.steps if config.step_size is None else config.step_size
         start = x if noise is None else (x + unit * noise).clamp(0.0, 1.0)
         with attack_mode(model):
-            x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps)
+            x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps,
+                            stop_on=labels.true if early_stop else None)
         yield e, x_adv
