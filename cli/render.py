@@ -25,62 +25,100 @@ def health_warnings(flags: list[Any]) -> None:
         err.print(f"[yellow]health warning:[/] {escape(f.line())}", soft_wrap=True)
 
 
-@contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
-    """A callback (label, done, total) that drives one rich bar per label (the command), with images/s."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def rate_columns(unit: str) -> list[Any]:
+    """Columns for throughput (``unit``/s) and time left, measured from the task's start.
+
+    Not rich's ``task.speed``: it leaves out the first update and forgets updates older than
+    30 s, so a bar added at its first batch, or batches slower than 30 s, never showed a rate.
+    A task is added when its work starts (field ``base``: what was already done, e.g. resumed),
+    so the rate is the work done since over the time since, from the first finished batch on.
+    """
+    from rich.progress import ProgressColumn
     from rich.text import Text
+
+    def speed(task: Any) -> float | None:
+        done, elapsed = task.completed - task.fields.get("base", 0), task.elapsed
+        return done / elapsed if done > 0 and elapsed else None
 
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
-            return Text(f"{task.speed:,.0f} images/s" if task.speed else "- images/s")
+            s = speed(task)
+            return Text(f"- {unit}/s" if s is None else f"{s:,.{1 if s < 10 else 0}f} {unit}/s")
+
+    class Eta(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            s = speed(task)
+            if s is None or task.total is None:
+                return Text("eta -:--:--")
+            left = int(max(0.0, task.total - task.completed) / s + 0.5)
+            return Text(f"eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+
+    return [Rate(), Eta()]
+
+
+@contextmanager
+def progress_bar(enabled: bool = True, stream: Any = None) -> Iterator[Callable[[str, int, int], None]]:
+    """A callback (label, done, total) that drives one rich bar per label (the command), with images/s and ETA.
+
+    A label's first call marks its start (robench.engine reports before its first batch); the bar
+    shows from the first finished batch on, so an error before it leaves stderr to its one line.
+    ``stream``: where to draw (default stderr), for tests.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not enabled:
         yield lambda label, done, total: None
         return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console(err=True))
+    out = console(err=True) if stream is None else _console_on(stream)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),
+                   TimeElapsedColumn(), console=out)
     tasks: dict[str, Any] = {}
 
     def update(label: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()  # on the first finished batch: an error before it leaves stderr to its one line
         if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total)
+            tasks[label] = bar.add_task(label, total=total, completed=done, base=done)
+            return
         bar.update(tasks[label], completed=done)
+        if not bar.live.is_started:
+            bar.start()
 
     try:
         yield update
     finally:
-        if tasks:
+        if bar.live.is_started:
             bar.stop()
 
 
+def _console_on(stream: Any) -> Any:
+    """A terminal-like console on ``stream`` (tests capture what a user would see)."""
+    from rich.console import Console
+
+    return Console(file=stream, force_terminal=True, width=160)
+
+
 @contextmanager
-def epoch_bar(epochs: int, enabled: bool = True) -> Iterator[Callable[[Any], None]]:
-    """A callback taking robench.train.EpochStats: one rich bar per epoch with loss and accuracy."""
+def epoch_bar(epochs: int, enabled: bool = True, stream: Any = None) -> Iterator[Callable[[Any], None]]:
+    """A callback taking robench.train.EpochStats: one rich bar per epoch with loss, accuracy, examples/s and ETA.
+
+    An epoch's first report (seen 0, sent before its first step) marks its start, as in ``progress_bar``.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not enabled:
         yield lambda stats: None
         return
     bar = Progress(TextColumn(f"epoch {{task.fields[epoch]}}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"), TimeElapsedColumn(),
-                   console=console(err=True))
+                   TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"),
+                   *rate_columns("examples"), TimeElapsedColumn(),
+                   console=console(err=True) if stream is None else _console_on(stream))
     tasks: dict[int, Any] = {}
 
     def update(stats: Any) -> None:
         if stats.epoch not in tasks:
-            tasks[stats.epoch] = bar.add_task("", total=stats.total, epoch=stats.epoch, loss=0.0, acc=0.0)
-        bar.update(tasks[stats.epoch], completed=stats.seen, loss=stats.loss, acc=stats.accuracy)
+            tasks[stats.epoch] = bar.add_task("", total=stats.total, completed=stats.seen, base=stats.seen,
+                                              epoch=stats.epoch, loss=stats.loss, acc=stats.accuracy)
+        else:
+            bar.update(tasks[stats.epoch], completed=stats.seen, loss=stats.loss, acc=stats.accuracy)
 
     with bar:
         yield update

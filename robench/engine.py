@@ -35,7 +35,7 @@ from robench.resume import RunState
 from robench.suite import AttackSpec, Suite
 
 Warn = Callable[[str], None]
-Progress = Callable[[str, int, int], None]  # (what, images done, images total)
+Progress = Callable[[str, int, int], None]  # (what, images done, images total): once at the start, then per batch
 Deliver = Callable[[Tensor, Tensor, float], Tensor]  # (target's clean x, source's x_adv - x, eps) -> target's input
 Examples = list[tuple[float, Tensor]]  # (eps, x_adv) for every eps of an attack
 
@@ -521,6 +521,8 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
         for spec in suite.attacks:
             out.cost.setdefault(json.dumps([s, spec.id]), [0, 0, 0.0])
     size, done = None, int(out.done(np.arange(len(out.ids))).sum())
+    if hooks.progress is not None:  # the start: a rate counts from here, not from the first finished batch
+        hooks.progress(hooks.what, done, len(out.ids))
     with ExitStack() as stack:
         for module in {id(m.module): m.module for m in plan.models}.values():
             stack.enter_context(attack_mode(module))

@@ -327,6 +327,8 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, source: Source, input_c
     device = next(model.parameters()).device
     seen = clean = right_total = 0
     loss_sum = 0.0
+    if progress is not None:  # the epoch's start: its examples/s count from here
+        progress(EpochStats(epoch, 0, len(source.ids), 0.0, 0.0))
     for size, batch in zip(sizes, source.batches(input_cfg, share, rows), strict=True):
         step = train_step(model, opt, batch.images.to(device), batch.labels.to(device), cfg, gen, dist, size)
         loss, n_clean, right = all_sum(step, dist)  # one tiny all-reduce per step, for exact global figures

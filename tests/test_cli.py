@@ -429,3 +429,77 @@ def test_transfer_matrix_runs_a_cascade_suite_at_full_strength(tmp_path: Path) -
     doc = json.loads(out.read_text())
     assert doc["semantics"] == "each attack on every sample; full iterations at every eps"
     assert all(row["attack"] != "worst" for row in doc["rows"])
+
+
+# ---------------------------------------------------------------- progress line
+
+
+def _rendered(drive) -> str:
+    """What a terminal shows for a bar driven by ``drive(update)``: rich's own rendering, captured."""
+    import io
+
+    from robench.cli.render import progress_bar
+
+    stream = io.StringIO()
+    with progress_bar(stream=stream) as update:
+        drive(update)
+    return stream.getvalue()
+
+
+def test_progress_line_shows_a_rate_and_eta_from_the_first_batch() -> None:
+    """One finished batch is enough (rich's own speed needs two updates less than 30 s apart)."""
+    import re
+    import time
+
+    def drive(update) -> None:
+        update("eval", 0, 300)  # the engine's start report
+        time.sleep(0.05)
+        update("eval", 100, 300)
+
+    text = [ln for ln in _rendered(drive).splitlines() if "/300" in ln][-1]  # the bar's last state
+    assert re.search(r"\d[\d,.]* images/s", text) and "- images/s" not in text, text
+    assert re.search(r"eta \d+:\d\d:\d\d", text) and "eta -" not in text, text
+
+
+def test_progress_rate_counts_only_this_runs_images() -> None:
+    """A resumed run starts at what the state holds: those images are not part of its rate."""
+    import re
+    import time
+
+    def drive(update) -> None:
+        update("eval", 900, 1000)
+        time.sleep(0.2)
+        update("eval", 910, 1000)
+
+    rate = float(re.search(r"([\d,.]+) images/s", _rendered(drive)).group(1).replace(",", ""))
+    assert rate < 100  # 10 images in >= 0.2 s, not 910
+
+
+def test_engine_reports_its_start_before_the_first_batch(default_checkpoint: Path) -> None:
+    """The callback hears (label, done, total) once before any batch, so every rate counts from the start."""
+    from robench.runspec import RunSpec
+    from robench.suite import load_suite, override
+
+    calls: list[tuple[str, int, int]] = []
+    cfg = evaluate.EvalConfig((str(default_checkpoint),), RunSpec(suite=override(load_suite(), ("fgsm",), (2.0,)),
+                                                                  limit=6, batch_size=3, health_probes=False))
+    evaluate.run_eval(cfg, lambda *a: calls.append(a))
+    assert calls == [("eval", 0, 6), ("eval", 3, 6), ("eval", 6, 6)]
+
+
+def test_epoch_bar_shows_examples_per_second() -> None:
+    """Training's bar counts examples/s from the epoch's start report on."""
+    import io
+    import re
+    import time
+
+    from robench.cli.render import epoch_bar
+    from robench.train import EpochStats
+
+    stream = io.StringIO()
+    with epoch_bar(1, stream=stream) as update:
+        update(EpochStats(1, 0, 128, 0.0, 0.0))
+        time.sleep(0.05)
+        update(EpochStats(1, 64, 128, 1.5, 0.5))
+    last = [ln for ln in stream.getvalue().splitlines() if "64/128" in ln][-1]
+    assert re.search(r"\d[\d,.]* examples/s", last) and re.search(r"eta \d+:\d\d:\d\d", last), last
