@@ -21,6 +21,9 @@ _RUN_OPTIONS = {
                                help="Load hub weights for NAME (needs network or a warm cache)."),
     "workers": click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                             help="Data-loading worker processes for image folders."),
+    "threads": click.option("--threads", type=click.IntRange(min=1), metavar="N",
+                            help="torch intra-op threads (default: torch's own). On a shared or busy machine "
+                                 "use 1 or the number of free cores."),
     "skip_bad_images": click.option("--skip-bad-images", is_flag=True,
                                     help="Leave unreadable images out, listed in the results, instead of stopping."),
 }

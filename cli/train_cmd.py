@@ -12,7 +12,7 @@ from .render import console, epoch_bar
 
 @click.command("train")
 @click.option("--arch", default="test_resnet", show_default=True, help="Any timm architecture name.")
-@shared_options("data", "limit", "seed", "device")
+@shared_options("data", "limit", "seed", "device", "threads")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE.safetensors",
               help="Checkpoint to write (rewritten after every epoch).")
 @click.option("--attack", default="step_ll", show_default=True,
@@ -30,7 +30,7 @@ from .render import console, epoch_bar
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train_command(out: Path, quiet: bool, device: str, **options: object) -> None:
+def train_command(out: Path, quiet: bool, device: str, threads: int | None, **options: object) -> None:
     """Train a timm model with the paper's adversarial-training recipe.
 
     Each minibatch mixes clean and adversarial examples (--adv-fraction), the loss
@@ -53,6 +53,10 @@ def train_command(out: Path, quiet: bool, device: str, **options: object) -> Non
     from robench.train import train
 
     cfg = TrainConfig(**options).validate()  # type: ignore[arg-type]
+    if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
+        import torch
+
+        torch.set_num_threads(threads)
     with session(device) as dist:
         try:
             with epoch_bar(cfg.epochs, not quiet and dist.is_main) as progress:

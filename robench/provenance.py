@@ -14,14 +14,18 @@ SCHEMA_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    """Versions of robench and of the libraries that shape its numbers."""
+    """Versions of robench and of the libraries that shape its numbers, and torch's thread count.
+
+    The thread count (``--threads`` or torch's default) explains a run's time, and float sums may
+    run in another order with another count.
+    """
     import numpy
     import timm
     import torch
 
     return {
         "robench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "timm": timm.__version__, "numpy": numpy.__version__,
+        "timm": timm.__version__, "numpy": numpy.__version__, "torch_threads": str(torch.get_num_threads()),
     }
 
 

@@ -36,6 +36,7 @@ _KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say i
     "workers": (numbers.Integral, "a whole number"),
     "skip_bad_images": (bool, "True or False"),
     "health_probes": (bool, "True or False"),
+    "threads": ((numbers.Integral, type(None)), "a whole number or None"),
 }
 
 
@@ -53,6 +54,7 @@ class RunSpec:
     workers: int = 0
     skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
     health_probes: bool = True  # probe each model on its first batch (robench.probes); results are checked anyway
+    threads: int | None = None  # torch intra-op threads; None leaves torch's own setting alone
 
     def __post_init__(self) -> None:
         for name, (kind, text) in _KINDS.items():
@@ -67,6 +69,8 @@ class RunSpec:
             raise FieldError("seed", f"{{name}} must be a whole number in [0, 2**63 - 1], got {self.seed}")
         if self.batch_size < 1:
             raise FieldError("batch_size", f"{{name}} must be >= 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise FieldError("threads", f"{{name}} must be >= 1, got {self.threads}")
         if self.workers < 0:
             raise FieldError("workers", f"{{name}} must be >= 0, got {self.workers}")
 
@@ -94,6 +98,8 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     ``warn`` hears about things that are allowed but rarely meant, such as random weights.
     """
     torch.manual_seed(run.seed)
+    if run.threads is not None:  # a process setting: on a busy machine torch's default can be many times slower
+        torch.set_num_threads(run.threads)
     device = dist.device if dist.is_distributed else resolve_device(run.device)
     source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images)
     run.suite.check_classes(source.num_classes, source.name)

@@ -503,3 +503,18 @@ def test_epoch_bar_shows_examples_per_second() -> None:
         update(EpochStats(1, 64, 128, 1.5, 0.5))
     last = [ln for ln in stream.getvalue().splitlines() if "64/128" in ln][-1]
     assert re.search(r"\d[\d,.]* examples/s", last) and re.search(r"eta \d+:\d\d:\d\d", last), last
+
+
+def test_threads_is_applied_and_recorded(default_checkpoint: Path, tmp_path: Path) -> None:
+    """--threads 1: the config records the option, the provenance the thread count that ran."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = invoke("eval", "-m", default_checkpoint, "--limit", "4", "--attack", "fgsm", "--eps", "2",
+                        "--threads", "1", "--out", tmp_path / "x.json", "-q")
+        assert result.exit_code == 0, result.stderr
+    finally:
+        torch.set_num_threads(before)
+    doc = json.loads((tmp_path / "x.json").read_text())
+    assert doc["config"]["threads"] == 1 and doc["versions"]["torch_threads"] == "1"

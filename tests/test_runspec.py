@@ -27,6 +27,8 @@ from robench.transfer import TransferConfig
     ({"device": 0}, "device must be text such as auto, cpu or cuda, got 0"),
     ({"suite": "attacks.yaml"}, "suite must be a Suite (robench.suite.load_suite), got 'attacks.yaml'"),
     ({"pretrained": "yes"}, "pretrained must be True or False, got 'yes'"),
+    ({"threads": 0}, "threads must be >= 1, got 0"),
+    ({"threads": 2.0}, "threads must be a whole number or None, got 2.0"),
 ])
 def test_bad_fields_are_named_as_fields(fields: dict, message: str) -> None:
     with pytest.raises(FieldError) as err:
@@ -62,3 +64,27 @@ def test_configs_compose_the_run_and_record_it_flat() -> None:
 def test_numpy_integers_become_plain_ints() -> None:
     run = RunSpec(limit=np.int64(5), seed=np.int32(2))
     assert (run.limit, run.seed) == (5, 2) and type(run.limit) is int and type(run.seed) is int
+
+
+def test_threads_none_leaves_torchs_thread_count_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library sets the thread count only when asked: None is torch's own setting."""
+    from robench.distributed import LOCAL
+    from robench.runspec import open_run
+
+    before = torch.get_num_threads()
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    open_run(RunSpec(limit=2, threads=None), ("zoo:effnet-base",), LOCAL)
+    assert calls == [] and torch.get_num_threads() == before
+    open_run(RunSpec(limit=2, threads=1), ("zoo:effnet-base",), LOCAL)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("command", ["eval", "transfer-matrix", "leak-check", "train"])
+@pytest.mark.parametrize("value", ["0", "x"])
+def test_bad_threads_is_one_line_exit_2(command: str, value: str) -> None:
+    extra = ["--out", "never.safetensors"] if command == "train" else []
+    result = CliRunner().invoke(main, [command, "--threads", value, *extra])
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robench: error: ") and "--threads" in lines[0], result.stderr
