@@ -61,6 +61,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
       robench eval --attacks autoattack
       robench eval -m resnet18@weights.pth --data ./val --limit 500 --eps 2,4,8
       robench eval -m model.safetensors --attack fgsm --attack bim --out results.json
+      robench eval --attack fgsm --attack pgd --plot curves.png
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
     """
     from robench.evaluate import EvalConfig, run_eval

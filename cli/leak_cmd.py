@@ -50,6 +50,7 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     Examples:
       robench leak-check
       robench leak-check -m model.safetensors --data fashion-mnist --limit 2000 --fail-on-leak
+      robench leak-check --plot leak.png
     """
     from robench.evaluate import EvalConfig
     from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
