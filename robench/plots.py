@@ -138,11 +138,12 @@ def attack_colors(rows: pd.DataFrame) -> dict[str, str]:
     return {a: OKABE_ITO[i % len(OKABE_ITO)] for i, a in enumerate(attacks)} | {"worst": WORST_COLOR}
 
 
-def eval_panel(ax: Any, group: pd.DataFrame, colors: dict[str, str]) -> None:
+def eval_panel(ax: Any, group: pd.DataFrame, colors: dict[str, str], cascade: bool = False) -> None:
     """One model: clean as the reference, a line per attack, the worst case bold.
 
     The worst case lies under the thinner attack lines: it equals the strongest attack at
-    most eps, and drawn on top it would hide that attack's line.
+    most eps, and drawn on top it would hide that attack's line. Under a cascade an attack's
+    row is the accuracy after that stage, and is labelled so, as in the table.
     """
     clean = group[group["attack"] == "clean"]
     if len(clean):
@@ -153,7 +154,7 @@ def eval_panel(ax: Any, group: pd.DataFrame, colors: dict[str, str]) -> None:
             g = g.sort_values("eps")
             bold = attack == "worst"
             curve(ax, g["eps"].to_numpy(float), g["top1"].to_numpy(float), g["n"].to_numpy(int),
-                  "worst case" if bold else str(attack), colors[str(attack)],
+                  "worst case" if bold else f"after {attack}" if cascade else str(attack), colors[str(attack)],
                   linewidth=3.2 if bold else 1.4, zorder=1.9 if bold else 2.1)
 
 
@@ -161,10 +162,10 @@ def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
     """Top-1 against eps, a panel per model: where robustness falls off, and how sure the numbers are."""
     models = list(dict.fromkeys(rows["model"]))
     eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
-    colors = attack_colors(rows)
+    colors, cascade = attack_colors(rows), "(cascade)" in str(meta.get("semantics", ""))
     fig, axes = panel_grid(len(models))
     for i, (ax, model) in enumerate(zip(axes, models, strict=True)):
-        eval_panel(ax, rows[rows["model"] == model], colors)
+        eval_panel(ax, rows[rows["model"] == model], colors, cascade)
         style_axes(ax, eps_values, str(model), i % MAX_COLUMNS == 0)
     _suptitle(fig, "top-1 accuracy under attack", meta)
     figure_legend(fig, axes)

@@ -169,3 +169,9 @@ def test_transfer_figure_writes_each_rate_in_its_cell() -> None:
     assert [t.get_text() for t in fig.axes[0].texts] == ["100", "25", "-", "50"]
     assert np.allclose(fig.axes[0].images[0].get_array(), [[1.0, 0.25], [np.nan, 0.5]], equal_nan=True)
     plots.pyplot().close(fig)
+
+
+def test_cascade_rows_are_labelled_after_their_stage() -> None:
+    fig = plots.eval_figure(eval_rows(), META | {"semantics": "robust after this stage (cascade); full iterations"})
+    assert set(lines(fig.axes[0])) == {"clean", "after fgsm", "after pgd", "worst case"}
+    plots.pyplot().close(fig)
