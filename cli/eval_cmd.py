@@ -27,6 +27,9 @@ from .render import console, distributed_run, health_warnings, warn
 @resume_option
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE",
               help="Write results: .json (full record), .csv (+ .meta.json) or .md.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
+              help="Top-1 against eps, a panel per model, with exact 95% bands: .png, .svg or .pdf "
+                   "(needs the plot extra: matplotlib).")
 @click.option("--per-sample", type=click.Path(path_type=Path), metavar="FILE.csv",
               help="Write per-sample outcomes as CSV.")
 @click.option("--gate", "gate_rules", type=click.Path(path_type=Path), metavar="GATES.yaml",
@@ -41,7 +44,7 @@ from .render import console, distributed_run, health_warnings, warn
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
                  attack_names: tuple[str, ...], eps_text: str | None, cascade: bool | None, early_stop: bool | None,
-                 resume: Path | None, out: Path | None,
+                 resume: Path | None, out: Path | None, plot: Path | None,
                  per_sample: Path | None, gate_rules: Path | None, baseline: Path | None,
                  clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
                  **run: Any) -> None:
@@ -58,13 +61,16 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
       robench eval --attacks autoattack
       robench eval -m resnet18@weights.pth --data ./val --limit 500 --eps 2,4,8
       robench eval -m model.safetensors --attack fgsm --attack bim --out results.json
+      robench eval --attack fgsm --attack pgd --plot curves.png
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
     """
     from robench.evaluate import EvalConfig, run_eval
+    from robench.plots import check_plot, eval_figure, save_figure
     from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
     from robench.runspec import RunSpec
 
     check_output(out)
+    check_plot(plot)
     check_output(per_sample, (".csv",), "--per-sample")
     gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
     suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop)
@@ -76,6 +82,8 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
         return
     if out is not None:
         write_results(out, result.meta, result.rows, result.packed_samples())
+    if plot is not None:
+        save_figure(eval_figure(result.rows, result.meta), plot)
     if per_sample is not None:
         write_per_sample(per_sample, result.per_sample())
     if not quiet:

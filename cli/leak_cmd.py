@@ -25,9 +25,12 @@ from .render import console, distributed_run, health_warnings, warn
               help="Largest gap (accuracy share) an OK verdict tolerates.")
 @click.option("--fail-on-leak", is_flag=True, help="Exit 1 when any model leaks (for CI).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
+              help="Top-1 against eps per model, with its verdict: .png, .svg or .pdf (needs matplotlib).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, resume: Path | None, alpha: float,
-                 margin: float, fail_on_leak: bool, out: Path | None, quiet: bool, **run: Any) -> None:
+                 margin: float, fail_on_leak: bool, out: Path | None, plot: Path | None,
+                 quiet: bool, **run: Any) -> None:
     """Measure label leaking: does the true label make FGSM weaker?
 
     Label leaking (Kurakin et al. 2017, section 4.1): a model adversarially
@@ -47,14 +50,17 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     Examples:
       robench leak-check
       robench leak-check -m model.safetensors --data fashion-mnist --limit 2000 --fail-on-leak
+      robench leak-check --plot leak.png
     """
     from robench.evaluate import EvalConfig
     from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
+    from robench.plots import check_plot, leak_figure, save_figure
     from robench.report import check_output, leak_table, write_results
     from robench.runspec import RunSpec
     from robench.suite import parse_eps_list
 
     check_output(out)
+    check_plot(plot)
     suite = leak_suite(parse_eps_list(eps_text))
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, RunSpec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
@@ -64,6 +70,8 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
         return
     if out is not None:
         write_results(out, result.meta, result.rows, result.packed_samples())
+    if plot is not None:
+        save_figure(leak_figure(result.rows, result.meta), plot)
     if not quiet:
         console().print(leak_table(result.rows))
     health_warnings(result.health)

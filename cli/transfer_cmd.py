@@ -25,8 +25,8 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
               help="Keep adversarial examples here; a rerun crafts only what is missing.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
-@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE.png",
-              help="Heatmaps of the transfer rate (needs the plot extra: matplotlib).")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
+              help="Heatmaps of the transfer rate: .png, .svg or .pdf (needs the plot extra: matplotlib).")
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
@@ -46,12 +46,13 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
-    from robench.report import check_output, transfer_heatmaps, transfer_tables, write_results
+    from robench.plots import check_plot, save_figure, transfer_figure
+    from robench.report import check_output, transfer_tables, write_results
     from robench.runspec import RunSpec
     from robench.transfer import TransferConfig, run_transfer
 
     check_output(out)
-    check_output(plot, (".png",), "--plot")
+    check_plot(plot)
     suite = build_suite(suite_name, attack_names, eps_text)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          RunSpec(suite=suite, health_probes=not no_health, **run), cache)
@@ -62,7 +63,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     if out is not None:
         write_results(out, result.meta, result.rows)
     if plot is not None:
-        transfer_heatmaps(result.rows, plot)
+        save_figure(transfer_figure(result.rows), plot)
     if not quiet:
         for table in transfer_tables(result.rows):
             console().print(table)

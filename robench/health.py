@@ -32,7 +32,7 @@ from robench.attacks import REGISTRY
 from robench.engine import CLEAN, Outcomes
 from robench.errors import FieldError
 from robench.metrics import correct
-from robench.stats import holm, paired
+from robench.stats import exact_interval, holm, paired
 from robench.suite import AttackSpec, Suite
 
 README = "README.md"
@@ -325,10 +325,8 @@ def _off_reference(top1: float, n: int, ref: float, tol: float | None) -> str | 
     """Why a reference does not fit the measured share, or None when it does."""
     if tol is not None:
         return f"more than {tol:g} away" if abs(top1 - ref) > tol else None
-    from scipy.stats import binomtest
-
-    ci = binomtest(round(top1 * n), n).proportion_ci(0.95, method="exact")
-    return None if ci.low <= ref <= ci.high else f"outside its exact 95% interval [{ci.low:.3f}, {ci.high:.3f}]"
+    low, high = exact_interval(round(top1 * n), n)
+    return None if low <= ref <= high else f"outside its exact 95% interval [{low:.3f}, {high:.3f}]"
 
 
 def eval_flags(rows: pd.DataFrame, outcomes: Mapping[str, Outcomes], suite: Suite,

@@ -1,4 +1,4 @@
-"""Result DataFrames -> rich tables and json/csv/md files, written atomically."""
+"""Result DataFrames -> rich tables and json/csv/md files, written atomically (figures: robench.plots)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from robench.errors import RobenchError
@@ -177,40 +176,6 @@ def transfer_tables(rows: pd.DataFrame) -> list[Any]:
             table.add_row(str(source), *[cells.get(t, "") for t in targets])
         tables.append(table)
     return tables
-
-
-def transfer_heatmaps(rows: pd.DataFrame, path: Path) -> None:
-    """A grid of heatmaps (one per attack x eps) with the transfer rate in each cell, as PNG.
-
-    Needs matplotlib (the ``plot`` extra); it is imported only here.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RobenchError('--plot needs matplotlib: pip install "robench[plot]"') from None
-    adv = rows[rows["attack"] != "clean"]
-    attacks, eps_values = list(dict.fromkeys(adv["attack"])), sorted(adv["eps"].unique())
-    sources, targets = list(dict.fromkeys(adv["source"])), list(dict.fromkeys(adv["target"]))
-    size = (2.2 + 1.1 * len(targets) * len(eps_values), 0.6 + 1.0 * len(sources) * len(attacks))
-    fig, axes = plt.subplots(len(attacks), len(eps_values), squeeze=False, figsize=size)
-    for i, attack in enumerate(attacks):
-        for j, eps in enumerate(eps_values):
-            cell = adv[(adv["attack"] == attack) & (adv["eps"] == eps)]
-            grid = cell.pivot(index="source", columns="target", values="transfer_rate").reindex(sources)[targets]
-            ax = axes[i][j]
-            ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
-            for (r, c), v in np.ndenumerate(grid.to_numpy(dtype=float)):
-                ax.text(c, r, "-" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center", color="w", fontsize=7)
-            ax.set_title(f"{attack} eps {eps_label(eps)}", fontsize=8)
-            ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=6)
-            ax.set_yticks(range(len(sources)), sources if j == 0 else [""] * len(sources), fontsize=6)
-    fig.suptitle("transfer rate % (rows: source, columns: target)", fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
 
 
 VERDICT_STYLE = {"LEAK": "bold red", "OK": "bold green", "INCONCLUSIVE": "bold yellow"}

@@ -45,6 +45,20 @@ def binom_tail(k: int, d: int) -> float:
     return float(binom.sf(k - 1, d, 0.5))
 
 
+def exact_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval for a share ``k / n``.
+
+    Exact rather than Wald, so it keeps its coverage at shares near 0 or 1, where robust
+    accuracies often sit; with no samples it says nothing: (0, 1).
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def interval(gained: int, lost: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Bonett-Price adjusted Wald interval for a paired difference of proportions, clipped to [-1, 1]."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2)

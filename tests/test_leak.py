@@ -210,7 +210,24 @@ def test_cli_fail_on_leak_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert (tmp_path / "r.csv").is_file()  # the results are written before the check fails
 
 
+def test_cli_plot_writes_an_svg_with_the_verdict(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from robench.evaluate import EvalResult
+
+    def fake_eval(cfg, progress=None, warn=None, dist=None):  # the sign reader in place of a loaded model
+        return EvalResult(rows=None, outcomes={"sign-reader": sign_reader_outcomes()}, meta={"command": "eval"})
+
+    monkeypatch.setattr(leak, "run_eval", fake_eval)
+    out = tmp_path / "leak.svg"
+    r = CliRunner().invoke(main, ["leak-check", "-m", "zoo:effnet-base", "-q", "--plot", str(out)])
+    assert r.exit_code == 0, r.stderr
+    svg = out.read_text()
+    assert ET.fromstring(svg).tag.endswith("svg") and "sign-reader: LEAK" in svg
+
+
 @pytest.mark.parametrize("args, needle", [
+    (["--plot", "out.gif"], "unknown format '.gif'"),
     (["--eps", "8,x"], "--eps"),
     (["--alpha", "0"], "--alpha"),
     (["-m", "zoo:nope"], "unknown zoo model 'nope'"),

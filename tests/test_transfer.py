@@ -187,13 +187,13 @@ def test_plot_heatmaps(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import pandas as pd
 
-    from robench.report import transfer_heatmaps
+    from robench.plots import save_figure, transfer_figure
 
     rows = pd.DataFrame([
         {"source": s, "target": t, "attack": a, "eps": e, "transfer_rate": r}
         for a in ("fgsm", "bim") for e in (4.0, 8.0) for s, t, r in
         [("a", "a", 1.0), ("a", "b", 0.25), ("b", "a", float("nan")), ("b", "b", 1.0)]
     ])
-    transfer_heatmaps(rows, tmp_path / "m.png")
+    save_figure(transfer_figure(rows), tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["m.png"]

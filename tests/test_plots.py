@@ -1,0 +1,177 @@
+"""Figures: their data read back from the matplotlib objects (not pixels), and the files --plot writes."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy.stats import binomtest
+
+from robench import plots
+from robench.cli.main import main
+from robench.errors import RobenchError
+
+META = {"dataset": {"name": "digits", "split": "test", "n": 50}}
+EPS = [2.0, 4.0, 8.0]
+
+
+def _row(model: str, attack: str, eps: float, top1: float, n: int = 50) -> dict:
+    return {"model": model, "attack": attack, "eps": eps, "top1": top1, "top5": 1.0, "success_rate": 0.0, "n": n,
+            "linf_max": eps}
+
+
+def eval_rows() -> pd.DataFrame:
+    """Two models, fgsm and pgd at three eps, the worst case; shares are whole counts out of 50."""
+    rows = []
+    for model, clean in (("a", 0.96), ("b", 0.9)):
+        rows.append(_row(model, "clean", 0.0, clean))
+        rows += [_row(model, "fgsm", e, clean - 0.1 * i) for i, e in enumerate(EPS)]
+        rows += [_row(model, "pgd", e, clean - 0.2 * i) for i, e in enumerate(EPS)]
+        rows += [_row(model, "worst", e, clean - 0.2 * i - 0.02) for i, e in enumerate(EPS)]
+    return pd.DataFrame(rows)
+
+
+def lines(ax) -> dict[str, object]:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def band(ax, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (lower, upper) edges of a fill_between band, at each x, read from its polygon."""
+    (coll,) = [c for c in ax.collections if c.get_gid() == f"band:{label}"]
+    xy = coll.get_paths()[0].vertices
+    xs = np.unique(xy[:, 0])
+    return (np.array([xy[xy[:, 0] == x, 1].min() for x in xs]), np.array([xy[xy[:, 0] == x, 1].max() for x in xs]))
+
+
+@pytest.fixture(scope="module")
+def eval_fig():
+    fig = plots.eval_figure(eval_rows(), META)
+    yield fig
+    plots.pyplot().close(fig)
+
+
+def test_eval_figure_has_a_panel_per_model_with_its_lines(eval_fig) -> None:
+    axes = [ax for ax in eval_fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["a", "b"]
+    rows = eval_rows()
+    for ax, model in zip(axes, "ab", strict=True):
+        found = lines(ax)
+        assert set(found) == {"clean", "fgsm", "pgd", "worst case"}
+        for attack, label in (("fgsm", "fgsm"), ("pgd", "pgd"), ("worst", "worst case")):
+            want = rows[(rows.model == model) & (rows.attack == attack)]
+            assert np.array_equal(found[label].get_xdata(), want.eps.to_numpy())
+            assert np.allclose(found[label].get_ydata(), want.top1.to_numpy())
+        assert found["worst case"].get_linewidth() > found["pgd"].get_linewidth()
+        assert found["clean"].get_linestyle() == "--"
+        clean = rows[(rows.model == model) & (rows.attack == "clean")].top1.item()
+        assert np.allclose(found["clean"].get_ydata(), clean)
+
+
+def test_eval_figure_bands_are_exact_binomial_intervals(eval_fig) -> None:
+    ax = eval_fig.axes[0]
+    low, high = band(ax, "pgd")
+    for i, top1 in enumerate([0.96, 0.76, 0.56]):
+        ci = binomtest(round(top1 * 50), 50).proportion_ci(0.95, method="exact")
+        assert low[i] == pytest.approx(ci.low) and high[i] == pytest.approx(ci.high)
+
+
+def test_eval_figure_labels_units_title_and_one_legend(eval_fig) -> None:
+    ax = eval_fig.axes[0]
+    assert "eps (1/255" in ax.get_xlabel() and ax.get_ylabel() == "top-1 accuracy"
+    assert eval_fig.get_suptitle() == "top-1 accuracy under attack: digits (test), n = 50"
+    assert len(eval_fig.legends) == 1
+    assert {t.get_text() for t in eval_fig.legends[0].get_texts()} >= {"clean", "fgsm", "pgd", "worst case"}
+
+
+def test_ten_models_wrap_in_rows_of_four_sharing_y() -> None:
+    rows = pd.concat([eval_rows().assign(model=lambda f, i=i: f.model + str(i)) for i in range(5)])
+    fig = plots.eval_figure(rows, META)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 10 and len(fig.axes) == 12
+    assert {round(ax.get_position().x0, 3) for ax in visible} == {round(ax.get_position().x0, 3) for ax in visible[:4]}
+    assert all(ax.get_ylim() == visible[0].get_ylim() for ax in visible)
+    plots.pyplot().close(fig)
+
+
+def test_leak_figure_has_four_lines_and_the_verdict() -> None:
+    rows = pd.DataFrame([
+        {"model": m, "eps": e, "clean_top1": 0.9, "fgsm_true_top1": 0.8, "fgsm_predicted_top1": 0.7,
+         "step_ll_top1": 0.85, "n": 40, "verdict": v}
+        for m, v in (("x", "OK"), ("y", "LEAK")) for e in EPS])
+    fig = plots.leak_figure(rows, META)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["x: OK", "y: LEAK"]
+    for ax in axes:
+        found = lines(ax)
+        assert list(found) == [label for _, label in plots.LEAK_LINES]
+        assert np.allclose(found["fgsm (true labels)"].get_ydata(), 0.8)
+        assert np.array_equal(found["step_ll"].get_xdata(), EPS)
+        assert found["clean"].get_linestyle() == "--"
+    plots.pyplot().close(fig)
+
+
+@pytest.mark.parametrize("name", ["f.png", "f.svg", "f.pdf"])
+def test_save_figure_writes_the_suffix_format(eval_fig, tmp_path: Path, name: str) -> None:
+    fig = plots.eval_figure(eval_rows(), META)
+    path = tmp_path / name
+    plots.save_figure(fig, path)
+    data = path.read_bytes()
+    if name.endswith(".png"):
+        assert data.startswith(b"\x89PNG")
+    elif name.endswith(".pdf"):
+        assert data.startswith(b"%PDF")
+    else:
+        assert ET.fromstring(data).tag.endswith("svg")
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+
+
+def test_an_unknown_plot_suffix_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RobenchError, match="--plot .*unknown format '.jpg'"):
+        plots.check_plot(tmp_path / "f.jpg")
+
+
+# --- the commands --------------------------------------------------------------------------------------
+
+def test_cli_eval_plot_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    r = CliRunner().invoke(main, ["eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "4,8", "--limit", "20", "-q",
+                                  "--plot", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_cli_eval_bad_plot_suffix_exits_2_before_work(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["eval", "zoo:resnet-base", "--limit", "20", "-q", "--plot", str(tmp_path / "o.jpg")])
+    assert r.exit_code == 2
+    lines_ = r.stderr.strip().splitlines()
+    assert len(lines_) == 1 and "--plot" in lines_[0] and "'.jpg'" in lines_[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_leak_figure_zooms_on_the_accuracies() -> None:
+    rows = pd.DataFrame([{"model": "x", "eps": 8.0, "clean_top1": 0.98, "fgsm_true_top1": 0.84,
+                          "fgsm_predicted_top1": 0.86, "step_ll_top1": 0.9, "n": 120, "verdict": "OK"}])
+    fig = plots.leak_figure(rows, {})
+    assert fig.axes[0].get_ylim() == (pytest.approx(0.7), pytest.approx(1.02))
+    assert fig.get_suptitle() == "label leaking"  # no dataset record: no caption
+    plots.pyplot().close(fig)
+
+
+def test_transfer_figure_writes_each_rate_in_its_cell() -> None:
+    rows = pd.DataFrame([
+        {"source": s, "target": t, "attack": "fgsm", "eps": 8.0, "transfer_rate": r}
+        for (s, t), r in {("a", "a"): 1.0, ("a", "b"): 0.25, ("b", "a"): np.nan, ("b", "b"): 0.5}.items()])
+    fig = plots.transfer_figure(rows)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["100", "25", "-", "50"]
+    assert np.allclose(fig.axes[0].images[0].get_array(), [[1.0, 0.25], [np.nan, 0.5]], equal_nan=True)
+    plots.pyplot().close(fig)
+
+
+def test_cascade_rows_are_labelled_after_their_stage() -> None:
+    fig = plots.eval_figure(eval_rows(), META | {"semantics": "robust after this stage (cascade); full iterations"})
+    assert set(lines(fig.axes[0])) == {"clean", "after fgsm", "after pgd", "worst case"}
+    plots.pyplot().close(fig)
