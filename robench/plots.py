@@ -69,10 +69,12 @@ def panel_grid(n_panels: int, columns: int = MAX_COLUMNS) -> tuple[Any, list[Any
     return fig, flat[:n_panels]
 
 
-def curve(ax: Any, eps: np.ndarray, top1: np.ndarray, n: np.ndarray, label: str, color: str, **line: Any) -> None:
-    """One accuracy line with its exact 95% binomial band (from n and the count it implies)."""
-    bounds = np.array([exact_interval(round(t * m), m) for t, m in zip(top1, n, strict=True)]).reshape(-1, 2)
-    ax.fill_between(eps, bounds[:, 0], bounds[:, 1], color=color, alpha=0.15, linewidth=0, gid=f"band:{label}")
+def curve(ax: Any, eps: np.ndarray, top1: np.ndarray, n: np.ndarray, label: str, color: str, band: bool = True,
+          **line: Any) -> None:
+    """One accuracy line with (``band``) its exact 95% binomial band (from n and the count it implies)."""
+    if band:
+        bounds = np.array([exact_interval(round(t * m), m) for t, m in zip(top1, n, strict=True)]).reshape(-1, 2)
+        ax.fill_between(eps, bounds[:, 0], bounds[:, 1], color=color, alpha=0.15, linewidth=0, gid=f"band:{label}")
     ax.plot(eps, top1, color=color, marker="o", markersize=3.5, label=label, **line)
 
 
@@ -175,7 +177,8 @@ def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
 def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
     """Clean, fgsm with true and predicted labels and step_ll against eps, a panel per model with its verdict.
 
-    Leaking shows as the true-label line above the predicted-label one (or above clean).
+    Leaking shows as the true-label line above the predicted-label one (or above clean). Only
+    those two lines carry bands: the leak gap is what the figure is for.
     """
     models = list(dict.fromkeys(rows["model"]))
     eps_values = sorted(rows["eps"].unique())
@@ -185,8 +188,9 @@ def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
         g = rows[rows["model"] == model].sort_values("eps")
         for (column, label), color in zip(LEAK_LINES, colors, strict=True):
             style = {"linestyle": "--"} if column == "clean_top1" else {}
+            gap = column in ("fgsm_true_top1", "fgsm_predicted_top1")  # bands on the leak gap's two lines only:
             curve(ax, g["eps"].to_numpy(float), g[column].to_numpy(float), g["n"].to_numpy(int), label, color,
-                  linewidth=1.4, **style)
+                  band=gap, linewidth=1.4, **style)  # four overlapping bands read as one muddy one
         style_axes(ax, eps_values, f"{model}: {g['verdict'].iloc[0]}", i % MAX_COLUMNS == 0)
     axes[0].set_ylim(leak_floor(rows), 1.02)  # shared by every panel
     _suptitle(fig, "label leaking", meta)
