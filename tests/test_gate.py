@@ -314,7 +314,7 @@ def workflow_commands(tmp_path: Path) -> dict[str, list[str]]:
     """The workflow's robench commands, with its files mapped into tmp_path and the repository."""
     steps = yaml.safe_load((CI / "robench-gate.yml").read_text())["jobs"]["gate"]["steps"]
     local = {"results.json": tmp_path / "results.json", "gate.xml": tmp_path / "gate.xml",
-             "$GITHUB_STEP_SUMMARY": tmp_path / "summary.md"}
+             "$GITHUB_STEP_SUMMARY": tmp_path / "summary.md", "report.html": tmp_path / "report.html"}
     out = {}
     for step in steps:
         words = shlex.split(step.get("run", ""))
@@ -324,9 +324,9 @@ def workflow_commands(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
-    """The workflow's eval then gate, exactly as it runs them, against the committed baseline."""
+    """The workflow's eval, gate and report, exactly as it runs them, against the committed baseline."""
     cmds = workflow_commands(tmp_path)
-    assert set(cmds) == {"eval", "gate"}
+    assert set(cmds) == {"eval", "gate", "report"}
     r = invoke("eval", *cmds["eval"], "-q")
     assert r.exit_code == 0, r.stderr
     r = invoke("gate", *cmds["gate"])
@@ -334,6 +334,8 @@ def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
     assert "PASSED" in r.stdout and r.stderr == ""
     assert ET.parse(tmp_path / "gate.xml").getroot().get("failures") == "0"
     assert "## robench gate: PASSED" in (tmp_path / "summary.md").read_text()
+    r = invoke("report", *cmds["report"], "-q")
+    assert r.exit_code == 0 and "<svg" in (tmp_path / "report.html").read_text(), r.stderr
 
 
 def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ LAYERS = (  # lowest first: a module may import its own layer's modules and thos
     ("data", "checkpoint", "attacks.base", "attacks.single_step", "attacks.iterative", "attacks.fab", "attacks.apgd",
      "attacks.square", "attacks", "suite", "zoo", "models", "distributed", "resume", "metrics"),
     ("engine", "worst", "samples", "provenance", "health", "probes", "rules"),
-    ("runspec", "results_file"),
+    ("runspec", "results_file", "report_doc"),
     ("evaluate", "transfer", "leak", "train", "zoo_build", "gate", "gate_report"),
     ("cli", "__main__"),
 )

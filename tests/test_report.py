@@ -1,0 +1,138 @@
+"""robench report / robench.report_doc: every input's models and rows, the merged leaderboard, refusals, HTML/MD."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from results_docs import N, invoke, make_doc, one_error_line, write
+
+from robench.report_doc import Input, leaderboard, rows_text
+
+
+def bits(right: int) -> np.ndarray:
+    """N per-sample outcomes, the first ``right`` correct."""
+    return np.arange(N) < right
+
+
+def eval_doc(robust: dict[str, tuple[int, int]], ids: list[str] | None = None, worst: bool = True) -> dict:
+    """An eval document: per model, (right at eps 4, right at eps 8) under the worst case (or fgsm alone)."""
+    attack = "worst" if worst else "fgsm"
+    outcomes = {}
+    for model, (at4, at8) in robust.items():
+        outcomes |= {(model, "clean", 0.0): bits(190), (model, "fgsm", 4.0): bits(at4 + 5),
+                     (model, "fgsm", 8.0): bits(at8 + 5), (model, attack, 4.0): bits(at4),
+                     (model, attack, 8.0): bits(at8)}
+    return make_doc(outcomes, ids=ids)
+
+
+def transfer_doc() -> dict:
+    rows = [{"source": s, "target": t, "attack": a, "eps": e, "target_top1": 0.5, "target_top5": 0.9,
+             "transfer_rate": None if a == "clean" else 0.25, "n_fooled_source": 10, "n": 40}
+            for s in ("m1", "m2") for t in ("m1", "m2") for a, e in (("clean", 0.0), ("fgsm", 8.0))]
+    return {**make_doc({("m1", "clean", 0.0): bits(1)}, with_samples=False), "command": "transfer-matrix",
+            "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory) -> dict[str, Path]:
+    """Small results files written by robench itself: one eval and one leak-check."""
+    d = tmp_path_factory.mktemp("report")
+    common = ["--eps", "4,8", "--limit", "20", "-q", "--out"]
+    assert invoke("eval", "zoo:resnet-base", "--attack", "fgsm", *common, d / "a.json").exit_code == 0
+    assert invoke("leak-check", "zoo:resnet-base", *common, d / "l.json").exit_code == 0
+    return {"eval": d / "a.json", "leak": d / "l.json", "transfer": write(d / "t.json", transfer_doc())}
+
+
+def _all_rows_in(text: str, path: Path) -> None:
+    import json
+
+    doc = json.loads(path.read_text())
+    for model in doc.get("models", []):
+        assert model["label"] in text and model["weights_sha256"] in text
+    for row in rows_text(Input(str(path), doc).rows).itertuples(index=False):
+        assert " | ".join(row) in text or "</td><td>".join(row) in text, row
+
+
+@pytest.mark.parametrize("suffix", [".md", ".html"])
+def test_every_model_and_row_of_each_input_appears(cli_files, tmp_path, suffix) -> None:
+    out = tmp_path / f"report{suffix}"
+    result = invoke("report", *cli_files.values(), "-o", out)
+    assert result.exit_code == 0, result.stderr
+    text = out.read_text()
+    for path in cli_files.values():
+        _all_rows_in(text, path)
+    assert "ids sha256" in text and "Leaderboard" in text
+
+
+def test_merged_leaderboard_sorts_most_robust_first(tmp_path) -> None:
+    a = eval_doc({"weak": (60, 10), "strong": (50, 40)})
+    b = eval_doc({"middle": (90, 20)})
+    board = leaderboard([Input("a.json", a), Input("b.json", b)])
+    assert list(board["model"]) == ["strong", "middle", "weak"]
+    assert board.loc[0, "eps 8"] == pytest.approx(40 / N)
+    c = eval_doc({"x": (30, 30), "y": (30, 35)}, worst=False)  # no worst rows: the lowest attack's top-1
+    assert list(leaderboard([Input("c.json", c)])["model"]) == ["y", "x"]
+
+
+def test_duplicate_model_labels_name_their_file() -> None:
+    doc = eval_doc({"m": (10, 5)})
+    board = leaderboard([Input("a.json", doc), Input("b.json", doc)])
+    assert list(board["model"]) == ["m (a.json)", "m (b.json)"]
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"ids": [f"z{i}" for i in range(N)]}, "evaluate different data (ids sha256"),
+    ({"config": {"suite": {"attacks": [{"id": "pgd", "eps": [8.0]}]}}}, "different attack suites"),
+])
+def test_mismatched_eval_files_exit_2_without_output(tmp_path, change, needle) -> None:
+    a = write(tmp_path / "a.json", eval_doc({"m": (10, 5)}))
+    other = eval_doc({"n": (10, 5)}, ids=change.get("ids"))
+    b = write(tmp_path / "b.json", {**other, **{k: v for k, v in change.items() if k != "ids"}})
+    out = tmp_path / "r.md"
+    one_error_line(invoke("report", a, b, "-o", out), 2, needle, "a.json", "b.json")
+    assert not out.exists() and not (tmp_path / "r_files").exists()
+
+
+def test_output_equal_to_an_input_or_unknown_suffix_is_refused(tmp_path) -> None:
+    a = write(tmp_path / "a.json", eval_doc({"m": (10, 5)}))
+    before = a.read_text()
+    one_error_line(invoke("report", a, "-o", a), 2, "-o")
+    one_error_line(invoke("report", a, "-o", tmp_path / "r.pdf"), 2, "unknown format")
+    assert a.read_text() == before
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_html_is_self_contained(cli_files, tmp_path) -> None:
+    out = tmp_path / "r.html"
+    assert invoke("report", *cli_files.values(), "-o", out, "-q").exit_code == 0
+    parser = _Tags()
+    parser.feed(out.read_text())
+    parser.close()
+    names = [t for t, _ in parser.tags]
+    assert "script" not in names and "link" not in names and names.count("svg") >= 3
+    external = [(t, a) for t, a in parser.tags for k in ("src", "href", "xlink:href")
+                if str(a.get(k, "")).startswith(("http:", "https:", "//"))]
+    assert external == []
+
+
+def test_markdown_references_pngs_that_exist(cli_files, tmp_path) -> None:
+    import re
+
+    out = tmp_path / "r.md"
+    assert invoke("report", *cli_files.values(), "-o", out, "-q").exit_code == 0
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", out.read_text())
+    assert len(refs) == 3
+    for ref in refs:
+        png = out.parent / ref
+        assert not Path(ref).is_absolute() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
