@@ -229,7 +229,9 @@ def heatmap(ax: Any, grid: np.ndarray, title: str, sources: list[str], targets: 
     """One attack x eps: transfer rates in [0, 1] coloured, each cell's percentage written in it."""
     ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
     for (r, c), v in np.ndenumerate(grid):
-        ax.text(c, r, "-" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center", color="w", fontsize=7)
+        # dark text on viridis' bright end and on the blank (no sample to judge) cells, white elsewhere
+        color = "0.35" if np.isnan(v) else ("k" if v > 0.6 else "w")
+        ax.text(c, r, "-" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center", color=color, fontsize=7)
     ax.set_title(title, fontsize=8)
     ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=6)
     ax.set_yticks(range(len(sources)), sources if first else [""] * len(sources), fontsize=6)
