@@ -189,22 +189,35 @@ def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
         for (column, label), color in zip(LEAK_LINES, colors, strict=True):
             style = {"linestyle": "--"} if column == "clean_top1" else {}
             gap = column in ("fgsm_true_top1", "fgsm_predicted_top1")  # bands on the leak gap's two lines only:
+            if column == "fgsm_predicted_top1":  # wider and beneath: where it equals fgsm-true, both still show
+                style = {"linewidth": 3.2, "alpha": 0.55, "zorder": 1.5}
             curve(ax, g["eps"].to_numpy(float), g[column].to_numpy(float), g["n"].to_numpy(int), label, color,
-                  band=gap, linewidth=1.4, **style)  # four overlapping bands read as one muddy one
+                  band=gap, **{"linewidth": 1.4, **style})  # four overlapping bands read as one muddy one
         style_axes(ax, eps_values, f"{model}: {g['verdict'].iloc[0]}", i % MAX_COLUMNS == 0)
     axes[0].set_ylim(leak_floor(rows), 1.02)  # shared by every panel
+    axes[0].yaxis.set_major_locator(_ticks(leak_floor(rows)))  # whole percents only: 97.5 must not read "98%"
     _suptitle(fig, "label leaking", meta)
     figure_legend(fig, axes)
     return fig
 
 
+def _ticks(floor: float) -> Any:
+    """A y tick every 5 points on a zoomed axis (every 10 on a wide one), so every label is a whole percent."""
+    from matplotlib.ticker import MultipleLocator
+
+    return MultipleLocator(0.05 if floor >= 0.5 else 0.1)
+
+
 def leak_floor(rows: pd.DataFrame) -> float:
-    """The y axis's lower end for a leak figure: a step of 10% below the lowest accuracy and its band.
+    """The y axis's lower end for a leak figure: a step of 10% below the lowest line and the fgsm bands.
 
     Leak gaps are a few points between lines near the top; a full 0-100% axis would flatten them.
     """
-    lowest = float(rows[[c for c, _ in LEAK_LINES]].to_numpy(float).min())
-    return max(0.0, math.floor((lowest - 0.08) * 10) / 10)
+    lowest = float(rows[[c for c, _ in LEAK_LINES]].to_numpy(float).min()) - 0.08
+    for column in ("fgsm_true_top1", "fgsm_predicted_top1"):  # the banded lines: keep their bands in view
+        lows = [exact_interval(round(t * n), n)[0] for t, n in zip(rows[column], rows["n"], strict=True)]
+        lowest = min([lowest, *lows])
+    return max(0.0, math.floor(lowest * 10) / 10)
 
 
 def transfer_figure(rows: pd.DataFrame) -> Any:
@@ -219,7 +232,8 @@ def transfer_figure(rows: pd.DataFrame) -> Any:
         for j, eps in enumerate(eps_values):
             cell = adv[(adv["attack"] == attack) & (adv["eps"] == eps)]
             grid = cell.pivot(index="source", columns="target", values="transfer_rate").reindex(sources)[targets]
-            heatmap(axes[i][j], grid.to_numpy(dtype=float), f"{attack} eps {eps_label(eps)}", sources, targets, j == 0)
+            heatmap(axes[i][j], grid.to_numpy(dtype=float), f"{attack} eps {eps_label(eps)}/255", sources, targets,
+                    j == 0)
     fig.suptitle("transfer rate % (rows: source, columns: target)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -42,6 +42,12 @@ class Input:
 
 def load_inputs(paths: list[Path]) -> list[Input]:
     """Read and validate every results file, then refuse eval files that cannot share a leaderboard."""
+    seen: dict[str, str] = {}
+    for p in paths:  # the same file twice would list every model twice
+        key = str(Path(p).resolve())
+        if key in seen:
+            raise RobenchError(f"{p} is given twice (also as {seen[key]}); give each results file once")
+        seen[key] = str(p)
     inputs = [Input(str(p), load_results(p)) for p in paths]
     check_mergeable(inputs)
     return inputs

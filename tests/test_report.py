@@ -136,3 +136,14 @@ def test_markdown_references_pngs_that_exist(cli_files, tmp_path) -> None:
     for ref in refs:
         png = out.parent / ref
         assert not Path(ref).is_absolute() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_same_file_twice_is_refused(tmp_path: Path) -> None:
+    from robench.errors import RobenchError
+    from robench.report_doc import load_inputs
+
+    one = tmp_path / "a.json"
+    one.write_text("{}")
+    with pytest.raises(RobenchError) as e:
+        load_inputs([one, tmp_path / "." / "a.json"])
+    assert str(e.value) == f"{tmp_path / '.' / 'a.json'} is given twice (also as {one}); give each results file once"
