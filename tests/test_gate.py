@@ -314,7 +314,7 @@ def workflow_commands(tmp_path: Path) -> dict[str, list[str]]:
     """The workflow's robench commands, with its files mapped into tmp_path and the repository."""
     steps = yaml.safe_load((CI / "robench-gate.yml").read_text())["jobs"]["gate"]["steps"]
     local = {"results.json": tmp_path / "results.json", "gate.xml": tmp_path / "gate.xml",
-             "$GITHUB_STEP_SUMMARY": tmp_path / "summary.md", "report.html": tmp_path / "report.html"}
+             "$GITHUB_STEP_SUMMARY": tmp_path / "summary.md", "report.md": tmp_path / "report.md"}
     out = {}
     for step in steps:
         words = shlex.split(step.get("run", ""))
@@ -335,7 +335,9 @@ def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
     assert ET.parse(tmp_path / "gate.xml").getroot().get("failures") == "0"
     assert "## robench gate: PASSED" in (tmp_path / "summary.md").read_text()
     r = invoke("report", *cmds["report"], "-q")
-    assert r.exit_code == 0 and "<svg" in (tmp_path / "report.html").read_text(), r.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert r.exit_code == 0 and report.startswith("# robench report"), r.stderr
+    assert "](report_files/" in report and any((tmp_path / "report_files").glob("*.png"))
 
 
 def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:
