@@ -214,10 +214,16 @@ def html_table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def inline_svg(fig: Any) -> str:
-    """The figure as an <svg> element, its XML prolog and doctype dropped so it sits inside HTML."""
+def inline_svg(fig: Any, prefix: str) -> str:
+    """The figure as an <svg> element, its XML prolog and doctype dropped so it sits inside HTML.
+
+    matplotlib names the elements of every figure alike (glyphs, axes, clip paths), so each
+    figure's ids, and the references to them, get ``prefix``: ids must be unique in a page.
+    """
     text = figure_bytes(fig, "svg").decode("utf-8")
-    return text[text.index("<svg"):]
+    text = text[text.index("<svg"):]
+    text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', text)
+    return re.sub(r'(href="|url\()#([^")]+)', lambda m: f"{m.group(1)}#{prefix}{m.group(2)}", text)
 
 
 def render_html(inputs: list[Input]) -> str:
@@ -225,10 +231,10 @@ def render_html(inputs: list[Input]) -> str:
     body = ["<h1>robench report</h1>"]
     if any(i.command == "eval" for i in inputs):
         body += ["<h2>Leaderboard: robust top-1 (%)</h2>", html_table(leaderboard_text(leaderboard(inputs)))]
-    for item in inputs:
+    for k, item in enumerate(inputs, start=1):
         body += [f"<h2>{html.escape(_title(item).replace('`', ''))}</h2>",
                  "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in provenance(item.doc)) + "</ul>",
-                 html_table(rows_text(item.rows)), f"<figure>{inline_svg(figure(item))}</figure>",
+                 html_table(rows_text(item.rows)), f"<figure>{inline_svg(figure(item), f'f{k}-')}</figure>",
                  _html_health(item.doc)]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>robench report</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

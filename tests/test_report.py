@@ -124,6 +124,15 @@ def test_html_is_self_contained(cli_files, tmp_path) -> None:
     external = [(t, a) for t, a in parser.tags for k in ("src", "href", "xlink:href")
                 if str(a.get(k, "")).startswith(("http:", "https:", "//"))]
     assert external == []
+    # each figure's ids are its own (matplotlib names every figure's elements alike), and every
+    # internal reference points at an id that exists
+    import re
+
+    text = out.read_text()
+    ids = [a["id"] for _, a in parser.tags if "id" in a]
+    assert len(ids) == len(set(ids)) and len(ids) > 100
+    refs = set(re.findall(r'(?:href="|url\()#([^")]+)', text))
+    assert refs and refs <= set(ids)
 
 
 def test_markdown_references_pngs_that_exist(cli_files, tmp_path) -> None:
