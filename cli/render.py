@@ -71,7 +71,7 @@ def progress_bar(enabled: bool = True, stream: Any = None) -> Iterator[Callable[
         return
     out = console(err=True) if stream is None else _console_on(stream)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),
-                   TimeElapsedColumn(), console=out)
+                   TextColumn("elapsed"), TimeElapsedColumn(), console=out)
     tasks: dict[str, Any] = {}
 
     def update(label: str, done: int, total: int) -> None:
@@ -109,7 +109,7 @@ def epoch_bar(epochs: int, enabled: bool = True, stream: Any = None) -> Iterator
         return
     bar = Progress(TextColumn(f"epoch {{task.fields[epoch]}}/{epochs}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"),
-                   *rate_columns("examples"), TimeElapsedColumn(),
+                   *rate_columns("examples"), TextColumn("elapsed"), TimeElapsedColumn(),
                    console=console(err=True) if stream is None else _console_on(stream))
     tasks: dict[int, Any] = {}
 
