@@ -43,22 +43,26 @@ def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: _clean(v) for k, v in r.items()} for r in rows.to_dict("records")]
 
 
+def cell_text(column: str, v: Any, digits: int = 4) -> str:
+    """One table cell as text: eps in 1/255, counts (n, n_...) as integers, floats with ``digits``, blank if missing."""
+    if v is pd.NA or v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if column == "eps":
+            return eps_label(v)
+        return f"{v:.0f}" if (column == "n" or column.startswith("n_")) and v.is_integer() else f"{v:.{digits}f}"
+    return str(v)
+
+
 def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table, written by hand (no tabulate dependency)."""
-    def cell(column: str, v: Any) -> str:
-        if v is pd.NA or v is None:
-            return ""
-        if isinstance(v, float):
-            if math.isnan(v):
-                return ""
-            return eps_label(v) if column == "eps" else f"{v:.{digits}f}"
-        return str(v).replace("|", "\\|")
-
     head = "| " + " | ".join(rows.columns) + " |"
     rule = "|" + "|".join("---" for _ in rows.columns) + "|"
     body = [
-        "| " + " | ".join(cell(c, v) for c, v in zip(rows.columns, r, strict=True)) + " |"
-        for r in rows.itertuples(index=False)
+        "| " + " | ".join(cell_text(c, v, digits).replace("|", "\\|") for c, v in zip(rows.columns, r, strict=True))
+        + " |" for r in rows.itertuples(index=False)
     ]
     return "\n".join([head, rule, *body]) + "\n"
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from robench import plots
 from robench.errors import RobenchError
-from robench.report import eps_label, pct, to_markdown
+from robench.report import cell_text, eps_label, pct, to_markdown
 from robench.results_file import load_results
 
 REPORT_SUFFIXES = (".md", ".html")
@@ -116,15 +116,8 @@ def leaderboard_text(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def rows_text(rows: pd.DataFrame) -> pd.DataFrame:
-    """Result rows as display strings: eps in 1/255, floats with four decimals, empty for missing values."""
-    def cell(column: str, v: Any) -> str:
-        if v is None or (isinstance(v, float) and v != v):
-            return ""
-        if isinstance(v, float):
-            return eps_label(v) if column == "eps" else f"{v:.4f}"
-        return str(v)
-
-    return pd.DataFrame({c: [cell(c, v) for v in rows[c]] for c in rows.columns})
+    """Result rows as display strings, as the results files' Markdown writes them (``report.cell_text``)."""
+    return pd.DataFrame({c: [cell_text(c, v) for v in rows[c]] for c in rows.columns})
 
 
 def provenance(doc: dict[str, Any]) -> list[str]:

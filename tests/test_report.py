@@ -156,3 +156,11 @@ def test_the_same_file_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RobenchError) as e:
         load_inputs([one, tmp_path / "." / "a.json"])
     assert str(e.value) == f"{tmp_path / '.' / 'a.json'} is given twice (also as {one}); give each results file once"
+
+
+def test_cells_show_counts_as_integers_and_shares_with_four_decimals() -> None:
+    from robench.report import cell_text
+
+    assert [cell_text("n_fooled_source", 19.0), cell_text("n", 360.0), cell_text("top1", 0.5), cell_text("eps", 8.0),
+            cell_text("top1", float("nan")), cell_text("model", "a")] == ["19", "360", "0.5000", "8", "", "a"]
+    assert cell_text("n_fooled_source", 2.5) == "2.5000"  # not a count after all: shown as it is
