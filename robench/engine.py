@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -109,14 +108,13 @@ class Matrix:
     settings: list[tuple[str, float]]
     pairs: dict[Pair, Outcomes]
     crafted: int = 0  # attack calls made (0 when every example came from the cache)
-    cost: dict[str, list[float]] = field(default_factory=dict)  # json [source, attack] -> [forward, backward, s]
+    cost: dict[str, list[int]] = field(default_factory=dict)  # json [source, attack] -> [forward, backward]
 
-    def charge(self, source: str, attack: str, passes: Passes, seconds: float) -> None:
-        """Add an attack call's per-sample passes and wall time to its (source, attack) cost."""
-        cost = self.cost.setdefault(json.dumps([source, attack]), [0, 0, 0.0])
+    def charge(self, source: str, attack: str, passes: Passes) -> None:
+        """Add an attack call's per-sample passes to its (source, attack) cost."""
+        cost = self.cost.setdefault(json.dumps([source, attack]), [0, 0])
         cost[0] += passes.forward
         cost[1] += passes.backward
-        cost[2] += seconds
 
     def costs(self) -> list[dict[str, Any]]:
         """Per (source, attack): forward and backward passes made crafting, summed over samples.
@@ -128,10 +126,6 @@ class Matrix:
         """
         return [{"model": s, "attack": a, "forward_passes": int(c[0]), "backward_passes": int(c[1])}
                 for (s, a), c in ((json.loads(k), c) for k, c in self.cost.items())]
-
-    def seconds(self) -> dict[tuple[str, str], float]:
-        """Wall seconds spent per (source, attack), crafting and scoring's attack calls (for benchmarks)."""
-        return {tuple(json.loads(k)): c[2] for k, c in self.cost.items()}
 
     @classmethod
     def empty(cls, ids: list[str], settings: list[tuple[str, float]], pairs: Iterable[Pair]) -> Matrix:
@@ -354,12 +348,11 @@ class _Batch:
 
     def call(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, ids: list[str],
              eps: Sequence[float], early_stop: bool = False) -> Examples:
-        """The attack on these samples at these eps, its passes and time charged to (source, attack)."""
-        start = time.perf_counter()
+        """The attack on these samples at these eps, its passes charged to (source, attack)."""
         with count_passes(s.module) as passes:
             made = list(REGISTRY[spec.name].run(s.module, x, labels, eps, spec.config,
                                                 attack_noise(self.seed, spec.id, ids), early_stop))
-        self.out.charge(s.label, spec.id, passes, time.perf_counter() - start)
+        self.out.charge(s.label, spec.id, passes)
         return made
 
 
@@ -519,7 +512,7 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
         raise ValueError("cascade and early_stop are for white-box runs: every source its own only target")
     for s in plan.targets:  # every attack has a cost entry, 0 passes where no sample needed it
         for spec in suite.attacks:
-            out.cost.setdefault(json.dumps([s, spec.id]), [0, 0, 0.0])
+            out.cost.setdefault(json.dumps([s, spec.id]), [0, 0])
     size, done = None, int(out.done(np.arange(len(out.ids))).sum())
     if hooks.progress is not None:  # the start: a rate counts from here, not from the first finished batch
         hooks.progress(hooks.what, done, len(out.ids))
@@ -574,12 +567,12 @@ def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, di
     return out, skipped
 
 
-def _summed_costs(costs: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+def _summed_costs(costs: list[dict[str, list[int]]]) -> dict[str, list[int]]:
     """Every rank's costs, added up."""
-    total: dict[str, list[float]] = {}
+    total: dict[str, list[int]] = {}
     for cost in costs:
         for key, values in cost.items():
-            total[key] = [a + b for a, b in zip(total.get(key, [0, 0, 0.0]), values, strict=True)]
+            total[key] = [a + b for a, b in zip(total.get(key, [0, 0]), values, strict=True)]
     return total
 
 
