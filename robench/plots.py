@@ -194,8 +194,9 @@ def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
             curve(ax, g["eps"].to_numpy(float), g[column].to_numpy(float), g["n"].to_numpy(int), label, color,
                   band=gap, **{"linewidth": 1.4, **style})  # four overlapping bands read as one muddy one
         style_axes(ax, eps_values, f"{model}: {g['verdict'].iloc[0]}", i % MAX_COLUMNS == 0)
-    axes[0].set_ylim(leak_floor(rows), 1.02)  # shared by every panel
-    axes[0].yaxis.set_major_locator(_ticks(leak_floor(rows)))  # whole percents only: 97.5 must not read "98%"
+    floor = leak_floor(rows)
+    axes[0].set_ylim(floor, 1.02)  # shared by every panel
+    axes[0].yaxis.set_major_locator(_ticks(floor))  # whole percents only: 97.5 must not read "98%"
     _suptitle(fig, "label leaking", meta)
     figure_legend(fig, axes)
     return fig
