@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from masking import Rounded, Scaled
 from torch import nn
 
 import robench.attacks.base as base
@@ -623,25 +624,7 @@ def test_square_stops_querying_a_fooled_sample() -> None:
 # --- square against gradient masking (the zoo's trained model) ----------------------------------
 
 
-class _Scaled(nn.Module):
-    """Logits times 1000: in float32 the cross-entropy gradient of a confident sample underflows to zero."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1000
-
-
-class _Rounded(_Scaled):
-    """Rounds its input to 8 bits inside forward: the input gradient is zero everywhere."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * 255) / 255)
-
-
-@pytest.mark.parametrize("mask", [_Scaled, _Rounded], ids=["logits-x1000", "rounded-input"])
+@pytest.mark.parametrize("mask", [Scaled, Rounded], ids=["logits-x1000", "rounded-input"])
 def test_square_sees_through_gradient_masking(mask: type, trained, digits_batch, one_thread) -> None:
     model = mask(trained.module).eval()
     x, y = digits_batch.images, digits_batch.labels

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from masking import Scaled
 
 from robench.attacks import REGISTRY, Labels
 from robench.attacks.apgd import ApgdConfig, ApgdTConfig, run_noise
@@ -237,20 +238,9 @@ def _apgd_pairs(model, x, y, labels, name: str, config, eps: list[float], monkey
     return pairs
 
 
-class _Sharpened(torch.nn.Module):
-    """The model with its logits times 1000: softmax saturates, so cross-entropy's float32 gradient is zero."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1000
-
-
 def test_apgd_dlr_survives_saturated_softmax(setup, one_thread) -> None:
     model, x, y, _ = setup
-    sharp = _Sharpened(model).eval()
+    sharp = Scaled(model).eval()
     with torch.no_grad():
         labels = Labels.from_logits(sharp(x), y)
     clean = _accuracy(sharp, x, y)

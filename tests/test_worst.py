@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
+from masking import Rounded, Scaled
 
 from robench import worst
 from robench.data import InputConfig
@@ -141,23 +141,6 @@ def test_single_step_attacks_take_one_gradient_for_every_eps(runs, digits_batch)
 
 # --- gradient masking: the paper's attacks call it robust, the worst case through square does not ---------
 
-class _Scaled(torch.nn.Module):
-    """A trained model's logits times 1000: in float32 the cross-entropy gradient underflows to exactly zero."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * 1000
-
-
-class _Rounded(_Scaled):
-    """Rounds its input to 8 bits inside forward: every input gradient is zero."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * 255) / 255)
-
 
 def _cheap(suite):
     """The suite at eps 16 with AutoAttack's budgets cut (10 steps, 3 targets, 150 queries) to fit a test."""
@@ -179,7 +162,7 @@ def _masked_run(model, digits_batch, suite):
     return top1, [f.check for f in health.black_box_beats_white_box({"m": o}, suite)]
 
 
-@pytest.mark.parametrize("mask", [_Scaled, _Rounded], ids=["logits-x1000", "rounded-input"])
+@pytest.mark.parametrize("mask", [Scaled, Rounded], ids=["logits-x1000", "rounded-input"])
 def test_masked_gradients_fool_the_papers_attacks_not_the_worst_case(mask, trained, digits_batch, one_thread) -> None:
     from robench.suite import load_suite
 
@@ -195,7 +178,7 @@ def test_masked_gradients_fool_the_papers_attacks_not_the_worst_case(mask, train
     assert top1["pgd"] == 1.0 and top1["worst"] < 0.8 and flags == ["black_box_beats_white_box"], top1
     top1, flags = _masked_run(model, digits_batch, _cheap(load_suite("autoattack")))
     assert top1["worst"] < 0.8, top1
-    if mask is _Scaled:  # DLR is scale-invariant: apgd_t sees through it, so the gradient attacks do the work
+    if mask is Scaled:  # DLR is scale-invariant: apgd_t sees through it, so the gradient attacks do the work
         assert top1["apgd-ce"] == 1.0 and top1["apgd_t"] < 0.1 and flags == []
     else:  # no gradient at all: only square breaks it, and the check says so
         assert top1["fab_t"] == 1.0 and flags == ["black_box_beats_white_box"]
