@@ -339,7 +339,6 @@ class _Batch:
 
     def craft(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, rows: list[int]) -> Examples:
         """One attack call on these rows of the batch (all of them, unless a store had the rest)."""
-        self.out.crafted += 1
         if len(rows) < len(x):
             index = torch.tensor(rows, device=x.device)
             x = x[index]
@@ -348,7 +347,8 @@ class _Batch:
 
     def call(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, ids: list[str],
              eps: Sequence[float], early_stop: bool = False) -> Examples:
-        """The attack on these samples at these eps, its passes charged to (source, attack)."""
+        """The attack on these samples at these eps: one attack call, its passes charged to (source, attack)."""
+        self.out.crafted += 1
         with count_passes(s.module) as passes:
             made = list(REGISTRY[spec.name].run(s.module, x, labels, eps, spec.config,
                                                 attack_noise(self.seed, spec.id, ids), early_stop))
@@ -419,7 +419,6 @@ class Survivors:
         out = {float(e): self.x.clone() for e in spec.eps}
         if need.any():
             index = self.index(need)
-            self.batch.out.crafted += 1
             made = self.batch.call(self.s, spec, self.x[index], self.labels.rows(index), self.ids(need), spec.eps)
             for e, x_e in made:
                 out[float(e)][index] = x_e
@@ -428,7 +427,6 @@ class Survivors:
     def craft(self, spec: AttackSpec, e: float, todo: np.ndarray) -> Tensor:
         """An iterative attack's examples at eps e for these samples."""
         index = self.index(todo)
-        self.batch.out.crafted += 1
         made = self.batch.call(self.s, spec, self.x[index], self.labels.rows(index), self.ids(todo), [e],
                                self.batch.suite.early_stop)
         return made[0][1]
