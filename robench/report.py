@@ -67,18 +67,27 @@ def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
+def provenance_lines(meta: dict[str, Any]) -> list[str]:
+    """Plain-text provenance of a results document: versions, dataset, each model's weights hash, row semantics.
+
+    The one wording for every document robench writes about a run (results Markdown, reports).
+    """
+    ds = meta.get("dataset") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if k != "robench")
+    lines = [f"robench {meta.get('robench', '?')} (schema {meta.get('schema_version')})"
+             + (f"; {versions}" if versions else ""),
+             f"dataset: {ds.get('spec', ds.get('name', '?'))} ({ds.get('split', '?')} split), n = {ds.get('n', '?')}, "
+             f"ids sha256 {ds.get('ids_sha256', '?')}"]
+    lines += [f"model {m.get('label')}: {m.get('spec')}, weights sha256 {m.get('weights_sha256')}"
+              for m in meta.get("models") or []]
+    if meta.get("semantics"):
+        lines.append(f"attack rows: {meta['semantics']}")
+    return lines
+
+
 def _markdown_header(meta: dict[str, Any]) -> str:
-    ds = meta["dataset"]
-    lines = [
-        f"# robench {meta['command']}", "",
-        f"- robench {meta['robench']} (schema {meta['schema_version']}); "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "robench"),
-        f"- dataset: {ds['spec']} ({ds['split']} split), n = {ds['n']}, ids sha256 {ds['ids_sha256']}",
-    ]
-    lines += [f"- model {m['label']}: {m['spec']}, weights sha256 {m['weights_sha256']}" for m in meta["models"]]
-    if "semantics" in meta:
-        lines.append(f"- attack rows: {meta['semantics']}")
-    lines += [f"- config: `{json.dumps(meta['config'], sort_keys=True)}`", ""]
+    lines = [f"# robench {meta['command']}", "", *(f"- {line}" for line in provenance_lines(meta)),
+             f"- config: `{json.dumps(meta['config'], sort_keys=True)}`", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from robench import plots
 from robench.errors import RobenchError
-from robench.report import cell_text, eps_label, pct, to_markdown
+from robench.report import cell_text, eps_label, pct, provenance_lines, to_markdown
 from robench.results_file import load_results
 
 REPORT_SUFFIXES = (".md", ".html")
@@ -121,20 +121,9 @@ def rows_text(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance(doc: dict[str, Any]) -> list[str]:
-    """Plain-text provenance lines: versions, dataset, models with their weights hash, row semantics."""
-    ds = doc.get("dataset") or {}
-    versions = ", ".join(f"{k} {v}" for k, v in (doc.get("versions") or {}).items() if k != "robench")
-    lines = [f"robench {doc.get('robench', '?')} (schema {doc.get('schema_version')})"
-             + (f"; {versions}" if versions else "")]
-    lines.append(f"dataset: {ds.get('name', ds.get('spec', '?'))} ({ds.get('split', '?')} split), "
-                 f"n = {ds.get('n', '?')}, ids sha256 {ds.get('ids_sha256', '?')}")
-    lines += [f"model {m.get('label')}: {m.get('spec')}, weights sha256 {m.get('weights_sha256')}"
-              for m in doc.get("models") or []]
-    if doc.get("command", "eval") == "eval" and suite_label(doc):
-        lines.append(f"suite: {suite_label(doc)}")
-    if doc.get("semantics"):
-        lines.append(f"rows: {doc['semantics']}")
-    return lines
+    """The results file's provenance lines (``report.provenance_lines``), and an eval's suite."""
+    suite = suite_label(doc) if doc.get("command", "eval") == "eval" else ""
+    return provenance_lines(doc) + ([f"suite: {suite}"] if suite else [])
 
 
 def health_flags(doc: dict[str, Any]) -> list[tuple[str, str]]:
