@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .gate_cmd import apply_gate, prepare_gate
-from .options import build_suite, resume_option, run_options, suite_options
+from .options import build_suite, resume_option, run_options, run_spec, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -67,14 +67,13 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     from robench.evaluate import EvalConfig, run_eval
     from robench.plots import check_plot, eval_figure, save_figure
     from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
-    from robench.runspec import RunSpec
 
     check_output(out)
     check_plot(plot)
     check_output(per_sample, (".csv",), "--per-sample")
     gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
     suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop)
-    cfg = EvalConfig(specs + models, RunSpec(suite=suite, health_probes=not no_health, **run), resume,
+    cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):
         result = run_eval(cfg, progress, warn, dist)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import resume_option, run_options
+from .options import resume_option, run_options, run_spec
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -56,13 +56,12 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
     from robench.plots import check_plot, leak_figure, save_figure
     from robench.report import check_output, leak_table, write_results
-    from robench.runspec import RunSpec
     from robench.suite import parse_eps_list
 
     check_output(out)
     check_plot(plot)
     suite = leak_suite(parse_eps_list(eps_text))
-    eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, RunSpec(suite=suite, **run), resume)
+    eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
     with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, progress):
         result = run_leak_check(cfg, progress, warn, dist)

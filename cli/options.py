@@ -26,7 +26,19 @@ _RUN_OPTIONS = {
                                  "use 1 or the number of free cores."),
     "skip_bad_images": click.option("--skip-bad-images", is_flag=True,
                                     help="Leave unreadable images out, listed in the results, instead of stopping."),
+    # the model's input (robench.preprocess): every model's; a spec's own ?key=value wins
+    "mean": click.option("--mean", metavar="LIST",
+                         help="Normalization mean of every model, one per channel or one for all, e.g. 0.1307. "
+                              "Per model: SPEC?mean=0.1307&std=0.3081."),
+    "std": click.option("--std", metavar="LIST", help="Normalization std of every model (as --mean)."),
+    "input_size": click.option("--input-size", metavar="C,H,W",
+                               help="Input of every model, e.g. 1,28,28 (C 1 gives timm models in_chans=1)."),
+    "interpolation": click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]),
+                                  help="Resize interpolation of every model."),
+    "crop_pct": click.option("--crop-pct", metavar="SHARE",
+                             help="Center-crop share of every model's resized image, in (0, 1]."),
 }
+PREPROCESS = ("mean", "std", "input_size", "interpolation", "crop_pct")  # options that make RunSpec.preprocess
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,6 +54,15 @@ def shared_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., 
         return command
 
     return add
+
+
+def run_spec(**options: Any) -> Any:
+    """The RunSpec of a command's run options (and its suite): the five input options become one Preprocess."""
+    from robench.preprocess import Preprocess
+    from robench.runspec import RunSpec
+
+    texts = {name: options.pop(name, None) for name in PREPROCESS}
+    return RunSpec(preprocess=Preprocess.from_text(**texts), **options)
 
 
 def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,7 +11,9 @@ from .render import console, epoch_bar
 
 
 @click.command("train")
-@click.option("--arch", default="test_resnet", show_default=True, help="Any timm architecture name.")
+@click.option("--arch", default="test_resnet", show_default=True,
+              help="A timm architecture name, or a factory FILE.py:CALLABLE or package.module:CALLABLE taking "
+                   "num_classes= (runs that code).")
 @shared_options("data", "limit", "seed", "device", "threads")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE.safetensors",
               help="Checkpoint to write (rewritten after every epoch).")

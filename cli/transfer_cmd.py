@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import build_suite, run_options, suite_options
+from .options import build_suite, run_options, run_spec, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -48,14 +48,13 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     """
     from robench.plots import check_plot, save_figure, transfer_figure
     from robench.report import check_output, transfer_tables, write_results
-    from robench.runspec import RunSpec
     from robench.transfer import TransferConfig, run_transfer
 
     check_output(out)
     check_plot(plot)
     suite = build_suite(suite_name, attack_names, eps_text)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
-                         RunSpec(suite=suite, health_probes=not no_health, **run), cache)
+                         run_spec(suite=suite, health_probes=not no_health, **run), cache)
     with distributed_run(cfg.run.device, quiet) as (dist, progress):
         result = run_transfer(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders

@@ -70,6 +70,11 @@ class Source(Protocol):
     num_classes: int
     skipped: dict[int, str]  # row -> name of each unreadable image left out so far
 
+    @property
+    def native(self) -> tuple[int, int, int] | None:
+        """The images' own (channels, height, width): 1 channel for grayscale; None if unknown."""
+        ...
+
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]: ...
 
 
@@ -116,6 +121,11 @@ class TensorSource:
     num_classes: int
     scale: float = 255.0
     skipped: dict[int, str] = field(default_factory=dict)  # always empty: tensors are always readable
+
+    @property
+    def native(self) -> tuple[int, int, int]:
+        """(1, h, w): these datasets are grayscale."""
+        return (1, *self.images.shape[-2:])
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Consecutive batches in id order, or in ``order`` (rows) when given, e.g. shuffled for training."""
@@ -184,15 +194,18 @@ def load_fashion_mnist_source(
 
 
 class _Decoded(torch.utils.data.Dataset):
-    """Items of a PIL-image dataset through a [0, 1] transform.
+    """Items of a PIL-image dataset through a [0, 1] transform, as RGB or as luminance (mode "L").
+
+    A grayscale image goes to a 3-channel model replicated, and an RGB image to a 1-channel
+    model as its luminance (PIL's ITU-R 601-2 weights), exact for gray images either way.
 
     An unreadable image becomes label -1 and is reported by the caller with its
     file name: errors in loader workers would otherwise arrive as tracebacks, and
     timm's own ImageDataset silently substitutes the next image.
     """
 
-    def __init__(self, get: Any, index: np.ndarray, transform: Any) -> None:
-        self.get, self.index, self.transform = get, index, transform
+    def __init__(self, get: Any, index: np.ndarray, transform: Any, mode: str) -> None:
+        self.get, self.index, self.transform, self.mode = get, index, transform, mode
 
     def __len__(self) -> int:
         return len(self.index)
@@ -200,7 +213,7 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, row: int) -> tuple[Tensor, int, int]:
         try:
             image, label = self.get(int(self.index[row]))
-            return self.transform(image.convert("RGB")), int(label), row
+            return self.transform(image.convert("RGB").convert(self.mode)), int(label), row
         except (OSError, ValueError, SyntaxError):
             return torch.zeros(0), -1, row
 
@@ -233,6 +246,7 @@ class ImageSource:
     workers: int = 0
     skip_bad: bool = False  # skip unreadable images (recorded in ``skipped``) instead of failing
     skipped: dict[int, str] = field(default_factory=dict)  # row -> file name, of images skipped so far
+    native: tuple[int, int, int] | None = None  # the first image's (channels, height, width)
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Batches in id order (or ``order``); an unreadable image stops the run with its file name.
@@ -242,7 +256,7 @@ class ImageSource:
         """
         order = torch.arange(len(self.ids)) if order is None else order
         loader = torch.utils.data.DataLoader(
-            _Decoded(self.get, self.index[order.numpy()], eval_transform(cfg)),
+            _Decoded(self.get, self.index[order.numpy()], eval_transform(cfg), "L" if cfg.channels == 1 else "RGB"),
             batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
         )
         for images, labels, positions in loader:
@@ -264,6 +278,20 @@ def _collate(items: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tens
     good = [i[0] for i in items if i[1] >= 0]
     images = torch.stack(good) if good else torch.zeros(0)
     return images, labels, rows
+
+
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL modes of one-channel images
+
+
+def _native(get: Any, index: np.ndarray) -> tuple[int, int, int] | None:
+    """(channels, height, width) of the first selected image, None if it cannot be read."""
+    try:
+        image, _ = get(int(index[0]))
+    except (OSError, ValueError, SyntaxError, IndexError):
+        return None
+    if not hasattr(image, "mode"):
+        return None
+    return (1 if image.mode in GRAYSCALE_MODES else 3, image.height, image.width)
 
 
 def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0,
@@ -288,10 +316,17 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
         with file:
             return Image.open(file).convert("RGB"), label
 
+    def raw(i: int) -> tuple[Any, int]:
+        file, label = reader[i]
+        with file:
+            image = Image.open(file)
+            image.load()
+            return image, label
+
     return ImageSource(
         name=str(root), get=get, index=index, ids=[names[i] for i in index],
         num_classes=len(reader.class_to_idx), describe_row=lambda i: str(root / names[i]), workers=workers,
-        skip_bad=skip_bad,
+        skip_bad=skip_bad, native=_native(raw, index),
     )
 
 
@@ -310,9 +345,11 @@ def load_timm_source(name: str, split: str, limit: int | None, seed: int, worker
     if not classes:
         raise RobenchError(f"dataset {name} does not say how many classes it has; use an image folder instead")
     index = select(len(ds), limit, seed, name)
+    get = lambda i: ds[i][:2]  # noqa: E731
     return ImageSource(
-        name=name, get=lambda i: ds[i][:2], index=index, ids=[f"{name}:{split}:{i}" for i in index],
+        name=name, get=get, index=index, ids=[f"{name}:{split}:{i}" for i in index],
         num_classes=len(classes), describe_row=lambda i: f"{name}[{i}]", workers=workers, skip_bad=skip_bad,
+        native=_native(get, index),
     )
 
 

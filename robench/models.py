@@ -1,7 +1,10 @@
 """Model specs -> models that take [0, 1] pixels, with their input config and a weights hash.
 
-A spec is ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]CHECKPOINT.safetensors``
-(a robench checkpoint carries its own architecture and preprocessing).
+A spec is ``[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...]``, where MODEL is a timm name, a
+robench checkpoint (``CHECKPOINT.safetensors`` carries its own architecture and
+preprocessing), ``zoo:NAME``, or a factory (``FILE.py:CALLABLE``, ``package.module:CALLABLE``:
+any PyTorch classifier, see ``robench.factories``). The query sets the model's preprocessing
+(``robench.preprocess``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import difflib
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +23,11 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from robench import zoo
+from robench import factories, zoo
 from robench.checkpoint import data_config, input_metadata, read_metadata
 from robench.data import InputConfig
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
+from robench.preprocess import Preprocess, split_query
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin")
 
@@ -34,8 +38,14 @@ class ModelSpec:
 
     text: str
     label: str
-    name: str | None
+    name: str | None  # a timm name or a factory (FILE.py:CALLABLE, package.module:CALLABLE)
     checkpoint: Path | None
+    preprocess: Preprocess = field(default_factory=Preprocess)  # the spec's own ?key=value overrides
+
+    @property
+    def is_factory(self) -> bool:
+        """Is the model built by the user's code (``robench.factories``)?"""
+        return self.name is not None and factories.is_factory(self.name)
 
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
@@ -53,33 +63,73 @@ def looks_like_path(text: str) -> bool:
 
 
 def parse_spec(text: str) -> ModelSpec:
-    """Split ``[LABEL=]NAME[@CHECKPOINT]`` or ``[LABEL=]zoo:NAME``; the label defaults to NAME or the file's stem.
+    """Split ``[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...]``; the label defaults to MODEL, callable or file stem.
 
     A ``=`` or ``@`` belongs to a path when what comes before it looks like one
     (``runs/lr=0.1/m.safetensors``, ``./v1@2.safetensors``).
     """
-    label, eq, rest = text.partition("=")
+    body, preprocess = split_query(text)
+    label, eq, rest = body.partition("=")
     if not eq or "@" in label or looks_like_path(label):
-        label, rest = "", text
+        label, rest = "", body
     if rest.startswith("zoo:"):
         entry = zoo.get(rest[4:])
-        return ModelSpec(text, label or entry.name, None, entry.path)
+        return ModelSpec(text, label or entry.name, None, entry.path, preprocess)
     name, at, ckpt = rest.partition("@")
-    if at and looks_like_path(name):
+    if at and looks_like_path(name) and not factories.is_factory(name):
         name, at, ckpt = rest, "", ""
     if not rest or (at and not (name and ckpt)):
-        raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth")
+        raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth, "
+                           f"or FILE.py:CALLABLE[@CHECKPOINT]")
+    checkpoint = Path(ckpt) if at else None
+    if factories.is_factory(name):
+        return ModelSpec(text, label or name.rpartition(":")[2], name, checkpoint, preprocess)
     if not at and looks_like_path(name):
         path = Path(name)
-        return ModelSpec(text, label or path.name.split(".")[0], None, path)
-    checkpoint = Path(ckpt) if at else None
-    return ModelSpec(text, label or name, name, checkpoint)
+        return ModelSpec(text, label or path.name.split(".")[0], None, path, preprocess)
+    return ModelSpec(text, label or name, name, checkpoint, preprocess)
+
+
+def logits_of(out: Any) -> Tensor:
+    """The logits of a model's output: a tensor, a tuple's first element, a dict's or an object's ``logits``.
+
+    timm's inception_v3 with aux_logits returns a tuple even in eval mode; Hugging Face models
+    return an output object. Raises RobenchError naming the type of anything else.
+    """
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]
+    if isinstance(getattr(out, "logits", None), Tensor):
+        return out.logits
+    raise RobenchError(f"the model returns a {type(out).__name__}{_contents(out)}; robench needs logits: a tensor, "
+                       f"a tuple whose first element is one, a dict with 'logits' or an object with .logits")
+
+
+def _contents(out: Any) -> str:
+    if isinstance(out, Mapping):
+        return f" with keys {', '.join(map(str, list(out)[:5])) or 'none'}"
+    if isinstance(out, (tuple, list)):
+        return f" of {len(out)} items, the first a {type(out[0]).__name__}" if out else " that is empty"
+    return ""
+
+
+def output_kind(out: Any) -> str:
+    """Where ``logits_of`` finds the logits in an output: "" (it is them), "[0]", "['logits']" or ".logits"."""
+    if isinstance(out, Tensor):
+        return ""
+    if isinstance(out, (tuple, list)):
+        return "[0]"
+    return "['logits']" if isinstance(out, Mapping) else ".logits"
 
 
 class Normalized(nn.Module):
     """[0, 1] pixels in, logits out: the model's own mean/std are applied inside.
 
     Attacks then clip and measure eps in pixel space, whatever the model's preprocessing.
+    Outputs that are not a plain tensor are reduced to their logits (``logits_of``).
     """
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -89,7 +139,7 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model((x - self.mean) / self.std)
+        return logits_of(self.model((x - self.mean) / self.std))
 
 
 def wrap(model: nn.Module, cfg: dict[str, Any]) -> tuple[Normalized, InputConfig]:
@@ -109,7 +159,7 @@ class LoadedModel:
     """A ready model and what results need to record about it."""
 
     spec: ModelSpec
-    arch: str
+    arch: str  # a timm name or the factory (FILE.py:CALLABLE)
     module: Normalized
     input: InputConfig
     mean: tuple[float, ...]
@@ -118,6 +168,7 @@ class LoadedModel:
     weights_sha256: str
     weights: str = "checkpoint"  # "checkpoint", "hub" or "random" (no checkpoint, no --pretrained)
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # one line each, for the run's warnings: defaults it chose
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
@@ -254,14 +305,6 @@ def _load_state(path: Path) -> dict[str, Tensor]:
         raise RobenchError(f"cannot load checkpoint {path}: {first}") from None
 
 
-def _classifier_rows(model: nn.Module, state: dict[str, Tensor]) -> int | None:
-    """num_classes a plain state dict was trained with, read from its classifier weight."""
-    head = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-    head = head[0] if isinstance(head, (tuple, list)) else head
-    weight = state.get(f"{head}.weight") if head else None
-    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
-
-
 def _keys(kind: str, keys: list[str]) -> str:
     if not keys:
         return ""
@@ -286,36 +329,229 @@ def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str)
 
 
 def load_model(
-    spec: ModelSpec, num_classes: int, pretrained: bool = False, device: str | torch.device = "cpu"
+    spec: ModelSpec, num_classes: int, pretrained: bool = False, device: str | torch.device = "cpu",
+    native: tuple[int, int, int] | None = None, preprocess: Preprocess | None = None,
 ) -> LoadedModel:
     """Build, load and wrap a model; it comes back in eval mode on ``device``.
 
-    num_classes comes from the checkpoint when it says, else from the dataset.
-    Hub weights are fetched only with ``pretrained`` or for a NAME.TAG with no checkpoint.
+    num_classes comes from the checkpoint when it says, else from the dataset (a factory that
+    does not take ``num_classes`` decides its own). Hub weights are fetched only with
+    ``pretrained`` or for a NAME.TAG with no checkpoint. ``native`` is the dataset's own
+    (C, H, W), the input of a factory model that does not say what it wants; ``preprocess``
+    overrides every model's input config, and the spec's own query overrides that.
+    Raises RobenchError for anything that cannot load, or whose forward fails on its input.
     """
-    from timm.data import resolve_model_data_config
-
     meta = _checkpoint_meta(spec)
     arch = spec.name or meta.get("arch")
     if not arch:
         raise RobenchError(
             f"checkpoint {spec.checkpoint} does not name its architecture; give it as NAME@{spec.checkpoint}"
         )
+    if spec.name is None and factories.is_factory(arch):
+        raise RobenchError(f"checkpoint {spec.checkpoint} was trained from the factory {arch}; robench never imports "
+                           f"code a file names: give the factory yourself, as {arch}@{spec.checkpoint}")
+    wanted = int(meta.get("num_classes", num_classes))
+    overrides = spec.preprocess.over(preprocess or Preprocess())
+    if factories.is_factory(arch):
+        model, weights = factories.build(arch, wanted), "random"
+        defaults, notes = _factory_config(model, native, spec.label, meta, overrides)
+    else:
+        model, weights = _timm_model(spec, arch, meta, wanted, pretrained, overrides)
+        defaults, notes = _timm_config(model), []
+    if spec.checkpoint is not None:
+        _fit(model, _load_state(spec.checkpoint), spec, arch)
+        weights = "checkpoint"
+    cfg, more = _input_config(model, overrides.apply(data_config(meta, defaults)), spec.label, overrides)
+    model.eval()
+    wrapped, input_cfg = wrap(model, cfg)
+    wrapped = wrapped.to(device).eval()
+    classes, note = _probe(wrapped, input_cfg, spec.label)
+    return LoadedModel(spec=spec, arch=arch, module=wrapped, input=input_cfg, mean=_floats(cfg["mean"]),
+                       std=_floats(cfg["std"]), num_classes=classes, weights_sha256=weights_sha256(model),
+                       weights=weights, meta=meta, notes=notes + more + note)
+
+
+def training_model(arch: str, num_classes: int, native: tuple[int, int, int] | None,
+                   size: int) -> tuple[Normalized, InputConfig]:
+    """A fresh model to train (a timm name or a factory taking ``num_classes``), wrapped, fed whole images at ``size``.
+
+    Raises RobenchError if a factory's model does not give ``num_classes`` logits.
+    """
+    if factories.is_factory(arch):
+        model = factories.build(arch, num_classes)
+        cfg, _ = _factory_config(model, native, arch, {}, Preprocess())
+    else:
+        import timm
+
+        check_arch(arch)
+        model = timm.create_model(arch, num_classes=num_classes)
+        cfg = _timm_config(model)
+    whole = {**cfg, "input_size": (cfg["input_size"][0], size, size), "crop_pct": 1.0, "crop_mode": "center"}
+    cfg, _ = _input_config(model, whole, arch, Preprocess())
+    wrapped, input_cfg = wrap(model.eval(), cfg)
+    classes, _ = _probe(wrapped, input_cfg, arch)
+    if classes != num_classes:
+        raise RobenchError(f"model '{arch}' gives {classes} logits but the data has {num_classes} classes; "
+                           f"let the factory take num_classes=")
+    return wrapped, input_cfg
+
+
+def check_name(arch: str) -> None:
+    """Raise a RobenchError now if ``arch`` (a timm name or a factory) cannot be built."""
+    if factories.is_factory(arch):
+        factories.find(arch)
+    else:
+        check_arch(arch)
+
+
+def _timm_model(spec: ModelSpec, arch: str, meta: dict[str, Any], num_classes: int, pretrained: bool,
+                overrides: Preprocess) -> tuple[nn.Module, str]:
+    """A timm model (hub, checkpoint or random weights) sized to the checkpoint's head and stem.
+
+    A plain state dict does not say num_classes or in_chans: its classifier and first conv do.
+    An input size override with one channel makes a 1-channel model (timm's in_chans=1).
+    """
     check_arch(arch)
     hub = spec.checkpoint is None and (pretrained or _has_hub_weights(arch))
     kwargs = dict(meta.get("model_kwargs", {}))
+    if overrides.input_size is not None and overrides.input_size[0] != 3:
+        kwargs["in_chans"] = overrides.input_size[0]
     if not hub:
-        kwargs["num_classes"] = int(meta.get("num_classes", num_classes))
+        kwargs["num_classes"] = num_classes
     model = _create(arch, hub, kwargs)
     if spec.checkpoint is not None:
         state = _load_state(spec.checkpoint)
-        rows = _classifier_rows(model, state)
-        if "num_classes" not in meta and rows is not None and rows != kwargs["num_classes"]:
-            model = _create(arch, False, {**kwargs, "num_classes": rows})
-        _fit(model, state, spec, arch)
-    loaded = _loaded(spec, arch, model, meta, resolve_model_data_config(model), device)
-    loaded.weights = "hub" if hub else "checkpoint" if spec.checkpoint else "random"
-    return loaded
+        fitted = {**kwargs, **_head_and_stem(model, state, "num_classes" not in meta)}
+        if fitted != kwargs:
+            model = _create(arch, False, fitted)
+    return model, "hub" if hub else "random"
+
+
+def _head_and_stem(model: nn.Module, state: dict[str, Tensor], head: bool) -> dict[str, int]:
+    """num_classes (if ``head``) and in_chans a plain state dict was trained with, from its weights."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    found = {}
+    names = {"num_classes": cfg.get("classifier"), "in_chans": cfg.get("first_conv")} if head else \
+        {"in_chans": cfg.get("first_conv")}
+    for key, name in names.items():
+        name = name[0] if isinstance(name, (tuple, list)) else name
+        weight = state.get(f"{name}.weight") if name else None
+        if weight is not None and weight.ndim >= 2:
+            found[key] = int(weight.shape[0 if key == "num_classes" else 1])
+    return found
+
+
+def _timm_config(model: nn.Module) -> dict[str, Any]:
+    from timm.data import resolve_model_data_config
+
+    return resolve_model_data_config(model)
+
+
+def _factory_config(model: nn.Module, native: tuple[int, int, int] | None, label: str, meta: dict[str, Any],
+                    overrides: Preprocess) -> tuple[dict[str, Any], list[str]]:
+    """A factory model's input config: its own ``pretrained_cfg`` (timm's convention), else identity.
+
+    Without one robench feeds [0, 1] pixels as they are (mean 0, std 1) at the dataset's own
+    size, and says so unless a checkpoint or the user set mean and std.
+    """
+    from timm.data import resolve_data_config
+
+    own = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if own:
+        if not isinstance(own, Mapping):
+            raise RobenchError(f"model '{label}': its pretrained_cfg is a {type(own).__name__}, not a dict "
+                               f"of timm data-config keys (input_size, mean, std, interpolation, crop_pct)")
+        try:
+            cfg = resolve_data_config(pretrained_cfg=dict(own))
+            Preprocess(mean=_floats(cfg["mean"]), std=_floats(cfg["std"]), input_size=tuple(cfg["input_size"]),
+                       crop_pct=float(cfg["crop_pct"]))
+        except (FieldError, TypeError, ValueError, AssertionError) as e:
+            reason = e.named("pretrained_cfg." + e.field) if isinstance(e, FieldError) else str(e)
+            raise RobenchError(f"model '{label}': bad pretrained_cfg: {reason}") from None
+        return cfg, []
+    c, h, w = native or (3, 224, 224)
+    c = _stem_channels(model) or c
+    cfg = {"input_size": (c, h, w), "interpolation": "bilinear", "mean": (0.0,) * c, "std": (1.0,) * c,
+           "crop_pct": 1.0, "crop_mode": "center"}
+    told = ("mean" in meta and "std" in meta) or (overrides.mean is not None and overrides.std is not None)
+    size = "x".join(map(str, overrides.input_size)) if overrides.input_size else f"the data's own size, {c}x{h}x{w}"
+    notes = [] if told else [
+        f"model '{label}' has no pretrained_cfg: robench feeds it [0, 1] pixels unnormalized (mean 0, std 1) at "
+        f"{size}; if it expects otherwise, say so with ?mean=..&std=..&input-size=C,H,W or --mean/--std"]
+    return cfg, notes
+
+
+def _stem_channels(model: nn.Module) -> int | None:
+    """The channels a model's first convolution takes: timm's ``first_conv``, else the first Conv2d."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv") if isinstance(
+        getattr(model, "pretrained_cfg", None), Mapping) else None
+    name = name[0] if isinstance(name, (tuple, list)) else name
+    if name:
+        try:
+            return int(model.get_submodule(name).in_channels)
+        except (AttributeError, TypeError):
+            pass
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(conv.in_channels) if conv is not None else None
+
+
+def _input_config(model: nn.Module, cfg: dict[str, Any], label: str,
+                  overrides: Preprocess) -> tuple[dict[str, Any], list[str]]:
+    """The config with channels the model's stem takes, and one mean/std value per channel.
+
+    timm keeps a 3-channel config for an ``in_chans=1`` model; its 3 means (and stds) then
+    become their average, said in a note. One value for 3 channels is repeated, as timm does.
+    """
+    c, h, w = (int(v) for v in cfg["input_size"])
+    stem = _stem_channels(model)
+    notes = []
+    if stem is not None and stem != c:
+        if overrides.input_size is not None:
+            raise RobenchError(f"model '{label}' takes {stem} channel(s) (its first convolution) but the input size "
+                               f"asked has {c}; give input-size {stem},{h},{w}")
+        c = stem
+    if c not in (1, 3):
+        raise RobenchError(f"model '{label}' takes {c} input channels; robench feeds 1 (grayscale) or 3 (RGB), "
+                           f"so give a model whose first layer takes one of those")
+    mean, std = _floats(cfg["mean"]), _floats(cfg["std"])
+    if c == 1 and len(mean) == 3 and len(std) == 3:
+        differ = len(set(mean)) > 1 or len(set(std)) > 1
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        notes += [] if not differ else [f"model '{label}' takes 1 channel; its 3-channel mean and std are averaged to "
+                  f"{mean[0]:.4g} and {std[0]:.4g} (set --mean/--std to choose)"]
+    mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
+    if len(mean) != c or len(std) != c:
+        raise RobenchError(f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its std "
+                           f"{len(std)}; give one per channel, e.g. ?mean={','.join(['0.5'] * c)}")
+    return {**cfg, "input_size": (c, h, w), "mean": mean, "std": std}, notes
+
+
+def _probe(model: Normalized, input_cfg: InputConfig, label: str) -> tuple[int, list[str]]:
+    """Run a batch of two grey images: the model's number of classes, and a note if its logits are wrapped.
+
+    A forward that fails on the input robench will feed is a usage error, said before any work.
+    """
+    shape = (2, input_cfg.channels, *input_cfg.size)
+    x = torch.full(shape, 0.5, device=model.mean.device)
+    try:
+        with torch.no_grad():
+            out = model.model((x - model.mean) / model.std)
+    except Exception as e:  # noqa: BLE001 - any forward error means the input is not what the model takes
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise RobenchError(
+            f"model '{label}' fails on a batch of shape {list(shape)}: {type(e).__name__}: {text}; give the input "
+            f"it takes with ?input-size=C,H,W (or --input-size)") from None
+    try:
+        logits = logits_of(out)
+    except RobenchError as e:
+        raise RobenchError(f"model '{label}': {e}") from None
+    if logits.ndim != 2 or logits.shape[0] != 2 or not logits.is_floating_point():
+        raise RobenchError(f"model '{label}' returns {logits.dtype} logits of shape {list(logits.shape)} for a batch "
+                           f"of 2; robench needs float logits of shape [batch, classes]")
+    kind = output_kind(out)
+    note = [f"model '{label}' returns a {type(out).__name__}; robench takes its logits from output{kind}"] if kind \
+        else []
+    return int(logits.shape[1]), note
 
 
 def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
@@ -331,17 +567,3 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
             f"{ckpt} carries no robench metadata naming its architecture; give it as NAME@{ckpt}, e.g. resnet18@{ckpt}"
         )
     return meta or {}
-
-
-def _loaded(
-    spec: ModelSpec, arch: str, model: nn.Module, meta: dict[str, Any], cfg: dict[str, Any], device: Any
-) -> LoadedModel:
-    cfg = data_config(meta, cfg)
-    model.eval()
-    wrapped, input_cfg = wrap(model, cfg)
-    return LoadedModel(
-        spec=spec, arch=arch, module=wrapped.to(device).eval(), input=input_cfg, mean=_floats(cfg["mean"]),
-        std=_floats(cfg["std"]),
-        num_classes=int(model.num_classes) if hasattr(model, "num_classes") else int(meta.get("num_classes", 0)),
-        weights_sha256=weights_sha256(model), meta=meta,
-    )

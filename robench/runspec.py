@@ -20,6 +20,7 @@ from robench.distributed import Dist, resolve_device
 from robench.engine import Participant
 from robench.errors import FieldError, RobenchError
 from robench.models import LoadedModel, load_model, parse_spec
+from robench.preprocess import Preprocess
 from robench.provenance import plain_config
 from robench.suite import Suite, load_suite
 from robench.zoo import DEFAULT
@@ -37,6 +38,7 @@ _KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say i
     "skip_bad_images": (bool, "True or False"),
     "health_probes": (bool, "True or False"),
     "threads": ((numbers.Integral, type(None)), "a whole number or None"),
+    "preprocess": (Preprocess, "a Preprocess (robench.preprocess)"),
 }
 
 
@@ -55,6 +57,7 @@ class RunSpec:
     skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
     health_probes: bool = True  # probe each model on its first batch (robench.probes); results are checked anyway
     threads: int | None = None  # torch intra-op threads; None leaves torch's own setting alone
+    preprocess: Preprocess = field(default_factory=Preprocess)  # every model's input overrides (specs' own win)
 
     def __post_init__(self) -> None:
         for name, (kind, text) in _KINDS.items():
@@ -103,21 +106,25 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     device = dist.device if dist.is_distributed else resolve_device(run.device)
     source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images)
     run.suite.check_classes(source.num_classes, source.name)
-    models = load_models(specs, source, run.pretrained, device)
+    models = load_models(specs, source, run.pretrained, device, run.preprocess)
     for m in models:
+        for note in [*m.notes, *channel_notes(m, source)]:
+            if warn is not None:
+                warn(note)
         if m.weights == "random" and warn is not None:
             warn(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
     return Opened(source, models, device)
 
 
-def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device) -> list[LoadedModel]:
+def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device,
+                preprocess: Preprocess | None = None) -> list[LoadedModel]:
     """Load every model and check it fits the dataset; an empty tuple gives the default models."""
     parsed = [parse_spec(s) for s in specs or tuple(f"zoo:{name}" for name in DEFAULT)]
     labels = [p.label for p in parsed]
     dup = next((lb for lb in labels if labels.count(lb) > 1), None)
     if dup:
         raise FieldError("models", f"two models are labelled '{dup}'; name them apart with LABEL=SPEC")
-    models = [load_model(p, source.num_classes, pretrained, device) for p in parsed]
+    models = [load_model(p, source.num_classes, pretrained, device, source.native, preprocess) for p in parsed]
     for m in models:
         if m.num_classes != source.num_classes:
             raise RobenchError(
@@ -125,6 +132,18 @@ def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device
                 f"give a checkpoint trained on this dataset (NAME@CHECKPOINT)"
             )
     return models
+
+
+def channel_notes(model: LoadedModel, source: Source) -> list[str]:
+    """What feeding ``source`` to ``model`` changes about its colours, said once (nothing for gray to RGB).
+
+    Gray images go to a 3-channel model replicated; RGB images to a 1-channel model as luminance.
+    """
+    native = source.native
+    if model.input.channels == 1 and native is not None and native[0] == 3:
+        return [f"model '{model.spec.label}' takes 1 channel: the RGB images of {source.name} are converted to "
+                f"luminance (L = 0.299 R + 0.587 G + 0.114 B)"]
+    return []
 
 
 def probe_models(opened: Opened, run: RunSpec, dist: Dist) -> list[health.Flag]:

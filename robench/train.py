@@ -63,7 +63,7 @@ from robench.distributed import (
 )
 from robench.errors import RobenchError
 from robench.metrics import correct
-from robench.models import Normalized, check_arch, wrap
+from robench.models import Normalized, check_name, training_model
 from robench.recipe import TrainConfig
 from robench.report import check_output
 
@@ -214,14 +214,9 @@ class TrainResult:
     meta: dict[str, Any]
 
 
-def _build(cfg: TrainConfig, num_classes: int) -> tuple[Normalized, InputConfig]:
-    """The timm model wrapped to take [0, 1] pixels, with its own mean/std, and the pixels it trains on."""
-    import timm
-    from timm.data import resolve_model_data_config
-
-    model = timm.create_model(cfg.arch, num_classes=num_classes)
-    size = (3, cfg.input_size, cfg.input_size)  # the whole image, resized: no crop
-    return wrap(model, {**resolve_model_data_config(model), "input_size": size, "crop_pct": 1.0, "crop_mode": "center"})
+def _build(cfg: TrainConfig, source: Source) -> tuple[Normalized, InputConfig]:
+    """The model (timm or factory) wrapped to take [0, 1] pixels, with its own mean/std, and the pixels it trains on."""
+    return training_model(cfg.arch, source.num_classes, source.native, cfg.input_size)
 
 
 def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_size: int = 256,
@@ -285,12 +280,12 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     cfg.validate()
     if dist.is_main:
         check_output(out, (".safetensors",), "--out")
-    check_arch(cfg.arch)
+    check_name(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     source = open_source(cfg.data, "train", cfg.limit, cfg.seed)
     check_split(len(source.ids), cfg.batch_size, dist)
-    model, input_cfg = _build(cfg, source.num_classes)
+    model, input_cfg = _build(cfg, source)
     net = data_parallel(model.to(dist.device), dist)
     _seed_rank(cfg.seed, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (  # lowest first: a module may import its own layer's modules and those below, never above
-    ("robench", "errors", "files", "cache", "stats", "report", "plots", "recipe", "passes"),
-    ("data", "checkpoint", "attacks.base", "attacks.single_step", "attacks.iterative", "attacks.fab", "attacks.apgd",
-     "attacks.square", "attacks", "suite", "zoo", "models", "distributed", "resume", "metrics"),
+    ("robench", "errors", "files", "cache", "stats", "report", "plots", "recipe", "passes", "preprocess"),
+    ("data", "checkpoint", "factories", "attacks.base", "attacks.single_step", "attacks.iterative", "attacks.fab",
+     "attacks.apgd", "attacks.square", "attacks", "suite", "zoo", "models", "distributed", "resume", "metrics"),
     ("engine", "worst", "samples", "provenance", "health", "probes", "rules"),
     ("runspec", "results_file", "report_doc"),
     ("evaluate", "transfer", "leak", "train", "zoo_build", "gate", "gate_report"),

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 from robench.checkpoint import data_config, input_metadata, save_checkpoint
+from robench.cli.main import main
 from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.models import Normalized, load_model, parse_spec, weights_sha256
+from robench.preprocess import Preprocess
 
 # ---------------------------------------------------------------- specs
 
@@ -362,3 +366,164 @@ def test_hub_weights_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "cannot load pretrained weights for 'test_resnet.r160_in1k': not cached and huggingface.co is unreachable; "
         "give local weights instead: test_resnet@/path/to/weights.safetensors"
     )
+
+
+# ---------------------------------------------------------------- preprocessing overrides
+
+
+def test_spec_query_sets_one_models_preprocessing() -> None:
+    spec = parse_spec("a=resnet18@w.pth?mean=0.1307&std=0.3081&input-size=1,28,28&interpolation=bicubic&crop-pct=1")
+    assert (spec.label, spec.name, spec.checkpoint) == ("a", "resnet18", Path("w.pth"))
+    assert spec.preprocess == Preprocess(mean=(0.1307,), std=(0.3081,), input_size=(1, 28, 28),
+                                         interpolation="bicubic", crop_pct=1.0)
+    assert parse_spec("runs/what?.safetensors").checkpoint == Path("runs/what?.safetensors")  # no key=value tail
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("resnet18?mean=a", "mean must be comma-separated numbers"),
+    ("resnet18?input-size=3,32", "input-size must be C,H,W with C 1 or 3"),
+    ("resnet18?input-size=2,32,32", "input-size must be C,H,W with C 1 or 3"),
+    ("resnet18?crop-pct=1.5", "crop-pct must lie in (0, 1]"),
+    ("resnet18?crop-pct=0.5,0.5", "crop-pct must be one number"),
+    ("resnet18?interpolation=lanczos", "interpolation must be one of bilinear, bicubic, nearest"),
+    ("resnet18?std=1,0,1", "std must be > 0"),
+    ("resnet18?mean=nan", "mean must be one finite number per channel"),
+    ("resnet18?size=3", "unknown setting 'size'"),
+])
+def test_bad_spec_queries(text: str, needle: str) -> None:
+    with pytest.raises(RobenchError, match=re.escape(needle)) as info:
+        parse_spec(text)
+    assert str(info.value).startswith(f"model spec '{text}': ")
+
+
+def test_a_specs_overrides_win_over_everyones() -> None:
+    every = Preprocess(mean=(0.5,), std=(0.5,), crop_pct=0.9)
+    assert Preprocess(std=(0.25,)).over(every) == Preprocess(mean=(0.5,), std=(0.25,), crop_pct=0.9)
+    assert not Preprocess() and Preprocess(crop_pct=1.0)
+
+
+def test_overrides_change_the_wrapper_and_the_record(default_checkpoint: Path) -> None:
+    """--mean/--std for every model, a spec's query for one: the numbers the wrapper applies, and the results."""
+    every = Preprocess(mean=(0.4,), std=(0.2,))
+    plain = load_model(parse_spec(str(default_checkpoint)), 10, preprocess=every)
+    own = load_model(parse_spec(f"{default_checkpoint}?std=0.3,0.3,0.3&input-size=3,24,24"), 10, preprocess=every)
+    assert plain.module.mean.flatten().tolist() == pytest.approx([0.4] * 3)
+    assert plain.module.std.flatten().tolist() == pytest.approx([0.2] * 3)
+    assert own.describe()["std"] == pytest.approx([0.3] * 3) and own.describe()["mean"] == pytest.approx([0.4] * 3)
+    assert own.input.size == (24, 24) and plain.input.size == (32, 32)  # the checkpoint's 32 px otherwise
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain.module(x), plain.module.model((x - 0.4) / 0.2))
+
+
+# ---------------------------------------------------------------- channels
+
+
+@pytest.fixture(scope="module")
+def gray_resnet(tmp_path_factory: pytest.TempPathFactory, default_checkpoint: Path) -> Path:
+    """The zoo's resnet-base as a 1-channel model (timm in_chans=1): its stem's weights summed over RGB.
+
+    On gray images it then computes what the 3-channel model does on them replicated, so it is
+    a trained 1-channel model (about 98% on digits) with no training.
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(default_checkpoint))
+    state["conv1.0.weight"] = state["conv1.0.weight"].sum(1, keepdim=True)
+    path = tmp_path_factory.mktemp("gray") / "gray.pth"
+    torch.save(state, path)
+    return path
+
+
+def _gray_model(gray_resnet: Path, size: int = 32) -> object:
+    return load_model(parse_spec(f"test_resnet@{gray_resnet}?input-size=1,{size},{size}&crop-pct=1"), 10)
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> list[int]:
+    """By hand: the 1-channel resnet-base's normalization (mean 0.5, std 0.5), then its forward."""
+    with torch.no_grad():
+        return model((x - 0.5) / 0.5).argmax(1).tolist()
+
+
+def test_one_channel_timm_model_on_digits(gray_resnet: Path) -> None:
+    import torch.nn.functional as F
+
+    from robench.data import load_digits_source
+
+    loaded = _gray_model(gray_resnet)
+    assert loaded.input.channels == 1 and loaded.mean == (0.5,) and loaded.num_classes == 10
+    source = load_digits_source("test", limit=100)
+    batch = next(source.batches(loaded.input, 100))
+    assert batch.images.shape == (100, 1, 32, 32)
+    raw = source.images.float() / 16  # by hand: the 8x8 digits, resized as robench resizes
+    x = F.interpolate(raw, size=(32, 32), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    hand = _predict(loaded.module.model, x)
+    with torch.no_grad():
+        assert loaded.module(batch.images).argmax(1).tolist() == hand
+    assert sum(p == y for p, y in zip(hand, batch.labels.tolist(), strict=True)) >= 90
+
+
+def _digit_pngs(root: Path, mode: str, n: int = 60) -> list[tuple[Path, int]]:
+    """n digits as 32x32 PNGs in class folders: gray (L) or tinted RGB, whose luminance is not the gray."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    files = []
+    for i in range(n):
+        gray = np.kron(digits.images[i] * 255 / 16, np.ones((4, 4))).round().astype(np.uint8)
+        pixels = gray if mode == "L" else np.stack([gray, gray // 2, 255 - gray], -1).astype(np.uint8)
+        folder = root / str(digits.target[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, mode).save(folder / f"{i:03d}.png")
+        files.append((folder / f"{i:03d}.png", int(digits.target[i])))
+    return files
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_one_channel_model_on_a_png_folder(gray_resnet: Path, tmp_path: Path, mode: str) -> None:
+    """Gray PNGs as they are, RGB PNGs as their luminance (said once): the predictions of a hand loop."""
+    import numpy as np
+    from PIL import Image
+
+    files = _digit_pngs(tmp_path / "pngs", mode)
+    out = tmp_path / "s.csv"
+    result = CliRunner().invoke(main, [
+        "eval", "-m", f"test_resnet@{gray_resnet}", "--input-size", "1,32,32", "--crop-pct", "1", "--data",
+        str(tmp_path / "pngs"), "--attack", "fgsm", "--eps", "8", "-q", "--no-health", "--per-sample", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("converted to luminance") == (1 if mode == "RGB" else 0)
+    import pandas as pd
+
+    clean = pd.read_csv(out).query("attack == 'clean'").set_index("id")
+    model = _gray_model(gray_resnet).module.model
+    for path, label in files:
+        pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
+        row = clean.loc[str(path.relative_to(tmp_path / "pngs"))]
+        assert (row.pred, row.label) == (_predict(model, torch.from_numpy(pixels)[None, None])[0], label)
+
+
+def test_three_channel_model_gets_gray_replicated(default_checkpoint: Path, gray_resnet: Path) -> None:
+    """The 3-channel zoo model on gray digits = its 1-channel twin: the gray replicated, nothing else."""
+    from robench.data import load_digits_source
+
+    rgb, gray = load_model(parse_spec(str(default_checkpoint)), 10), _gray_model(gray_resnet)
+    source = load_digits_source("test", limit=200)
+    with torch.no_grad():
+        a = torch.cat([rgb.module(b.images).argmax(1) for b in source.batches(rgb.input, 100)])
+        b = torch.cat([gray.module(b.images).argmax(1) for b in source.batches(gray.input, 100)])
+    assert (a != b).sum() <= 2  # the same model up to float sums in another order
+
+
+def test_fashion_mnist_to_a_one_channel_model(gray_resnet: Path) -> None:
+    from robench.data import FASHION_MNIST_DIR, load_fashion_mnist_source
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    loaded = _gray_model(gray_resnet, 28)
+    source = load_fashion_mnist_source(limit=50)
+    batch = next(source.batches(loaded.input, 50))
+    x = source.images[:50].float() / 255
+    with torch.no_grad():
+        assert loaded.module(batch.images).argmax(1).tolist() == _predict(loaded.module.model, x)
