@@ -8,14 +8,13 @@ from typing import Any
 import click
 
 from .gate_cmd import apply_gate, prepare_gate
-from .options import build_suite, resume_option, run_options, run_spec, suite_options
+from .options import build_suite, model_option, resume_option, run_options, run_spec, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
 @click.command("eval")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
-@click.option("-m", "--model", "models", multiple=True, metavar="SPEC",
-              help="[LABEL=]NAME[@CHECKPOINT] or a robench .safetensors file (repeatable). Default: built-in model.")
+@model_option("Default: the zoo's effnet-base and effnet-stepll.")
 @suite_options
 @click.option("--cascade/--no-cascade", default=None,
               help="Run each attack only on samples still robust after those before it (AutoAttack's standard "

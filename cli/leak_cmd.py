@@ -7,14 +7,13 @@ from typing import Any
 
 import click
 
-from .options import resume_option, run_options, run_spec
+from .options import model_option, resume_option, run_options, run_spec
 from .render import console, distributed_run, health_warnings, warn
 
 
 @click.command("leak-check")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
-@click.option("-m", "--model", "models", multiple=True, metavar="SPEC",
-              help="Model spec (repeatable). Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
+@model_option("Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
 @click.option("--eps", "eps_text", default="2,4,8,16", show_default=True, metavar="LIST",
               help="Comma-separated eps in 1/255 units.")
 @run_options

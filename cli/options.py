@@ -8,6 +8,19 @@ from typing import Any
 
 import click
 
+MODEL_SPEC = (
+    "[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...] (repeatable). MODEL: a timm name, a robench .safetensors file, "
+    "zoo:NAME, or a factory FILE.py:CALLABLE or package.module:CALLABLE (this imports and runs that code). "
+    "KEY sets this model's input: mean, std, input-size (C,H,W), interpolation, crop-pct; quote the spec, "
+    "e.g. 'lenet.py:LeNet@w.pth?mean=0.1307&std=0.3081'."
+)
+
+
+def model_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """-m/--model SPEC (repeatable), one help text for every command; ``default`` says what no -m evaluates."""
+    return click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help=f"{MODEL_SPEC} {default}")
+
+
 _RUN_OPTIONS = {
     "data": click.option("-d", "--data", default="digits", show_default=True,
                          help="digits | fashion-mnist[:DIR] | IMAGE_FOLDER | torch/NAME | hfds/NAME."),

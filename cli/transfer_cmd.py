@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import build_suite, run_options, run_spec, suite_options
+from .options import build_suite, model_option, run_options, run_spec, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -17,7 +17,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 
 @click.command("transfer-matrix")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
-@click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help="Model spec (repeatable).")
+@model_option("Default: the zoo's effnet-base and effnet-stepll.")
 @click.option("--sources", metavar="LABELS", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LABELS", help="Comma-separated labels scoring them. Default: every model.")
 @suite_options

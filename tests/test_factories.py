@@ -101,6 +101,13 @@ def pixels(num_classes=10):
     return nn.Identity()
 
 
+def inception(num_classes=10):
+    """timm's inception_v3 with aux_logits returns (logits, aux) even in eval mode."""
+    import timm
+
+    return timm.create_model("inception_v3", aux_logits=True, num_classes=num_classes)
+
+
 def four_channels(num_classes=10):
     return nn.Sequential(nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
 '''
@@ -227,6 +234,16 @@ def test_wrapped_logits_are_taken_and_said_once(nets: Path, tmp_path: Path, call
     assert "robench takes its logits" not in runs["Net"][1]
 
 
+def test_inception_v3_with_aux_logits(nets: Path, tmp_path: Path) -> None:
+    """The issue's case: robench exited 3 with "'tuple' object has no attribute 'clone'"."""
+    result = invoke("eval", "-m", f"{nets / 'nets.py'}:inception", "--attack", "fgsm", "--eps", "8", "--limit", "2",
+                    "-q", "--no-health", "-o", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert "returns a tuple; robench takes its logits from output[0]" in result.stderr
+    model = json.loads((tmp_path / "r.json").read_text())["models"][0]
+    assert (model["input_size"], model["mean"]) == ([3, 299, 299], pytest.approx([0.5, 0.5, 0.5]))  # its own cfg
+
+
 def test_logits_of() -> None:
     x = torch.ones(2, 3)
     assert logits_of(x) is x and logits_of((x, None)) is x and logits_of([x]) is x
@@ -324,3 +341,9 @@ def test_every_command_takes_factories(nets: Path, tmp_path: Path) -> None:
     result = invoke("leak-check", "-m", spec, "--limit", "30", "-q", "-o", tmp_path / "l.json")
     assert result.exit_code in (0, 1), result.stderr
     assert json.loads((tmp_path / "l.json").read_text())["models"][0]["arch"] == f"{nets / 'nets.py'}:Net"
+    result = invoke("eval", "-m", spec, "--attack", "fgsm", "--eps", "8", "--limit", "30", "-q", "--no-health",
+                    "-o", tmp_path / "e.json")
+    assert result.exit_code == 0, result.stderr
+    (tmp_path / "gates.yaml").write_text("rules:\n  - {name: clean, model: Net, attack: clean, min: 0.99}\n")
+    result = invoke("gate", tmp_path / "e.json", "--rules", tmp_path / "gates.yaml", "-q")
+    assert result.exit_code == 1 and "Net" in result.stdout + result.stderr  # about 80% clean: the gate fails
