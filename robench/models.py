@@ -170,6 +170,13 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one line each, for the run's warnings: defaults it chose
 
+    def function(self) -> list[Any]:
+        """What decides the function attacked: weights hash and input config (mean/std may be overridden).
+
+        Resume states and the example cache key on it, so a run with other preprocessing is another run.
+        """
+        return [self.weights_sha256, input_metadata(self.input, self.mean, self.std)]
+
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
         return {

@@ -73,8 +73,8 @@ class RunState:
                 raise FieldError("resume", f"{path} is not a robench state file; give a new {{name}} folder") from None
             if theirs != self.key:
                 raise FieldError("resume", f"{{name}} {self.folder} holds the state of a different run (other models, "
-                                 "data, attacks, cascade/early_stop or seed); rerun that exact command, or give a "
-                                 "new {name} folder")
+                                 "preprocessing, data, attacks, cascade/early_stop or seed); rerun that exact command, "
+                                 "or give a new {name} folder")
 
     def load(self) -> list[dict[str, Any]]:
         """Finished batches' parts, from every rank's file; a torn last line is ignored."""

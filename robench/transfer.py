@@ -81,8 +81,7 @@ class ExampleCache:
 
     def _folder(self, source: str, spec: AttackSpec) -> Path:
         m = self.models[source]
-        key = json.dumps([m.weights_sha256, [m.input.channels, *m.input.size], m.input.interpolation,
-                          m.input.crop_pct, m.input.crop_mode, spec.describe(), self.seed], sort_keys=True)
+        key = json.dumps([*m.function(), spec.describe(), self.seed], sort_keys=True)
         return self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
 
     @staticmethod

@@ -239,17 +239,18 @@ def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, [*RESUME_ARGS, "--resume", str(state), "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
-        f"robench: error: --resume {state} holds the state of a different run (other models, data, attacks, "
-        "cascade/early_stop or seed); rerun that exact command, or give a new --resume folder"]
+        f"robench: error: --resume {state} holds the state of a different run (other models, preprocessing, data, "
+        "attacks, cascade/early_stop or seed); rerun that exact command, or give a new --resume folder"]
     assert not (tmp_path / "r.json").exists()
 
 
-def test_a_cascade_run_does_not_resume_a_full_one(tmp_path: Path) -> None:
-    # cascade and early stopping change the outcomes, so their states are other runs
+@pytest.mark.parametrize("change", [["--cascade"], ["--mean", "0.4"]])
+def test_a_changed_run_does_not_resume_the_first(tmp_path: Path, change: list[str]) -> None:
+    # cascade and early stopping change the outcomes, and so does the preprocessing: their states are other runs
     state, args = tmp_path / "state", ["eval", "zoo:resnet-base", "--limit", "10", "--attacks", "quick", "--eps", "8",
                                        "-q", "--no-health"]
     assert CliRunner().invoke(main, [*args, "--resume", str(state)]).exit_code == 0
-    res = CliRunner().invoke(main, [*args, "--cascade", "--resume", str(state), "--out", str(tmp_path / "r.json")])
+    res = CliRunner().invoke(main, [*args, *change, "--resume", str(state), "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 2 and "holds the state of a different run" in res.stderr
     assert not (tmp_path / "r.json").exists()
 
