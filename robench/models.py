@@ -166,7 +166,7 @@ class LoadedModel:
     std: tuple[float, ...]
     num_classes: int
     weights_sha256: str
-    weights: str = "checkpoint"  # "checkpoint", "hub" or "random" (no checkpoint, no --pretrained)
+    weights: str = "checkpoint"  # "checkpoint", "hub", "factory" (what the user's code made) or "random"
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one line each, for the run's warnings: defaults it chose
 
@@ -360,7 +360,7 @@ def load_model(
     wanted = int(meta.get("num_classes", num_classes))
     overrides = spec.preprocess.over(preprocess or Preprocess())
     if factories.is_factory(arch):
-        model, weights = factories.build(arch, wanted), "random"
+        model, weights = factories.build(arch, wanted), "factory"  # its code may load weights of its own
         defaults, notes = _factory_config(model, native, spec.label, meta, overrides)
     else:
         model, weights = _timm_model(spec, arch, meta, wanted, pretrained, overrides)
@@ -490,8 +490,8 @@ def _factory_config(model: nn.Module, native: tuple[int, int, int] | None, label
 
 def _stem_channels(model: nn.Module) -> int | None:
     """The channels a model's first convolution takes: timm's ``first_conv``, else the first Conv2d."""
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv") if isinstance(
-        getattr(model, "pretrained_cfg", None), Mapping) else None
+    cfg = getattr(model, "pretrained_cfg", None)
+    name = cfg.get("first_conv") if isinstance(cfg, Mapping) else None
     name = name[0] if isinstance(name, (tuple, list)) else name
     if name:
         try:
@@ -522,10 +522,10 @@ def _input_config(model: nn.Module, cfg: dict[str, Any], label: str,
                            f"so give a model whose first layer takes one of those")
     mean, std = _floats(cfg["mean"]), _floats(cfg["std"])
     if c == 1 and len(mean) == 3 and len(std) == 3:
-        differ = len(set(mean)) > 1 or len(set(std)) > 1
+        if len(set(mean)) > 1 or len(set(std)) > 1:
+            notes.append(f"model '{label}' takes 1 channel; its 3-channel mean and std are averaged to "
+                         f"{sum(mean) / 3:.4g} and {sum(std) / 3:.4g} (set --mean/--std to choose)")
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-        notes += [] if not differ else [f"model '{label}' takes 1 channel; its 3-channel mean and std are averaged to "
-                  f"{mean[0]:.4g} and {std[0]:.4g} (set --mean/--std to choose)"]
     mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
     if len(mean) != c or len(std) != c:
         raise RobenchError(f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its std "

@@ -242,6 +242,7 @@ def test_inception_v3_with_aux_logits(nets: Path, tmp_path: Path) -> None:
     assert "returns a tuple; robench takes its logits from output[0]" in result.stderr
     model = json.loads((tmp_path / "r.json").read_text())["models"][0]
     assert (model["input_size"], model["mean"]) == ([3, 299, 299], pytest.approx([0.5, 0.5, 0.5]))  # its own cfg
+    assert model["weights"] == "factory" and "random weights" not in result.stderr  # its code may load weights
 
 
 def test_logits_of() -> None:
