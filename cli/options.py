@@ -26,6 +26,14 @@ _RUN_OPTIONS = {
                                  "use 1 or the number of free cores."),
     "skip_bad_images": click.option("--skip-bad-images", is_flag=True,
                                     help="Leave unreadable images out, listed in the results, instead of stopping."),
+    "class_order": click.option("--class-order", type=click.Choice(["natural", "lexical"]), default="natural",
+                                show_default=True,
+                                help="How an image folder numbers its class folders: natural (timm: 1, 2, 10) or "
+                                     "lexical (torchvision's ImageFolder: 1, 10, 2). A checkpoint's recorded classes "
+                                     "and --classes come first."),
+    "classes": click.option("--classes", type=click.Path(dir_okay=False), metavar="FILE",
+                            help="Class names in index order, one a line: numbers an image folder's class folders "
+                                 "(every folder must be named; over checkpoints' recorded classes)."),
 }
 
 

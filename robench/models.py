@@ -333,6 +333,12 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
     return meta or {}
 
 
+def checkpoint_classes(spec: ModelSpec) -> list[str] | None:
+    """The class names a spec's robench checkpoint records in index order; None when it records none."""
+    classes = _checkpoint_meta(spec).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
 def _loaded(
     spec: ModelSpec, arch: str, model: nn.Module, meta: dict[str, Any], cfg: dict[str, Any], device: Any
 ) -> LoadedModel:
