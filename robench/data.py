@@ -125,9 +125,13 @@ class TensorSource:
     labels: Tensor  # [N] int64
     ids: list[str]
     num_classes: int
-    classes: list[str]
     scale: float = 255.0
     skipped: dict[int, str] = field(default_factory=dict)  # always empty: tensors are always readable
+    classes: list[str] | None = None  # names in index order; None: "0" .. str(num_classes - 1)
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            self.classes = [str(i) for i in range(self.num_classes)]
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Consecutive batches in id order, or in ``order`` (rows) when given, e.g. shuffled for training."""
