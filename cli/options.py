@@ -50,6 +50,14 @@ _RUN_OPTIONS = {
                                   help="Resize interpolation of every model."),
     "crop_pct": click.option("--crop-pct", metavar="SHARE",
                              help="Center-crop share of every model's resized image, in (0, 1]."),
+    "class_order": click.option("--class-order", type=click.Choice(["natural", "lexical"]), default="natural",
+                                show_default=True,
+                                help="How an image folder numbers its class folders: natural (timm: 1, 2, 10) or "
+                                     "lexical (torchvision's ImageFolder: 1, 10, 2). A checkpoint's recorded classes "
+                                     "and --classes come first."),
+    "classes": click.option("--classes", type=click.Path(dir_okay=False), metavar="FILE",
+                            help="Class names in index order, one a line: numbers an image folder's class folders "
+                                 "(every folder must be named; over checkpoints' recorded classes)."),
 }
 PREPROCESS = ("mean", "std", "input_size", "interpolation", "crop_pct")  # options that make RunSpec.preprocess
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from .options import shared_options
-from .render import console, epoch_bar
+from .render import console, epoch_bar, warn
 
 
 @click.command("train")
 @click.option("--arch", default="test_resnet", show_default=True,
               help="A timm architecture name, or a factory FILE.py:CALLABLE or package.module:CALLABLE taking "
                    "num_classes= (runs that code).")
-@shared_options("data", "limit", "seed", "device", "threads")
+@shared_options("data", "limit", "seed", "device", "threads", "class_order", "classes")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE.safetensors",
               help="Checkpoint to write (rewritten after every epoch).")
 @click.option("--attack", default="step_ll", show_default=True,
@@ -62,7 +62,7 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     with session(device) as dist:
         try:
             with epoch_bar(cfg.epochs, not quiet and dist.is_main) as progress:
-                result = train(cfg, out, progress, dist)
+                result = train(cfg, out, progress, dist, warn if dist.is_main else None)
         except KeyboardInterrupt:
             if dist.is_main and out.is_file():
                 click.echo(f"robench: {out} holds the last finished epoch", err=True)

@@ -4,6 +4,11 @@ Built-in: ``digits`` (scikit-learn's bundled 8x8 digits, the default) and
 ``fashion-mnist[:DIR]`` (IDX files); anything else is an ImageFolder directory
 or a timm dataset string (``torch/...``, ``hfds/...``).
 
+Every source names its classes in index order (``classes``). Image folders number their
+class folders in natural order (1, 2, 10: timm's) or as strings (1, 10, 2: torchvision's
+ImageFolder), or by a class list (a ``--classes`` file, a checkpoint's), because a model is
+only right when its output index means the class the data labels with that index.
+
 Each source keeps only what it must in memory (digits and Fashion-MNIST are a few MB
 of uint8); images are resized per batch to the model's input size, so memory stays
 O(batch) whatever the model's resolution.
@@ -14,7 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +33,11 @@ from robench.errors import FieldError, RobenchError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TEST_EVERY = 5  # digits test split: sklearn index % 5 == 0 (360 images); train: the rest
+DIGITS_CLASSES = [str(d) for d in range(10)]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+CLASS_ORDERS = ("natural", "lexical")  # natural: timm's (1, 2, 10); lexical: torchvision's ImageFolder (1, 10, 2)
+SHOWN_NAMES = 5  # class names a message shows of a list
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class Source(Protocol):
     name: str
     ids: list[str]
     num_classes: int
+    classes: list[str]  # class names in index order: label i means classes[i]
     skipped: dict[int, str]  # row -> name of each unreadable image left out so far
 
     @property
@@ -121,6 +132,11 @@ class TensorSource:
     num_classes: int
     scale: float = 255.0
     skipped: dict[int, str] = field(default_factory=dict)  # always empty: tensors are always readable
+    classes: list[str] | None = None  # names in index order; None: "0" .. str(num_classes - 1)
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            self.classes = [str(i) for i in range(self.num_classes)]
 
     @property
     def native(self) -> tuple[int, int, int]:
@@ -147,7 +163,7 @@ def load_digits_source(split: str = "test", limit: int | None = None, seed: int 
     images = torch.from_numpy(d.images[index].astype(np.float32))[:, None]
     return TensorSource(
         name="digits", images=images, labels=torch.from_numpy(d.target[index].astype(np.int64)),
-        ids=[f"digits:{i}" for i in index], num_classes=10, scale=16.0,
+        ids=[f"digits:{i}" for i in index], num_classes=10, classes=list(DIGITS_CLASSES), scale=16.0,
     )
 
 
@@ -189,7 +205,7 @@ def load_fashion_mnist_source(
     return TensorSource(
         name="fashion-mnist", images=torch.from_numpy(images[index].copy())[:, None],
         labels=torch.from_numpy(labels[index].astype(np.int64)),
-        ids=[f"fashion-mnist:{split}:{i}" for i in index], num_classes=10,
+        ids=[f"fashion-mnist:{split}:{i}" for i in index], num_classes=10, classes=list(FASHION_MNIST_CLASSES),
     )
 
 
@@ -242,6 +258,7 @@ class ImageSource:
     index: np.ndarray
     ids: list[str]
     num_classes: int
+    classes: list[str]
     describe_row: Any  # index -> human-readable name for error messages
     workers: int = 0
     skip_bad: bool = False  # skip unreadable images (recorded in ``skipped``) instead of failing
@@ -294,20 +311,116 @@ def _native(get: Any, index: np.ndarray) -> tuple[int, int, int] | None:
     return (1 if image.mode in GRAYSCALE_MODES else 3, image.height, image.width)
 
 
-def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0,
-                       skip_bad: bool = False) -> ImageSource:
-    """An ImageFolder directory (class subfolders), listed by timm's folder reader."""
-    from PIL import Image
+def few(names: Sequence[str], start: int = 0) -> str:
+    """At most SHOWN_NAMES names from ``start``, with "..." where some are left out: lists in one-line messages."""
+    shown = ", ".join(names[start:start + SHOWN_NAMES])
+    return ("..., " if start > 0 else "") + shown + (", ..." if len(names) > start + SHOWN_NAMES else "")
+
+
+def few_pair(a: Sequence[str], b: Sequence[str]) -> tuple[str, str]:
+    """Two class lists for a one-line message, each shown from just before where they first differ."""
+    diff = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    start = max(0, min(diff - 2, len(a) - SHOWN_NAMES, len(b) - SHOWN_NAMES))
+    return few(a, start), few(b, start)
+
+
+def sort_classes(names: Sequence[str], order: str) -> list[str]:
+    """Class names in ``order``: natural (timm's: 1, 2, 10, case-insensitive) or lexical (torchvision's: 1, 10, 2)."""
+    from timm.utils.misc import natural_key
+
+    return sorted(names, key=natural_key) if order == "natural" else sorted(names)
+
+
+def class_list_problem(names: Sequence[str]) -> str | None:
+    """What is wrong with a class list (no names, an empty name, a name twice), or None."""
+    if not names:
+        return "it names no class"
+    empty = next((i for i, n in enumerate(names) if not n), None)
+    if empty is not None:
+        return f"entry {empty + 1} is empty"
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            return f"'{name}' is named twice (entries {seen[name] + 1} and {i + 1})"
+        seen[name] = i
+    return None
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class names in index order from a text file, one a line (trailing blank lines ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FieldError("classes", f"cannot read the {{name}} file {path}: {e}") from None
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    problem = class_list_problem(names)
+    if problem:
+        raise FieldError("classes", f"{{name}} file {path}: {problem}; write one class name a line, in index order")
+    return names
+
+
+def order_warning(root: Path, names: Sequence[str]) -> str | None:
+    """One line saying that the two usual folder orders disagree here, or None when they agree."""
+    natural, lexical = sort_classes(names, "natural"), sort_classes(names, "lexical")
+    if natural == lexical:
+        return None
+    shown = few_pair(natural, lexical)
+    return (f"data {root}: class folders sort differently naturally ({shown[0]}) and as strings "
+            f"({shown[1]}, as torchvision's ImageFolder does); robench uses natural order: pass "
+            f"--class-order lexical if the model was trained with torchvision, or --classes FILE")
+
+
+def folder_class_map(root: Path, found: Sequence[str], class_order: str, classes: Sequence[str] | None,
+                     classes_from: str) -> dict[str, int]:
+    """Class folder name -> index: by the class list when given, else by sorting the folders in ``class_order``.
+
+    Every folder must be in the list: timm's reader would silently drop the images of the others.
+    """
+    if classes is None:
+        return {name: i for i, name in enumerate(sort_classes(found, class_order))}
+    known = set(classes)
+    unnamed = [name for name in sort_classes(found, "natural") if name not in known]
+    if unnamed:
+        raise RobenchError(f"data {root}: class folder {', '.join(repr(n) for n in unnamed[:SHOWN_NAMES])}"
+                           f"{', ...' if len(unnamed) > SHOWN_NAMES else ''} not named in {classes_from}; "
+                           f"its images cannot be scored: remove the folder or give a class list naming it")
+    return {name: i for i, name in enumerate(classes)}
+
+
+def _folder_reader(root: Path, class_map: dict[str, int] | None = None) -> Any:
     from timm.data.readers import create_reader
 
-    if not root.is_dir():
-        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR] or an image folder")
     try:
-        reader = create_reader("", root=str(root))
+        reader = create_reader("", root=str(root), class_map=class_map)
     except (RuntimeError, AssertionError) as e:
         raise RobenchError(f"no images found in {root}: {e}; expected class subfolders of images") from None
     if len(reader) == 0:
         raise RobenchError(f"no images found in {root}; expected class subfolders of images")
+    return reader
+
+
+def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0,
+                       skip_bad: bool = False, class_order: str = "natural", classes: Sequence[str] | None = None,
+                       classes_from: str = "the class list", warn: Callable[[str], None] | None = None) -> ImageSource:
+    """An ImageFolder directory (class subfolders), listed by timm's folder reader.
+
+    Class indices follow ``classes`` when given (``classes_from`` says whose list it is, for
+    messages), else ``class_order``; ``warn`` hears when the natural default and torchvision's
+    order disagree, since a model trained with torchvision would silently score wrongly.
+    """
+    from PIL import Image
+
+    if not root.is_dir():
+        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR] or an image folder")
+    reader = _folder_reader(root)
+    class_map = folder_class_map(root, list(reader.class_to_idx), class_order, classes, classes_from)
+    note = order_warning(root, list(reader.class_to_idx)) if classes is None and class_order == "natural" else None
+    if note and warn is not None:
+        warn(note)
+    if class_map != reader.class_to_idx:
+        reader = _folder_reader(root, class_map)
     index = select(len(reader), limit, seed, str(root))
     names = [str(reader._filename(i, basename=False, absolute=False)) for i in range(len(reader))]
 
@@ -324,9 +437,9 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
             return image, label
 
     return ImageSource(
-        name=str(root), get=get, index=index, ids=[names[i] for i in index],
-        num_classes=len(reader.class_to_idx), describe_row=lambda i: str(root / names[i]), workers=workers,
-        skip_bad=skip_bad, native=_native(raw, index),
+        name=str(root), get=get, index=index, ids=[names[i] for i in index], num_classes=len(class_map),
+        classes=sorted(class_map, key=class_map.__getitem__), describe_row=lambda i: str(root / names[i]),
+        workers=workers, skip_bad=skip_bad, native=_native(raw, index),
     )
 
 
@@ -341,33 +454,54 @@ def load_timm_source(name: str, split: str, limit: int | None, seed: int, worker
         ds = create_dataset(name, root=str(cache_dir() / "datasets"), split=split, download=True)
     except Exception as e:  # noqa: BLE001 - timm and its back ends raise many kinds
         raise RobenchError(f"cannot open dataset {name} (split {split}): {str(e).splitlines()[0]}") from None
-    classes = getattr(ds, "classes", None) or getattr(getattr(ds, "reader", None), "class_to_idx", None)
+    classes = _class_names(ds)
     if not classes:
         raise RobenchError(f"dataset {name} does not say how many classes it has; use an image folder instead")
     index = select(len(ds), limit, seed, name)
     get = lambda i: ds[i][:2]  # noqa: E731
     return ImageSource(
         name=name, get=get, index=index, ids=[f"{name}:{split}:{i}" for i in index],
-        num_classes=len(classes), describe_row=lambda i: f"{name}[{i}]", workers=workers, skip_bad=skip_bad,
-        native=_native(get, index),
+        num_classes=len(classes), classes=classes, describe_row=lambda i: f"{name}[{i}]", workers=workers,
+        skip_bad=skip_bad, native=_native(get, index),
     )
 
 
+def _class_names(ds: Any) -> list[str]:
+    """A timm or torchvision dataset's class names in index order (its ``classes``, or its reader's class_to_idx)."""
+    classes = getattr(ds, "classes", None) or getattr(getattr(ds, "reader", None), "class_to_idx", None)
+    if isinstance(classes, dict):
+        return [str(c) for c in sorted(classes, key=classes.__getitem__)]
+    return [str(c) for c in classes] if classes else []
+
+
 def open_source(
-    spec: str, split: str = "test", limit: int | None = None, seed: int = 0, workers: int = 0, skip_bad: bool = False
+    spec: str, split: str = "test", limit: int | None = None, seed: int = 0, workers: int = 0, skip_bad: bool = False,
+    *, class_order: str = "natural", classes: Sequence[str] | None = None, classes_from: str = "the class list",
+    warn: Callable[[str], None] | None = None,
 ) -> Source:
     """``digits`` | ``fashion-mnist[:DIR]`` | ``torch/...`` / ``hfds/...`` | an image folder.
 
     An image folder with ``train/`` and ``val/`` subfolders gives its splits; else it is one split.
+    ``classes`` (named by ``classes_from`` in messages) numbers a folder's classes; other sources
+    have their own names, and a list naming other classes is an error (a model of other classes).
     """
+    if class_order not in CLASS_ORDERS:
+        raise FieldError("class_order", f"{{name}} must be one of {', '.join(CLASS_ORDERS)}, got {class_order!r}")
     if spec == "digits":
-        return load_digits_source(split, limit, seed)
-    if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
+        source: Source = load_digits_source(split, limit, seed)
+    elif spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
         root = Path(spec.partition(":")[2]) if ":" in spec else FASHION_MNIST_DIR
-        return load_fashion_mnist_source(root, split, limit, seed)
-    if spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
-        return load_timm_source(spec, split, limit, seed, workers, skip_bad)
-    return load_folder_source(_split_folder(Path(spec), split), limit, seed, workers, skip_bad)
+        source = load_fashion_mnist_source(root, split, limit, seed)
+    elif spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
+        source = load_timm_source(spec, split, limit, seed, workers, skip_bad)
+    else:
+        return load_folder_source(_split_folder(Path(spec), split), limit, seed, workers, skip_bad, class_order,
+                                  classes, classes_from, warn)
+    if classes is not None and list(classes) != source.classes:
+        ours, theirs = few_pair(source.classes, list(classes))
+        raise RobenchError(f"data {source.name} has the classes {ours} but {classes_from} names {theirs}; "
+                           f"give data of the model's classes, or a model trained on this data")
+    return source
 
 
 def _split_folder(root: Path, split: str) -> Path:

@@ -92,7 +92,8 @@ def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
         return None
     key = fingerprint({
         "command": "eval", "models": [(m.spec.label, *m.function()) for m in opened.models],
-        "ids": opened.source.ids, "suite": cfg.run.suite.describe()["attacks"], "seed": cfg.run.seed,
+        "ids": opened.source.ids, "classes": opened.source.classes,  # the labels: folder ids do not say them
+        "suite": cfg.run.suite.describe()["attacks"], "seed": cfg.run.seed,
         "cascade": cfg.run.suite.cascade, "early_stop": cfg.run.suite.early_stop,  # they change the outcomes
         "layout": "pairs",  # the engine's outcome layout: states of other layouts are other runs
     })

@@ -574,3 +574,9 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
             f"{ckpt} carries no robench metadata naming its architecture; give it as NAME@{ckpt}, e.g. resnet18@{ckpt}"
         )
     return meta or {}
+
+
+def checkpoint_classes(spec: ModelSpec) -> list[str] | None:
+    """The class names a spec's robench checkpoint records in index order; None when it records none."""
+    classes = _checkpoint_meta(spec).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None

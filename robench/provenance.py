@@ -31,14 +31,17 @@ def versions() -> dict[str, str]:
 
 def dataset_record(source: Source, spec: str, split: str, ids: list[str] | None = None,
                    skipped: dict[int, str] | None = None) -> dict[str, Any]:
-    """Name, split, size, id hash and the ordered sample ids (``ids``: those evaluated, if not all).
+    """Name, split, size, class names in index order, id hash and the ordered sample ids (``ids``: those evaluated).
+
+The class names say what each label index meant, so a reader can tell two numberings of one folder apart.
 
     ``skipped`` (row -> file) lists the unreadable images left out, so none is dropped silently.
     """
     ids = list(source.ids) if ids is None else ids
     record = {
         "name": source.name, "spec": spec, "split": split, "n": len(ids),
-        "num_classes": source.num_classes, "ids_sha256": ids_sha256(ids), "ids": ids,
+        "num_classes": source.num_classes, "classes": list(source.classes), "ids_sha256": ids_sha256(ids),
+        "ids": ids,
     }
     if skipped:
         record["skipped"] = [{"id": source.ids[r], "file": name} for r, name in sorted(skipped.items())]

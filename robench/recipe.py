@@ -34,6 +34,8 @@ class TrainConfig:
     steps: int = 5  # bim / pgd
     limit: int | None = None
     seed: int = 0
+    class_order: str = "natural"  # image folders: natural (timm's 1, 2, 10) or lexical (torchvision's 1, 10, 2)
+    classes: str | None = None  # a file of class names in index order (over class_order)
 
     def validate(self) -> TrainConfig:
         """Raise a FieldError naming the field (the CLI names its option) for any value outside its range."""

@@ -10,16 +10,17 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from robench import health, probes
-from robench.data import Source, open_source
+from robench.data import CLASS_ORDERS, Source, class_list_problem, few_pair, open_source, read_class_list
 from robench.distributed import Dist, resolve_device
 from robench.engine import Participant
 from robench.errors import FieldError, RobenchError
-from robench.models import LoadedModel, load_model, parse_spec
+from robench.models import LoadedModel, ModelSpec, checkpoint_classes, load_model, parse_spec
 from robench.preprocess import Preprocess
 from robench.provenance import plain_config
 from robench.suite import Suite, load_suite
@@ -38,6 +39,8 @@ _KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say i
     "skip_bad_images": (bool, "True or False"),
     "health_probes": (bool, "True or False"),
     "threads": ((numbers.Integral, type(None)), "a whole number or None"),
+    "class_order": (str, "natural or lexical"),
+    "classes": ((str, type(None)), "the path of a class-list file, or None"),
     "preprocess": (Preprocess, "a Preprocess (robench.preprocess)"),
 }
 
@@ -57,6 +60,8 @@ class RunSpec:
     skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
     health_probes: bool = True  # probe each model on its first batch (robench.probes); results are checked anyway
     threads: int | None = None  # torch intra-op threads; None leaves torch's own setting alone
+    class_order: str = "natural"  # image folders' class indices: natural (timm's 1, 2, 10) or lexical (torchvision's)
+    classes: str | None = None  # a file of class names in index order; over checkpoints' lists and class_order
     preprocess: Preprocess = field(default_factory=Preprocess)  # every model's input overrides (specs' own win)
 
     def __post_init__(self) -> None:
@@ -76,6 +81,9 @@ class RunSpec:
             raise FieldError("threads", f"{{name}} must be >= 1, got {self.threads}")
         if self.workers < 0:
             raise FieldError("workers", f"{{name}} must be >= 0, got {self.workers}")
+        if self.class_order not in CLASS_ORDERS:
+            raise FieldError("class_order",
+                             f"{{name}} must be one of {', '.join(CLASS_ORDERS)}, got {self.class_order!r}")
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
@@ -104,7 +112,10 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     if run.threads is not None:  # a process setting: on a busy machine torch's default can be many times slower
         torch.set_num_threads(run.threads)
     device = dist.device if dist.is_distributed else resolve_device(run.device)
-    source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images)
+    classes, classes_from = run_classes(run, parse_specs(specs))
+    source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images,
+                         class_order=run.class_order, classes=classes, classes_from=classes_from,
+                         warn=warn if dist.is_main else None)
     run.suite.check_classes(source.num_classes, source.name)
     models = load_models(specs, source, run.pretrained, device, run.preprocess)
     for m in models:
@@ -116,15 +127,47 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     return Opened(source, models, device)
 
 
-def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device,
-                preprocess: Preprocess | None = None) -> list[LoadedModel]:
-    """Load every model and check it fits the dataset; an empty tuple gives the default models."""
+def run_classes(run: RunSpec, parsed: list[ModelSpec]) -> tuple[list[str] | None, str]:
+    """The class list that numbers the data's classes, and whose it is: --classes, else the checkpoints' records.
+
+    None leaves the numbering to ``run.class_order``. A checkpoint's own list outranks a sort
+    order because it names what each output index means; two models of different lists cannot
+    be scored on one numbering.
+    """
+    if run.classes is not None:
+        return read_class_list(Path(run.classes)), f"the classes file {run.classes}"
+    recorded = [(p, names) for p in parsed if (names := checkpoint_classes(p)) is not None]
+    for p, names in recorded:
+        problem = class_list_problem(names)
+        if problem:
+            raise RobenchError(f"checkpoint {p.checkpoint} of model '{p.label}' records a bad class list: {problem}; "
+                               f"pass --classes FILE")
+    if not recorded:
+        return None, "the class list"
+    (first, names), *rest = recorded
+    other = next(((p, n) for p, n in rest if n != names), None)
+    if other is not None:
+        ours, theirs = few_pair(names, other[1])
+        raise RobenchError(f"models '{first.label}' ({ours}) and '{other[0].label}' ({theirs}) record different "
+                           f"classes; evaluate them in separate runs")
+    return names, f"the classes of model '{first.label}' (checkpoint {first.checkpoint})"
+
+
+def parse_specs(specs: tuple[str, ...]) -> list[ModelSpec]:
+    """Parsed model specs, labels told apart; an empty tuple gives the default models."""
     parsed = [parse_spec(s) for s in specs or tuple(f"zoo:{name}" for name in DEFAULT)]
     labels = [p.label for p in parsed]
     dup = next((lb for lb in labels if labels.count(lb) > 1), None)
     if dup:
         raise FieldError("models", f"two models are labelled '{dup}'; name them apart with LABEL=SPEC")
-    models = [load_model(p, source.num_classes, pretrained, device, source.native, preprocess) for p in parsed]
+    return parsed
+
+
+def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device,
+                preprocess: Preprocess | None = None) -> list[LoadedModel]:
+    """Load every model and check it fits the dataset; an empty tuple gives the default models."""
+    models = [load_model(p, source.num_classes, pretrained, device, source.native, preprocess)
+              for p in parse_specs(specs)]
     for m in models:
         if m.num_classes != source.num_classes:
             raise RobenchError(

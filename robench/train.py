@@ -50,7 +50,7 @@ from robench.attacks import REGISTRY
 from robench.attacks.base import Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
 from robench.checkpoint import input_metadata, save_checkpoint
-from robench.data import InputConfig, Source, open_source
+from robench.data import InputConfig, Source, open_source, read_class_list
 from robench.distributed import (
     LOCAL,
     Dist,
@@ -241,10 +241,22 @@ def _meta(cfg: TrainConfig, model: Normalized, input_cfg: InputConfig, source: S
     """The checkpoint's metadata; mean/std as the wrapper applies them (float32)."""
     mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
     return {
-        "arch": cfg.arch, "num_classes": source.num_classes, **input_metadata(input_cfg, mean, std),
-        "dataset": f"{cfg.data}:train", "recipe": dataclasses.asdict(cfg), "seed": cfg.seed,
-        "robench_version": __version__, **extra,
+        "arch": cfg.arch, "num_classes": source.num_classes, "classes": source.classes,
+        **input_metadata(input_cfg, mean, std), "dataset": f"{cfg.data}:train", "recipe": _recipe(cfg),
+        "seed": cfg.seed, "robench_version": __version__, **extra,
     }
+
+
+def _recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """The recipe as recorded; the class numbering is left out at its defaults, so the zoo's recipes keep their bytes.
+
+    The numbering itself is recorded anyway, as the checkpoint's ``classes``.
+    """
+    recipe = dataclasses.asdict(cfg)
+    for name, default in (("class_order", "natural"), ("classes", None)):
+        if recipe[name] == default:
+            del recipe[name]
+    return recipe
 
 
 def _launch_meta(dist: Dist) -> dict[str, Any]:
@@ -271,11 +283,20 @@ def _seed_rank(seed: int, dist: Dist) -> None:
         torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank]).generate_state(1)[0]))
 
 
-def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: Dist = LOCAL) -> TrainResult:
+def open_train_source(cfg: TrainConfig, warn: Callable[[str], None] | None = None) -> Source:
+    """The training split, its classes numbered by ``cfg.classes`` (a file) or ``cfg.class_order``."""
+    classes = read_class_list(Path(cfg.classes)) if cfg.classes is not None else None
+    return open_source(cfg.data, "train", cfg.limit, cfg.seed, class_order=cfg.class_order, classes=classes,
+                       classes_from=f"the classes file {cfg.classes}", warn=warn)
+
+
+def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: Dist = LOCAL,
+          warn: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``cfg.arch`` with the paper's recipe; the checkpoint is rewritten after every epoch.
 
     An interrupted run therefore leaves the last finished epoch on disk. Under torchrun pass
     ``robench.distributed.setup()``'s Dist: every rank calls this, rank 0 writes and reports.
+    ``warn`` hears when an image folder's class folders sort differently in timm's and torchvision's order.
     """
     cfg.validate()
     if dist.is_main:
@@ -283,7 +304,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     check_name(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    source = open_source(cfg.data, "train", cfg.limit, cfg.seed)
+    source = open_train_source(cfg, warn)
     check_split(len(source.ids), cfg.batch_size, dist)
     model, input_cfg = _build(cfg, source)
     net = data_parallel(model.to(dist.device), dist)
@@ -295,7 +316,8 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
         history.append(row)
         if epoch < cfg.epochs and dist.is_main:  # the last epoch is written below, with its validation accuracy
             save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
-    val = accuracy(model, open_source(cfg.data, "test"), input_cfg, dist=dist)
+    val = accuracy(model, open_source(cfg.data, "test", classes=source.classes, classes_from="the training classes"),
+                   input_cfg, dist=dist)
     extra = {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val, **_launch_meta(dist)}
     meta = _meta(cfg, model, input_cfg, source, extra)
     if dist.is_main:

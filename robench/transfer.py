@@ -68,20 +68,21 @@ class ExampleCache:
     """Adversarial examples on disk, one safetensors file per (source, attack, sample), float32.
 
     A sample's file is keyed by what decides its examples (the source's weights and input
-    config, the attack spec, the seed and the sample id), never by batch size, batch index or
+    config, the attack spec, the seed, the data's class numbering (it decides the labels an
+    attack uses) and the sample id), never by batch size, batch index or
     torchrun rank, so a rerun at any batch size or world size, or a resumed one, crafts only
     the samples it lacks. An unreadable file counts as missing: it is crafted again (one
     warning) and rewritten.
     """
 
-    def __init__(self, root: Path, models: list[LoadedModel], seed: int) -> None:
-        self.root, self.seed = root, seed
+    def __init__(self, root: Path, models: list[LoadedModel], seed: int, classes: list[str]) -> None:
+        self.root, self.seed, self.classes = root, seed, classes
         self.models = {m.spec.label: m for m in models}
         self.warned = False
 
     def _folder(self, source: str, spec: AttackSpec) -> Path:
         m = self.models[source]
-        key = json.dumps([*m.function(), spec.describe(), self.seed], sort_keys=True)
+        key = json.dumps([*m.function(), spec.describe(), self.seed, self.classes], sort_keys=True)
         return self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
 
     @staticmethod
@@ -195,7 +196,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     opened = open_run(cfg.run, cfg.models, dist, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
     flags = probe_models(opened, cfg.run, dist)
-    cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed) if cfg.cache else None
+    cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes) if cfg.cache else None
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer")
     suite = full_strength(cfg.run.suite, warn)
     done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,

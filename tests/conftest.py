@@ -86,3 +86,11 @@ def small_cnn() -> nn.Module:
         nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5),
     )
+
+
+@pytest.fixture(scope="session")
+def class_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Make an image folder of these class folders (tests/class_folders.py: flat images of each class's grey)."""
+    from class_folders import make_folder
+
+    return lambda *names: make_folder(tmp_path_factory.mktemp("classes"), names)

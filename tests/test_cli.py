@@ -518,3 +518,89 @@ def test_threads_is_applied_and_recorded(default_checkpoint: Path, tmp_path: Pat
         torch.set_num_threads(before)
     doc = json.loads((tmp_path / "x.json").read_text())
     assert doc["config"]["threads"] == 1 and doc["versions"]["torch_threads"] == "1"
+
+
+# ---------------------------------------------------------------- class order of image folders
+
+
+@pytest.fixture(scope="module")
+def numbered(class_folder, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders 1, 2, 10 and three-class test_resnet checkpoints: recording torchvision's order, natural, none."""
+    root = tmp_path_factory.mktemp("numbered")
+    paths = {"data": class_folder("1", "2", "10")}
+    fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    for name, classes in (("lexical", ["1", "10", "2"]), ("natural", ["1", "2", "10"]), ("plain", None),
+                          ("other", ["1", "2", "3"]), ("fashion", fashion)):
+        meta = {"arch": "test_resnet", "num_classes": len(classes or "123"), "input_size": [3, 32, 32],
+                "interpolation": "bilinear", "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3}
+        if classes is not None:
+            meta["classes"] = classes
+        paths[name] = root / f"{name}.safetensors"
+        save_checkpoint(paths[name], timm.create_model("test_resnet", num_classes=meta["num_classes"]), meta)
+    (root / "twice.txt").write_text("1\n2\n1\n")
+    paths["twice"] = root / "twice.txt"
+    (root / "lexical.txt").write_text("1\n10\n2\n")
+    paths["list"] = root / "lexical.txt"
+    return paths
+
+
+def _eval_folder(numbered: dict[str, Path], out: Path, *args: str):
+    return invoke("eval", "--data", numbered["data"], "--attack", "fgsm", "--eps", "2", "-q", "-o", out, *args)
+
+
+def test_a_checkpoints_classes_number_the_folder(numbered: dict[str, Path], tmp_path: Path) -> None:
+    result = _eval_folder(numbered, tmp_path / "out.json", "-m", numbered["lexical"])
+    assert result.exit_code == 0, result.stderr
+    assert "sort differently" not in result.stderr
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["dataset"]["classes"] == ["1", "10", "2"] and doc["config"]["class_order"] == "natural"
+
+
+@pytest.mark.parametrize(("args", "classes", "warned"), [
+    ((), ["1", "2", "10"], True), (("--class-order", "lexical"), ["1", "10", "2"], False),
+    (("--classes", "{list}"), ["1", "10", "2"], False),
+])
+def test_class_order_option(numbered: dict[str, Path], tmp_path: Path, args: tuple[str, ...], classes: list[str],
+                            warned: bool) -> None:
+    args = tuple(a.format(**numbered) for a in args)
+    result = _eval_folder(numbered, tmp_path / "out.json", "-m", numbered["plain"], *args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("class folders sort differently naturally (1, 2, 10) and as strings") == int(warned)
+    assert json.loads((tmp_path / "out.json").read_text())["dataset"]["classes"] == classes
+
+
+CLASS_ERRORS = {
+    "two class lists": (["-m", "{lexical}", "-m", "{natural}"], ["models 'lexical'", "and 'natural'",
+                                                                 "record different classes"]),
+    "folder not in the list": (["-m", "{other}"], ["class folder '10' not named in the classes of model 'other'"]),
+    "duplicate in --classes": (["-m", "{plain}", "--classes", "{twice}"], ["--classes file", "'1' is named twice"]),
+    "fashion model on digits": (["-m", "{fashion}", "--data", "digits", "--limit", "3"],
+                                ["data digits has the classes", "T-shirt/top", "model 'fashion'"]),
+}
+
+
+@pytest.mark.parametrize(("args", "needles"), list(CLASS_ERRORS.values()), ids=list(CLASS_ERRORS))
+def test_class_list_errors(numbered: dict[str, Path], tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    out = tmp_path / "out.json"
+    result = _eval_folder(numbered, out, *(a.format(**numbered) for a in args))
+    one_error_line(result, 2, *needles)
+    assert not out.exists()
+
+
+def test_train_records_the_folders_classes(numbered: dict[str, Path], tmp_path: Path) -> None:
+    """train numbers folders as eval does, and its checkpoint says how (classes; the recipe's class_order)."""
+    from robench.checkpoint import read_metadata
+
+    out = tmp_path / "m.safetensors"
+    result = invoke("train", "--data", numbered["data"], "--class-order", "lexical", "--epochs", "1", "--batch-size",
+                    "2", "--input-size", "8", "--attack", "none", "-q", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    meta = read_metadata(out)
+    assert meta["classes"] == ["1", "10", "2"] and meta["recipe"]["class_order"] == "lexical"
+    assert "classes" not in meta["recipe"]  # left out at its default
+
+
+@pytest.mark.parametrize("command", ["eval", "transfer-matrix", "leak-check", "train"])
+def test_class_options_on_every_command_that_reads_folders(command: str) -> None:
+    result = invoke(command, "--help")
+    assert "--class-order" in result.stdout and "--classes FILE" in result.stdout

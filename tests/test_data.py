@@ -12,7 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from robench.data import FASHION_MNIST_DIR, InputConfig, ids_sha256, load_digits_source, open_source, select
+from robench.data import (
+    FASHION_MNIST_DIR,
+    InputConfig,
+    ids_sha256,
+    load_digits_source,
+    open_source,
+    read_class_list,
+    select,
+)
 from robench.errors import RobenchError
 
 # ---------------------------------------------------------------- digits
@@ -319,3 +327,93 @@ def test_truncated_png_names_the_file(tmp_path: Path) -> None:
     (root / "cat" / "1.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(RobenchError, match=r"cannot read image .*cat/1\.png"):
         list(open_source(str(root)).batches(InputConfig(size=(8, 8)), 4))
+
+
+# ---------------------------------------------------------------- class order
+
+
+def _clean_accuracy(model: torch.nn.Module, src) -> float:
+    """Clean top-1 as an eval run scores it (robench.engine.evaluate)."""
+    from robench.engine import evaluate
+    from robench.suite import load_suite, override
+
+    batches = src.batches(InputConfig(size=(8, 8)), 4)
+    return float(evaluate(model, batches, src.ids, override(load_suite(), ("fgsm",), (2.0,))).correct()[0].mean())
+
+
+def test_torchvision_numbering_scores_a_third_in_natural_order(class_folder, tmp_path: Path) -> None:
+    """The repro: folders 1, 2, 10 and a model numbering them as torchvision does (1, 10, 2)."""
+    from class_folders import GreyLookup, torchvision_classes
+
+    root = class_folder("1", "2", "10")
+    trained_on = torchvision_classes(root)
+    assert trained_on == ["1", "10", "2"]
+    model, notes = GreyLookup(trained_on), []
+    natural = open_source(str(root), warn=notes.append)
+    assert natural.classes == ["1", "2", "10"] and _clean_accuracy(model, natural) == pytest.approx(1 / 3)
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "naturally (1, 2, 10) and as strings (1, 10, 2, as torchvision's ImageFolder does)" in notes[0]
+    assert "--class-order lexical" in notes[0] and "--classes FILE" in notes[0]
+    lexical = open_source(str(root), class_order="lexical", warn=notes.append)
+    assert lexical.classes == trained_on and _clean_accuracy(model, lexical) == 1.0
+    (tmp_path / "classes.txt").write_text("1\n10\n2\n\n\n")
+    listed = open_source(str(root), classes=read_class_list(tmp_path / "classes.txt"), warn=notes.append)
+    assert listed.classes == trained_on and _clean_accuracy(model, listed) == 1.0
+    assert len(notes) == 1  # neither an explicit order nor a list warns
+
+
+def test_mixed_case_folders(class_folder) -> None:
+    """Natural order ignores case (A, b, C); strings and torchvision do not (A, C, b)."""
+    from class_folders import GreyLookup, torchvision_classes
+
+    root, notes = class_folder("b", "A", "C"), []
+    assert torchvision_classes(root) == ["A", "C", "b"]
+    natural = open_source(str(root), warn=notes.append)
+    assert natural.classes == ["A", "b", "C"] and len(notes) == 1 and "(A, b, C)" in notes[0]
+    lexical = open_source(str(root), class_order="lexical")
+    assert lexical.classes == ["A", "C", "b"]
+    assert _clean_accuracy(GreyLookup(torchvision_classes(root)), lexical) == 1.0
+
+
+def test_folders_that_sort_alike_do_not_warn(class_folder) -> None:
+    notes: list[str] = []
+    assert open_source(str(class_folder("1", "2")), warn=notes.append).classes == ["1", "2"] and notes == []
+
+
+def test_class_list_may_name_more_classes_than_folders(class_folder) -> None:
+    src = open_source(str(class_folder("1", "2")), classes=["0", "2", "1", "3"])
+    assert src.num_classes == 4 and src.classes == ["0", "2", "1", "3"]
+    batch = next(src.batches(InputConfig(size=(8, 8)), 4))
+    assert sorted(batch.labels.tolist()) == [1, 1, 2, 2]
+
+
+def test_a_folder_the_list_does_not_name_is_an_error(class_folder) -> None:
+    with pytest.raises(RobenchError, match=r"class folder '10' not named in the model's list"):
+        open_source(str(class_folder("1", "2", "10")), classes=["1", "2"], classes_from="the model's list")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a\nb\na\n", r"'a' is named twice \(entries 1 and 3\)"), ("a\n\nb\n", "entry 2 is empty"), ("\n\n", "no class"),
+])
+def test_bad_class_list_files(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "c.txt").write_text(text)
+    with pytest.raises(RobenchError, match=message) as err:
+        read_class_list(tmp_path / "c.txt")
+    assert err.value.field == "classes" and "--classes file" in err.value.named("--classes")
+
+
+def test_built_in_sources_name_their_classes(tmp_path: Path) -> None:
+    assert load_digits_source("test", limit=1).classes == [str(d) for d in range(10)]
+    images, labels = np.zeros((2, 28, 28), np.uint8), np.array([0, 9], np.uint8)
+    _write_fashion(tmp_path, images, labels, gz=False)
+    fashion = open_source(f"fashion-mnist:{tmp_path}")
+    assert fashion.classes[0] == "T-shirt/top" and fashion.classes[9] == "Ankle boot" and len(fashion.classes) == 10
+    assert open_source("digits", limit=1, classes=[str(d) for d in range(10)]).num_classes == 10
+    with pytest.raises(RobenchError, match="data digits has the classes 0, 1, 2, 3, 4, ... but the model names "
+                                           "T-shirt/top, Trouser"):
+        open_source("digits", limit=1, classes=fashion.classes, classes_from="the model")
+
+
+def test_unknown_class_order() -> None:
+    with pytest.raises(RobenchError, match="class_order must be one of natural, lexical"):
+        open_source("digits", class_order="alphabetical")

@@ -29,6 +29,8 @@ from robench.transfer import TransferConfig
     ({"pretrained": "yes"}, "pretrained must be True or False, got 'yes'"),
     ({"threads": 0}, "threads must be >= 1, got 0"),
     ({"threads": 2.0}, "threads must be a whole number or None, got 2.0"),
+    ({"class_order": "alphabetical"}, "class_order must be one of natural, lexical, got 'alphabetical'"),
+    ({"classes": 3}, "classes must be the path of a class-list file, or None, got 3"),
 ])
 def test_bad_fields_are_named_as_fields(fields: dict, message: str) -> None:
     with pytest.raises(FieldError) as err:
