@@ -36,8 +36,9 @@ def rate_columns(unit: str) -> list[Any]:
     from rich.progress import ProgressColumn
     from rich.text import Text
 
-    def speed(task: Any) -> float | None:
-        done, elapsed = task.completed - task.fields.get("base", 0), task.elapsed
+    def speed(task: Any) -> float | None:  # a finished task's clock stops at its finish (rich's keeps running)
+        done = task.completed - task.fields.get("base", 0)
+        elapsed = task.finished_time if task.finished else task.elapsed
         return done / elapsed if done > 0 and elapsed else None
 
     class Rate(ProgressColumn):

@@ -475,6 +475,27 @@ def test_progress_rate_counts_only_this_runs_images() -> None:
     assert rate < 100  # 10 images in >= 0.2 s, not 910
 
 
+def test_a_finished_epochs_rate_stops_with_it() -> None:
+    """rich keeps a finished task's clock running: an epoch's examples/s must not fall while later ones train."""
+    import io
+    import re
+    import time
+    from types import SimpleNamespace
+
+    from robench.cli.render import epoch_bar
+
+    stream = io.StringIO()
+    with epoch_bar(2, stream=stream) as update:
+        update(SimpleNamespace(epoch=1, seen=0, total=100, loss=0.0, accuracy=0.0))
+        time.sleep(0.05)
+        update(SimpleNamespace(epoch=1, seen=100, total=100, loss=1.0, accuracy=0.5))
+        update(SimpleNamespace(epoch=2, seen=0, total=100, loss=0.0, accuracy=0.0))
+        time.sleep(0.5)  # epoch 1 is over: 100 examples in about 0.05 s, not in 0.55 s
+        update(SimpleNamespace(epoch=2, seen=100, total=100, loss=1.0, accuracy=0.5))
+    first = [ln for ln in stream.getvalue().splitlines() if "epoch 1/2" in ln][-1]
+    assert float(re.search(r"([\d,.]+) examples/s", first).group(1).replace(",", "")) > 400, first
+
+
 def test_engine_reports_its_start_before_the_first_batch(default_checkpoint: Path) -> None:
     """The callback hears (label, done, total) once before any batch, so every rate counts from the start."""
     from robench.runspec import RunSpec
