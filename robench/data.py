@@ -110,15 +110,29 @@ def ids_sha256(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's "L": RGB -> one channel
+
+
+def to_channels(images: Tensor, channels: int) -> Tensor:
+    """[N, C, H, W] with 1 or 3 channels -> ``channels``: gray replicated, or RGB as its luminance.
+
+    Linear, with weights summing to 1: a perturbation converted stays within its L-inf bound.
+    """
+    if images.shape[1] == channels:
+        return images
+    if images.shape[1] == 1:
+        return images.expand(-1, channels, -1, -1)
+    weights = images.new_tensor(LUMINANCE).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
 def _resize(images: Tensor, cfg: InputConfig) -> Tensor:
     """[0, 1] float NCHW -> the model's channels and size."""
     if tuple(images.shape[-2:]) != cfg.size:
         mode = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
         kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
         images = F.interpolate(images, size=cfg.size, mode=mode, **kwargs).clamp(0.0, 1.0)
-    if images.shape[1] == 1 and cfg.channels != 1:
-        images = images.expand(-1, cfg.channels, -1, -1)
-    return images.contiguous()
+    return to_channels(images, cfg.channels).contiguous()
 
 
 @dataclass

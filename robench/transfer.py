@@ -26,6 +26,7 @@ from torch import Tensor
 
 from robench import engine, health, metrics
 from robench.attacks.base import to_unit
+from robench.data import to_channels
 from robench.distributed import LOCAL, Dist
 from robench.engine import CLEAN, Examples, Progress
 from robench.errors import FieldError
@@ -57,7 +58,11 @@ def _list(labels: tuple[str, ...] | None) -> list[str] | None:
 
 
 def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
-    """The source's perturbation, at the target's resolution, on the target's clean input."""
+    """The source's perturbation, at the target's resolution and channels, on the target's clean input.
+
+    An RGB perturbation reaches a 1-channel target as its luminance, as RGB images do.
+    """
+    delta = to_channels(delta, x_target.shape[1])
     if delta.shape[-2:] != x_target.shape[-2:]:
         delta = F.interpolate(delta, size=x_target.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
     unit = to_unit(eps)

@@ -123,6 +123,35 @@ def test_deliver_keeps_clean_input_and_eps() -> None:
     assert moved.min() >= 0 and moved.max() <= 1
 
 
+def test_deliver_across_channels() -> None:
+    """RGB perturbations reach a 1-channel target as their luminance; gray ones a 3-channel target replicated."""
+    g = torch.Generator().manual_seed(0)
+    delta = (torch.rand(2, 3, 8, 8, generator=g) * 2 - 1) * 8 / 255
+    gray = torch.full((2, 1, 8, 8), 0.5)
+    moved = deliver(gray, delta, 8.0)
+    expected = 0.5 + 0.299 * delta[:, :1] + 0.587 * delta[:, 1:2] + 0.114 * delta[:, 2:]
+    assert moved.shape == (2, 1, 8, 8) and torch.allclose(moved, expected, atol=1e-7)
+    assert (moved - gray).abs().max() <= 8 / 255 + 1e-7  # a convex combination stays within eps
+    rgb = torch.full((2, 3, 8, 8), 0.5)
+    assert torch.equal(deliver(rgb, delta[:, :1], 8.0), (rgb + delta[:, :1]).clamp(0, 1))
+
+
+def test_three_channel_source_to_one_channel_target(tmp_path: Path) -> None:
+    """The new-user trial's crash (exit 3, "expected input ... to have 1 channels, but got 3")."""
+    from click.testing import CliRunner
+
+    from robench.cli.main import main
+
+    lenet = Path(__file__).resolve().parents[1] / "examples" / "lenet.py"
+    result = CliRunner().invoke(main, ["transfer-matrix", "-m", f"{lenet}:LeNet?input-size=1,32,32",
+                                       "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "20", "-q",
+                                       "--no-health", "-o", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert {(r["source"], r["target"]) for r in rows} == {("resnet-base", "LeNet"), ("LeNet", "resnet-base"),
+                                                          ("LeNet", "LeNet"), ("resnet-base", "resnet-base")}
+
+
 @pytest.fixture(scope="module")
 def small_res(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A test_resnet at 24 px (random weights, 10 classes) with its own mean/std."""
