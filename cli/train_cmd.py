@@ -33,7 +33,7 @@ from .render import console, epoch_bar, warn
 @click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_command(out: Path, quiet: bool, device: str, threads: int | None, **options: object) -> None:
-    """Train a timm model with the paper's adversarial-training recipe.
+    """Train a timm model, or a factory's (FILE.py:CALLABLE), with the paper's adversarial-training recipe.
 
     Each minibatch mixes clean and adversarial examples (--adv-fraction), the loss
     weighs them (clean + lam * adversarial) / (n_clean + lam * n_adv), and each

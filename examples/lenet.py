@@ -1,6 +1,6 @@
 """LeNet-5 (LeCun et al., 1998) for 1-channel 32x32 digits: any PyTorch classifier works as a factory.
 
-    robench train --arch examples/lenet.py:LeNet --input-size 32 --out lenet.safetensors
+    robench train --arch examples/lenet.py:LeNet --out lenet.safetensors   # 32 px: train's default
     robench eval -m examples/lenet.py:LeNet@lenet.safetensors
 """
 

@@ -113,6 +113,18 @@ def ids_sha256(ids: Sequence[str]) -> str:
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's "L": RGB -> one channel
 
 
+def channel_note(label: str, channels: int, source: Source) -> str | None:
+    """What feeding ``source`` to a model of ``channels`` changes about its colours: only RGB to 1 channel is said.
+
+    Gray images go to a 3-channel model replicated, which changes nothing a model could see.
+    """
+    native = source.native
+    if channels == 1 and native is not None and native[0] == 3:
+        return (f"model '{label}' takes 1 channel: the RGB images of {source.name} are converted to luminance "
+                f"(L = 0.299 R + 0.587 G + 0.114 B)")
+    return None
+
+
 def to_channels(images: Tensor, channels: int) -> Tensor:
     """[N, C, H, W] with 1 or 3 channels -> ``channels``: gray replicated, or RGB as its luminance.
 
@@ -363,7 +375,7 @@ def class_list_problem(names: Sequence[str]) -> str | None:
 def read_class_list(path: Path) -> list[str]:
     """Class names in index order from a text file, one a line (trailing blank lines ignored)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of a name
     except (OSError, UnicodeDecodeError) as e:
         raise FieldError("classes", f"cannot read the {{name}} file {path}: {e}") from None
     names = [line.strip() for line in text.splitlines()]

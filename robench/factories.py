@@ -93,9 +93,11 @@ def find(text: str) -> Callable[..., Any]:
     where = target
     factory = getattr(module, name, None)
     if factory is None:
-        public = [n for n in dir(module) if not n.startswith("_")]
+        public = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                  and not inspect.ismodule(v)]
         close = difflib.get_close_matches(name, public, n=1)
-        hint = f"did you mean {close[0]}?" if close else f"it defines {', '.join(public[:8]) or 'nothing public'}"
+        listed = ", ".join(public[:8]) + (", ..." if len(public) > 8 else "")
+        hint = f"did you mean {close[0]}?" if close else f"its callables: {listed or 'none'}"
         raise RobenchError(f"model spec '{text}': {where} has no '{name}'; {hint}")
     if not callable(factory):
         raise RobenchError(f"model spec '{text}': {where}:{name} is a {type(factory).__name__}, not a callable "

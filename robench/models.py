@@ -82,6 +82,9 @@ def parse_spec(text: str) -> ModelSpec:
         raise RobenchError(f"bad model spec '{text}'; use [LABEL=]NAME[@CHECKPOINT], e.g. resnet18@weights.pth, "
                            f"or FILE.py:CALLABLE[@CHECKPOINT]")
     checkpoint = Path(ckpt) if at else None
+    if ":" in name and not name.startswith(HUB_PREFIXES) and not factories.is_factory(name):
+        raise RobenchError(f"bad model spec '{text}': a factory is FILE.py:CALLABLE or package.module:CALLABLE, "
+                           f"e.g. examples/lenet.py:LeNet")
     if factories.is_factory(name):
         return ModelSpec(text, label or name.rpartition(":")[2], name, checkpoint, preprocess)
     if not at and looks_like_path(name):
@@ -529,7 +532,8 @@ def _input_config(model: nn.Module, cfg: dict[str, Any], label: str,
     mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
     if len(mean) != c or len(std) != c:
         raise RobenchError(f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its std "
-                           f"{len(std)}; give one per channel, e.g. ?mean={','.join(['0.5'] * c)}")
+                           f"{len(std)}; give one per channel (or one for all), e.g. --mean {','.join(['0.5'] * c)} "
+                           f"or SPEC?mean={','.join(['0.5'] * c)}")
     return {**cfg, "input_size": (c, h, w), "mean": mean, "std": std}, notes
 
 
@@ -556,8 +560,8 @@ def _probe(model: Normalized, input_cfg: InputConfig, label: str) -> tuple[int, 
         raise RobenchError(f"model '{label}' returns {logits.dtype} logits of shape {list(logits.shape)} for a batch "
                            f"of 2; robench needs float logits of shape [batch, classes]")
     kind = output_kind(out)
-    note = [f"model '{label}' returns a {type(out).__name__}; robench takes its logits from output{kind}"] if kind \
-        else []
+    what = type(out).__name__ if isinstance(out, (tuple, list, Mapping)) else f"{type(out).__name__} object"
+    note = [f"model '{label}' returns a {what}; robench takes its logits from output{kind}"] if kind else []
     return int(logits.shape[1]), note
 
 
@@ -567,7 +571,7 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
     if ckpt is None:
         return {}
     if not ckpt.is_file():
-        raise RobenchError(f"checkpoint not found: {ckpt}")
+        raise RobenchError(f"checkpoint not found: {ckpt} (model spec '{spec.text}'); check the path")
     meta = read_metadata(ckpt) if ckpt.suffix == ".safetensors" else None
     if meta is None and spec.name is None:
         raise RobenchError(

@@ -106,7 +106,11 @@ def split_query(text: str) -> tuple[str, Preprocess]:
     pairs = [p.partition("=") for p in query.split("&")] if mark else []
     if not mark or not head or not all(eq and key for key, eq, _ in pairs):
         return text, Preprocess()
-    unknown = [key for key, _, _ in pairs if key not in SPEC_KEYS]
+    keys = [key for key, _, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice:
+        raise FieldError("models", f"model spec '{text}': '{twice}' is set twice; give each setting once")
+    unknown = [key for key in keys if key not in SPEC_KEYS]
     if unknown:
         raise FieldError("models", f"model spec '{text}': unknown setting '{unknown[0]}'; "
                                    f"use {', '.join(SPEC_KEYS)}, e.g. {head}?mean=0.5&std=0.5")

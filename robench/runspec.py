@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from robench import health, probes
-from robench.data import CLASS_ORDERS, Source, class_list_problem, few_pair, open_source, read_class_list
+from robench.data import CLASS_ORDERS, Source, channel_note, class_list_problem, few_pair, open_source, read_class_list
 from robench.distributed import Dist, resolve_device
 from robench.engine import Participant
 from robench.errors import FieldError, RobenchError
@@ -113,17 +113,18 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
         torch.set_num_threads(run.threads)
     device = dist.device if dist.is_distributed else resolve_device(run.device)
     classes, classes_from = run_classes(run, parse_specs(specs))
+    notes: list[str] = []  # said once everything has opened: a run that fails to open says only why
     source = open_source(run.data, "test", run.limit, run.seed, run.workers, run.skip_bad_images,
-                         class_order=run.class_order, classes=classes, classes_from=classes_from,
-                         warn=warn if dist.is_main else None)
+                         class_order=run.class_order, classes=classes, classes_from=classes_from, warn=notes.append)
     run.suite.check_classes(source.num_classes, source.name)
     models = load_models(specs, source, run.pretrained, device, run.preprocess)
     for m in models:
-        for note in [*m.notes, *channel_notes(m, source)]:
-            if warn is not None:
-                warn(note)
-        if m.weights == "random" and warn is not None:
-            warn(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
+        notes += [*m.notes, *filter(None, [channel_note(m.spec.label, m.input.channels, source)])]
+        if m.weights == "random":
+            notes.append(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
+    if warn is not None and dist.is_main:
+        for note in notes:
+            warn(note)
     return Opened(source, models, device)
 
 
@@ -170,23 +171,12 @@ def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device
               for p in parse_specs(specs)]
     for m in models:
         if m.num_classes != source.num_classes:
-            raise RobenchError(
-                f"model '{m.spec.label}' has {m.num_classes} classes but {source.name} has {source.num_classes}; "
-                f"give a checkpoint trained on this dataset (NAME@CHECKPOINT)"
-            )
+            fix = ("let the factory take num_classes=, or give it weights trained on this dataset "
+                   "(FACTORY@CHECKPOINT)") if m.spec.is_factory else \
+                "give a checkpoint trained on this dataset (NAME@CHECKPOINT)"
+            raise RobenchError(f"model '{m.spec.label}' has {m.num_classes} classes but {source.name} has "
+                               f"{source.num_classes}; {fix}")
     return models
-
-
-def channel_notes(model: LoadedModel, source: Source) -> list[str]:
-    """What feeding ``source`` to ``model`` changes about its colours, said once (nothing for gray to RGB).
-
-    Gray images go to a 3-channel model replicated; RGB images to a 1-channel model as luminance.
-    """
-    native = source.native
-    if model.input.channels == 1 and native is not None and native[0] == 3:
-        return [f"model '{model.spec.label}' takes 1 channel: the RGB images of {source.name} are converted to "
-                f"luminance (L = 0.299 R + 0.587 G + 0.114 B)"]
-    return []
 
 
 def probe_models(opened: Opened, run: RunSpec, dist: Dist) -> list[health.Flag]:

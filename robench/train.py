@@ -50,7 +50,7 @@ from robench.attacks import REGISTRY
 from robench.attacks.base import Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
 from robench.checkpoint import input_metadata, save_checkpoint
-from robench.data import InputConfig, Source, open_source, read_class_list
+from robench.data import InputConfig, Source, channel_note, open_source, read_class_list
 from robench.distributed import (
     LOCAL,
     Dist,
@@ -296,7 +296,8 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
 
     An interrupted run therefore leaves the last finished epoch on disk. Under torchrun pass
     ``robench.distributed.setup()``'s Dist: every rank calls this, rank 0 writes and reports.
-    ``warn`` hears when an image folder's class folders sort differently in timm's and torchvision's order.
+    ``warn`` hears when an image folder's class folders sort differently in timm's and torchvision's order,
+    and when RGB images train a 1-channel model as their luminance.
     """
     cfg.validate()
     if dist.is_main:
@@ -307,6 +308,9 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     source = open_train_source(cfg, warn)
     check_split(len(source.ids), cfg.batch_size, dist)
     model, input_cfg = _build(cfg, source)
+    note = channel_note(cfg.arch, input_cfg.channels, source)
+    if note and warn is not None and dist.is_main:
+        warn(note)
     net = data_parallel(model.to(dist.device), dist)
     _seed_rank(cfg.seed, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -392,6 +392,12 @@ def test_a_folder_the_list_does_not_name_is_an_error(class_folder) -> None:
         open_source(str(class_folder("1", "2", "10")), classes=["1", "2"], classes_from="the model's list")
 
 
+def test_class_list_files_from_windows_editors(tmp_path: Path) -> None:
+    """A UTF-8 byte-order mark and CRLF line ends are not part of the names."""
+    (tmp_path / "c.txt").write_bytes("\ufeff10\r\n2\r\n1\r\n".encode())
+    assert read_class_list(tmp_path / "c.txt") == ["10", "2", "1"]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("a\nb\na\n", r"'a' is named twice \(entries 1 and 3\)"), ("a\n\nb\n", "entry 2 is empty"), ("\n\n", "no class"),
 ])

@@ -286,6 +286,7 @@ def test_factory_without_num_classes_and_a_plain_state_dict(nets: Path, tmp_path
 
 @pytest.mark.parametrize(("spec", "needles"), [
     ("{d}/nets.py:Nte", ("has no 'Nte'", "did you mean Net?")),
+    ("{d}/nets.py:zzz", ("has no 'zzz'; its callables: Net, Pair, Named, Output, Attr, Text, Keys, Configured, ...",)),
     ("{d}/missing.py:Net", ("file", "missing.py not found")),
     ("no_such_package.models:Net", ("cannot import module no_such_package.models", "ModuleNotFoundError")),
     ("{d}/nets.py:raises", ("raises() raised ValueError: no weights for you",)),
@@ -298,6 +299,9 @@ def test_factory_without_num_classes_and_a_plain_state_dict(nets: Path, tmp_path
     ("{d}/nets.py:flat?input-size=1,4,4", ("fails on a batch of shape [2, 1, 4, 4]", "RuntimeError")),
     ("{d}/nets.py:Net?colour=1", ("unknown setting 'colour'",)),
     ("{d}/nets.py:Net?std=0", ("std must be > 0",)),
+    ("{d}/nets.py:Net?std=0.5&std=0.4", ("'std' is set twice",)),
+    ("{d}/nets.py:", ("a factory is FILE.py:CALLABLE",)),
+    (":Net", ("a factory is FILE.py:CALLABLE",)),
     ("{d}/nets.py:Net@{d}/none.safetensors", ("checkpoint not found",)),
     ("{d}/nets.py:Net@{d}/nets.py", ("cannot load checkpoint",)),
 ])
@@ -348,3 +352,68 @@ def test_every_command_takes_factories(nets: Path, tmp_path: Path) -> None:
     (tmp_path / "gates.yaml").write_text("rules:\n  - {name: clean, model: Net, attack: clean, min: 0.99}\n")
     result = invoke("gate", tmp_path / "e.json", "--rules", tmp_path / "gates.yaml", "-q")
     assert result.exit_code == 1 and "Net" in result.stdout + result.stderr  # about 80% clean: the gate fails
+
+
+GREY = '''
+import torch
+from torch import nn
+
+GREYS = {"1": 40, "2": 120, "10": 200}
+
+
+class Lookup(nn.Module):
+    """Names an image's class by its grey level, numbered as torchvision numbers the folders (1, 10, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("greys", torch.tensor([GREYS[n] / 255 for n in sorted(GREYS)]))
+
+    def forward(self, x):
+        return -1000.0 * (x.mean((1, 2, 3))[:, None] - self.greys[None]) ** 2
+
+
+def ten(num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))
+'''
+
+
+@pytest.fixture
+def grey(tmp_path: Path, class_folder) -> tuple[Path, Path]:
+    (tmp_path / "grey.py").write_text(GREY)
+    return tmp_path / "grey.py", class_folder("1", "2", "10")
+
+
+def test_the_issues_class_order_case_end_to_end(grey: tuple[Path, Path], tmp_path: Path) -> None:
+    """A model numbering classes as torchvision does: 1 in 3 right in natural order (warned), all in lexical."""
+    factory, folder = grey
+    shares = {}
+    for order in ("natural", "lexical"):
+        result = invoke("eval", "-m", f"{factory}:Lookup", "--data", folder, "--class-order", order, "--attack",
+                        "fgsm", "--eps", "2", "-q", "--no-health", "-o", tmp_path / f"{order}.json")
+        assert result.exit_code == 0, result.stderr
+        doc = json.loads((tmp_path / f"{order}.json").read_text())
+        shares[order] = next(r["top1"] for r in doc["rows"] if r["attack"] == "clean")
+        assert ("sort differently" in result.stderr) == (order == "natural")
+        assert doc["dataset"]["classes"] == (["1", "2", "10"] if order == "natural" else ["1", "10", "2"])
+    assert shares == {"natural": pytest.approx(1 / 3), "lexical": 1.0}
+
+
+def test_a_run_that_fails_to_open_says_only_why(grey: tuple[Path, Path], tmp_path: Path) -> None:
+    """The class-order warning waits until everything has opened: exit 2 is one line, with the factory's fix."""
+    factory, folder = grey
+    result = invoke("eval", "-m", f"{factory}:ten", "--data", folder, "-o", tmp_path / "r.json")
+    one_error_line(result, 2, "model 'ten' has 10 classes but", "let the factory take num_classes=")
+
+
+def test_train_says_rgb_trains_a_one_channel_model_as_luminance(nets: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for c in range(10):
+        (tmp_path / "rgb" / str(c)).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (25 * c, 10 * i, 200)).save(tmp_path / "rgb" / str(c) / f"{i}.png")
+    result = invoke("train", "--arch", f"{nets / 'nets.py'}:Net", "--data", tmp_path / "rgb", "--attack", "none",
+                    "--epochs", "1", "--batch-size", "4", "--input-size", "8", "-q",
+                    "--out", tmp_path / "m.safetensors")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("converted to luminance") == 1
