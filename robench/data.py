@@ -1,7 +1,7 @@
 """Datasets -> batches of ([0, 1] float images, labels, row positions), with stable sample ids.
 
 Built-in: ``digits`` (scikit-learn's bundled 8x8 digits, the default) and
-``fashion-mnist[:DIR]`` (IDX files); anything else is an ImageFolder directory
+``fashion-mnist[:DIR]`` and ``mnist:DIR`` (IDX files); anything else is an ImageFolder directory
 or a timm dataset string (``torch/...``, ``hfds/...``).
 
 Every source names its classes in index order (``classes``). Image folders number their
@@ -193,7 +193,7 @@ def load_digits_source(split: str = "test", limit: int | None = None, seed: int 
     )
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, name: str) -> np.ndarray:
     """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -205,16 +205,32 @@ def _read_idx(path: Path) -> np.ndarray:
         shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
         return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
     except (OSError, ValueError, struct.error, EOFError) as e:
-        raise RobenchError(f"cannot read IDX file {path}: {e}; is it an uncorrupted Fashion-MNIST file?") from None
+        raise RobenchError(f"cannot read IDX file {path}: {e}; is it an uncorrupted {name} file?") from None
 
 
-def _find_idx(root: Path, stem: str) -> Path:
+def _find_idx(root: Path, stem: str, name: str) -> Path:
     for candidate in (root / stem, root / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    raise RobenchError(
-        f"Fashion-MNIST file {stem}[.gz] not found in {root}; install the Debian package "
-        f"dataset-fashion-mnist or give the folder as fashion-mnist:DIR"
+    hint = "install the Debian package dataset-fashion-mnist or give the folder as fashion-mnist:DIR" \
+        if name == "Fashion-MNIST" else "give the folder holding the IDX files as mnist:DIR"
+    raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; {hint}")
+
+
+def load_idx_source(root: Path, name: str, classes: Sequence[str], split: str = "test", limit: int | None = None,
+                    seed: int = 0) -> TensorSource:
+    """MNIST-format IDX files (t10k-* for test, train-* for train), as the source ``name`` (ids ``name:split:i``)."""
+    title = "Fashion-MNIST" if name == "fashion-mnist" else "MNIST"
+    prefix = "t10k" if split == "test" else "train"
+    images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte", title), title)
+    labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte", title), title)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise RobenchError(f"{title} files in {root} do not match: {images.shape} images, {labels.shape} labels")
+    index = select(len(labels), limit, seed, f"{name} ({split} split)")
+    return TensorSource(
+        name=name, images=torch.from_numpy(images[index].copy())[:, None],
+        labels=torch.from_numpy(labels[index].astype(np.int64)),
+        ids=[f"{name}:{split}:{i}" for i in index], num_classes=len(classes), classes=list(classes),
     )
 
 
@@ -222,17 +238,7 @@ def load_fashion_mnist_source(
     root: Path = FASHION_MNIST_DIR, split: str = "test", limit: int | None = None, seed: int = 0
 ) -> TensorSource:
     """Fashion-MNIST from IDX files (t10k-* for test, train-* for train)."""
-    prefix = "t10k" if split == "test" else "train"
-    images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
-    labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise RobenchError(f"Fashion-MNIST files in {root} do not match: {images.shape} images, {labels.shape} labels")
-    index = select(len(labels), limit, seed, f"fashion-mnist ({split} split)")
-    return TensorSource(
-        name="fashion-mnist", images=torch.from_numpy(images[index].copy())[:, None],
-        labels=torch.from_numpy(labels[index].astype(np.int64)),
-        ids=[f"fashion-mnist:{split}:{i}" for i in index], num_classes=10, classes=list(FASHION_MNIST_CLASSES),
-    )
+    return load_idx_source(root, "fashion-mnist", FASHION_MNIST_CLASSES, split, limit, seed)
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -439,7 +445,7 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     from PIL import Image
 
     if not root.is_dir():
-        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR] or an image folder")
+        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR], mnist:DIR or an image folder")
     reader = _folder_reader(root)
     class_map = folder_class_map(root, list(reader.class_to_idx), class_order, classes, classes_from)
     note = order_warning(root, list(reader.class_to_idx)) if classes is None and class_order == "natural" else None
@@ -505,7 +511,7 @@ def open_source(
     *, class_order: str = "natural", classes: Sequence[str] | None = None, classes_from: str = "the class list",
     warn: Callable[[str], None] | None = None,
 ) -> Source:
-    """``digits`` | ``fashion-mnist[:DIR]`` | ``torch/...`` / ``hfds/...`` | an image folder.
+    """``digits`` | ``fashion-mnist[:DIR]`` | ``mnist:DIR`` | ``torch/...`` / ``hfds/...`` | an image folder.
 
     An image folder with ``train/`` and ``val/`` subfolders gives its splits; else it is one split.
     ``classes`` (named by ``classes_from`` in messages) numbers a folder's classes; other sources
@@ -518,6 +524,11 @@ def open_source(
     elif spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
         root = Path(spec.partition(":")[2]) if ":" in spec else FASHION_MNIST_DIR
         source = load_fashion_mnist_source(root, split, limit, seed)
+    elif spec == "mnist" or spec.startswith("mnist:"):
+        if not spec.partition(":")[2]:
+            raise FieldError("data", "{name} mnist needs the folder of its IDX files: mnist:DIR")
+        source = load_idx_source(Path(spec.partition(":")[2]), "mnist", [str(d) for d in range(10)], split, limit,
+                                 seed)
     elif spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
         source = load_timm_source(spec, split, limit, seed, workers, skip_bad)
     else:

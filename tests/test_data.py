@@ -423,3 +423,24 @@ def test_built_in_sources_name_their_classes(tmp_path: Path) -> None:
 def test_unknown_class_order() -> None:
     with pytest.raises(RobenchError, match="class_order must be one of natural, lexical"):
         open_source("digits", class_order="alphabetical")
+
+
+MNIST_1K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test-1k"
+
+
+def test_mnist_idx_folder() -> None:
+    """Real MNIST (the first 1,000 test images, beside the checkout) through the IDX reader Fashion-MNIST uses."""
+    if not MNIST_1K.is_dir():
+        pytest.skip(f"{MNIST_1K} not present")
+    source = open_source(f"mnist:{MNIST_1K}")
+    assert (len(source.ids), source.native, source.classes) == (1000, (1, 28, 28), [str(d) for d in range(10)])
+    assert source.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # as in the full set (its README)
+    assert np.bincount(source.labels.numpy()).tolist() == [85, 126, 116, 107, 110, 87, 87, 99, 89, 94]
+    assert source.ids[:2] == ["mnist:test:0", "mnist:test:1"]
+
+
+def test_mnist_needs_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(RobenchError, match="mnist needs the folder of its IDX files: mnist:DIR"):
+        open_source("mnist")
+    with pytest.raises(RobenchError, match=r"MNIST file t10k-images-idx3-ubyte\[.gz\] not found in .*; give the"):
+        open_source(f"mnist:{tmp_path}")

@@ -527,3 +527,21 @@ def test_fashion_mnist_to_a_one_channel_model(gray_resnet: Path) -> None:
     x = source.images[:50].float() / 255
     with torch.no_grad():
         assert loaded.module(batch.images).argmax(1).tolist() == _predict(loaded.module.model, x)
+
+
+def test_mnist_to_a_one_channel_model(gray_resnet: Path) -> None:
+    """Real MNIST digits (28 px, resized to 32) on the 1-channel model: robench's batches = a hand loop."""
+    import torch.nn.functional as F
+
+    from robench.data import open_source
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test-1k"
+    if not root.is_dir():
+        pytest.skip(f"{root} not present")
+    loaded = _gray_model(gray_resnet)
+    source = open_source(f"mnist:{root}", limit=100)
+    batch = next(source.batches(loaded.input, 100))
+    raw = source.images.float() / 255
+    x = F.interpolate(raw, size=(32, 32), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    with torch.no_grad():
+        assert loaded.module(batch.images).argmax(1).tolist() == _predict(loaded.module.model, x)
