@@ -445,7 +445,8 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     from PIL import Image
 
     if not root.is_dir():
-        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR], mnist:DIR or an image folder")
+        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR], mnist:DIR or an "
+                           f"image folder")
     reader = _folder_reader(root)
     class_map = folder_class_map(root, list(reader.class_to_idx), class_order, classes, classes_from)
     note = order_warning(root, list(reader.class_to_idx)) if classes is None and class_order == "natural" else None
