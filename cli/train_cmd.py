@@ -31,6 +31,9 @@ from .render import console, epoch_bar, warn
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="An image folder without a val/ split: the seeded share held out to measure test accuracy "
+                   "(0: measure on the training images, said in the output and the checkpoint).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_command(out: Path, quiet: bool, device: str, threads: int | None, **options: object) -> None:
     """Train a timm model, or a factory's (FILE.py:CALLABLE), with the paper's adversarial-training recipe.

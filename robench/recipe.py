@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     class_order: str = "natural"  # image folders: natural (timm's 1, 2, 10) or lexical (torchvision's 1, 10, 2)
     classes: str | None = None  # a file of class names in index order (over class_order)
+    val_fraction: float = 0.1  # a folder without a val/ split: the share held out to measure test accuracy
 
     def validate(self) -> TrainConfig:
         """Raise a FieldError naming the field (the CLI names its option) for any value outside its range."""
@@ -53,6 +54,7 @@ class TrainConfig:
             (self.input_size >= 8, "input_size", "must be >= 8"),
             (self.limit is None or self.limit >= 1, "limit", "must be a positive number"),
             (0 <= self.seed <= 2**63 - 1, "seed", "must be a whole number in [0, 2**63 - 1]"),
+            (0 <= self.val_fraction < 1, "val_fraction", "must lie in [0, 1)"),
         ]
         for ok, field_name, rule in checks:
             if not ok:

@@ -213,6 +213,51 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
     assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
 
 
+def test_a_final_minibatch_of_one_is_left_out_and_said(tmp_path: Path) -> None:
+    """--limit 65 --batch-size 64 trained the epoch, then exited 3 on BatchNorm's "more than 1 value per channel"."""
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--arch", "test_resnet", "--epochs", "2", "--limit", "65",
+                                       "--batch-size", "64", "--input-size", "16", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("end each epoch with 1, fewer than 2 per process") == 1
+    assert read_metadata(out)["epochs_done"] == 2
+
+
+def _folder(root: Path, n: int = 20) -> Path:
+    from PIL import Image
+
+    for c in range(2):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(n // 2):
+            Image.new("L", (8, 8), 40 + 150 * c + i).save(root / str(c) / f"{i}.png")
+    return root
+
+
+def test_a_folder_without_val_split_holds_out_a_seeded_share(tmp_path: Path) -> None:
+    """The 'test accuracy' of a folder without val/ was measured on its training images, without a word."""
+    from robench.train import split_sources
+
+    folder = _folder(tmp_path / "f")
+    cfg = TrainConfig(data=str(folder), val_fraction=0.25, seed=3)
+    kept, val, record = split_sources(cfg)
+    assert (len(kept.ids), len(val.ids)) == (15, 5) and not set(kept.ids) & set(val.ids)
+    assert record == {"validation": {"split": "held_out", "fraction": 0.25, "n": 5, "seed": 3}}
+    again, other = split_sources(cfg)[1], split_sources(TrainConfig(data=str(folder), val_fraction=0.25, seed=4))[1]
+    assert again.ids == val.ids and other.ids != val.ids  # seeded: the same seed holds out the same images
+    notes: list[str] = []
+    kept, val, record = split_sources(TrainConfig(data=str(folder), val_fraction=0), notes.append)
+    assert kept.ids == val.ids and record == {"validation": {"split": "train", "n": 20}}
+    assert notes == [f"{folder} has no val/ split and --val-fraction is 0: the test accuracy is measured on the "
+                     f"training images"]
+    assert split_sources(TrainConfig())[2] == {}  # digits has its own test split
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4",
+                                       "--input-size", "8", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert read_metadata(out)["validation"] == {"split": "held_out", "fraction": 0.1, "n": 2, "seed": 0}
+    assert "val_fraction" not in read_metadata(out)["recipe"]  # at its default: zoo recipes keep their bytes
+
+
 def test_interrupt_keeps_last_finished_epoch(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
 
