@@ -25,6 +25,9 @@ from .render import console, epoch_bar, warn
 @click.option("--lam", type=float, default=0.3, show_default=True, help="Weight of the adversarial loss.")
 @click.option("--eps-max", type=float, default=16.0, show_default=True, help="Largest eps (1/255 units).")
 @click.option("--eps-sigma", type=float, default=8.0, show_default=True, help="Sigma of the folded normal (1/255).")
+@click.option("--eps-dist", type=click.Choice(["folded_normal", "fixed"]), default="folded_normal", show_default=True,
+              help="Each adversarial example's eps: the paper's folded normal, or --eps-max for every example "
+                   "(the fixed-eps FGSM training of the catastrophic-overfitting literature).")
 @click.option("--steps", type=int, default=5, show_default=True, help="bim/pgd steps per example.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)

@@ -138,7 +138,8 @@ def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Gene
     keeps its own rows: generators stay in step and an example's draws do not depend on the
     number of processes (the cost: each rank draws k images of noise for pgd).
     """
-    eps = sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
+    eps = torch.full((k,), float(cfg.eps_max)) if cfg.eps_dist == "fixed" else \
+        sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
     return Draws(eps, start_noise((k, *image_shape), gen) if crafting(cfg.attack).random_start else None)
 
 
@@ -253,7 +254,8 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
     The numbering itself is recorded anyway, as the checkpoint's ``classes``.
     """
     recipe = dataclasses.asdict(cfg)
-    for name, default in (("class_order", "natural"), ("classes", None), ("val_fraction", 0.1)):
+    for name, default in (("class_order", "natural"), ("classes", None), ("val_fraction", 0.1),
+                          ("eps_dist", "folded_normal")):
         if recipe[name] == default:
             del recipe[name]
     return recipe

@@ -75,6 +75,16 @@ def test_eps_sampler_range_and_shape() -> None:
     assert torch.equal(sample_eps(5, 0.0, 8.0, torch.Generator()), torch.zeros(5))
 
 
+def test_fixed_eps_draws_eps_max_for_every_example() -> None:
+    from robench.train import draw
+
+    gen = torch.Generator().manual_seed(0)
+    draws = draw(5, (1, 8, 8), TrainConfig(attack="fgsm", eps_dist="fixed", eps_max=16), gen)
+    assert draws.eps.tolist() == [16.0] * 5
+    with pytest.raises(FieldError, match="eps_dist 'uniform' must be one of folded_normal, fixed"):
+        TrainConfig(eps_dist="uniform").validate()
+
+
 def test_crafting_is_what_the_registry_says() -> None:
     assert [(a, *dataclasses.astuple(crafting(a))) for a in TRAIN_ATTACKS[1:]] == [
         ("step_ll", True, False, False), ("fgsm", False, False, False), ("bim", False, True, False),
