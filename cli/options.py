@@ -94,6 +94,13 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def eps_value(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """An option's eps text in 1/255 units, read as --eps is (8, 8/255, 0.03px; 0.3 is the unit trap)."""
+    from robench.suite import parse_eps
+
+    return None if value is None else parse_eps(value, param.opts[0])
+
+
 eps_unit_option = click.option(
     "--eps-unit", type=click.Choice(["1/255", "pixel"]), default="1/255", show_default=True,
     help="What a plain --eps number means: 1/255 units (8 is 8/255) or a fraction of the pixel range (0.03).")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import shared_options
+from .options import eps_value, shared_options
 from .render import console, epoch_bar, warn
 
 
@@ -23,8 +23,10 @@ from .render import console, epoch_bar, warn
               help="fgsm/bim/pgd: craft with true or predicted labels (true labels leak).")
 @click.option("--adv-fraction", type=float, default=0.5, show_default=True, help="Share of each minibatch replaced.")
 @click.option("--lam", type=float, default=0.3, show_default=True, help="Weight of the adversarial loss.")
-@click.option("--eps-max", type=float, default=16.0, show_default=True, help="Largest eps (1/255 units).")
-@click.option("--eps-sigma", type=float, default=8.0, show_default=True, help="Sigma of the folded normal (1/255).")
+@click.option("--eps-max", default="16", show_default=True, callback=eps_value,
+              help="Largest eps in 1/255 units (16, 16/255 or 0.063px; a plain number below 1 is refused).")
+@click.option("--eps-sigma", default="8", show_default=True, callback=eps_value,
+              help="Sigma of the folded normal, in 1/255 units like --eps-max.")
 @click.option("--eps-dist", type=click.Choice(["folded_normal", "fixed"]), default="folded_normal", show_default=True,
               help="Each adversarial example's eps: the paper's folded normal, or --eps-max for every example "
                    "(the fixed-eps FGSM training of the catastrophic-overfitting literature).")

@@ -245,8 +245,7 @@ def transfer_figure(rows: pd.DataFrame) -> Any:
     bar = fig.colorbar(image, ax=axes, shrink=0.8)
     bar.set_label("transfer rate %", fontsize=7)
     bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "25", "50", "75", "100"], fontsize=6)
-    fig.suptitle("transfer rate % (rows: source, columns: target; n: source-fooled samples; diagonal: white-box)",
-                 fontsize=8)
+    fig.suptitle("transfer rate %\nrows: source, columns: target; n: source-fooled samples", fontsize=8)
     return fig
 
 

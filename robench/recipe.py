@@ -48,6 +48,8 @@ class TrainConfig:
             (0 <= self.adv_fraction <= 1, "adv_fraction", "must lie in [0, 1]"),
             (self.lam >= 0, "lam", "must be >= 0"),
             (0 <= self.eps_max <= 255, "eps_max", "must lie in [0, 255] (1/255 units)"),
+            (not 0 < self.eps_max < 1, "eps_max", f"is in 1/255 units, i.e. {self.eps_max / 255:.2g} in pixels; for "
+                                                  f"{self.eps_max:g} in pixels write {self.eps_max * 255:g}"),
             (self.eps_sigma > 0, "eps_sigma", "must be > 0"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.batch_size >= 2, "batch_size", "must be >= 2"),

@@ -145,9 +145,9 @@ def _number(text: str) -> Fraction:
     return Fraction(text)
 
 
-def parse_eps(value: Any, where: str = "eps", unit: str = "1/255") -> float:
+def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: str | None = None) -> float:
     """One eps in 1/255 units from a number (1/255 units, or pixels with ``unit`` "pixel"), "8/255", "0.3*255"
-    or "0.03px" (a pixel fraction).
+    or "0.03px" (a pixel fraction). ``unit_option`` names the option that makes plain numbers pixels, for hints.
 
     A plain number between 0 and 1 in 1/255 units is refused: it is the MNIST/CIFAR habit of
     writing eps in pixels (0.3, 0.031), and read as 1/255 units it would attack 255 times too weakly.
@@ -172,10 +172,13 @@ def parse_eps(value: Any, where: str = "eps", unit: str = "1/255") -> float:
         pixels = float(number) / 255
         raise RobenchError(
             f"{where}: eps {text} is in 1/255 units, i.e. {pixels:.2g} in pixels. Did you mean {text} in pixels? "
-            f"Write {float(number * 255):g} or {text}*255 or {float(number * 255):g}/255 (or --eps-unit pixel, "
-            f"or {text}px)"
+            f"Write {float(number * 255):g} or {text}*255 or {float(number * 255):g}/255 (or {text}px"
+            f"{f', or {unit_option} pixel' if unit_option else ''})"
         )
     eps = float(number * 255) if pixel or "/" in text else float(number)
+    if pixel and "/" not in text and not 0 <= number <= 1:
+        raise RobenchError(f"{where}: eps {text} in pixels is {float(number * 255):g}/255; an eps in pixels must lie "
+                           f"in [0, 1]")
     if not 0 <= eps <= MAX_EPS:
         raise RobenchError(f"{where}: eps {value!r} is out of range; it must lie in [0, 255] (1/255 units)")
     return eps
@@ -186,7 +189,7 @@ def parse_eps_list(text: str, where: str = "--eps", unit: str = "1/255") -> tupl
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
-    return tuple(parse_eps(p, where, unit) for p in parts)
+    return tuple(parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts)
 
 
 def _type_ok(hint: Any, value: Any) -> bool:

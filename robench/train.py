@@ -61,7 +61,7 @@ from robench.distributed import (
     syncs_batchnorm,
     unwrap,
 )
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 from robench.metrics import correct
 from robench.models import Normalized, check_name, training_model
 from robench.recipe import TrainConfig
@@ -319,9 +319,9 @@ def split_sources(cfg: TrainConfig, warn: Callable[[str], None] | None = None) -
                  f"training images")
         return source, source, {"validation": {"split": "train", "n": n}}
     held = max(1, round(cfg.val_fraction * n))
-    if held >= n:
-        raise RobenchError(f"{cfg.data}: holding out {held} of {n} images leaves none to train on; "
-                           f"lower --val-fraction or add images")
+    if n - held < 2:
+        raise FieldError("val_fraction", f"{{name}} {cfg.val_fraction:g} holds out {held} of the {n} images of "
+                                         f"{cfg.data}, leaving {n - held} to train on; lower {{name}} or add images")
     rows = np.random.default_rng(cfg.seed).permutation(n)
     val, kept = np.sort(rows[:held]), np.sort(rows[held:])
     return subset(source, kept), subset(source, val), {

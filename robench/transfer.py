@@ -238,17 +238,18 @@ def summarize(out: engine.Matrix, sources: list[str], targets: list[str]) -> pd.
             "n_fooled_source_both_clean": None}
     rows = []
     for t in targets:
-        top1 = float(correct(clean[t].pred[0], y).mean())
-        rows.append({"source": t, "target": t, "attack": CLEAN, "eps": 0.0, "target_top1": top1,
-                     "target_top5": float(clean[t].top5[0].mean()), "target_error": 1 - top1, **none, "n": len(y)})
+        right = correct(clean[t].pred[0], y)
+        rows.append({"source": t, "target": t, "attack": CLEAN, "eps": 0.0, "target_top1": float(right.mean()),
+                     "target_top5": float(clean[t].top5[0].mean()), "target_error": float((~right).mean()), **none,
+                     "n": len(y)})
     for s in sources:
         white = out.pairs[(s, s)]
         for t in targets:
             o = out.pairs[(s, t)]
             for k, (attack, eps) in enumerate(o.settings[1:], start=1):
-                top1 = float(correct(o.pred[k], y).mean())
-                rows.append({"source": s, "target": t, "attack": attack, "eps": eps, "target_top1": top1,
-                             "target_top5": float(o.top5[k].mean()), "target_error": 1 - top1,
+                right = correct(o.pred[k], y)
+                rows.append({"source": s, "target": t, "attack": attack, "eps": eps, "target_top1": float(right.mean()),
+                             "target_top5": float(o.top5[k].mean()), "target_error": float((~right).mean()),
                              **metrics.transfer_rates(white.pred[0], o.pred[0], white.pred[k], o.pred[k], y),
                              "n": len(y)})
     frame = pd.DataFrame(rows, columns=metrics.TRANSFER_COLUMNS)

@@ -183,6 +183,17 @@ def test_health_check_shows_no_row() -> None:
     assert gate_report.display(report)["row"].tolist() == [""]  # not "nan": a health rule covers no single row
 
 
+def test_transfer_rate_rules_skip_the_white_box_diagonal() -> None:
+    """The diagonal's transfer rate is 1.0 by definition: a ceiling on transfer rates judges the other cells only."""
+    row = {"attack": "fgsm", "eps": 8.0, "target_top1": 0.5, "n": 200}
+    doc = {**make_doc(GRID, with_samples=False), "command": "transfer-matrix",
+           "rows": [{"source": "a", "target": "a", **row, "transfer_rate": 1.0},
+                    {"source": "a", "target": "b", **row, "transfer_rate": 0.2}]}
+    checks = run(doc, None, "- {max: 0.9, metric: transfer_rate}\n- {max: 0.6, metric: target_top1}")
+    assert checks["row"].tolist() == ["a -> b fgsm eps 8", "a -> a fgsm eps 8", "a -> b fgsm eps 8"]
+    assert checks["status"].tolist() == ["pass", "pass", "pass"]
+
+
 def test_transfer_rows_match_on_source_and_target() -> None:
     row = {"attack": "fgsm", "eps": 8.0, "target_top1": 0.5, "transfer_rate": 0.2, "n": 200}
     doc = {**make_doc(GRID, with_samples=False), "command": "transfer-matrix",

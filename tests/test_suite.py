@@ -58,10 +58,14 @@ def test_parse_eps_in_pixels(value, eps: float) -> None:
 def test_the_unit_trap() -> None:
     """eps 0.3 as MNIST papers write it would attack 255 times too weakly: refused, with both readings."""
     with pytest.raises(RobenchError) as err:
-        parse_eps("0.3", "--eps")
+        parse_eps_list("2,0.3")
     assert str(err.value) == (
         "--eps: eps 0.3 is in 1/255 units, i.e. 0.0012 in pixels. Did you mean 0.3 in pixels? "
-        "Write 76.5 or 0.3*255 or 76.5/255 (or --eps-unit pixel, or 0.3px)")
+        "Write 76.5 or 0.3*255 or 76.5/255 (or 0.3px, or --eps-unit pixel)")
+    with pytest.raises(RobenchError, match=r"76\.5/255 \(or 0\.3px\)$"):  # in YAML no option makes numbers pixels
+        parse_eps(0.3, "s.yaml line 1: 'eps'")
+    with pytest.raises(RobenchError, match=r"eps 2 in pixels is 510/255; an eps in pixels must lie in \[0, 1\]"):
+        parse_eps_list("2", unit="pixel")
     for value in (0.031, "0.5", 0.999):
         with pytest.raises(RobenchError, match="is in 1/255 units"):
             parse_eps(value)
@@ -71,7 +75,7 @@ def test_the_unit_trap() -> None:
     ("value", "why"),
     [("-1", "out of range"), (-0.5, "out of range"), ("256", "out of range"), (255.5, "out of range"),
      ("300/255", "out of range"), ("nan", "not a number"), ("inf", "not a number"), ("abc", "not a number"),
-     ("1e400", "not a number"), ("2px", "out of range"),
+     ("1e400", "not a number"), ("2px", "must lie in \\[0, 1\\]"),
      ("", "not a number"), ("1/0", "not a number"), ("__import__('os')", "not a number"),
      ("2**3", "not a number"), (None, "not a number"), (True, "must be a number"), (False, "must be a number")],
 )

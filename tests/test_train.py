@@ -268,6 +268,30 @@ def test_a_folder_without_val_split_holds_out_a_seeded_share(tmp_path: Path) -> 
     assert "val_fraction" not in read_metadata(out)["recipe"]  # at its default: zoo recipes keep their bytes
 
 
+def test_train_eps_options_read_eps_as_eval_does(tmp_path: Path) -> None:
+    """--eps-max 0.031 (CIFAR's 8/255 written in pixels) trained 255 times too weakly; 8/255 was refused."""
+    from results_docs import one_error_line
+
+    args = ["train", "--attack", "fgsm", "--epochs", "1", "--limit", "64", "--input-size", "16", "-q"]
+    one_error_line(CliRunner().invoke(main, [*args, "--eps-max", "0.031", "--out", str(tmp_path / "a.safetensors")]),
+                   2, "--eps-max: eps 0.031 is in 1/255 units")
+    out = tmp_path / "b.safetensors"
+    result = CliRunner().invoke(main, [*args, "--eps-max", "8/255", "--eps-sigma", "0.016px", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert (read_metadata(out)["recipe"]["eps_max"], read_metadata(out)["recipe"]["eps_sigma"]) == (8.0, 4.08)
+    with pytest.raises(FieldError, match="eps_max 0.031 is in 1/255 units"):
+        TrainConfig(eps_max=0.031).validate()
+
+
+def test_val_fraction_that_leaves_too_little_names_itself(tmp_path: Path) -> None:
+    from results_docs import one_error_line
+
+    folder = _folder(tmp_path / "f")
+    result = CliRunner().invoke(main, ["train", "--data", str(folder), "--val-fraction", "0.95", "--epochs", "1",
+                                       "--input-size", "8", "--out", str(tmp_path / "m.safetensors")])
+    one_error_line(result, 2, "--val-fraction 0.95 holds out 19 of the 20 images", "leaving 1 to train on")
+
+
 def test_interrupt_keeps_last_finished_epoch(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
 
