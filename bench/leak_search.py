@@ -87,6 +87,14 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
+# issue 16: more capacity and fixed-eps FGSM-true training (no random draw, every example adversarial), which
+# the catastrophic-overfitting literature (Wong et al. 2020) reports to give FGSM accuracy above clean
+for _eps in (8, 16, 32):
+    RECIPES[f"dg-resnet34-fgsm-true-a1-fixed{_eps}"] = TrainConfig(
+        arch="resnet34", attack="fgsm", label="true", epochs=20, adv_fraction=1.0, lam=1.0, eps_max=_eps,
+        eps_dist="fixed")
+
+
 def _control(name: str, base: str, **changes: object) -> None:
     RECIPES[name] = dataclasses.replace(RECIPES[base], **changes)
 

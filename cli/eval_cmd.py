@@ -42,7 +42,8 @@ from .render import console, distributed_run, health_warnings, warn
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
-                 attack_names: tuple[str, ...], eps_text: str | None, cascade: bool | None, early_stop: bool | None,
+                 attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,
+                 early_stop: bool | None,
                  resume: Path | None, out: Path | None, plot: Path | None,
                  per_sample: Path | None, gate_rules: Path | None, baseline: Path | None,
                  clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
@@ -71,7 +72,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     check_plot(plot)
     check_output(per_sample, (".csv",), "--per-sample")
     gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
-    suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop)
+    suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop, eps_unit)
     cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):

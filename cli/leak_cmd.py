@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import model_option, resume_option, run_options, run_spec
+from .options import eps_unit_option, model_option, resume_option, run_options, run_spec
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -15,7 +15,8 @@ from .render import console, distributed_run, health_warnings, warn
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @model_option("Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
 @click.option("--eps", "eps_text", default="2,4,8,16", show_default=True, metavar="LIST",
-              help="Comma-separated eps in 1/255 units.")
+              help="Comma-separated eps in 1/255 units, or 8/255, 0.03px (a plain number below 1 is refused).")
+@eps_unit_option
 @run_options
 @resume_option
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
@@ -27,7 +28,8 @@ from .render import console, distributed_run, health_warnings, warn
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Top-1 against eps per model, with its verdict: .png, .svg or .pdf (needs matplotlib).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
-def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, resume: Path | None, alpha: float,
+def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, eps_unit: str, resume: Path | None,
+                 alpha: float,
                  margin: float, fail_on_leak: bool, out: Path | None, plot: Path | None,
                  quiet: bool, **run: Any) -> None:
     """Measure label leaking: does the true label make FGSM weaker?
@@ -59,7 +61,7 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
 
     check_output(out)
     check_plot(plot)
-    suite = leak_suite(parse_eps_list(eps_text))
+    suite = leak_suite(parse_eps_list(eps_text, unit=eps_unit))
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
     with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, progress):

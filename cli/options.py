@@ -94,6 +94,18 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def eps_value(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """An option's eps text in 1/255 units, read as --eps is (8, 8/255, 0.03px; 0.3 is the unit trap)."""
+    from robench.suite import parse_eps
+
+    return None if value is None else parse_eps(value, param.opts[0])
+
+
+eps_unit_option = click.option(
+    "--eps-unit", type=click.Choice(["1/255", "pixel"]), default="1/255", show_default=True,
+    help="What a plain --eps number means: 1/255 units (8 is 8/255) or a fraction of the pixel range (0.03).")
+
+
 def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --attacks NAME|FILE, --attack NAME (repeatable) and --eps LIST."""
     for option in reversed((
@@ -103,20 +115,22 @@ def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--attack", "attack_names", multiple=True, metavar="NAME",
                      help="Run only this attack (repeatable); suite entries keep their options."),
         click.option("--eps", "eps_text", metavar="LIST",
-                     help="Comma-separated eps in 1/255 units, e.g. 2,4,8 or 8/255."),
+                     help="Comma-separated eps in 1/255 units, e.g. 2,4,8, or as fractions of the pixel range: "
+                          "8/255, 0.3*255, 0.03px. A plain number below 1 is refused (0.3 would be 0.3/255)."),
+        eps_unit_option,
     )):
         command = option(command)
     return command
 
 
 def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None,
-                cascade: bool | None = None, early_stop: bool | None = None) -> Any:
+                cascade: bool | None = None, early_stop: bool | None = None, eps_unit: str = "1/255") -> Any:
     """The suite the options describe; None for --cascade/--early-stop keeps the suite's own setting."""
     import dataclasses
 
     from robench.suite import load_suite, override, parse_eps_list
 
-    eps = parse_eps_list(eps_text) if eps_text is not None else None
+    eps = parse_eps_list(eps_text, unit=eps_unit) if eps_text is not None else None
     suite = override(load_suite(suite_name), attack_names, eps)
     flags = {k: v for k, v in (("cascade", cascade), ("early_stop", early_stop)) if v is not None}
     return dataclasses.replace(suite, **flags) if flags else suite

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import shared_options
+from .options import eps_value, shared_options
 from .render import console, epoch_bar, warn
 
 
@@ -23,14 +23,22 @@ from .render import console, epoch_bar, warn
               help="fgsm/bim/pgd: craft with true or predicted labels (true labels leak).")
 @click.option("--adv-fraction", type=float, default=0.5, show_default=True, help="Share of each minibatch replaced.")
 @click.option("--lam", type=float, default=0.3, show_default=True, help="Weight of the adversarial loss.")
-@click.option("--eps-max", type=float, default=16.0, show_default=True, help="Largest eps (1/255 units).")
-@click.option("--eps-sigma", type=float, default=8.0, show_default=True, help="Sigma of the folded normal (1/255).")
+@click.option("--eps-max", default="16", show_default=True, callback=eps_value,
+              help="Largest eps in 1/255 units (16, 16/255 or 0.063px; a plain number below 1 is refused).")
+@click.option("--eps-sigma", default="8", show_default=True, callback=eps_value,
+              help="Sigma of the folded normal, in 1/255 units like --eps-max.")
+@click.option("--eps-dist", type=click.Choice(["folded_normal", "fixed"]), default="folded_normal", show_default=True,
+              help="Each adversarial example's eps: the paper's folded normal, or --eps-max for every example "
+                   "(the fixed-eps FGSM training of the catastrophic-overfitting literature).")
 @click.option("--steps", type=int, default=5, show_default=True, help="bim/pgd steps per example.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="An image folder without a val/ split: the seeded share held out to measure test accuracy "
+                   "(0: measure on the training images, said in the output and the checkpoint).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_command(out: Path, quiet: bool, device: str, threads: int | None, **options: object) -> None:
     """Train a timm model, or a factory's (FILE.py:CALLABLE), with the paper's adversarial-training recipe.

@@ -30,15 +30,16 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
-                     suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None,
+                     suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,
                      cache: Path | None, out: Path | None, plot: Path | None, no_health: bool, quiet: bool,
                      **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
     Examples are crafted once per (source, attack, eps) and scored on all targets;
-    the diagonal is the white-box result. transfer_rate: among samples that both
-    models classify correctly when clean and whose example fools the source, the
-    share that also fools the target. An example reaches a target of another input
+    the diagonal is the white-box result. transfer_rate (the paper's): among samples
+    the source classifies correctly when clean and wrongly on its example, the share
+    the target classifies wrongly; transfer_rate_both_clean also requires the target
+    to be right when clean, and target_error is 1 - target_top1. An example reaches a target of another input
     size as the source's perturbation resized (bilinear) onto the target's own input.
 
     \b
@@ -52,7 +53,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
 
     check_output(out)
     check_plot(plot)
-    suite = build_suite(suite_name, attack_names, eps_text)
+    suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, **run), cache)
     with distributed_run(cfg.run.device, quiet) as (dist, progress):

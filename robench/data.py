@@ -16,6 +16,7 @@ O(batch) whatever the model's resolution.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import struct
@@ -540,6 +541,25 @@ def open_source(
         raise RobenchError(f"data {source.name} has the classes {ours} but {classes_from} names {theirs}; "
                            f"give data of the model's classes, or a model trained on this data")
     return source
+
+
+def has_test_split(spec: str) -> bool:
+    """Does ``spec`` hold test data apart from its training data? Built-ins and timm datasets do; a folder
+    only with ``val/`` (or ``validation/``, ``test/``) beside ``train/``."""
+    if spec in ("digits", "fashion-mnist") or spec.startswith(("fashion-mnist:", "mnist:")):
+        return True
+    if spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
+        return True
+    return _split_folder(Path(spec), "train") != _split_folder(Path(spec), "test")
+
+
+def subset(source: Source, rows: np.ndarray) -> Source:
+    """The samples of ``source`` at ``rows`` (positions in its ids), as a source of their own."""
+    rows = np.asarray(rows, dtype=np.int64)
+    ids = [source.ids[r] for r in rows]
+    if isinstance(source, TensorSource):
+        return dataclasses.replace(source, images=source.images[rows], labels=source.labels[rows], ids=ids)
+    return dataclasses.replace(source, index=source.index[rows], ids=ids, skipped={})
 
 
 def _split_folder(root: Path, split: str) -> Path:

@@ -136,7 +136,7 @@ def _rule_label(index: int, rule: Rule) -> str:
 def _matched(rule: Rule, docs: _Docs) -> list[Any]:
     """What a rule checks: rows (floor), (results row, baseline row) pairs, verdicts or health findings."""
     if isinstance(rule, Floor):
-        found = [r for r in docs.results["rows"] if rule.match.row(r)]
+        found = [r for r in docs.results["rows"] if rule.match.row(r) and not _white_box_rate(rule.metric, r)]
     elif isinstance(rule, Regression):
         found = _pairs(rule, docs)
     elif isinstance(rule, NoLeak):
@@ -147,6 +147,11 @@ def _matched(rule: Rule, docs: _Docs) -> list[Any]:
         raise RobenchError(f"{rule.where}: the rule ({rule.match.describe()}) matches nothing in {docs.names[0]}"
                            f" ({_inventory(docs.results)}); fix its selectors or remove it")
     return found
+
+
+def _white_box_rate(metric: str, row: dict[str, Any]) -> bool:
+    """A transfer rate on the diagonal: a source scoring its own examples, 1.0 by definition, never a transfer."""
+    return metric.startswith("transfer_rate") and "source" in row and row.get("source") == row.get("target")
 
 
 def _inventory(doc: dict[str, Any]) -> str:

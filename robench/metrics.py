@@ -85,21 +85,38 @@ def per_sample(out: Outcomes, model: str) -> pd.DataFrame:
 TRANSFER_DEFINITIONS = {
     "target_top1": "top-1 accuracy of the target on the source's adversarial examples",
     "target_top5": "top-5 accuracy of the target on the source's adversarial examples",
+    "target_error": "1 - target_top1: the target's error on every sample's example, unconditioned",
     "transfer_rate": (
-        "among samples that both source and target classify correctly when clean and whose adversarial "
-        "example fools the source (top-1), the share that also fools the target; empty when there are none"
+        "the paper's transfer rate (Kurakin et al. 2017, sec. 4.2; the 'prefiltered case' of Kurakin et al. 2016): "
+        "among samples the source classifies correctly when clean and wrongly on its adversarial example, the share "
+        "the target classifies wrongly on that example; empty when there are none"
     ),
-    "n_fooled_source": "the number of such samples (the transfer rate's denominator)",
+    "n_fooled_source": "the number of such samples: transfer_rate's denominator",
+    "transfer_rate_both_clean": (
+        "transfer_rate also requiring the target to classify the sample correctly when clean (robench's "
+        "transfer_rate before schema 2): among samples both models classify correctly when clean and whose "
+        "example fools the source, the share that also fools the target; empty when there are none"
+    ),
+    "n_fooled_source_both_clean": "the number of such samples: transfer_rate_both_clean's denominator",
     "n": "number of samples",
 }
-TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "transfer_rate",
-                    "n_fooled_source", "n"]
+TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "target_error",
+                    "transfer_rate", "n_fooled_source", "transfer_rate_both_clean", "n_fooled_source_both_clean",
+                    "n"]
 
 
-def transfer_rate(clean_source: np.ndarray, clean_target: np.ndarray, adv_source: np.ndarray,
-                  adv_target: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-    """The transfer rate (see TRANSFER_DEFINITIONS) and its denominator; NaN when it is 0."""
-    fooled = correct(clean_source, labels) & correct(clean_target, labels) & ~correct(adv_source, labels)
-    if not fooled.any():
-        return float("nan"), 0
-    return float((~correct(adv_target[fooled], labels[fooled])).mean()), int(fooled.sum())
+def transfer_rates(clean_source: np.ndarray, clean_target: np.ndarray, adv_source: np.ndarray,
+                   adv_target: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """The two transfer rates of TRANSFER_DEFINITIONS with their denominators (a rate is NaN when its is 0).
+
+    Inputs are top-1 predictions, each [N]: the source's and the target's on clean inputs and on
+    the source's adversarial examples. The paper's rate conditions on the source only.
+    """
+    prefiltered = correct(clean_source, labels) & ~correct(adv_source, labels)
+    both_clean = prefiltered & correct(clean_target, labels)
+    out: dict[str, float | int] = {}
+    for name, keep in (("transfer_rate", prefiltered), ("transfer_rate_both_clean", both_clean)):
+        n = int(keep.sum())
+        out[name] = float((~correct(adv_target[keep], labels[keep])).mean()) if n else float("nan")
+        out[name.replace("transfer_rate", "n_fooled_source")] = n
+    return out

@@ -222,31 +222,54 @@ def leak_floor(rows: pd.DataFrame) -> float:
 
 
 def transfer_figure(rows: pd.DataFrame) -> Any:
-    """A grid of heatmaps (one per attack x eps) with the transfer rate in each cell."""
+    """A grid of heatmaps (one per attack x eps): the paper's transfer rate and its n in each cell.
+
+    The diagonal (a source scoring its own examples) is white-box, 100% by definition: it is
+    masked, so the colour scale spans the off-diagonal rates. One colorbar serves every panel.
+    """
     plt = pyplot()
     adv = rows[rows["attack"] != "clean"]
     attacks, eps_values = list(dict.fromkeys(adv["attack"])), sorted(adv["eps"].unique())
     sources, targets = list(dict.fromkeys(adv["source"])), list(dict.fromkeys(adv["target"]))
-    size = (2.2 + 1.1 * len(targets) * len(eps_values), 0.6 + 1.0 * len(sources) * len(attacks))
-    fig, axes = plt.subplots(len(attacks), len(eps_values), squeeze=False, figsize=size)
+    size = (2.4 + 0.9 * len(targets) * len(eps_values), 1.2 + 0.9 * len(sources) * len(attacks))
+    fig, axes = plt.subplots(len(attacks), len(eps_values), squeeze=False, figsize=size, layout="constrained")
+    image = None
     for i, attack in enumerate(attacks):
         for j, eps in enumerate(eps_values):
             cell = adv[(adv["attack"] == attack) & (adv["eps"] == eps)]
-            grid = cell.pivot(index="source", columns="target", values="transfer_rate").reindex(sources)[targets]
-            heatmap(axes[i][j], grid.to_numpy(dtype=float), f"{attack} eps {eps_label(eps)}/255", sources, targets,
-                    j == 0)
-    fig.suptitle("transfer rate % (rows: source, columns: target)", fontsize=9)
-    fig.tight_layout()
+            rate = cell.pivot(index="source", columns="target", values="transfer_rate").reindex(sources)[targets]
+            n = cell.pivot(index="source", columns="target", values="n_fooled_source").reindex(sources)[targets] \
+                if "n_fooled_source" in cell else None
+            image = heatmap(axes[i][j], rate.to_numpy(dtype=float), None if n is None else n.to_numpy(dtype=float),
+                            f"{attack} eps {eps_label(eps)}/255", sources, targets, j == 0)
+    bar = fig.colorbar(image, ax=axes, shrink=0.8)
+    bar.set_label("transfer rate %", fontsize=7)
+    bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "25", "50", "75", "100"], fontsize=6)
+    fig.suptitle("transfer rate %\nrows: source, columns: target; n: source-fooled samples", fontsize=8)
     return fig
 
 
-def heatmap(ax: Any, grid: np.ndarray, title: str, sources: list[str], targets: list[str], first: bool) -> None:
-    """One attack x eps: transfer rates in [0, 1] coloured, each cell's percentage written in it."""
-    ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+def heatmap(ax: Any, grid: np.ndarray, n: np.ndarray | None, title: str, sources: list[str], targets: list[str],
+            first: bool) -> Any:
+    """One attack x eps: rates in [0, 1] coloured, each cell's percentage and n written in it; the diagonal masked.
+
+    Returns the image, for the figure's colorbar.
+    """
+    diagonal = np.array([[s == t for t in targets] for s in sources])
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.92")  # masked (diagonal) and empty cells: grey
+    image = ax.imshow(np.ma.masked_array(grid, mask=diagonal), vmin=0, vmax=1, cmap=cmap)
     for (r, c), v in np.ndenumerate(grid):
+        if diagonal[r, c]:
+            ax.text(c, r, "white-\nbox", ha="center", va="center", color="0.35", fontsize=5)
+            continue
         # dark text on viridis' bright end and on the blank (no sample to judge) cells, white elsewhere
         color = "0.35" if np.isnan(v) else ("k" if v > 0.6 else "w")
-        ax.text(c, r, "-" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center", color=color, fontsize=7)
+        count = "" if n is None or np.isnan(n[r, c]) else f"\nn={n[r, c]:.0f}"
+        ax.text(c, r, ("-" if np.isnan(v) else f"{100 * v:.0f}") + count, ha="center", va="center", color=color,
+                fontsize=6)
     ax.set_title(title, fontsize=8)
     ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=6)
     ax.set_yticks(range(len(sources)), sources if first else [""] * len(sources), fontsize=6)
+    return image

@@ -10,7 +10,8 @@ from typing import Any
 from robench import __version__
 from robench.data import Source, ids_sha256
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: transfer_rate is the paper's (source-prefiltered); 1's is transfer_rate_both_clean
+READABLE_VERSIONS = (1, 2)  # eval and leak-check rows are the same in both; schema 1 transfer files are refused
 
 
 def versions() -> dict[str, str]:

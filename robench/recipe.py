@@ -12,6 +12,7 @@ from robench.errors import FieldError
 
 TRAIN_ATTACKS = ("none", "step_ll", "fgsm", "bim", "pgd")  # how each crafts: robench.train.crafting
 LABELS = ("true", "predicted")
+EPS_DISTS = ("folded_normal", "fixed")  # how each adversarial example's eps is drawn
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     class_order: str = "natural"  # image folders: natural (timm's 1, 2, 10) or lexical (torchvision's 1, 10, 2)
     classes: str | None = None  # a file of class names in index order (over class_order)
+    val_fraction: float = 0.1  # a folder without a val/ split: the share held out to measure test accuracy
+    eps_dist: str = "folded_normal"  # the paper's |N(0, eps_sigma)| truncated to eps_max, or "fixed": eps_max always
 
     def validate(self) -> TrainConfig:
         """Raise a FieldError naming the field (the CLI names its option) for any value outside its range."""
@@ -45,6 +48,8 @@ class TrainConfig:
             (0 <= self.adv_fraction <= 1, "adv_fraction", "must lie in [0, 1]"),
             (self.lam >= 0, "lam", "must be >= 0"),
             (0 <= self.eps_max <= 255, "eps_max", "must lie in [0, 255] (1/255 units)"),
+            (not 0 < self.eps_max < 1, "eps_max", f"is in 1/255 units, i.e. {self.eps_max / 255:.2g} in pixels; for "
+                                                  f"{self.eps_max:g} in pixels write {self.eps_max * 255:g}"),
             (self.eps_sigma > 0, "eps_sigma", "must be > 0"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.batch_size >= 2, "batch_size", "must be >= 2"),
@@ -53,6 +58,8 @@ class TrainConfig:
             (self.input_size >= 8, "input_size", "must be >= 8"),
             (self.limit is None or self.limit >= 1, "limit", "must be a positive number"),
             (0 <= self.seed <= 2**63 - 1, "seed", "must be a whole number in [0, 2**63 - 1]"),
+            (0 <= self.val_fraction < 1, "val_fraction", "must lie in [0, 1)"),
+            (self.eps_dist in EPS_DISTS, "eps_dist", f"must be one of {', '.join(EPS_DISTS)}"),
         ]
         for ok, field_name, rule in checks:
             if not ok:

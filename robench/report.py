@@ -179,16 +179,22 @@ def transfer_tables(rows: pd.DataFrame) -> list[Any]:
     targets = list(dict.fromkeys(adv["target"]))
     tables = []
     for (attack, eps), group in adv.groupby(["attack", "eps"], sort=False):
-        title = f"{attack} eps {eps_label(eps)}/255: transfer rate % (target top-1 %)"
+        title = f"{attack} eps {eps_label(eps)}/255: transfer rate % (target top-1 %), n source-fooled"
         table = Table(title=title, title_justify="left")
         table.add_column("source \\ target", style="bold")
         for t in targets:
             table.add_column(str(t), justify="right")
         for source, g in group.groupby("source", sort=False):
-            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)})" for r in g.itertuples()}
+            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)}) n={_count(r)}"
+                     if r.source != r.target else f"white-box ({pct(r.target_top1)})" for r in g.itertuples()}
             table.add_row(str(source), *[cells.get(t, "") for t in targets])
         tables.append(table)
     return tables
+
+
+def _count(row: Any) -> str:
+    n = getattr(row, "n_fooled_source", None)
+    return "-" if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)) else str(int(n))
 
 
 VERDICT_STYLE = {"LEAK": "bold red", "OK": "bold green", "INCONCLUSIVE": "bold yellow"}

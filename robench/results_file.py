@@ -3,7 +3,8 @@
 A results file is ``.json`` as written by ``--out`` (rows, provenance and packed per-sample
 outcomes), or ``.csv`` beside its ``.meta.json`` (rows and provenance only). A file without a
 compatible ``schema_version`` is bad input (RobenchError): numbers of another schema could mean
-something else.
+something else. Schema 1 eval and leak-check files read as schema 2 (their rows did not change);
+schema 1 transfer files are refused, since their ``transfer_rate`` meant another thing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from robench import samples
 from robench.errors import RobenchError
 from robench.files import read_text
-from robench.provenance import SCHEMA_VERSION
+from robench.provenance import READABLE_VERSIONS
 
 KEY_COLUMNS = ("model", "source", "target", "attack", "eps")
 
@@ -82,10 +83,14 @@ def validate(doc: Any, name: str) -> None:
     if version is None:
         raise RobenchError(f"{name}: no 'schema_version'; not a robench results file, or one older than schema "
                            f"versions; re-run the evaluation with --out FILE.json")
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise RobenchError(f"{name}: schema_version {version!r}, but this robench reads schema_version "
-                           f"{SCHEMA_VERSION}; re-run the evaluation with this robench (for a baseline: "
-                           f"robench baseline update NEW.json {name})")
+                           f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run the evaluation with this robench "
+                           f"(for a baseline: robench baseline update NEW.json {name})")
+    if version == 1 and doc.get("command") == "transfer-matrix":
+        raise RobenchError(f"{name}: a schema_version 1 transfer-matrix file, whose transfer_rate required the "
+                           f"target to be right when clean (now transfer_rate_both_clean; schema 2's transfer_rate is "
+                           f"the paper's); re-run transfer-matrix with this robench")
     rows = doc.get("rows")
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise RobenchError(f"{name}: 'rows' must be a non-empty list of result rows")

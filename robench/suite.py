@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -132,28 +133,63 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Any:
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
-def parse_eps(value: Any, where: str = "eps") -> float:
-    """One eps in 1/255 units: a number, or a fraction such as "8/255" (no eval)."""
+EPS_UNITS = ("1/255", "pixel")  # what a plain number means: 8 -> 8/255, or 0.03 -> 0.03 of the pixel range
+
+
+def _number(text: str) -> Fraction:
+    """"0.3", "76.5/255" or "0.3*255" as an exact fraction (no eval: one operator at most)."""
+    for op in ("/", "*"):
+        if op in text:
+            a, b = text.split(op, 1)
+            return Fraction(a.strip()) / Fraction(b.strip()) if op == "/" else Fraction(a.strip()) * Fraction(b.strip())
+    return Fraction(text)
+
+
+def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: str | None = None) -> float:
+    """One eps in 1/255 units from a number (1/255 units, or pixels with ``unit`` "pixel"), "8/255", "0.3*255"
+    or "0.03px" (a pixel fraction). ``unit_option`` names the option that makes plain numbers pixels, for hints.
+
+    A plain number between 0 and 1 in 1/255 units is refused: it is the MNIST/CIFAR habit of
+    writing eps in pixels (0.3, 0.031), and read as 1/255 units it would attack 255 times too weakly.
+    Raises RobenchError naming ``where``.
+    """
     if isinstance(value, bool):
         raise RobenchError(f"{where}: eps must be a number, got {value!r}")
+    text = str(value).strip()
+    pixel = unit == "pixel" or text.lower().endswith("px")
+    text = text[:-2].strip() if text.lower().endswith("px") else text
     try:
-        text = str(value).strip()
-        eps = float(Fraction(text) * 255) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
+        number = _number(text)
+        if not (math.isfinite(float(number))):
+            raise ValueError
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise RobenchError(
-            f"{where}: eps {value!r} is not a number; use 1/255 units like 8 or a fraction like 8/255"
+            f"{where}: eps {value!r} is not a number; use 1/255 units like 8, a fraction like 8/255, "
+            f"or pixels like 0.03px"
         ) from None
+    written = "/" in text or "*" in text
+    if not pixel and not written and 0 < number < 1:
+        pixels = float(number) / 255
+        raise RobenchError(
+            f"{where}: eps {text} is in 1/255 units, i.e. {pixels:.2g} in pixels. Did you mean {text} in pixels? "
+            f"Write {float(number * 255):g} or {text}*255 or {float(number * 255):g}/255 (or {text}px"
+            f"{f', or {unit_option} pixel' if unit_option else ''})"
+        )
+    eps = float(number * 255) if pixel or "/" in text else float(number)
+    if pixel and "/" not in text and not 0 <= number <= 1:
+        raise RobenchError(f"{where}: eps {text} in pixels is {float(number * 255):g}/255; an eps in pixels must lie "
+                           f"in [0, 1]")
     if not 0 <= eps <= MAX_EPS:
         raise RobenchError(f"{where}: eps {value!r} is out of range; it must lie in [0, 255] (1/255 units)")
     return eps
 
 
-def parse_eps_list(text: str, where: str = "--eps") -> tuple[float, ...]:
-    """A comma-separated eps list such as "2,4,8" or "8/255,16/255"."""
+def parse_eps_list(text: str, where: str = "--eps", unit: str = "1/255") -> tuple[float, ...]:
+    """A comma-separated eps list such as "2,4,8", "8/255,16/255" or, with ``unit`` "pixel", "0.01,0.03"."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
-    return tuple(parse_eps(p, where) for p in parts)
+    return tuple(parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts)
 
 
 def _type_ok(hint: Any, value: Any) -> bool:

@@ -50,7 +50,7 @@ from robench.attacks import REGISTRY
 from robench.attacks.base import Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
 from robench.checkpoint import input_metadata, save_checkpoint
-from robench.data import InputConfig, Source, channel_note, open_source, read_class_list
+from robench.data import InputConfig, Source, channel_note, has_test_split, open_source, read_class_list, subset
 from robench.distributed import (
     LOCAL,
     Dist,
@@ -61,7 +61,7 @@ from robench.distributed import (
     syncs_batchnorm,
     unwrap,
 )
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 from robench.metrics import correct
 from robench.models import Normalized, check_name, training_model
 from robench.recipe import TrainConfig
@@ -138,7 +138,8 @@ def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Gene
     keeps its own rows: generators stay in step and an example's draws do not depend on the
     number of processes (the cost: each rank draws k images of noise for pgd).
     """
-    eps = sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
+    eps = torch.full((k,), float(cfg.eps_max)) if cfg.eps_dist == "fixed" else \
+        sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
     return Draws(eps, start_noise((k, *image_shape), gen) if crafting(cfg.attack).random_start else None)
 
 
@@ -248,12 +249,13 @@ def _meta(cfg: TrainConfig, model: Normalized, input_cfg: InputConfig, source: S
 
 
 def _recipe(cfg: TrainConfig) -> dict[str, Any]:
-    """The recipe as recorded; the class numbering is left out at its defaults, so the zoo's recipes keep their bytes.
+    """The recipe as recorded; fields added since the zoo was built are left out at their defaults (its bytes stay).
 
     The numbering itself is recorded anyway, as the checkpoint's ``classes``.
     """
     recipe = dataclasses.asdict(cfg)
-    for name, default in (("class_order", "natural"), ("classes", None)):
+    for name, default in (("class_order", "natural"), ("classes", None), ("val_fraction", 0.1),
+                          ("eps_dist", "folded_normal")):
         if recipe[name] == default:
             del recipe[name]
     return recipe
@@ -266,15 +268,25 @@ def _launch_meta(dist: Dist) -> dict[str, Any]:
     return {"world_size": dist.world_size, "backend": dist.backend, "sync_batchnorm": syncs_batchnorm(dist)}
 
 
+def short_tail(n: int, batch_size: int, dist: Dist = LOCAL) -> int:
+    """How many examples each epoch leaves out: a last minibatch with fewer than 2 per process, else none.
+
+    BatchNorm cannot train on one example ("Expected more than 1 value per channel"), and
+    under DDP every process must take part in every step; the left-out examples are drawn
+    anew each epoch (the order is shuffled), so every one is trained on.
+    """
+    last = n % batch_size
+    return last if 0 < last < 2 * dist.world_size else 0
+
+
 def check_split(n: int, batch_size: int, dist: Dist) -> None:
-    """Every rank needs examples in every global minibatch, or the others would wait for it forever."""
-    last = n % batch_size or batch_size
-    if batch_size < dist.world_size:
-        raise RobenchError(f"--batch-size {batch_size} is smaller than the {dist.world_size} processes; each needs "
-                           f"an example of every minibatch: use --batch-size {dist.world_size} or more")
-    if min(last, n) < dist.world_size:
-        raise RobenchError(f"{n} training samples in minibatches of {batch_size} leave a last one of {min(last, n)}, "
-                           f"fewer than the {dist.world_size} processes; change --limit or --batch-size")
+    """Every process needs at least 2 examples of every minibatch it trains on (BatchNorm, DDP)."""
+    if batch_size < 2 * dist.world_size:
+        raise RobenchError(f"--batch-size {batch_size} gives some of the {dist.world_size} processes fewer than 2 "
+                           f"examples; BatchNorm needs 2: use --batch-size {2 * dist.world_size} or more")
+    if n - short_tail(n, batch_size, dist) == 0:
+        raise RobenchError(f"{n} training samples give some of the {dist.world_size} processes fewer than 2 "
+                           f"examples; use --limit {2 * dist.world_size} or more")
 
 
 def _seed_rank(seed: int, dist: Dist) -> None:
@@ -288,6 +300,32 @@ def open_train_source(cfg: TrainConfig, warn: Callable[[str], None] | None = Non
     classes = read_class_list(Path(cfg.classes)) if cfg.classes is not None else None
     return open_source(cfg.data, "train", cfg.limit, cfg.seed, class_order=cfg.class_order, classes=classes,
                        classes_from=f"the classes file {cfg.classes}", warn=warn)
+
+
+def split_sources(cfg: TrainConfig, warn: Callable[[str], None] | None = None) -> tuple[Source, Source,
+                                                                                         dict[str, Any]]:
+    """The training data, the data its test accuracy is measured on, and what the checkpoint says of the latter.
+
+    A folder without a val/ split would otherwise be scored on its own training images: a
+    seeded ``val_fraction`` of it is held out instead (or, at 0, the output says so).
+    """
+    source = open_train_source(cfg, warn)
+    if has_test_split(cfg.data):
+        return source, open_source(cfg.data, "test", classes=source.classes, classes_from="the training classes"), {}
+    n = len(source.ids)
+    if cfg.val_fraction == 0:
+        if warn is not None:
+            warn(f"{cfg.data} has no val/ split and --val-fraction is 0: the test accuracy is measured on the "
+                 f"training images")
+        return source, source, {"validation": {"split": "train", "n": n}}
+    held = max(1, round(cfg.val_fraction * n))
+    if n - held < 2:
+        raise FieldError("val_fraction", f"{{name}} {cfg.val_fraction:g} holds out {held} of the {n} images of "
+                                         f"{cfg.data}, leaving {n - held} to train on; lower {{name}} or add images")
+    rows = np.random.default_rng(cfg.seed).permutation(n)
+    val, kept = np.sort(rows[:held]), np.sort(rows[held:])
+    return subset(source, kept), subset(source, val), {
+        "validation": {"split": "held_out", "fraction": cfg.val_fraction, "n": held, "seed": cfg.seed}}
 
 
 def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: Dist = LOCAL,
@@ -305,8 +343,12 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     check_name(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    source = open_train_source(cfg, warn)
+    source, val_source, validation = split_sources(cfg, warn if dist.is_main else None)
     check_split(len(source.ids), cfg.batch_size, dist)
+    tail = short_tail(len(source.ids), cfg.batch_size, dist)
+    if tail and warn is not None and dist.is_main:
+        warn(f"{len(source.ids)} training samples in minibatches of {cfg.batch_size} end each epoch with {tail}, "
+             f"fewer than 2 per process (BatchNorm cannot train on one): each epoch leaves {tail} out, drawn anew")
     model, input_cfg = _build(cfg, source)
     note = channel_note(cfg.arch, input_cfg.channels, source)
     if note and warn is not None and dist.is_main:
@@ -320,9 +362,9 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
         history.append(row)
         if epoch < cfg.epochs and dist.is_main:  # the last epoch is written below, with its validation accuracy
             save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
-    val = accuracy(model, open_source(cfg.data, "test", classes=source.classes, classes_from="the training classes"),
-                   input_cfg, dist=dist)
-    extra = {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val, **_launch_meta(dist)}
+    val = accuracy(model, val_source, input_cfg, dist=dist)
+    extra = {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val, **validation,
+             **({"left_out_per_epoch": tail} if tail else {}), **_launch_meta(dist)}
     meta = _meta(cfg, model, input_cfg, source, extra)
     if dist.is_main:
         save_checkpoint(out, model.model, meta)
@@ -343,18 +385,19 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, source: Source, input_c
            cfg: TrainConfig, gen: torch.Generator, epoch: int, progress: Progress | None,
            dist: Dist = LOCAL) -> dict[str, Any]:
     order = torch.randperm(len(source.ids), generator=gen)
+    order = order[: len(order) - short_tail(len(order), cfg.batch_size, dist)]
     sizes = [len(rows) for rows in order.split(cfg.batch_size)]
     rows, share = local_rows(order, cfg.batch_size, dist)
     device = next(model.parameters()).device
     seen = clean = right_total = 0
     loss_sum = 0.0
     if progress is not None:  # the epoch's start: its examples/s count from here
-        progress(EpochStats(epoch, 0, len(source.ids), 0.0, 0.0))
+        progress(EpochStats(epoch, 0, len(order), 0.0, 0.0))
     for size, batch in zip(sizes, source.batches(input_cfg, share, rows), strict=True):
         step = train_step(model, opt, batch.images.to(device), batch.labels.to(device), cfg, gen, dist, size)
         loss, n_clean, right = all_sum(step, dist)  # one tiny all-reduce per step, for exact global figures
         seen, clean, right_total = seen + size, clean + int(n_clean), right_total + int(right)
         loss_sum += loss * size
         if progress is not None:
-            progress(EpochStats(epoch, seen, len(source.ids), loss_sum / seen, right_total / max(1, clean)))
+            progress(EpochStats(epoch, seen, len(order), loss_sum / seen, right_total / max(1, clean)))
     return {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": right_total / max(1, clean)}

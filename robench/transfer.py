@@ -234,19 +234,25 @@ def summarize(out: engine.Matrix, sources: list[str], targets: list[str]) -> pd.
     """Tidy rows: each target's clean row, then (source, target, attack, eps) rows."""
     y = out.labels
     clean = {t: next(o for (_, tt), o in out.pairs.items() if tt == t) for t in targets}
-    rows = [{"source": t, "target": t, "attack": CLEAN, "eps": 0.0,
-             "target_top1": float(correct(clean[t].pred[0], y).mean()), "target_top5": float(clean[t].top5[0].mean()),
-             "transfer_rate": float("nan"), "n_fooled_source": None, "n": len(y)} for t in targets]
+    none = {"transfer_rate": float("nan"), "n_fooled_source": None, "transfer_rate_both_clean": float("nan"),
+            "n_fooled_source_both_clean": None}
+    rows = []
+    for t in targets:
+        right = correct(clean[t].pred[0], y)
+        rows.append({"source": t, "target": t, "attack": CLEAN, "eps": 0.0, "target_top1": float(right.mean()),
+                     "target_top5": float(clean[t].top5[0].mean()), "target_error": float((~right).mean()), **none,
+                     "n": len(y)})
     for s in sources:
         white = out.pairs[(s, s)]
         for t in targets:
             o = out.pairs[(s, t)]
             for k, (attack, eps) in enumerate(o.settings[1:], start=1):
-                rate, fooled = metrics.transfer_rate(white.pred[0], o.pred[0], white.pred[k], o.pred[k], y)
-                rows.append({"source": s, "target": t, "attack": attack, "eps": eps,
-                             "target_top1": float(correct(o.pred[k], y).mean()),
-                             "target_top5": float(o.top5[k].mean()), "transfer_rate": rate,
-                             "n_fooled_source": fooled, "n": len(y)})
+                right = correct(o.pred[k], y)
+                rows.append({"source": s, "target": t, "attack": attack, "eps": eps, "target_top1": float(right.mean()),
+                             "target_top5": float(o.top5[k].mean()), "target_error": float((~right).mean()),
+                             **metrics.transfer_rates(white.pred[0], o.pred[0], white.pred[k], o.pred[k], y),
+                             "n": len(y)})
     frame = pd.DataFrame(rows, columns=metrics.TRANSFER_COLUMNS)
-    frame["n_fooled_source"] = frame["n_fooled_source"].astype("Int64")
+    for column in ("n_fooled_source", "n_fooled_source_both_clean"):
+        frame[column] = frame[column].astype("Int64")
     return frame

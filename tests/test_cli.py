@@ -54,7 +54,7 @@ def test_eval_json_envelope(fgsm_run, default_checkpoint: Path) -> None:
     _, out, _ = fgsm_run
     doc = json.loads(out.read_text())
     assert {"robench", "schema_version", "command", "config", "versions", "dataset", "models", "rows"} <= set(doc)
-    assert doc["command"] == "eval" and doc["schema_version"] == 1
+    assert doc["command"] == "eval" and doc["schema_version"] == 2
     assert doc["config"]["limit"] == 40 and doc["config"]["data"] == "digits"
     assert [a["id"] for a in doc["config"]["suite"]["attacks"]] == ["fgsm"]
     ds = doc["dataset"]
@@ -625,3 +625,20 @@ def test_train_records_the_folders_classes(numbered: dict[str, Path], tmp_path: 
 def test_class_options_on_every_command_that_reads_folders(command: str) -> None:
     result = invoke(command, "--help")
     assert "--class-order" in result.stdout and "--classes FILE" in result.stdout
+
+
+def test_eps_in_pixels_gives_the_rows_of_its_1_255_value(tmp_path: Path, default_checkpoint: Path) -> None:
+    """--eps-unit pixel --eps 0.3 is --eps 76.5; --eps 0.3 alone is the unit trap: exit 2, no file."""
+    docs = []
+    for args in (["--eps-unit", "pixel", "--eps", "0.3"], ["--eps", "76.5"], ["--eps", "0.3px"]):
+        out = tmp_path / f"{len(docs)}.json"
+        result = invoke("eval", "-m", default_checkpoint, "--attack", "fgsm", "--limit", "30", "-q", "--no-health",
+                        *args, "-o", out)
+        assert result.exit_code == 0, result.stderr
+        docs.append([{k: r[k] for k in ("attack", "eps", "top1", "top5")} for r in json.loads(out.read_text())["rows"]])
+    assert docs[0] == docs[1] == docs[2] and docs[0][1]["eps"] == 76.5
+    result = invoke("eval", "-m", default_checkpoint, "--attack", "fgsm", "--eps", "0.3", "-o", tmp_path / "x.json")
+    one_error_line(result, 2, "eps 0.3 is in 1/255 units, i.e. 0.0012 in pixels. Did you mean 0.3 in pixels? "
+                              "Write 76.5 or 0.3*255 or 76.5/255")
+    assert not (tmp_path / "x.json").exists()
+    one_error_line(invoke("leak-check", "--eps", "0.031", "-o", tmp_path / "l.json"), 2, "eps 0.031 is in 1/255")

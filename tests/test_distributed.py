@@ -32,7 +32,7 @@ from robench.distributed import (
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec
 from robench.recipe import TrainConfig
-from robench.train import accuracy, check_split, local_rows, train, train_step
+from robench.train import accuracy, check_split, local_rows, short_tail, train, train_step
 
 # A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
 # ranks must give one process's weights up to float noise (BatchNorm would need SyncBatchNorm,
@@ -85,13 +85,14 @@ def test_local_rows_stream_each_ranks_part_of_every_minibatch() -> None:
 def test_every_rank_needs_examples_in_every_minibatch() -> None:
     four = Dist(rank=0, world_size=4)
     check_split(100, 20, four)
-    check_split(104, 20, four)  # a last minibatch of 4: one example each
+    check_split(104, 20, four)  # a last minibatch of 4, one example each: left out of every epoch
+    check_split(102, 20, four)
     check_split(3, 2, LOCAL)
-    with pytest.raises(RobenchError, match="leave a last one of 2, fewer than the 4 processes"):
-        check_split(102, 20, four)
-    with pytest.raises(RobenchError, match="leave a last one of 3, fewer than the 4 processes"):
+    assert [short_tail(n, 20, four) for n in (100, 104, 102, 108, 21)] == [0, 4, 2, 0, 1]
+    assert [short_tail(n, 64) for n in (65, 64, 66, 1)] == [1, 0, 0, 1]
+    with pytest.raises(RobenchError, match="3 training samples give some of the 4 processes fewer than 2"):
         check_split(3, 64, four)
-    with pytest.raises(RobenchError, match="--batch-size 3 is smaller than the 4 processes"):
+    with pytest.raises(RobenchError, match="--batch-size 3 gives some of the 4 processes fewer than 2 examples"):
         check_split(100, 3, four)
 
 
@@ -324,17 +325,18 @@ def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
 def test_torchrun_train_writes_one_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "robench",
-           "train", "--arch", "test_resnet", "--epochs", "1", "--limit", "256", "--batch-size", "64",
-           "--input-size", "16", "--out", str(out)]
+           "train", "--arch", "test_resnet", "--epochs", "1", "--limit", "258", "--batch-size", "64",
+           "--input-size", "16", "--out", str(out)]  # a last minibatch of 2: one example per rank, left out
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
     assert proc.stderr.count(f"wrote {out}") == 1  # rank 0 alone reports
+    assert proc.stderr.count("each epoch leaves 2 out") == 1
     meta = read_metadata(out)
     assert (meta["world_size"], meta["backend"], meta["epochs_done"]) == (2, "gloo", 1)
     recipe = meta["recipe"]
-    assert (recipe["arch"], recipe["limit"], recipe["batch_size"], recipe["attack"]) == ("test_resnet", 256, 64,
+    assert (recipe["arch"], recipe["limit"], recipe["batch_size"], recipe["attack"]) == ("test_resnet", 258, 64,
                                                                                          "step_ll")
     model = load_model(parse_spec(str(out)), 10)
     assert model.input.size == (16, 16)

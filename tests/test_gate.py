@@ -183,6 +183,17 @@ def test_health_check_shows_no_row() -> None:
     assert gate_report.display(report)["row"].tolist() == [""]  # not "nan": a health rule covers no single row
 
 
+def test_transfer_rate_rules_skip_the_white_box_diagonal() -> None:
+    """The diagonal's transfer rate is 1.0 by definition: a ceiling on transfer rates judges the other cells only."""
+    row = {"attack": "fgsm", "eps": 8.0, "target_top1": 0.5, "n": 200}
+    doc = {**make_doc(GRID, with_samples=False), "command": "transfer-matrix",
+           "rows": [{"source": "a", "target": "a", **row, "transfer_rate": 1.0},
+                    {"source": "a", "target": "b", **row, "transfer_rate": 0.2}]}
+    checks = run(doc, None, "- {max: 0.9, metric: transfer_rate}\n- {max: 0.6, metric: target_top1}")
+    assert checks["row"].tolist() == ["a -> b fgsm eps 8", "a -> a fgsm eps 8", "a -> b fgsm eps 8"]
+    assert checks["status"].tolist() == ["pass", "pass", "pass"]
+
+
 def test_transfer_rows_match_on_source_and_target() -> None:
     row = {"attack": "fgsm", "eps": 8.0, "target_top1": 0.5, "transfer_rate": 0.2, "n": 200}
     doc = {**make_doc(GRID, with_samples=False), "command": "transfer-matrix",
@@ -258,8 +269,10 @@ BAD_INPUT = [
     (["{dir}/none.json", "--baseline", "{base}"], ["results file not found", "none.json"]),
     (["{base}", "--baseline", "{dir}/none.json"], ["baseline file not found"]),
     (["{bad_json}", "--baseline", "{base}"], ["bad.json: not valid JSON", "line 1 column"]),
-    (["{old_schema}", "--baseline", "{base}"], ["schema_version 99", "reads schema_version 1"]),
+    (["{old_schema}", "--baseline", "{base}"], ["schema_version 99", "reads schema_version 1 and 2"]),
     (["{no_schema}", "--baseline", "{base}"], ["no 'schema_version'"]),
+    (["{old_transfer}", "--baseline", "{base}"],
+     ["schema_version 1 transfer-matrix file", "transfer_rate_both_clean", "re-run"]),
     (["{base}", "--baseline", "{other_ids}"], ["different samples", "robench baseline update"]),
     (["{base}", "--rules", "{no_match}"], ["no_match.yaml line 2", "matches nothing", "model effnet-base"]),
     (["{base}", "--rules", "{bad_key}"], ["bad_key.yaml line 3", "unknown key 'esp'"]),
@@ -278,6 +291,7 @@ def test_cli_bad_input_exit_2(args: list[str], needles: list[str], files) -> Non
         **{k: str(v) for k, v in files.items()},
         "bad_json": write(d / "bad.json", '{"schema_version": 1, "rows": [}'),
         "old_schema": write(d / "old.json", {**make_doc(GRID), "schema_version": 99}),
+        "old_transfer": write(d / "t1.json", {**make_doc(GRID), "command": "transfer-matrix", "schema_version": 1}),
         "no_schema": write(d / "no.json", {k: v for k, v in make_doc(GRID).items() if k != "schema_version"}),
         "other_ids": write(d / "ids.json", make_doc(GRID, ids=[f"x{i}" for i in range(N)])),
         "no_match": write(d / "no_match.yaml", "rules:\n  - {model: vit, min: 0.5}\n"),

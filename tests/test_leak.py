@@ -182,7 +182,7 @@ def test_cli_zoo_models_pass_and_write_results(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     assert "effnet-fgsm-true" in r.stdout and "leak_gap" in r.stdout
     doc = json.loads(out.read_text())
-    assert doc["command"] == "leak-check" and doc["schema_version"] == 1
+    assert doc["command"] == "leak-check" and doc["schema_version"] == 2
     assert set(doc["verdicts"]) == {"effnet-fgsm-true", "effnet-fgsm-pred", "effnet-stepll"}
     assert leak.LEAK not in doc["verdicts"].values()
     assert len(doc["rows"]) == 3 and doc["rows"][0]["n"] == 120

@@ -161,13 +161,18 @@ def test_leak_figure_zooms_on_the_accuracies() -> None:
     plots.pyplot().close(fig)
 
 
-def test_transfer_figure_writes_each_rate_in_its_cell() -> None:
+def test_transfer_figure_masks_the_diagonal_and_writes_rate_and_n() -> None:
     rows = pd.DataFrame([
-        {"source": s, "target": t, "attack": "fgsm", "eps": 8.0, "transfer_rate": r}
-        for (s, t), r in {("a", "a"): 1.0, ("a", "b"): 0.25, ("b", "a"): np.nan, ("b", "b"): 0.5}.items()])
+        {"source": s, "target": t, "attack": "fgsm", "eps": 8.0, "transfer_rate": r, "n_fooled_source": n}
+        for (s, t), (r, n) in {("a", "a"): (1.0, 40), ("a", "b"): (0.25, 12), ("b", "a"): (np.nan, 0),
+                               ("b", "b"): (1.0, 30)}.items()])
     fig = plots.transfer_figure(rows)
-    assert [t.get_text() for t in fig.axes[0].texts] == ["100", "25", "-", "50"]
-    assert np.allclose(fig.axes[0].images[0].get_array(), [[1.0, 0.25], [np.nan, 0.5]], equal_nan=True)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["white-\nbox", "25\nn=12", "-\nn=0", "white-\nbox"]
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.mask.tolist() == [[True, False], [True, True]]  # the diagonal (and the empty cell) not coloured
+    assert shown[0, 1] == 0.25 and shown.data[0, 0] == 1.0 and np.isnan(shown.data[1, 0])
+    colorbar = fig.axes[-1]  # one colorbar beside the panels, on the rates' 0-100% scale
+    assert colorbar.get_ylabel() == "transfer rate %" and colorbar.get_ylim() == (0.0, 1.0)
     plots.pyplot().close(fig)
 
 

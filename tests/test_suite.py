@@ -42,17 +42,40 @@ def test_describe_is_plain_data() -> None:
 
 @pytest.mark.parametrize(
     ("value", "eps"),
-    [("8/255", 8.0), ("16/255", 16.0), ("8", 8.0), (" 8 ", 8.0), ("0.5", 0.5), (0.5, 0.5), (4, 4.0), ("0", 0.0),
-     ("255", 255.0), ("1/2", 127.5), ("1e1", 10.0)],
+    [("8/255", 8.0), ("16/255", 16.0), ("8", 8.0), (" 8 ", 8.0), ("1/510", 0.5), (1.5, 1.5), (4, 4.0), ("0", 0.0),
+     ("255", 255.0), ("1/2", 127.5), ("1e1", 10.0), ("0.3*255", 76.5), ("76.5/255", 76.5), ("0.3px", 76.5),
+     ("0.3 PX", 76.5), ("8/255px", 8.0)],
 )
 def test_parse_eps(value, eps: float) -> None:
     assert parse_eps(value) == eps
 
 
+@pytest.mark.parametrize(("value", "eps"), [("0.3", 76.5), (0.031, 7.905), ("8/255", 8.0), ("1", 255.0)])
+def test_parse_eps_in_pixels(value, eps: float) -> None:
+    assert parse_eps(value, unit="pixel") == pytest.approx(eps, abs=1e-12)
+
+
+def test_the_unit_trap() -> None:
+    """eps 0.3 as MNIST papers write it would attack 255 times too weakly: refused, with both readings."""
+    with pytest.raises(RobenchError) as err:
+        parse_eps_list("2,0.3")
+    assert str(err.value) == (
+        "--eps: eps 0.3 is in 1/255 units, i.e. 0.0012 in pixels. Did you mean 0.3 in pixels? "
+        "Write 76.5 or 0.3*255 or 76.5/255 (or 0.3px, or --eps-unit pixel)")
+    with pytest.raises(RobenchError, match=r"76\.5/255 \(or 0\.3px\)$"):  # in YAML no option makes numbers pixels
+        parse_eps(0.3, "s.yaml line 1: 'eps'")
+    with pytest.raises(RobenchError, match=r"eps 2 in pixels is 510/255; an eps in pixels must lie in \[0, 1\]"):
+        parse_eps_list("2", unit="pixel")
+    for value in (0.031, "0.5", 0.999):
+        with pytest.raises(RobenchError, match="is in 1/255 units"):
+            parse_eps(value)
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [("-1", "out of range"), (-0.5, "out of range"), ("256", "out of range"), (255.5, "out of range"),
-     ("300/255", "out of range"), ("nan", "out of range"), ("inf", "out of range"), ("abc", "not a number"),
+     ("300/255", "out of range"), ("nan", "not a number"), ("inf", "not a number"), ("abc", "not a number"),
+     ("1e400", "not a number"), ("2px", "must lie in \\[0, 1\\]"),
      ("", "not a number"), ("1/0", "not a number"), ("__import__('os')", "not a number"),
      ("2**3", "not a number"), (None, "not a number"), (True, "must be a number"), (False, "must be a number")],
 )
@@ -71,7 +94,8 @@ def test_parse_eps_never_evaluates(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_parse_eps_list() -> None:
     assert parse_eps_list("2,4,8") == (2.0, 4.0, 8.0)
-    assert parse_eps_list(" 2, 8/255 ,0.5,") == (2.0, 8.0, 0.5)
+    assert parse_eps_list(" 2, 8/255 ,1/510,") == (2.0, 8.0, 0.5)
+    assert parse_eps_list("0.01,0.03", unit="pixel") == (2.55, 7.65)
     with pytest.raises(RobenchError, match="at least one eps"):
         parse_eps_list(" , ")
     with pytest.raises(RobenchError, match=r"^--eps: eps '300' is out of range"):
@@ -313,3 +337,17 @@ def test_attack_options_out_of_range_name_the_line(entry: str, message: str) -> 
     with pytest.raises(RobenchError) as e:
         parse_suite(f"eps: [8]\nattacks:\n{entry}", "s.yaml")
     assert str(e.value) == message
+
+
+def test_the_unit_trap_in_yaml(tmp_path: Path) -> None:
+    """attacks.yaml and gates.yaml read eps with the same rule, naming the file and line."""
+    from robench.rules import load_rules
+
+    (tmp_path / "s.yaml").write_text("eps: [2, 0.3]\nattacks:\n  - name: fgsm\n")
+    with pytest.raises(RobenchError, match=r"s\.yaml line 1: 'eps': eps 0\.3 is in 1/255 units"):
+        load_suite(str(tmp_path / "s.yaml"))
+    (tmp_path / "px.yaml").write_text("eps: [2, 0.3px, '76.5/255']\nattacks:\n  - name: fgsm\n")
+    assert load_suite(str(tmp_path / "px.yaml")).attacks[0].eps == (2.0, 76.5, 76.5)
+    (tmp_path / "g.yaml").write_text("rules:\n  - {attack: fgsm, eps: 0.031, min: 0.5}\n")
+    with pytest.raises(RobenchError, match=r"g\.yaml line 2: 'eps': eps 0\.031 is in 1/255 units"):
+        load_rules(tmp_path / "g.yaml")

@@ -75,6 +75,16 @@ def test_eps_sampler_range_and_shape() -> None:
     assert torch.equal(sample_eps(5, 0.0, 8.0, torch.Generator()), torch.zeros(5))
 
 
+def test_fixed_eps_draws_eps_max_for_every_example() -> None:
+    from robench.train import draw
+
+    gen = torch.Generator().manual_seed(0)
+    draws = draw(5, (1, 8, 8), TrainConfig(attack="fgsm", eps_dist="fixed", eps_max=16), gen)
+    assert draws.eps.tolist() == [16.0] * 5
+    with pytest.raises(FieldError, match="eps_dist 'uniform' must be one of folded_normal, fixed"):
+        TrainConfig(eps_dist="uniform").validate()
+
+
 def test_crafting_is_what_the_registry_says() -> None:
     assert [(a, *dataclasses.astuple(crafting(a))) for a in TRAIN_ATTACKS[1:]] == [
         ("step_ll", True, False, False), ("fgsm", False, False, False), ("bim", False, True, False),
@@ -211,6 +221,75 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
                                        "--input-size", "16", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
+
+
+def test_a_final_minibatch_of_one_is_left_out_and_said(tmp_path: Path) -> None:
+    """--limit 65 --batch-size 64 trained the epoch, then exited 3 on BatchNorm's "more than 1 value per channel"."""
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--arch", "test_resnet", "--epochs", "2", "--limit", "65",
+                                       "--batch-size", "64", "--input-size", "16", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("end each epoch with 1, fewer than 2 per process") == 1
+    assert read_metadata(out)["epochs_done"] == 2
+
+
+def _folder(root: Path, n: int = 20) -> Path:
+    from PIL import Image
+
+    for c in range(2):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(n // 2):
+            Image.new("L", (8, 8), 40 + 150 * c + i).save(root / str(c) / f"{i}.png")
+    return root
+
+
+def test_a_folder_without_val_split_holds_out_a_seeded_share(tmp_path: Path) -> None:
+    """The 'test accuracy' of a folder without val/ was measured on its training images, without a word."""
+    from robench.train import split_sources
+
+    folder = _folder(tmp_path / "f")
+    cfg = TrainConfig(data=str(folder), val_fraction=0.25, seed=3)
+    kept, val, record = split_sources(cfg)
+    assert (len(kept.ids), len(val.ids)) == (15, 5) and not set(kept.ids) & set(val.ids)
+    assert record == {"validation": {"split": "held_out", "fraction": 0.25, "n": 5, "seed": 3}}
+    again, other = split_sources(cfg)[1], split_sources(TrainConfig(data=str(folder), val_fraction=0.25, seed=4))[1]
+    assert again.ids == val.ids and other.ids != val.ids  # seeded: the same seed holds out the same images
+    notes: list[str] = []
+    kept, val, record = split_sources(TrainConfig(data=str(folder), val_fraction=0), notes.append)
+    assert kept.ids == val.ids and record == {"validation": {"split": "train", "n": 20}}
+    assert notes == [f"{folder} has no val/ split and --val-fraction is 0: the test accuracy is measured on the "
+                     f"training images"]
+    assert split_sources(TrainConfig())[2] == {}  # digits has its own test split
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4",
+                                       "--input-size", "8", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert read_metadata(out)["validation"] == {"split": "held_out", "fraction": 0.1, "n": 2, "seed": 0}
+    assert "val_fraction" not in read_metadata(out)["recipe"]  # at its default: zoo recipes keep their bytes
+
+
+def test_train_eps_options_read_eps_as_eval_does(tmp_path: Path) -> None:
+    """--eps-max 0.031 (CIFAR's 8/255 written in pixels) trained 255 times too weakly; 8/255 was refused."""
+    from results_docs import one_error_line
+
+    args = ["train", "--attack", "fgsm", "--epochs", "1", "--limit", "64", "--input-size", "16", "-q"]
+    one_error_line(CliRunner().invoke(main, [*args, "--eps-max", "0.031", "--out", str(tmp_path / "a.safetensors")]),
+                   2, "--eps-max: eps 0.031 is in 1/255 units")
+    out = tmp_path / "b.safetensors"
+    result = CliRunner().invoke(main, [*args, "--eps-max", "8/255", "--eps-sigma", "0.016px", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert (read_metadata(out)["recipe"]["eps_max"], read_metadata(out)["recipe"]["eps_sigma"]) == (8.0, 4.08)
+    with pytest.raises(FieldError, match="eps_max 0.031 is in 1/255 units"):
+        TrainConfig(eps_max=0.031).validate()
+
+
+def test_val_fraction_that_leaves_too_little_names_itself(tmp_path: Path) -> None:
+    from results_docs import one_error_line
+
+    folder = _folder(tmp_path / "f")
+    result = CliRunner().invoke(main, ["train", "--data", str(folder), "--val-fraction", "0.95", "--epochs", "1",
+                                       "--input-size", "8", "--out", str(tmp_path / "m.safetensors")])
+    one_error_line(result, 2, "--val-fraction 0.95 holds out 19 of the 20 images", "leaving 1 to train on")
 
 
 def test_interrupt_keeps_last_finished_epoch(tmp_path: Path) -> None:

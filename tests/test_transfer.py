@@ -24,15 +24,21 @@ SUITE = override(load_suite(), ("fgsm", "iter_ll", "pgd"), (4.0, 16.0))
 CHEAP = parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n")  # 1 step + iterative
 
 
-def test_transfer_rate_by_hand() -> None:
+def test_the_three_transfer_definitions_by_hand() -> None:
+    """The paper's rate (source prefiltered), the both-clean variant and the unconditional target error differ."""
     labels = np.array([0, 1, 2, 3, 4, 5])
     clean_s = np.array([0, 1, 2, 3, 4, 0])  # sample 5 wrong on the source
     clean_t = np.array([0, 1, 2, 3, 0, 5])  # sample 4 wrong on the target
-    adv_s = np.array([9, 9, 9, 3, 9, 9])  # fools the source on 0, 1, 2 (and 4, 5: not both-correct)
-    adv_t = np.array([9, 1, 9, 9, 9, 9])  # of 0, 1, 2 the target is fooled on 0 and 2
-    assert metrics.transfer_rate(clean_s, clean_t, adv_s, adv_t, labels) == (2 / 3, 3)
-    rate, n = metrics.transfer_rate(clean_s, clean_t, clean_s, adv_t, labels)
-    assert math.isnan(rate) and n == 0
+    adv_s = np.array([9, 9, 9, 3, 9, 9])  # the source is right clean and fooled on 0, 1, 2, 4 (3: not fooled)
+    adv_t = np.array([9, 1, 9, 9, 9, 9])  # the target is wrong on 0, 2, 4 of those (and on 3, 5)
+    assert metrics.transfer_rates(clean_s, clean_t, adv_s, adv_t, labels) == {
+        "transfer_rate": 3 / 4, "n_fooled_source": 4,  # 0, 2, 4 of 0, 1, 2, 4
+        "transfer_rate_both_clean": 2 / 3, "n_fooled_source_both_clean": 3,  # 0, 2 of 0, 1, 2 (4: target wrong)
+    }
+    assert 1 - float(metrics.correct(adv_t, labels).mean()) == 5 / 6  # target_error: every sample
+    empty = metrics.transfer_rates(clean_s, clean_t, clean_s, adv_t, labels)  # the source is never fooled
+    assert math.isnan(empty["transfer_rate"]) and empty["n_fooled_source"] == 0
+    assert math.isnan(empty["transfer_rate_both_clean"]) and empty["n_fooled_source_both_clean"] == 0
 
 
 def test_diagonal_equals_eval() -> None:
