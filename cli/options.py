@@ -22,8 +22,9 @@ def model_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., A
 
 
 _RUN_OPTIONS = {
-    "data": click.option("-d", "--data", default="digits", show_default=True,
-                         help="digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME."),
+    "data": click.option("-d", "--data", metavar="DATA",
+                         help="digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME. "
+                              "Default: the dataset the models' checkpoints say they trained on, else digits."),
     "limit": click.option("--limit", type=int, metavar="N", help="Use N samples, drawn by a seeded permutation."),
     "seed": click.option("--seed", type=int, default=0, show_default=True,
                          help="Seed for sample choice and random starts (train: and the weights)."),

@@ -62,6 +62,7 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     from robench.recipe import TrainConfig
     from robench.train import train
 
+    options["data"] = options["data"] or "digits"  # train's data is given or digits (no checkpoint to ask)
     cfg = TrainConfig(**options).validate()  # type: ignore[arg-type]
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch

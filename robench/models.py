@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from robench import factories, zoo
-from robench.checkpoint import data_config, input_metadata, read_metadata
+from robench.checkpoint import INPUT_KEYS, data_config, input_metadata, read_metadata
 from robench.data import InputConfig
 from robench.errors import FieldError, RobenchError
 from robench.preprocess import Preprocess, split_query
@@ -172,6 +172,8 @@ class LoadedModel:
     weights: str = "checkpoint"  # "checkpoint", "hub", "factory" (what the user's code made) or "random"
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one line each, for the run's warnings: defaults it chose
+    input_from: str = "checkpoint"  # checkpoint, timm_pretrained_cfg, module_pretrained_cfg or identity
+    overrides: Preprocess = field(default_factory=Preprocess)  # the options' and the spec's, over input_from
 
     def function(self) -> list[Any]:
         """What decides the function attacked: weights hash and input config (mean/std may be overridden).
@@ -186,7 +188,8 @@ class LoadedModel:
             "label": self.spec.label, "spec": self.spec.text, "arch": self.arch,
             "checkpoint": str(self.spec.checkpoint) if self.spec.checkpoint else None,
             "weights": self.weights, "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
-            **input_metadata(self.input, self.mean, self.std),
+            **input_metadata(self.input, self.mean, self.std), "input_from": self.input_from,
+            "input_overrides": self.overrides.describe(),
         }
 
 
@@ -376,9 +379,33 @@ def load_model(
     wrapped, input_cfg = wrap(model, cfg)
     wrapped = wrapped.to(device).eval()
     classes, note = _probe(wrapped, input_cfg, spec.label)
+    source = _input_source(model, arch, meta)
+    if source == "timm_pretrained_cfg" and spec.checkpoint is not None and not overrides:
+        more.append(f"model '{spec.label}': its weights carry no input config, so robench uses timm's "
+                    f"pretrained_cfg for {arch.partition('.')[0]}: {_input_text(input_cfg, cfg)}; if it was "
+                    f"trained otherwise, set --input-size/--crop-pct/--mean/--std (or SPEC?input-size=C,H,W&...)")
     return LoadedModel(spec=spec, arch=arch, module=wrapped, input=input_cfg, mean=_floats(cfg["mean"]),
                        std=_floats(cfg["std"]), num_classes=classes, weights_sha256=weights_sha256(model),
-                       weights=weights, meta=meta, notes=notes + more + note)
+                       weights=weights, meta=meta, notes=notes + more + note, input_from=source,
+                       overrides=overrides)
+
+
+def _input_source(model: nn.Module, arch: str, meta: dict[str, Any]) -> str:
+    """Where a model's input config comes from, before any override: its robench checkpoint, a pretrained_cfg
+    (timm's for the architecture, or the factory module's own), or identity (a factory module without one)."""
+    if any(key in meta for key in INPUT_KEYS):
+        return "checkpoint"
+    if not factories.is_factory(arch):
+        return "timm_pretrained_cfg"
+    own = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    return "module_pretrained_cfg" if own else "identity"
+
+
+def _input_text(input_cfg: InputConfig, cfg: dict[str, Any]) -> str:
+    """"3x160x160 px, crop 0.95, bilinear, mean 0.5,0.5,0.5, std 0.5,0.5,0.5" for messages."""
+    numbers = lambda values: ",".join(f"{v:.4g}" for v in _floats(values))  # noqa: E731
+    return (f"{input_cfg.channels}x{input_cfg.size[0]}x{input_cfg.size[1]} px, crop {input_cfg.crop_pct:g}, "
+            f"{input_cfg.interpolation}, mean {numbers(cfg['mean'])}, std {numbers(cfg['std'])}")
 
 
 def training_model(arch: str, num_classes: int, native: tuple[int, int, int] | None,
@@ -578,6 +605,14 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
             f"{ckpt} carries no robench metadata naming its architecture; give it as NAME@{ckpt}, e.g. resnet18@{ckpt}"
         )
     return meta or {}
+
+
+def checkpoint_dataset(spec: ModelSpec) -> str | None:
+    """The data spec a robench checkpoint says its model trained on (``dataset: "fashion-mnist:train"``), or None."""
+    dataset = _checkpoint_meta(spec).get("dataset")
+    if not isinstance(dataset, str) or not dataset.endswith(":train"):
+        return None
+    return dataset.removesuffix(":train") or None
 
 
 def checkpoint_classes(spec: ModelSpec) -> list[str] | None:

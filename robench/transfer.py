@@ -211,8 +211,8 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     out, skipped = done
     s_labels, t_labels = [s.spec.label for s in sources], [t.spec.label for t in targets]
     rows = summarize(out, s_labels, t_labels)
-    dataset = dataset_record(opened.source, cfg.run.data, "test", out.ids, skipped)
-    meta = envelope("transfer-matrix", cfg.describe(), dataset,
+    dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped)
+    meta = envelope("transfer-matrix", {**cfg.describe(), "data": opened.data}, dataset,
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = s_labels, t_labels
     meta["crafted_attack_calls"] = out.crafted

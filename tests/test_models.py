@@ -545,3 +545,18 @@ def test_mnist_to_a_one_channel_model(gray_resnet: Path) -> None:
     x = F.interpolate(raw, size=(32, 32), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     with torch.no_grad():
         assert loaded.module(batch.images).argmax(1).tolist() == _predict(loaded.module.model, x)
+
+
+def test_where_each_input_config_comes_from(tmp_path: Path, default_checkpoint: Path, resnet: nn.Module) -> None:
+    """Plain weights silently took timm's pretrained_cfg (160 px, crop 0.95 for a model trained at 32 px): now said."""
+    torch.save(resnet.state_dict(), tmp_path / "w.pth")
+    plain = load_model(parse_spec(f"a=test_resnet@{tmp_path / 'w.pth'}"), 10)
+    assert (plain.input_from, plain.input.size) == ("timm_pretrained_cfg", (160, 160))
+    assert plain.notes == [
+        "model 'a': its weights carry no input config, so robench uses timm's pretrained_cfg for test_resnet: "
+        "3x160x160 px, crop 0.95, bilinear, mean 0.5,0.5,0.5, std 0.5,0.5,0.5; if it was trained otherwise, set "
+        "--input-size/--crop-pct/--mean/--std (or SPEC?input-size=C,H,W&...)"]
+    told = load_model(parse_spec(f"a=test_resnet@{tmp_path / 'w.pth'}?input-size=3,32,32&crop-pct=1"), 10)
+    assert told.notes == [] and told.describe()["input_overrides"] == {"input_size": [3, 32, 32], "crop_pct": 1.0}
+    zoo = load_model(parse_spec(str(default_checkpoint)), 10)
+    assert (zoo.input_from, zoo.notes, zoo.describe()["input_overrides"]) == ("checkpoint", [], {})

@@ -90,3 +90,35 @@ def test_bad_threads_is_one_line_exit_2(command: str, value: str) -> None:
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("robench: error: ") and "--threads" in lines[0], result.stderr
+
+
+def test_without_data_a_checkpoint_evaluates_on_what_it_trained_on(tmp_path, default_checkpoint) -> None:
+    """A Fashion-MNIST checkpoint ran on digits at 22% with no word: now the checkpoint's dataset is the default."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from robench.checkpoint import META_KEY, read_metadata
+    from robench.cli.main import main
+
+    folder = tmp_path / "digits-pngs"
+    for c in range(10):
+        (folder / str(c)).mkdir(parents=True)
+        Image.new("L", (8, 8), 20 * c).save(folder / str(c) / "0.png")
+    meta = {**read_metadata(default_checkpoint), "dataset": f"{folder}:train"}
+    ckpt = tmp_path / "m.safetensors"
+    save_file(load_file(str(default_checkpoint)), str(ckpt), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    args = ["eval", str(ckpt), "--attack", "fgsm", "--eps", "8", "-q", "--no-health"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a.json")])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert (doc["dataset"]["spec"], doc["dataset"]["n"], doc["config"]["data"]) == (str(folder), 10, str(folder))
+    assert "was trained on" not in result.stderr
+    result = CliRunner().invoke(main, [*args, "--data", "digits", "--limit", "20"])
+    assert result.exit_code == 0, result.stderr
+    assert f"model 'm' was trained on {folder} (its checkpoint says) but the data is digits" in result.stderr
+    assert f"(pass --data {folder})" in result.stderr
+    result = CliRunner().invoke(main, ["eval", "--attack", "fgsm", "--eps", "8", "--limit", "10", "-q", "--no-health"])
+    assert result.exit_code == 0 and "was trained on" not in result.stderr  # the zoo: digits, as before
