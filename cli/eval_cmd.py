@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .gate_cmd import apply_gate, prepare_gate
+from .gate_cmd import apply_gate, check_planned_rows, prepare_gate
 from .options import build_suite, model_option, resume_option, run_options, run_spec, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
@@ -35,6 +35,10 @@ from .render import console, distributed_run, health_warnings, warn
               help="Gate the results as 'robench gate' does, in memory; exit 1 when a check fails.")
 @click.option("--baseline", type=click.Path(path_type=Path), metavar="BASELINE.json",
               help="Baseline for the gate (alone: max_drop 0.02 on top1 of every row).")
+@click.option("--junit", type=click.Path(path_type=Path), metavar="FILE.xml",
+              help="With --gate/--baseline: write JUnit XML, as 'robench gate --junit'.")
+@click.option("--summary", type=click.Path(path_type=Path), metavar="FILE.md",
+              help="With --gate/--baseline: write the gate's Markdown summary, as 'robench gate --summary'.")
 @click.option("--clean-ref", "clean_refs", multiple=True, metavar="LABEL=SHARE",
               help="Expected clean top-1 of a model (repeatable), e.g. base=0.97; a mismatch is a health warning.")
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="TOL",
@@ -45,7 +49,8 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
                  attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,
                  early_stop: bool | None,
                  resume: Path | None, out: Path | None, plot: Path | None,
-                 per_sample: Path | None, gate_rules: Path | None, baseline: Path | None,
+                 per_sample: Path | None, gate_rules: Path | None, baseline: Path | None, junit: Path | None,
+                 summary: Path | None,
                  clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
                  **run: Any) -> None:
     """Attack each model with its own gradients across attacks x eps.
@@ -71,10 +76,16 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     check_output(out)
     check_plot(plot)
     check_output(per_sample, (".csv",), "--per-sample")
-    gate = prepare_gate(gate_rules, baseline) if gate_rules or baseline else None
+    if (junit or summary) and not (gate_rules or baseline):
+        from robench.errors import RobenchError
+
+        raise RobenchError("--junit and --summary report a gate: give --gate GATES.yaml and/or --baseline too")
+    gate = prepare_gate(gate_rules, baseline, junit, summary) if gate_rules or baseline else None
     suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop, eps_unit)
     cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
+    if gate is not None:
+        check_planned_rows(gate, cfg.models, suite)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):
         result = run_eval(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders

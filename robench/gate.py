@@ -129,6 +129,19 @@ def run_gate(results: dict[str, Any], baseline: dict[str, Any] | None, rules: Ru
                       comparisons)
 
 
+def check_planned(rules: Rules, rows: list[dict[str, Any]], name: str) -> None:
+    """Raise RobenchError, before any evaluation, for a floor or regression rule that no planned row can match.
+
+    ``rows`` are the (model, attack, eps) rows a run will write (metrics not known yet); a rule
+    that matches none of them would fail only after the whole run.
+    """
+    planned = {"rows": rows}
+    for rule in rules.rules:
+        if isinstance(rule, (Floor, Regression)) and not any(rule.match.row(r) for r in rows):
+            raise RobenchError(f"{rule.where}: the rule ({rule.match.describe()}) matches nothing {name} will write "
+                               f"({_inventory(planned)}); fix its selectors or remove it")
+
+
 def _rule_label(index: int, rule: Rule) -> str:
     return f"rule {index}" + (f" ({rule.name})" if rule.name else "")
 

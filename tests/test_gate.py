@@ -408,3 +408,23 @@ def test_gate_on_the_worst_case_row(tmp_path: Path) -> None:
     assert passing.exit_code == 0, passing.stderr
     failing = invoke("gate", out, "--rules", write(tmp_path / "no.yaml", f"- {{attack: worst, min: {floor + 0.01}}}"))
     assert failing.exit_code == 1 and "resnet-stepll worst eps 8" in failing.stdout
+
+
+def test_eval_gate_checks_its_rules_before_any_work(tmp_path: Path) -> None:
+    """A rule no row can match failed only after the whole evaluation (224 s in the report): now before it."""
+    (tmp_path / "gates.yaml").write_text("rules:\n  - {model: vit, min: 0.5}\n")
+    out = tmp_path / "r.json"
+    r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--gate", tmp_path / "gates.yaml",
+               "--out", out)
+    one_error_line(r, 2, "gates.yaml line 2", "matches nothing this eval will write", "model resnet-base",
+                   "attack clean, fgsm, worst")
+    assert not out.exists() and "eval" not in r.stderr.split("robench: error")[0]  # no progress: nothing ran
+
+
+def test_eval_gate_writes_summary_and_junit(tmp_path: Path) -> None:
+    (tmp_path / "gates.yaml").write_text("rules:\n  - {model: resnet-base, attack: clean, min: 0.5}\n")
+    r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "20", "-q", "--no-health",
+               "--gate", tmp_path / "gates.yaml", "--summary", tmp_path / "s.md", "--junit", tmp_path / "j.xml")
+    assert r.exit_code == 0, r.stderr
+    assert "resnet-base" in (tmp_path / "s.md").read_text() and "<testcase" in (tmp_path / "j.xml").read_text()
+    one_error_line(invoke("eval", "--summary", tmp_path / "x.md"), 2, "--junit and --summary report a gate")
