@@ -8,7 +8,16 @@ from typing import Any
 import click
 
 from .gate_cmd import apply_gate, check_planned_rows, prepare_gate
-from .options import build_suite, model_option, resume_option, run_options, run_spec, suite_options
+from .options import (
+    build_suite,
+    check_outs,
+    model_option,
+    out_option,
+    resume_option,
+    run_options,
+    run_spec,
+    suite_options,
+)
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -24,8 +33,7 @@ from .render import console, distributed_run, health_warnings, warn
                    "Default: the suite's setting.")
 @run_options
 @resume_option
-@click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE",
-              help="Write results: .json (full record), .csv (+ .meta.json) or .md.")
+@out_option()
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Top-1 against eps, a panel per model, with exact 95% bands: .png, .svg or .pdf "
                    "(needs the plot extra: matplotlib).")
@@ -48,7 +56,7 @@ from .render import console, distributed_run, health_warnings, warn
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
                  attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,
                  early_stop: bool | None,
-                 resume: Path | None, out: Path | None, plot: Path | None,
+                 resume: Path | None, outs: tuple[Path, ...], plot: Path | None,
                  per_sample: Path | None, gate_rules: Path | None, baseline: Path | None, junit: Path | None,
                  summary: Path | None,
                  clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
@@ -73,7 +81,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     from robench.plots import check_plot, eval_figure, save_figure
     from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
 
-    check_output(out)
+    check_outs(outs)
     check_plot(plot)
     check_output(per_sample, (".csv",), "--per-sample")
     if (junit or summary) and not (gate_rules or baseline):
@@ -90,7 +98,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
         result = run_eval(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return
-    if out is not None:
+    for out in outs:
         write_results(out, result.meta, result.rows, result.packed_samples())
     if plot is not None:
         save_figure(eval_figure(result.rows, result.meta), plot)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import eps_unit_option, model_option, resume_option, run_options, run_spec
+from .options import check_outs, eps_unit_option, model_option, out_option, resume_option, run_options, run_spec
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -24,13 +24,13 @@ from .render import console, distributed_run, health_warnings, warn
 @click.option("--margin", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Largest gap (accuracy share) an OK verdict tolerates.")
 @click.option("--fail-on-leak", is_flag=True, help="Exit 1 when any model leaks (for CI).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
+@out_option()
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Top-1 against eps per model, with its verdict: .png, .svg or .pdf (needs matplotlib).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, eps_unit: str, resume: Path | None,
                  alpha: float,
-                 margin: float, fail_on_leak: bool, out: Path | None, plot: Path | None,
+                 margin: float, fail_on_leak: bool, outs: tuple[Path, ...], plot: Path | None,
                  quiet: bool, **run: Any) -> None:
     """Measure label leaking: does the true label make FGSM weaker?
 
@@ -56,10 +56,10 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     from robench.evaluate import EvalConfig
     from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
     from robench.plots import check_plot, leak_figure, save_figure
-    from robench.report import check_output, leak_table, write_results
+    from robench.report import leak_table, write_results
     from robench.suite import parse_eps_list
 
-    check_output(out)
+    check_outs(outs)
     check_plot(plot)
     suite = leak_suite(parse_eps_list(eps_text, unit=eps_unit))
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
@@ -68,7 +68,7 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
         result = run_leak_check(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0
         return
-    if out is not None:
+    for out in outs:
         write_results(out, result.meta, result.rows, result.packed_samples())
     if plot is not None:
         save_figure(leak_figure(result.rows, result.meta), plot)

@@ -87,6 +87,24 @@ def run_spec(**options: Any) -> Any:
     return RunSpec(preprocess=Preprocess.from_text(**texts), **options)
 
 
+def out_option(what: str = ".json (full record), .csv (+ .meta.json) or .md") -> Callable[..., Any]:
+    """-o/--out FILE, repeatable: one results file per format (a repeat used to keep only the last)."""
+    return click.option("-o", "--out", "outs", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+                        help=f"Write results: {what}. Repeatable, e.g. -o r.json -o r.md.")
+
+
+def check_outs(outs: tuple[Path, ...]) -> None:
+    """Fail before any work on a bad --out, or on one path given twice."""
+    from robench.errors import RobenchError
+    from robench.report import check_output
+
+    for out in outs:
+        check_output(out)
+    twice = next((o for o in outs if [str(p.resolve()) for p in outs].count(str(o.resolve())) > 1), None)
+    if twice is not None:
+        raise RobenchError(f"--out {twice} is given twice; give each results file once")
+
+
 def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --resume DIR."""
     return click.option(

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import build_suite, model_option, run_options, run_spec, suite_options
+from .options import build_suite, check_outs, model_option, out_option, run_options, run_spec, suite_options
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -24,14 +24,14 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @run_options
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
               help="Keep adversarial examples here; a rerun crafts only what is missing.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), metavar="FILE", help="Write .json, .csv or .md.")
+@out_option()
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Heatmaps of the transfer rate: .png, .svg or .pdf (needs the plot extra: matplotlib).")
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,
-                     cache: Path | None, out: Path | None, plot: Path | None, no_health: bool, quiet: bool,
+                     cache: Path | None, outs: tuple[Path, ...], plot: Path | None, no_health: bool, quiet: bool,
                      **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
@@ -48,10 +48,10 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
     from robench.plots import check_plot, save_figure, transfer_figure
-    from robench.report import check_output, transfer_tables, write_results
+    from robench.report import transfer_summary, transfer_tables, write_results
     from robench.transfer import TransferConfig, run_transfer
 
-    check_output(out)
+    check_outs(outs)
     check_plot(plot)
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
@@ -60,11 +60,13 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
         result = run_transfer(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return
-    if out is not None:
+    for out in outs:
         write_results(out, result.meta, result.rows)
     if plot is not None:
         save_figure(transfer_figure(result.rows), plot)
     if not quiet:
         for table in transfer_tables(result.rows):
             console().print(table)
+        if (result.rows["source"] != result.rows["target"]).any():
+            console().print(transfer_summary(result.rows))
     health_warnings(result.health)

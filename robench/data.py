@@ -543,12 +543,16 @@ def open_source(
     return source
 
 
+def is_folder(spec: str) -> bool:
+    """Is a data spec an image folder (not digits, an IDX dataset or a timm dataset string)?"""
+    named = spec in ("digits", "fashion-mnist", "mnist") or spec.startswith(("fashion-mnist:", "mnist:"))
+    return not named and spec.split("/", 1)[0].lower() not in ("torch", "hfds", "hfids", "tfds", "wds")
+
+
 def has_test_split(spec: str) -> bool:
     """Does ``spec`` hold test data apart from its training data? Built-ins and timm datasets do; a folder
     only with ``val/`` (or ``validation/``, ``test/``) beside ``train/``."""
-    if spec in ("digits", "fashion-mnist") or spec.startswith(("fashion-mnist:", "mnist:")):
-        return True
-    if spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
+    if not is_folder(spec):
         return True
     return _split_folder(Path(spec), "train") != _split_folder(Path(spec), "test")
 

@@ -27,6 +27,7 @@ DEFINITIONS = {
         "adversarial example it misclassifies; empty for clean rows"
     ),
     "n": "number of samples",
+    "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
     "worst": (
         "attack 'worst': robust accuracy as the per-sample worst case; a sample counts only if the model "
         "classifies it correctly clean and under every attack of the suite at that eps"
@@ -99,6 +100,7 @@ TRANSFER_DEFINITIONS = {
     ),
     "n_fooled_source_both_clean": "the number of such samples: transfer_rate_both_clean's denominator",
     "n": "number of samples",
+    "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
 }
 TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "target_error",
                     "transfer_rate", "n_fooled_source", "transfer_rate_both_clean", "n_fooled_source_both_clean",

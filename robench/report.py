@@ -192,6 +192,23 @@ def transfer_tables(rows: pd.DataFrame) -> list[Any]:
     return tables
 
 
+def transfer_summary(rows: pd.DataFrame) -> Any:
+    """The mean off-diagonal (paper's) transfer rate per attack (columns) and eps (rows): the README's summary table."""
+    from rich.table import Table
+
+    cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
+    means = cells.groupby(["eps", "attack"], sort=False)["transfer_rate"].mean()
+    attacks = list(dict.fromkeys(cells["attack"]))
+    table = Table(title="mean transfer rate %", title_justify="left",
+                  caption="off-diagonal cells, the paper's definition", caption_justify="left")
+    table.add_column("eps", justify="right", style="bold")
+    for attack in attacks:
+        table.add_column(str(attack), justify="right")
+    for eps in sorted(cells["eps"].unique()):
+        table.add_row(f"{eps_label(eps)}/255", *[pct(means.get((eps, a), float("nan"))) or "-" for a in attacks])
+    return table
+
+
 def _count(row: Any) -> str:
     n = getattr(row, "n_fooled_source", None)
     return "-" if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)) else str(int(n))

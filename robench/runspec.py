@@ -16,7 +16,16 @@ from typing import Any
 import torch
 
 from robench import health, probes
-from robench.data import CLASS_ORDERS, Source, channel_note, class_list_problem, few_pair, open_source, read_class_list
+from robench.data import (
+    CLASS_ORDERS,
+    Source,
+    channel_note,
+    class_list_problem,
+    few_pair,
+    is_folder,
+    open_source,
+    read_class_list,
+)
 from robench.distributed import Dist, resolve_device
 from robench.engine import Participant
 from robench.errors import FieldError, RobenchError
@@ -134,14 +143,17 @@ def run_data(data: str | None, parsed: list[ModelSpec]) -> tuple[str, list[str]]
     """The data to evaluate on, and a note for each model whose checkpoint says it trained on other data.
 
     Without ``data`` the run takes the dataset the checkpoints record (their test split), if
-    they agree, else digits: a Fashion-MNIST model ran on digits at 22% with no word.
+    they agree, else digits: a Fashion-MNIST model ran on digits at 22% with no word. Named
+    datasets that differ are warned of; an image folder may hold the very images a built-in
+    dataset has, and classes that differ are refused by name anyway (``run_classes``).
     """
     trained = {p.label: d for p in parsed if (d := checkpoint_dataset(p)) is not None}
     if data is None:
         known = set(trained.values())
         data = known.pop() if len(known) == 1 else "digits"
     notes = [f"model '{label}' was trained on {d} (its checkpoint says) but the data is {data}: its numbers are "
-             f"for data it never learned (pass --data {d})" for label, d in trained.items() if d != data]
+             f"for data it never learned (pass --data {d})" for label, d in trained.items()
+             if d != data and not is_folder(d) and not is_folder(data)]  # a folder may hold the same images
     return data, notes
 
 

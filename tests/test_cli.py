@@ -642,3 +642,16 @@ def test_eps_in_pixels_gives_the_rows_of_its_1_255_value(tmp_path: Path, default
                               "Write 76.5 or 0.3*255 or 76.5/255")
     assert not (tmp_path / "x.json").exists()
     one_error_line(invoke("leak-check", "--eps", "0.031", "-o", tmp_path / "l.json"), 2, "eps 0.031 is in 1/255")
+
+
+def test_several_outs_write_each_and_a_path_twice_is_refused(tmp_path: Path, default_checkpoint: Path) -> None:
+    """--out a.json --out a.md --out a.csv kept only the last, silently."""
+    outs = [tmp_path / "a.json", tmp_path / "a.md", tmp_path / "a.csv"]
+    result = invoke("eval", "-m", default_checkpoint, "--attack", "fgsm", "--eps", "8", "--limit", "20", "-q",
+                    "--no-health", *[x for o in outs for x in ("--out", o)])
+    assert result.exit_code == 0, result.stderr
+    assert all(o.is_file() for o in outs) and (tmp_path / "a.csv.meta.json").is_file()
+    assert json.loads(outs[0].read_text())["rows"][0]["attack"] == "clean"
+    result = invoke("leak-check", "--out", tmp_path / "l.json", "--out", tmp_path / "." / "l.json")
+    one_error_line(result, 2, "l.json is given twice")
+    assert not (tmp_path / "l.json").exists()

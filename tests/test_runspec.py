@@ -117,8 +117,14 @@ def test_without_data_a_checkpoint_evaluates_on_what_it_trained_on(tmp_path, def
     assert (doc["dataset"]["spec"], doc["dataset"]["n"], doc["config"]["data"]) == (str(folder), 10, str(folder))
     assert "was trained on" not in result.stderr
     result = CliRunner().invoke(main, [*args, "--data", "digits", "--limit", "20"])
+    assert result.exit_code == 0 and "was trained on" not in result.stderr  # a folder may hold the same images
+    other = tmp_path / "fm.safetensors"  # a checkpoint naming another built-in dataset (classes 0..9 kept)
+    save_file(load_file(str(default_checkpoint)), str(other),
+              metadata={META_KEY: json.dumps({**meta, "dataset": "fashion-mnist:train"}, sort_keys=True)})
+    result = CliRunner().invoke(main, ["eval", str(other), "--data", "digits", "--attack", "fgsm", "--eps", "8",
+                                       "--limit", "20", "-q", "--no-health"])
     assert result.exit_code == 0, result.stderr
-    assert f"model 'm' was trained on {folder} (its checkpoint says) but the data is digits" in result.stderr
-    assert f"(pass --data {folder})" in result.stderr
+    assert ("model 'fm' was trained on fashion-mnist (its checkpoint says) but the data is digits: its numbers are "
+            "for data it never learned (pass --data fashion-mnist)") in result.stderr
     result = CliRunner().invoke(main, ["eval", "--attack", "fgsm", "--eps", "8", "--limit", "10", "-q", "--no-health"])
     assert result.exit_code == 0 and "was trained on" not in result.stderr  # the zoo: digits, as before

@@ -232,3 +232,18 @@ def test_plot_heatmaps(tmp_path: Path) -> None:
     save_figure(transfer_figure(rows), tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["m.png"]
+
+
+def test_transfer_summary_is_the_mean_off_diagonal_rate() -> None:
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from robench.report import transfer_summary
+
+    rows = pd.DataFrame([{"source": s, "target": t, "attack": "fgsm", "eps": 8.0, "transfer_rate": r}
+                         for s, t, r in (("a", "a", 1.0), ("a", "b", 0.2), ("b", "a", 0.4), ("b", "b", 1.0))])
+    out = io.StringIO()
+    Console(file=out, width=80).print(transfer_summary(rows))
+    assert "30.0" in out.getvalue() and "8/255" in out.getvalue()  # (20 + 40) / 2, the diagonal left out
