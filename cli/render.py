@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,18 +59,54 @@ def rate_columns(unit: str) -> list[Any]:
     return [Rate(), Eta()]
 
 
+LOG_EVERY_S = 30.0  # without a terminal (CI logs), a plain progress line at most this often
+
+
+def log_lines(stream: Any, every: float = LOG_EVERY_S) -> Callable[[str, int, int], None]:
+    """A callback (label, done, total) that prints plain lines: after the first finished batch, then at most every
+    ``every`` seconds, and at the end; each with images/s and the time left.
+
+    A redirected stderr (a CI log) would otherwise show nothing until the end: rich draws a bar
+    only on a terminal.
+    """
+    state: dict[str, list[float]] = {}  # label -> [start, done at start, time of the last line]
+
+    def update(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if label not in state:
+            state[label] = [now, float(done), -math.inf]
+            return
+        start, base, last = state[label]
+        if done < total and now - last < every:
+            return
+        rate = (done - base) / max(now - start, 1e-9)
+        left = int((total - done) / rate + 0.5) if rate > 0 else 0
+        print(f"{label}: {done}/{total} images, {rate:,.1f} images/s, eta {left // 3600}:{left // 60 % 60:02d}:"
+              f"{left % 60:02d}, elapsed {int(now - start)} s", file=stream, flush=True)
+        state[label][2] = now
+
+    return update
+
+
 @contextmanager
-def progress_bar(enabled: bool = True, stream: Any = None) -> Iterator[Callable[[str, int, int], None]]:
+def progress_bar(enabled: bool = True, stream: Any = None,
+                 terminal: bool | None = None) -> Iterator[Callable[[str, int, int], None]]:
     """A callback (label, done, total) that drives one rich bar per label (the command), with images/s and ETA.
 
     A label's first call marks its start (robench.engine reports before its first batch); the bar
     shows from the first finished batch on, so an error before it leaves stderr to its one line.
-    ``stream``: where to draw (default stderr), for tests.
+    Without a terminal it prints plain lines instead (``log_lines``). ``stream`` and ``terminal``:
+    where to draw (default stderr) and whether it is a terminal (default: ask it), for tests.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not enabled:
         yield lambda label, done, total: None
+        return
+    if terminal is None:
+        terminal = stream is not None or console(err=True).is_terminal  # a test's stream draws as a terminal
+    if not terminal:
+        yield log_lines(sys.stderr if stream is None else stream)
         return
     out = console(err=True) if stream is None else _console_on(stream)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),

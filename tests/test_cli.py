@@ -655,3 +655,24 @@ def test_several_outs_write_each_and_a_path_twice_is_refused(tmp_path: Path, def
     result = invoke("leak-check", "--out", tmp_path / "l.json", "--out", tmp_path / "." / "l.json")
     one_error_line(result, 2, "l.json is given twice")
     assert not (tmp_path / "l.json").exists()
+
+
+def test_progress_without_a_terminal_is_plain_lines() -> None:
+    """A CI log (stderr redirected) showed nothing until the end: now a line per finished interval, and the last."""
+    import io
+    import re
+    import time
+
+    from robench.cli.render import progress_bar
+
+    stream = io.StringIO()
+    with progress_bar(stream=stream, terminal=False) as update:
+        update("eval", 0, 300)  # the engine's start report: no line yet
+        time.sleep(0.02)
+        update("eval", 100, 300)  # the first finished batch: a line
+        update("eval", 200, 300)  # within the interval: none
+        update("eval", 300, 300)  # the end: a line
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "\x1b" not in stream.getvalue()  # no terminal codes in a log
+    assert re.fullmatch(r"eval: 100/300 images, [\d,.]+ images/s, eta \d+:\d\d:\d\d, elapsed \d+ s", lines[0])
+    assert lines[1].startswith("eval: 300/300 images") and "eta 0:00:00" in lines[1]
