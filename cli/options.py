@@ -100,9 +100,13 @@ def check_outs(outs: tuple[Path, ...]) -> None:
 
     for out in outs:
         check_output(out)
-    twice = next((o for o in outs if [str(p.resolve()) for p in outs].count(str(o.resolve())) > 1), None)
-    if twice is not None:
-        raise RobenchError(f"--out {twice} is given twice; give each results file once")
+    seen: dict[str, Path] = {}
+    for out in outs:
+        first = seen.setdefault(str(out.resolve()), out)
+        if first is not out:
+            same = f"--out {first} is given twice" if str(first) == str(out) else \
+                f"--out {first} and --out {out} are the same file"
+            raise RobenchError(f"{same}; give each results file once")
 
 
 def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -199,8 +199,9 @@ def transfer_summary(rows: pd.DataFrame) -> Any:
     cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
     means = cells.groupby(["eps", "attack"], sort=False)["transfer_rate"].mean()
     attacks = list(dict.fromkeys(cells["attack"]))
-    table = Table(title="mean transfer rate %", title_justify="left",
-                  caption="off-diagonal cells, the paper's definition", caption_justify="left")
+    caption = "off-diagonal cells, the paper's definition"
+    table = Table(title="mean transfer rate %", title_justify="left", caption=caption, caption_justify="left",
+                  min_width=len(caption) + 2)  # rich wraps a title and caption to the table's width
     table.add_column("eps", justify="right", style="bold")
     for attack in attacks:
         table.add_column(str(attack), justify="right")

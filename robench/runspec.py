@@ -125,8 +125,17 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     parsed = parse_specs(specs)
     classes, classes_from = run_classes(run, parsed)
     data, notes = run_data(run.data, parsed)  # notes are said once everything has opened: a failed run says why
-    source = open_source(data, "test", run.limit, run.seed, run.workers, run.skip_bad_images,
-                         class_order=run.class_order, classes=classes, classes_from=classes_from, warn=notes.append)
+    try:
+        source = open_source(data, "test", run.limit, run.seed, run.workers, run.skip_bad_images,
+                             class_order=run.class_order, classes=classes, classes_from=classes_from,
+                             warn=notes.append)
+    except FieldError:
+        raise
+    except RobenchError as e:
+        if run.data is not None or data == "digits":
+            raise
+        raise RobenchError(f"{e} (the models' checkpoints say they trained on {data}; pass --data to evaluate on "
+                           f"other data)") from None
     run.suite.check_classes(source.num_classes, source.name)
     models = load_models(specs, source, run.pretrained, device, run.preprocess)
     for m in models:

@@ -652,8 +652,11 @@ def test_several_outs_write_each_and_a_path_twice_is_refused(tmp_path: Path, def
     assert result.exit_code == 0, result.stderr
     assert all(o.is_file() for o in outs) and (tmp_path / "a.csv.meta.json").is_file()
     assert json.loads(outs[0].read_text())["rows"][0]["attack"] == "clean"
-    result = invoke("leak-check", "--out", tmp_path / "l.json", "--out", tmp_path / "." / "l.json")
-    one_error_line(result, 2, "l.json is given twice")
+    (tmp_path / "sub").mkdir()
+    result = invoke("leak-check", "--out", tmp_path / "l.json", "--out", tmp_path / "sub" / ".." / "l.json")
+    one_error_line(result, 2, "l.json and --out", "are the same file")
+    one_error_line(invoke("leak-check", "--out", tmp_path / "l.json", "--out", tmp_path / "l.json"), 2,
+                   "l.json is given twice")
     assert not (tmp_path / "l.json").exists()
 
 

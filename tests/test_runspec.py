@@ -128,3 +128,10 @@ def test_without_data_a_checkpoint_evaluates_on_what_it_trained_on(tmp_path, def
             "for data it never learned (pass --data fashion-mnist)") in result.stderr
     result = CliRunner().invoke(main, ["eval", "--attack", "fgsm", "--eps", "8", "--limit", "10", "-q", "--no-health"])
     assert result.exit_code == 0 and "was trained on" not in result.stderr  # the zoo: digits, as before
+    gone = tmp_path / "gone.safetensors"  # its dataset cannot be opened here: the error says who chose it
+    save_file(load_file(str(default_checkpoint)), str(gone),
+              metadata={META_KEY: json.dumps({**meta, "dataset": f"{tmp_path / 'nowhere'}:train"}, sort_keys=True)})
+    result = CliRunner().invoke(main, ["eval", str(gone), "--attack", "fgsm", "--eps", "8", "-q"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "dataset folder not found" in result.stderr and "(the models' checkpoints say they trained on" in \
+        result.stderr and "pass --data to evaluate on other data)" in result.stderr
