@@ -39,6 +39,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Ankle boot"]
 CLASS_ORDERS = ("natural", "lexical")  # natural: timm's (1, 2, 10); lexical: torchvision's ImageFolder (1, 10, 2)
 SHOWN_NAMES = 5  # class names a message shows of a list
+TIMM_PREFIXES = ("torch", "hfds", "hfids", "tfds", "wds")  # data specs passed to timm's create_dataset
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,9 @@ def channel_note(label: str, channels: int, source: Source) -> str | None:
     """
     native = source.native
     if channels == 1 and native is not None and native[0] == 3:
+        r, g, b = LUMINANCE
         return (f"model '{label}' takes 1 channel: the RGB images of {source.name} are converted to luminance "
-                f"(L = 0.299 R + 0.587 G + 0.114 B)")
+                f"(L = {r:g} R + {g:g} G + {b:g} B)")
     return None
 
 
@@ -529,9 +531,8 @@ def open_source(
     elif spec == "mnist" or spec.startswith("mnist:"):
         if not spec.partition(":")[2]:
             raise FieldError("data", "{name} mnist needs the folder of its IDX files: mnist:DIR")
-        source = load_idx_source(Path(spec.partition(":")[2]), "mnist", [str(d) for d in range(10)], split, limit,
-                                 seed)
-    elif spec.split("/", 1)[0].lower() in ("torch", "hfds", "hfids", "tfds", "wds"):
+        source = load_idx_source(Path(spec.partition(":")[2]), "mnist", DIGITS_CLASSES, split, limit, seed)
+    elif spec.split("/", 1)[0].lower() in TIMM_PREFIXES:
         source = load_timm_source(spec, split, limit, seed, workers, skip_bad)
     else:
         return load_folder_source(_split_folder(Path(spec), split), limit, seed, workers, skip_bad, class_order,
@@ -546,7 +547,7 @@ def open_source(
 def is_folder(spec: str) -> bool:
     """Is a data spec an image folder (not digits, an IDX dataset or a timm dataset string)?"""
     named = spec in ("digits", "fashion-mnist", "mnist") or spec.startswith(("fashion-mnist:", "mnist:"))
-    return not named and spec.split("/", 1)[0].lower() not in ("torch", "hfds", "hfids", "tfds", "wds")
+    return not named and spec.split("/", 1)[0].lower() not in TIMM_PREFIXES
 
 
 def has_test_split(spec: str) -> bool:
