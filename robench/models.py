@@ -397,8 +397,7 @@ def _input_source(model: nn.Module, arch: str, meta: dict[str, Any]) -> str:
         return "checkpoint"
     if not factories.is_factory(arch):
         return "timm_pretrained_cfg"
-    own = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    return "module_pretrained_cfg" if own else "identity"
+    return "module_pretrained_cfg" if _own_cfg(model) else "identity"
 
 
 def _input_text(input_cfg: InputConfig, cfg: dict[str, Any]) -> str:
@@ -493,7 +492,7 @@ def _factory_config(model: nn.Module, native: tuple[int, int, int] | None, label
     """
     from timm.data import resolve_data_config
 
-    own = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    own = _own_cfg(model)
     if own:
         if not isinstance(own, Mapping):
             raise RobenchError(f"model '{label}': its pretrained_cfg is a {type(own).__name__}, not a dict "
@@ -516,6 +515,11 @@ def _factory_config(model: nn.Module, native: tuple[int, int, int] | None, label
         f"model '{label}' has no pretrained_cfg: robench feeds it [0, 1] pixels unnormalized (mean 0, std 1) at "
         f"{size}; if it expects otherwise, say so with ?mean=..&std=..&input-size=C,H,W or --mean/--std"]
     return cfg, notes
+
+
+def _own_cfg(model: nn.Module) -> Any:
+    """The data config a module carries in timm's convention (``pretrained_cfg``, or the older ``default_cfg``)."""
+    return getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
 
 
 def _stem_channels(model: nn.Module) -> int | None:
