@@ -133,9 +133,6 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Any:
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
-EPS_UNITS = ("1/255", "pixel")  # what a plain number means: 8 -> 8/255, or 0.03 -> 0.03 of the pixel range
-
-
 def _number(text: str) -> Fraction:
     """"0.3", "76.5/255" or "0.3*255" as an exact fraction (no eval: one operator at most)."""
     for op in ("/", "*"):
