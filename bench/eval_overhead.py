@@ -35,7 +35,7 @@ from robench.data import Batch, TensorSource, open_source
 from robench.engine import attack_noise
 from robench.evaluate import EvalConfig, run_eval
 from robench.models import load_model, parse_spec
-from robench.runspec import RunSpec, load_models
+from robench.runspec import RunSpec, load_models, parse_specs
 from robench.suite import Suite, load_suite
 
 TARGET = 1.15  # acceptable robench / bare ratio
@@ -311,7 +311,7 @@ def end_to_end() -> dict[str, float]:
     t0 = time.perf_counter()
     source = open_source("digits", "test")
     t1 = time.perf_counter()
-    load_models(("zoo:resnet-base",), source, False, cpu)
+    load_models(parse_specs(("zoo:resnet-base",)), source, False, cpu)
     t2 = time.perf_counter()
     run_eval(EvalConfig(("zoo:resnet-base",), RunSpec(batch_size=100, device="cpu")))
     t3 = time.perf_counter()

@@ -16,7 +16,7 @@ import torch
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.data import open_source
 from robench.engine import attack_noise, score
-from robench.runspec import RunSpec, load_models
+from robench.runspec import RunSpec, load_models, parse_specs
 from robench.suite import load_suite
 from robench.transfer import TransferConfig, deliver, run_transfer
 
@@ -27,7 +27,7 @@ def naive(images: int, batch: int) -> tuple[float, int, dict]:
     """For every (source, target) pair, craft the source's examples again and score them on the target."""
     suite = load_suite()
     source = open_source("digits", "test", images, 0)
-    models = load_models(MODELS, source, False, torch.device("cpu"))
+    models = load_models(parse_specs(MODELS), source, False, torch.device("cpu"))
     calls, preds = 0, {}
     start = time.perf_counter()
     for s in models:

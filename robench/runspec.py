@@ -137,7 +137,7 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
         raise RobenchError(f"{e} (the models' checkpoints say they trained on {data}; pass --data to evaluate on "
                            f"other data)") from None
     run.suite.check_classes(source.num_classes, source.name)
-    models = load_models(specs, source, run.pretrained, device, run.preprocess)
+    models = load_models(parsed, source, run.pretrained, device, run.preprocess)
     for m in models:
         notes += [*m.notes, *filter(None, [channel_note(m.spec.label, m.input.channels, source)])]
         if m.weights == "random":
@@ -202,11 +202,10 @@ def parse_specs(specs: tuple[str, ...]) -> list[ModelSpec]:
     return parsed
 
 
-def load_models(specs: tuple[str, ...], source: Source, pretrained: bool, device: torch.device,
+def load_models(parsed: list[ModelSpec], source: Source, pretrained: bool, device: torch.device,
                 preprocess: Preprocess | None = None) -> list[LoadedModel]:
-    """Load every model and check it fits the dataset; an empty tuple gives the default models."""
-    models = [load_model(p, source.num_classes, pretrained, device, source.native, preprocess)
-              for p in parse_specs(specs)]
+    """Load every model (``parse_specs``'s) and check it fits the dataset."""
+    models = [load_model(p, source.num_classes, pretrained, device, source.native, preprocess) for p in parsed]
     for m in models:
         if m.num_classes != source.num_classes:
             fix = ("let the factory take num_classes=, or give it weights trained on this dataset "
