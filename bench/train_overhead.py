@@ -5,7 +5,7 @@ TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1): digits train 
 images), 32 px, batch 64, half of each minibatch replaced by step_ll examples with per-example eps
 from |N(0, 8)| truncated to [0, 16], loss weight lambda 0.3, AdamW.
 
-robench side: ``robench.train._epoch`` on the model from ``robench.train._build`` and the source
+robench side: ``robench.train._epoch`` on the model from ``robench.models.training_model`` and the source
 from ``open_source("digits", "train")``; model creation, data loading, checkpoint writing and the
 final validation of ``train()`` are outside the timed region (``train()`` is timed end to end once,
 separately, for context).
@@ -50,8 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.data import InputConfig, TensorSource, open_source
+from robench.models import training_model
 from robench.recipe import TrainConfig
-from robench.train import _build, _epoch, train
+from robench.train import _epoch, train
 
 TARGET = 1.15  # acceptable robench / bare ratio
 CFG = TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1)
@@ -224,7 +225,8 @@ def setup() -> Setup:
     torch.manual_seed(CFG.seed)  # as train() does before building the model
     source = open_source(CFG.data, "train")
     assert isinstance(source, TensorSource)
-    model, input_cfg = _build(CFG.validate(), source.num_classes)
+    cfg = CFG.validate()
+    model, input_cfg = training_model(cfg.arch, source.num_classes, source.native, cfg.input_size)
     assert input_cfg.channels == 3 and source.images.shape[1] == 1
     initial = copy.deepcopy(model.state_dict())
     return Setup(model, initial, source, input_cfg, PassCounter(model))

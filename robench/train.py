@@ -215,11 +215,6 @@ class TrainResult:
     meta: dict[str, Any]
 
 
-def _build(cfg: TrainConfig, source: Source) -> tuple[Normalized, InputConfig]:
-    """The model (timm or factory) wrapped to take [0, 1] pixels, with its own mean/std, and the pixels it trains on."""
-    return training_model(cfg.arch, source.num_classes, source.native, cfg.input_size)
-
-
 def accuracy(model: nn.Module, source: Source, input_cfg: InputConfig, batch_size: int = 256,
              dist: Dist = LOCAL) -> float:
     """Clean top-1 accuracy of a [0, 1]-input model on a whole source; each rank scores its shard.
@@ -349,7 +344,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     if tail and warn is not None and dist.is_main:
         warn(f"{len(source.ids)} training samples in minibatches of {cfg.batch_size} end each epoch with {tail}, "
              f"fewer than 2 per process (BatchNorm cannot train on one): each epoch leaves {tail} out, drawn anew")
-    model, input_cfg = _build(cfg, source)
+    model, input_cfg = training_model(cfg.arch, source.num_classes, source.native, cfg.input_size)
     note = channel_note(cfg.arch, input_cfg.channels, source)
     if note and warn is not None and dist.is_main:
         warn(note)
