@@ -93,7 +93,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
     if gate is not None:
-        check_planned_rows(gate, cfg.models, suite)
+        check_planned_rows(gate, cfg)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):
         result = run_eval(cfg, progress, warn, dist)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders

@@ -47,18 +47,12 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
     return GatePlan(rules, baseline, baseline_path, rules_path, junit, summary)
 
 
-def check_planned_rows(plan: GatePlan, specs: tuple[str, ...], suite: Any) -> None:
-    """eval --gate: every rule must match a row the run will write, known from the specs and the suite alone."""
+def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
+    """eval --gate: every rule must match a row the run (an EvalConfig) will write, before any work."""
+    from robench.evaluate import planned_rows
     from robench.gate import check_planned
-    from robench.metrics import CLEAN, WORST
-    from robench.models import parse_spec
-    from robench.zoo import DEFAULT
 
-    labels = [parse_spec(s).label for s in specs or tuple(f"zoo:{name}" for name in DEFAULT)]
-    settings = [(CLEAN, 0.0), *((a.id, e) for a in suite.attacks for e in a.eps),
-                *((WORST, e) for e in sorted({e for a in suite.attacks for e in a.eps}))]
-    rows = [{"model": m, "attack": a, "eps": e} for m in labels for a, e in settings]
-    check_planned(plan.rules, rows, "this eval")
+    check_planned(plan.rules, planned_rows(cfg), "this eval")
 
 
 def apply_gate(plan: GatePlan, doc: dict[str, Any], name: str, quiet: bool = False) -> None:

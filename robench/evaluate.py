@@ -15,7 +15,7 @@ from robench.distributed import LOCAL, Dist
 from robench.engine import Progress
 from robench.provenance import dataset_record, envelope
 from robench.resume import RunState, fingerprint
-from robench.runspec import Opened, RunSpec, open_run, probe_models
+from robench.runspec import Opened, RunSpec, open_run, parse_specs, probe_models
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,17 @@ class EvalResult:
     def packed_samples(self) -> dict[str, Any]:
         """Packed per-sample top-1/top-5 correctness, one record per row (for results files)."""
         return samples.from_outcomes(self.outcomes)
+
+
+def planned_rows(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The (model, attack, eps) rows ``run_eval`` will write, from the specs and the suite alone (nothing loads).
+
+    Gates check their rules against them before any work (``robench.gate.check_planned``).
+    """
+    settings = engine.settings_of(cfg.run.suite)
+    if cfg.worst:
+        settings += [(metrics.WORST, e) for e in worst.settings_eps(settings)]
+    return [{"model": p.label, "attack": a, "eps": e} for p in parse_specs(cfg.models) for a, e in settings]
 
 
 def run_eval(

@@ -15,7 +15,12 @@ from robench.metrics import CLEAN, WORST, correct
 
 def attack_eps(out: Outcomes) -> list[float]:
     """The distinct eps of the attack settings, ascending (1/255 units)."""
-    return sorted({float(e) for a, e in out.settings if a not in (CLEAN, WORST)})
+    return settings_eps(out.settings)
+
+
+def settings_eps(settings: list[tuple[str, float]]) -> list[float]:
+    """The distinct eps of the attack settings among (attack id, eps) settings, ascending: the worst rows' eps."""
+    return sorted({float(e) for a, e in settings if a not in (CLEAN, WORST)})
 
 
 def _rows_at(out: Outcomes, eps: float) -> list[int]:
