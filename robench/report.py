@@ -185,7 +185,8 @@ def transfer_tables(rows: pd.DataFrame) -> list[Any]:
         for t in targets:
             table.add_column(str(t), justify="right")
         for source, g in group.groupby("source", sort=False):
-            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)}) n={_count(r)}"
+            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)}) "
+                               f"n={cell_text('n_fooled_source', getattr(r, 'n_fooled_source', None)) or '-'}"
                      if r.source != r.target else f"white-box ({pct(r.target_top1)})" for r in g.itertuples()}
             table.add_row(str(source), *[cells.get(t, "") for t in targets])
         tables.append(table)
@@ -208,11 +209,6 @@ def transfer_summary(rows: pd.DataFrame) -> Any:
     for eps in sorted(cells["eps"].unique()):
         table.add_row(f"{eps_label(eps)}/255", *[pct(means.get((eps, a), float("nan"))) or "-" for a in attacks])
     return table
-
-
-def _count(row: Any) -> str:
-    n = getattr(row, "n_fooled_source", None)
-    return "-" if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)) else str(int(n))
 
 
 VERDICT_STYLE = {"LEAK": "bold red", "OK": "bold green", "INCONCLUSIVE": "bold yellow"}
