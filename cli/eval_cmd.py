@@ -94,8 +94,8 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
     if gate is not None:
         check_planned_rows(gate, cfg)
-    with distributed_run(cfg.run.device, quiet, resume) as (dist, progress):
-        result = run_eval(cfg, progress, warn, dist)
+    with distributed_run(cfg.run.device, quiet, resume) as (dist, reporter):
+        result = run_eval(cfg, reporter.progress, warn, dist, reporter.status)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return
     for out in outs:

@@ -64,8 +64,8 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     suite = leak_suite(parse_eps_list(eps_text, unit=eps_unit))
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
-    with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, progress):
-        result = run_leak_check(cfg, progress, warn, dist)
+    with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, reporter):
+        result = run_leak_check(cfg, reporter.progress, warn, dist, reporter.status)
     if result is None:  # a torchrun rank other than 0
         return
     for out in outs:

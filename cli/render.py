@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -62,70 +63,147 @@ def rate_columns(unit: str) -> list[Any]:
 LOG_EVERY_S = 30.0  # without a terminal (CI logs), a plain progress line at most this often
 
 
-def log_lines(stream: Any, every: float = LOG_EVERY_S) -> Callable[[str, int, int], None]:
-    """A callback (label, done, total) that prints plain lines: after the first finished batch, then at most every
-    ``every`` seconds, and at the end; each with images/s and the time left.
+@dataclass(frozen=True)
+class Reporter:
+    """The two callbacks a run reports to: images done (label, done, total) and the stage now (label, text)."""
 
-    A redirected stderr (a CI log) would otherwise show nothing until the end: rich draws a bar
-    only on a terminal.
+    progress: Callable[[str, float, int], None]
+    status: Callable[[str, str], None]
+
+
+def _silent(*_: Any) -> None:
+    return None
+
+
+class LogLines:
+    """Plain progress lines for a log (stderr not a terminal), where rich draws nothing until the end.
+
+    The first stage a run reports (its health probes, or its first attack) prints at once, so a
+    log shows the run has started; then, as each attack starts, a line if ``every`` seconds have
+    passed since the last, with images/s, the time left and the attack now; and a last line at
+    the end. Progress moves within a batch (per attack), so a slow batch still gives lines.
     """
-    state: dict[str, list[float]] = {}  # label -> [start, done at start, time of the last line]
 
-    def update(label: str, done: int, total: int) -> None:
+    def __init__(self, stream: Any, every: float = LOG_EVERY_S) -> None:
+        self.stream, self.every = stream, every
+        self.start: dict[str, tuple[float, float]] = {}  # label -> (time, images done) at the run's start report
+        self.last: dict[str, float] = {}  # label -> time of its last line
+        self.stage: dict[str, str] = {}
+        self.done: dict[str, tuple[float, int]] = {}  # label -> latest (done, total)
+        self.ended: set[str] = set()  # labels whose last line is printed
+
+    def progress(self, label: str, done: float, total: int) -> None:
+        """Images done; the first call marks the start the rate counts from."""
         now = time.monotonic()
-        if label not in state:
-            state[label] = [now, float(done), -math.inf]
-            return
-        start, base, last = state[label]
-        if done < total and now - last < every:
-            return
+        self.done[label] = (done, total)
+        if label not in self.start:
+            self.start[label] = (now, done)
+        elif done >= total and label not in self.ended:
+            self.ended.add(label)
+            self._line(label, now)
+        elif label not in self.stage and now - self.last.get(label, -math.inf) >= self.every:
+            self._line(label, now)  # a run that names no stages: a line per interval from here
+
+    def status(self, label: str, text: str) -> None:
+        """The stage now: printed at once the first time, else in the next line that is due."""
+        now = time.monotonic()
+        self.stage[label] = text
+        if label not in self.last:
+            self._print(label, now, f"{label}: {text}")
+        elif label in self.start and now - self.last[label] >= self.every:
+            self._line(label, now)
+
+    def _line(self, label: str, now: float) -> None:
+        (start, base), (done, total) = self.start[label], self.done[label]
         rate = (done - base) / max(now - start, 1e-9)
         left = int((total - done) / rate + 0.5) if rate > 0 else 0
-        print(f"{label}: {done}/{total} images, {rate:,.1f} images/s, eta {left // 3600}:{left // 60 % 60:02d}:"
-              f"{left % 60:02d}, elapsed {int(now - start)} s", file=stream, flush=True)
-        state[label][2] = now
+        stage = f", now {self.stage[label]}" if label in self.stage and done < total else ""
+        self._print(label, now, f"{label}: {int(done)}/{total} images, {rate:,.1f} images/s, eta {_clock(left)}, "
+                                f"elapsed {int(now - start)} s{stage}")
 
-    return update
+    def _print(self, label: str, now: float, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+        self.last[label] = now
+
+
+def _clock(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 @contextmanager
-def progress_bar(enabled: bool = True, stream: Any = None,
-                 terminal: bool | None = None) -> Iterator[Callable[[str, int, int], None]]:
-    """A callback (label, done, total) that drives one rich bar per label (the command), with images/s and ETA.
+def progress_bar(enabled: bool = True, stream: Any = None, terminal: bool | None = None) -> Iterator[Reporter]:
+    """One rich bar per label (the command) with images/s, ETA and the stage now; plain lines without a terminal.
 
-    A label's first call marks its start (robench.engine reports before its first batch); the bar
-    shows from the first finished batch on, so an error before it leaves stderr to its one line.
-    Without a terminal it prints plain lines instead (``log_lines``). ``stream`` and ``terminal``:
-    where to draw (default stderr) and whether it is a terminal (default: ask it), for tests.
+    The first report (a stage, or robench.engine's start) shows the bar; the rate counts from
+    the engine's start report. Without a terminal it prints ``LogLines`` instead. ``stream``
+    and ``terminal``: where to draw (default stderr) and whether it is a terminal (default:
+    ask it), for tests.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     if not enabled:
-        yield lambda label, done, total: None
+        yield Reporter(_silent, _silent)
         return
     if terminal is None:
         terminal = stream is not None or console(err=True).is_terminal  # a test's stream draws as a terminal
     if not terminal:
-        yield log_lines(sys.stderr if stream is None else stream)
+        lines = LogLines(sys.stderr if stream is None else stream)
+        yield Reporter(lines.progress, lines.status)
         return
     out = console(err=True) if stream is None else _console_on(stream)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),
-                   TextColumn("elapsed"), TimeElapsedColumn(), console=out)
+    bar = _staged_bar([TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),
+                       TextColumn("elapsed"), TimeElapsedColumn()], out)
     tasks: dict[str, Any] = {}
+    stages: dict[str, str] = {}
+    counting: set[str] = set()  # labels whose start report came: their clocks run from it
 
-    def update(label: str, done: int, total: int) -> None:
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total, completed=done, base=done)
+    def progress(label: str, done: float, total: int) -> None:
+        if label not in counting:
+            counting.add(label)
+            if label in tasks:  # shown since a stage (the probes): the rate counts from here
+                bar.reset(tasks[label], total=total, completed=done, base=done, stage=stages[label])
+            else:
+                tasks[label] = bar.add_task(label, total=total, completed=done, base=done, stage="")
             return
-        bar.update(tasks[label], completed=done)
-        if not bar.live.is_started:
-            bar.start()
+        bar.update(tasks[label], completed=done, **({"stage": ""} if done >= total else {}))
+        _show(bar)
+
+    def status(label: str, text: str) -> None:
+        stages[label] = text
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=None, base=0, stage=text)
+        else:
+            bar.update(tasks[label], stage=text)
+        _show(bar)
 
     try:
-        yield update
+        yield Reporter(progress, status)
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+def _staged_bar(columns: list[Any], out: Any) -> Any:
+    """rich's bars on ``out``, each with its stage on a line of its own below, cut to the terminal's width.
+
+    A stage column beside the bar made the line wrap on an 80-column terminal.
+    """
+    from rich.progress import Progress
+    from rich.text import Text
+
+    class StagedProgress(Progress):
+        def get_renderables(self) -> Iterator[Any]:
+            yield self.make_tasks_table(self.tasks)
+            for task in self.tasks:
+                if task.fields.get("stage"):
+                    yield Text(f"  {task.fields['stage']}", no_wrap=True, overflow="ellipsis")
+
+    return StagedProgress(*columns, console=out)
+
+
+def _show(bar: Any) -> None:
+    if not bar.live.is_started:
+        bar.start()
 
 
 def _console_on(stream: Any) -> Any:
@@ -171,17 +249,17 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def distributed_run(device: str, quiet: bool, resume: Any = None) -> Iterator[tuple[Any, Callable]]:
-    """The torchrun process group (or one process) and a progress bar on rank 0 only.
+def distributed_run(device: str, quiet: bool, resume: Any = None) -> Iterator[tuple[Any, Reporter]]:
+    """The torchrun process group (or one process) and a progress bar (``Reporter``) on rank 0 only.
 
     Ctrl-C leaves through robench.errors.Interrupted, naming the --resume folder when there is one.
     """
     from robench.distributed import session
     from robench.errors import Interrupted
 
-    with session(device) as dist, progress_bar(dist.is_main and not quiet) as progress:
+    with session(device) as dist, progress_bar(dist.is_main and not quiet) as reporter:
         try:
-            yield dist, progress
+            yield dist, reporter
         except KeyboardInterrupt:
             where = f"; finished batches are kept in {resume}: run the same command to go on" if resume else ""
             raise Interrupted(f"interrupted{where}") from None

@@ -56,8 +56,8 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, **run), cache)
-    with distributed_run(cfg.run.device, quiet) as (dist, progress):
-        result = run_transfer(cfg, progress, warn, dist)
+    with distributed_run(cfg.run.device, quiet) as (dist, reporter):
+        result = run_transfer(cfg, reporter.progress, warn, dist, reporter.status)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return
     for out in outs:

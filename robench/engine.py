@@ -34,7 +34,8 @@ from robench.resume import RunState
 from robench.suite import AttackSpec, Suite
 
 Warn = Callable[[str], None]
-Progress = Callable[[str, int, int], None]  # (what, images done, images total): once at the start, then per batch
+Progress = Callable[[str, float, int], None]  # (what, images done, images total): at the start, per attack, per batch
+Status = Callable[[str, str], None]  # (what, what it is doing now): e.g. ("eval", "pgd on resnet")
 Deliver = Callable[[Tensor, Tensor, float], Tensor]  # (target's clean x, source's x_adv - x, eps) -> target's input
 Examples = list[tuple[float, Tensor]]  # (eps, x_adv) for every eps of an attack
 
@@ -285,9 +286,10 @@ Views = dict[InputConfig, Batch]  # the same samples as each distinct input conf
 class _Batch:
     """One batch of a run: every model's clean logits and each source's examples, scored by its targets."""
 
-    def __init__(self, plan: Plan, suite: Suite, out: Matrix, seed: int, hooks: Hooks, views: Views) -> None:
+    def __init__(self, plan: Plan, suite: Suite, out: Matrix, seed: int, hooks: Hooks, views: Views,
+                 tracker: Tracker) -> None:
         self.plan, self.suite, self.out, self.seed = plan, suite, out, seed
-        self.store, self.warn = hooks.store, hooks.warn
+        self.store, self.warn, self.tracker = hooks.store, hooks.warn, tracker
         first = next(iter(views.values()))
         device = _device(plan)
         self.rows, self.labels, self.y = first.rows.numpy(), first.labels.numpy(), first.labels.to(device)
@@ -312,6 +314,7 @@ class _Batch:
         setting = 1
         xs = self.x[s.input]
         for spec in self.suite.attacks:
+            self.tracker.begin(spec.id, s.label)
             for eps, x_adv in self.examples(s, spec, xs, labels):
                 linf = linf_255(x_adv, xs)
                 for t in self.plan.targets[s.label]:
@@ -321,6 +324,7 @@ class _Batch:
                     o.record(setting, self.rows, score(target.module, xt), self.y)
                     o.linf[setting, self.rows] = linf
                 setting += 1
+            self.tracker.finished_attack(len(self.rows))
 
     def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
         """The source's examples for one attack: from the store where it has them, else crafted once."""
@@ -380,10 +384,12 @@ class Survivors:
 
     def run(self) -> None:
         """Every attack of the suite in order, each at its eps ascending."""
-        setting = 1
+        setting, tracker = 1, self.batch.tracker
         for spec in self.batch.suite.attacks:
+            tracker.begin(spec.id, self.s.label)
             self.attack(spec, {float(e): setting + j for j, e in enumerate(spec.eps)})
             setting += len(spec.eps)
+            tracker.finished_attack(len(self.x))
 
     def robust(self, e: float) -> np.ndarray:
         """[B] which samples the state still has right at eps e."""
@@ -500,6 +506,39 @@ class Hooks:
     state: RunState | None = None  # resume: finished batches are appended here, and taken from here
     store: ExampleStore | None = None  # examples kept between runs (transfer's cache)
     what: str = "eval"  # the progress bar's label
+    status: Status | None = None  # hears which attack on which source is running
+
+
+class Tracker:
+    """Progress within a batch: the stage now, and the share of the batch done after each (source, attack).
+
+    A batch under every attack can take minutes; a log that moved only per batch stayed
+    silent that long. A piece retried after out-of-memory counts again from its start.
+    """
+
+    def __init__(self, hooks: Hooks, done: int, total: int, steps: int) -> None:
+        self.hooks, self.done, self.total, self.steps = hooks, done, total, steps  # steps: (source, attack) pairs
+        self.finished, self.step = 0, 0  # samples in finished pieces of this batch; steps done in the piece now
+
+    def begin(self, attack: str, source: str) -> None:
+        """Say which attack on which source runs now."""
+        if self.hooks.status is not None:
+            self.hooks.status(self.hooks.what, f"{attack} on {source}")
+
+    def finished_attack(self, piece: int) -> None:
+        """One (source, attack) step of a piece of ``piece`` samples is done."""
+        self.step += 1
+        if self.hooks.progress is not None:
+            share = min(self.step, self.steps) / self.steps
+            self.hooks.progress(self.hooks.what, self.done + self.finished + piece * share, self.total)
+
+    def start_piece(self) -> None:
+        """A piece starts (again, after out of memory split it): its steps count from 0."""
+        self.step = 0
+
+    def finished_piece(self, piece: int) -> None:
+        """A piece of the batch is done: the next one counts from its end."""
+        self.finished += piece
 
 
 def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix, seed: int = 0,
@@ -519,14 +558,22 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
             stack.enter_context(attack_mode(module))
         for v in batches:
             rows = next(iter(v.values())).rows
-            size = run_views_fitting(lambda piece: _Batch(plan, suite, out, seed, hooks, piece).run(),
+            tracker = Tracker(hooks, done, len(out.ids), len(plan.targets) * len(suite.attacks))
+            size = run_views_fitting(lambda piece, t=tracker: _piece(plan, suite, out, seed, hooks, piece, t),
                                      v, size or len(rows), hooks.warn)
             if hooks.state is not None:
                 hooks.state.append(out.part(rows.numpy()))
             done += len(rows)
-            if hooks.progress is not None:
+            if hooks.progress is not None and not tracker.steps:  # else its last attack's report said so
                 hooks.progress(hooks.what, done, len(out.ids))
     return out
+
+
+def _piece(plan: Plan, suite: Suite, out: Matrix, seed: int, hooks: Hooks, piece: Views, tracker: Tracker) -> None:
+    """One piece of a batch (all of it unless out of memory split it), its progress tracked."""
+    tracker.start_piece()
+    _Batch(plan, suite, out, seed, hooks, piece, tracker).run()
+    tracker.finished_piece(len(next(iter(piece.values())).rows))
 
 
 def _device(plan: Plan) -> torch.device:

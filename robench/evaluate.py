@@ -12,7 +12,7 @@ import pandas as pd
 
 from robench import engine, health, metrics, samples, worst
 from robench.distributed import LOCAL, Dist
-from robench.engine import Progress
+from robench.engine import Progress, Status
 from robench.provenance import dataset_record, envelope
 from robench.resume import RunState, fingerprint
 from robench.runspec import Opened, RunSpec, open_run, parse_specs, probe_models
@@ -73,19 +73,21 @@ def planned_rows(cfg: EvalConfig) -> list[dict[str, Any]]:
 
 def run_eval(
     cfg: EvalConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
-    dist: Dist = LOCAL,
+    dist: Dist = LOCAL, status: Status | None = None, what: str = "eval",
 ) -> EvalResult | None:
     """Evaluate every model on clean data and under every attack x eps of the suite.
 
     ``warn`` hears about things that are allowed but rarely meant, such as random weights.
+    ``progress`` hears the images done (within a batch too, per attack), ``status`` the stage
+    now (health probes, then attack and model), both labelled ``what``.
     Under torchrun (``dist``) each rank takes its shard of the samples; rank 0 gets the
     result, identical sample by sample to a one-process run, and the others get None.
     """
     opened = open_run(cfg.run, cfg.models, dist, warn)
     health.check_refs(dict(cfg.clean_refs), [m.spec.label for m in opened.models])
-    flags = probe_models(opened, cfg.run, dist)
-    state = _state(cfg, opened, dist)
-    hooks = engine.Hooks(progress, warn, state, what="eval")
+    state = _state(cfg, opened, dist)  # before the probes: a state of another run is refused at once
+    flags = probe_models(opened, cfg.run, dist, status, what)
+    hooks = engine.Hooks(progress, warn, state, what=what, status=status)
     try:
         done = engine.run(engine.Plan.white_box(opened.participants()), opened.source, cfg.run.suite, cfg.run.seed,
                           cfg.run.batch_size, dist, hooks)

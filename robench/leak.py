@@ -27,7 +27,7 @@ import pandas as pd
 
 from robench import health, samples
 from robench.distributed import LOCAL, Dist
-from robench.engine import CLEAN, Outcomes, Progress
+from robench.engine import CLEAN, Outcomes, Progress, Status
 from robench.evaluate import EvalConfig, run_eval
 from robench.provenance import plain_config
 from robench.runspec import RunSpec
@@ -151,13 +151,12 @@ class LeakResult:
 
 
 def run_leak_check(cfg: LeakConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
-                   dist: Dist = LOCAL) -> LeakResult | None:
+                   dist: Dist = LOCAL, status: Status | None = None) -> LeakResult | None:
     """Measure label leaking for every model; rows, verdicts and a results envelope.
 
     Under torchrun, rank 0 gets the result and the other ranks None (see ``run_eval``).
     """
-    relabelled = None if progress is None else lambda _, done, total: progress("leak-check", done, total)
-    ev = run_eval(dataclasses.replace(cfg.eval, worst=False), relabelled, warn, dist)
+    ev = run_eval(dataclasses.replace(cfg.eval, worst=False), progress, warn, dist, status, "leak-check")
     if ev is None:
         return None
     tables, verdicts = [], {}

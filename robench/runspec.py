@@ -27,7 +27,7 @@ from robench.data import (
     read_class_list,
 )
 from robench.distributed import Dist, resolve_device
-from robench.engine import Participant
+from robench.engine import Participant, Status
 from robench.errors import FieldError, RobenchError
 from robench.models import LoadedModel, ModelSpec, checkpoint_classes, checkpoint_dataset, load_model, parse_spec
 from robench.preprocess import Preprocess
@@ -216,13 +216,20 @@ def load_models(parsed: list[ModelSpec], source: Source, pretrained: bool, devic
     return models
 
 
-def probe_models(opened: Opened, run: RunSpec, dist: Dist) -> list[health.Flag]:
-    """The health probes of every model on its first batch (rank 0 only, and only if the run asks)."""
+def probe_models(opened: Opened, run: RunSpec, dist: Dist, status: Status | None = None,
+                 what: str = "eval") -> list[health.Flag]:
+    """The health probes of every model on its first batch (rank 0 only, and only if the run asks).
+
+    ``status`` hears each model's probes start: they take a batch's gradients, seconds to minutes
+    before the first attack.
+    """
     if not run.health_probes or not dist.is_main:
         return []
     flags = []
-    for m in opened.models:
+    for k, m in enumerate(opened.models, start=1):
         first = next(iter(opened.source.batches(m.input, run.batch_size)), None)
         if first is not None:
+            if status is not None:
+                status(what, f"health probes on {m.spec.label} ({k}/{len(opened.models)})")
             flags += probes.probe(m.module, first.images, first.labels, m.spec.label)
     return flags

@@ -28,7 +28,7 @@ from robench import engine, health, metrics
 from robench.attacks.base import to_unit
 from robench.data import to_channels
 from robench.distributed import LOCAL, Dist
-from robench.engine import CLEAN, Examples, Progress
+from robench.engine import CLEAN, Examples, Progress, Status
 from robench.errors import FieldError
 from robench.metrics import correct
 from robench.models import LoadedModel
@@ -189,8 +189,10 @@ def full_strength(suite: Suite, warn: Callable[[str], None] | None) -> Suite:
 
 
 def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
-                 dist: Dist = LOCAL) -> TransferResult | None:
+                 dist: Dist = LOCAL, status: Status | None = None) -> TransferResult | None:
     """Craft on every source once per batch, score on every target; see the module docstring.
+
+    ``progress`` and ``status`` hear the images done and the stage now, as in ``run_eval``.
 
     Under torchrun (``dist``) each rank takes its shard of the samples; rank 0 gets the
     result, identical sample by sample to a one-process run, and the others get None.
@@ -200,9 +202,9 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     _check_cache(cfg.cache)
     opened = open_run(cfg.run, cfg.models, dist, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
-    flags = probe_models(opened, cfg.run, dist)
+    flags = probe_models(opened, cfg.run, dist, status, "transfer")
     cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes) if cfg.cache else None
-    hooks = engine.Hooks(progress, warn, store=cache, what="transfer")
+    hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
     suite = full_strength(cfg.run.suite, warn)
     done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
                       dist, hooks)

@@ -441,8 +441,8 @@ def _rendered(drive) -> str:
     from robench.cli.render import progress_bar
 
     stream = io.StringIO()
-    with progress_bar(stream=stream) as update:
-        drive(update)
+    with progress_bar(stream=stream) as reporter:
+        drive(reporter)
     return stream.getvalue()
 
 
@@ -451,10 +451,10 @@ def test_progress_line_shows_a_rate_and_eta_from_the_first_batch() -> None:
     import re
     import time
 
-    def drive(update) -> None:
-        update("eval", 0, 300)  # the engine's start report
+    def drive(reporter) -> None:
+        reporter.progress("eval", 0, 300)  # the engine's start report
         time.sleep(0.05)
-        update("eval", 100, 300)
+        reporter.progress("eval", 100, 300)
 
     text = [ln for ln in _rendered(drive).splitlines() if "/300" in ln][-1]  # the bar's last state
     assert re.search(r"\d[\d,.]* images/s", text) and "- images/s" not in text, text
@@ -466,13 +466,31 @@ def test_progress_rate_counts_only_this_runs_images() -> None:
     import re
     import time
 
-    def drive(update) -> None:
-        update("eval", 900, 1000)
+    def drive(reporter) -> None:
+        reporter.progress("eval", 900, 1000)
         time.sleep(0.2)
-        update("eval", 910, 1000)
+        reporter.progress("eval", 910, 1000)
 
     rate = float(re.search(r"([\d,.]+) images/s", _rendered(drive)).group(1).replace(",", ""))
     assert rate < 100  # 10 images in >= 0.2 s, not 910
+
+
+def test_progress_bar_shows_the_stage_from_the_probes_on() -> None:
+    """The health probes show before any image is done, and their time is not part of the rate."""
+    import re
+    import time
+
+    def drive(reporter) -> None:
+        reporter.status("eval", "health probes on a (1/1)")
+        time.sleep(1.0)
+        reporter.progress("eval", 0, 300)  # the engine's start: the rate counts from here
+        reporter.status("eval", "pgd on a")
+        reporter.progress("eval", 100, 300)
+
+    text = _rendered(drive)
+    assert "health probes on a (1/1)" in text and "  pgd on a" in text  # on a line below the bar
+    last = [ln for ln in text.splitlines() if "/300" in ln][-1]
+    assert float(re.search(r"([\d,.]+) images/s", last).group(1).replace(",", "")) > 200  # not 100 in >= 1 s
 
 
 def test_a_finished_epochs_rate_stops_with_it() -> None:
@@ -497,11 +515,12 @@ def test_a_finished_epochs_rate_stops_with_it() -> None:
 
 
 def test_engine_reports_its_start_before_the_first_batch(default_checkpoint: Path) -> None:
-    """The callback hears (label, done, total) once before any batch, so every rate counts from the start."""
+    """The callback hears (label, done, total) once before any batch, so every rate counts from the start; then
+    after each attack (here one per batch)."""
     from robench.runspec import RunSpec
     from robench.suite import load_suite, override
 
-    calls: list[tuple[str, int, int]] = []
+    calls: list[tuple[str, float, int]] = []
     cfg = evaluate.EvalConfig((str(default_checkpoint),), RunSpec(suite=override(load_suite(), ("fgsm",), (2.0,)),
                                                                   limit=6, batch_size=3, health_probes=False))
     evaluate.run_eval(cfg, lambda *a: calls.append(a))
@@ -661,21 +680,40 @@ def test_several_outs_write_each_and_a_path_twice_is_refused(tmp_path: Path, def
 
 
 def test_progress_without_a_terminal_is_plain_lines() -> None:
-    """A CI log (stderr redirected) showed nothing until the end: now a line per finished interval, and the last."""
+    """A CI log (stderr redirected) showed nothing until the end: now the first stage at once, lines as attacks
+    start once the interval has passed, and the last."""
     import io
     import re
-    import time
 
     from robench.cli.render import progress_bar
 
     stream = io.StringIO()
-    with progress_bar(stream=stream, terminal=False) as update:
-        update("eval", 0, 300)  # the engine's start report: no line yet
-        time.sleep(0.02)
-        update("eval", 100, 300)  # the first finished batch: a line
-        update("eval", 200, 300)  # within the interval: none
-        update("eval", 300, 300)  # the end: a line
+    with progress_bar(stream=stream, terminal=False) as reporter:
+        reporter.status("eval", "health probes on a (1/1)")  # the first stage: a line at once
+        reporter.progress("eval", 0, 300)  # the engine's start report: no line
+        reporter.status("eval", "fgsm on a")  # within the interval: none
+        reporter.progress("eval", 50.0, 300)  # within a batch: never a line of its own
+        reporter.progress("eval", 300, 300)  # the end: a line
+        reporter.progress("eval", 300, 300)  # the batch's end report after its last attack's: no second line
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and "\x1b" not in stream.getvalue()  # no terminal codes in a log
-    assert re.fullmatch(r"eval: 100/300 images, [\d,.]+ images/s, eta \d+:\d\d:\d\d, elapsed \d+ s", lines[0])
-    assert lines[1].startswith("eval: 300/300 images") and "eta 0:00:00" in lines[1]
+    assert "\x1b" not in stream.getvalue()  # no terminal codes in a log
+    assert lines[0] == "eval: health probes on a (1/1)" and len(lines) == 2, lines
+    assert re.fullmatch(r"eval: 300/300 images, [\d,.]+ images/s, eta 0:00:00, elapsed \d+ s", lines[1])
+
+
+def test_log_lines_name_the_attack_now_once_the_interval_passed() -> None:
+    import io
+    import re
+
+    from robench.cli.render import LogLines
+
+    stream = io.StringIO()
+    lines = LogLines(stream, every=0.0)
+    lines.status("eval", "fgsm on a")
+    lines.progress("eval", 0, 300)
+    lines.progress("eval", 37.5, 300)
+    lines.status("eval", "pgd on a")
+    out = stream.getvalue().splitlines()
+    assert out[0] == "eval: fgsm on a" and len(out) == 2, out
+    assert re.fullmatch(r"eval: 37/300 images, [\d,.]+ images/s, eta \d+:\d\d:\d\d, elapsed \d+ s, now pgd on a",
+                        out[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -44,6 +45,32 @@ def test_clean_forward_once_and_one_gradient_for_all_eps(small_cnn: nn.Module) -
     engine.evaluate(model, src.batches(InputConfig(size=(8, 8)), 10), src.ids, suite)
     # per batch: 1 clean forward + 1 gradient forward + 4 scoring forwards; 2 batches
     assert model.calls == 2 * (1 + 1 + 4)
+
+
+def _reported(model: nn.Module, suite: Suite, n: int, batch_size: int) -> tuple[list, list]:
+    """The (what, done, total) progress reports and (what, stage) status reports of a white-box run."""
+    src, cfg = _source(n), InputConfig(size=(8, 8))
+    plan = engine.Plan.white_box([engine.Participant("m", model, cfg)])
+    progress, status = [], []
+    hooks = engine.Hooks(progress=lambda *a: progress.append(a), status=lambda *a: status.append(a), what="eval")
+    out = engine.Matrix.empty(src.ids, engine.settings_of(suite), plan.pairs())
+    engine.run_batches(plan, ({cfg: b} for b in src.batches(cfg, batch_size)), suite, out, 0, hooks)
+    return progress, status
+
+
+def test_progress_moves_within_a_batch_per_attack(small_cnn: nn.Module) -> None:
+    """A batch under every attack can take minutes: progress and the stage move per attack, not per batch."""
+    suite = override(load_suite(), ("fgsm", "bim", "pgd", "step_ll"), (8.0,))
+    progress, status = _reported(small_cnn, suite, 20, 10)
+    assert [d for _, d, _ in progress] == [0, 2.5, 5, 7.5, 10, 12.5, 15, 17.5, 20]  # start, then per attack
+    assert {(w, t) for w, _, t in progress} == {("eval", 20)}
+    assert status == [("eval", f"{a} on m") for a in ("fgsm", "bim", "pgd", "step_ll")] * 2
+
+
+def test_progress_under_cascade_moves_per_attack(small_cnn: nn.Module) -> None:
+    suite = dataclasses.replace(override(load_suite(), ("fgsm", "pgd"), (8.0,)), cascade=True)
+    progress, status = _reported(small_cnn, suite, 10, 10)
+    assert [d for _, d, _ in progress] == [0, 5, 10] and [t for _, t in status] == ["fgsm on m", "pgd on m"]
 
 
 def test_batch_size_does_not_change_outcomes(small_cnn: nn.Module) -> None:

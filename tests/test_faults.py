@@ -84,6 +84,32 @@ def test_out_of_memory_halves_the_batch_and_changes_nothing(trained) -> None:
     assert max(s for s in oom.sizes[2:]) == 10 and oom.sizes[:2] == [40, 20]
 
 
+class OomOnce(nn.Module):
+    """Raises CUDA's out-of-memory error once, at forward call ``at`` (0-based), if its batch is over ``limit``."""
+
+    def __init__(self, model: nn.Module, at: int, limit: int) -> None:
+        super().__init__()
+        self.model, self.at, self.limit, self.calls = model, at, limit, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls - 1 == self.at and len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return self.model(x)
+
+
+def test_progress_of_a_piece_retried_after_out_of_memory_counts_again(trained) -> None:
+    """OOM in pgd (after fgsm reported half the batch): the halves count from the batch's start, ending at 40."""
+    source = load_digits_source(limit=40)
+    plan = engine.Plan.white_box([engine.Participant("m", OomOnce(trained.module, at=3, limit=20), ZOO_INPUT)])
+    done: list[float] = []
+    hooks = engine.Hooks(progress=lambda what, d, total: done.append(d))
+    out = engine.Matrix.empty(source.ids, engine.settings_of(SUITE), plan.pairs())
+    engine.run_batches(plan, ({ZOO_INPUT: b} for b in source.batches(ZOO_INPUT, 40)), SUITE, out, 0, hooks)
+    # calls: clean, fgsm gradient, fgsm score, then pgd's first step fails at 40
+    assert done == [0, 20, 10, 20, 30, 40]
+
+
 def test_out_of_memory_at_batch_size_1_and_other_errors_are_raised(trained) -> None:
     with pytest.raises(torch.cuda.OutOfMemoryError):
         _run(OomAbove(trained.module, limit=0), 4)

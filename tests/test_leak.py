@@ -193,7 +193,7 @@ def test_cli_zoo_models_pass_and_write_results(tmp_path: Path) -> None:
 def test_cli_fail_on_leak_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from robench.evaluate import EvalResult
 
-    def fake_eval(cfg, progress=None, warn=None, dist=None):  # the sign reader in place of a loaded model
+    def fake_eval(cfg, progress=None, warn=None, dist=None, status=None, what="eval"):  # the sign reader, not a model
         out = sign_reader_outcomes()
         return EvalResult(rows=None, outcomes={"sign-reader": out}, meta={"command": "eval"})
 
@@ -215,7 +215,7 @@ def test_cli_plot_writes_an_svg_with_the_verdict(monkeypatch: pytest.MonkeyPatch
 
     from robench.evaluate import EvalResult
 
-    def fake_eval(cfg, progress=None, warn=None, dist=None):  # the sign reader in place of a loaded model
+    def fake_eval(cfg, progress=None, warn=None, dist=None, status=None, what="eval"):  # the sign reader, not a model
         return EvalResult(rows=None, outcomes={"sign-reader": sign_reader_outcomes()}, meta={"command": "eval"})
 
     monkeypatch.setattr(leak, "run_eval", fake_eval)
