@@ -239,11 +239,18 @@ class Participant:
 
 
 class ExampleStore(Protocol):
-    """Where a source's examples may already be kept (transfer's cache), per sample."""
+    """Where a source's examples may already be kept (transfer's cache), per sample.
 
-    def load(self, source: str, spec: AttackSpec, ids: list[str], warn: Warn | None) -> list[Examples | None]: ...
+    ``x`` is the source's clean input of those samples ([N, C, H, W], rows as ``ids``): a store
+    may keep the perturbation rather than the example. ``save`` returns the examples exactly as
+    a later ``load`` gives them back, and the engine scores those, so a run's numbers do not
+    depend on whether the store already had them (a lossy store included).
+    """
 
-    def save(self, source: str, spec: AttackSpec, ids: list[str], examples: Examples) -> None: ...
+    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor,
+             warn: Warn | None) -> list[Examples | None]: ...
+
+    def save(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor, examples: Examples) -> Examples: ...
 
 
 @dataclass(frozen=True)
@@ -328,13 +335,13 @@ class _Batch:
 
     def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
         """The source's examples for one attack: from the store where it has them, else crafted once."""
-        kept = self.store.load(s.label, spec, self.ids, self.warn) if self.store else [None] * len(self.ids)
+        kept = self.store.load(s.label, spec, self.ids, x, self.warn) if self.store else [None] * len(self.ids)
         missing = [i for i, k in enumerate(kept) if k is None]
         if not missing:
             return [(e, torch.stack([k[j][1] for k in kept]).to(x.device)) for j, e in enumerate(spec.eps)]
         made = self.craft(s, spec, x, labels, missing)
-        if self.store:
-            self.store.save(s.label, spec, [self.ids[i] for i in missing], made)
+        if self.store:  # scored as kept, so a rerun that reads them back gives the same numbers
+            made = self.store.save(s.label, spec, [self.ids[i] for i in missing], x[missing], made)
         if len(missing) == len(kept):
             return made
         rows = {r: j for j, r in enumerate(missing)}

@@ -18,7 +18,7 @@ from robench.cli.main import main
 from robench.evaluate import EvalConfig, run_eval
 from robench.runspec import RunSpec
 from robench.suite import load_suite, override, parse_suite
-from robench.transfer import TransferConfig, deliver, run_transfer
+from robench.transfer import TransferConfig, deliver, dequantize, quantize, run_transfer
 
 SUITE = override(load_suite(), ("fgsm", "iter_ll", "pgd"), (4.0, 16.0))
 CHEAP = parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n")  # 1 step + iterative
@@ -63,7 +63,10 @@ def test_examples_are_crafted_once_and_cached_per_sample(tmp_path: Path) -> None
     assert first.outcomes.crafted == 2 * 2 * 2  # sources x attacks x batches, whatever the targets
     again = run_transfer(TransferConfig(PAIR, run=RunSpec(suite=CHEAP, limit=20, batch_size=4), cache=cache))
     assert again.outcomes.crafted == 0  # another batch size: every sample's examples come from the cache
-    assert again.rows.equals(first.rows)
+    assert again.rows.equals(first.rows)  # the first run scored the examples as kept, not the float ones
+    for pair, o in first.outcomes.pairs.items():
+        for name in ("pred", "top5", "linf"):
+            np.testing.assert_array_equal(getattr(again.outcomes.pairs[pair], name), getattr(o, name))
     wider = run_transfer(TransferConfig((*PAIR, "zoo:effnet-stepll"), ("effnet-base", "resnet-base"),
                                         run=RunSpec(suite=CHEAP, limit=20, batch_size=10), cache=cache))
     assert wider.outcomes.crafted == 0 and len(wider.meta["targets"]) == 3
@@ -83,6 +86,92 @@ def test_a_truncated_cache_file_is_crafted_again_with_one_warning(tmp_path: Path
     assert len([w for w in warnings if "unreadable" in w]) == 1
     third = run_transfer(TransferConfig(PAIR, run=run, cache=cache))  # the broken files were written anew
     assert third.outcomes.crafted == 0
+
+
+def test_cache_files_hold_int8_perturbations_within_eps(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=4, batch_size=4)
+    done = run_transfer(TransferConfig(PAIR, run=run, cache=cache))
+    for path in cache.rglob("*.safetensors"):
+        tensors = load_file(str(path))
+        assert list(tensors) == ["eps=8.0"]
+        assert tensors["eps=8.0"].dtype == torch.int8 and tensors["eps=8.0"].shape == (3, 32, 32)
+        assert path.stat().st_size < 3 * 32 * 32 + 200  # a byte per pixel and a small header
+    for o in done.outcomes.pairs.values():
+        assert (o.linf[1:] <= 8.0 + 1e-4).all()  # what was scored stays within eps (1/255 units)
+
+
+def test_save_returns_the_examples_a_load_gives_and_the_engine_scores_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robench.distributed import LOCAL
+    from robench.transfer import ExampleCache
+
+    run = RunSpec(suite=CHEAP, limit=4, batch_size=4)
+    opened = runspec.open_run(run, PAIR, LOCAL)
+    cache = ExampleCache(tmp_path / "cache", opened.models, run.seed, opened.source.classes)
+    g = torch.Generator().manual_seed(0)
+    x, ids, spec = torch.rand(3, 3, 32, 32, generator=g), ["a", "b", "c"], CHEAP.attacks[0]
+    crafted = [(8.0, (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1))]
+    kept = cache.save("effnet-base", spec, ids, x, crafted)
+    loaded = cache.load("effnet-base", spec, ids, x, None)
+    assert not torch.equal(kept[0][1], crafted[0][1])  # lossy, and what the engine scores is the kept one
+    for row, examples in enumerate(loaded):
+        assert torch.equal(examples[0][1], kept[0][1][row])
+
+    def clean_as_kept(self, source, spec, ids, x, examples):  # noqa: ANN001, ANN202 - save's own signature
+        return [(e, x.clone()) for e, _ in examples]
+
+    monkeypatch.setattr(ExampleCache, "save", clean_as_kept)
+    done = run_transfer(TransferConfig(PAIR, run=run, cache=tmp_path / "other"))
+    for o in done.outcomes.pairs.values():  # scored what save returned: the clean input, on the first run
+        assert (o.linf[1:] == 0).all() and (o.pred[1:] == o.pred[0]).all()
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0, 8.0, 16.0, 127.0, 255.0])
+def test_quantized_examples_stay_within_eps_and_close_to_the_crafted_ones(eps: float) -> None:
+    g = torch.Generator().manual_seed(int(eps))
+    x = torch.rand(4, 3, 16, 16, generator=g)
+    x[0] = 0.0  # pixels at both bounds, where the attack's example was clipped
+    x[1] = 1.0
+    unit = eps / 255
+    signs = torch.randint(0, 3, x.shape, generator=g).float() - 1  # -1, 0, 1: the corners of the ball too
+    delta = torch.where(torch.rand(x.shape, generator=g) < 0.5, signs, torch.rand(x.shape, generator=g) * 2 - 1)
+    x_adv = (x + delta * unit).clamp(0, 1)
+    q = quantize(x_adv, x, eps)
+    assert q.dtype == torch.int8 and q.shape == x.shape and q.abs().max() <= 127
+    kept = dequantize(q, x, eps)
+    assert (kept - x).abs().max() <= unit + 1e-7 and kept.min() >= 0 and kept.max() <= 1
+    assert (kept - x_adv).abs().max() <= unit / 254 + 1e-7
+    if eps == 0:
+        assert torch.equal(kept, x)
+
+
+def test_a_cache_of_the_old_float32_format_is_not_read(tmp_path: Path) -> None:
+    """Old files sit in folders keyed without the format: never found, so never misread as int8 steps."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from robench.distributed import LOCAL
+    from robench.transfer import ExampleCache
+
+    cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=6, batch_size=6)
+    fresh = run_transfer(TransferConfig(PAIR, run=run))
+    opened = runspec.open_run(run, PAIR, LOCAL)
+    for m in opened.models:
+        for spec in CHEAP.attacks:
+            key = json.dumps([*m.function(), spec.describe(), run.seed, opened.source.classes], sort_keys=True)
+            folder = cache / hashlib.sha256(key.encode()).hexdigest()[:32]  # the float32 format's folder
+            for sample_id in fresh.outcomes.ids:
+                path = ExampleCache._file(folder, sample_id)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"eps=8.0": torch.full((3, 32, 32), 0.5)}, str(path))
+    warnings: list[str] = []
+    done = run_transfer(TransferConfig(PAIR, run=run, cache=cache), warn=warnings.append)
+    assert done.outcomes.crafted == 2 * 2  # sources x attacks: every example crafted anew
+    assert not [w for w in warnings if "unreadable" in w]
+    assert len(list(cache.rglob("*.safetensors"))) == 2 * (2 * 2 * 6)  # the old files beside the new ones
 
 
 class OomAbove(nn.Module):
