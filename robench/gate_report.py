@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -72,8 +73,30 @@ def junit(report: GateReport, suite_name: str = "robench gate") -> str:
             ET.SubElement(case, "skipped", {"message": c["detail"]})
         else:
             ET.SubElement(case, "system-out").text = _case_text(c)
+    for element in root.iter():
+        _xml_safe(element)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# what XML 1.0 forbids: control characters but tab, newline and return; lone surrogates; U+FFFE and U+FFFF
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` with each character XML 1.0 forbids written visibly (``\\x01``), so the file parses and says it."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                        text)
+
+
+def _xml_safe(element: ET.Element) -> None:
+    """Make an element's text, tail and attribute values XML 1.0 (labels come from -m and may hold anything)."""
+    if element.text:
+        element.text = xml_text(element.text)
+    if element.tail:
+        element.tail = xml_text(element.tail)
+    for key, value in list(element.attrib.items()):
+        element.set(key, xml_text(value))
 
 
 def _case_text(check: Any) -> str:

@@ -254,6 +254,19 @@ def test_cli_default_rules_need_a_baseline(files) -> None:
     one_error_line(invoke("gate", files["worse"]), 2, "nothing to gate", "--rules", "--baseline")
 
 
+def test_junit_writes_control_characters_visibly(tmp_path: Path) -> None:
+    label = "eff\x01net\x1b[31m\ud800"  # labels come from -m; XML 1.0 forbids all three
+    doc = make_doc({(label, "clean", 0.0): BASE, (label, "fgsm", 8.0): flip(BASE, 30)})
+    base = write(tmp_path / "b.json", make_doc({(label, "clean", 0.0): BASE, (label, "fgsm", 8.0): BASE}))
+    r = invoke("gate", write(tmp_path / "r.json", doc), "--baseline", base, "--junit", tmp_path / "j.xml", "-q")
+    assert r.exit_code == 1, r.stderr
+    root = ET.parse(tmp_path / "j.xml").getroot()  # well-formed
+    names = [c.get("name") for c in root.iter("testcase")]
+    assert len(names) == 2 and all("eff\\x01net\\x1b[31m\\ud800" in n for n in names), names
+    assert "30 lost" in root.find("./testsuite/testcase/failure").text
+    assert gate_report.xml_text("a\tb\nc\rd\x00\ufffe") == "a\tb\nc\rd\\x00\\ufffe"
+
+
 def test_csv_results_are_compared_unpaired(files, tmp_path: Path) -> None:
     from robench.report import write_results
 
