@@ -38,15 +38,16 @@ from .render import console, distributed_run, health_warnings, warn
               help="Top-1 against eps, a panel per model, with exact 95% bands: .png, .svg or .pdf "
                    "(needs the plot extra: matplotlib).")
 @click.option("--per-sample", type=click.Path(path_type=Path), metavar="FILE.csv",
-              help="Write per-sample outcomes as CSV.")
+              help="Write per-sample outcomes as CSV; - for stdout (with -q: nothing else).")
 @click.option("--gate", "gate_rules", type=click.Path(path_type=Path), metavar="GATES.yaml",
               help="Gate the results as 'robench gate' does, in memory; exit 1 when a check fails.")
 @click.option("--baseline", type=click.Path(path_type=Path), metavar="BASELINE.json",
               help="Baseline for the gate (alone: max_drop 0.02 on top1 of every row).")
 @click.option("--junit", type=click.Path(path_type=Path), metavar="FILE.xml",
-              help="With --gate/--baseline: write JUnit XML, as 'robench gate --junit'.")
+              help="With --gate/--baseline: write JUnit XML, as 'robench gate --junit' (- for stdout).")
 @click.option("--summary", type=click.Path(path_type=Path), metavar="FILE.md",
-              help="With --gate/--baseline: write the gate's Markdown summary, as 'robench gate --summary'.")
+              help="With --gate/--baseline: write the gate's Markdown summary, as 'robench gate --summary' "
+                   "(- for stdout).")
 @click.option("--clean-ref", "clean_refs", multiple=True, metavar="LABEL=SHARE",
               help="Expected clean top-1 of a model (repeatable), e.g. base=0.97; a mismatch is a health warning.")
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="TOL",
@@ -79,11 +80,13 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     """
     from robench.evaluate import EvalConfig, run_eval
     from robench.plots import check_plot, eval_figure, save_figure
-    from robench.report import check_output, results_doc, results_table, write_per_sample, write_results
+    from robench.report import check_distinct, check_output, results_doc, results_table, write_per_sample, write_results
 
     check_outs(outs)
     check_plot(plot)
-    check_output(per_sample, (".csv",), "--per-sample")
+    check_output(per_sample, (".csv",), "--per-sample", stdout=True)
+    check_distinct([*(("--out", o) for o in outs), ("--plot", plot), ("--per-sample", per_sample),
+                    ("--junit", junit), ("--summary", summary)])
     if (junit or summary) and not (gate_rules or baseline):
         from robench.errors import RobenchError
 

@@ -24,17 +24,18 @@ class GatePlan:
 
 
 def _writable(path: Path | None, option: str) -> None:
-    """Any file name will do (GitHub's $GITHUB_STEP_SUMMARY has no suffix), in a writable folder."""
+    """Any file name will do (GitHub's $GITHUB_STEP_SUMMARY has no suffix), in a writable folder; - is stdout."""
     from robench.report import check_output
 
     if path is not None:
-        check_output(path, (path.suffix.lower(),), option)
+        check_output(path, (path.suffix.lower(),), option, stdout=True)
 
 
 def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Path | None = None,
                  summary: Path | None = None) -> GatePlan:
     """Read the rules and the baseline, and check the report paths: bad input fails before any evaluation."""
     from robench.errors import RobenchError
+    from robench.report import check_distinct
     from robench.results_file import load_results
     from robench.rules import default_rules, load_rules
 
@@ -42,6 +43,7 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
         raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
     _writable(junit, "--junit")
     _writable(summary, "--summary")
+    check_distinct([("--junit", junit), ("--summary", summary)])
     rules = load_rules(rules_path) if rules_path is not None else default_rules()
     baseline = load_results(baseline_path, "baseline") if baseline_path is not None else None
     return GatePlan(rules, baseline, baseline_path, rules_path, junit, summary)
@@ -85,9 +87,9 @@ def _inputs(plan: GatePlan, name: str) -> str:
 @click.option("--rules", "rules_path", type=click.Path(path_type=Path), metavar="GATES.yaml",
               help="Gate rules. Default: max_drop 0.02 on top1 of every row (needs --baseline).")
 @click.option("--junit", type=click.Path(path_type=Path), metavar="FILE.xml",
-              help="Write JUnit XML: one testcase per (rule, row).")
+              help="Write JUnit XML: one testcase per (rule, row); - for stdout (with -q: nothing else).")
 @click.option("--summary", type=click.Path(path_type=Path), metavar="FILE.md",
-              help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY or a PR comment).")
+              help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY or a PR comment); - for stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table.")
 def gate_command(results: Path, baseline_path: Path | None, rules_path: Path | None, junit: Path | None,
                  summary: Path | None, quiet: bool) -> None:

@@ -1,11 +1,25 @@
-"""Atomic file writes: a failed run never leaves a half-written output."""
+"""Output files: atomic where they are files, written straight through where they are streams.
+
+A regular file (or a new path) is written to a temporary file beside it and moved into place,
+so a failed run never leaves a half-written output. A symlink is written through: its target
+is replaced, the link stays. A character device or FIFO (``/dev/null``, a named pipe) is
+opened and written, never renamed onto; ``-``, ``/dev/stdout``, ``/dev/stderr`` and
+``/dev/fd/N`` are the open stream itself. Anything else (a folder, a socket) is refused.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+STDOUT = "-"  # an output path that means standard output
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/(self|\d+)/fd)/(\d+)")
+_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 
 def _umask_mode() -> int:
@@ -15,17 +29,138 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def stream_fd(path: str | Path) -> int | None:
+    """The open file descriptor an output path names (``-``, /dev/stdout: 1; /dev/fd/N: N), else None.
+
+    Such a path may point at a file the shell redirected to; replacing that file, or reopening
+    it from its start, would lose what the process already wrote there.
+    """
+    if str(path) == STDOUT:
+        return 1
+    text = os.path.abspath(path)
+    for _ in range(40):  # symlink hops, as the kernel allows
+        if text in _STREAMS:
+            return _STREAMS[text]
+        match = _FD_PATH.fullmatch(text)
+        if match and match.group(1) in (None, "self", str(os.getpid())):
+            return int(match.group(2))
+        if not os.path.islink(text):
+            return None
+        text = os.path.normpath(os.path.join(os.path.dirname(text), os.readlink(text)))
+    return None
+
+
+def same_output(a: str | Path, b: str | Path) -> bool:
+    """Whether two output paths name one file or one open stream."""
+    fa, fb = stream_fd(a), stream_fd(b)
+    if fa is not None or fb is not None:
+        return fa == fb
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def output_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot take an output ("is a folder", ...), or None when it can (before any work)."""
+    if stream_fd(path) is not None:
+        return None
+    try:
+        mode = os.stat(path).st_mode  # through symlinks
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as e:
+        return f"cannot be checked ({e.strerror})"
+    if mode is not None and stat.S_ISDIR(mode):
+        return "is a folder; give a file name"
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        return None if os.access(path, os.W_OK) else "is not writable"
+    if mode is not None and not stat.S_ISREG(mode):
+        return f"is a {_kind(mode)}, not a file; give a file name"
+    parent = file_target(Path(path)).parent
+    parent = parent if str(parent) else Path(".")
+    if not parent.is_dir():
+        return f"folder {parent} does not exist; create it first"
+    if not os.access(parent, os.W_OK):
+        return f"folder {parent} is not writable"
+    return None
+
+
+def _kind(mode: int) -> str:
+    return "socket" if stat.S_ISSOCK(mode) else "block device" if stat.S_ISBLK(mode) else "special file"
+
+
+def file_target(path: Path) -> Path:
+    """The file a path names: a symlink's final target (replaced in place of the link), else the path."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    """Call ``write`` on a temporary file, then move it into place (a file) or copy it out (a stream, a device)."""
+    from robench.errors import RobenchError
+
+    problem = output_problem(path)
+    if problem is not None:
+        raise RobenchError(f"output {path} {problem}")
+    fd = stream_fd(path)
+    if fd is None and not _is_device(path):
+        _replace(file_target(path), write)
+        return
+    data = _render(write, path.suffix)
+    if fd is not None:
+        _to_stream(fd, data)
+    else:
+        with open(path, "wb") as f:  # a character device or FIFO: written, never renamed onto
+            f.write(data)
+
+
+def _is_device(path: Path) -> bool:
+    """A character device or FIFO, through symlinks."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _replace(target: Path, write: Callable[[Path], None]) -> None:
+    """Write beside ``target`` and rename onto it: a failed write leaves the old file whole."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.",
+                               suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _render(write: Callable[[Path], None], suffix: str) -> bytes:
+    """What ``write`` writes, as bytes (through a temporary file, as writers such as savefig want a path)."""
+    fd, tmp = tempfile.mkstemp(prefix=".robench.", suffix=f"{suffix}.tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
+
+
+def _to_stream(fd: int, data: bytes) -> None:
+    """Write to an open descriptor: stdout and stderr through Python's streams, so output stays in order."""
+    stream = {1: sys.stdout, 2: sys.stderr}.get(fd)
+    if stream is None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        stream.write(data.decode("utf-8"))
+        stream.flush()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

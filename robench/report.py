@@ -4,31 +4,54 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from robench.errors import RobenchError
-from robench.files import atomic_write, atomic_write_text
+from robench.files import STDOUT, atomic_write, atomic_write_text, output_problem, same_output, stream_fd
 
 RESULT_SUFFIXES = (".json", ".csv", ".md")
 
 
-def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, option: str = "--out") -> None:
-    """Fail before any work if ``path`` has an unknown suffix or cannot be written."""
+def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, option: str = "--out",
+                 stdout: bool = False) -> None:
+    """Fail before any work if ``path`` has an unknown suffix or cannot take an output (robench.files).
+
+    ``stdout``: ``-`` writes to standard output (where the format does not come from the suffix).
+    """
     if path is None:
         return
+    if str(path) == STDOUT:
+        if stdout:
+            return
+        raise RobenchError(f"{option} -: the format comes from the file name's suffix ({', '.join(suffixes)}), "
+                           "so standard output cannot be one; give a file name")
     if path.suffix.lower() not in suffixes:
         raise RobenchError(f"{option} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise RobenchError(f"{option} {path}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise RobenchError(f"{option} {path}: folder {parent} is not writable")
-    if path.is_dir():
-        raise RobenchError(f"{option} {path} is a folder; give a file name")
+    problem = output_problem(path)
+    if problem is not None:
+        raise RobenchError(f"{option} {path}{' ' if problem.startswith('is ') else ': '}{problem}")
+
+
+def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:
+    """Fail before any work when two outputs (option, path) name one file or stream, e.g. --junit - --summary -."""
+    seen: list[tuple[str, Path]] = []
+    for option, path in outputs:
+        if path is None:
+            continue
+        for first_option, first in seen:
+            if same_output(first, path):
+                what = "standard output" if stream_fd(path) is not None else "the same file"
+                raise RobenchError(f"{first_option} {first} and {option} {path} both write to {what}; "
+                                   "give each output its own file")
+        seen.append((option, path))
+
+
+def meta_path(path: Path) -> Path:
+    """Where a ``.csv`` results file's provenance goes: ``FILE.csv.meta.json`` beside it."""
+    return path.with_name(path.name + ".meta.json")
 
 
 def _clean(value: Any) -> Any:
@@ -115,7 +138,7 @@ def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
     if suffix == ".md":
         atomic_write_text(path, _markdown_header(meta) + to_markdown(rows))
         return [path]
-    side = path.with_name(path.name + ".meta.json")
+    side = meta_path(path)
     atomic_write_text(side, json.dumps(meta, indent=2, allow_nan=False) + "\n")
     atomic_write(path, lambda p: rows.to_csv(p, index=False))
     return [path, side]

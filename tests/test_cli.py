@@ -265,6 +265,12 @@ def test_output_folder_must_exist(tmp_path: Path) -> None:
     ]
 
 
+def test_out_to_stdout_is_refused_as_its_format_comes_from_the_suffix(tmp_path: Path) -> None:
+    result = invoke("eval", "--out", "-")
+    one_error_line(result, 2, "--out -: the format comes from the file name's suffix (.json, .csv, .md)")
+    assert result.stdout == ""
+
+
 def test_top_level_usage_error_is_one_line() -> None:
     result = invoke("--bogus")
     assert result.exit_code == 2

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import socket
+import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +159,54 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         files.atomic_write(tmp_path / "out.json", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path: Path) -> None:
+    target, link = tmp_path / "t.json", tmp_path / "l.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    files.atomic_write_text(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(target) and target.read_text() == "new"
+    dangling = tmp_path / "d.json"
+    dangling.symlink_to(tmp_path / "made.json")
+    files.atomic_write_text(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "made.json").read_text() == "made"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "l.json", "made.json", "t.json"]
+
+
+def test_atomic_write_into_a_fifo_writes_it_and_leaves_the_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    files.atomic_write_text(fifo, "through the pipe")
+    reader.join(10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temporary file beside it
+
+
+def test_outputs_onto_a_folder_or_socket_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(RobenchError, match="is a folder"):
+        files.atomic_write_text(tmp_path / "d.json", "x")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "s.json"))
+        with pytest.raises(RobenchError, match="--out .*s.json is a socket, not a file"):
+            report.check_output(tmp_path / "s.json")
+        with pytest.raises(RobenchError, match="is a socket"):
+            files.atomic_write_text(tmp_path / "s.json", "x")
+        assert stat.S_ISSOCK(os.lstat(tmp_path / "s.json").st_mode)
+
+
+def test_stream_paths_name_their_descriptor(tmp_path: Path) -> None:
+    (tmp_path / "err").symlink_to("/dev/stderr")
+    found = [files.stream_fd(p) for p in ("-", "/dev/stdout", "/dev/fd/7", "/proc/self/fd/3", tmp_path / "err",
+                                          tmp_path / "x.json")]
+    assert found == [1, 1, 7, 3, 2, None]
+    with pytest.raises(RobenchError, match="--out -: the format comes from the file name's suffix"):
+        report.check_output(Path("-"))
+    report.check_output(Path("-"), (".csv",), "--per-sample", stdout=True)
 
 
 @pytest.mark.parametrize("name", ["x.txt", "missing/x.json"])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import stat
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -245,6 +248,31 @@ def test_cli_fail_exit_1_with_reports(files) -> None:
     assert table[1].startswith("| ❌ fail | rule 1 (no regression) | effnet-stepll fgsm eps 8 | 0.6000 |")
     assert "| top1 drop <= 0.02 | 0.7500 | +0.1500 [" in table[1] and len(table) == 16
     assert "**Statistics.**" in md and "Bonett-Price" in md and "12 intervals hold simultaneously" in md
+
+
+def test_cli_reports_to_stdout_a_fifo_and_through_a_symlink(files) -> None:
+    args = ("gate", files["worse"], "--baseline", files["base"], "--rules", files["rules"], "-q")
+    r = invoke(*args, "--summary", "-")
+    assert r.exit_code == 1 and r.stdout.startswith("## robench gate: FAILED: 15 checks"), r.stdout
+    r = invoke(*args, "--junit", "-")
+    assert r.exit_code == 1 and ET.fromstring(r.stdout).find("testsuite").get("failures") == "1"
+    one_error_line(invoke(*args, "--junit", "-", "--summary", "-"), 2, "--junit - and --summary - both write to "
+                   "standard output")
+    d = files["dir"]
+    target, link, fifo = d / "summary.md", d / "link.md", d / "pipe"
+    target.write_text("old")
+    link.symlink_to(target)
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    r = invoke(*args, "--summary", link, "--junit", fifo)
+    reader.join(10)
+    assert r.exit_code == 1 and r.stdout == "", r.stderr
+    assert link.is_symlink() and target.read_text().startswith("## robench gate: FAILED")
+    assert ET.fromstring(got[0]).find("testsuite").get("failures") == "1" and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    (d / "folder").mkdir()
+    one_error_line(invoke(*args, "--summary", d / "folder"), 2, "--summary", "folder is a folder; give a file name")
 
 
 def test_cli_default_rules_need_a_baseline(files) -> None:
