@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,25 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
 
 
 def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
-    """eval --gate: every rule must match a row the run (an EvalConfig) will write, before any work."""
-    from robench.evaluate import planned_rows
-    from robench.gate import check_planned
+    """eval --gate: every rule must match a row the run (an EvalConfig) will write, before any work.
 
-    check_planned(plan.rules, planned_rows(cfg), "this eval")
+    A max_drop rule must also find one of them in the baseline.
+    """
+    from robench.evaluate import planned_rows
+    from robench.gate import check_planned, check_planned_baseline
+
+    rows = planned_rows(cfg)
+    check_planned(plan.rules, rows, "this eval")
+    if plan.baseline is not None:
+        check_planned_baseline(plan.rules, rows, plan.baseline, ("this eval", str(plan.baseline_path)))
+
+
+def samples_check(plan: GatePlan) -> Callable[[dict[str, Any]], None]:
+    """eval --baseline: the check of the samples against the baseline's, for ``run_eval(on_open=...)``."""
+    from robench.gate import check_samples
+
+    return lambda dataset: check_samples(plan.rules, plan.baseline, dataset,
+                                         ("eval results", str(plan.baseline_path)))
 
 
 def apply_gate(plan: GatePlan, doc: dict[str, Any], name: str, quiet: bool = False) -> None:

@@ -16,6 +16,10 @@ def _check_paths(results: tuple[Path, ...], out: Path) -> None:
     check_output(out, REPORT_SUFFIXES, "-o")
     if any(out.resolve() == p.resolve() for p in results):
         raise RobenchError(f"-o {out} is one of the input files; give another name for the report")
+    figures = out.parent / f"{out.stem}_files"
+    if out.suffix.lower() == ".md" and (figures.exists() or figures.is_symlink()) and not figures.is_dir():
+        raise RobenchError(f"-o {out}: its figures go in the folder {figures}, which is a file; remove it or give "
+                           "-o another name")
 
 
 def write_report(results: tuple[Path, ...], out: Path) -> list[Path]:

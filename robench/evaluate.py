@@ -74,6 +74,7 @@ def planned_rows(cfg: EvalConfig) -> list[dict[str, Any]]:
 def run_eval(
     cfg: EvalConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
     dist: Dist = LOCAL, status: Status | None = None, what: str = "eval",
+    on_open: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvalResult | None:
     """Evaluate every model on clean data and under every attack x eps of the suite.
 
@@ -82,9 +83,14 @@ def run_eval(
     now (health probes, then attack and model), both labelled ``what``.
     Under torchrun (``dist``) each rank takes its shard of the samples; rank 0 gets the
     result, identical sample by sample to a one-process run, and the others get None.
+    ``on_open`` hears the dataset record (``dataset`` of the results) as soon as the data opens,
+    before any model runs, so a check of the samples (a gate's baseline) costs no evaluation;
+    not under ``skip_bad_images``, where the samples are known only at the end.
     """
     opened = open_run(cfg.run, cfg.models, dist, warn)
     health.check_refs(dict(cfg.clean_refs), [m.spec.label for m in opened.models])
+    if on_open is not None and not cfg.run.skip_bad_images:
+        on_open(dataset_record(opened.source, opened.data, "test"))
     state = _state(cfg, opened, dist)  # before the probes: a state of another run is refused at once
     flags = probe_models(opened, cfg.run, dist, status, what)
     hooks = engine.Hooks(progress, warn, state, what=what, status=status)

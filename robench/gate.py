@@ -142,6 +142,32 @@ def check_planned(rules: Rules, rows: list[dict[str, Any]], name: str) -> None:
                                f"({_inventory(planned)}); fix its selectors or remove it")
 
 
+def check_planned_baseline(rules: Rules, rows: list[dict[str, Any]], baseline: dict[str, Any],
+                           names: tuple[str, str]) -> None:
+    """Raise RobenchError, before any evaluation, for a max_drop rule with no planned row in the baseline too.
+
+    The check ``run_gate`` makes on the finished results, made on the rows a run will write.
+    """
+    for rule in rules.rules:
+        if isinstance(rule, Regression):
+            new = {row_key(r) for r in rows if rule.match.row(r)}
+            old = {row_key(r) for r in baseline["rows"] if rule.match.row(r)}
+            if new and old and not new & old:
+                raise RobenchError(f"{rule.where}: no row the rule matches is in both {names[0]} and {names[1]} "
+                                   f"({len(new)} and {len(old)} rows, none alike); compare runs of the same models "
+                                   "and attacks")
+
+
+def check_samples(rules: Rules, baseline: dict[str, Any] | None, dataset: dict[str, Any],
+                  names: tuple[str, str]) -> None:
+    """Raise RobenchError when max_drop would compare runs on other samples; ``dataset`` as results record it.
+
+    A run calls it as soon as its data opens (``run_eval``'s ``on_open``), before any attack.
+    """
+    if baseline is not None and any(isinstance(rule, Regression) for rule in rules.rules):
+        _same_samples(_Docs({"dataset": dataset}, baseline, names))
+
+
 def _rule_label(index: int, rule: Rule) -> str:
     return f"rule {index}" + (f" ({rule.name})" if rule.name else "")
 

@@ -20,6 +20,7 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
     """Fail before any work if ``path`` has an unknown suffix or cannot take an output (robench.files).
 
     ``stdout``: ``-`` writes to standard output (where the format does not come from the suffix).
+    A ``.csv`` results file's ``.meta.json`` beside it is checked too.
     """
     if path is None:
         return
@@ -33,6 +34,11 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
     problem = output_problem(path)
     if problem is not None:
         raise RobenchError(f"{option} {path}{' ' if problem.startswith('is ') else ': '}{problem}")
+    side = meta_path(path)
+    problem = output_problem(side) if suffixes == RESULT_SUFFIXES and path.suffix.lower() == ".csv" else None
+    if problem is not None:  # the provenance goes beside a .csv: found only after the run, it cost the run
+        raise RobenchError(f"{option} {path}: its provenance file {side} {problem.split(';')[0]}; "
+                           f"remove it or give {option} another name")
 
 
 def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:

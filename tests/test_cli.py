@@ -271,6 +271,15 @@ def test_out_to_stdout_is_refused_as_its_format_comes_from_the_suffix(tmp_path: 
     assert result.stdout == ""
 
 
+def test_csv_out_whose_provenance_file_is_a_folder_fails_before_any_work(tmp_path: Path) -> None:
+    """The folder used to be found after the whole run (exit 3): now one line, exit 2, before it."""
+    (tmp_path / "side.csv.meta.json").mkdir()
+    result = invoke("eval", "--out", tmp_path / "side.csv")
+    one_error_line(result, 2, f"--out {tmp_path / 'side.csv'}: its provenance file {tmp_path / 'side.csv.meta.json'}"
+                   " is a folder; remove it or give --out another name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["side.csv.meta.json"]
+
+
 def test_top_level_usage_error_is_one_line() -> None:
     result = invoke("--bogus")
     assert result.exit_code == 2

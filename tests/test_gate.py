@@ -462,6 +462,26 @@ def test_eval_gate_checks_its_rules_before_any_work(tmp_path: Path) -> None:
     assert not out.exists() and "eval" not in r.stderr.split("robench: error")[0]  # no progress: nothing ran
 
 
+def test_eval_baseline_of_other_samples_or_rows_fails_before_any_attack(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A baseline on other samples used to fail after the run, with --out written: now once the data opens."""
+    import robench.evaluate
+
+    monkeypatch.setattr(robench.evaluate, "probe_models", lambda *a, **k: pytest.fail("probed the models"))
+    monkeypatch.setattr(robench.evaluate.engine, "run", lambda *a, **k: pytest.fail("attacked"))
+    out = tmp_path / "r.json"
+    args = ("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "20", "--out", out, "--baseline")
+    other_ids = write(tmp_path / "ids.json", make_doc(GRID, ids=[f"x{i}" for i in range(N)]))
+    r = invoke(*args, other_ids)
+    one_error_line(r, 2, f"eval results and {other_ids} were evaluated on different samples", "--limit",
+                   "robench baseline update")
+    other_models = write(tmp_path / "vit.json", make_doc({("vit", "clean", 0.0): BASE, ("vit", "fgsm", 8.0): BASE}))
+    monkeypatch.setattr(robench.evaluate, "open_run", lambda *a, **k: pytest.fail("opened the data"))
+    r = invoke(*args, other_models)
+    one_error_line(r, 2, f"no row the rule matches is in both this eval and {other_models}", "none alike")
+    assert not out.exists() and r.stdout == ""
+
+
 def test_eval_gate_writes_summary_and_junit(tmp_path: Path) -> None:
     (tmp_path / "gates.yaml").write_text("rules:\n  - {model: resnet-base, attack: clean, min: 0.5}\n")
     r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "20", "-q", "--no-health",

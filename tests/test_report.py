@@ -101,7 +101,11 @@ def test_output_equal_to_an_input_or_unknown_suffix_is_refused(tmp_path) -> None
     before = a.read_text()
     one_error_line(invoke("report", a, "-o", a), 2, "-o")
     one_error_line(invoke("report", a, "-o", tmp_path / "r.pdf"), 2, "unknown format")
-    assert a.read_text() == before
+    one_error_line(invoke("report", a, "-o", "-"), 2, "-o -: the format comes from the file name's suffix")
+    (tmp_path / "r_files").write_text("not a folder")
+    one_error_line(invoke("report", a, "-o", tmp_path / "r.md"), 2, f"its figures go in the folder {tmp_path}/r_files",
+                   "which is a file")
+    assert a.read_text() == before and not (tmp_path / "r.md").exists()
 
 
 class _Tags(HTMLParser):
