@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -304,3 +306,25 @@ def test_interrupt_keeps_last_finished_epoch(tmp_path: Path) -> None:
     meta = read_metadata(out)
     assert meta["epochs_done"] == 1 and "val_accuracy" not in meta
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_sigterm_keeps_last_finished_epoch_in_one_line_and_exits_143(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from results_docs import one_error_line
+
+    import robench.train
+
+    out, real = tmp_path / "m.safetensors", robench.train.train
+
+    def terminated_in_second_epoch(cfg, path, progress, *args):
+        def progress_then_term(stats) -> None:
+            if stats.epoch == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler turns it into robench.errors.Terminated
+
+        return real(cfg, path, progress_then_term, *args)
+
+    monkeypatch.setattr(robench.train, "train", terminated_in_second_epoch)
+    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "2", "--limit", "64",
+                                       "--input-size", "16", "-q", "--out", str(out)])
+    one_error_line(result, 143, f"robench: error: terminated (SIGTERM); {out} holds the last finished epoch")
+    assert read_metadata(out)["epochs_done"] == 1
