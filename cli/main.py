@@ -7,13 +7,17 @@ happen inside commands so that ``robench --help`` stays fast.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from robench import __version__
-from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError
+from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError, Terminated
 
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -24,7 +28,8 @@ Exit codes (every command):
   1    a gate or leak check failed
   2    bad usage or input (one line on stderr says what and how to fix it)
   3    runtime error
-  130  interrupted"""
+  130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM, e.g. from SLURM or Kubernetes)"""
 
 
 OPTIONS = {"clean_refs": "--clean-ref", "health_probes": "--no-health", "models": "--model"}  # field -> option
@@ -40,13 +45,36 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM: unwind as Ctrl-C does (state kept, one line); a second SIGTERM ends the process at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises robench.errors.Terminated; the previous handler is restored after.
+
+    Only from the main thread, the one place Python lets a handler be set (a library caller's thread is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 class RobenchGroup(click.Group):
     """A Click group that maps every failure onto robench's exit codes, one line each."""
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _sigterm_unwinds():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NO_ARGS as e:  # help, not an error: no "robench: error:" in front of it
             click.echo(e.ctx.get_help(), err=True)
             sys.exit(2)
@@ -58,9 +86,10 @@ class RobenchGroup(click.Group):
         except CheckFailed as e:
             _fail(str(e), 1)
         except Interrupted as e:
-            _fail(str(e), 130)
-        except (click.Abort, KeyboardInterrupt):
-            _fail("interrupted", 130)
+            _fail(str(e), e.code)
+        except (click.Abort, KeyboardInterrupt) as e:  # click turns Ctrl-C and SIGTERM into Abort from them
+            stopped = Interrupted.of(e.__cause__ if isinstance(e, click.Abort) else e)
+            _fail(str(stopped), stopped.code)
         except click.ClickException as e:
             _fail(e.format_message(), 2)
         except Exception as e:  # noqa: BLE001 - the contract: one line and exit 3, never a traceback

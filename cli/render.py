@@ -252,7 +252,8 @@ def warn(message: str) -> None:
 def distributed_run(device: str, quiet: bool, resume: Any = None) -> Iterator[tuple[Any, Reporter]]:
     """The torchrun process group (or one process) and a progress bar (``Reporter``) on rank 0 only.
 
-    Ctrl-C leaves through robench.errors.Interrupted, naming the --resume folder when there is one.
+    Ctrl-C and SIGTERM (robench.errors.Terminated) leave through robench.errors.Interrupted, naming the
+    --resume folder when there is one.
     """
     from robench.distributed import session
     from robench.errors import Interrupted
@@ -260,6 +261,6 @@ def distributed_run(device: str, quiet: bool, resume: Any = None) -> Iterator[tu
     with session(device) as dist, progress_bar(dist.is_main and not quiet) as reporter:
         try:
             yield dist, reporter
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             where = f"; finished batches are kept in {resume}: run the same command to go on" if resume else ""
-            raise Interrupted(f"interrupted{where}") from None
+            raise Interrupted.of(stop, where) from None

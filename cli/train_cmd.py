@@ -59,6 +59,7 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
       torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
     from robench.distributed import session
+    from robench.errors import Interrupted
     from robench.recipe import TrainConfig
     from robench.train import train
 
@@ -72,10 +73,9 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
         try:
             with epoch_bar(cfg.epochs, not quiet and dist.is_main) as progress:
                 result = train(cfg, out, progress, dist, warn if dist.is_main else None)
-        except KeyboardInterrupt:
-            if dist.is_main and out.is_file():
-                click.echo(f"robench: {out} holds the last finished epoch", err=True)
-            raise
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, saying what the checkpoint holds
+            kept = f"; {out} holds the last finished epoch" if dist.is_main and out.is_file() else ""
+            raise Interrupted.of(stop, kept) from None
     if not dist.is_main:
         return
     meta = result.meta

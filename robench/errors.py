@@ -1,5 +1,7 @@
 """robench's own exceptions: messages written for the user, one line each."""
 
+from __future__ import annotations
+
 
 class RobenchError(Exception):
     """Bad usage or input: the CLI prints the message and exits with code 2.
@@ -15,8 +17,29 @@ class CheckFailed(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (SLURM and Kubernetes send it before a kill): unwinds like Ctrl-C, exits 143.
+
+    A KeyboardInterrupt, so every path that keeps a run's state on Ctrl-C keeps it on SIGTERM too.
+    """
+
+
 class Interrupted(Exception):
-    """The user pressed Ctrl-C: the CLI prints the message (where to resume) and exits with code 130."""
+    """Ctrl-C (exit 130) or SIGTERM (exit 143, 128 + 15) stopped a run: the CLI prints the message (where to resume).
+
+    ``code`` is the exit code.
+    """
+
+    def __init__(self, message: str, code: int = 130) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, stop: BaseException, detail: str = "") -> Interrupted:
+        """The interruption that ``stop`` (a KeyboardInterrupt, or Terminated) means; ``detail`` says what was kept."""
+        if isinstance(stop, Terminated):
+            return cls(f"terminated (SIGTERM){detail}", 143)
+        return cls(f"interrupted{detail}", 130)
 
 
 class FieldError(RobenchError):

@@ -134,6 +134,7 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     meta["semantics"] = cfg.run.suite.semantics()
     meta["cost"] = out.costs()
     meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
-    flags = [*flags, *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]
+    flags = [*flags, *health.nonfinite_logits(outcomes.items()),
+             *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]
     meta["health"] = health.records(flags)
     return EvalResult(rows, outcomes, meta, flags)

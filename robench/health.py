@@ -31,7 +31,7 @@ import pandas as pd
 from robench.attacks import REGISTRY
 from robench.engine import CLEAN, Outcomes
 from robench.errors import FieldError
-from robench.metrics import correct
+from robench.metrics import NONFINITE, correct
 from robench.stats import exact_interval, holm, paired
 from robench.suite import AttackSpec, Suite
 
@@ -77,6 +77,8 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
           "attack of the suite missed at the same eps: the gradients are masked (AutoAttack's own check)"),
     Check("clean_accuracy_mismatch", "clean accuracy differs from the reference given beyond sampling noise "
           "(wrong weights, normalization, resolution or labels)"),
+    Check("nonfinite_logits", "the model gave NaN or inf logits, clean or under attack: those samples count as "
+          "wrong, so its accuracies measure the numerics, not robustness"),
 )}
 
 
@@ -301,6 +303,28 @@ def perturbation_exceeds_eps(rows: pd.DataFrame) -> list[Flag]:
                  f"eps {r.eps:g}/255", str(r.attack), r.eps) for r in over.itertuples()]
 
 
+def nonfinite_logits(outcomes: Iterable[tuple[str, Outcomes]]) -> list[Flag]:
+    """Check 11: samples whose logits were NaN or inf, clean or under any attack; one flag per model.
+
+    ``outcomes``: (model, its outcomes) pairs; a model may come more than once (a transfer
+    target, once per source: the same samples, so a sample counts once).
+    """
+    clean: dict[str, np.ndarray] = {}
+    attacked: dict[str, np.ndarray] = {}
+    for model, out in outcomes:
+        bad = out.pred == NONFINITE  # [S, N]
+        at_clean = np.array([a == CLEAN for a, _ in out.settings])
+        clean[model] = clean.get(model, False) | bad[at_clean].any(0)
+        attacked[model] = attacked.get(model, False) | bad[~at_clean].any(0)
+    flags = []
+    for model, c in clean.items():
+        k, a = int((c | attacked[model]).sum()), int((attacked[model] & ~c).sum())
+        if k:
+            flags.append(flag("nonfinite_logits", model, f"{k} of {len(c)} samples gave NaN or inf logits "
+                              f"({int(c.sum())} clean, {a} more only under attack); they count as wrong"))
+    return flags
+
+
 def check_refs(refs: Mapping[str, float], labels: Iterable[str]) -> None:
     """Every reference must name a model of the run (a typo would silently check nothing)."""
     known = list(labels)
@@ -331,7 +355,7 @@ def _off_reference(top1: float, n: int, ref: float, tol: float | None) -> str | 
 
 def eval_flags(rows: pd.DataFrame, outcomes: Mapping[str, Outcomes], suite: Suite,
                refs: Mapping[str, float] | None = None, tol: float | None = None) -> list[Flag]:
-    """The result checks of a white-box run (1, 2, 8, 10 and, with references, 9)."""
+    """The result checks of a white-box run (1, 2, 8, 10 and, with references, 9); 11 is the caller's (its pairs)."""
     return [
         *accuracy_rises(rows, correctness(outcomes)),
         *iterative_weaker(outcomes, suite),

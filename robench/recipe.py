@@ -6,7 +6,8 @@ spec reads) needs no trainer, and the trainer, the zoo and the CLI share one def
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from robench.errors import FieldError
 
@@ -41,7 +42,15 @@ class TrainConfig:
     eps_dist: str = "folded_normal"  # the paper's |N(0, eps_sigma)| truncated to eps_max, or "fixed": eps_max always
 
     def validate(self) -> TrainConfig:
-        """Raise a FieldError naming the field (the CLI names its option) for any value outside its range."""
+        """Raise a FieldError naming the field (the CLI names its option) for any value outside its range.
+
+        Every number must be finite first: inf passes ``> 0`` and NaN fails every comparison, and
+        either trains a checkpoint of NaN weights.
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FieldError(f.name, f"{{name}} {value!r} must be a finite number")
         checks = [
             (self.attack in TRAIN_ATTACKS, "attack", f"must be one of {', '.join(TRAIN_ATTACKS)}"),
             (self.label in LABELS, "label", "must be true or predicted"),
@@ -54,6 +63,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.batch_size >= 2, "batch_size", "must be >= 2"),
             (self.lr > 0, "lr", "must be > 0"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.steps >= 1, "steps", "must be >= 1"),
             (self.input_size >= 8, "input_size", "must be >= 8"),
             (self.limit is None or self.limit >= 1, "limit", "must be a positive number"),

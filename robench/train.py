@@ -354,6 +354,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     progress, history = progress if dist.is_main else None, []
     for epoch in range(1, cfg.epochs + 1):
         row = _epoch(net, opt, source, input_cfg, cfg, gen, epoch, progress, dist)
+        check_finite(model, epoch, cfg.lr)
         history.append(row)
         if epoch < cfg.epochs and dist.is_main:  # the last epoch is written below, with its validation accuracy
             save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
@@ -364,6 +365,19 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     if dist.is_main:
         save_checkpoint(out, model.model, meta)
     return TrainResult(pd.DataFrame(history), meta)
+
+
+def check_finite(model: nn.Module, epoch: int, lr: float) -> None:
+    """Refuse weights that hold NaN or inf after an epoch, before they are written: they measure nothing.
+
+    A learning rate too large for the model makes the updates overflow; the checkpoint then
+    keeps the last epoch whose weights were finite.
+    """
+    state = model.state_dict().values()
+    if all(bool(torch.isfinite(t).all()) for t in state if t.is_floating_point()):
+        return
+    raise FieldError("lr", f"training diverged in epoch {epoch}: the weights hold NaN or inf; lower {{name}} "
+                           f"(now {lr:g}); the checkpoint, if any, holds the last finite epoch")
 
 
 def local_rows(order: Tensor, batch_size: int, dist: Dist) -> tuple[Tensor, int]:

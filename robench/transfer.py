@@ -260,10 +260,12 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
 
 
 def transfer_health(out: engine.Matrix, rows: pd.DataFrame, suite: Suite) -> list[health.Flag]:
-    """The result checks: each source's white-box outcomes as eval's, and transfer against white-box."""
+    """The result checks: each source's white-box outcomes as eval's, NaN/inf logits of every target on any
+    source's examples, and transfer against white-box."""
     white = out.white_box()
     white_rows = pd.concat([metrics.summarize(o, s) for s, o in white.items()], ignore_index=True)
-    return [*health.eval_flags(white_rows, white, suite),
+    return [*health.nonfinite_logits((t, o) for (_, t), o in out.pairs.items()),
+            *health.eval_flags(white_rows, white, suite),
             *health.transfer_beats_white_box(rows, out.correctness())]
 
 

@@ -18,7 +18,7 @@ from robench import evaluate
 from robench.checkpoint import save_checkpoint
 from robench.cli.eval_cmd import parse_clean_ref
 from robench.cli.main import main
-from robench.errors import RobenchError
+from robench.errors import RobenchError, Terminated
 
 
 def invoke(*args: str):
@@ -296,6 +296,7 @@ def test_unknown_command_is_one_line() -> None:
 
 
 @pytest.mark.parametrize(("error", "code", "text"), [(KeyboardInterrupt(), 130, "interrupted"),
+                                                     (Terminated(), 143, "terminated (SIGTERM)"),
                                                      (ValueError("boom"), 3, "runtime error: ValueError: boom")])
 def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error, code, text) -> None:
     import robench.evaluate

@@ -259,6 +259,40 @@ def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
     assert len(_records(state)) >= 1
 
 
+def test_sigterm_keeps_the_state_exits_143_and_the_rerun_finishes(tmp_path: Path, uninterrupted: dict) -> None:
+    # SLURM and Kubernetes send SIGTERM before they kill: it stops like Ctrl-C, with the scheduler's exit code
+    state, out = tmp_path / "state", tmp_path / "r.json"
+    args = [*RESUME_ARGS, "--resume", str(state), "--out", str(out)]
+    proc = _start(args)
+    _wait_for_records(state, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and not out.exists()
+    assert err.strip().splitlines() == [
+        f"robench: error: terminated (SIGTERM); finished batches are kept in {state}: run the same command to go on"]
+    assert 1 <= len(_records(state)) < BATCHES
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    for key in ("rows", "samples", "dataset", "models", "health"):
+        assert doc[key] == uninterrupted[key], key
+
+
+def test_sigterm_handler_is_the_cli_s_only_while_a_command_runs() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    @main.command("peek-sigterm")
+    def peek() -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    try:
+        assert CliRunner().invoke(main, ["peek-sigterm"]).exit_code == 0
+    finally:
+        main.commands.pop("peek-sigterm")
+    assert seen[0] not in (before, signal.SIG_DFL) and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
     RunState(state, "0" * 64).append({"rows": np.arange(2)})

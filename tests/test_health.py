@@ -17,6 +17,7 @@ from robench import evaluate, health, leak, probes
 from robench.cli.main import main
 from robench.engine import CLEAN, Outcomes
 from robench.errors import FieldError
+from robench.metrics import NONFINITE
 from robench.runspec import RunSpec
 from robench.suite import AttackSpec, Suite, build_config, load_suite, override
 from robench.transfer import TransferConfig, run_transfer
@@ -167,6 +168,48 @@ def test_check_refs_names_the_unknown_label() -> None:
     health.check_refs({"a": 0.9}, ["a", "b"])
     with pytest.raises(FieldError, match=r"^clean_refs names 'c', which is not a model; labels: a, b$"):
         health.check_refs({"a": 0.9, "c": 0.5}, ["a", "b"])
+
+
+def test_nonfinite_logits_counts_each_sample_once_per_model() -> None:
+    out = outcomes({"fgsm": 10}, {})
+    assert health.nonfinite_logits([("m", out)]) == []
+    pred = out.pred.copy()
+    pred[0, :3] = NONFINITE  # 3 samples NaN clean (and under fgsm too: still 3)
+    pred[1, :5] = pred[2, 990:] = NONFINITE  # 2 more under fgsm, 10 more under step_ll
+    bad = Outcomes(out.ids, out.labels, out.settings, pred, out.top5, out.least_likely)
+    expected = [health.flag("nonfinite_logits", "m", "15 of 1000 samples gave NaN or inf logits (3 clean, 12 more "
+                            "only under attack); they count as wrong")]
+    assert health.nonfinite_logits([("m", bad)]) == expected
+    assert health.nonfinite_logits([("m", bad), ("m", bad), ("n", out)]) == expected  # a target of two sources
+
+
+NAN_MODEL = """import torch
+from torch import nn
+
+
+class NanLogits(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((1, 2, 3))[:, None] * self.w * float("nan")
+"""
+
+
+def test_all_nan_model_is_a_finding_that_fails_a_strict_gate(tmp_path: Path) -> None:
+    spec = f"nan={write(tmp_path / 'nan_model.py', NAN_MODEL)}:NanLogits"
+    out = tmp_path / "r.json"
+    r = invoke("eval", spec, "--limit", "8", "--attack", "fgsm", "--eps", "8", "-q", "--no-health", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    finding = health.flag("nonfinite_logits", "nan", "8 of 8 samples gave NaN or inf logits (8 clean, 0 more only "
+                          "under attack); they count as wrong")
+    assert f"health warning: {finding.line()}" in r.stderr.splitlines()
+    assert json.loads(out.read_text())["health"] == [finding.record()]
+    r = invoke("gate", out, "--rules", write(tmp_path / "strict.yaml", "- {health: strict}\n"))
+    assert r.exit_code == 1 and "nonfinite_logits" in r.stdout, (r.stdout, r.stderr)
+    r = invoke("gate", out, "--rules", write(tmp_path / "warn.yaml", "- {health: warn}\n"))
+    assert r.exit_code == 0 and "nonfinite_logits" in r.stdout, (r.stdout, r.stderr)
 
 
 # --- every check is documented ---------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 from robench.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_eps_list, parse_suite
 
 # ---------------------------------------------------------------- the default suite
@@ -332,11 +333,49 @@ def test_override_keeps_the_suite_options() -> None:
     ("  - name: apgd_t\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'apgd_t'"),
     ("  - name: square\n    p_init: 1.5\n", "s.yaml line 4: 'p_init' must be in (0, 1], got 1.5 for attack 'square'"),
     ("  - name: apgd\n    loss: hinge\n", "s.yaml line 4: 'loss' of attack 'apgd' must be ce | dlr, got 'hinge'"),
+    # settings that measure nothing: no steps, no step, NaN or inf (NaN passes every comparison)
+    ("  - name: pgd\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'pgd'"),
+    ("  - name: bim\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'bim'"),
+    ("  - name: iter_ll\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'iter_ll'"),
+    ("  - name: fab_t\n    restarts: 0\n", "s.yaml line 4: 'restarts' must be at least 1, got 0 for attack 'fab_t'"),
+    ("  - name: square\n    queries: 0\n", "s.yaml line 4: 'queries' must be at least 1, got 0 for attack 'square'"),
+    ("  - name: bim\n    step_size: 0\n", "s.yaml line 4: 'step_size' must be > 0, got 0 for attack 'bim'"),
+    ("  - name: pgd\n    step_size: 0.0\n", "s.yaml line 4: 'step_size' must be > 0, got 0.0 for attack 'pgd'"),
+    ("  - name: iter_ll\n    step_size: .nan\n",
+     "s.yaml line 4: 'step_size' must be a finite number, got nan for attack 'iter_ll'"),
+    ("  - name: pgd\n    step_size: .inf\n",
+     "s.yaml line 4: 'step_size' must be a finite number, got inf for attack 'pgd'"),
+    ("  - name: apgd\n    rho: .nan\n", "s.yaml line 4: 'rho' must be a finite number, got nan for attack 'apgd'"),
+    ("  - name: fab_t\n    eta: .inf\n", "s.yaml line 4: 'eta' must be a finite number, got inf for attack 'fab_t'"),
 ])
 def test_attack_options_out_of_range_name_the_line(entry: str, message: str) -> None:
     with pytest.raises(RobenchError) as e:
         parse_suite(f"eps: [8]\nattacks:\n{entry}", "s.yaml")
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize(("config", "field"), [(lambda: PgdConfig(steps=0), "steps"),
+                                               (lambda: BimConfig(steps=0), "steps"),
+                                               (lambda: IterLLConfig(step_size=math.nan), "step_size"),
+                                               (lambda: PgdConfig(step_size=-1.0), "step_size")])
+def test_attack_configs_refuse_settings_that_measure_nothing(config, field: str) -> None:
+    with pytest.raises(FieldError) as e:  # the library's own check, not only the suite reader's
+        config()
+    assert e.value.field == field
+
+
+def test_a_suite_that_measures_nothing_is_refused_before_any_work(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from results_docs import one_error_line
+
+    from robench.cli.main import main
+
+    (tmp_path / "s.yaml").write_text("eps: [8]\nattacks:\n  - name: pgd\n    steps: 0\n")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["eval", "zoo:resnet-base", "--limit", "4", "--attacks", str(tmp_path / "s.yaml"),
+                                       "-q", "--out", str(out)])
+    one_error_line(result, 2, "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'pgd'")
+    assert not out.exists()
 
 
 def test_the_unit_trap_in_yaml(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -186,6 +188,17 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--seed", "-3"], "--seed -3 must be a whole number in [0, 2**63 - 1]"),
         (["--out", "/nonexistent-dir/m.safetensors"], "does not exist"),
         (["--out", "m.pth"], "unknown format"),
+        # settings that measure nothing: inf and NaN trained a checkpoint of NaN weights
+        (["--lr", "inf"], "--lr inf must be a finite number"),
+        (["--lr", "nan"], "--lr nan must be a finite number"),
+        (["--lam", "inf"], "--lam inf must be a finite number"),
+        (["--adv-fraction", "nan"], "--adv-fraction nan must be a finite number"),
+        (["--weight-decay", "-inf"], "--weight-decay -inf must be a finite number"),
+        (["--weight-decay", "-0.1"], "--weight-decay -0.1 must be >= 0"),
+        (["--val-fraction", "nan"], "--val-fraction nan must be a finite number"),
+        (["--eps-sigma", "inf"], "--eps-sigma: eps 'inf' is not a number"),
+        (["--eps-max", "nan"], "--eps-max: eps 'nan' is not a number"),
+        (["--steps", "0"], "--steps 0 must be >= 1"),
     ],
 )
 def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -203,6 +216,22 @@ def test_library_errors_name_fields() -> None:
     assert (str(err.value), err.value.field) == ("lam -0.1 must be >= 0", "lam")
     with pytest.raises(FieldError, match="^adv_fraction 1.5 must lie in"):
         TrainConfig(adv_fraction=1.5).validate()
+    for name in ("lr", "weight_decay", "lam", "eps_max", "eps_sigma", "adv_fraction", "val_fraction"):
+        for bad in (math.inf, -math.inf, math.nan):
+            with pytest.raises(FieldError, match=f"^{name} {bad!r} must be a finite number$") as err:
+                TrainConfig(**{name: bad}).validate()
+            assert err.value.field == name
+
+
+def test_diverged_training_is_refused_before_its_weights_are_written(tmp_path: Path) -> None:
+    from results_docs import one_error_line
+
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "1", "--limit", "64",
+                                       "--batch-size", "16", "--input-size", "16", "--lr", "1e30", "-q",
+                                       "--out", str(out)])
+    one_error_line(result, 2, "training diverged in epoch 1: the weights hold NaN or inf; lower --lr (now 1e+30)")
+    assert not out.exists()
 
 
 def test_unwritable_output(tmp_path: Path) -> None:
@@ -304,3 +333,25 @@ def test_interrupt_keeps_last_finished_epoch(tmp_path: Path) -> None:
     meta = read_metadata(out)
     assert meta["epochs_done"] == 1 and "val_accuracy" not in meta
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_sigterm_keeps_last_finished_epoch_in_one_line_and_exits_143(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from results_docs import one_error_line
+
+    import robench.train
+
+    out, real = tmp_path / "m.safetensors", robench.train.train
+
+    def terminated_in_second_epoch(cfg, path, progress, *args):
+        def progress_then_term(stats) -> None:
+            if stats.epoch == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # the CLI's handler turns it into robench.errors.Terminated
+
+        return real(cfg, path, progress_then_term, *args)
+
+    monkeypatch.setattr(robench.train, "train", terminated_in_second_epoch)
+    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "2", "--limit", "64",
+                                       "--input-size", "16", "-q", "--out", str(out)])
+    one_error_line(result, 143, f"robench: error: terminated (SIGTERM); {out} holds the last finished epoch")
+    assert read_metadata(out)["epochs_done"] == 1

@@ -288,9 +288,9 @@ def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple
 
 def _sweep(model: nn.Module, x: Tensor, eps: Sequence[float], runs: Sequence[tuple[_Goal, SampleNoise | None]],
            steps: int, rho: float, early_stop: bool) -> Iterator[tuple[float, Tensor]]:
-    """Every eps from x on its own; eps 0 (or no steps) gives x itself."""
+    """Every eps from x on its own; eps 0 gives x itself (the configs hold at least 1 step)."""
     for e in eps:
-        if e == 0 or steps == 0:
+        if e == 0:
             yield e, x.clone()
             continue
         with attack_mode(model):

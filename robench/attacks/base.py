@@ -6,6 +6,7 @@ All attacks work on [0, 1] pixels and take eps in 1/255 units, as in the paper.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -191,12 +192,19 @@ def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
-def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ...] = ()) -> None:
-    """Refuse an attack option out of range: ``at_least`` fields below their minimum, ``unit`` fields outside (0, 1].
+def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ...] = (),
+                 positive: tuple[str, ...] = ()) -> None:
+    """Refuse an attack option out of range: ``at_least`` fields below their minimum, ``unit`` fields outside (0, 1],
+    ``positive`` fields (None allowed: a default) not above 0. Every one of them must be a finite number.
 
     Raises FieldError naming the field; a suite file's reader adds the file and line. An
-    attack left with nothing to do (0 targets, a step size of 0) would report a model robust.
+    attack left with nothing to do (0 steps or targets, a step size of 0) would report the
+    clean accuracy as robustness; NaN passes every comparison, so it is refused by name.
     """
+    for name in (*at_least, *unit, *positive):
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FieldError(name, f"{{name}} must be a finite number, got {value!r}")
     for name, low in at_least.items():
         value = getattr(config, name)
         if value < low:
@@ -205,6 +213,10 @@ def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ..
         value = getattr(config, name)
         if not 0 < value <= 1:
             raise FieldError(name, f"{{name}} must be in (0, 1], got {value!r}")
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise FieldError(name, f"{{name}} must be > 0, got {value!r}")
 
 
 def to_unit(eps: float) -> float:

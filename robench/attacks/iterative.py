@@ -18,6 +18,7 @@ from robench.attacks.base import (
     Labels,
     SampleNoise,
     attack_mode,
+    check_ranges,
     gradient_and_logits,
     gradient_sign,
     project,
@@ -34,6 +35,9 @@ class BimConfig:
     step_size: float = 1.0
     steps: int | None = None
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={} if self.steps is None else {"steps": 1}, positive=("step_size",))
+
 
 @dataclass(frozen=True)
 class IterLLConfig:
@@ -41,6 +45,9 @@ class IterLLConfig:
 
     step_size: float = 1.0
     steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={} if self.steps is None else {"steps": 1}, positive=("step_size",))
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,9 @@ class PgdConfig:
     steps: int = 10
     step_size: float | None = None
     random_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={"steps": 1}, positive=("step_size",))
 
 
 def paper_steps(eps: float) -> int:
@@ -189,7 +199,7 @@ def pgd(
     target = labels.pick(config.label)
     noise = uniform_noise(x, rng) if config.random_start else None
     for e in eps:
-        if e == 0 or config.steps == 0:
+        if e == 0:  # the config holds at least 1 step
             yield e, x.clone()
             continue
         unit = to_unit(e)
