@@ -247,8 +247,7 @@ class ExampleStore(Protocol):
     depend on whether the store already had them (a lossy store included).
     """
 
-    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor,
-             warn: Warn | None) -> list[Examples | None]: ...
+    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor) -> list[Examples | None]: ...
 
     def save(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor, examples: Examples) -> Examples: ...
 
@@ -335,7 +334,7 @@ class _Batch:
 
     def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
         """The source's examples for one attack: from the store where it has them, else crafted once."""
-        kept = self.store.load(s.label, spec, self.ids, x, self.warn) if self.store else [None] * len(self.ids)
+        kept = self.store.load(s.label, spec, self.ids, x) if self.store else [None] * len(self.ids)
         missing = [i for i, k in enumerate(kept) if k is None]
         if not missing:
             return [(e, torch.stack([k[j][1] for k in kept]).to(x.device)) for j, e in enumerate(spec.eps)]

@@ -13,7 +13,7 @@ import pandas as pd
 from robench import engine, health, metrics, samples, worst
 from robench.distributed import LOCAL, Dist
 from robench.engine import Progress, Status
-from robench.provenance import dataset_record, envelope
+from robench.provenance import dataset_record, envelope, resume_versions
 from robench.resume import RunState, fingerprint
 from robench.runspec import Opened, RunSpec, open_run, parse_specs, probe_models
 
@@ -109,14 +109,15 @@ def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
     """The resume state of this run (checked against the folder's), or None without ``resume``."""
     if cfg.resume is None:
         return None
+    versions = resume_versions()
     key = fingerprint({
-        "command": "eval", "models": [(m.spec.label, *m.function()) for m in opened.models],
+        "command": "eval", "versions": versions, "models": [(m.spec.label, *m.function()) for m in opened.models],
         "ids": opened.source.ids, "classes": opened.source.classes,  # the labels: folder ids do not say them
         "suite": cfg.run.suite.describe()["attacks"], "seed": cfg.run.seed,
         "cascade": cfg.run.suite.cascade, "early_stop": cfg.run.suite.early_stop,  # they change the outcomes
         "layout": "pairs",  # the engine's outcome layout: states of other layouts are other runs
     })
-    state = RunState(cfg.resume, key, dist.rank)
+    state = RunState(cfg.resume, key, dist.rank, versions)
     state.check()
     return state
 

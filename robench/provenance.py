@@ -30,6 +30,15 @@ def versions() -> dict[str, str]:
     }
 
 
+RESUME_VERSIONS = ("robench", "torch", "timm")  # a change in any may change an attack's outcome
+
+
+def resume_versions() -> dict[str, str]:
+    """The versions a resumed run must share with the run that wrote its state (``RESUME_VERSIONS``)."""
+    found = versions()
+    return {name: found[name] for name in RESUME_VERSIONS}
+
+
 def dataset_record(source: Source, spec: str, split: str, ids: list[str] | None = None,
                    skipped: dict[int, str] | None = None) -> dict[str, Any]:
     """Name, split, size, class names in index order, id hash and the ordered sample ids (``ids``: those evaluated).

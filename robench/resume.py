@@ -4,10 +4,12 @@ A long run killed at any moment (SIGKILL included) loses at most the batches in 
 each finished batch is one JSON line, flushed and fsynced, in ``state-rank<R>.jsonl``
 (one file per torchrun rank, so ranks never write the same file). The first line of
 each file is the run's fingerprint: everything that decides the numbers (models and
-their weights, samples, suite, seed). A restarted run with the same fingerprint takes
-every finished sample from every file and computes only the rest; one with another
-fingerprint is refused. Results do not depend on batch size or world size (per-sample
-losses and noise), so those may change between the runs.
+their weights, samples, suite, seed, and the robench, torch and timm versions, also kept
+in plain form to name them). A restarted run with the same fingerprint takes every
+finished sample from every file and computes only the rest; one with other versions or
+another fingerprint is refused. A file without a whole first line (empty, or killed
+while writing it) holds nothing yet and counts as fresh. Results do not depend on batch
+size or world size (per-sample losses and noise), so those may change between the runs.
 """
 
 from __future__ import annotations
@@ -49,15 +51,26 @@ def _decode(value: Any) -> Any:
     return value
 
 
-class RunState:
-    """The state folder of one run, as seen by one rank."""
+def _first_line(path: Path) -> str | None:
+    """A state file's first line (its header), or None if it has no whole one (empty, or torn)."""
+    with path.open("rb") as f:
+        first = f.readline()
+    return first.decode("utf-8", errors="replace") if first.endswith(b"\n") else None
 
-    def __init__(self, folder: Path, key: str, rank: int = 0) -> None:
-        self.folder, self.key, self.rank = Path(folder), key, rank
+
+class RunState:
+    """The state folder of one run, as seen by one rank.
+
+    ``versions`` (name -> version) are recorded beside the fingerprint, so a state written by
+    other versions is refused with a message naming them.
+    """
+
+    def __init__(self, folder: Path, key: str, rank: int = 0, versions: dict[str, str] | None = None) -> None:
+        self.folder, self.key, self.rank, self.versions = Path(folder), key, rank, versions or {}
         self._file: TextIO | None = None
 
     def check(self) -> None:
-        """Fail before any work if the folder is unusable or belongs to another run."""
+        """Fail before any work if the folder is unusable or belongs to another run or other versions."""
         if self.folder.exists() and not self.folder.is_dir():
             raise FieldError("resume", f"{{name}} {self.folder} is a file; give a folder for the run's state")
         try:
@@ -66,15 +79,32 @@ class RunState:
             raise FieldError("resume", f"{{name}} {self.folder} cannot be created ({e.strerror}); "
                              f"give a folder that can be written") from None
         for path in sorted(self.folder.glob(STATE_GLOB)) if self.folder.is_dir() else []:
-            first = path.open(encoding="utf-8").readline()
+            first = _first_line(path)
+            if first is None:
+                continue  # nothing kept yet: fresh
             try:
-                theirs = json.loads(first)["fingerprint"]
+                header = json.loads(first)
+                theirs = header["fingerprint"]
             except (ValueError, KeyError, TypeError):
                 raise FieldError("resume", f"{path} is not a robench state file; give a new {{name}} folder") from None
+            self._check_versions(header.get("versions"))
             if theirs != self.key:
                 raise FieldError("resume", f"{{name}} {self.folder} holds the state of a different run (other models, "
                                  "preprocessing, data, attacks, cascade/early_stop or seed); rerun that exact command, "
                                  "or give a new {name} folder")
+
+    def _check_versions(self, theirs: Any) -> None:
+        """Refuse a state written by other versions, naming those that differ."""
+        recorded = isinstance(theirs, dict)
+        differ = [k for k in self.versions if not recorded or theirs.get(k) != self.versions[k]]
+        if not differ:
+            return
+        ours = ", ".join(f"{k} {self.versions[k]}" for k in differ)
+        written = ", ".join(f"{k} {theirs.get(k, '(not recorded)')}" for k in differ) if recorded \
+            else "an earlier robench, which did not record its versions"
+        raise FieldError("resume", f"{{name}} {self.folder} was written by {written}; this is {ours}, and the two "
+                         "would mix results of different code: remove the folder, give a new {name} folder, "
+                         "or resume with the versions that wrote it")
 
     def load(self) -> list[dict[str, Any]]:
         """Finished batches' parts, from every rank's file; a torn last line is ignored."""
@@ -93,11 +123,11 @@ class RunState:
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"state-rank{self.rank}.jsonl"
-            fresh = not path.exists() or path.stat().st_size == 0
+            fresh = not path.exists() or _first_line(path) is None  # a file without its header starts over
             torn = not fresh and not path.read_bytes().endswith(b"\n")
-            self._file = path.open("a", encoding="utf-8")
+            self._file = path.open("w" if fresh else "a", encoding="utf-8")
             if fresh:
-                self._write({"fingerprint": self.key})
+                self._write({"fingerprint": self.key, "versions": self.versions})
             elif torn:  # end the line a killed run left half-written, so the next record stands alone
                 self._file.write("\n")
         self._write({"part": _encode(part)})

@@ -23,7 +23,7 @@ from typing import Any
 
 from robench.errors import RobenchError
 from robench.files import read_text
-from robench.suite import locate, parse_eps, read_yaml
+from robench.suite import locate, parse_eps, read_yaml, unique_eps
 
 GLOB_KEYS = ("model", "source", "target", "attack")
 CORRECTIONS = ("bonferroni", "none")
@@ -221,7 +221,7 @@ def _match(entry: dict[str, Any], source: str) -> Match:
         where = locate(source, entry, "eps")
         if not values:
             raise RobenchError(f"{where}: 'eps' is empty; give a number (8) or a list ([4, 8]), or leave it out")
-        eps = tuple(parse_eps(v, f"{where}: 'eps'") for v in values)
+        eps = unique_eps(values, [parse_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
     return Match(tuple(globs), eps)
 
 

@@ -186,7 +186,25 @@ def parse_eps_list(text: str, where: str = "--eps", unit: str = "1/255") -> tupl
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
-    return tuple(parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts)
+    return unique_eps(parts, [parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts],
+                      where)
+
+
+def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float, ...]:
+    """The parsed eps list, refusing a value given twice (``written``: as the user wrote each one).
+
+    Equal means equal in 1/255 units, so 8 and 8/255 are one eps: a repeat would do the work
+    twice and write duplicate rows, which a gate would then count as fewer checks.
+    Raises RobenchError naming ``where``.
+    """
+    first: dict[float, Any] = {}
+    for text, e in zip(written, eps, strict=True):
+        if e in first:
+            same = "" if str(first[e]).strip() == str(text).strip() else \
+                f" ({str(first[e]).strip()} and {str(text).strip()} are both {e:g} in 1/255 units)"
+            raise RobenchError(f"{where}: eps {e:g} is given twice{same}; give each eps once")
+        first[e] = text
+    return tuple(eps)
 
 
 def _type_ok(hint: Any, value: Any) -> bool:
@@ -252,7 +270,7 @@ def _eps_from(node: Any, source: str, owner: Any) -> tuple[float, ...]:
     values = node if isinstance(node, list) else [node]
     if not values:
         raise RobenchError(f"{where}: 'eps' is empty; give a list such as [2, 4, 8, 16]")
-    return tuple(parse_eps(v, f"{where}: 'eps'") for v in values)
+    return unique_eps(values, [parse_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
 
 
 def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str) -> AttackSpec:

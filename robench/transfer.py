@@ -95,25 +95,26 @@ class ExampleCache:
     """Adversarial examples on disk, one safetensors file per (source, attack, sample).
 
     A file holds the sample's perturbation at each eps as int8 in steps of eps/127
-    (``quantize``): C*H*W bytes per eps plus a safetensors header (288 bytes for 4 eps),
-    3 KB per image at 32 px and 150 KB at ImageNet's 3x224x224, so 50k ImageNet images
-    take 7.5 GB per source, attack and eps, against 30 GB as float32. An example read back
-    is the clean input plus that perturbation, within eps/254 of the crafted one per pixel;
-    ``save`` returns it and runs score it, so a run's numbers are the same whether its
-    examples were crafted or read.
+    (``quantize``): C*H*W bytes per eps plus a safetensors header (about 380 bytes for 4 eps,
+    its checksum included), 3 KB per image at 32 px and 150 KB at ImageNet's 3x224x224, so
+    50k ImageNet images take 7.5 GB per source, attack and eps, against 30 GB as float32. An
+    example read back is the clean input plus that perturbation, within eps/254 of the crafted
+    one per pixel; ``save`` returns it and runs score it, so a run's numbers are the same
+    whether its examples were crafted or read.
 
     A sample's file is keyed by what decides its examples (the source's weights and input
     config, the attack spec, the seed, the data's class numbering (it decides the labels an
     attack uses) and the sample id) and by ``STORE_FORMAT``, never by batch size, batch index
     or torchrun rank, so a rerun at any batch size or world size, or a resumed one, crafts only
-    the samples it lacks. An unreadable file counts as missing: it is crafted again (one
-    warning) and rewritten.
+    the samples it lacks. A file is trusted only if it passes ``_problem``'s checks (exactly
+    the eps keys, int8, the input's shape, |q| <= 127, and a SHA-256 over the key and bytes);
+    else it counts as missing: it is crafted again and rewritten, and ``report`` says so once.
     """
 
     def __init__(self, root: Path, models: list[LoadedModel], seed: int, classes: list[str]) -> None:
         self.root, self.seed, self.classes = root, seed, classes
         self.models = {m.spec.label: m for m in models}
-        self.warned = False
+        self.bad: list[tuple[Path, str]] = []  # (file, what was wrong with it), in the order found
 
     def _folder(self, source: str, spec: AttackSpec) -> Path:
         m = self.models[source]
@@ -125,31 +126,37 @@ class ExampleCache:
         name = hashlib.sha256(sample_id.encode()).hexdigest()
         return folder / name[:2] / f"{name}.safetensors"
 
-    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor,
-             warn: Callable[[str], None] | None) -> list[Examples | None]:
-        """Each sample's examples [(eps, x_adv [C, H, W])] on ``x`` (its clean input), or None where missing."""
+    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor) -> list[Examples | None]:
+        """Each sample's examples [(eps, x_adv [C, H, W])] on ``x`` (its clean input), or None where missing or bad."""
         folder = self._folder(source, spec)
-        return [self._read(self._file(folder, i), spec, x_i, warn) for i, x_i in zip(ids, x, strict=True)]
+        return [self._read(folder, i, spec, x_i) for i, x_i in zip(ids, x, strict=True)]
 
-    def _read(self, path: Path, spec: AttackSpec, x: Tensor, warn: Callable[[str], None] | None) -> Examples | None:
-        from safetensors.torch import load_file
+    def _read(self, folder: Path, sample_id: str, spec: AttackSpec, x: Tensor) -> Examples | None:
+        from safetensors import safe_open
 
+        path = self._file(folder, sample_id)
         if not path.is_file():
             return None
         try:
-            tensors = load_file(str(path))
-            kept = [(e, tensors[f"eps={e!r}"]) for e in spec.eps]
-            if any(q.dtype != torch.int8 or q.shape != x.shape for _, q in kept):
-                raise ValueError("not this format's tensors")
+            with safe_open(str(path), framework="pt") as f:
+                names, stored = list(f.keys()), (f.metadata() or {}).get("sha256")
+                tensors = {k: f.get_tensor(k) for k in names}
         except Exception as e:  # noqa: BLE001 - a torn or foreign file is a miss, whatever the error
-            if warn is not None and not self.warned:
-                warn(f"cache file {path} is unreadable ({type(e).__name__}); crafting its examples again")
-            self.warned = True
+            self.bad.append((path, f"unreadable: {type(e).__name__}"))
             return None
-        return [(e, dequantize(q.to(x.device), x, e)) for e, q in kept]
+        problem = _problem(tensors, [_name(e) for e in spec.eps], tuple(x.shape))
+        if problem is None and stored != checksum(folder.name, sample_id, tensors):
+            problem = "no checksum" if stored is None else "checksum mismatch: altered or torn"
+        if problem is not None:
+            self.bad.append((path, problem))
+            return None
+        return [(e, dequantize(tensors[_name(e)].to(x.device), x, e)) for e in spec.eps]
 
     def save(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor, examples: Examples) -> Examples:
-        """Keep each sample's perturbations, one file per sample (written atomically); the examples as kept."""
+        """Keep each sample's perturbations and their checksum, one file per sample (written atomically).
+
+        Returns the examples as kept.
+        """
         from safetensors.torch import save_file
 
         from robench.files import atomic_write
@@ -159,9 +166,54 @@ class ExampleCache:
         for row, sample_id in enumerate(ids):
             path = self._file(folder, sample_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tensors = {f"eps={e!r}": q[row].cpu().contiguous() for e, q in kept}
-            atomic_write(path, lambda tmp, t=tensors: save_file(t, str(tmp)))
+            tensors = {_name(e): q[row].cpu().contiguous() for e, q in kept}
+            meta = {"sha256": checksum(folder.name, sample_id, tensors)}
+            atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, str(tmp), metadata=m))
         return [(e, dequantize(q, x, e)) for e, q in kept]
+
+    def report(self, warn: Callable[[str], None] | None) -> None:
+        """One warning for the run's bad files, naming the first and counting them all."""
+        if warn is None or not self.bad:
+            return
+        path, why = self.bad[0]
+        if len(self.bad) == 1:
+            warn(f"cache file {path} was bad ({why}); its examples were crafted again and the file rewritten")
+        else:
+            warn(f"{len(self.bad)} cache files were bad, the first {path} ({why}); their examples were crafted "
+                 "again and the files rewritten")
+
+
+def _name(eps: float) -> str:
+    """The tensor name of one eps in a cache file."""
+    return f"eps={eps!r}"
+
+
+def checksum(folder: str, sample_id: str, tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of a cache file's key (its folder and sample id) and of each tensor's name, dtype, shape and bytes.
+
+    The key is inside, so a file copied onto another sample's or attack's path fails too.
+    """
+    h = hashlib.sha256(json.dumps([folder, sample_id]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _problem(tensors: dict[str, Tensor], names: list[str], shape: tuple[int, ...]) -> str | None:
+    """What makes a cache file's tensors unusable (keys, dtype, shape, range), or None."""
+    if set(tensors) != set(names):
+        return f"holds {sorted(tensors)}, not {names}"
+    for name in names:
+        q = tensors[name]
+        if q.dtype != torch.int8:
+            return f"{name} is {q.dtype}, not torch.int8"
+        if tuple(q.shape) != shape:
+            return f"{name} has shape {tuple(q.shape)}, not {shape}"
+        if int(q.min()) < -127:
+            return f"{name} holds {int(q.min())}, outside [-127, 127]"
+    return None
 
 
 def _pick(models: list[LoadedModel], names: tuple[str, ...] | None, what: str) -> list[LoadedModel]:
@@ -243,6 +295,8 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     suite = full_strength(cfg.run.suite, warn)
     done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
                       dist, hooks)
+    if cache is not None:
+        cache.report(warn)
     if done is None:
         return None
     out, skipped = done

@@ -213,6 +213,8 @@ BAD_INPUTS = {
     "eps negative": (["--eps", "2,-4"], ["out of range"]),
     "eps not a number": (["--eps", "abc"], ["--eps", "not a number"]),
     "eps code": (["--eps", "__import__('os').getcwd()"], ["not a number"]),
+    "eps twice": (["--eps", "8,8"], ["--eps: eps 8 is given twice; give each eps once"]),
+    "eps twice in two forms": (["--eps", "4,8.0,8/255"], ["--eps: eps 8 is given twice (8.0 and 8/255 are both 8"]),
     "limit too large": (["--limit", "100000"], ["--limit 100000 is more than the 360 samples", "--limit 360"]),
     "limit zero": (["--limit", "0"], ["--limit must be a positive number"]),
     "limit not an int": (["--limit", "many"], ["'--limit'", "not a valid integer"]),

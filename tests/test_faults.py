@@ -17,11 +17,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from results_docs import one_error_line
 from torch import nn
 
 from robench import engine
 from robench.cli.main import main
 from robench.data import InputConfig, load_digits_source
+from robench.errors import RobenchError
+from robench.provenance import resume_versions
 from robench.resume import RunState
 from robench.suite import parse_suite
 
@@ -295,7 +298,7 @@ def test_sigterm_handler_is_the_cli_s_only_while_a_command_runs() -> None:
 
 def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    RunState(state, "0" * 64).append({"rows": np.arange(2)})
+    RunState(state, "0" * 64, versions=resume_versions()).append({"rows": np.arange(2)})
     res = CliRunner().invoke(main, [*RESUME_ARGS, "--resume", str(state), "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
@@ -327,3 +330,54 @@ def test_torn_last_line_is_ignored_and_ended(tmp_path: Path) -> None:
     again.append({"rows": np.arange(3, 5)})
     again.close()
     assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()] == [[0, 1, 2], [3, 4]]
+
+
+SMALL_RESUME = ["eval", "zoo:resnet-base", "--limit", "10", "--batch-size", "5", "--attacks", "quick", "--eps", "8",
+                "-q", "--no-health"]
+
+
+def test_state_of_another_robench_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attacks may change between versions: a resumed run would mix two versions' results."""
+    from robench import __version__, provenance
+
+    state, out = tmp_path / "state", tmp_path / "r.json"
+    monkeypatch.setattr(provenance, "__version__", "0.0.1")
+    assert CliRunner().invoke(main, [*SMALL_RESUME, "--resume", str(state)]).exit_code == 0
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, [*SMALL_RESUME, "--resume", str(state), "--out", str(out)])
+    one_error_line(res, 2, f"--resume {state} was written by robench 0.0.1; this is robench {__version__}, and the "
+                   "two would mix results of different code: remove the folder, give a new --resume folder, or "
+                   "resume with the versions that wrote it")
+    assert not out.exists()
+
+
+def test_versions_that_differ_are_named(tmp_path: Path) -> None:
+    written = {"robench": "0.1.0", "torch": "2.4.0", "timm": "1.0.9"}
+    RunState(tmp_path, "k", versions=written).append({"rows": np.arange(2)})
+    with pytest.raises(RobenchError, match=r"was written by torch 2\.4\.0, timm 1\.0\.9; this is torch 2\.5\.1, "
+                                           r"timm 1\.0\.12, and the two would mix"):
+        RunState(tmp_path, "k", versions={**written, "torch": "2.5.1", "timm": "1.0.12"}).check()
+    RunState(tmp_path, "k", versions=written).check()  # the same versions resume
+    (tmp_path / "state-rank0.jsonl").write_text('{"fingerprint": "k"}\n')  # a state of robench before versions
+    with pytest.raises(RobenchError, match="was written by an earlier robench, which did not record its versions; "
+                                           "this is robench 0.1.0, torch 2.4.0, timm 1.0.9"):
+        RunState(tmp_path, "k", versions=written).check()
+
+
+@pytest.mark.parametrize("content", [b"", b'{"fingerprint": "3f2a'], ids=["empty", "torn header"])
+def test_a_state_file_without_its_header_starts_over(tmp_path: Path, content: bytes) -> None:
+    """A full disk or a kill before the first flush leaves such a file; it held nothing, so nothing is lost."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state-rank0.jsonl").write_bytes(content)
+    first = CliRunner().invoke(main, [*SMALL_RESUME, "--resume", str(state), "--out", str(tmp_path / "a.json")])
+    assert first.exit_code == 0, first.output
+    header = json.loads((state / "state-rank0.jsonl").read_text().splitlines()[0])
+    assert header["versions"] == resume_versions() and len(_records(state)) == 2
+    again = CliRunner().invoke(main, [*SMALL_RESUME, "--resume", str(state), "--out", str(tmp_path / "b.json")])
+    assert again.exit_code == 0, again.output
+    rows = np.concatenate([np.frombuffer(base64.b64decode(r["part"]["rows"]["data"]), dtype=np.int64)
+                           for r in _records(state)])
+    assert sorted(rows.tolist()) == list(range(10))  # resumed: no sample computed again
+    rows = [json.loads((tmp_path / f).read_text())["rows"] for f in ("a.json", "b.json")]
+    assert rows[0] == rows[1]

@@ -32,6 +32,7 @@ def rules(text: str) -> Rules:
     ("- {health: warn, eps: 8}", ["unknown key 'eps' for a health rule", "another kind of rule"]),
     ("- {model: 3, min: 0.4}", ["'model' must be a name or glob"]),
     ("- {eps: 300, min: 0.4}", ["out of range"]),
+    ("- {eps: [8, 8/255], min: 0.4}", ["line 1", "'eps': eps 8 is given twice", "give each eps once"]),
     ("confidence: 2\nrules: [{min: 0.4}]", ["line 1", "'confidence'"]),
     ("correction: holm\nrules: [{min: 0.4}]", ["bonferroni or none"]),
     ("rule: [{min: 0.4}]", ["line 1", "unknown key 'rule' at the top level"]),

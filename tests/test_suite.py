@@ -103,6 +103,22 @@ def test_parse_eps_list() -> None:
         parse_eps_list("2,300")
 
 
+@pytest.mark.parametrize(("text", "unit", "message"), [
+    ("8,8", "1/255", "--eps: eps 8 is given twice; give each eps once"),
+    ("2, 8,8.0", "1/255", "--eps: eps 8 is given twice (8 and 8.0 are both 8 in 1/255 units); give each eps once"),
+    ("8/255,8", "1/255", "--eps: eps 8 is given twice (8/255 and 8 are both 8 in 1/255 units); give each eps once"),
+    ("0.03px,7.65", "1/255", "--eps: eps 7.65 is given twice (0.03px and 7.65 are both 7.65 in 1/255 units); "
+                             "give each eps once"),
+    ("0.01,2.55/255", "pixel", "--eps: eps 2.55 is given twice (0.01 and 2.55/255 are both 2.55 in 1/255 units); "
+                               "give each eps once"),
+])
+def test_an_eps_given_twice_is_refused(text: str, unit: str, message: str) -> None:
+    """A repeat would run every attack twice and write duplicate rows, which a gate counts as fewer checks."""
+    with pytest.raises(RobenchError) as err:
+        parse_eps_list(text, unit=unit)
+    assert str(err.value) == message
+
+
 # ---------------------------------------------------------------- YAML documents and their errors
 
 SUITE = """\
@@ -168,6 +184,10 @@ def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
          "s.yaml line 8: 'eps': eps 999 is out of range; it must lie in [0, 255] (1/255 units)"),
         ("    eps: [8/255, 16]", "    eps: [true]",
          "s.yaml line 8: 'eps': eps must be a number, got True"),
+        ("eps: [2, 4]", "eps: [2, 4, 2.0]",
+         "s.yaml line 2: 'eps': eps 2 is given twice (2 and 2.0 are both 2 in 1/255 units); give each eps once"),
+        ("    eps: [8/255, 16]", "    eps: [8/255, 8]",
+         "s.yaml line 8: 'eps': eps 8 is given twice (8/255 and 8 are both 8 in 1/255 units); give each eps once"),
         ("    eps: [8/255, 16]", "    eps: []",
          "s.yaml line 8: 'eps' is empty; give a list such as [2, 4, 8, 16]"),
         ("  - name: pgd", "  - name: pgdd",
@@ -385,8 +405,11 @@ def test_the_unit_trap_in_yaml(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("eps: [2, 0.3]\nattacks:\n  - name: fgsm\n")
     with pytest.raises(RobenchError, match=r"s\.yaml line 1: 'eps': eps 0\.3 is in 1/255 units"):
         load_suite(str(tmp_path / "s.yaml"))
+    (tmp_path / "px.yaml").write_text("eps: [2, 0.3px, '16/255']\nattacks:\n  - name: fgsm\n")
+    assert load_suite(str(tmp_path / "px.yaml")).attacks[0].eps == (2.0, 76.5, 16.0)
     (tmp_path / "px.yaml").write_text("eps: [2, 0.3px, '76.5/255']\nattacks:\n  - name: fgsm\n")
-    assert load_suite(str(tmp_path / "px.yaml")).attacks[0].eps == (2.0, 76.5, 76.5)
+    with pytest.raises(RobenchError, match=r"px\.yaml line 1: 'eps': eps 76\.5 is given twice \(0\.3px and 76\.5/255"):
+        load_suite(str(tmp_path / "px.yaml"))
     (tmp_path / "g.yaml").write_text("rules:\n  - {attack: fgsm, eps: 0.031, min: 0.5}\n")
     with pytest.raises(RobenchError, match=r"g\.yaml line 2: 'eps': eps 0\.031 is in 1/255 units"):
         load_rules(tmp_path / "g.yaml")

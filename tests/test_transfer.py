@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_examples_are_crafted_once_and_cached_per_sample(tmp_path: Path) -> None
     assert wider.outcomes.crafted == 0 and len(wider.meta["targets"]) == 3
 
 
-def test_a_truncated_cache_file_is_crafted_again_with_one_warning(tmp_path: Path) -> None:
+def test_truncated_cache_files_are_crafted_again_with_one_warning(tmp_path: Path) -> None:
     cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=12, batch_size=6)
     first = run_transfer(TransferConfig(PAIR, run=run, cache=cache))
     files = sorted(cache.rglob("*.safetensors"))
@@ -83,9 +84,98 @@ def test_a_truncated_cache_file_is_crafted_again_with_one_warning(tmp_path: Path
     again = run_transfer(TransferConfig(PAIR, run=run, cache=cache), warn=warnings.append)
     assert again.rows.equals(first.rows)
     assert 1 <= again.outcomes.crafted <= 2  # only the attacks whose files broke, on the broken samples alone
-    assert len([w for w in warnings if "unreadable" in w]) == 1
+    said = [w for w in warnings if "crafted again" in w]
+    assert len(said) == 1 and said[0].startswith("2 cache files were bad, the first ")
+    assert str(files[5]) in said[0] or str(files[7]) in said[0]
+    assert "unreadable: " in said[0]
     third = run_transfer(TransferConfig(PAIR, run=run, cache=cache))  # the broken files were written anew
     assert third.outcomes.crafted == 0
+
+
+TAMPERED_RUN = RunSpec(suite=CHEAP, limit=6, batch_size=6)
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A cache of the tampering tests' run, and that run's result (copy the folder before changing it)."""
+    cache = tmp_path_factory.mktemp("cached") / "cache"
+    return cache, run_transfer(TransferConfig(PAIR, run=TAMPERED_RUN, cache=cache))
+
+
+def _flip_a_data_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    k = len(data) - 1000  # in the tensor bytes, after the header: another valid int8 value
+    data[k] = 0 if data[k] else 1
+    path.write_bytes(bytes(data))
+
+
+def _rewrite(change: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> Callable[[Path, str], None]:
+    """Write the file's tensors changed by ``change``, with a checksum that matches them (a careful forger)."""
+    def rewrite(path: Path, sample_id: str) -> None:
+        from safetensors.torch import load_file, save_file
+
+        from robench.transfer import checksum
+
+        tensors = change(load_file(str(path))["eps=8.0"])
+        save_file(tensors, str(path), metadata={"sha256": checksum(path.parent.parent.name, sample_id, tensors)})
+    return rewrite
+
+
+def _with_min(q: torch.Tensor) -> dict[str, torch.Tensor]:
+    q = q.clone()
+    q[0, 0, 0] = -128
+    return {"eps=8.0": q}
+
+
+def _no_checksum(path: Path, sample_id: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(path))
+
+
+def _sibling(path: Path) -> Path:
+    """Another sample's file of the same source and attack."""
+    return next(f for f in sorted(path.parent.parent.rglob("*.safetensors")) if f != path)
+
+
+TAMPERING = {
+    "a flipped byte": (lambda path, _: _flip_a_data_byte(path), "checksum mismatch: altered or torn"),
+    "another key": (_rewrite(lambda q: {"eps=4.0": q}), "holds ['eps=4.0'], not ['eps=8.0']"),
+    "a key too many": (_rewrite(lambda q: {"eps=8.0": q, "eps=4.0": q.clone()}),
+                       "holds ['eps=4.0', 'eps=8.0'], not ['eps=8.0']"),
+    "float32 NaN": (_rewrite(lambda q: {"eps=8.0": torch.full(q.shape, float("nan"))}),
+                    "eps=8.0 is torch.float32, not torch.int8"),
+    "another shape": (_rewrite(lambda q: {"eps=8.0": q[:, :16].contiguous()}),
+                      "eps=8.0 has shape (3, 16, 32), not (3, 32, 32)"),
+    "-128": (_rewrite(_with_min), "eps=8.0 holds -128, outside [-127, 127]"),
+    "no checksum": (_no_checksum, "no checksum"),
+    "another sample's file": (lambda path, _: path.write_bytes(_sibling(path).read_bytes()),
+                              "checksum mismatch: altered or torn"),
+}
+
+
+@pytest.mark.parametrize(("tamper", "why"), list(TAMPERING.values()), ids=list(TAMPERING))
+def test_a_tampered_cache_file_is_crafted_again_and_rewritten(
+        tamper: Callable[[Path, str], None], why: str, cached: tuple[Path, object], tmp_path: Path) -> None:
+    """A file is trusted only with the eps keys, int8, the input's shape, |q| <= 127 and a matching checksum."""
+    import hashlib
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cached[0], cache)
+    first = cached[1]
+    path = sorted(cache.rglob("*.safetensors"))[3]
+    tamper(path, next(i for i in first.outcomes.ids if hashlib.sha256(i.encode()).hexdigest() == path.stem))
+    warnings: list[str] = []
+    again = run_transfer(TransferConfig(PAIR, run=TAMPERED_RUN, cache=cache), warn=warnings.append)
+    assert again.rows.equals(first.rows)
+    assert again.outcomes.crafted == 1  # the one source and attack whose file was bad, on its sample alone
+    assert [w for w in warnings if "crafted again" in w] == [
+        f"cache file {path} was bad ({why}); its examples were crafted again and the file rewritten"]
+    warnings.clear()
+    third = run_transfer(TransferConfig(PAIR, run=TAMPERED_RUN, cache=cache), warn=warnings.append)
+    assert third.outcomes.crafted == 0 and not [w for w in warnings if "crafted again" in w]  # rewritten, trusted
+    assert third.rows.equals(first.rows)
 
 
 def test_cache_files_hold_int8_perturbations_within_eps(tmp_path: Path) -> None:
@@ -114,7 +204,7 @@ def test_save_returns_the_examples_a_load_gives_and_the_engine_scores_them(
     x, ids, spec = torch.rand(3, 3, 32, 32, generator=g), ["a", "b", "c"], CHEAP.attacks[0]
     crafted = [(8.0, (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1))]
     kept = cache.save("effnet-base", spec, ids, x, crafted)
-    loaded = cache.load("effnet-base", spec, ids, x, None)
+    loaded = cache.load("effnet-base", spec, ids, x)
     assert not torch.equal(kept[0][1], crafted[0][1])  # lossy, and what the engine scores is the kept one
     for row, examples in enumerate(loaded):
         assert torch.equal(examples[0][1], kept[0][1][row])
@@ -170,7 +260,7 @@ def test_a_cache_of_the_old_float32_format_is_not_read(tmp_path: Path) -> None:
     warnings: list[str] = []
     done = run_transfer(TransferConfig(PAIR, run=run, cache=cache), warn=warnings.append)
     assert done.outcomes.crafted == 2 * 2  # sources x attacks: every example crafted anew
-    assert not [w for w in warnings if "unreadable" in w]
+    assert not [w for w in warnings if "crafted again" in w]
     assert len(list(cache.rglob("*.safetensors"))) == 2 * (2 * 2 * 6)  # the old files beside the new ones
 
 
