@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from robench import factories, zoo
-from robench.checkpoint import INPUT_KEYS, data_config, input_metadata, read_metadata
+from robench.checkpoint import INPUT_KEYS, data_config, input_metadata, model_kwargs, read_metadata
 from robench.data import InputConfig
 from robench.errors import FieldError, RobenchError
 from robench.preprocess import Preprocess, split_query
@@ -449,7 +449,7 @@ def _timm_model(spec: ModelSpec, arch: str, meta: dict[str, Any], num_classes: i
     """
     check_arch(arch)
     hub = spec.checkpoint is None and (pretrained or _has_hub_weights(arch))
-    kwargs = dict(meta.get("model_kwargs", {}))
+    kwargs = model_kwargs(meta, spec.checkpoint) if spec.checkpoint is not None else {}
     if overrides.input_size is not None and overrides.input_size[0] != 3:
         kwargs["in_chans"] = overrides.input_size[0]
     if not hub:

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from results_docs import one_error_line
 from torch import nn
 
 from robench.checkpoint import data_config, input_metadata, save_checkpoint
@@ -318,6 +319,43 @@ def test_whole_pickled_module_is_refused(tmp_path: Path, resnet: nn.Module) -> N
     torch.save(resnet, tmp_path / "model.pth")
     with pytest.raises(RobenchError, match="robench refuses to load"):
         load_model(parse_spec(f"test_resnet@{tmp_path / 'model.pth'}"), num_classes=10)
+
+
+def _with_kwargs(path: Path, resnet: nn.Module, kwargs: object) -> Path:
+    save_checkpoint(path, resnet, {"arch": "test_resnet", "num_classes": 10, "model_kwargs": kwargs})
+    return path
+
+
+def test_model_kwargs_naming_another_file_are_refused_and_it_is_never_read(
+        tmp_path: Path, resnet: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "side-effect"
+    torch.save({"state_dict": resnet.state_dict(), "hook": _SideEffect(str(marker))}, tmp_path / "other.pth")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, {"checkpoint_path": str(tmp_path / "other.pth")})
+    res = CliRunner().invoke(main, ["eval", str(ckpt), "--attack", "fgsm", "--eps", "8", "-q", "--limit", "4"])
+    line = one_error_line(res, 2, "model_kwargs", "checkpoint_path", "refuses", str(ckpt))
+    assert "remove it from the metadata" in line
+    assert loads == [] and not marker.exists()
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"pretrained": True, "pretrained_cfg_overlay": {"file": "x.pth"}}, "sets pretrained, pretrained_cfg_overlay,"),
+    ({"cache_dir": "/tmp", "pretrained_cfg": {}}, "sets cache_dir, pretrained_cfg,"),
+    (["checkpoint_path"], "model_kwargs in its metadata is a list, not an object"),
+    ({"drop_rate": {"nested": 1}}, "model_kwargs.drop_rate in its metadata is not a number"),
+])
+def test_model_kwargs_outside_the_allowlist_are_refused(tmp_path: Path, resnet: nn.Module, kwargs: object,
+                                                         needle: str) -> None:
+    ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, kwargs)
+    with pytest.raises(RobenchError, match=re.escape(needle)):
+        load_model(parse_spec(str(ckpt)), num_classes=10)
+
+
+def test_allowed_model_kwargs_reach_timm(tmp_path: Path, resnet: nn.Module) -> None:
+    ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, {"drop_rate": 0.25})
+    loaded = load_model(parse_spec(str(ckpt)), num_classes=10)
+    assert loaded.module.model.drop_rate == 0.25 and loaded.weights_sha256 == weights_sha256(resnet)
 
 
 # ---------------------------------------------------------------- hub weights, offline
