@@ -326,7 +326,12 @@ def _keys(kind: str, keys: list[str]) -> str:
 
 
 def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str) -> None:
-    """Load strictly, or name every missing, unexpected and wrongly shaped key in one line."""
+    """Load strictly, or name every missing, unexpected and wrongly shaped key in one line.
+
+    An integer (or bool) tensor for a float parameter or buffer is refused too: load_state_dict
+    would cast it silently, and an int8 checkpoint would then score at chance.
+    Integer buffers (BatchNorm's num_batches_tracked) take integers as they should.
+    """
     own = model.state_dict()
     problems = [
         _keys("missing", [k for k in own if k not in state]),
@@ -337,6 +342,13 @@ def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str)
     if problems:
         raise RobenchError(
             f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(problems)}; is it the right architecture?"
+        )
+    integer = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if integer:
+        raise RobenchError(
+            f"checkpoint {spec.checkpoint} holds integer tensors where {arch} has float ones: "
+            f"{_keys('integer', integer)}; loading would cast their values to float unscaled (a quantized "
+            f"checkpoint?): dequantize it and save float weights"
         )
     model.load_state_dict(state, strict=True)
 

@@ -295,6 +295,25 @@ def test_missing_and_corrupt_checkpoints(tmp_path: Path, resnet: nn.Module) -> N
         load_model(parse_spec(str(tmp_path / "bad.safetensors")), num_classes=10)
 
 
+def test_integer_weights_for_float_parameters_are_refused(tmp_path: Path, resnet: nn.Module,
+                                                          default_checkpoint: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = {k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in resnet.state_dict().items()}
+    torch.save(state, tmp_path / "int8.pth")
+    with pytest.raises(RobenchError, match=r"holds integer tensors where test_resnet has float ones: \d+ integer keys "
+                                           r"\(conv1\.0\.weight, .*dequantize it"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'int8.pth'}"), num_classes=10)
+    zoo = load_file(str(default_checkpoint))
+    save_file({k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in zoo.items()},
+              str(tmp_path / "int8.safetensors"))
+    arch = load_model(parse_spec(str(default_checkpoint)), num_classes=10).arch
+    res = CliRunner().invoke(main, ["eval", f"{arch}@{tmp_path / 'int8.safetensors'}", "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--limit", "4"])
+    one_error_line(res, 2, "int8.safetensors holds integer tensors", "dequantize")
+    # integer buffers (num_batches_tracked) load as they are: test_plain_state_dicts_load_as_name_at_file
+
+
 class _SideEffect:
     """Unpickling this opens (creates) a file: stands for any code hidden in a pickle."""
 
