@@ -20,6 +20,7 @@ import dataclasses
 import gzip
 import hashlib
 import struct
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,19 +197,40 @@ def load_digits_source(split: str = "test", limit: int | None = None, seed: int 
     )
 
 
+MAX_IDX_BYTES = 2**31  # 2 GiB of pixels: EMNIST's largest file holds 0.55 GiB
+
+
 def _read_idx(path: Path, name: str) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST."""
+    """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST.
+
+    Only the bytes its header promises are read (and one more, to tell trailing data): a small
+    gzip that inflates to GiB is refused after what the header said, never read whole.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype != 0x08:
-            raise ValueError("bad magic number")
-        shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as e:
+            zero, dtype, ndim = struct.unpack(">HBB", _exactly(f, 4, "header"))
+            if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 4:
+                raise ValueError("bad magic number")
+            shape = struct.unpack(f">{ndim}I", _exactly(f, 4 * ndim, "header"))
+            count = int(np.prod(shape, dtype=np.int64))
+            if count > MAX_IDX_BYTES:
+                raise ValueError(f"its header claims {'x'.join(map(str, shape))} = {count} bytes, over robench's "
+                                 f"limit of {MAX_IDX_BYTES}")
+            data = _exactly(f, count, f"{'x'.join(map(str, shape))} bytes of data")
+            if f.read(1):
+                raise ValueError(f"it holds more than the {'x'.join(map(str, shape))} bytes its header claims")
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as e:
         raise RobenchError(f"cannot read IDX file {path}: {e}; is it an uncorrupted {name} file?") from None
+
+
+def _exactly(f: Any, count: int, what: str) -> bytes:
+    """``count`` bytes from ``f``, or ValueError saying the file ends before ``what``."""
+    data = f.read(count)
+    if len(data) != count:
+        raise ValueError(f"it ends before its {what} ({len(data)} of {count} bytes)")
+    return data
 
 
 def _find_idx(root: Path, stem: str, name: str) -> Path:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from results_docs import PEAK_MB, run_peak
 
 from robench.data import (
     FASHION_MNIST_DIR,
@@ -176,7 +179,8 @@ def test_fashion_mnist_train_split_and_limit(tmp_path: Path) -> None:
     [
         (b"\x00\x00\x09\x03" + b"\x00" * 20, _idx_bytes(LABELS), "bad magic number"),  # type 0x09, not uint8
         (b"\x00\x01\x08\x03" + b"\x00" * 20, _idx_bytes(LABELS), "bad magic number"),
-        (_idx_bytes(IMAGES)[:-100], _idx_bytes(LABELS), "cannot read IDX file"),  # truncated data
+        (_idx_bytes(IMAGES)[:-100], _idx_bytes(LABELS), "it ends before its 6x28x28 bytes of data"),  # truncated
+        (_idx_bytes(IMAGES) + b"\x00", _idx_bytes(LABELS), "it holds more than the 6x28x28 bytes"),  # trailing
         (_idx_bytes(IMAGES)[:10], _idx_bytes(LABELS), "cannot read IDX file"),  # truncated header
         (b"", _idx_bytes(LABELS), "cannot read IDX file"),
         (_idx_bytes(IMAGES), _idx_bytes(LABELS[:5]), "do not match"),  # 6 images, 5 labels
@@ -194,6 +198,44 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(IMAGES))[:-30])
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(RobenchError, match=r"cannot read IDX file .*t10k-images-idx3-ubyte\.gz"):
+        open_source(f"fashion-mnist:{tmp_path}")
+
+
+def _gzip_bomb(header: bytes, mib: int) -> bytes:
+    """A gzip of ``header`` then ``mib`` MiB of zeros, about 1 KB a MiB: one flushed deflate block repeated.
+
+    Its CRC covers only what the compressor saw: a reader that stops early never checks it.
+    """
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    start = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(bytes(2**20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return start + block * mib + deflate.flush()
+
+
+def test_a_gzip_bomb_is_refused_after_what_its_header_claims(tmp_path: Path) -> None:
+    """A 4 MB t10k-images-idx3-ubyte.gz claiming 60000x28x28 but inflating to 4 GiB: read 47 MB, then refused."""
+    header = struct.pack(">HBBIII", 0, 0x08, 3, 60000, 28, 28)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(_gzip_bomb(header, 4096))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(60000)))
+    assert (tmp_path / "t10k-images-idx3-ubyte.gz").stat().st_size < 5 * 2**20
+    code, lines, peak_mb = run_peak("eval", "test_resnet", "--data", f"fashion-mnist:{tmp_path}", "--attack", "fgsm",
+                                    "--eps", "8", "-q", "--limit", "4")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (f"robench: error: cannot read IDX file {tmp_path / 't10k-images-idx3-ubyte.gz'}: it holds "
+                        f"more than the 60000x28x28 bytes its header claims; is it an uncorrupted Fashion-MNIST file?")
+    assert peak_mb < PEAK_MB, peak_mb
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    (struct.pack(">HBBIII", 0, 0x08, 3, 2**20, 2**10, 2**10), "claims 1048576x1024x1024 = 1099511627776 bytes, over"),
+    (struct.pack(">HBBI", 0, 0x08, 9, 1), "bad magic number"),  # 9 dimensions
+    (struct.pack(">HBBII", 0, 0x08, 3, 6, 28), "it ends before its header"),
+])
+def test_idx_headers_claiming_too_much_are_refused_before_reading(tmp_path: Path, header: bytes,
+                                                                   message: str) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(header)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(LABELS))
+    with pytest.raises(RobenchError, match=re.escape(message)):
         open_source(f"fashion-mnist:{tmp_path}")
 
 
