@@ -20,8 +20,10 @@ import dataclasses
 import gzip
 import hashlib
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -266,29 +268,63 @@ def load_fashion_mnist_source(
     return load_idx_source(root, "fashion-mnist", FASHION_MNIST_CLASSES, split, limit, seed)
 
 
+UNREADABLE = "corrupt or not an image"  # why an image that PIL cannot open is unreadable
+
+
+class UnreadableImage(ValueError):
+    """An image robench will not decode; the message says why, for the one error line."""
+
+
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Decode images with PIL's decompression-bomb check as a refusal, and its other warnings off stderr.
+
+    PIL warns (in several lines) from 89M pixels and raises from twice that; both become an
+    UnreadableImage naming the size. Its other warnings (palette transparency, EXIF) are about
+    files it reads correctly, and would break the one-line contract.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            size = str(e).split(", could be")[0].rstrip(".")
+            raise UnreadableImage(f"PIL refuses it as a possible decompression bomb: {size}") from None
+
+
 class _Decoded(torch.utils.data.Dataset):
     """Items of a PIL-image dataset through a [0, 1] transform, as RGB or as luminance (mode "L").
 
     A grayscale image goes to a 3-channel model replicated, and an RGB image to a 1-channel
     model as its luminance (PIL's ITU-R 601-2 weights), exact for gray images either way.
 
-    An unreadable image becomes label -1 and is reported by the caller with its
+    An unreadable image becomes label -1 with the reason, reported by the caller with its
     file name: errors in loader workers would otherwise arrive as tracebacks, and
     timm's own ImageDataset silently substitutes the next image.
     """
 
-    def __init__(self, get: Any, index: np.ndarray, transform: Any, mode: str) -> None:
-        self.get, self.index, self.transform, self.mode = get, index, transform, mode
+    def __init__(self, get: Any, index: np.ndarray, cfg: InputConfig) -> None:
+        self.get, self.index, self.transform = get, index, eval_transform(cfg)
+        self.mode = "L" if cfg.channels == 1 else "RGB"
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, row: int) -> tuple[Tensor, int, int]:
+    def __getitem__(self, row: int) -> tuple[Tensor, int, int, str]:
         try:
-            image, label = self.get(int(self.index[row]))
-            return self.transform(image.convert("RGB").convert(self.mode)), int(label), row
+            with decoding():
+                image, label = self.get(int(self.index[row]))
+                return self._tensor(image), int(label), row, ""
+        except UnreadableImage as e:
+            return torch.zeros(0), -1, row, str(e)
         except (OSError, ValueError, SyntaxError):
-            return torch.zeros(0), -1, row
+            return torch.zeros(0), -1, row, UNREADABLE
+
+    def _tensor(self, image: Any) -> Tensor:
+        return self.transform(image.convert("RGB").convert(self.mode))
 
 
 def eval_transform(cfg: InputConfig) -> Any:
@@ -330,28 +366,29 @@ class ImageSource:
         """
         order = torch.arange(len(self.ids)) if order is None else order
         loader = torch.utils.data.DataLoader(
-            _Decoded(self.get, self.index[order.numpy()], eval_transform(cfg), "L" if cfg.channels == 1 else "RGB"),
+            _Decoded(self.get, self.index[order.numpy()], cfg),
             batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
         )
-        for images, labels, positions in loader:
+        for images, labels, positions, reasons in loader:
             rows, good = order[positions], labels >= 0
-            for row in rows[~good].tolist():
+            why = [r for r, ok in zip(reasons, good.tolist(), strict=True) if not ok]
+            for row, reason in zip(rows[~good].tolist(), why, strict=True):
                 bad = self.describe_row(int(self.index[row]))
                 if not self.skip_bad:
-                    raise RobenchError(f"cannot read image {bad}: corrupt or not an image; remove or replace it, "
+                    raise RobenchError(f"cannot read image {bad}: {reason}; remove or replace it, "
                                        f"or pass --skip-bad-images to leave it out (it is recorded)")
                 self.skipped[row] = bad
             if good.any():
                 yield Batch(images, labels[good], rows[good])
 
 
-def _collate(items: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Stack the readable images; labels and rows of all items (-1 labels mark unreadable ones)."""
+def _collate(items: list[tuple[Tensor, int, int, str]]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Stack the readable images; labels, rows and reasons of all items (-1 labels mark unreadable ones)."""
     labels = torch.tensor([i[1] for i in items])
     rows = torch.tensor([i[2] for i in items])
     good = [i[0] for i in items if i[1] >= 0]
     images = torch.stack(good) if good else torch.zeros(0)
-    return images, labels, rows
+    return images, labels, rows, [i[3] for i in items]
 
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL modes of one-channel images
@@ -360,7 +397,8 @@ GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL mo
 def _native(get: Any, index: np.ndarray) -> tuple[int, int, int] | None:
     """(channels, height, width) of the first selected image, None if it cannot be read."""
     try:
-        image, _ = get(int(index[0]))
+        with decoding():
+            image, _ = get(int(index[0]))
     except (OSError, ValueError, SyntaxError, IndexError):
         return None
     if not hasattr(image, "mode"):
@@ -485,11 +523,6 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     def get(i: int) -> tuple[Any, int]:
         file, label = reader[i]
         with file:
-            return Image.open(file).convert("RGB"), label
-
-    def raw(i: int) -> tuple[Any, int]:
-        file, label = reader[i]
-        with file:
             image = Image.open(file)
             image.load()
             return image, label
@@ -497,7 +530,7 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     return ImageSource(
         name=str(root), get=get, index=index, ids=[names[i] for i in index], num_classes=len(class_map),
         classes=sorted(class_map, key=class_map.__getitem__), describe_row=lambda i: str(root / names[i]),
-        workers=workers, skip_bad=skip_bad, native=_native(raw, index),
+        workers=workers, skip_bad=skip_bad, native=_native(get, index),
     )
 
 

@@ -371,6 +371,51 @@ def test_truncated_png_names_the_file(tmp_path: Path) -> None:
         list(open_source(str(root)).batches(InputConfig(size=(8, 8)), 4))
 
 
+def _png(width: int, height: int, zeros: bool = False) -> bytes:
+    """A gray 8-bit PNG written by hand: its header says width x height; its pixels are all 0 when ``zeros``,
+    else absent (PIL's bomb check reads only the header). Deflated zeros cost about 1 KB a MB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate, row = zlib.compressobj(9), bytes(width + 1)  # each row: filter byte 0, then the pixels
+    pixels = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush() if zeros else b""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+BOMBS = {"error": (20000, 10000, False), "warning": (10000, 10000, True)}  # 200M px: PIL raises; 100M: it warns
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("bomb", list(BOMBS))
+def test_decompression_bomb_images_are_unreadable_by_name(tmp_path: Path, workers: int, bomb: str) -> None:
+    root = _folder(tmp_path / "imgs")
+    bad = root / "dog" / "2.png"
+    bad.write_bytes(_png(*BOMBS[bomb]))
+    with pytest.raises(RobenchError) as err:
+        list(open_source(str(root), workers=workers).batches(InputConfig(size=(8, 8)), 2))
+    size = "x".join(map(str, BOMBS[bomb][:2]))
+    assert str(err.value).startswith(f"cannot read image {bad}: PIL refuses it as a possible decompression bomb: "
+                                     f"Image size ({eval(size.replace('x', '*'))} pixels) exceeds limit of "), size
+    src = open_source(str(root), workers=workers, skip_bad=True)
+    assert sum(len(b.rows) for b in src.batches(InputConfig(size=(8, 8)), 2)) == 4
+    assert src.skipped == {src.ids.index("dog/2.png"): str(bad)}
+
+
+def test_a_decompression_bomb_image_leaves_one_line(tmp_path: Path) -> None:
+    """In a fresh process, where PIL's warning would print: one error line, and the image never decoded."""
+    root = tmp_path / "digits"
+    for digit in range(10):
+        (root / str(digit)).mkdir(parents=True)
+        Image.new("L", (8, 8), 16 * digit).save(root / str(digit) / "0.png")
+    (root / "3" / "0.png").write_bytes(_png(*BOMBS["warning"]))
+    code, lines, peak_mb = run_peak("eval", "zoo:resnet-base", "--data", root, "--attack", "fgsm", "--eps", "8", "-q",
+                                    "--no-health", "--workers", "2")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"robench: error: cannot read image {root / '3' / '0.png'}: PIL refuses it")
+    assert peak_mb < PEAK_MB, peak_mb
+
+
 # ---------------------------------------------------------------- class order
 
 
