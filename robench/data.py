@@ -269,6 +269,7 @@ def load_fashion_mnist_source(
 
 
 UNREADABLE = "corrupt or not an image"  # why an image that PIL cannot open is unreadable
+WIDE_MODES = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
 
 
 class UnreadableImage(ValueError):
@@ -295,11 +296,26 @@ def decoding() -> Iterator[None]:
             raise UnreadableImage(f"PIL refuses it as a possible decompression bomb: {size}") from None
 
 
+def unit_gray(image: Any) -> Any:
+    """A 16-bit (I;16*, I) or float (F) gray image as mode F in [0, 1]: 16-bit over 65535, float as it is.
+
+    PIL's convert("RGB") or ("L") would clip such values at 255, whitening the image.
+    """
+    scale = WIDE_MODES[image.mode]
+    gray = image if image.mode == "F" else image.convert("I").convert("F")
+    low, high = gray.getextrema()
+    if low < 0 or high > scale:
+        raise UnreadableImage(f"its mode {image.mode} holds values from {low:g} to {high:g}, outside 0..{scale:g} "
+                              f"(robench reads 16-bit images as 0..65535 and float ones as 0..1)")
+    return gray if scale == 1.0 else gray.point(lambda v: v * (1.0 / scale))
+
+
 class _Decoded(torch.utils.data.Dataset):
     """Items of a PIL-image dataset through a [0, 1] transform, as RGB or as luminance (mode "L").
 
     A grayscale image goes to a 3-channel model replicated, and an RGB image to a 1-channel
     model as its luminance (PIL's ITU-R 601-2 weights), exact for gray images either way.
+    16-bit and float gray images are scaled to [0, 1] as floats (``unit_gray``), never clipped.
 
     An unreadable image becomes label -1 with the reason, reported by the caller with its
     file name: errors in loader workers would otherwise arrive as tracebacks, and
@@ -307,7 +323,8 @@ class _Decoded(torch.utils.data.Dataset):
     """
 
     def __init__(self, get: Any, index: np.ndarray, cfg: InputConfig) -> None:
-        self.get, self.index, self.transform = get, index, eval_transform(cfg)
+        self.get, self.index, self.channels = get, index, cfg.channels
+        self.transform, self.gray = eval_transform(cfg), eval_transform(dataclasses.replace(cfg, channels=1))
         self.mode = "L" if cfg.channels == 1 else "RGB"
 
     def __len__(self) -> int:
@@ -324,6 +341,9 @@ class _Decoded(torch.utils.data.Dataset):
             return torch.zeros(0), -1, row, UNREADABLE
 
     def _tensor(self, image: Any) -> Tensor:
+        if image.mode in WIDE_MODES:
+            x = self.gray(unit_gray(image)).clamp(0.0, 1.0)  # bicubic overshoots; uint8 clips itself
+            return to_channels(x[None], self.channels)[0]
         return self.transform(image.convert("RGB").convert(self.mode))
 
 

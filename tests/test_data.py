@@ -18,6 +18,7 @@ from results_docs import PEAK_MB, run_peak
 from robench.data import (
     FASHION_MNIST_DIR,
     InputConfig,
+    _Decoded,
     ids_sha256,
     load_digits_source,
     open_source,
@@ -414,6 +415,34 @@ def test_a_decompression_bomb_image_leaves_one_line(tmp_path: Path) -> None:
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"robench: error: cannot read image {root / '3' / '0.png'}: PIL refuses it")
     assert peak_mb < PEAK_MB, peak_mb
+
+
+def test_sixteen_bit_gray_pngs_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """convert("RGB") clips a 16-bit PNG at 255: a random one came out 99.6% white."""
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    values = np.array([[0, 32768, 65535, 1000]] * 4, dtype=np.uint16)
+    Image.fromarray(values).save(root / "a" / "wide.png")
+    assert Image.open(root / "a" / "wide.png").mode == "I;16"
+    src = open_source(str(root))
+    assert src.native == (1, 4, 4)
+    expected = torch.from_numpy(values / 65535).float()
+    assert expected[0].tolist() == pytest.approx([0.0, 0.5, 1.0, 0.0153], abs=1e-4)
+    for channels in (1, 3):
+        image = next(src.batches(InputConfig(channels=channels, size=(4, 4)), 1)).images[0]
+        assert image.shape == (channels, 4, 4) and torch.allclose(image, expected.expand(channels, 4, 4), atol=1e-6)
+    bigger = next(src.batches(InputConfig(channels=1, size=(9, 9), interpolation="bicubic"), 1)).images
+    assert bigger.min() >= 0 and bigger.max() <= 1  # bicubic overshoot clipped, as uint8 clips it
+
+
+def test_float_gray_images_are_taken_in_zero_to_one_and_refused_outside() -> None:
+    values = np.array([[0.0, 0.25, 1.0, 0.5]] * 4, dtype=np.float32)
+    inside, outside = Image.fromarray(values), Image.fromarray(values * 3)
+    assert inside.mode == "F" and torch.allclose(_Decoded(lambda i: (inside, 0), np.arange(1),
+                                                          InputConfig(size=(4, 4)))[0][0][2], torch.from_numpy(values))
+    assert _Decoded(lambda i: (outside, 0), np.arange(1), InputConfig(size=(4, 4)))[0][1:] == (
+        -1, 0, "its mode F holds values from 0 to 3, outside 0..1 (robench reads 16-bit images as 0..65535 and float "
+               "ones as 0..1)")
 
 
 # ---------------------------------------------------------------- class order
