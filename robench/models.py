@@ -338,6 +338,8 @@ def _load_failure(e: Exception, heard: list[str]) -> str:
                 f"torch.save (or as .safetensors)")
     if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
         return "it is corrupt or not a PyTorch checkpoint"
+    if "wrong byte size" in str(e):  # a legacy checkpoint whose tensor claims more bytes than follow
+        return "it is corrupt: a tensor claims more bytes than the file holds"
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 

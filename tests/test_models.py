@@ -443,6 +443,17 @@ def test_a_legacy_checkpoint_loads_and_one_torch_cannot_read_is_one_line(tmp_pat
     assert "p4.pth: it is pickled with protocol 4, which torch.load(weights_only=True) cannot read" in lines[0]
 
 
+def test_a_legacy_checkpoint_claiming_more_than_it_holds_is_refused(tmp_path: Path) -> None:
+    """A legacy pickle claiming an 8 GiB tensor: torch checks the bytes that follow, so nothing is read or inflated."""
+    torch.save({"w": torch.zeros(10)}, tmp_path / "l.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "l.pth").read_bytes()
+    numel = b"cpuq\x06K\nNtq"  # the storage's persistent id: ..., location, 10 elements
+    assert numel in data
+    (tmp_path / "l.pth").write_bytes(data.replace(numel, b"cpuq\x06J" + struct.pack("<i", 2**31 - 1) + b"Ntq"))
+    with pytest.raises(RobenchError, match="l.pth: it is corrupt: a tensor claims more bytes than the file holds"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'l.pth'}"), num_classes=10)
+
+
 # ---------------------------------------------------------------- hub weights, offline
 
 
