@@ -427,6 +427,9 @@ def load_model(
     if spec.name is None and factories.is_factory(arch):
         raise RobenchError(f"checkpoint {spec.checkpoint} was trained from the factory {arch}; robench never imports "
                            f"code a file names: give the factory yourself, as {arch}@{spec.checkpoint}")
+    if spec.name is None and (not isinstance(arch, str) or arch.startswith(HUB_PREFIXES)):
+        raise RobenchError(f"checkpoint {spec.checkpoint} names {arch!r} as its architecture; robench fetches nothing "
+                           f"a file names: give the architecture yourself, as NAME@{spec.checkpoint}")
     wanted = int(meta.get("num_classes", num_classes))
     overrides = spec.preprocess.over(preprocess or Preprocess())
     if factories.is_factory(arch):

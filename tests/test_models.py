@@ -374,6 +374,15 @@ def test_model_kwargs_outside_the_allowlist_are_refused(tmp_path: Path, resnet: 
         load_model(parse_spec(str(ckpt)), num_classes=10)
 
 
+def test_a_hub_architecture_named_by_a_checkpoint_is_refused(tmp_path: Path, resnet: nn.Module,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm would download a hub model's config for it, even without pretrained weights."""
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm.create_model called"))
+    save_checkpoint(tmp_path / "m.safetensors", resnet, {"arch": "hf-hub:someone/model", "num_classes": 10})
+    with pytest.raises(RobenchError, match=r"names 'hf-hub:someone/model' as its architecture; robench fetches"):
+        load_model(parse_spec(str(tmp_path / "m.safetensors")), num_classes=10)
+
+
 def test_allowed_model_kwargs_reach_timm(tmp_path: Path, resnet: nn.Module) -> None:
     ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, {"drop_rate": 0.25})
     loaded = load_model(parse_spec(str(ckpt)), num_classes=10)
