@@ -21,6 +21,11 @@ from robench.files import atomic_write
 META_KEY = "robench"
 INPUT_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std", "crop_mode")  # timm data-config keys
 DEFAULT_CROP_MODE = "center"  # what checkpoints that do not record crop_mode were made with
+# timm.create_model keywords a checkpoint's model_kwargs may set: the architecture's shape and
+# regularization only. Anything else is refused: checkpoint_path, pretrained*, cache_dir and
+# pretrained_cfg(_overlay) would make timm open (and unpickle) or download other files.
+MODEL_KWARGS = ("num_classes", "in_chans", "img_size", "global_pool", "drop_rate", "drop_path_rate",
+                "drop_block_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "output_stride")
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -43,9 +48,41 @@ def read_metadata(path: Path) -> dict[str, Any] | None:
     if META_KEY not in meta:
         return None
     try:
-        return json.loads(meta[META_KEY])
+        found = json.loads(meta[META_KEY])
     except json.JSONDecodeError:
         raise RobenchError(f"checkpoint {path} has unreadable robench metadata") from None
+    if not isinstance(found, dict):
+        raise RobenchError(f"checkpoint {path}: its robench metadata is a JSON {type(found).__name__}, not an object; "
+                           f"is it a robench checkpoint?")
+    return found
+
+
+def model_kwargs(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The timm.create_model keywords a checkpoint's metadata records, refused unless each is in MODEL_KWARGS.
+
+    They reach timm as they are, so a file could otherwise name a second file for timm to open.
+    """
+    kwargs = meta.get("model_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise RobenchError(f"checkpoint {path}: model_kwargs in its metadata is a {type(kwargs).__name__}, not an "
+                           f"object of timm.create_model keywords; remove it or write it as {{\"drop_rate\": 0.1}}")
+    refused = sorted(str(k) for k in kwargs if k not in MODEL_KWARGS)
+    if refused:
+        raise RobenchError(f"checkpoint {path}: model_kwargs in its metadata sets {', '.join(refused)}, which robench "
+                           f"refuses (only {', '.join(MODEL_KWARGS)} may be set); remove "
+                           f"{'it' if len(refused) == 1 else 'them'} from the metadata")
+    bad = next((k for k, v in kwargs.items() if not _plain(v)), None)
+    if bad is not None:
+        raise RobenchError(f"checkpoint {path}: model_kwargs.{bad} in its metadata is not a number, string or list "
+                           f"of numbers; fix or remove it")
+    return dict(kwargs)
+
+
+def _plain(value: Any) -> bool:
+    """A number, string, bool, null, or a short list of numbers: all an architecture keyword takes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, list) and len(value) <= 4 and all(isinstance(v, (int, float)) for v in value)
 
 
 def input_metadata(input_cfg: InputConfig, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:

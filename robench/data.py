@@ -20,7 +20,10 @@ import dataclasses
 import gzip
 import hashlib
 import struct
+import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,19 +199,40 @@ def load_digits_source(split: str = "test", limit: int | None = None, seed: int 
     )
 
 
+MAX_IDX_BYTES = 2**31  # 2 GiB of pixels: EMNIST's largest file holds 0.55 GiB
+
+
 def _read_idx(path: Path, name: str) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST."""
+    """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST.
+
+    Only the bytes its header promises are read (and one more, to tell trailing data): a small
+    gzip that inflates to GiB is refused after what the header said, never read whole.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype != 0x08:
-            raise ValueError("bad magic number")
-        shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as e:
+            zero, dtype, ndim = struct.unpack(">HBB", _exactly(f, 4, "header"))
+            if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 4:
+                raise ValueError("bad magic number")
+            shape = struct.unpack(f">{ndim}I", _exactly(f, 4 * ndim, "header"))
+            count = int(np.prod(shape, dtype=np.int64))
+            if count > MAX_IDX_BYTES:
+                raise ValueError(f"its header claims {'x'.join(map(str, shape))} = {count} bytes, over robench's "
+                                 f"limit of {MAX_IDX_BYTES}")
+            data = _exactly(f, count, f"{'x'.join(map(str, shape))} bytes of data")
+            if f.read(1):
+                raise ValueError(f"it holds more than the {'x'.join(map(str, shape))} bytes its header claims")
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as e:
         raise RobenchError(f"cannot read IDX file {path}: {e}; is it an uncorrupted {name} file?") from None
+
+
+def _exactly(f: Any, count: int, what: str) -> bytes:
+    """``count`` bytes from ``f``, or ValueError saying the file ends before ``what``."""
+    data = f.read(count)
+    if len(data) != count:
+        raise ValueError(f"it ends before its {what} ({len(data)} of {count} bytes)")
+    return data
 
 
 def _find_idx(root: Path, stem: str, name: str) -> Path:
@@ -244,29 +268,83 @@ def load_fashion_mnist_source(
     return load_idx_source(root, "fashion-mnist", FASHION_MNIST_CLASSES, split, limit, seed)
 
 
+UNREADABLE = "corrupt or not an image"  # why an image that PIL cannot open is unreadable
+WIDE_MODES = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
+
+
+class UnreadableImage(ValueError):
+    """An image robench will not decode; the message says why, for the one error line."""
+
+
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Decode images with PIL's decompression-bomb check as a refusal, and its other warnings off stderr.
+
+    PIL warns (in several lines) from 89M pixels and raises from twice that; both become an
+    UnreadableImage naming the size. Its other warnings (palette transparency, EXIF) are about
+    files it reads correctly, and would break the one-line contract.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            size = str(e).split(", could be")[0].rstrip(".")
+            raise UnreadableImage(f"PIL refuses it as a possible decompression bomb: {size}") from None
+
+
+def unit_gray(image: Any) -> Any:
+    """A 16-bit (I;16*, I) or float (F) gray image as mode F in [0, 1]: 16-bit over 65535, float as it is.
+
+    PIL's convert("RGB") or ("L") would clip such values at 255, whitening the image.
+    """
+    scale = WIDE_MODES[image.mode]
+    gray = image if image.mode == "F" else image.convert("I").convert("F")
+    low, high = gray.getextrema()
+    if low < 0 or high > scale:
+        raise UnreadableImage(f"its mode {image.mode} holds values from {low:g} to {high:g}, outside 0..{scale:g} "
+                              f"(robench reads 16-bit images as 0..65535 and float ones as 0..1)")
+    return gray if scale == 1.0 else gray.point(lambda v: v * (1.0 / scale))
+
+
 class _Decoded(torch.utils.data.Dataset):
     """Items of a PIL-image dataset through a [0, 1] transform, as RGB or as luminance (mode "L").
 
     A grayscale image goes to a 3-channel model replicated, and an RGB image to a 1-channel
     model as its luminance (PIL's ITU-R 601-2 weights), exact for gray images either way.
+    16-bit and float gray images are scaled to [0, 1] as floats (``unit_gray``), never clipped.
 
-    An unreadable image becomes label -1 and is reported by the caller with its
+    An unreadable image becomes label -1 with the reason, reported by the caller with its
     file name: errors in loader workers would otherwise arrive as tracebacks, and
     timm's own ImageDataset silently substitutes the next image.
     """
 
-    def __init__(self, get: Any, index: np.ndarray, transform: Any, mode: str) -> None:
-        self.get, self.index, self.transform, self.mode = get, index, transform, mode
+    def __init__(self, get: Any, index: np.ndarray, cfg: InputConfig) -> None:
+        self.get, self.index, self.channels = get, index, cfg.channels
+        self.transform, self.gray = eval_transform(cfg), eval_transform(dataclasses.replace(cfg, channels=1))
+        self.mode = "L" if cfg.channels == 1 else "RGB"
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, row: int) -> tuple[Tensor, int, int]:
+    def __getitem__(self, row: int) -> tuple[Tensor, int, int, str]:
         try:
-            image, label = self.get(int(self.index[row]))
-            return self.transform(image.convert("RGB").convert(self.mode)), int(label), row
+            with decoding():
+                image, label = self.get(int(self.index[row]))
+                return self._tensor(image), int(label), row, ""
+        except UnreadableImage as e:
+            return torch.zeros(0), -1, row, str(e)
         except (OSError, ValueError, SyntaxError):
-            return torch.zeros(0), -1, row
+            return torch.zeros(0), -1, row, UNREADABLE
+
+    def _tensor(self, image: Any) -> Tensor:
+        if image.mode in WIDE_MODES:
+            x = self.gray(unit_gray(image)).clamp(0.0, 1.0)  # bicubic overshoots; uint8 clips itself
+            return to_channels(x[None], self.channels)[0]
+        return self.transform(image.convert("RGB").convert(self.mode))
 
 
 def eval_transform(cfg: InputConfig) -> Any:
@@ -308,28 +386,29 @@ class ImageSource:
         """
         order = torch.arange(len(self.ids)) if order is None else order
         loader = torch.utils.data.DataLoader(
-            _Decoded(self.get, self.index[order.numpy()], eval_transform(cfg), "L" if cfg.channels == 1 else "RGB"),
+            _Decoded(self.get, self.index[order.numpy()], cfg),
             batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
         )
-        for images, labels, positions in loader:
+        for images, labels, positions, reasons in loader:
             rows, good = order[positions], labels >= 0
-            for row in rows[~good].tolist():
+            why = [r for r, ok in zip(reasons, good.tolist(), strict=True) if not ok]
+            for row, reason in zip(rows[~good].tolist(), why, strict=True):
                 bad = self.describe_row(int(self.index[row]))
                 if not self.skip_bad:
-                    raise RobenchError(f"cannot read image {bad}: corrupt or not an image; remove or replace it, "
+                    raise RobenchError(f"cannot read image {bad}: {reason}; remove or replace it, "
                                        f"or pass --skip-bad-images to leave it out (it is recorded)")
                 self.skipped[row] = bad
             if good.any():
                 yield Batch(images, labels[good], rows[good])
 
 
-def _collate(items: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Stack the readable images; labels and rows of all items (-1 labels mark unreadable ones)."""
+def _collate(items: list[tuple[Tensor, int, int, str]]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Stack the readable images; labels, rows and reasons of all items (-1 labels mark unreadable ones)."""
     labels = torch.tensor([i[1] for i in items])
     rows = torch.tensor([i[2] for i in items])
     good = [i[0] for i in items if i[1] >= 0]
     images = torch.stack(good) if good else torch.zeros(0)
-    return images, labels, rows
+    return images, labels, rows, [i[3] for i in items]
 
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL modes of one-channel images
@@ -338,7 +417,8 @@ GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL mo
 def _native(get: Any, index: np.ndarray) -> tuple[int, int, int] | None:
     """(channels, height, width) of the first selected image, None if it cannot be read."""
     try:
-        image, _ = get(int(index[0]))
+        with decoding():
+            image, _ = get(int(index[0]))
     except (OSError, ValueError, SyntaxError, IndexError):
         return None
     if not hasattr(image, "mode"):
@@ -463,11 +543,6 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     def get(i: int) -> tuple[Any, int]:
         file, label = reader[i]
         with file:
-            return Image.open(file).convert("RGB"), label
-
-    def raw(i: int) -> tuple[Any, int]:
-        file, label = reader[i]
-        with file:
             image = Image.open(file)
             image.load()
             return image, label
@@ -475,7 +550,7 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     return ImageSource(
         name=str(root), get=get, index=index, ids=[names[i] for i in index], num_classes=len(class_map),
         classes=sorted(class_map, key=class_map.__getitem__), describe_row=lambda i: str(root / names[i]),
-        workers=workers, skip_bad=skip_bad, native=_native(raw, index),
+        workers=workers, skip_bad=skip_bad, native=_native(get, index),
     )
 
 

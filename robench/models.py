@@ -12,7 +12,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 import socket
+import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from robench import factories, zoo
-from robench.checkpoint import INPUT_KEYS, data_config, input_metadata, read_metadata
+from robench.checkpoint import INPUT_KEYS, data_config, input_metadata, model_kwargs, read_metadata
 from robench.data import InputConfig
 from robench.errors import FieldError, RobenchError
 from robench.preprocess import Preprocess, split_query
@@ -303,19 +306,68 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
+    """The state dict of a checkpoint file, read without running code and without inflating anything first.
+
+    torch's warnings (e.g. about a pickle protocol) are folded into the one error line, or dropped
+    when the file loads: they are about the file's format, which either loads or is refused.
+    """
     from timm.models import load_state_dict
 
     if not path.is_file():
         raise RobenchError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        check_archive(path)
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        try:
+            return load_state_dict(str(path), use_ema=True, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickle, zip and safetensors errors differ
+            reason = _load_failure(e, [str(w.message) for w in heard])
+    raise RobenchError(f"cannot load checkpoint {path}: {reason}")
+
+
+def _load_failure(e: Exception, heard: list[str]) -> str:
+    """Why torch (or safetensors) could not load a checkpoint, in a few words."""
+    protocol = next((m for m in heard if "pickle protocol" in m), None)
+    if "Unsupported global" in str(e):  # torch's weights_only unpickler met a class or function
+        return "it holds pickled objects other than tensors, which robench refuses to load"
+    if protocol is not None:
+        number = re.search(r"protocol (\d+)", protocol)
+        return (f"it is pickled with protocol {number.group(1) if number else '?'}, which "
+                f"torch.load(weights_only=True) cannot read; load it in trusted Python and save it again with "
+                f"torch.save (or as .safetensors)")
+    if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+        return "it is corrupt or not a PyTorch checkpoint"
+    if "wrong byte size" in str(e):  # a legacy checkpoint whose tensor claims more bytes than follow
+        return "it is corrupt: a tensor claims more bytes than the file holds"
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a zip checkpoint whose records would inflate: torch.save stores every record uncompressed.
+
+    A compressed record, or records claiming more bytes than the file holds, would be inflated by
+    torch.load before anything could refuse them (a 5 MB file can hold 4 GiB of zeros). Legacy
+    (non-zip) checkpoints are plain pickles with raw storage bytes: nothing in them inflates.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.load's own test for its zip format
+            return
     try:
-        return load_state_dict(str(path), use_ema=True, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip and safetensors errors differ
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if "Unsupported global" in str(e):  # torch's weights_only unpickler met a class or function
-            first = "it holds pickled objects other than tensors, which robench refuses to load"
-        elif "weights_only" in str(e) or "Unpickl" in type(e).__name__:
-            first = "it is corrupt or not a PyTorch checkpoint"
-        raise RobenchError(f"cannot load checkpoint {path}: {first}") from None
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise RobenchError(f"cannot load checkpoint {path}: it is a corrupt zip archive ({e})") from None
+    packed = next((r for r in records if r.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        raise RobenchError(f"cannot load checkpoint {path}: its record {packed.filename} is compressed (zip method "
+                           f"{packed.compress_type}), which torch.save never does, and robench does not inflate it "
+                           f"(a possible decompression bomb); save the weights again with torch.save or as "
+                           f".safetensors")
+    claimed, size = sum(r.file_size for r in records), path.stat().st_size
+    if claimed > size or any(r.file_size != r.compress_size for r in records):
+        raise RobenchError(f"cannot load checkpoint {path}: its records claim {claimed} bytes in a file of {size}; "
+                           f"it is corrupt or crafted, so robench does not read it; save the weights again")
 
 
 def _keys(kind: str, keys: list[str]) -> str:
@@ -326,7 +378,12 @@ def _keys(kind: str, keys: list[str]) -> str:
 
 
 def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str) -> None:
-    """Load strictly, or name every missing, unexpected and wrongly shaped key in one line."""
+    """Load strictly, or name every missing, unexpected and wrongly shaped key in one line.
+
+    An integer (or bool) tensor for a float parameter or buffer is refused too: load_state_dict
+    would cast it silently, and an int8 checkpoint would then score at chance.
+    Integer buffers (BatchNorm's num_batches_tracked) take integers as they should.
+    """
     own = model.state_dict()
     problems = [
         _keys("missing", [k for k in own if k not in state]),
@@ -337,6 +394,13 @@ def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str)
     if problems:
         raise RobenchError(
             f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(problems)}; is it the right architecture?"
+        )
+    integer = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if integer:
+        raise RobenchError(
+            f"checkpoint {spec.checkpoint} holds integer tensors where {arch} has float ones: "
+            f"{_keys('integer', integer)}; loading would cast their values to float unscaled (a quantized "
+            f"checkpoint?): dequantize it and save float weights"
         )
     model.load_state_dict(state, strict=True)
 
@@ -363,6 +427,9 @@ def load_model(
     if spec.name is None and factories.is_factory(arch):
         raise RobenchError(f"checkpoint {spec.checkpoint} was trained from the factory {arch}; robench never imports "
                            f"code a file names: give the factory yourself, as {arch}@{spec.checkpoint}")
+    if spec.name is None and (not isinstance(arch, str) or arch.startswith(HUB_PREFIXES)):
+        raise RobenchError(f"checkpoint {spec.checkpoint} names {arch!r} as its architecture; robench fetches nothing "
+                           f"a file names: give the architecture yourself, as NAME@{spec.checkpoint}")
     wanted = int(meta.get("num_classes", num_classes))
     overrides = spec.preprocess.over(preprocess or Preprocess())
     if factories.is_factory(arch):
@@ -449,7 +516,7 @@ def _timm_model(spec: ModelSpec, arch: str, meta: dict[str, Any], num_classes: i
     """
     check_arch(arch)
     hub = spec.checkpoint is None and (pretrained or _has_hub_weights(arch))
-    kwargs = dict(meta.get("model_kwargs", {}))
+    kwargs = model_kwargs(meta, spec.checkpoint) if spec.checkpoint is not None else {}
     if overrides.input_size is not None and overrides.input_size[0] != 3:
         kwargs["in_chans"] = overrides.input_size[0]
     if not hub:

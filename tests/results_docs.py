@@ -60,3 +60,24 @@ def one_error_line(result, code: int, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+PEAK_MB = 1536  # robench's imports (torch, timm, scikit-learn) peak near 950 MB; a bomb here inflates to 4 GiB
+PEAK = """import resource, subprocess, sys
+r = subprocess.run([sys.executable, "-m", "robench", *sys.argv[1:]], capture_output=True, text=True)
+sys.stderr.write(r.stderr)
+print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def run_peak(*args: str, timeout: float = 120) -> tuple[int, list[str], float]:
+    """Run the CLI in a fresh process: its exit code, its non-blank stderr lines, and its peak memory in MB."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", PEAK, *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    code, kib = res.stdout.split()[-2:]
+    return int(code), [ln for ln in res.stderr.splitlines() if ln.strip()], int(kib) / 1024

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from results_docs import PEAK_MB, run_peak
 
 from robench.data import (
     FASHION_MNIST_DIR,
     InputConfig,
+    _Decoded,
     ids_sha256,
     load_digits_source,
     open_source,
@@ -176,7 +180,8 @@ def test_fashion_mnist_train_split_and_limit(tmp_path: Path) -> None:
     [
         (b"\x00\x00\x09\x03" + b"\x00" * 20, _idx_bytes(LABELS), "bad magic number"),  # type 0x09, not uint8
         (b"\x00\x01\x08\x03" + b"\x00" * 20, _idx_bytes(LABELS), "bad magic number"),
-        (_idx_bytes(IMAGES)[:-100], _idx_bytes(LABELS), "cannot read IDX file"),  # truncated data
+        (_idx_bytes(IMAGES)[:-100], _idx_bytes(LABELS), "it ends before its 6x28x28 bytes of data"),  # truncated
+        (_idx_bytes(IMAGES) + b"\x00", _idx_bytes(LABELS), "it holds more than the 6x28x28 bytes"),  # trailing
         (_idx_bytes(IMAGES)[:10], _idx_bytes(LABELS), "cannot read IDX file"),  # truncated header
         (b"", _idx_bytes(LABELS), "cannot read IDX file"),
         (_idx_bytes(IMAGES), _idx_bytes(LABELS[:5]), "do not match"),  # 6 images, 5 labels
@@ -194,6 +199,44 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(IMAGES))[:-30])
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(RobenchError, match=r"cannot read IDX file .*t10k-images-idx3-ubyte\.gz"):
+        open_source(f"fashion-mnist:{tmp_path}")
+
+
+def _gzip_bomb(header: bytes, mib: int) -> bytes:
+    """A gzip of ``header`` then ``mib`` MiB of zeros, about 1 KB a MiB: one flushed deflate block repeated.
+
+    Its CRC covers only what the compressor saw: a reader that stops early never checks it.
+    """
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    start = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(bytes(2**20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return start + block * mib + deflate.flush()
+
+
+def test_a_gzip_bomb_is_refused_after_what_its_header_claims(tmp_path: Path) -> None:
+    """A 4 MB t10k-images-idx3-ubyte.gz claiming 60000x28x28 but inflating to 4 GiB: read 47 MB, then refused."""
+    header = struct.pack(">HBBIII", 0, 0x08, 3, 60000, 28, 28)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(_gzip_bomb(header, 4096))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(60000)))
+    assert (tmp_path / "t10k-images-idx3-ubyte.gz").stat().st_size < 5 * 2**20
+    code, lines, peak_mb = run_peak("eval", "test_resnet", "--data", f"fashion-mnist:{tmp_path}", "--attack", "fgsm",
+                                    "--eps", "8", "-q", "--limit", "4")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (f"robench: error: cannot read IDX file {tmp_path / 't10k-images-idx3-ubyte.gz'}: it holds "
+                        f"more than the 60000x28x28 bytes its header claims; is it an uncorrupted Fashion-MNIST file?")
+    assert peak_mb < PEAK_MB, peak_mb
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    (struct.pack(">HBBIII", 0, 0x08, 3, 2**20, 2**10, 2**10), "claims 1048576x1024x1024 = 1099511627776 bytes, over"),
+    (struct.pack(">HBBI", 0, 0x08, 9, 1), "bad magic number"),  # 9 dimensions
+    (struct.pack(">HBBII", 0, 0x08, 3, 6, 28), "it ends before its header"),
+])
+def test_idx_headers_claiming_too_much_are_refused_before_reading(tmp_path: Path, header: bytes,
+                                                                   message: str) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(header)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(LABELS))
+    with pytest.raises(RobenchError, match=re.escape(message)):
         open_source(f"fashion-mnist:{tmp_path}")
 
 
@@ -327,6 +370,79 @@ def test_truncated_png_names_the_file(tmp_path: Path) -> None:
     (root / "cat" / "1.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(RobenchError, match=r"cannot read image .*cat/1\.png"):
         list(open_source(str(root)).batches(InputConfig(size=(8, 8)), 4))
+
+
+def _png(width: int, height: int, zeros: bool = False) -> bytes:
+    """A gray 8-bit PNG written by hand: its header says width x height; its pixels are all 0 when ``zeros``,
+    else absent (PIL's bomb check reads only the header). Deflated zeros cost about 1 KB a MB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate, row = zlib.compressobj(9), bytes(width + 1)  # each row: filter byte 0, then the pixels
+    pixels = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush() if zeros else b""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+BOMBS = {"error": (20000, 10000, False), "warning": (10000, 10000, True)}  # 200M px: PIL raises; 100M: it warns
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("bomb", list(BOMBS))
+def test_decompression_bomb_images_are_unreadable_by_name(tmp_path: Path, workers: int, bomb: str) -> None:
+    root = _folder(tmp_path / "imgs")
+    bad = root / "dog" / "2.png"
+    bad.write_bytes(_png(*BOMBS[bomb]))
+    with pytest.raises(RobenchError) as err:
+        list(open_source(str(root), workers=workers).batches(InputConfig(size=(8, 8)), 2))
+    size = "x".join(map(str, BOMBS[bomb][:2]))
+    assert str(err.value).startswith(f"cannot read image {bad}: PIL refuses it as a possible decompression bomb: "
+                                     f"Image size ({eval(size.replace('x', '*'))} pixels) exceeds limit of "), size
+    src = open_source(str(root), workers=workers, skip_bad=True)
+    assert sum(len(b.rows) for b in src.batches(InputConfig(size=(8, 8)), 2)) == 4
+    assert src.skipped == {src.ids.index("dog/2.png"): str(bad)}
+
+
+def test_a_decompression_bomb_image_leaves_one_line(tmp_path: Path) -> None:
+    """In a fresh process, where PIL's warning would print: one error line, and the image never decoded."""
+    root = tmp_path / "digits"
+    for digit in range(10):
+        (root / str(digit)).mkdir(parents=True)
+        Image.new("L", (8, 8), 16 * digit).save(root / str(digit) / "0.png")
+    (root / "3" / "0.png").write_bytes(_png(*BOMBS["warning"]))
+    code, lines, peak_mb = run_peak("eval", "zoo:resnet-base", "--data", root, "--attack", "fgsm", "--eps", "8", "-q",
+                                    "--no-health", "--workers", "2")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"robench: error: cannot read image {root / '3' / '0.png'}: PIL refuses it")
+    assert peak_mb < PEAK_MB, peak_mb
+
+
+def test_sixteen_bit_gray_pngs_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """convert("RGB") clips a 16-bit PNG at 255: a random one came out 99.6% white."""
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    values = np.array([[0, 32768, 65535, 1000]] * 4, dtype=np.uint16)
+    Image.fromarray(values).save(root / "a" / "wide.png")
+    assert Image.open(root / "a" / "wide.png").mode == "I;16"
+    src = open_source(str(root))
+    assert src.native == (1, 4, 4)
+    expected = torch.from_numpy(values / 65535).float()
+    assert expected[0].tolist() == pytest.approx([0.0, 0.5, 1.0, 0.0153], abs=1e-4)
+    for channels in (1, 3):
+        image = next(src.batches(InputConfig(channels=channels, size=(4, 4)), 1)).images[0]
+        assert image.shape == (channels, 4, 4) and torch.allclose(image, expected.expand(channels, 4, 4), atol=1e-6)
+    bigger = next(src.batches(InputConfig(channels=1, size=(9, 9), interpolation="bicubic"), 1)).images
+    assert bigger.min() >= 0 and bigger.max() <= 1  # bicubic overshoot clipped, as uint8 clips it
+
+
+def test_float_gray_images_are_taken_in_zero_to_one_and_refused_outside() -> None:
+    values = np.array([[0.0, 0.25, 1.0, 0.5]] * 4, dtype=np.float32)
+    inside, outside = Image.fromarray(values), Image.fromarray(values * 3)
+    assert inside.mode == "F" and torch.allclose(_Decoded(lambda i: (inside, 0), np.arange(1),
+                                                          InputConfig(size=(4, 4)))[0][0][2], torch.from_numpy(values))
+    assert _Decoded(lambda i: (outside, 0), np.arange(1), InputConfig(size=(4, 4)))[0][1:] == (
+        -1, 0, "its mode F holds values from 0 to 3, outside 0..1 (robench reads 16-bit images as 0..65535 and float "
+               "ones as 0..1)")
 
 
 # ---------------------------------------------------------------- class order

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import struct
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from results_docs import PEAK_MB, one_error_line, run_peak
 from torch import nn
 
 from robench.checkpoint import data_config, input_metadata, save_checkpoint
@@ -294,6 +298,25 @@ def test_missing_and_corrupt_checkpoints(tmp_path: Path, resnet: nn.Module) -> N
         load_model(parse_spec(str(tmp_path / "bad.safetensors")), num_classes=10)
 
 
+def test_integer_weights_for_float_parameters_are_refused(tmp_path: Path, resnet: nn.Module,
+                                                          default_checkpoint: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = {k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in resnet.state_dict().items()}
+    torch.save(state, tmp_path / "int8.pth")
+    with pytest.raises(RobenchError, match=r"holds integer tensors where test_resnet has float ones: \d+ integer keys "
+                                           r"\(conv1\.0\.weight, .*dequantize it"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'int8.pth'}"), num_classes=10)
+    zoo = load_file(str(default_checkpoint))
+    save_file({k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in zoo.items()},
+              str(tmp_path / "int8.safetensors"))
+    arch = load_model(parse_spec(str(default_checkpoint)), num_classes=10).arch
+    res = CliRunner().invoke(main, ["eval", f"{arch}@{tmp_path / 'int8.safetensors'}", "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--limit", "4"])
+    one_error_line(res, 2, "int8.safetensors holds integer tensors", "dequantize")
+    # integer buffers (num_batches_tracked) load as they are: test_plain_state_dicts_load_as_name_at_file
+
+
 class _SideEffect:
     """Unpickling this opens (creates) a file: stands for any code hidden in a pickle."""
 
@@ -318,6 +341,126 @@ def test_whole_pickled_module_is_refused(tmp_path: Path, resnet: nn.Module) -> N
     torch.save(resnet, tmp_path / "model.pth")
     with pytest.raises(RobenchError, match="robench refuses to load"):
         load_model(parse_spec(f"test_resnet@{tmp_path / 'model.pth'}"), num_classes=10)
+
+
+def _with_kwargs(path: Path, resnet: nn.Module, kwargs: object) -> Path:
+    save_checkpoint(path, resnet, {"arch": "test_resnet", "num_classes": 10, "model_kwargs": kwargs})
+    return path
+
+
+def test_model_kwargs_naming_another_file_are_refused_and_it_is_never_read(
+        tmp_path: Path, resnet: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "side-effect"
+    torch.save({"state_dict": resnet.state_dict(), "hook": _SideEffect(str(marker))}, tmp_path / "other.pth")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, {"checkpoint_path": str(tmp_path / "other.pth")})
+    res = CliRunner().invoke(main, ["eval", str(ckpt), "--attack", "fgsm", "--eps", "8", "-q", "--limit", "4"])
+    line = one_error_line(res, 2, "model_kwargs", "checkpoint_path", "refuses", str(ckpt))
+    assert "remove it from the metadata" in line
+    assert loads == [] and not marker.exists()
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"pretrained": True, "pretrained_cfg_overlay": {"file": "x.pth"}}, "sets pretrained, pretrained_cfg_overlay,"),
+    ({"cache_dir": "/tmp", "pretrained_cfg": {}}, "sets cache_dir, pretrained_cfg,"),
+    (["checkpoint_path"], "model_kwargs in its metadata is a list, not an object"),
+    ({"drop_rate": {"nested": 1}}, "model_kwargs.drop_rate in its metadata is not a number"),
+])
+def test_model_kwargs_outside_the_allowlist_are_refused(tmp_path: Path, resnet: nn.Module, kwargs: object,
+                                                         needle: str) -> None:
+    ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, kwargs)
+    with pytest.raises(RobenchError, match=re.escape(needle)):
+        load_model(parse_spec(str(ckpt)), num_classes=10)
+
+
+def test_a_hub_architecture_named_by_a_checkpoint_is_refused(tmp_path: Path, resnet: nn.Module,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm would download a hub model's config for it, even without pretrained weights."""
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm.create_model called"))
+    save_checkpoint(tmp_path / "m.safetensors", resnet, {"arch": "hf-hub:someone/model", "num_classes": 10})
+    with pytest.raises(RobenchError, match=r"names 'hf-hub:someone/model' as its architecture; robench fetches"):
+        load_model(parse_spec(str(tmp_path / "m.safetensors")), num_classes=10)
+
+
+def test_allowed_model_kwargs_reach_timm(tmp_path: Path, resnet: nn.Module) -> None:
+    ckpt = _with_kwargs(tmp_path / "m.safetensors", resnet, {"drop_rate": 0.25})
+    loaded = load_model(parse_spec(str(ckpt)), num_classes=10)
+    assert loaded.module.model.drop_rate == 0.25 and loaded.weights_sha256 == weights_sha256(resnet)
+
+
+def _deflated_zeros(mib: int) -> bytes:
+    """A raw deflate stream of ``mib`` MiB of zeros, about 1 KB a MiB: one flushed block repeated."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflate.compress(bytes(2**20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return block * mib + deflate.flush()
+
+
+def _zip(records: list[tuple[str, int, bytes, int, int]]) -> bytes:
+    """A zip archive written by hand from (name, method, data, crc, inflated size): zipfile cannot store raw deflate."""
+    out, central = b"", b""
+    for name, method, data, crc, size in records:
+        fixed = struct.pack("<HHHHHLLLHH", 20, 0, method, 0, 33, crc, len(data), size, len(name), 0)
+        central += b"PK\x01\x02" + struct.pack("<H", 20) + fixed + struct.pack("<HHHLL", 0, 0, 0, 0, len(out))
+        central += name.encode()
+        out += b"PK\x03\x04" + fixed + name.encode() + data
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(records), len(records), len(central), len(out), 0)
+    return out + central + end
+
+
+def _pth_bomb(path: Path) -> Path:
+    """A torch.save checkpoint whose one tensor record is 4095 MiB of zeros deflated into 4 MB."""
+    torch.save({"w": torch.zeros(16, dtype=torch.uint8)}, path)
+    with zipfile.ZipFile(path) as saved:
+        records = [(i.filename, 0, saved.read(i), i.CRC, i.file_size) for i in saved.infolist()]
+    records = [(n, 8, _deflated_zeros(4095), 0, 4095 * 2**20) if n.endswith("data/0") else (n, m, d, c, z)
+               for n, m, d, c, z in records]
+    path.write_bytes(_zip(records))
+    return path
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_it_inflates(tmp_path: Path) -> None:
+    bomb = _pth_bomb(tmp_path / "bomb.pth")
+    assert bomb.stat().st_size < 5 * 2**20
+    code, lines, peak_mb = run_peak("eval", f"test_resnet@{bomb}", "--attack", "fgsm", "--eps", "8", "-q",
+                                    "--limit", "4")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"robench: error: cannot load checkpoint {bomb}: its record ") and \
+        "is compressed (zip method 8)" in lines[0] and "decompression bomb" in lines[0]
+    assert peak_mb < PEAK_MB, peak_mb
+
+
+def test_a_zip_claiming_more_than_it_holds_is_refused(tmp_path: Path, resnet: nn.Module) -> None:
+    torch.save(resnet.state_dict(), tmp_path / "w.pth")
+    with zipfile.ZipFile(tmp_path / "w.pth") as saved:
+        records = [(i.filename, 0, saved.read(i), i.CRC, i.file_size) for i in saved.infolist()]
+    name, method, data, crc, _ = records[-1]
+    (tmp_path / "lies.pth").write_bytes(_zip([*records[:-1], (name, method, data, crc, 2**31)]))
+    with pytest.raises(RobenchError, match=r"lies.pth: its records claim \d+ bytes in a file of \d+; it is corrupt"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'lies.pth'}"), num_classes=10)
+
+
+def test_a_legacy_checkpoint_loads_and_one_torch_cannot_read_is_one_line(tmp_path: Path, resnet: nn.Module) -> None:
+    """Legacy (pre-zip) checkpoints still load; pickle protocol 4 in one gives one line, not torch's warning too."""
+    torch.save(resnet.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    loaded = load_model(parse_spec(f"test_resnet@{tmp_path / 'legacy.pth'}"), num_classes=10)
+    assert loaded.weights_sha256 == weights_sha256(resnet)
+    torch.save(resnet.state_dict(), tmp_path / "p4.pth", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    code, lines, _ = run_peak("eval", f"test_resnet@{tmp_path / 'p4.pth'}", "--attack", "fgsm", "--eps", "8", "-q",
+                              "--limit", "4")
+    assert code == 2 and len(lines) == 1, lines
+    assert "p4.pth: it is pickled with protocol 4, which torch.load(weights_only=True) cannot read" in lines[0]
+
+
+def test_a_legacy_checkpoint_claiming_more_than_it_holds_is_refused(tmp_path: Path) -> None:
+    """A legacy pickle claiming an 8 GiB tensor: torch checks the bytes that follow, so nothing is read or inflated."""
+    torch.save({"w": torch.zeros(10)}, tmp_path / "l.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "l.pth").read_bytes()
+    numel = b"cpuq\x06K\nNtq"  # the storage's persistent id: ..., location, 10 elements
+    assert numel in data
+    (tmp_path / "l.pth").write_bytes(data.replace(numel, b"cpuq\x06J" + struct.pack("<i", 2**31 - 1) + b"Ntq"))
+    with pytest.raises(RobenchError, match="l.pth: it is corrupt: a tensor claims more bytes than the file holds"):
+        load_model(parse_spec(f"test_resnet@{tmp_path / 'l.pth'}"), num_classes=10)
 
 
 # ---------------------------------------------------------------- hub weights, offline
