@@ -17,13 +17,14 @@ from .options import (
     run_options,
     run_spec,
     suite_options,
+    zoo_default_text,
 )
 from .render import console, distributed_run, health_warnings, warn
 
 
 @click.command("eval")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
-@model_option("Default: the zoo's effnet-base and effnet-stepll.")
+@model_option(zoo_default_text())
 @suite_options
 @click.option("--cascade/--no-cascade", default=None,
               help="Run each attack only on samples still robust after those before it (AutoAttack's standard "

@@ -21,6 +21,14 @@ def model_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., A
     return click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help=f"{MODEL_SPEC} {default}")
 
 
+def zoo_default_text() -> str:
+    """What no model means in eval and transfer-matrix, from robench.zoo.DEFAULT (light: no torch)."""
+    from robench.zoo import DEFAULT
+
+    names = [f"zoo:{name}" for name in DEFAULT]
+    return f"Default: {', '.join(names[:-1])} and {names[-1]}, together (see `robench zoo list`)."
+
+
 _RUN_OPTIONS = {
     "data": click.option("-d", "--data", metavar="DATA",
                          help="digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME. "

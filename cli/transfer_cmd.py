@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from .options import build_suite, check_outs, model_option, out_option, run_options, run_spec, suite_options
+from .options import (
+    build_suite,
+    check_outs,
+    model_option,
+    out_option,
+    run_options,
+    run_spec,
+    suite_options,
+    zoo_default_text,
+)
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -17,7 +26,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 
 @click.command("transfer-matrix")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
-@model_option("Default: the zoo's effnet-base and effnet-stepll.")
+@model_option(zoo_default_text())
 @click.option("--sources", metavar="LABELS", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LABELS", help="Comma-separated labels scoring them. Default: every model.")
 @suite_options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -337,6 +338,17 @@ def test_help_mentions_exit_codes(args: list[str]) -> None:
 def test_eval_help_documents_eps_units() -> None:
     result = invoke("eval", "--help")
     assert "1/255" in result.stdout and "--limit" in result.stdout and "--per-sample" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "transfer-matrix"])
+def test_help_names_the_default_models(command: str) -> None:
+    """No model evaluates the zoo's default pair; the help says which (it once said "a tiny timm model")."""
+    from robench.runspec import DEFAULT
+
+    result = invoke(command, "--help")
+    text = " ".join(re.sub(r"-\n\s+", "-", result.stdout).split())  # help wraps lines at hyphens too
+    assert len(DEFAULT) == 2 and "a tiny timm model" not in text
+    assert f"Default: zoo:{DEFAULT[0]} and zoo:{DEFAULT[1]}, together" in text
 
 
 def test_version() -> None:
