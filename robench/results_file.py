@@ -23,7 +23,7 @@ from robench import samples
 from robench.errors import RobenchError
 from robench.files import RESULTS_LIMIT, read_text
 from robench.provenance import READABLE_VERSIONS
-from robench.results_schema import ResultsFile
+from robench.results_schema import ResultsFile, missing_column
 from robench.schema_errors import field_path, schema_error, shown
 
 KEY_COLUMNS = ("model", "source", "target", "attack", "eps")
@@ -111,6 +111,10 @@ def validate(doc: Any, name: str) -> list[tuple[Any, Any]]:
         ResultsFile.model_validate(doc)
     except ValidationError as e:
         raise schema_error(name, e, FIX) from None
+    gap = missing_column(doc)
+    if gap is not None:
+        raise RobenchError(f"{name}: field rows[{gap[0]}].{gap[1]}: missing, and every {doc.get('command') or 'eval'} "
+                           f"row has it; {FIX}")
     _check_bits(doc, name)
     for parent, key in nans:
         parent[key] = None

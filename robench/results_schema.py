@@ -42,11 +42,36 @@ MAX_COUNT = 2**53  # JSON's largest safe integer: more samples than any data set
 Count = Annotated[int, BeforeValidator(_whole), Field(ge=0, le=MAX_COUNT)]
 OptShare = Annotated[Share | None, BeforeValidator(_nan_is_null)]
 OptDiff = Annotated[Diff | None, BeforeValidator(_nan_is_null)]
+OptCount = Annotated[Count | None, BeforeValidator(_nan_is_null)]
 OptEps = Annotated[Eps | None, BeforeValidator(_nan_is_null)]
 
 
+ROW_KEYS = {  # command -> the columns every one of its rows carries (readers group and label rows by them)
+    "eval": ("model", "attack", "eps", "top1", "n"),
+    "transfer-matrix": ("source", "target", "attack", "eps", "n"),
+    "leak-check": ("model", "eps", "n"),
+}
+
+
+def missing_column(doc: dict[str, Any]) -> tuple[int, str] | None:
+    """(row index, column) of the first row lacking a column its command's rows carry (ROW_KEYS), else None.
+
+    A file without ``command`` reads as eval's, as reports read it; another command's rows are open.
+    """
+    needed = ROW_KEYS.get(doc.get("command") or "eval", ())
+    for i, row in enumerate(doc["rows"]):
+        for column in needed:
+            if column not in row:
+                return i, column
+    return None
+
+
 class _Open(BaseModel):
-    """Strict types; fields beyond those listed are allowed and kept (forward compatible within a version)."""
+    """Strict types; fields beyond those listed are allowed and kept (forward compatible within a version).
+
+    ``X = Field(None)`` is a field that may be absent but never null (readers take its absence
+    for a default, its null for a value); ``X | None`` may be null.
+    """
 
     model_config = ConfigDict(strict=True, extra="allow")
 
@@ -59,10 +84,10 @@ class Row(_Open):
     rate with no denominator), never for an accuracy, which a gate would then skip.
     """
 
-    model: str | None = None
-    source: str | None = None
-    target: str | None = None
-    attack: str | None = None
+    model: str = Field(None)
+    source: str = Field(None)
+    target: str = Field(None)
+    attack: str = Field(None)
     eps: Eps = Field(None)
     top1: Share = Field(None)
     top5: Share = Field(None)
@@ -73,9 +98,9 @@ class Row(_Open):
     target_top5: Share = Field(None)
     target_error: Share = Field(None)
     transfer_rate: OptShare = Field(None, description="null when the source fooled no sample (n_fooled_source 0)")
-    n_fooled_source: Count = Field(None)
+    n_fooled_source: OptCount = Field(None, description="null on clean rows")
     transfer_rate_both_clean: OptShare = Field(None, description="null when n_fooled_source_both_clean is 0")
-    n_fooled_source_both_clean: Count = Field(None)
+    n_fooled_source_both_clean: OptCount = Field(None, description="null on clean rows")
     clean_top1: Share = Field(None)
     fgsm_true_top1: Share = Field(None)
     fgsm_predicted_top1: Share = Field(None)
@@ -98,11 +123,11 @@ class Record(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")  # the fields besides *_correct are the row's key
 
-    model: str | None = None
-    source: str | None = None
-    target: str | None = None
-    attack: str | None = None
-    eps: Eps | None = None
+    model: str = Field(None)
+    source: str = Field(None)
+    target: str = Field(None)
+    attack: str = Field(None)
+    eps: Eps = Field(None)
     top1_correct: str
     top5_correct: str | None = None
 
@@ -129,7 +154,7 @@ class Dataset(_Open):
     num_classes: Count | None = None
     classes: list[str] | None = None
     ids_sha256: str | None = None
-    ids: list[str] | None = None
+    ids: list[str] = Field(None, description="sample ids, in the order of the per-sample bits")
     skipped: list[Skipped] | None = None
 
 
@@ -142,11 +167,11 @@ class ModelRecord(_Open):
 class AttackRecord(_Open):
     id: str | None = None
     name: str | None = None
-    eps: list[Eps] | None = None
+    eps: list[Eps] = Field(None)
 
 
 class SuiteRecord(_Open):
-    attacks: list[AttackRecord] | None = None
+    attacks: list[AttackRecord] = Field(None)
     cascade: bool | None = None
     early_stop: bool | None = None
     semantics: str | None = None
@@ -168,7 +193,12 @@ class Finding(_Open):
 
 
 class ResultsFile(_Open):
-    """A robench results file (``--out FILE.json``, or ``FILE.csv`` with ``FILE.csv.meta.json``)."""
+    """A robench results file (``--out FILE.json``, or ``FILE.csv`` with ``FILE.csv.meta.json``).
+
+    Every row of an eval file (or one without ``command``) carries model, attack, eps, top1 and n;
+    of a transfer-matrix file source, target, attack, eps and n; of a leak-check file model, eps
+    and n.
+    """
 
     model_config = ConfigDict(strict=True, extra="allow", title="robench results file")
 
