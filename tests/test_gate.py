@@ -442,6 +442,16 @@ def test_special_files_as_results_exit_2_at_once(files) -> None:
                                                     f"file; give a file"]
 
 
+def test_rules_from_a_special_or_huge_file_exit_2(files) -> None:
+    proc = subprocess.run([sys.executable, "-m", "robench", "gate", str(files["base"]), "--rules", "/dev/zero"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "robench: error: gate rules file /dev/zero is a character device, not a regular file; give a file"]
+    huge = write(files["dir"] / "huge.yaml", "# padding\n" * 500_000 + "- {min: 0.5}\n")
+    one_error_line(invoke("gate", files["base"], "--rules", huge), 2, "gate rules file", "huge.yaml",
+                   "larger than 4 MiB")
+
+
 def test_results_over_the_size_limit_exit_2(files, monkeypatch: pytest.MonkeyPatch) -> None:
     from robench import results_file
 
