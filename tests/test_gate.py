@@ -447,6 +447,8 @@ def test_rules_from_a_special_or_huge_file_exit_2(files) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "robench: error: gate rules file /dev/zero is a character device, not a regular file; give a file"]
+    deep = write(files["dir"] / "deep.yaml", "[" * 100_000 + "]" * 100_000)
+    one_error_line(invoke("gate", files["base"], "--rules", deep), 2, "deep.yaml", "nested too deep")
     huge = write(files["dir"] / "huge.yaml", "# padding\n" * 500_000 + "- {min: 0.5}\n")
     one_error_line(invoke("gate", files["base"], "--rules", huge), 2, "gate rules file", "huge.yaml",
                    "larger than 4 MiB")
