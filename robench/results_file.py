@@ -5,6 +5,12 @@ outcomes), or ``.csv`` beside its ``.meta.json`` (rows and provenance only). A f
 compatible ``schema_version`` is bad input (RobenchError): numbers of another schema could mean
 something else. Schema 1 eval and leak-check files read as schema 2 (their rows did not change);
 schema 1 transfer files are refused, since their ``transfer_rate`` meant another thing.
+
+Every document read is validated against ``results_schema`` (types and ranges of every field a
+reader uses), so readers never meet a value they cannot handle; the first bad field is one
+RobenchError line naming the file and the field's JSON path. Files come through
+``files.read_text`` (regular files only, at most RESULTS_LIMIT bytes); JSON deeper than
+MAX_DEPTH, and Infinity anywhere, are refused; NaN reads as null where the schema allows null.
 """
 
 from __future__ import annotations
