@@ -124,6 +124,7 @@ def _register() -> None:
     from .gate_cmd import gate_command
     from .leak_cmd import leak_command
     from .report_cmd import report_command
+    from .schema_cmd import schema_command
     from .suites_cmd import suites_command
     from .train_cmd import train_command
     from .transfer_cmd import transfer_command
@@ -134,6 +135,7 @@ def _register() -> None:
     main.add_command(_with_exit_codes(gate_command))
     main.add_command(_with_exit_codes(leak_command))
     main.add_command(_with_exit_codes(report_command))
+    main.add_command(_with_exit_codes(schema_command))
     main.add_command(_with_exit_codes(suites_command))
     main.add_command(_with_exit_codes(train_command))
     main.add_command(_with_exit_codes(transfer_command))

@@ -168,13 +168,54 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def read_text(path: str | Path, what: str) -> str:
-    """A UTF-8 text file robench was given; missing or unreadable is bad input naming ``what`` it should hold."""
+MiB = 1 << 20
+TEXT_LIMIT = 4 * MiB  # a YAML file a person wrote (suites, gates): far above any real one
+RESULTS_LIMIT = 256 * MiB  # a results JSON: ImageNet's 50,000 ids and a bit per sample per row fit many times
+
+
+def read_text(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
+    """A UTF-8 text file robench was given, of at most ``limit`` bytes: the one reader of input files.
+
+    Missing, unreadable, larger than ``limit``, or not a regular file (a folder, FIFO,
+    ``/dev/zero``) is bad input naming ``what`` the file should hold. At most ``limit + 1``
+    bytes are read, so an endless or huge file costs no memory; a FIFO is opened without
+    waiting for a writer and refused.
+    """
     from robench.errors import RobenchError
 
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = _read_regular(path, limit)
     except FileNotFoundError:
         raise RobenchError(f"{what} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RobenchError(f"cannot read {what} file {path}: {e}") from None
+    except _NotRegular as e:
+        raise RobenchError(f"{what} file {path} is {e}, not a regular file; give a file") from None
+    except OSError as e:
+        raise RobenchError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise RobenchError(f"{what} file {path} is larger than {_size(limit)}, the most robench reads from such a "
+                           f"file; give the file robench wrote (or split it)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RobenchError(f"cannot read {what} file {path}: not UTF-8 text (byte {e.start}); "
+                           f"save it as UTF-8") from None
+
+
+class _NotRegular(Exception):
+    """The path is no regular file (its kind is the message)."""
+
+
+def _read_regular(path: str | Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file; _NotRegular for anything else, checked on the open file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, without a writer
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _NotRegular("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+                          else "a character device" if stat.S_ISCHR(mode) else f"a {_kind(mode)}")
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit + 1)
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"

@@ -24,7 +24,8 @@ DEFINITIONS = {
     "top5": "share of samples whose true label is among the 5 highest logits",
     "success_rate": (
         "among samples the model classifies correctly when clean (top-1), the share whose "
-        "adversarial example it misclassifies; empty for clean rows"
+        "adversarial example it misclassifies; null (an empty denominator) on clean rows and when the model "
+        "classifies no sample correctly when clean"
     ),
     "n": "number of samples",
     "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
@@ -90,17 +91,19 @@ TRANSFER_DEFINITIONS = {
     "transfer_rate": (
         "the paper's transfer rate (Kurakin et al. 2017, sec. 4.2; the 'prefiltered case' of Kurakin et al. 2016): "
         "among samples the source classifies correctly when clean and wrongly on its adversarial example, the share "
-        "the target classifies wrongly on that example; empty when there are none"
+        "the target classifies wrongly on that example; null (an empty denominator) when there are none and on "
+        "clean rows"
     ),
-    "n_fooled_source": "the number of such samples: transfer_rate's denominator",
+    "n_fooled_source": "the number of such samples: transfer_rate's denominator (null on clean rows)",
     "transfer_rate_both_clean": (
         "transfer_rate also requiring the target to classify the sample correctly when clean (robench's "
         "transfer_rate before schema 2): among samples both models classify correctly when clean and whose "
-        "example fools the source, the share that also fools the target; empty when there are none"
+        "example fools the source, the share that also fools the target; null when there are none and on clean rows"
     ),
     "n_fooled_source_both_clean": "the number of such samples: transfer_rate_both_clean's denominator",
     "n": "number of samples",
     "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
+    "null": "an empty value (a rate whose denominator is 0, a count on a clean row); files never hold NaN",
 }
 TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "target_error",
                     "transfer_rate", "n_fooled_source", "transfer_rate_both_clean", "n_fooled_source_both_clean",

@@ -301,7 +301,8 @@ def get_attack_at(name: str, where: str) -> None:
 def read_yaml(text: str, source: str = "<string>") -> Any:
     """Parse hand-written YAML safely; mappings remember their lines for ``locate``.
 
-    Duplicate keys and syntax errors are errors naming the file and line.
+    Duplicate keys and syntax errors are errors naming the file and line; nesting too deep
+    for the parser is one naming the file.
     """
     try:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
@@ -310,6 +311,9 @@ def read_yaml(text: str, source: str = "<string>") -> Any:
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RobenchError(f"{source}{line}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise RobenchError(f"{source}: invalid YAML: nested too deep; a suite or gates file is a few levels "
+                           f"deep") from None
 
 
 def parse_suite(text: str, source: str = "<string>") -> Suite:

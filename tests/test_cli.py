@@ -71,6 +71,19 @@ def test_eval_json_envelope(fgsm_run, default_checkpoint: Path) -> None:
     assert model["weights_sha256"] == load_model(parse_spec(str(default_checkpoint)), 10).weights_sha256
 
 
+def test_eval_json_meets_the_published_schema(fgsm_run, tmp_path: Path) -> None:
+    from robench.results_file import load_results
+
+    _, out, _ = fgsm_run
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: empty rates are null
+    doc = load_results(out)
+    assert [r["success_rate"] for r in doc["rows"] if r["attack"] == "clean"] == [None]
+    r = invoke("schema", "results", "-o", tmp_path / "s.json")
+    assert r.exit_code == 0 and json.loads((tmp_path / "s.json").read_text())["title"] == "robench results file"
+    one_error_line(invoke("schema", "results", "-o", tmp_path / "s.yaml"), 2, "s.yaml", ".json")
+
+
 def test_eval_json_rows(fgsm_run) -> None:
     _, out, _ = fgsm_run
     rows = json.loads(out.read_text())["rows"]

@@ -1,11 +1,19 @@
-"""Fuzzing the hand-written config parsers: any input gives a valid config or one clear RobenchError.
+"""Fuzzing the parsers of files robench is given: any input gives a valid config or document, or one clear RobenchError.
 
 A suite (and a gates file) is typed by people; a traceback from a typo would break the
-exit-code contract, and a silent default would change the numbers.
+exit-code contract, and a silent default would change the numbers. A results file is
+written by robench but may be damaged, edited or made by another tool: whatever the reader
+accepts, gates and reports must handle without a crash.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -98,3 +106,139 @@ def test_structured_gate_rules_parse_or_fail_in_one_line(doc) -> None:
 @given(st.text(max_size=200))
 def test_any_text_as_gate_rules_parses_or_fails_in_one_line(text: str) -> None:
     check_rules_one_line(text)
+
+
+# --- results files ---------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(max_size=8)
+    | st.sampled_from(["clean", "fgsm", "eval", "packbits-base64", "AAAA", "gA==", "s0", 0.5, 1, 2, -1]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6) | st.sampled_from(
+        ["rows", "model", "top1", "n", "eps", "attack", "samples", "records", "ids"]), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+def _real_doc() -> dict:
+    from results_docs import make_doc
+
+    bits = np.arange(8) % 3 != 0
+    outcomes = {(m, a, e): bits for m in ("a", "b") for a, e in (("clean", 0.0), ("fgsm", 8.0))}
+    return make_doc(outcomes, health=[{"check": "zero_gradients", "model": "a", "attack": "fgsm", "eps": 8.0,
+                                        "message": "m", "docs": "d"}],
+                    config={"suite": {"attacks": [{"id": "fgsm", "name": "fgsm", "eps": [8.0]}], "cascade": False}},
+                    models=[{"label": "a", "spec": "zoo:a", "weights_sha256": "0" * 64}])
+
+
+def _paths(node, loc=()) -> list[tuple]:
+    """Every path into a document, itself included."""
+    out = [loc]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        out += _paths(value, (*loc, key))
+    return out
+
+
+@st.composite
+def mutated_docs(draw) -> dict:
+    """A real results document with one field (or several) replaced by a random JSON value, or dropped."""
+    doc = _real_doc()
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc) if p]
+        if not paths:
+            break
+        *parent, key = draw(st.sampled_from(paths))
+        node = doc
+        for k in parent:
+            node = node[k]
+        if draw(st.booleans()) and isinstance(node, dict):
+            del node[key]
+        else:
+            node[key] = draw(JSON_VALUES)
+    return doc
+
+
+def read_or_one_line(text: str):
+    """The reader's document for ``text`` as fuzz.json, or None after checking its error is one line naming the file."""
+    from robench.results_file import load_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.json"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            return load_results(path)
+        except RobenchError as e:
+            message = str(e)
+            assert message and "\n" not in message and "Traceback" not in message
+            assert "fuzz.json" in message, message
+            return None
+
+
+def readers_handle(doc: dict) -> None:
+    """What gate, baseline update and report do with a document: no exception but a one-line RobenchError."""
+    from robench import gate, report_doc
+    from robench.results_file import per_sample, row_label
+
+    for row in doc["rows"]:
+        row_label(row)
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc  # a baseline copy is strict JSON
+    assert not any(isinstance(v, float) and not math.isfinite(v) for r in doc["rows"] for v in r.values())
+    inputs = [report_doc.Input("fuzz.json", doc)]
+    for call in (lambda: per_sample(doc, "top1"), lambda: per_sample(doc, "top5"),
+                 lambda: gate.run_gate(doc, doc, parse_rules(RULES, "gates.yaml"), ("fuzz.json", "base.json")),
+                 lambda: report_doc.check_mergeable(inputs), lambda: report_doc.leaderboard(inputs),
+                 lambda: report_doc.rows_text(inputs[0].rows), lambda: report_doc.provenance(doc),
+                 lambda: report_doc.health_flags(doc)):
+        try:
+            call()
+        except RobenchError as e:
+            assert "\n" not in str(e)
+
+
+RULES = "rules:\n  - {max_drop: 0.05}\n  - {metric: top1, min: 0.1}\n  - {health: warn}\n"
+RESULTS_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@RESULTS_FUZZ
+@given(mutated_docs())
+def test_mutated_results_read_or_fail_in_one_line(doc) -> None:
+    read = read_or_one_line(json.dumps(doc))
+    if read is not None:
+        readers_handle(read)
+
+
+@RESULTS_FUZZ
+@given(JSON_VALUES)
+def test_any_json_reads_or_fails_in_one_line(value) -> None:
+    read = read_or_one_line(json.dumps(value))
+    if read is not None:
+        readers_handle(read)
+
+
+@RESULTS_FUZZ
+@given(st.text(alphabet='{}[]",:0123456789.eE-+ntrufalsNIiy \n', max_size=80))
+def test_json_syntax_noise_reads_or_fails_in_one_line(text: str) -> None:
+    read = read_or_one_line(text)
+    if read is not None:
+        readers_handle(read)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_docs())
+def test_mutated_results_through_the_cli_exit_0_1_or_2_in_one_line(doc) -> None:
+    from results_docs import invoke
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, rules = Path(tmp) / "fuzz.json", Path(tmp) / "gates.yaml"
+        path.write_text(json.dumps(doc))
+        rules.write_text(RULES)
+        before = path.read_bytes()
+        for args in (["gate", path, "--baseline", path, "--rules", rules, "--summary", Path(tmp) / "s.md"],
+                     ["baseline", "update", path, Path(tmp) / "b.json"], ["report", path, "-o", Path(tmp) / "r.md"]):
+            r = invoke(*args)
+            assert r.exit_code in (0, 1, 2), (args[0], r.exit_code, r.stderr)
+            assert "Traceback" not in r.stdout + r.stderr
+            if r.exit_code == 2:
+                lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+                assert len(lines) == 1 and lines[0].startswith("robench: error: "), r.stderr
+        assert path.read_bytes() == before

@@ -6,6 +6,8 @@ import json
 import os
 import shlex
 import stat
+import subprocess
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -344,6 +346,119 @@ def test_cli_bad_input_exit_2(args: list[str], needles: list[str], files) -> Non
     r = invoke("gate", *[a.format(**paths) for a in args])
     one_error_line(r, 2, *needles)
     assert r.stdout == "" and not (d / "no").exists()
+
+
+def _set(*path_and_value):
+    """A damage to the document: the field at the path set to the value."""
+    *path, value = path_and_value
+
+    def damage(doc: dict) -> None:
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return damage
+
+
+def _on_text(damage):
+    """Mark a damage as one to the JSON text (str -> str)."""
+    damage.on_text = True
+    return damage
+
+
+def _text(old: str, new: str):
+    """A damage to the JSON text: the first ``old`` replaced by ``new``."""
+    return _on_text(lambda text: text.replace(old, new, 1))
+
+
+def _deep(levels: int) -> list:
+    out: list = []
+    for _ in range(levels):
+        out = [out]
+    return out
+
+
+DAMAGED = [  # (a damage to the document, or (_on_text) to its JSON text; needles of the one error line)
+    (_set("rows", 3, "top1", 5), ["field rows[3].top1: expected a number <= 1, got 5"]),
+    (_set("rows", 0, "top1", -1), ["field rows[0].top1: expected a number >= 0, got -1"]),
+    (_set("rows", 1, "n", 10**400), ["field rows[1].n: expected a number <= 9007199254740992"]),
+    (_text('"n": 200}', '"n": -Infinity}'), ["field rows[0].n: expected a finite number, got -Infinity"]),
+    (_text('"n": 200}', '"n": 1e400}'), ["field rows[0].n: expected a finite number, got Infinity"]),
+    (_text('"top1": 0.75', '"top1": NaN'), ["field rows[0].top1: expected a finite number, got NaN"]),
+    (_set("rows", 2, "n", 200.5), ["field rows[2].n: expected a whole number, got 200.5"]),
+    (_set("rows", 2, "n", True), ["field rows[2].n: expected a whole number, got true"]),
+    (_set("rows", 2, "top1", None), ["field rows[2].top1: expected a number, got null"]),
+    (_set("rows", 1, "eps", "eight"), ['field rows[1].eps: expected a number, got "eight"']),
+    (_set("rows", 1, "eps", -8), ["field rows[1].eps: expected a number >= 0"]),
+    (_set("rows", 4, [1, 2]), ["field rows[4]: expected an object, got [1, 2]"]),
+    (_set("rows", {}), ["field rows: expected a list"]),
+    (_set("rows", []), ["field rows: expected at least 1 item"]),
+    (_set("samples", [{"model": "a"}]), ["field samples: expected an object"]),
+    (lambda d: d["samples"].pop("records"), ["field samples.records: missing"]),
+    (_set("samples", "encoding", "zip"), ["field samples.encoding: expected 'packbits-base64'"]),
+    (_set("samples", "records", 2, "top1_correct", "!!"), ["field samples.records[2].top1_correct", "base64"]),
+    (_set("samples", "records", 2, "top1_correct", "AAAA"), ["field samples.records[2].top1_correct", "200 samples"]),
+    (_set("samples", "records", 0, "eps", [8]), ["field samples.records[0].eps: expected a number"]),
+    (_set("models", ["a", "b"]), ['field models[0]: expected an object, got "a"']),
+    (_set("models", {"a": 1}), ["field models: expected a list"]),
+    (_set("dataset", "ids", "s0"), ["field dataset.ids: expected a list"]),
+    (_set("dataset", []), ["field dataset: expected an object"]),
+    (_set("health", [{"model": 3}]), ["field health[0].model: expected a string, got 3"]),
+    (_set("verdicts", ["OK"]), ["field verdicts: expected an object"]),
+    (_set("config", {"suite": {"attacks": [{"eps": ["x"]}]}}), ["field config.suite.attacks[0].eps[0]"]),
+    (_set("extra", _deep(70)), ["field extra[0][0]", "nested too deep"]),
+    (_on_text(lambda text: "[" * 100_000 + "]" * 100_000), ["nested too deep"]),
+    (_text('"n": 200', '"n": ' + "9" * 5000), ["not a robench results file", "digits"]),
+    (_text('"name": "t"', '"name": "\udcff"'), ["not UTF-8"]),
+]
+
+
+@pytest.mark.parametrize(("damage", "needles"), DAMAGED, ids=[n[0][:60] for _, n in DAMAGED])
+def test_damaged_results_exit_2_naming_file_and_field(damage, needles: list[str], files) -> None:
+    doc = make_doc(GRID)
+    if getattr(damage, "on_text", False):
+        text = damage(json.dumps(doc))
+    else:
+        damage(doc)
+        text = json.dumps(doc)
+    bad = files["dir"] / "damaged.json"
+    bad.write_bytes(text.encode("utf-8", "surrogateescape"))
+    before, summary, copy = bad.read_bytes(), files["dir"] / "summary.md", files["dir"] / "copy.json"
+    for args in (["gate", bad, "--baseline", files["base"], "--summary", summary],
+                 ["gate", files["base"], "--baseline", bad, "--summary", summary],
+                 ["baseline", "update", bad, copy]):
+        one_error_line(invoke(*args), 2, "damaged.json", *needles)
+    assert bad.read_bytes() == before and not summary.exists() and not copy.exists()
+
+
+def test_special_files_as_results_exit_2_at_once(files) -> None:
+    fifo = files["dir"] / "fifo.json"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a named pipe"), (files["dir"], "a folder")):
+        proc = subprocess.run([sys.executable, "-m", "robench", "gate", str(path), "--baseline", str(files["base"])],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"robench: error: results file {path} is {kind}, not a regular "
+                                                    f"file; give a file"]
+
+
+def test_rules_from_a_special_or_huge_file_exit_2(files) -> None:
+    proc = subprocess.run([sys.executable, "-m", "robench", "gate", str(files["base"]), "--rules", "/dev/zero"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "robench: error: gate rules file /dev/zero is a character device, not a regular file; give a file"]
+    deep = write(files["dir"] / "deep.yaml", "[" * 100_000 + "]" * 100_000)
+    one_error_line(invoke("gate", files["base"], "--rules", deep), 2, "deep.yaml", "nested too deep")
+    huge = write(files["dir"] / "huge.yaml", "# padding\n" * 500_000 + "- {min: 0.5}\n")
+    one_error_line(invoke("gate", files["base"], "--rules", huge), 2, "gate rules file", "huge.yaml",
+                   "larger than 4 MiB")
+
+
+def test_results_over_the_size_limit_exit_2(files, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robench import results_file
+
+    monkeypatch.setattr(results_file, "RESULTS_LIMIT", 1000)
+    one_error_line(invoke("gate", files["base"], "--baseline", files["base"]), 2, "base.json", "larger than 1000 bytes")
 
 
 def test_gate_never_writes_its_baseline(files) -> None:

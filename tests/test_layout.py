@@ -11,10 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (  # lowest first: a module may import its own layer's modules and those below, never above
-    ("robench", "errors", "files", "cache", "stats", "report", "plots", "recipe", "passes", "preprocess"),
+    ("robench", "errors", "files", "cache", "stats", "report", "plots", "recipe", "passes", "preprocess",
+     "schema_errors"),
     ("data", "checkpoint", "factories", "attacks.base", "attacks.single_step", "attacks.iterative", "attacks.fab",
      "attacks.apgd", "attacks.square", "attacks", "suite", "zoo", "models", "distributed", "resume", "metrics"),
-    ("engine", "worst", "samples", "provenance", "health", "probes", "rules"),
+    ("engine", "worst", "samples", "provenance", "results_schema", "health", "probes", "rules"),
     ("runspec", "results_file", "report_doc"),
     ("evaluate", "transfer", "leak", "train", "zoo_build", "gate", "gate_report"),
     ("cli", "__main__"),

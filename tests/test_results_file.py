@@ -73,3 +73,66 @@ def test_baseline_update_refuses_bad_results(files, tmp_path: Path) -> None:
     one_error_line(invoke("baseline", "update", files["base"], tmp_path / "b.yaml"), 2, "BASELINE", ".json")
     assert json.loads(files["base"].read_text())["schema_version"] == SCHEMA_VERSION
     assert not (tmp_path / "b.yaml").exists()
+
+
+# --- the schema: NaN where null is allowed, strict JSON copies, the published JSON Schema --------
+
+def test_nan_reads_as_null_where_null_is_allowed_and_copies_hold_no_nan(tmp_path: Path) -> None:
+    doc = make_doc(GRID)
+    doc["rows"][1]["success_rate"] = float("nan")
+    doc["rows"][1]["note"] = float("nan")  # a field the schema leaves open
+    path = write(tmp_path / "nan.json", json.dumps(doc))  # Python's json writes NaN literals
+    before = path.read_bytes()
+    read, text = results_json(path)
+    assert read["rows"][1]["success_rate"] is None and read["rows"][1]["note"] is None
+    assert "NaN" not in text and json.loads(text) == read
+    r = invoke("baseline", "update", path, tmp_path / "b.json")
+    assert r.exit_code == 0, r.stderr
+    assert "NaN" not in (tmp_path / "b.json").read_text() and path.read_bytes() == before
+
+
+def test_baseline_update_refuses_nan_and_out_of_range(tmp_path: Path) -> None:
+    for field, value, needle in (("top1", float("nan"), "got NaN"), ("top5", 1.5, "<= 1"), ("n", -3, ">= 0")):
+        doc = make_doc(GRID)
+        doc["rows"][2][field] = value
+        path = write(tmp_path / "bad.json", json.dumps(doc))
+        r = invoke("baseline", "update", path, tmp_path / "b.json")
+        one_error_line(r, 2, "bad.json", f"rows[2].{field}", needle)
+        assert not (tmp_path / "b.json").exists()
+
+
+def test_csv_rows_are_validated_and_numeric_labels_stay_strings(tmp_path: Path) -> None:
+    full = make_doc(GRID)
+    meta = {k: v for k, v in full.items() if k not in ("rows", "samples")}
+    rows = pd.DataFrame(full["rows"]).assign(model="18")
+    write_results(tmp_path / "r.csv", meta, rows)
+    assert {r["model"] for r in load_results(tmp_path / "r.csv")["rows"]} == {"18"}
+    write_results(tmp_path / "r.csv", meta, rows.assign(top1=2.0))
+    with pytest.raises(RobenchError, match=r"r\.csv \(with r\.csv\.meta\.json\): field rows\[0\]\.top1: expected a "
+                                           r"number <= 1, got 2\.0 \(and 11 more\)"):
+        load_results(tmp_path / "r.csv")
+
+
+def test_committed_json_schema_is_the_generated_one() -> None:
+    from robench.results_schema import json_schema
+
+    committed = Path(__file__).resolve().parents[1] / "schemas" / "results.schema.json"
+    assert json.loads(committed.read_text()) == json_schema(), "regenerate: robench schema results -o " + str(committed)
+    r = invoke("schema", "results")
+    assert r.exit_code == 0 and json.loads(r.stdout) == json_schema()
+
+
+def test_schema_errors_are_one_line_for_any_name() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from robench.schema_errors import field_path, schema_error
+
+    class Meta(BaseModel):
+        lr: float
+
+    with pytest.raises(ValidationError) as caught:
+        Meta.model_validate({"lr": "fast"})
+    assert str(schema_error("ckpt.safetensors", caught.value, "retrain")) == (
+        'ckpt.safetensors: field lr: expected a number, got "fast"; retrain')
+    assert field_path(["rows", 3, "top1"]) == "rows[3].top1"
+    assert field_path(["versions", "a b\n"]) == 'versions["a b\\n"]'
