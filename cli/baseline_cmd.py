@@ -27,10 +27,11 @@ def update_command(results: Path, baseline: Path) -> None:
       robench eval --out results.json && robench baseline update results.json ci/baseline.json
     """
     from robench.files import atomic_write_text
-    from robench.report import check_output
+    from robench.report import check_output, check_outputs, results_paths
     from robench.results_file import results_json
 
     check_output(baseline, (".json",), "BASELINE")
+    check_outputs([("BASELINE", baseline)], results_paths("RESULTS", results))
     doc, text = results_json(results)
     atomic_write_text(baseline, text)
     models = ", ".join(dict.fromkeys(str(r.get("model", r.get("target", "?"))) for r in doc["rows"]))

@@ -14,6 +14,7 @@ from .options import (
     model_option,
     out_option,
     resume_option,
+    run_inputs,
     run_options,
     run_spec,
     suite_options,
@@ -81,13 +82,23 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     """
     from robench.evaluate import EvalConfig, run_eval
     from robench.plots import check_plot, eval_figure, save_figure
-    from robench.report import check_distinct, check_output, results_doc, results_table, write_per_sample, write_results
+    from robench.report import (
+        check_output,
+        check_outputs,
+        results_doc,
+        results_paths,
+        results_table,
+        write_per_sample,
+        write_results,
+    )
 
     check_outs(outs)
     check_plot(plot)
     check_output(per_sample, (".csv",), "--per-sample", stdout=True)
-    check_distinct([*(("--out", o) for o in outs), ("--plot", plot), ("--per-sample", per_sample),
-                    ("--junit", junit), ("--summary", summary)])
+    check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot),
+                   ("--per-sample", per_sample), ("--junit", junit), ("--summary", summary)],
+                  [("--gate", gate_rules), *results_paths("--baseline", baseline),
+                   *run_inputs(specs + models, suite_name, run.get("classes"))])
     if (junit or summary) and not (gate_rules or baseline):
         from robench.errors import RobenchError
 

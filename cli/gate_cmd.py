@@ -33,10 +33,13 @@ def _writable(path: Path | None, option: str) -> None:
 
 
 def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Path | None = None,
-                 summary: Path | None = None) -> GatePlan:
-    """Read the rules and the baseline, and check the report paths: bad input fails before any evaluation."""
+                 summary: Path | None = None, inputs: tuple[tuple[str, Path | None], ...] = ()) -> GatePlan:
+    """Read the rules and the baseline, and check the report paths: bad input fails before any evaluation.
+
+    ``inputs``: other files read, as (option, path), which no report may overwrite (gate's RESULTS).
+    """
     from robench.errors import RobenchError
-    from robench.report import check_distinct
+    from robench.report import check_outputs, results_paths
     from robench.results_file import load_results
     from robench.rules import default_rules, load_rules
 
@@ -44,7 +47,8 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
         raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
     _writable(junit, "--junit")
     _writable(summary, "--summary")
-    check_distinct([("--junit", junit), ("--summary", summary)])
+    check_outputs([("--junit", junit), ("--summary", summary)],
+                  [*inputs, ("--rules", rules_path), *results_paths("--baseline", baseline_path)])
     rules = load_rules(rules_path) if rules_path is not None else default_rules()
     baseline = load_results(baseline_path, "baseline") if baseline_path is not None else None
     return GatePlan(rules, baseline, baseline_path, rules_path, junit, summary)
@@ -130,8 +134,9 @@ def gate_command(results: Path, baseline_path: Path | None, rules_path: Path | N
       robench gate results.json --baseline base.json --rules gates.yaml --summary "$GITHUB_STEP_SUMMARY"
       robench gate leak.json --rules no-leak.yaml
     """
+    from robench.report import results_paths
     from robench.results_file import load_results
 
-    plan = prepare_gate(rules_path, baseline_path, junit, summary)
+    plan = prepare_gate(rules_path, baseline_path, junit, summary, tuple(results_paths("RESULTS", results)))
     apply_gate(plan, load_results(results), str(results), quiet)
 

@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from .options import check_outs, eps_unit_option, model_option, out_option, resume_option, run_options, run_spec
+from .options import (
+    check_outs,
+    eps_unit_option,
+    model_option,
+    out_option,
+    resume_option,
+    run_inputs,
+    run_options,
+    run_spec,
+)
 from .render import console, distributed_run, health_warnings, warn
 
 
@@ -56,11 +65,13 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     from robench.evaluate import EvalConfig
     from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
     from robench.plots import check_plot, leak_figure, save_figure
-    from robench.report import leak_table, write_results
+    from robench.report import check_outputs, leak_table, results_paths, write_results
     from robench.suite import parse_eps_list
 
     check_outs(outs)
     check_plot(plot)
+    check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
+                  run_inputs(specs + models, classes=run.get("classes")))
     suite = leak_suite(parse_eps_list(eps_text, unit=eps_unit))
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)

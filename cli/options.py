@@ -117,6 +117,26 @@ def check_outs(outs: tuple[Path, ...]) -> None:
             raise RobenchError(f"{same}; give each results file once")
 
 
+def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,
+               classes: str | None = None) -> list[tuple[str, Path | None]]:
+    """The files a run reads, as (option, path): model checkpoints and factory files, a suite file, --classes.
+
+    For robench.report.check_outputs: no output may overwrite one of them.
+    """
+    from robench.models import parse_spec
+    from robench.suite import BUILT_IN
+
+    inputs: list[tuple[str, Path | None]] = []
+    for text in specs:
+        spec = parse_spec(text)
+        inputs.append(("MODEL", spec.checkpoint))
+        if spec.is_factory and spec.name and spec.name.rpartition(":")[0].endswith(".py"):
+            inputs.append(("MODEL", Path(spec.name.rpartition(":")[0])))
+    if suite_name is not None and suite_name not in BUILT_IN:
+        inputs.append(("--attacks", Path(suite_name)))
+    return [*inputs, ("--classes", None if classes is None else Path(classes))]
+
+
 def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --resume DIR."""
     return click.option(

@@ -10,12 +10,11 @@ import click
 def _check_paths(results: tuple[Path, ...], out: Path) -> None:
     """Refuse a bad -o before any work, and never overwrite an input."""
     from robench.errors import RobenchError
-    from robench.report import check_output
+    from robench.report import check_output, check_outputs, results_paths
     from robench.report_doc import REPORT_SUFFIXES
 
     check_output(out, REPORT_SUFFIXES, "-o")
-    if any(out.resolve() == p.resolve() for p in results):
-        raise RobenchError(f"-o {out} is one of the input files; give another name for the report")
+    check_outputs([("-o", out)], [p for r in results for p in results_paths("RESULTS", r)])
     figures = out.parent / f"{out.stem}_files"
     if out.suffix.lower() == ".md" and (figures.exists() or figures.is_symlink()) and not figures.is_dir():
         raise RobenchError(f"-o {out}: its figures go in the folder {figures}, which is a file; remove it or give "

@@ -60,10 +60,17 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     """
     from robench.distributed import session
     from robench.errors import Interrupted
+    from robench.factories import is_factory
     from robench.recipe import TrainConfig
+    from robench.report import check_outputs
     from robench.train import train
 
+    from .options import run_inputs
+
     options["data"] = options["data"] or "digits"  # train's data is given or digits (no checkpoint to ask)
+    arch = str(options["arch"])
+    check_outputs([("--out", out)], [(o.replace("MODEL", "--arch"), p) for o, p in
+                                     run_inputs((arch,) if is_factory(arch) else (), classes=options["classes"])])
     cfg = TrainConfig(**options).validate()  # type: ignore[arg-type]
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch

@@ -12,6 +12,7 @@ from .options import (
     check_outs,
     model_option,
     out_option,
+    run_inputs,
     run_options,
     run_spec,
     suite_options,
@@ -57,11 +58,13 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
     from robench.plots import check_plot, save_figure, transfer_figure
-    from robench.report import transfer_summary, transfer_tables, write_results
+    from robench.report import check_outputs, results_paths, transfer_summary, transfer_tables, write_results
     from robench.transfer import TransferConfig, run_transfer
 
     check_outs(outs)
     check_plot(plot)
+    check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
+                  run_inputs(specs + models, suite_name, run.get("classes")))
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, **run), cache)

@@ -12,7 +12,8 @@ def zoo_command() -> None:
     """The built-in zoo of tiny timm models trained by robench on digits.
 
     Use them anywhere a model spec goes, as zoo:NAME. Rebuild them with
-    `python -m robench.zoo_build` (bit-identical on the same machine).
+    `python -m robench.zoo_build` (the same bytes on the same machine; elsewhere
+    the same recipe and, within noise, the same accuracy).
     """
 
 

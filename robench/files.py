@@ -51,11 +51,16 @@ def stream_fd(path: str | Path) -> int | None:
 
 
 def same_output(a: str | Path, b: str | Path) -> bool:
-    """Whether two output paths name one file or one open stream."""
+    """Whether two paths name one file (through symlinks and hard links) or one open stream."""
     fa, fb = stream_fd(a), stream_fd(b)
     if fa is not None or fb is not None:
         return fa == fb
-    return os.path.realpath(a) == os.path.realpath(b)
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:  # hard links: two names, one file
+        return os.path.samefile(a, b)
+    except OSError:  # either is not there yet
+        return False
 
 
 def output_problem(path: str | Path) -> str | None:

@@ -55,6 +55,28 @@ def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:
         seen.append((option, path))
 
 
+def results_paths(option: str, path: Path | None) -> list[tuple[str, Path | None]]:
+    """A results file's (option, path) and, for a ``.csv``, its provenance file beside it."""
+    if path is None or path.suffix.lower() != ".csv":
+        return [(option, path)]
+    return [(option, path), (f"{option} {path}: its provenance file", meta_path(path))]
+
+
+def check_outputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str, Path | None]]) -> None:
+    """Fail before any work when an output would overwrite an input, or two outputs name one file or stream.
+
+    Both lists hold (option, path); None paths are left out. "One file" follows symlinks and hard
+    links (robench.files.same_output); results_paths adds what a ``.csv`` writes or reads beside it.
+    """
+    for option, path in outputs:
+        for in_option, source in inputs:
+            if path is not None and source is not None and same_output(path, source):
+                same = "" if str(path) == str(source) else " (the same file)"
+                raise RobenchError(f"{option} {path} would overwrite the input {in_option} {source}{same}; "
+                                   f"give {option.split()[0]} another file name")
+    check_distinct(outputs)
+
+
 def meta_path(path: Path) -> Path:
     """Where a ``.csv`` results file's provenance goes: ``FILE.csv.meta.json`` beside it."""
     return path.with_name(path.name + ".meta.json")

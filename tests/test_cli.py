@@ -760,3 +760,51 @@ def test_log_lines_name_the_attack_now_once_the_interval_passed() -> None:
     assert out[0] == "eval: fgsm on a" and len(out) == 2, out
     assert re.fullmatch(r"eval: 37/300 images, [\d,.]+ images/s, eta \d+:\d\d:\d\d, elapsed \d+ s, now pgd on a",
                         out[1])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (links as their targets' bytes), to see that nothing was written."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CLOBBER = [  # (command line, the output's option, the input's option, the path named): issue 17
+    ("gate R.json --rules G.yaml --summary R.json", "--summary R.json", "RESULTS R.json", None),
+    ("gate R.json --rules G.yaml --junit G.yaml", "--junit G.yaml", "--rules G.yaml", None),
+    ("gate R.json --baseline B.json --summary B.json", "--summary B.json", "--baseline B.json", None),
+    ("gate R.csv --rules G.yaml --junit R.csv.meta.json", "--junit R.csv.meta.json", "RESULTS R.csv", None),
+    ("eval --out X.csv --per-sample X.csv -q", "--out X.csv", "--per-sample X.csv", "both write to the same file"),
+    ("eval --out X.csv --baseline B.json --summary X.csv.meta.json", "--out X.csv", "--summary X.csv.meta.json",
+     "both write to the same file"),
+    ("eval --baseline B.json --out B.json", "--out B.json", "--baseline B.json", None),
+    ("eval --gate G.yaml --junit G.yaml", "--junit G.yaml", "--gate G.yaml", None),
+    ("eval ./m.safetensors --baseline B.json --summary m.safetensors", "--summary m.safetensors", "MODEL m.safetensors",
+     None),
+    ("eval --attacks S.yaml --baseline B.json --junit S.yaml", "--junit S.yaml", "--attacks S.yaml", None),
+    ("eval -m zoo:effnet-base --classes C.csv --per-sample C.csv", "--per-sample C.csv", "--classes C.csv", None),
+    ("transfer-matrix --attacks S.yaml --out hard.json", "--out hard.json", "--attacks S.yaml", "(the same file)"),
+    ("leak-check --classes C.md --out C.md", "--out C.md", "--classes C.md", None),
+    ("report R.json B.json -o link.md", "-o link.md", "RESULTS R.json", "(the same file)"),
+    ("baseline update R.json R.json", "BASELINE R.json", "RESULTS R.json", None),
+    ("baseline update R.csv R.csv.meta.json", "BASELINE R.csv.meta.json", "RESULTS R.csv", None),
+    ("train --arch net.py:Net --out net.safetensors", "--out net.safetensors", "--arch net.py", "(the same file)"),
+    ("train --classes C.safetensors --out C.safetensors", "--out C.safetensors", "--classes C.safetensors", None),
+]
+
+
+@pytest.mark.parametrize(("line", "output", "source", "more"), CLOBBER, ids=[c[0] for c in CLOBBER])
+def test_an_output_never_overwrites_an_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str,
+                                             output: str, source: str, more: str | None) -> None:
+    """An output on an input's path, or two outputs on one path, is refused before any work: exit 2, bytes kept."""
+    for name, text in {"R.json": "{}", "B.json": "{}", "G.yaml": "rules: []\n", "S.yaml": "attacks: {}\n",
+                       "R.csv": "model\n", "R.csv.meta.json": "{}", "m.safetensors": "weights", "C.csv": "a\nb\n",
+                       "C.md": "a\n", "C.safetensors": "a\n", "net.py": "Net = None\n"}.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "hard.json").hardlink_to(tmp_path / "S.yaml")
+    (tmp_path / "link.md").symlink_to("R.json")
+    (tmp_path / "net.safetensors").symlink_to("net.py")
+    monkeypatch.chdir(tmp_path)
+    before = _files(tmp_path)
+    message = one_error_line(invoke(*line.split()), 2, output, source)
+    assert more is None or more in message
+    assert "would overwrite the input" in message or more == "both write to the same file"
+    assert _files(tmp_path) == before

@@ -309,7 +309,10 @@ def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
     assert meta["recipe"] == single.meta["recipe"] and "world_size" not in single.meta
     assert meta["val_accuracy"] == pytest.approx(single.meta["val_accuracy"], abs=1.01 / 360)  # one test image
     assert meta["train_accuracy"] == pytest.approx(single.meta["train_accuracy"], abs=1.01 / 70)  # one clean example
-    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-4)  # measured 4e-6; other draws: 5e-4
+    # the last epoch's mean loss, from weights that differ by the float noise above (summation order across
+    # ranks, grown by AdamW): measured rel 4e-6 (Xeon), 1.5e-5 (EPYC, AVX-512), up to 5e-4 with other seeds;
+    # a wrong DDP fails the weights' check below by far
+    assert meta["loss"] == pytest.approx(single.meta["loss"], rel=1e-3)
     ddp = load_model(parse_spec(str(tmp / "ddp.safetensors")), 10).module.model.state_dict()
     one = load_model(parse_spec(str(tmp_path / "one.safetensors")), 10).module.model.state_dict()
     torch.manual_seed(EQUAL_CFG.seed)  # as train() does before creating the model
@@ -352,8 +355,9 @@ def _robench(args: list[str], procs: int | None, timeout: int = 300) -> subproce
                           timeout=timeout)
 
 
-# limit 64 in batches of 16: 4 batches in one process, 2 per rank in two, so even the count of attack calls agrees
-SCALE_ARGS = ["zoo:effnet-base", "zoo:resnet-stepll", "--limit", "64", "--batch-size", "16", "--eps", "4,8", "-q"]
+# limit 32 in batches of 8: 4 batches in one process, 2 per rank in two, so even the count of attack calls agrees
+# (64 in batches of 16, the slowest tests of this file: eval 71 s, transfer 49 s on 2 shared cores; now 45 s, 41 s)
+SCALE_ARGS = ["zoo:effnet-base", "zoo:resnet-stepll", "--limit", "32", "--batch-size", "8", "--eps", "4,8", "-q"]
 
 
 @pytest.mark.parametrize(("command", "extra"), [("eval", ["--attack", "fgsm", "--attack", "pgd", "--attack",
@@ -367,5 +371,5 @@ def test_torchrun_two_ranks_write_the_one_process_file(tmp_path: Path, command: 
     assert ranks.returncode == 0, ranks.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]  # rank 0 alone writes
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
-    assert a["dataset"]["n"] == 64 and len(a["rows"]) > 4
+    assert a["dataset"]["n"] == 32 and len(a["rows"]) > 4
     assert a == b  # every row, every per-sample outcome (eval), the provenance and the health section

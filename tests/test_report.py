@@ -168,3 +168,24 @@ def test_cells_show_counts_as_integers_and_shares_with_four_decimals() -> None:
     assert [cell_text("n_fooled_source", 19.0), cell_text("n", 360.0), cell_text("top1", 0.5), cell_text("eps", 8.0),
             cell_text("top1", float("nan")), cell_text("model", "a")] == ["19", "360", "0.5000", "8", "", "a"]
     assert cell_text("n_fooled_source", 2.5) == "2.5000"  # not a count after all: shown as it is
+
+
+def test_check_outputs_refuses_an_input_through_links_and_provenance_files(tmp_path: Path) -> None:
+    """Issue 17: an output equal to an input (by name, symlink, hard link, a .csv's .meta.json) or to another output."""
+    from robench.errors import RobenchError
+    from robench.report import check_outputs, results_paths
+
+    res, other = tmp_path / "r.csv", tmp_path / "o.md"
+    res.write_text("model\n")
+    (tmp_path / "soft.md").symlink_to(res)
+    (tmp_path / "hard.md").hardlink_to(res)
+    inputs = [*results_paths("RESULTS", res), ("--rules", None)]
+    check_outputs([("-o", other), ("--plot", None), ("--summary", Path("-"))], inputs)  # all distinct: passes
+    for out, needle in ((res, f"-o {res} would overwrite the input RESULTS {res};"),
+                        (tmp_path / "soft.md", "(the same file)"), (tmp_path / "hard.md", "(the same file)"),
+                        (tmp_path / "r.csv.meta.json", f"RESULTS {res}: its provenance file")):
+        with pytest.raises(RobenchError, match=r"would overwrite the input") as error:
+            check_outputs([("-o", out)], inputs)
+        assert needle in str(error.value) and "give -o another file name" in str(error.value)
+    with pytest.raises(RobenchError, match="--out o.csv: its provenance file o.csv.meta.json and --summary "):
+        check_outputs([*results_paths("--out", Path("o.csv")), ("--summary", Path("o.csv.meta.json"))], [])
