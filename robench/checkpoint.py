@@ -2,7 +2,10 @@
 
 The metadata (arch, num_classes, input size, mean/std, ...) lets
 ``robench eval path.safetensors`` rebuild the model with nothing else. How a model wants
-its pixels is recorded under timm's data-config keys, written and read here only.
+its pixels is recorded under timm's data-config keys, written and read here only. A file
+robench did not write itself may carry anything there, so the metadata is validated on
+read against ``CheckpointMeta`` (pydantic): a bad field is one line naming the file and the
+field, never a crash further on.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from torch import nn
 
 from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.files import atomic_write
+from robench.preprocess import INTERPOLATIONS
+from robench.schema_errors import schema_error
 
 META_KEY = "robench"
 INPUT_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std", "crop_mode")  # timm data-config keys
@@ -26,6 +32,60 @@ DEFAULT_CROP_MODE = "center"  # what checkpoints that do not record crop_mode we
 # pretrained_cfg(_overlay) would make timm open (and unpickle) or download other files.
 MODEL_KWARGS = ("num_classes", "in_chans", "img_size", "global_pool", "drop_rate", "drop_path_rate",
                 "drop_block_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "output_stride")
+
+
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+
+
+class CheckpointMeta(BaseModel):
+    """robench checkpoint metadata: the fields robench reads, with their types and ranges.
+
+    Fields robench does not read (the recipe's details, the loss, ...) may hold anything;
+    ``model_kwargs`` is further limited to MODEL_KWARGS by ``model_kwargs``.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    arch: str | None = Field(None, min_length=1, max_length=500)
+    num_classes: int | None = Field(None, ge=1, le=1_000_000)
+    classes: list[str] | None = Field(None, min_length=1, max_length=1_000_000)
+    input_size: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(None, min_length=3, max_length=3)
+    interpolation: Literal[INTERPOLATIONS] | None = None  # type: ignore[valid-type]
+    crop_pct: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    crop_mode: Literal["center", "squash", "border"] | None = None
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=3)
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=3)
+    dataset: str | None = Field(None, min_length=1, max_length=5000)
+    model_kwargs: dict[str, Any] | None = None
+    seed: Count | None = None
+    robench_version: str | None = None
+    train_accuracy: Share | None = None
+    val_accuracy: Share | None = None
+    recipe: dict[str, Any] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _one_name_per_class(cls, classes: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        wanted = info.data.get("num_classes")
+        if classes is not None and wanted is not None and len(classes) != wanted:
+            raise ValueError(f"expected {wanted} class names, as num_classes says")
+        return classes
+
+    @field_validator("input_size")
+    @classmethod
+    def _channels(cls, size: list[int] | None) -> list[int] | None:
+        if size is not None and size[0] not in (1, 3):
+            raise ValueError("expected [C, H, W] with C 1 or 3")
+        return size
+
+    @field_validator("std")
+    @classmethod
+    def _one_std_per_mean(cls, std: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        mean = info.data.get("mean")
+        if std is not None and mean is not None and len(std) != len(mean):
+            raise ValueError(f"expected {len(mean)} values, one per mean value")
+        return std
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -54,6 +114,11 @@ def read_metadata(path: Path) -> dict[str, Any] | None:
     if not isinstance(found, dict):
         raise RobenchError(f"checkpoint {path}: its robench metadata is a JSON {type(found).__name__}, not an object; "
                            f"is it a robench checkpoint?")
+    try:
+        CheckpointMeta.model_validate(found)
+    except ValidationError as e:
+        raise schema_error(f"checkpoint {path}: robench metadata", e,
+                           "fix that field, or give the weights as NAME@FILE without robench metadata") from None
     return found
 
 

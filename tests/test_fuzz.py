@@ -242,3 +242,75 @@ def test_mutated_results_through_the_cli_exit_0_1_or_2_in_one_line(doc) -> None:
                 lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
                 assert len(lines) == 1 and lines[0].startswith("robench: error: "), r.stderr
         assert path.read_bytes() == before
+
+
+# --- checkpoint metadata ---------------------------------------------------------------------------
+
+ZOO_META_KEYS = ["arch", "num_classes", "classes", "input_size", "interpolation", "crop_pct", "crop_mode", "mean",
+                 "std", "dataset", "model_kwargs", "seed", "robench_version", "train_accuracy", "val_accuracy",
+                 "recipe", "bogus"]
+
+
+@st.composite
+def mutated_metadata(draw) -> dict:
+    """The zoo's effnet-base metadata with some fields replaced by any JSON, or removed."""
+    from robench import zoo
+    from robench.checkpoint import read_metadata
+
+    meta = read_metadata(zoo.get("effnet-base").path)
+    for key in draw(st.lists(st.sampled_from(ZOO_META_KEYS), min_size=1, max_size=3)):
+        if draw(st.booleans()) and key in meta:
+            del meta[key]
+        else:
+            meta[key] = draw(JSON_VALUES)
+    return meta
+
+
+def _checkpoint_with(meta_text: str, folder: Path) -> Path:
+    """The zoo's effnet-base weights with this metadata text."""
+    from safetensors.torch import load_file, save_file
+
+    from robench import zoo
+
+    path = folder / "fuzz.safetensors"
+    save_file(load_file(str(zoo.get("effnet-base").path)), str(path), metadata={"robench": meta_text})
+    return path
+
+
+def metadata_or_one_line(meta_text: str) -> dict | None:
+    """read_metadata's result for a checkpoint carrying ``meta_text``, or None after a one-line error naming it."""
+    from robench.checkpoint import read_metadata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _checkpoint_with(meta_text, Path(tmp))
+        try:
+            return read_metadata(path)
+        except RobenchError as e:
+            assert "\n" not in str(e) and "fuzz.safetensors" in str(e), str(e)
+            return None
+
+
+@RESULTS_FUZZ
+@given(mutated_metadata())
+def test_mutated_checkpoint_metadata_reads_or_fails_in_one_line(meta) -> None:
+    metadata_or_one_line(json.dumps(meta))
+
+
+@RESULTS_FUZZ
+@given(JSON_VALUES)
+def test_any_json_as_checkpoint_metadata_reads_or_fails_in_one_line(value) -> None:
+    metadata_or_one_line(json.dumps(value))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_metadata())
+def test_metadata_the_reader_accepts_loads_or_fails_in_one_line(meta) -> None:
+    """What passes the schema must not crash the model loader further on (exit 3): it loads or is one line."""
+    from robench.models import load_model, parse_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _checkpoint_with(json.dumps(meta), Path(tmp))
+        try:
+            load_model(parse_spec(str(path)), num_classes=10)
+        except RobenchError as e:
+            assert "\n" not in str(e), str(e)

@@ -364,7 +364,7 @@ def test_model_kwargs_naming_another_file_are_refused_and_it_is_never_read(
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"pretrained": True, "pretrained_cfg_overlay": {"file": "x.pth"}}, "sets pretrained, pretrained_cfg_overlay,"),
     ({"cache_dir": "/tmp", "pretrained_cfg": {}}, "sets cache_dir, pretrained_cfg,"),
-    (["checkpoint_path"], "model_kwargs in its metadata is a list, not an object"),
+    (["checkpoint_path"], 'field model_kwargs: expected an object, got ["checkpoint_path"]'),
     ({"drop_rate": {"nested": 1}}, "model_kwargs.drop_rate in its metadata is not a number"),
 ])
 def test_model_kwargs_outside_the_allowlist_are_refused(tmp_path: Path, resnet: nn.Module, kwargs: object,
@@ -381,6 +381,33 @@ def test_a_hub_architecture_named_by_a_checkpoint_is_refused(tmp_path: Path, res
     save_checkpoint(tmp_path / "m.safetensors", resnet, {"arch": "hf-hub:someone/model", "num_classes": 10})
     with pytest.raises(RobenchError, match=r"names 'hf-hub:someone/model' as its architecture; robench fetches"):
         load_model(parse_spec(str(tmp_path / "m.safetensors")), num_classes=10)
+
+
+@pytest.mark.parametrize(("meta", "needle"), [
+    ({"num_classes": "abc"}, 'field num_classes: expected a whole number, got "abc"'),
+    ({"mean": ["a"], "std": [1.0]}, 'field mean[0]: expected a number, got "a"'),
+    ({"input_size": [3, 0, 32]}, "field input_size[1]: expected a number >= 1, got 0"),
+    ({"input_size": [3, -32, 32]}, "field input_size[1]: expected a number >= 1, got -32"),
+    ({"input_size": 32}, "field input_size: expected a list, got 32"),
+    ({"input_size": [4, 32, 32]}, "field input_size: expected [C, H, W] with C 1 or 3, got [4, 32, 32]"),
+    ({"arch": 5}, "field arch: expected a string, got 5"),
+    ({"model_kwargs": "x"}, 'field model_kwargs: expected an object, got "x"'),
+    ({"classes": ["a", "b"]}, "field classes: expected 10 class names, as num_classes says"),
+    ({"std": [0.0, 1.0, 1.0]}, "field std[0]: expected a number > 0, got 0.0"),
+    ({"crop_pct": 2}, "field crop_pct: expected a number <= 1, got 2"),
+])
+def test_bad_checkpoint_metadata_is_one_line_naming_the_field(tmp_path: Path, resnet: nn.Module, meta: dict,
+                                                              needle: str) -> None:
+    """Metadata robench did not write (edited, or made by another tool) is checked on read: exit 2, not 3."""
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, resnet, {"arch": "test_resnet", "num_classes": 10, **meta})
+    before = ckpt.read_bytes()
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", str(ckpt), "--attack", "fgsm", "--eps", "8", "-q", "--limit", "4",
+                                    "--out", str(out)])
+    line = one_error_line(res, 2, f"checkpoint {ckpt}: robench metadata: ", needle)
+    assert line.endswith("fix that field, or give the weights as NAME@FILE without robench metadata")
+    assert not out.exists() and ckpt.read_bytes() == before
 
 
 def test_allowed_model_kwargs_reach_timm(tmp_path: Path, resnet: nn.Module) -> None:
