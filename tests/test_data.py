@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from robench.data import (
     FASHION_MNIST_DIR,
     InputConfig,
+    content_sha256,
     ids_sha256,
     load_digits_source,
     open_source,
@@ -444,3 +446,28 @@ def test_mnist_needs_its_folder(tmp_path: Path) -> None:
         open_source("mnist")
     with pytest.raises(RobenchError, match=r"MNIST file t10k-images-idx3-ubyte\[.gz\] not found in .*; give the"):
         open_source(f"mnist:{tmp_path}")
+
+
+def test_content_hashes_tell_same_named_folders_apart(twin_folders: tuple[Path, Path]) -> None:
+    """Ids are relative paths: only the content says that B's images are not A's."""
+    a, b = (open_source(str(f), classes=[str(d) for d in range(10)]) for f in twin_folders)
+    assert a.ids == b.ids
+    cfg = InputConfig(channels=1, size=(8, 8))
+    batches = {name: list(s.batches(cfg, 7)) for name, s in (("a", a), ("b", b))}
+    content = {name: [c for batch in found for c in batch.content] for name, found in batches.items()}
+    assert content["a"] == a.content(range(len(a.ids))) and len(content["a"]) == 20
+    assert content["b"] == b.content(range(len(b.ids)))
+    assert all(x != y for x, y in zip(content["a"], content["b"], strict=True))
+    first = sorted((twin_folders[0]).rglob("*.png"))[0]  # the file's own bytes, nothing decoded
+    assert a.content([a.ids.index(str(first.relative_to(twin_folders[0])))])[0] == \
+        hashlib.sha256(first.read_bytes()).hexdigest()
+    assert content_sha256(content["a"]) != content_sha256(content["b"])
+    assert content_sha256([*content["a"][:-1], ""]) is None  # a sample not read yet: no fingerprint
+
+
+def test_builtin_content_hashes_are_per_sample_and_batch_independent() -> None:
+    source = load_digits_source(limit=12)
+    cfg = InputConfig(channels=1, size=(8, 8))
+    by_3 = [c for batch in source.batches(cfg, 3) for c in batch.content]
+    by_12 = [c for batch in source.batches(cfg, 12) for c in batch.content]
+    assert by_3 == by_12 == source.content(range(12)) and len(set(by_3)) == 12

@@ -168,3 +168,15 @@ def test_cells_show_counts_as_integers_and_shares_with_four_decimals() -> None:
     assert [cell_text("n_fooled_source", 19.0), cell_text("n", 360.0), cell_text("top1", 0.5), cell_text("eps", 8.0),
             cell_text("top1", float("nan")), cell_text("model", "a")] == ["19", "360", "0.5000", "8", "", "a"]
     assert cell_text("n_fooled_source", 2.5) == "2.5000"  # not a count after all: shown as it is
+
+
+def test_eval_files_of_other_images_under_the_same_ids_exit_2(tmp_path) -> None:
+    docs = [eval_doc({"m": (10, 5)}), eval_doc({"n": (10, 5)})]
+    for doc, content in zip(docs, ("a" * 64, "b" * 64), strict=True):
+        doc["dataset"]["content_sha256"] = content
+    a, b = write(tmp_path / "a.json", docs[0]), write(tmp_path / "b.json", docs[1])
+    one_error_line(invoke("report", a, b, "-o", tmp_path / "r.md"), 2, "evaluate other images under the same ids",
+                   "a.json", "b.json")
+    del docs[1]["dataset"]["content_sha256"]  # an older file: compared on ids alone
+    write(tmp_path / "b.json", docs[1])
+    assert invoke("report", a, b, "-o", tmp_path / "r.md").exit_code == 0
