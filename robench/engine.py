@@ -585,7 +585,7 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
             stack.enter_context(attack_mode(module))
         for v in batches:
             rows, content = next(iter(v.values())).rows, next(iter(v.values())).content
-            for r, digest in zip(rows.tolist(), content, strict=True):
+            for r, digest in zip(rows.tolist(), content or ("",) * len(rows), strict=True):  # (): not known
                 out.content[r] = digest
             tracker = Tracker(hooks, done, len(out.ids), len(plan.targets) * len(suite.attacks))
             size = run_views_fitting(lambda piece, t=tracker: _piece(plan, suite, out, seed, hooks, piece, t),
