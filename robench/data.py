@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import struct
 import warnings
 import zlib
@@ -70,11 +71,36 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class Batch:
-    """Images in [0, 1] (float32, NCHW), labels, and their rows in the source's id list."""
+    """Images in [0, 1] (float32, NCHW), labels, their rows in the source's id list, and each one's content hash.
+
+    ``content`` (one ``content_digest`` per image, or empty where unknown) tells two images of
+    one id apart: a re-encoded or altered file keeps its name but not its bytes.
+    """
 
     images: Tensor
     labels: Tensor
     rows: Tensor
+    content: tuple[str, ...] = ()
+
+
+def content_digest(data: bytes | np.ndarray) -> str:
+    """SHA-256 of one sample's content: an image file's bytes, or a built-in sample's array (with dtype, shape)."""
+    if isinstance(data, np.ndarray):
+        head = f"{data.dtype}|{data.shape}|".encode()
+        return hashlib.sha256(head + np.ascontiguousarray(data).tobytes()).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def pixels_digest(image: Any) -> str:
+    """The content hash of a decoded PIL image (its mode, size and pixel bytes): for datasets without files."""
+    return content_digest(np.asarray(image.convert("RGB")))
+
+
+def content_sha256(digests: Sequence[str]) -> str | None:
+    """The dataset's content fingerprint: SHA-256 over its samples' content hashes in order; None if any is unknown."""
+    if not digests or not all(digests):
+        return None
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 class Source(Protocol):
@@ -92,6 +118,10 @@ class Source(Protocol):
         ...
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]: ...
+
+    def content(self, rows: Sequence[int]) -> list[str]:
+        """The content hashes of these rows, read without decoding where possible (checking a resumed state)."""
+        ...
 
 
 def select(total: int, limit: int | None, seed: int, name: str) -> np.ndarray:
@@ -180,7 +210,11 @@ class TensorSource:
         order = torch.arange(len(self.ids)) if order is None else order
         for rows in order.split(batch_size):
             x = self.images[rows].float() / self.scale
-            yield Batch(_resize(x, cfg), self.labels[rows], rows)
+            yield Batch(_resize(x, cfg), self.labels[rows], rows, tuple(self.content(rows.tolist())))
+
+    def content(self, rows: Sequence[int]) -> list[str]:
+        """Each row's hash over its stored array (uint8 or float, as the dataset holds it)."""
+        return [content_digest(self.images[r].numpy()) for r in rows]
 
 
 def load_digits_source(split: str = "test", limit: int | None = None, seed: int = 0) -> TensorSource:
@@ -330,15 +364,16 @@ class _Decoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, row: int) -> tuple[Tensor, int, int, str]:
+    def __getitem__(self, row: int) -> tuple[Tensor, int, int, str, str]:
+        """(image, label, row, content hash, "") or, for an unreadable image, (empty, -1, row, "", why)."""
         try:
             with decoding():
-                image, label = self.get(int(self.index[row]))
-                return self._tensor(image), int(label), row, ""
+                image, label, digest = self.get(int(self.index[row]))
+                return self._tensor(image), int(label), row, digest or pixels_digest(image), ""
         except UnreadableImage as e:
-            return torch.zeros(0), -1, row, str(e)
+            return torch.zeros(0), -1, row, "", str(e)
         except (OSError, ValueError, SyntaxError):
-            return torch.zeros(0), -1, row, UNREADABLE
+            return torch.zeros(0), -1, row, "", UNREADABLE
 
     def _tensor(self, image: Any) -> Tensor:
         if image.mode in WIDE_MODES:
@@ -367,7 +402,7 @@ class ImageSource:
     """Datasets of PIL images (image folders, torchvision and HF datasets), decoded per batch."""
 
     name: str
-    get: Any  # index -> (PIL image, label)
+    get: Any  # index -> (PIL image, label, content hash or None: then the decoded pixels' hash)
     index: np.ndarray
     ids: list[str]
     num_classes: int
@@ -377,6 +412,7 @@ class ImageSource:
     skip_bad: bool = False  # skip unreadable images (recorded in ``skipped``) instead of failing
     skipped: dict[int, str] = field(default_factory=dict)  # row -> file name, of images skipped so far
     native: tuple[int, int, int] | None = None  # the first image's (channels, height, width)
+    digest: Any = None  # index -> content hash without decoding (a file's bytes); None: decode and hash the pixels
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Batches in id order (or ``order``); an unreadable image stops the run with its file name.
@@ -389,7 +425,7 @@ class ImageSource:
             _Decoded(self.get, self.index[order.numpy()], cfg),
             batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
         )
-        for images, labels, positions, reasons in loader:
+        for images, labels, positions, digests, reasons in loader:
             rows, good = order[positions], labels >= 0
             why = [r for r, ok in zip(reasons, good.tolist(), strict=True) if not ok]
             for row, reason in zip(rows[~good].tolist(), why, strict=True):
@@ -399,16 +435,27 @@ class ImageSource:
                                        f"or pass --skip-bad-images to leave it out (it is recorded)")
                 self.skipped[row] = bad
             if good.any():
-                yield Batch(images, labels[good], rows[good])
+                yield Batch(images, labels[good], rows[good], tuple(d for d, g in zip(digests, good.tolist(),
+                                                                                     strict=True) if g))
+
+    def content(self, rows: Sequence[int]) -> list[str]:
+        """Each row's content hash (an unreadable image's is empty)."""
+        return [self._digest(int(self.index[r])) for r in rows]
+
+    def _digest(self, i: int) -> str:
+        try:
+            return self.digest(i) if self.digest is not None else pixels_digest(self.get(i)[0])
+        except (OSError, ValueError, SyntaxError):
+            return ""
 
 
-def _collate(items: list[tuple[Tensor, int, int, str]]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
-    """Stack the readable images; labels, rows and reasons of all items (-1 labels mark unreadable ones)."""
+def _collate(items: list[tuple[Tensor, int, int, str, str]]) -> tuple[Tensor, Tensor, Tensor, list[str], list[str]]:
+    """Stack the readable images; labels, rows, content hashes and reasons of all items (-1 labels: unreadable)."""
     labels = torch.tensor([i[1] for i in items])
     rows = torch.tensor([i[2] for i in items])
     good = [i[0] for i in items if i[1] >= 0]
     images = torch.stack(good) if good else torch.zeros(0)
-    return images, labels, rows, [i[3] for i in items]
+    return images, labels, rows, [i[3] for i in items], [i[4] for i in items]
 
 
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # PIL modes of one-channel images
@@ -418,7 +465,7 @@ def _native(get: Any, index: np.ndarray) -> tuple[int, int, int] | None:
     """(channels, height, width) of the first selected image, None if it cannot be read."""
     try:
         with decoding():
-            image, _ = get(int(index[0]))
+            image = get(int(index[0]))[0]
     except (OSError, ValueError, SyntaxError, IndexError):
         return None
     if not hasattr(image, "mode"):
@@ -540,17 +587,24 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     index = select(len(reader), limit, seed, str(root))
     names = [str(reader._filename(i, basename=False, absolute=False)) for i in range(len(reader))]
 
-    def get(i: int) -> tuple[Any, int]:
+    def get(i: int) -> tuple[Any, int, str]:
+        """The image as decoded (its own mode: 16-bit stays 16-bit), its label and the hash of its file's bytes."""
         file, label = reader[i]
         with file:
-            image = Image.open(file)
-            image.load()
-            return image, label
+            data = file.read()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image, label, content_digest(data)
+
+    def digest(i: int) -> str:
+        file, _ = reader[i]
+        with file:
+            return content_digest(file.read())
 
     return ImageSource(
         name=str(root), get=get, index=index, ids=[names[i] for i in index], num_classes=len(class_map),
         classes=sorted(class_map, key=class_map.__getitem__), describe_row=lambda i: str(root / names[i]),
-        workers=workers, skip_bad=skip_bad, native=_native(get, index),
+        workers=workers, skip_bad=skip_bad, native=_native(get, index), digest=digest,
     )
 
 
@@ -569,7 +623,7 @@ def load_timm_source(name: str, split: str, limit: int | None, seed: int, worker
     if not classes:
         raise RobenchError(f"dataset {name} does not say how many classes it has; use an image folder instead")
     index = select(len(ds), limit, seed, name)
-    get = lambda i: ds[i][:2]  # noqa: E731
+    get = lambda i: (*ds[i][:2], None)  # noqa: E731 - no file to hash: the decoded pixels are
     return ImageSource(
         name=name, get=get, index=index, ids=[f"{name}:{split}:{i}" for i in index],
         num_classes=len(classes), classes=classes, describe_row=lambda i: f"{name}[{i}]", workers=workers,

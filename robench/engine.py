@@ -110,6 +110,11 @@ class Matrix:
     pairs: dict[Pair, Outcomes]
     crafted: int = 0  # attack calls made (0 when every example came from the cache)
     cost: dict[str, list[int]] = field(default_factory=dict)  # json [source, attack] -> [forward, backward]
+    content: list[str] = field(default_factory=list)  # each row's content hash ("" where not read yet)
+
+    def __post_init__(self) -> None:
+        if not self.content:
+            self.content = [""] * len(self.ids)
 
     def charge(self, source: str, attack: str, passes: Passes) -> None:
         """Add an attack call's per-sample passes to its (source, attack) cost."""
@@ -145,18 +150,24 @@ class Matrix:
     def part(self, rows: np.ndarray) -> dict[str, Any]:
         """These rows' outcomes of every pair, for a resume file or another rank."""
         return {"rows": rows, "crafted": self.crafted, "cost": self.cost,
+                "content": [self.content[r] for r in rows.tolist()],
                 "pairs": {json.dumps(p): o.part(rows) for p, o in self.pairs.items()}}
 
-    def fill(self, part: Mapping[str, Any]) -> None:
-        """Take in rows' outcomes made elsewhere (by ``part``)."""
+    def fill(self, part: Mapping[str, Any], keep: np.ndarray | None = None) -> None:
+        """Take in rows' outcomes made elsewhere (by ``part``); only the rows ``keep`` marks, when given."""
         rows = np.asarray(part["rows"], dtype=np.int64)
+        keep = np.ones(len(rows), dtype=bool) if keep is None else keep
         for key, values in part["pairs"].items():
-            self.pairs[tuple(json.loads(key))].fill(rows, values)
+            values = {name: v[..., keep] for name, v in values.items()}
+            self.pairs[tuple(json.loads(key))].fill(rows[keep], values)
+        for r, digest in zip(rows[keep].tolist(), np.asarray(part.get("content") or [""] * len(rows))[keep],
+                             strict=True):
+            self.content[r] = str(digest)
 
     def subset(self, rows: np.ndarray) -> Matrix:
         """Only these rows, in this order."""
         return Matrix([self.ids[r] for r in rows], self.settings, {p: o.subset(rows) for p, o in self.pairs.items()},
-                      self.crafted, self.cost)
+                      self.crafted, self.cost, [self.content[r] for r in rows])
 
     def white_box(self) -> dict[str, Outcomes]:
         """Each source's outcomes on its own examples, by model label (what ``robench eval`` reports)."""
@@ -238,10 +249,17 @@ class Participant:
     input: InputConfig
 
 
+def sample_key(sample_id: str, content: str) -> str:
+    """What an example store keys a sample on: its id and its content hash (an altered image under one name is
+    another sample)."""
+    return f"{sample_id}#{content}" if content else sample_id
+
+
 class ExampleStore(Protocol):
     """Where a source's examples may already be kept (transfer's cache), per sample.
 
-    ``x`` is the source's clean input of those samples ([N, C, H, W], rows as ``ids``): a store
+    ``ids`` are the samples' keys (id and content hash: the same name with other pixels is
+    another sample). ``x`` is the source's clean input of those samples ([N, C, H, W], rows as ``ids``): a store
     may keep the perturbation rather than the example. ``save`` returns the examples exactly as
     a later ``load`` gives them back, and the engine scores those, so a run's numbers do not
     depend on whether the store already had them (a lossy store included).
@@ -300,6 +318,8 @@ class _Batch:
         device = _device(plan)
         self.rows, self.labels, self.y = first.rows.numpy(), first.labels.numpy(), first.labels.to(device)
         self.ids = [out.ids[r] for r in self.rows.tolist()]
+        content = first.content or ("",) * len(self.ids)
+        self.keys = [sample_key(i, c) for i, c in zip(self.ids, content, strict=True)]  # what a store keys on
         self.x = {c: b.images.to(device) for c, b in views.items()}
 
     def run(self) -> None:
@@ -334,13 +354,13 @@ class _Batch:
 
     def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
         """The source's examples for one attack: from the store where it has them, else crafted once."""
-        kept = self.store.load(s.label, spec, self.ids, x) if self.store else [None] * len(self.ids)
+        kept = self.store.load(s.label, spec, self.keys, x) if self.store else [None] * len(self.ids)
         missing = [i for i, k in enumerate(kept) if k is None]
         if not missing:
             return [(e, torch.stack([k[j][1] for k in kept]).to(x.device)) for j, e in enumerate(spec.eps)]
         made = self.craft(s, spec, x, labels, missing)
         if self.store:  # scored as kept, so a rerun that reads them back gives the same numbers
-            made = self.store.save(s.label, spec, [self.ids[i] for i in missing], x[missing], made)
+            made = self.store.save(s.label, spec, [self.keys[i] for i in missing], x[missing], made)
         if len(missing) == len(kept):
             return made
         rows = {r: j for j, r in enumerate(missing)}
@@ -470,7 +490,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def _slice(views: Views, start: int, stop: int) -> Views:
-    return {c: Batch(b.images[start:stop], b.labels[start:stop], b.rows[start:stop]) for c, b in views.items()}
+    return {c: Batch(b.images[start:stop], b.labels[start:stop], b.rows[start:stop], b.content[start:stop])
+            for c, b in views.items()}
 
 
 def run_views_fitting(step: Callable[[Views], None], views: Views, size: int, warn: Warn | None = None) -> int:
@@ -563,7 +584,9 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
         for module in {id(m.module): m.module for m in plan.models}.values():
             stack.enter_context(attack_mode(module))
         for v in batches:
-            rows = next(iter(v.values())).rows
+            rows, content = next(iter(v.values())).rows, next(iter(v.values())).content
+            for r, digest in zip(rows.tolist(), content or ("",) * len(rows), strict=True):  # (): not known
+                out.content[r] = digest
             tracker = Tracker(hooks, done, len(out.ids), len(plan.targets) * len(suite.attacks))
             size = run_views_fitting(lambda piece, t=tracker: _piece(plan, suite, out, seed, hooks, piece, t),
                                      v, size or len(rows), hooks.warn)
@@ -598,9 +621,9 @@ def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, di
     """
     hooks = hooks or Hooks()
     out = Matrix.empty(source.ids, settings_of(suite), plan.pairs())
-    for part in hooks.state.load() if hooks.state else []:
-        out.fill(part)
     mine = shard(len(source.ids), dist).numpy()
+    if hooks.state:
+        _resume(out, hooks.state.load(), source, mine, hooks.warn)
     todo = torch.from_numpy(mine[~out.done(mine)])
     run_batches(plan, views(source, plan.configs(), batch_size, todo), suite, out, seed, hooks)
     gathered = gather((out.part(mine), source.skipped), dist)
@@ -616,6 +639,30 @@ def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, di
     for line in out.nonfinite_lines() if hooks.warn else []:
         hooks.warn(line)
     return out, skipped
+
+
+def _resume(out: Matrix, parts: list[dict[str, Any]], source: Source, mine: np.ndarray, warn: Warn | None) -> None:
+    """Take in a resume state's outcomes of this rank's rows whose content is what the data holds now.
+
+    A sample whose image changed under the same id (another folder of the same file names, a
+    re-encoded file) or whose state has no content hash (an older robench) is computed again,
+    never reused: one warning counts them.
+    """
+    wanted = set(mine.tolist())
+    resumed = sorted({r for p in parts for r in np.asarray(p["rows"]).tolist() if r in wanted})
+    now = dict(zip(resumed, source.content(resumed), strict=True))
+    stale: set[int] = set()
+    for part in parts:
+        rows = np.asarray(part["rows"], dtype=np.int64)
+        kept = part.get("content") or [""] * len(rows)
+        keep = np.array([r in now and bool(c) and c == now[r] for r, c in zip(rows.tolist(), kept, strict=True)],
+                        dtype=bool)
+        stale |= {r for r, k in zip(rows.tolist(), keep, strict=True) if r in now and not k}
+        out.fill(part, keep)
+    stale -= {r for r in stale if out.done(np.array([r]))[0]}
+    if stale and warn is not None:
+        warn(f"{len(stale)} samples of the resume state hold other content than the data now (the same ids, other "
+             f"images, e.g. {source.ids[min(stale)]}); they are computed again")
 
 
 def _summed_costs(costs: list[dict[str, list[int]]]) -> dict[str, list[int]]:

@@ -129,7 +129,7 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     if cfg.worst:
         outcomes = {label: worst.with_worst(o) for label, o in outcomes.items()}
     rows = pd.concat([metrics.summarize(o, label) for label, o in outcomes.items()], ignore_index=True)
-    dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped)
+    dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped, out.content)
     config = {**cfg.describe(), "data": opened.data}  # the data the run used, when RunSpec.data left it to the models
     meta = envelope("eval", config, dataset, [m.describe() for m in opened.models], metrics.DEFINITIONS)
     meta["semantics"] = cfg.run.suite.semantics()

@@ -223,15 +223,32 @@ def _pairs(rule: Regression, docs: _Docs) -> list[tuple[dict | None, dict | None
 
 
 def _same_samples(docs: _Docs) -> None:
-    """Compare only results evaluated on the same samples (the same ids, in the same order)."""
-    a, b = (d.get("dataset", {}).get("ids_sha256") if isinstance(d.get("dataset"), dict) else None
-            for d in (docs.results, docs.baseline))
+    """Compare only results evaluated on the same samples (the same ids, in the same order, and the same images).
+
+    The content hashes (``dataset.content_sha256``) are compared when both files have them: two
+    folders of the same file names (val and a re-encoded val) share their ids. Older files,
+    without them, are compared on ids alone.
+    """
+    a, b = (_dataset_field(d, "ids_sha256") for d in (docs.results, docs.baseline))
+    new = docs.names[0] if docs.names[0].endswith((".json", ".csv")) else "RESULTS.json"
     if a is None or b is None or a != b:
         shown = " vs ".join(str(h)[:12] if h else "none" for h in (a, b))
-        new = docs.names[0] if docs.names[0].endswith((".json", ".csv")) else "RESULTS.json"
         raise RobenchError(f"{docs.names[0]} and {docs.names[1]} were evaluated on different samples (dataset ids "
                            f"sha256 {shown}); evaluate with the baseline's --data, --limit and --seed, or replace "
                            f"the baseline on purpose: robench baseline update {new} {docs.names[1]}")
+    a, b = (_dataset_field(d, "content_sha256") for d in (docs.results, docs.baseline))
+    if a and b and a != b:
+        raise RobenchError(f"{docs.names[0]} and {docs.names[1]} were evaluated on the same sample ids but other "
+                           f"images (dataset content sha256 {a[:12]} vs {b[:12]}), so no sample can be compared with "
+                           f"itself; evaluate on the baseline's data, or replace the baseline on purpose: "
+                           f"robench baseline update {new} {docs.names[1]}")
+
+
+def _dataset_field(doc: dict, name: str) -> str | None:
+    """A string field of a results file's dataset record, or None."""
+    dataset = doc.get("dataset")
+    value = dataset.get(name) if isinstance(dataset, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _verdicts(rule: NoLeak, docs: _Docs) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robench import __version__
-from robench.data import Source, ids_sha256
+from robench.data import Source, content_sha256, ids_sha256
 
 SCHEMA_VERSION = 2  # 2: transfer_rate is the paper's (source-prefiltered); 1's is transfer_rate_both_clean
 READABLE_VERSIONS = (1, 2)  # eval and leak-check rows are the same in both; schema 1 transfer files are refused
@@ -40,12 +40,14 @@ def resume_versions() -> dict[str, str]:
 
 
 def dataset_record(source: Source, spec: str, split: str, ids: list[str] | None = None,
-                   skipped: dict[int, str] | None = None) -> dict[str, Any]:
+                   skipped: dict[int, str] | None = None, content: list[str] | None = None) -> dict[str, Any]:
     """Name, split, size, class names in index order, id hash and the ordered sample ids (``ids``: those evaluated).
 
 The class names say what each label index meant, so a reader can tell two numberings of one folder apart.
 
     ``skipped`` (row -> file) lists the unreadable images left out, so none is dropped silently.
+    ``content`` (each evaluated sample's content hash, known once all were read) gives
+    ``content_sha256``: ids alone cannot tell two folders of the same file names apart.
     """
     ids = list(source.ids) if ids is None else ids
     record = {
@@ -53,6 +55,8 @@ The class names say what each label index meant, so a reader can tell two number
         "num_classes": source.num_classes, "classes": list(source.classes), "ids_sha256": ids_sha256(ids),
         "ids": ids,
     }
+    if content is not None:
+        record["content_sha256"] = content_sha256(content)
     if skipped:
         record["skipped"] = [{"id": source.ids[r], "file": name} for r, name in sorted(skipped.items())]
     return record

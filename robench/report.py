@@ -128,7 +128,8 @@ def provenance_lines(meta: dict[str, Any]) -> list[str]:
     lines = [f"robench {meta.get('robench', '?')} (schema {meta.get('schema_version')})"
              + (f"; {versions}" if versions else ""),
              f"dataset: {ds.get('spec', ds.get('name', '?'))} ({ds.get('split', '?')} split), n = {ds.get('n', '?')}, "
-             f"ids sha256 {ds.get('ids_sha256', '?')}"]
+             f"ids sha256 {ds.get('ids_sha256', '?')}"
+             + (f", content sha256 {ds['content_sha256']}" if ds.get("content_sha256") else "")]
     lines += [f"model {m.get('label')}: {m.get('spec')}, weights sha256 {m.get('weights_sha256')}"
               for m in meta.get("models") or []]
     if meta.get("semantics"):

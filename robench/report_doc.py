@@ -57,6 +57,10 @@ def _ids(doc: dict[str, Any]) -> str:
     return str((doc.get("dataset") or {}).get("ids_sha256", ""))
 
 
+def _content(doc: dict[str, Any]) -> str:
+    return str((doc.get("dataset") or {}).get("content_sha256") or "")
+
+
 def suite_label(doc: dict[str, Any]) -> str:
     """"fgsm 4,8; pgd 8" from config.suite: the attacks and eps an eval ran (cascade marked)."""
     suite = (doc.get("config") or {}).get("suite") or {}
@@ -74,6 +78,10 @@ def check_mergeable(inputs: list[Input]) -> None:
         if a != b:
             raise RobenchError(f"{first.name} and {other.name} evaluate different data (ids sha256 {a[:8]}… vs "
                                f"{b[:8]}…); give files from the same dataset")
+        a, b = _content(first.doc), _content(other.doc)
+        if a and b and a != b:  # the same ids (file names) with other images: files of an older robench lack it
+            raise RobenchError(f"{first.name} and {other.name} evaluate other images under the same ids (content "
+                               f"sha256 {a[:8]}… vs {b[:8]}…); give files from the same dataset")
         a, b = suite_label(first.doc) or "none recorded", suite_label(other.doc) or "none recorded"
         if a != b:
             raise RobenchError(f"{first.name} and {other.name} ran different attack suites ({a} vs {b}); "

@@ -104,7 +104,8 @@ class ExampleCache:
 
     A sample's file is keyed by what decides its examples (the source's weights and input
     config, the attack spec, the seed, the data's class numbering (it decides the labels an
-    attack uses) and the sample id) and by ``STORE_FORMAT``, never by batch size, batch index
+    attack uses) and the sample's key: its id and content hash, so an image altered under the
+    same name is a miss, never another image's example) and by ``STORE_FORMAT``, never by batch size, batch index
     or torchrun rank, so a rerun at any batch size or world size, or a resumed one, crafts only
     the samples it lacks. A file is trusted only if it passes ``_problem``'s checks (exactly
     the eps keys, int8, the input's shape, |q| <= 127, and a SHA-256 over the key and bytes);
@@ -302,7 +303,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     out, skipped = done
     s_labels, t_labels = [s.spec.label for s in sources], [t.spec.label for t in targets]
     rows = summarize(out, s_labels, t_labels)
-    dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped)
+    dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped, out.content)
     meta = envelope("transfer-matrix", {**cfg.describe(), "data": opened.data}, dataset,
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = s_labels, t_labels

@@ -94,3 +94,19 @@ def class_folder(tmp_path_factory: pytest.TempPathFactory):
     from class_folders import make_folder
 
     return lambda *names: make_folder(tmp_path_factory.mktemp("classes"), names)
+
+
+@pytest.fixture(scope="session")
+def twin_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two image folders of the same file names: 20 digits test images as PNG (A), and the same inverted (B)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits, root = load_digits(), tmp_path_factory.mktemp("twins")
+    for name, invert in (("A", False), ("B", True)):
+        for k, i in enumerate(range(0, 100, 5)):
+            image = (digits.images[i] * 255 / 16).astype("uint8")
+            path = root / name / str(digits.target[i]) / f"{k:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - image if invert else image).save(path)
+    return root / "A", root / "B"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 import struct
@@ -19,6 +20,7 @@ from robench.data import (
     FASHION_MNIST_DIR,
     InputConfig,
     _Decoded,
+    content_sha256,
     ids_sha256,
     load_digits_source,
     open_source,
@@ -438,11 +440,11 @@ def test_sixteen_bit_gray_pngs_are_scaled_not_clipped(tmp_path: Path) -> None:
 def test_float_gray_images_are_taken_in_zero_to_one_and_refused_outside() -> None:
     values = np.array([[0.0, 0.25, 1.0, 0.5]] * 4, dtype=np.float32)
     inside, outside = Image.fromarray(values), Image.fromarray(values * 3)
-    assert inside.mode == "F" and torch.allclose(_Decoded(lambda i: (inside, 0), np.arange(1),
+    assert inside.mode == "F" and torch.allclose(_Decoded(lambda i: (inside, 0, "h"), np.arange(1),
                                                           InputConfig(size=(4, 4)))[0][0][2], torch.from_numpy(values))
-    assert _Decoded(lambda i: (outside, 0), np.arange(1), InputConfig(size=(4, 4)))[0][1:] == (
-        -1, 0, "its mode F holds values from 0 to 3, outside 0..1 (robench reads 16-bit images as 0..65535 and float "
-               "ones as 0..1)")
+    assert _Decoded(lambda i: (outside, 0, "h"), np.arange(1), InputConfig(size=(4, 4)))[0][1:] == (
+        -1, 0, "", "its mode F holds values from 0 to 3, outside 0..1 (robench reads 16-bit images as 0..65535 and "
+                   "float ones as 0..1)")
 
 
 # ---------------------------------------------------------------- class order
@@ -560,3 +562,28 @@ def test_mnist_needs_its_folder(tmp_path: Path) -> None:
         open_source("mnist")
     with pytest.raises(RobenchError, match=r"MNIST file t10k-images-idx3-ubyte\[.gz\] not found in .*; give the"):
         open_source(f"mnist:{tmp_path}")
+
+
+def test_content_hashes_tell_same_named_folders_apart(twin_folders: tuple[Path, Path]) -> None:
+    """Ids are relative paths: only the content says that B's images are not A's."""
+    a, b = (open_source(str(f), classes=[str(d) for d in range(10)]) for f in twin_folders)
+    assert a.ids == b.ids
+    cfg = InputConfig(channels=1, size=(8, 8))
+    batches = {name: list(s.batches(cfg, 7)) for name, s in (("a", a), ("b", b))}
+    content = {name: [c for batch in found for c in batch.content] for name, found in batches.items()}
+    assert content["a"] == a.content(range(len(a.ids))) and len(content["a"]) == 20
+    assert content["b"] == b.content(range(len(b.ids)))
+    assert all(x != y for x, y in zip(content["a"], content["b"], strict=True))
+    first = sorted((twin_folders[0]).rglob("*.png"))[0]  # the file's own bytes, nothing decoded
+    assert a.content([a.ids.index(str(first.relative_to(twin_folders[0])))])[0] == \
+        hashlib.sha256(first.read_bytes()).hexdigest()
+    assert content_sha256(content["a"]) != content_sha256(content["b"])
+    assert content_sha256([*content["a"][:-1], ""]) is None  # a sample not read yet: no fingerprint
+
+
+def test_builtin_content_hashes_are_per_sample_and_batch_independent() -> None:
+    source = load_digits_source(limit=12)
+    cfg = InputConfig(channels=1, size=(8, 8))
+    by_3 = [c for batch in source.batches(cfg, 3) for c in batch.content]
+    by_12 = [c for batch in source.batches(cfg, 12) for c in batch.content]
+    assert by_3 == by_12 == source.content(range(12)) and len(set(by_3)) == 12

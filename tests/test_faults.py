@@ -381,3 +381,66 @@ def test_a_state_file_without_its_header_starts_over(tmp_path: Path, content: by
     assert sorted(rows.tolist()) == list(range(10))  # resumed: no sample computed again
     rows = [json.loads((tmp_path / f).read_text())["rows"] for f in ("a.json", "b.json")]
     assert rows[0] == rows[1]
+
+
+TWIN_ARGS = ["zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--batch-size", "8", "-q", "--no-health"]
+
+
+def test_a_state_of_other_images_under_the_same_names_is_computed_again(
+        tmp_path: Path, twin_folders: tuple[Path, Path]) -> None:
+    """Folder B holds A's file names with other pixels: resuming A's state on B gives B's own numbers."""
+    a, b = twin_folders
+    state = tmp_path / "state"
+    docs = {}
+    for name, data, resume in (("a", a, True), ("b", b, True), ("b_fresh", b, False), ("b_again", b, True)):
+        out = tmp_path / f"{name}.json"
+        res = CliRunner().invoke(main, ["eval", *TWIN_ARGS, "--data", str(data), "--out", str(out),
+                                        *(["--resume", str(state)] if resume else [])])
+        assert res.exit_code == 0, res.output
+        docs[name] = (json.loads(out.read_text()), res.stderr)
+    rows = {name: doc["rows"] for name, (doc, _) in docs.items()}
+    assert rows["b"] == rows["b_fresh"] != rows["a"]
+    assert "20 samples of the resume state hold other content than the data now" in docs["b"][1]
+    assert "other content" not in docs["b_again"][1]  # B's own state is B's: resumed, nothing computed
+    assert rows["b_again"] == rows["b"] and docs["b_again"][0]["cost"][0]["backward_passes"] == 0
+    content = {name: doc["dataset"]["content_sha256"] for name, (doc, _) in docs.items()}
+    assert content["a"] != content["b"] == content["b_fresh"] == content["b_again"]
+    assert docs["a"][0]["dataset"]["ids_sha256"] == docs["b"][0]["dataset"]["ids_sha256"]
+
+
+def _with_input(source: Path, path: Path, **changes: object) -> Path:
+    """A copy of a robench checkpoint with the same weights and other preprocessing metadata."""
+    from safetensors.torch import load_file, save_file
+
+    from robench.checkpoint import META_KEY, read_metadata
+
+    meta = {**read_metadata(source), **changes}
+    save_file(load_file(str(source)), str(path), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    return path
+
+
+@pytest.mark.parametrize("change", [{"mean": [0.4]}, {"std": [0.2]}, {"input_size": [1, 28, 28]},
+                                    {"crop_pct": 0.875}, {"interpolation": "bicubic"}, {"crop_mode": "squash"}],
+                         ids=lambda c: next(iter(c)))
+def test_same_weights_other_preprocessing_is_another_function(
+        tmp_path: Path, default_checkpoint: Path, change: dict) -> None:
+    """Resume states and the example cache key on LoadedModel.function(): it covers the preprocessing."""
+    from robench.models import load_model, parse_spec
+
+    same = _with_input(default_checkpoint, tmp_path / "same.safetensors")
+    other = _with_input(default_checkpoint, tmp_path / "other.safetensors", **change)
+    first, again, changed = (load_model(parse_spec(str(p)), num_classes=10) for p in (same, same, other))
+    assert first.weights_sha256 == changed.weights_sha256
+    assert first.function() == again.function() != changed.function()
+
+
+def test_a_checkpoint_differing_only_in_mean_std_does_not_resume_the_other(
+        tmp_path: Path, default_checkpoint: Path) -> None:
+    plain = _with_input(default_checkpoint, tmp_path / "plain.safetensors")
+    shifted = _with_input(default_checkpoint, tmp_path / "shifted.safetensors", mean=[0.4], std=[0.3])
+    state, args = tmp_path / "state", ["--limit", "10", "--attack", "fgsm", "--eps", "8", "-q", "--no-health"]
+    assert CliRunner().invoke(main, ["eval", str(plain), *args, "--resume", str(state)]).exit_code == 0
+    res = CliRunner().invoke(main, ["eval", str(shifted), *args, "--resume", str(state),
+                                    "--out", str(tmp_path / "r.json")])
+    one_error_line(res, 2, "holds the state of a different run (other models, preprocessing")
+    assert not (tmp_path / "r.json").exists()

@@ -604,3 +604,21 @@ def test_eval_gate_writes_summary_and_junit(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     assert "resnet-base" in (tmp_path / "s.md").read_text() and "<testcase" in (tmp_path / "j.xml").read_text()
     one_error_line(invoke("eval", "--summary", tmp_path / "x.md"), 2, "--junit and --summary report a gate")
+
+
+def test_same_ids_other_images_are_refused_and_files_without_content_fall_back_to_ids(tmp_path: Path) -> None:
+    """Two folders of the same file names share their ids: only dataset.content_sha256 tells them apart."""
+    def doc(content: str | None) -> dict:
+        made = make_doc(GRID)
+        if content is not None:
+            made["dataset"]["content_sha256"] = content
+        return made
+
+    base = write(tmp_path / "a.json", doc("a" * 64))
+    other = write(tmp_path / "b.json", doc("b" * 64))
+    one_error_line(invoke("gate", other, "--baseline", base), 2,
+                   f"{other} and {base} were evaluated on the same sample ids but other images "
+                   f"(dataset content sha256 {'b' * 12} vs {'a' * 12})", "robench baseline update")
+    for results, baseline in ((doc("a" * 64), doc(None)), (doc(None), doc("a" * 64)), (doc("a" * 64), doc("a" * 64))):
+        r = invoke("gate", write(tmp_path / "r.json", results), "--baseline", write(tmp_path / "base.json", baseline))
+        assert r.exit_code == 0, r.stderr

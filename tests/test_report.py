@@ -189,3 +189,15 @@ def test_check_outputs_refuses_an_input_through_links_and_provenance_files(tmp_p
         assert needle in str(error.value) and "give -o another file name" in str(error.value)
     with pytest.raises(RobenchError, match="--out o.csv: its provenance file o.csv.meta.json and --summary "):
         check_outputs([*results_paths("--out", Path("o.csv")), ("--summary", Path("o.csv.meta.json"))], [])
+
+
+def test_eval_files_of_other_images_under_the_same_ids_exit_2(tmp_path) -> None:
+    docs = [eval_doc({"m": (10, 5)}), eval_doc({"n": (10, 5)})]
+    for doc, content in zip(docs, ("a" * 64, "b" * 64), strict=True):
+        doc["dataset"]["content_sha256"] = content
+    a, b = write(tmp_path / "a.json", docs[0]), write(tmp_path / "b.json", docs[1])
+    one_error_line(invoke("report", a, b, "-o", tmp_path / "r.md"), 2, "evaluate other images under the same ids",
+                   "a.json", "b.json")
+    del docs[1]["dataset"]["content_sha256"]  # an older file: compared on ids alone
+    write(tmp_path / "b.json", docs[1])
+    assert invoke("report", a, b, "-o", tmp_path / "r.md").exit_code == 0

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from robench import metrics, runspec
+from robench import engine, metrics, runspec
 from robench.checkpoint import save_checkpoint
 from robench.cli.main import main
 from robench.evaluate import EvalConfig, run_eval
@@ -165,7 +165,8 @@ def test_a_tampered_cache_file_is_crafted_again_and_rewritten(
     shutil.copytree(cached[0], cache)
     first = cached[1]
     path = sorted(cache.rglob("*.safetensors"))[3]
-    tamper(path, next(i for i in first.outcomes.ids if hashlib.sha256(i.encode()).hexdigest() == path.stem))
+    keys = [engine.sample_key(i, c) for i, c in zip(first.outcomes.ids, first.outcomes.content, strict=True)]
+    tamper(path, next(k for k in keys if hashlib.sha256(k.encode()).hexdigest() == path.stem))
     warnings: list[str] = []
     again = run_transfer(TransferConfig(PAIR, run=TAMPERED_RUN, cache=cache), warn=warnings.append)
     assert again.rows.equals(first.rows)
@@ -426,3 +427,20 @@ def test_transfer_summary_is_the_mean_off_diagonal_rate() -> None:
     out = io.StringIO()
     Console(file=out, width=80).print(transfer_summary(rows))
     assert "30.0" in out.getvalue() and "8/255" in out.getvalue()  # (20 + 40) / 2, the diagonal left out
+
+
+def test_a_cache_of_other_images_under_the_same_names_is_not_reused(
+        tmp_path: Path, twin_folders: tuple[Path, Path]) -> None:
+    """A cache filled on folder A gives, on B (A's file names, other pixels), the rows of a run with B's own cache."""
+    a, b = twin_folders
+    run = {"suite": CHEAP, "batch_size": 10}
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    on_a = run_transfer(TransferConfig(PAIR, run=RunSpec(data=str(a), **run), cache=shared))
+    on_b = run_transfer(TransferConfig(PAIR, run=RunSpec(data=str(b), **run), cache=shared))
+    fresh = run_transfer(TransferConfig(PAIR, run=RunSpec(data=str(b), **run), cache=own))
+    assert on_b.outcomes.crafted == fresh.outcomes.crafted == on_a.outcomes.crafted > 0  # nothing of A's reused
+    assert on_b.rows.equals(fresh.rows) and not on_b.rows.equals(on_a.rows)
+    assert on_b.meta["dataset"]["content_sha256"] == fresh.meta["dataset"]["content_sha256"] \
+        != on_a.meta["dataset"]["content_sha256"]
+    again = run_transfer(TransferConfig(PAIR, run=RunSpec(data=str(b), **run), cache=shared))
+    assert again.outcomes.crafted == 0 and again.rows.equals(on_b.rows)  # B's own examples are kept beside A's
