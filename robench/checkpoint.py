@@ -42,27 +42,29 @@ class CheckpointMeta(BaseModel):
     """robench checkpoint metadata: the fields robench reads, with their types and ranges.
 
     Fields robench does not read (the recipe's details, the loss, ...) may hold anything;
-    ``model_kwargs`` is further limited to MODEL_KWARGS by ``model_kwargs``.
+    ``model_kwargs`` is further limited to MODEL_KWARGS by ``model_kwargs``. A field robench
+    reads may be absent but never null (readers take null for a value), so none of them is
+    typed Optional: the None defaults stand for absence and are never validated.
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    arch: str | None = Field(None, min_length=1, max_length=500)
-    num_classes: int | None = Field(None, ge=1, le=1_000_000)
-    classes: list[str] | None = Field(None, min_length=1, max_length=1_000_000)
-    input_size: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(None, min_length=3, max_length=3)
-    interpolation: Literal[INTERPOLATIONS] | None = None  # type: ignore[valid-type]
-    crop_pct: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    crop_mode: Literal["center", "squash", "border"] | None = None
-    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=3)
-    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=3)
-    dataset: str | None = Field(None, min_length=1, max_length=5000)
-    model_kwargs: dict[str, Any] | None = None
-    seed: Count | None = None
-    robench_version: str | None = None
-    train_accuracy: Share | None = None
-    val_accuracy: Share | None = None
-    recipe: dict[str, Any] | None = None
+    arch: str = Field(None, min_length=1, max_length=500)
+    num_classes: int = Field(None, ge=1, le=1_000_000)
+    classes: list[str] = Field(None, min_length=1, max_length=1_000_000)
+    input_size: list[Annotated[int, Field(ge=1, le=16384)]] = Field(None, min_length=3, max_length=3)
+    interpolation: Literal[INTERPOLATIONS] = None  # type: ignore[valid-type]
+    crop_pct: float = Field(None, gt=0, le=1, allow_inf_nan=False)
+    crop_mode: Literal["center", "squash", "border"] = None
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(None, min_length=1, max_length=3)
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(None, min_length=1, max_length=3)
+    dataset: str = Field(None, min_length=1, max_length=5000)
+    model_kwargs: dict[str, Any] = None
+    seed: Count = None
+    robench_version: str = None
+    train_accuracy: Share = None
+    val_accuracy: Share = None
+    recipe: dict[str, Any] = None
 
     @field_validator("classes")
     @classmethod

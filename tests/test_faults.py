@@ -419,7 +419,7 @@ def _with_input(source: Path, path: Path, **changes: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change", [{"mean": [0.4]}, {"std": [0.2]}, {"input_size": [1, 28, 28]},
+@pytest.mark.parametrize("change", [{"mean": [0.4] * 3}, {"std": [0.2] * 3}, {"input_size": [1, 28, 28]},
                                     {"crop_pct": 0.875}, {"interpolation": "bicubic"}, {"crop_mode": "squash"}],
                          ids=lambda c: next(iter(c)))
 def test_same_weights_other_preprocessing_is_another_function(
