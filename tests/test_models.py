@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import re
 import struct
 import time
@@ -333,13 +335,33 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path: Path, resnet: nn.Modul
     assert not marker.exists()
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec(f"test_resnet@{tmp_path / 'evil.pth'}"), num_classes=10)
-    assert "pickled objects other than tensors, which robench refuses to load" in str(err.value)
+    assert re.search(r"refused: it needs pickled objects \([\w.]*open\)", str(err.value)), str(err.value)
     assert not marker.exists()
+
+
+@dataclasses.dataclass
+class _TrainArgs:
+    """A training script's settings, saved beside the weights as many scripts do."""
+
+    lr: float = 0.1
+
+
+def test_a_checkpoint_needing_pickled_classes_is_refused_naming_them(tmp_path: Path, resnet: nn.Module) -> None:
+    """torch's own message is a dozen lines about weights_only; the one line names the globals and the fix."""
+    torch.save({"state_dict": resnet.state_dict(), "args": _TrainArgs(), "when": datetime.date(2020, 1, 1)},
+               tmp_path / "args.pth")
+    res = CliRunner().invoke(main, ["eval", f"test_resnet@{tmp_path / 'args.pth'}", "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--limit", "4", "--out", str(tmp_path / "r.json")])
+    line = one_error_line(res, 2, "args.pth: refused: it needs pickled objects (", "datetime.date",
+                          f"{__name__}._TrainArgs", "save a plain state dict (torch.save(model.state_dict(), FILE)) "
+                                                     "or .safetensors")
+    assert "weights_only" not in line and not (tmp_path / "r.json").exists()
 
 
 def test_whole_pickled_module_is_refused(tmp_path: Path, resnet: nn.Module) -> None:
     torch.save(resnet, tmp_path / "model.pth")
-    with pytest.raises(RobenchError, match="robench refuses to load"):
+    with pytest.raises(RobenchError, match=r"refused: it needs pickled objects \(.*timm\.models\..*\), which robench "
+                                           r"does not load"):
         load_model(parse_spec(f"test_resnet@{tmp_path / 'model.pth'}"), num_classes=10)
 
 
