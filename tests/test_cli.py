@@ -735,3 +735,14 @@ def test_log_lines_name_the_attack_now_once_the_interval_passed() -> None:
     assert out[0] == "eval: fgsm on a" and len(out) == 2, out
     assert re.fullmatch(r"eval: 37/300 images, [\d,.]+ images/s, eta \d+:\d\d:\d\d, elapsed \d+ s, now pgd on a",
                         out[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("out", ["/proc/x.json", "/proc/x.csv"])
+def test_an_output_folder_that_takes_no_new_files_is_refused_before_any_work(out: str) -> None:
+    """/proc passes os.access(W_OK) for root, then refused the file after the whole run (exit 3)."""
+    result = CliRunner().invoke(main, ["eval", "zoo:effnet-base", "--attack", "fgsm", "--limit", "4", "-q", "--out",
+                                       out])
+    line = one_error_line(result, 2, f"--out {out}: folder /proc ")
+    assert "write the output elsewhere" in line or "is not writable" in line
+    assert "eval:" not in result.stderr  # nothing ran: no progress, no probes
