@@ -64,6 +64,8 @@ class TrainConfig:
             (2 <= self.batch_size <= 2**20, "batch_size", "must be a whole number in [2, 1048576] (2**20)"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.lr * self.weight_decay < 1, "weight_decay", f"times lr {self.lr:g} must be below 1 (AdamW shrinks "
+                                                              f"the weights by lr * weight_decay every step)"),
             (1 <= self.steps <= 10_000, "steps", "must be a whole number in [1, 10000]"),
             (8 <= self.input_size <= 4096, "input_size", "must be a whole number of pixels in [8, 4096]"),
             (self.limit is None or self.limit >= 1, "limit", "must be a positive number"),
