@@ -330,7 +330,7 @@ def _load_failure(e: Exception, heard: list[str]) -> str:
     """Why torch (or safetensors) could not load a checkpoint, in a few words."""
     protocol = next((m for m in heard if "pickle protocol" in m), None)
     if "Unsupported global" in str(e):  # torch's weights_only unpickler met a class or function
-        names = _unsafe_globals(str(e))
+        names = sorted(_unsafe_globals(str(e)))  # timm lists them from a set: sorted, the message is stable
         listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return (f"refused: it needs pickled objects ({listed or 'classes or functions'}), which robench does not "
                 f"load (unpickling them can run code); save a plain state dict (torch.save(model.state_dict(), "

@@ -219,8 +219,9 @@ def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: 
         if not (math.isfinite(float(number))):
             raise ValueError
     except (ValueError, ZeroDivisionError, OverflowError):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:30]}... ({len(str(value))} characters)"
         raise RobenchError(
-            f"{where}: eps {value!r} is not a number; use 1/255 units like 8, a fraction like 8/255, "
+            f"{where}: eps {shown} is not a number; use 1/255 units like 8, a fraction like 8/255, "
             f"or pixels like 0.03px"
         ) from None
     written = "/" in text or "*" in text

@@ -360,7 +360,8 @@ def test_a_checkpoint_needing_pickled_classes_is_refused_naming_them(tmp_path: P
 
 def test_whole_pickled_module_is_refused(tmp_path: Path, resnet: nn.Module) -> None:
     torch.save(resnet, tmp_path / "model.pth")
-    with pytest.raises(RobenchError, match=r"refused: it needs pickled objects \(.*timm\.models\..*\), which robench "
+    with pytest.raises(RobenchError, match=r"refused: it needs pickled objects \(timm\.[\w.]+, "
+                                           r".*timm\.models\.resnet\.ResNet.* and \d+ more\), which robench "
                                            r"does not load"):
         load_model(parse_spec(f"test_resnet@{tmp_path / 'model.pth'}"), num_classes=10)
 
@@ -554,6 +555,10 @@ def test_spec_query_sets_one_models_preprocessing() -> None:
     ("resnet18?std=1,0,1", "std must be > 0"),
     ("resnet18?mean=nan", "mean must be one finite number per channel"),
     ("resnet18?size=3", "unknown setting 'size'"),
+    # sizes that parse but cannot run: a batch of them allocated 240 GB, or torch overflowed (exit 3)
+    ("resnet18?input-size=3,100000,100000", "input-size must be C,H,W with C 1 or 3 and H, W in [1, 4096], "
+                                            "got 3,100000,100000"),
+    (f"resnet18?input-size=3,{10**30},8", "and H, W in [1, 4096]"),
 ])
 def test_bad_spec_queries(text: str, needle: str) -> None:
     with pytest.raises(RobenchError, match=re.escape(needle)) as info:

@@ -437,6 +437,13 @@ def test_numbers_a_suite_cannot_use_name_the_key_and_line(entry: str, message: s
     assert "invalid YAML" not in str(e.value)
 
 
+def test_an_overlong_eps_on_the_command_line_is_shown_shortened() -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_eps_list("1" + "0" * 5000)
+    assert str(e.value) == "--eps: eps '10000000000000000000000000000... (5001 characters) is not a number; use " \
+                           "1/255 units like 8, a fraction like 8/255, or pixels like 0.03px"
+
+
 def test_a_number_outside_any_mapping_is_refused_too() -> None:
     with pytest.raises(RobenchError, match=r"s\.yaml line 1: 99999999999999999999\.\.\. \(5000 characters\) is too"):
         parse_suite(f"- {BIG}\n", "s.yaml")
