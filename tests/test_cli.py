@@ -299,7 +299,9 @@ def test_unknown_command_is_one_line() -> None:
 
 @pytest.mark.parametrize(("error", "code", "text"), [(KeyboardInterrupt(), 130, "interrupted"),
                                                      (Terminated(), 143, "terminated (SIGTERM)"),
-                                                     (ValueError("boom"), 3, "runtime error: ValueError: boom")])
+                                                     (ValueError("boom"), 3, "runtime error: ValueError: boom"),
+                                                     (RuntimeError("boom\nframe #0: c10::Error\nframe #1: ..."), 3,
+                                                      "runtime error: RuntimeError: boom (set ROBENCH_DEBUG=1")])
 def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error, code, text) -> None:
     import robench.evaluate
 
