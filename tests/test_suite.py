@@ -362,6 +362,10 @@ NOT_FINITE = "is not a finite number; expected a number such as 0.5 (.nan, .inf 
     ("  - name: iter_ll\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'iter_ll'"),
     ("  - name: fab_t\n    restarts: 0\n", "s.yaml line 4: 'restarts' must be at least 1, got 0 for attack 'fab_t'"),
     ("  - name: square\n    queries: 0\n", "s.yaml line 4: 'queries' must be at least 1, got 0 for attack 'square'"),
+    ("  - name: pgd\n    steps: 9223372036854775807\n",
+     "s.yaml line 4: 'steps' must be at most 10,000,000, got 9223372036854775807 for attack 'pgd'"),
+    ("  - name: square\n    queries: 10000001\n",
+     "s.yaml line 4: 'queries' must be at most 10,000,000, got 10000001 for attack 'square'"),
     ("  - name: bim\n    step_size: 0\n", "s.yaml line 4: 'step_size' must be > 0, got 0 for attack 'bim'"),
     ("  - name: pgd\n    step_size: 0.0\n", "s.yaml line 4: 'step_size' must be > 0, got 0.0 for attack 'pgd'"),
     # NaN and inf are refused by the YAML reader itself, for every key of every file (the configs refuse them too)
