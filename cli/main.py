@@ -95,7 +95,8 @@ class RobenchGroup(click.Group):
         except Exception as e:  # noqa: BLE001 - the contract: one line and exit 3, never a traceback
             if os.environ.get("ROBENCH_DEBUG"):
                 raise
-            _fail(f"runtime error: {type(e).__name__}: {e} (set ROBENCH_DEBUG=1 for the traceback)", 3)
+            first = next(iter(str(e).strip().splitlines()), "")[:300]  # torch's C++ errors run on with stack frames
+            _fail(f"runtime error: {type(e).__name__}: {first} (set ROBENCH_DEBUG=1 for the traceback)", 3)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -75,6 +75,10 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 
+        from robench.runspec import MAX_THREADS, check_count
+
+        check_count("threads", threads, 1, MAX_THREADS)
+
         torch.set_num_threads(threads)
     with session(device) as dist:
         try:

@@ -20,6 +20,8 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import os
+import stat
 import struct
 import warnings
 import zlib
@@ -563,6 +565,32 @@ def _folder_reader(root: Path, class_map: dict[str, int] | None = None) -> Any:
     return reader
 
 
+def _regular_files_only(reader: Any, root: Path, warn: Callable[[str], None] | None) -> None:
+    """Leave out of a folder reader's list what is not a regular file (a FIFO, socket or device named like
+    an image), with one warning counting them: opening a FIFO waits for a writer, forever.
+
+    A path that cannot be checked stays: reading it fails as an unreadable image, named.
+    """
+    def special(path: str) -> bool:
+        try:
+            return not stat.S_ISREG(os.stat(path).st_mode)  # through symlinks; stat never opens the file
+        except OSError:
+            return False
+
+    skipped = [p for p, _ in reader.samples if special(p)]
+    if not skipped:
+        return
+    left_out = set(skipped)
+    reader.samples = [s for s in reader.samples if s[0] not in left_out]
+    if not reader.samples:
+        raise RobenchError(f"no images found in {root}: its {len(skipped)} image names are not regular files "
+                           f"(FIFOs, sockets or devices, e.g. {skipped[0]}); give a folder of image files")
+    if warn is not None:
+        warn(f"data {root}: {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} named like an image "
+             f"{'is not a regular file' if len(skipped) == 1 else 'are not regular files'} (a FIFO, socket or "
+             f"device, e.g. {os.path.relpath(skipped[0], root)}) and left out unread")
+
+
 def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, workers: int = 0,
                        skip_bad: bool = False, class_order: str = "natural", classes: Sequence[str] | None = None,
                        classes_from: str = "the class list", warn: Callable[[str], None] | None = None) -> ImageSource:
@@ -584,6 +612,7 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
         warn(note)
     if class_map != reader.class_to_idx:
         reader = _folder_reader(root, class_map)
+    _regular_files_only(reader, root, warn)
     index = select(len(reader), limit, seed, str(root))
     names = [str(reader._filename(i, basename=False, absolute=False)) for i in range(len(reader))]
 

@@ -13,6 +13,7 @@ import pandas as pd
 from robench import engine, health, metrics, samples, worst
 from robench.distributed import LOCAL, Dist
 from robench.engine import Progress, Status
+from robench.errors import FieldError
 from robench.provenance import dataset_record, envelope, resume_versions
 from robench.resume import RunState, fingerprint
 from robench.runspec import Opened, RunSpec, open_run, parse_specs, probe_models
@@ -28,6 +29,11 @@ class EvalConfig:
     clean_refs: tuple[tuple[str, float], ...] = ()  # (label, expected clean top-1): checked against the result
     clean_ref_tol: float | None = None  # allowed |clean top-1 - reference|; None: the exact 95% interval for n
     worst: bool = True  # add the per-sample worst-case rows (attack "worst"; leak-check leaves them out)
+
+    def __post_init__(self) -> None:
+        tol = self.clean_ref_tol  # NaN fails every comparison: it would flag nothing, silently
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol <= 1):
+            raise FieldError("clean_ref_tol", f"{{name}} must be a share in [0, 1], got {tol!r}")
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files: the run's fields alongside eval's own."""

@@ -85,6 +85,20 @@ def output_problem(path: str | Path) -> str | None:
         return f"folder {parent} does not exist; create it first"
     if not os.access(parent, os.W_OK):
         return f"folder {parent} is not writable"
+    return _creation_problem(parent)
+
+
+def _creation_problem(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (/proc, a read-only mount: os.access says yes to root), else None.
+
+    Tried with the temporary file an output is written to first, removed at once.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".robench-probe.", suffix=".tmp")
+    except OSError as e:
+        return f"folder {folder} does not take new files ({e.strerror}); write the output elsewhere"
+    os.close(fd)
+    os.unlink(probe)
     return None
 
 
@@ -127,8 +141,14 @@ def _is_device(path: Path) -> bool:
 
 def _replace(target: Path, write: Callable[[Path], None]) -> None:
     """Write beside ``target`` and rename onto it: a failed write leaves the old file whole."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.",
-                               suffix=".tmp")
+    from robench.errors import RobenchError
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.",
+                                   suffix=".tmp")
+    except OSError as e:  # checked before the run; a folder can change under a long one
+        raise RobenchError(f"output {target}: cannot create a file in {target.parent or '.'} ({e.strerror}); "
+                           f"write the output elsewhere") from None
     os.close(fd)
     try:
         write(Path(tmp))

@@ -28,6 +28,7 @@ import pandas as pd
 from robench import health, samples
 from robench.distributed import LOCAL, Dist
 from robench.engine import CLEAN, Outcomes, Progress, Status
+from robench.errors import FieldError
 from robench.evaluate import EvalConfig, run_eval
 from robench.provenance import plain_config
 from robench.runspec import RunSpec
@@ -73,6 +74,13 @@ class LeakConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(DEFAULT_MODELS, RunSpec(suite=leak_suite(DEFAULT_EPS))))
     alpha: float = 0.05  # family-wise error rate of the LEAK verdict, per model
     margin: float = 0.02  # largest gap (accuracy share) an OK verdict tolerates
+
+    def __post_init__(self) -> None:
+        for name, low, high, text in (("alpha", 0, 1, "in (0, 1)"), ("margin", 0, 1, "in [0, 1]")):
+            value = getattr(self, name)  # NaN fails every comparison: refused by name, not judged with
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+            if not ok or (name == "alpha" and value in (0, 1)):
+                raise FieldError(name, f"{{name}} must be a number {text}, got {value!r}")
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""

@@ -330,7 +330,11 @@ def _load_failure(e: Exception, heard: list[str]) -> str:
     """Why torch (or safetensors) could not load a checkpoint, in a few words."""
     protocol = next((m for m in heard if "pickle protocol" in m), None)
     if "Unsupported global" in str(e):  # torch's weights_only unpickler met a class or function
-        return "it holds pickled objects other than tensors, which robench refuses to load"
+        names = sorted(_unsafe_globals(str(e)))  # timm lists them from a set: sorted, the message is stable
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return (f"refused: it needs pickled objects ({listed or 'classes or functions'}), which robench does not "
+                f"load (unpickling them can run code); save a plain state dict (torch.save(model.state_dict(), "
+                f"FILE)) or .safetensors")
     if protocol is not None:
         number = re.search(r"protocol (\d+)", protocol)
         return (f"it is pickled with protocol {number.group(1) if number else '?'}, which "
@@ -341,6 +345,15 @@ def _load_failure(e: Exception, heard: list[str]) -> str:
     if "wrong byte size" in str(e):  # a legacy checkpoint whose tensor claims more bytes than follow
         return "it is corrupt: a tensor claims more bytes than the file holds"
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def _unsafe_globals(message: str) -> list[str]:
+    """The pickled globals a weights_only load refused, from timm's list ("Unsupported globals: a, b.") or
+    torch's own message ("Unsupported global: GLOBAL a.b was not ...")."""
+    listed = re.search(r"Unsupported globals: (.*?)\.(?: |$)", message)
+    if listed:
+        return [n.strip() for n in listed.group(1).split(",") if n.strip()]
+    return list(dict.fromkeys(re.findall(r"Unsupported global: GLOBAL (\S+)", message)))
 
 
 def check_archive(path: Path) -> None:

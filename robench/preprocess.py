@@ -18,6 +18,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what robench's resize and
 SPEC_KEYS = {"mean": "mean", "std": "std", "input-size": "input_size", "interpolation": "interpolation",
              "crop-pct": "crop_pct"}  # the spec query's keys (CLI spelling) -> fields
 
+MAX_SIDE = 4096  # pixels: one 3 x 4096 x 4096 float image is 200 MB
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -37,8 +39,9 @@ class Preprocess:
         if self.std is not None and min(self.std) <= 0:
             raise FieldError("std", f"{{name}} must be > 0 for every channel, got {self.std}")
         if self.input_size is not None and (
-                len(self.input_size) != 3 or self.input_size[0] not in (1, 3) or min(self.input_size[1:]) < 1):
-            raise FieldError("input_size", f"{{name}} must be C,H,W with C 1 or 3 and H, W >= 1, "
+                len(self.input_size) != 3 or self.input_size[0] not in (1, 3)
+                or not all(1 <= side <= MAX_SIDE for side in self.input_size[1:])):  # beyond: no memory holds a batch
+            raise FieldError("input_size", f"{{name}} must be C,H,W with C 1 or 3 and H, W in [1, {MAX_SIDE}], "
                                            f"got {','.join(map(str, self.input_size))}")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise FieldError("interpolation", f"{{name}} must be one of {', '.join(INTERPOLATIONS)}, "

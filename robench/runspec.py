@@ -36,6 +36,9 @@ from robench.suite import Suite, load_suite
 from robench.zoo import DEFAULT
 
 MAX_SEED = 2**63 - 1
+MAX_BATCH = 2**20  # a batch above the data size is one batch of all of it; beyond this it is surely a typo
+MAX_THREADS = 1024  # torch takes a C int, and no machine robench runs on has more cores
+MAX_WORKERS = 256  # each a process holding a copy of the loader
 _KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say it); checked before the ranges
     "data": ((str, type(None)), "text such as digits, or None"),
     "suite": (Suite, "a Suite (robench.suite.load_suite)"),
@@ -52,6 +55,12 @@ _KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say i
     "classes": ((str, type(None)), "the path of a class-list file, or None"),
     "preprocess": (Preprocess, "a Preprocess (robench.preprocess)"),
 }
+
+
+def check_count(name: str, value: int | None, low: int, high: int) -> None:
+    """Refuse a whole-number field outside [low, high] (None passes: a default), naming the field."""
+    if value is not None and not low <= value <= high:
+        raise FieldError(name, f"{{name}} must be a whole number in [{low}, {high}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,9 @@ class RunSpec:
             raise FieldError("limit", f"{{name}} must be a positive number, got {self.limit}")
         if not 0 <= self.seed <= MAX_SEED:
             raise FieldError("seed", f"{{name}} must be a whole number in [0, 2**63 - 1], got {self.seed}")
-        if self.batch_size < 1:
-            raise FieldError("batch_size", f"{{name}} must be >= 1, got {self.batch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise FieldError("threads", f"{{name}} must be >= 1, got {self.threads}")
-        if self.workers < 0:
-            raise FieldError("workers", f"{{name}} must be >= 0, got {self.workers}")
+        for name, low, high in (("batch_size", 1, MAX_BATCH), ("threads", 1, MAX_THREADS),
+                                ("workers", 0, MAX_WORKERS)):
+            check_count(name, getattr(self, name), low, high)
         if self.class_order not in CLASS_ORDERS:
             raise FieldError("class_order",
                              f"{{name}} must be one of {', '.join(CLASS_ORDERS)}, got {self.class_order!r}")

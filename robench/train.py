@@ -354,7 +354,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     progress, history = progress if dist.is_main else None, []
     for epoch in range(1, cfg.epochs + 1):
         row = _epoch(net, opt, source, input_cfg, cfg, gen, epoch, progress, dist)
-        check_finite(model, epoch, cfg.lr)
+        check_finite(model, epoch, cfg.lr, cfg.lam)
         history.append(row)
         if epoch < cfg.epochs and dist.is_main:  # the last epoch is written below, with its validation accuracy
             save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
@@ -367,7 +367,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     return TrainResult(pd.DataFrame(history), meta)
 
 
-def check_finite(model: nn.Module, epoch: int, lr: float) -> None:
+def check_finite(model: nn.Module, epoch: int, lr: float, lam: float = 0.3) -> None:
     """Refuse weights that hold NaN or inf after an epoch, before they are written: they measure nothing.
 
     A learning rate too large for the model makes the updates overflow; the checkpoint then
@@ -376,8 +376,9 @@ def check_finite(model: nn.Module, epoch: int, lr: float) -> None:
     state = model.state_dict().values()
     if all(bool(torch.isfinite(t).all()) for t in state if t.is_floating_point()):
         return
+    also = f" or the adversarial loss's weight lam (now {lam:g})" if lam > 1 else ""
     raise FieldError("lr", f"training diverged in epoch {epoch}: the weights hold NaN or inf; lower {{name}} "
-                           f"(now {lr:g}); the checkpoint, if any, holds the last finite epoch")
+                           f"(now {lr:g}){also}; the checkpoint, if any, holds the last finite epoch")
 
 
 def local_rows(order: Tensor, batch_size: int, dist: Dist) -> tuple[Tensor, int]:

@@ -313,7 +313,9 @@ def test_unknown_command_is_one_line() -> None:
 
 @pytest.mark.parametrize(("error", "code", "text"), [(KeyboardInterrupt(), 130, "interrupted"),
                                                      (Terminated(), 143, "terminated (SIGTERM)"),
-                                                     (ValueError("boom"), 3, "runtime error: ValueError: boom")])
+                                                     (ValueError("boom"), 3, "runtime error: ValueError: boom"),
+                                                     (RuntimeError("boom\nframe #0: c10::Error\nframe #1: ..."), 3,
+                                                      "runtime error: RuntimeError: boom (set ROBENCH_DEBUG=1")])
 def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error, code, text) -> None:
     import robench.evaluate
 
@@ -808,3 +810,14 @@ def test_an_output_never_overwrites_an_input(tmp_path: Path, monkeypatch: pytest
     assert more is None or more in message
     assert "would overwrite the input" in message or more == "both write to the same file"
     assert _files(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("out", ["/proc/x.json", "/proc/x.csv"])
+def test_an_output_folder_that_takes_no_new_files_is_refused_before_any_work(out: str) -> None:
+    """/proc passes os.access(W_OK) for root, then refused the file after the whole run (exit 3)."""
+    result = CliRunner().invoke(main, ["eval", "zoo:effnet-base", "--attack", "fgsm", "--limit", "4", "-q", "--out",
+                                       out])
+    line = one_error_line(result, 2, f"--out {out}: folder /proc ")
+    assert "write the output elsewhere" in line or "is not writable" in line
+    assert "eval:" not in result.stderr  # nothing ran: no progress, no probes

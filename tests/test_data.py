@@ -331,6 +331,50 @@ def test_empty_image_folder(tmp_path: Path) -> None:
         open_source(str(tmp_path / "empty"))
 
 
+def _special_files(folder: Path) -> None:
+    """A FIFO and a socket named like images: opening the FIFO would wait for a writer forever."""
+    import os
+    import socket
+
+    os.mkfifo(folder / "pipe.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "sock.jpg"))
+    sock.close()
+
+
+def test_special_files_in_an_image_folder_are_left_out_with_one_warning(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs")
+    _special_files(root / "cat")
+    heard: list[str] = []
+    src = open_source(str(root), warn=heard.append)
+    assert src.ids == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+    assert len(heard) == 1 and "2 entries named like an image are not regular files (a FIFO, socket or device, " \
+                                "e.g. cat/" in heard[0] and "left out unread" in heard[0], heard
+    assert next(src.batches(InputConfig(size=(8, 8)), 8)).images.shape == (4, 3, 8, 8)
+
+
+def test_a_folder_of_only_special_files_has_no_images(tmp_path: Path) -> None:
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    _special_files(tmp_path / "imgs" / "cat")
+    with pytest.raises(RobenchError, match=r"no images found in .*: its 2 image names are not regular files"):
+        open_source(str(tmp_path / "imgs"))
+
+
+def test_eval_of_a_folder_holding_a_fifo_finishes_and_warns_once(tmp_path: Path) -> None:
+    """It used to hang forever, opening the FIFO."""
+    import os
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "imgs")
+    os.mkfifo(root / "dog" / "pipe.png")
+    res = subprocess.run([sys.executable, "-m", "robench", "eval", "test_resnet", "--data", str(root), "--attack",
+                          "fgsm", "--eps", "8", "--limit", "4", "-q", "--no-health"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("not a regular file") == 1 and "dog/pipe.png" in res.stderr, res.stderr
+
+
 def test_unknown_timm_dataset_string() -> None:
     with pytest.raises(RobenchError, match="cannot open dataset torch/not-a-dataset"):
         open_source("torch/not-a-dataset")

@@ -314,3 +314,43 @@ def test_metadata_the_reader_accepts_loads_or_fails_in_one_line(meta) -> None:
             load_model(parse_spec(str(path)), num_classes=10)
         except RobenchError as e:
             assert "\n" not in str(e), str(e)
+
+
+NUMBER_TEXT = st.one_of(
+    st.integers().map(str), st.floats().map(repr),
+    st.text(alphabet="0123456789", min_size=1, max_size=6000),  # beyond 4300 digits Python refuses to read them
+    st.sampled_from([".nan", ".NaN", ".inf", "-.inf", "+.Inf", "1.0e+999", "-1.0e+400", "0x" + "f" * 40, "1_000"]),
+)
+
+
+def _finite(value) -> bool:
+    import dataclasses
+    import math
+
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return abs(value) <= 2**63 - 1
+    if dataclasses.is_dataclass(value):
+        return all(_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
+
+
+@FUZZ
+@given(st.sampled_from(["steps", "step_size", "restarts", "eps"]), NUMBER_TEXT)
+def test_any_number_in_a_suite_parses_finite_or_fails_in_one_line(key: str, number: str) -> None:
+    """A 5,000-digit integer used to exit 3 (ValueError), and .nan reach an attack's config."""
+    suite = parsed_or_one_line(parse_suite, f"eps: [8]\nattacks:\n  - name: apgd\n    {key}: {number}\n", "fuzz.yaml")
+    assert suite is None or _finite(suite.attacks)
+
+
+@FUZZ
+@given(st.sampled_from(["min", "max", "max_drop", "confidence"]), st.sampled_from(["top1", "gap"]), NUMBER_TEXT)
+def test_any_number_in_gate_rules_parses_finite_or_fails_in_one_line(key: str, metric: str, number: str) -> None:
+    """A gap rule took min: -.inf, and a 400-digit one exited 3 (OverflowError)."""
+    text = f"confidence: {number}\nrules: [{{min: 0.4}}]" if key == "confidence" else \
+        f"rules:\n  - {{metric: {metric}, {key}: {number}}}\n"
+    rules = parsed_or_one_line(parse_rules, text, "gates.yaml")
+    assert rules is None or (_finite(rules.rules) and _finite(rules.confidence))

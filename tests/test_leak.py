@@ -238,3 +238,19 @@ def test_cli_bad_input_exits_2(args: list[str], needle: str, tmp_path: Path) -> 
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--alpha", "nan"], "robench: error: --alpha must be a number in (0, 1), got nan"),
+    (["--margin", "nan"], "robench: error: --margin must be a number in [0, 1], got nan"),
+])
+def test_nan_alpha_or_margin_is_refused_by_name(args: list[str], line: str) -> None:
+    """NaN passes click's FloatRange (it fails every comparison) and judged nothing: LeakConfig refuses it."""
+    from robench.errors import FieldError
+    from robench.leak import LeakConfig
+
+    with pytest.raises(FieldError) as err:
+        LeakConfig(alpha=float("nan"))
+    assert err.value.field == "alpha"
+    result = CliRunner().invoke(main, ["leak-check", "--limit", "4", *args])
+    assert (result.exit_code, result.stderr.strip().splitlines()) == (2, [line])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import re
 import struct
 import time
@@ -333,13 +335,34 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path: Path, resnet: nn.Modul
     assert not marker.exists()
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec(f"test_resnet@{tmp_path / 'evil.pth'}"), num_classes=10)
-    assert "pickled objects other than tensors, which robench refuses to load" in str(err.value)
+    assert re.search(r"refused: it needs pickled objects \([\w.]*open\)", str(err.value)), str(err.value)
     assert not marker.exists()
+
+
+@dataclasses.dataclass
+class _TrainArgs:
+    """A training script's settings, saved beside the weights as many scripts do."""
+
+    lr: float = 0.1
+
+
+def test_a_checkpoint_needing_pickled_classes_is_refused_naming_them(tmp_path: Path, resnet: nn.Module) -> None:
+    """torch's own message is a dozen lines about weights_only; the one line names the globals and the fix."""
+    torch.save({"state_dict": resnet.state_dict(), "args": _TrainArgs(), "when": datetime.date(2020, 1, 1)},
+               tmp_path / "args.pth")
+    res = CliRunner().invoke(main, ["eval", f"test_resnet@{tmp_path / 'args.pth'}", "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--limit", "4", "--out", str(tmp_path / "r.json")])
+    line = one_error_line(res, 2, "args.pth: refused: it needs pickled objects (", "datetime.date",
+                          f"{__name__}._TrainArgs", "save a plain state dict (torch.save(model.state_dict(), FILE)) "
+                                                     "or .safetensors")
+    assert "weights_only" not in line and not (tmp_path / "r.json").exists()
 
 
 def test_whole_pickled_module_is_refused(tmp_path: Path, resnet: nn.Module) -> None:
     torch.save(resnet, tmp_path / "model.pth")
-    with pytest.raises(RobenchError, match="robench refuses to load"):
+    with pytest.raises(RobenchError, match=r"refused: it needs pickled objects \(timm\.[\w.]+, "
+                                           r".*timm\.models\.resnet\.ResNet.* and \d+ more\), which robench "
+                                           r"does not load"):
         load_model(parse_spec(f"test_resnet@{tmp_path / 'model.pth'}"), num_classes=10)
 
 
@@ -559,6 +582,10 @@ def test_spec_query_sets_one_models_preprocessing() -> None:
     ("resnet18?std=1,0,1", "std must be > 0"),
     ("resnet18?mean=nan", "mean must be one finite number per channel"),
     ("resnet18?size=3", "unknown setting 'size'"),
+    # sizes that parse but cannot run: a batch of them allocated 240 GB, or torch overflowed (exit 3)
+    ("resnet18?input-size=3,100000,100000", "input-size must be C,H,W with C 1 or 3 and H, W in [1, 4096], "
+                                            "got 3,100000,100000"),
+    (f"resnet18?input-size=3,{10**30},8", "and H, W in [1, 4096]"),
 ])
 def test_bad_spec_queries(text: str, needle: str) -> None:
     with pytest.raises(RobenchError, match=re.escape(needle)) as info:

@@ -40,6 +40,15 @@ def rules(text: str) -> Rules:
     ("rules:\n  - {min: 0.4\n", ["line 3", "invalid YAML"]),
     ("- {min: 0.4, min: 0.5}", ["duplicate key 'min'"]),
     ("- 7", ["each rule is a mapping"]),
+    ("- {min: .nan}", ["gates.yaml line 1: 'min': .nan is not a finite number; expected a number such as 0.5"]),
+    ("- {metric: gap, max: .inf}", ["line 1: 'max': .inf is not a finite number"]),
+    ("- {metric: gap, min: -.inf}", ["'min': -.inf is not a finite number"]),
+    ("- {max_drop: .inf}", ["'max_drop': .inf is not a finite number"]),
+    (f"- {{metric: gap, min: {'9' * 5000}}}", ["line 1: 'min': 99999999999999999999... (5000 characters) is too "
+                                               "large; expected a whole number of at most 2**63 - 1"]),
+    (f"confidence: {'9' * 5000}\nrules: [{{min: 0.4}}]", ["line 1: 'confidence': 9999", "is too large"]),
+    ("- {eps: [8, .nan], min: 0.4}", ["'eps': .nan is not a finite number"]),
+    ("- &r {min: 0.4}\n- *r", ["line 2: alias '*r' refused", "write the value out"]),
 ])
 def test_bad_rules(text: str, needles: list[str]) -> None:
     with pytest.raises(RobenchError) as e:

@@ -18,8 +18,8 @@ from robench.transfer import TransferConfig
     ({"limit": 0}, "limit must be a positive number, got 0"),
     ({"seed": -1}, "seed must be a whole number in [0, 2**63 - 1], got -1"),
     ({"seed": 10**23}, "seed must be a whole number in [0, 2**63 - 1], got 100000000000000000000000"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"workers": -2}, "workers must be >= 0, got -2"),
+    ({"batch_size": 0}, "batch_size must be a whole number in [1, 1048576], got 0"),
+    ({"workers": -2}, "workers must be a whole number in [0, 256], got -2"),
     ({"limit": 1.5}, "limit must be a whole number or None, got 1.5"),
     ({"limit": True}, "limit must be a whole number or None, got True"),
     ({"batch_size": "8"}, "batch_size must be a whole number, got '8'"),
@@ -27,8 +27,11 @@ from robench.transfer import TransferConfig
     ({"device": 0}, "device must be text such as auto, cpu or cuda, got 0"),
     ({"suite": "attacks.yaml"}, "suite must be a Suite (robench.suite.load_suite), got 'attacks.yaml'"),
     ({"pretrained": "yes"}, "pretrained must be True or False, got 'yes'"),
-    ({"threads": 0}, "threads must be >= 1, got 0"),
+    ({"threads": 0}, "threads must be a whole number in [1, 1024], got 0"),
     ({"threads": 2.0}, "threads must be a whole number or None, got 2.0"),
+    ({"threads": 10**30}, f"threads must be a whole number in [1, 1024], got {10**30}"),  # exit 3 in torch
+    ({"workers": 10**30}, f"workers must be a whole number in [0, 256], got {10**30}"),
+    ({"batch_size": 2**20 + 1}, "batch_size must be a whole number in [1, 1048576], got 1048577"),
     ({"class_order": "alphabetical"}, "class_order must be one of natural, lexical, got 'alphabetical'"),
     ({"classes": 3}, "classes must be the path of a class-list file, or None, got 3"),
 ])
@@ -41,6 +44,17 @@ def test_bad_fields_are_named_as_fields(fields: dict, message: str) -> None:
 @pytest.mark.parametrize(("args", "line"), [
     (["--limit", "0"], "robench: error: --limit must be a positive number, got 0"),
     (["--seed", "-1"], "robench: error: --seed must be a whole number in [0, 2**63 - 1], got -1"),
+    (["--seed", str(10**23)], f"robench: error: --seed must be a whole number in [0, 2**63 - 1], got {10**23}"),
+    (["--device", "meta"], "robench: error: --device 'meta' cannot run models robench can score; use auto, cpu, "
+                           "cuda, cuda:N or mps"),
+    (["--device", "cuda:x"], "robench: error: unknown device 'cuda:x' for --device; use auto, cpu, cuda, cuda:N or "
+                             "mps"),
+    (["--threads", str(10**30)], f"robench: error: --threads must be a whole number in [1, 1024], got {10**30}"),
+    (["--workers", str(10**30)], f"robench: error: --workers must be a whole number in [0, 256], got {10**30}"),
+    (["--batch-size", "99999999999"], "robench: error: --batch-size must be a whole number in [1, 1048576], "
+                                      "got 99999999999"),
+    (["--limit", "-3"], "robench: error: --limit must be a positive number, got -3"),
+    (["--clean-ref-tol", "nan"], "robench: error: --clean-ref-tol must be a share in [0, 1], got nan"),
     pytest.param(["--device", "cuda:7"], "robench: error: --device 'cuda:7' asked for, but no CUDA GPU is available; "
                  "use --device cpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])

@@ -347,6 +347,9 @@ def test_override_keeps_the_suite_options() -> None:
     assert "robust after this stage" in suite.semantics() and "first misclassified iterate" in suite.semantics()
 
 
+NOT_FINITE = "is not a finite number; expected a number such as 0.5 (.nan, .inf and numbers beyond 1.8e308 are refused)"
+
+
 @pytest.mark.parametrize(("entry", "message"), [
     ("  - name: fab_t\n    targets: 0\n", "s.yaml line 4: 'targets' must be at least 1, got 0 for attack 'fab_t'"),
     ("  - name: apgd\n    rho: 2\n", "s.yaml line 4: 'rho' must be in (0, 1], got 2 for attack 'apgd'"),
@@ -359,14 +362,17 @@ def test_override_keeps_the_suite_options() -> None:
     ("  - name: iter_ll\n    steps: 0\n", "s.yaml line 4: 'steps' must be at least 1, got 0 for attack 'iter_ll'"),
     ("  - name: fab_t\n    restarts: 0\n", "s.yaml line 4: 'restarts' must be at least 1, got 0 for attack 'fab_t'"),
     ("  - name: square\n    queries: 0\n", "s.yaml line 4: 'queries' must be at least 1, got 0 for attack 'square'"),
+    ("  - name: pgd\n    steps: 9223372036854775807\n",
+     "s.yaml line 4: 'steps' must be at most 10,000,000, got 9223372036854775807 for attack 'pgd'"),
+    ("  - name: square\n    queries: 10000001\n",
+     "s.yaml line 4: 'queries' must be at most 10,000,000, got 10000001 for attack 'square'"),
     ("  - name: bim\n    step_size: 0\n", "s.yaml line 4: 'step_size' must be > 0, got 0 for attack 'bim'"),
     ("  - name: pgd\n    step_size: 0.0\n", "s.yaml line 4: 'step_size' must be > 0, got 0.0 for attack 'pgd'"),
-    ("  - name: iter_ll\n    step_size: .nan\n",
-     "s.yaml line 4: 'step_size' must be a finite number, got nan for attack 'iter_ll'"),
-    ("  - name: pgd\n    step_size: .inf\n",
-     "s.yaml line 4: 'step_size' must be a finite number, got inf for attack 'pgd'"),
-    ("  - name: apgd\n    rho: .nan\n", "s.yaml line 4: 'rho' must be a finite number, got nan for attack 'apgd'"),
-    ("  - name: fab_t\n    eta: .inf\n", "s.yaml line 4: 'eta' must be a finite number, got inf for attack 'fab_t'"),
+    # NaN and inf are refused by the YAML reader itself, for every key of every file (the configs refuse them too)
+    ("  - name: iter_ll\n    step_size: .nan\n", f"s.yaml line 4: 'step_size': .nan {NOT_FINITE}"),
+    ("  - name: pgd\n    step_size: .inf\n", f"s.yaml line 4: 'step_size': .inf {NOT_FINITE}"),
+    ("  - name: apgd\n    rho: .nan\n", f"s.yaml line 4: 'rho': .nan {NOT_FINITE}"),
+    ("  - name: fab_t\n    eta: .inf\n", f"s.yaml line 4: 'eta': .inf {NOT_FINITE}"),
 ])
 def test_attack_options_out_of_range_name_the_line(entry: str, message: str) -> None:
     with pytest.raises(RobenchError) as e:
@@ -413,3 +419,81 @@ def test_the_unit_trap_in_yaml(tmp_path: Path) -> None:
     (tmp_path / "g.yaml").write_text("rules:\n  - {attack: fgsm, eps: 0.031, min: 0.5}\n")
     with pytest.raises(RobenchError, match=r"g\.yaml line 2: 'eps': eps 0\.031 is in 1/255 units"):
         load_rules(tmp_path / "g.yaml")
+
+
+BIG = "9" * 5000  # Python refuses to read more than 4300 digits: once a ValueError and exit 3
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("    step_size: .nan\n", "s.yaml line 4: 'step_size': .nan is not a finite number; expected a number"),
+    ("    step_size: -.inf\n", "s.yaml line 4: 'step_size': -.inf is not a finite number"),
+    ("    step_size: 1.0e+999\n", "s.yaml line 4: 'step_size': 1.0e+999 is not a finite number"),
+    (f"    steps: {BIG}\n", "s.yaml line 4: 'steps': 99999999999999999999... (5000 characters) is too large; "
+                             "expected a whole number of at most 2**63 - 1"),
+    ("    steps: 9223372036854775808\n", "'steps': 9223372036854775808 is too large"),
+    (f"    eps: [8, {BIG}]\n", "s.yaml line 4: 'eps': 99999999999999999999... (5000 characters) is too large"),
+    ("    eps: [8, .nan]\n", "s.yaml line 4: 'eps': .nan is not a finite number"),
+])
+def test_numbers_a_suite_cannot_use_name_the_key_and_line(entry: str, message: str) -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_suite("eps: [8]\nattacks:\n  - name: pgd\n" + entry, "s.yaml")
+    assert message in str(e.value)
+    assert "invalid YAML" not in str(e.value)
+
+
+def test_an_overlong_eps_on_the_command_line_is_shown_shortened() -> None:
+    with pytest.raises(RobenchError) as e:
+        parse_eps_list("1" + "0" * 5000)
+    assert str(e.value) == "--eps: eps '10000000000000000000000000000... (5001 characters) is not a number; use " \
+                           "1/255 units like 8, a fraction like 8/255, or pixels like 0.03px"
+
+
+def test_a_number_outside_any_mapping_is_refused_too() -> None:
+    with pytest.raises(RobenchError, match=r"s\.yaml line 1: 99999999999999999999\.\.\. \(5000 characters\) is too"):
+        parse_suite(f"- {BIG}\n", "s.yaml")
+    with pytest.raises(RobenchError, match=r"s\.yaml line 1: \.inf is not a finite number"):
+        parse_suite("[.inf]\n", "s.yaml")
+
+
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(9)
+) + "eps: [8]\nattacks: [{name: fgsm}]\n"
+
+
+def test_yaml_aliases_are_refused() -> None:
+    """An alias repeats a node by reference: nine lines of them stand for 9**10 strings (billion laughs)."""
+    with pytest.raises(RobenchError, match=r"s\.yaml line 2: alias '\*a' refused: robench's YAML files take no "
+                                           r"anchors or aliases; write the value out"):
+        parse_suite(BILLION_LAUGHS, "s.yaml")
+    with pytest.raises(RobenchError, match=r"line 4: alias '\*e' refused"):
+        parse_suite("eps: &e [8]\nattacks:\n  - name: pgd\n    eps: *e\n", "s.yaml")
+
+
+def test_an_overlong_yaml_text_is_refused_unread() -> None:
+    with pytest.raises(RobenchError, match=r"s\.yaml: 1048577 characters is too long for a suite or rule file"):
+        parse_suite("#" * (2**20 + 1), "s.yaml")
+
+
+def test_a_billion_laughs_suite_exits_2_at_once_in_little_memory(tmp_path: Path) -> None:
+    from results_docs import PEAK_MB, run_peak
+
+    (tmp_path / "s.yaml").write_text(BILLION_LAUGHS)
+    code, lines, peak_mb = run_peak("eval", "test_resnet", "--attacks", tmp_path / "s.yaml", "--limit", "4", "-q",
+                                    timeout=60)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("robench: error: ") and "alias '*a' refused" in lines[0]
+    assert peak_mb < PEAK_MB
+
+
+def test_a_huge_number_in_a_suite_exits_2_before_any_work(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from results_docs import one_error_line
+
+    from robench.cli.main import main
+
+    (tmp_path / "s.yaml").write_text(f"eps: [8]\nattacks:\n  - name: pgd\n    steps: {BIG}\n")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["eval", "zoo:resnet-base", "--limit", "4", "--attacks", str(tmp_path / "s.yaml"),
+                                       "-q", "--out", str(out)])
+    one_error_line(result, 2, "s.yaml line 4: 'steps': 99999999999999999999... (5000 characters) is too large")
+    assert not out.exists()

@@ -198,7 +198,15 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--val-fraction", "nan"], "--val-fraction nan must be a finite number"),
         (["--eps-sigma", "inf"], "--eps-sigma: eps 'inf' is not a number"),
         (["--eps-max", "nan"], "--eps-max: eps 'nan' is not a number"),
-        (["--steps", "0"], "--steps 0 must be >= 1"),
+        (["--steps", "0"], "--steps 0 must be a whole number in [1, 10000]"),
+        # values that parse but cannot run: torch overflowed (exit 3) or the run allocated beyond any memory
+        (["--steps", str(10**30), "--attack", "pgd"], f"--steps {10**30} must be a whole number in [1, 10000]"),
+        (["--batch-size", "99999999999"], "--batch-size 99999999999 must be a whole number in [2, 1048576] (2**20)"),
+        (["--input-size", "100000"], "--input-size 100000 must be a whole number of pixels in [8, 4096]"),
+        (["--threads", str(10**30)], f"--threads must be a whole number in [1, 1024], got {10**30}"),
+        (["--seed", str(10**23)], f"--seed {10**23} must be a whole number in [0, 2**63 - 1]"),
+        (["--device", "meta"], "--device 'meta' cannot run models robench can score"),
+        (["--weight-decay", "1e308"], "--weight-decay 1e+308 times lr 0.003 must be below 1 (AdamW shrinks"),
     ],
 )
 def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -228,8 +236,8 @@ def test_diverged_training_is_refused_before_its_weights_are_written(tmp_path: P
 
     out = tmp_path / "m.safetensors"
     result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "1", "--limit", "64",
-                                       "--batch-size", "16", "--input-size", "16", "--lr", "1e30", "-q",
-                                       "--out", str(out)])
+                                       "--batch-size", "16", "--input-size", "16", "--lr", "1e30",
+                                       "--weight-decay", "0", "-q", "--out", str(out)])
     one_error_line(result, 2, "training diverged in epoch 1: the weights hold NaN or inf; lower --lr (now 1e+30)")
     assert not out.exists()
 

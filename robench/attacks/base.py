@@ -192,10 +192,14 @@ def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
+MAX_COUNT = 10_000_000  # steps, restarts, queries, targets: AutoAttack's largest is 5,000 queries
+
+
 def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ...] = (),
                  positive: tuple[str, ...] = ()) -> None:
     """Refuse an attack option out of range: ``at_least`` fields below their minimum, ``unit`` fields outside (0, 1],
-    ``positive`` fields (None allowed: a default) not above 0. Every one of them must be a finite number.
+    ``positive`` fields (None allowed: a default) not above 0. Every one of them must be a finite number, and
+    a whole number in ``at_least`` at most ``MAX_COUNT``.
 
     Raises FieldError naming the field; a suite file's reader adds the file and line. An
     attack left with nothing to do (0 steps or targets, a step size of 0) would report the
@@ -209,6 +213,8 @@ def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ..
         value = getattr(config, name)
         if value < low:
             raise FieldError(name, f"{{name}} must be at least {low:g}, got {value!r}")
+        if isinstance(value, int) and value > MAX_COUNT:  # a run that never ends, or overflows a tensor's int64
+            raise FieldError(name, f"{{name}} must be at most {MAX_COUNT:,}, got {value!r}")
     for name in unit:
         value = getattr(config, name)
         if not 0 < value <= 1:
