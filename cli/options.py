@@ -33,7 +33,9 @@ _RUN_OPTIONS = {
     "data": click.option("-d", "--data", metavar="DATA",
                          help="digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME. "
                               "Default: the dataset the models' checkpoints say they trained on, else digits."),
-    "limit": click.option("--limit", type=int, metavar="N", help="Use N samples, drawn by a seeded permutation."),
+    "limit": click.option("--limit", type=int, metavar="N",
+                          help="Use N samples, drawn by a seeded permutation. Default: all of the split (evaluating: "
+                               "the test split, digits: 360 images)."),
     "seed": click.option("--seed", type=int, default=0, show_default=True,
                          help="Seed for sample choice and random starts (train: and the weights)."),
     "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True),
@@ -167,7 +169,8 @@ def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Run only this attack (repeatable); suite entries keep their options."),
         click.option("--eps", "eps_text", metavar="LIST",
                      help="Comma-separated eps in 1/255 units, e.g. 2,4,8, or as fractions of the pixel range: "
-                          "8/255, 0.3*255, 0.03px. A plain number below 1 is refused (0.3 would be 0.3/255)."),
+                          "8/255, 0.3*255, 0.03px. A plain number below 1 is refused (0.3 would be 0.3/255). "
+                          "Default: the suite's (paper: 2,4,8,16)."),
         eps_unit_option,
     )):
         command = option(command)

@@ -63,6 +63,8 @@ def check_count(name: str, value: int | None, low: int, high: int) -> None:
         raise FieldError(name, f"{{name}} must be a whole number in [{low}, {high}], got {value}")
 
 
+DEFAULT_DATA = "digits"  # without --data and without a dataset the checkpoints agree on
+
 @dataclass(frozen=True)
 class RunSpec:
     """Data, attacks and how to run them: everything but the models that decides an evaluation's numbers."""
@@ -112,7 +114,7 @@ class Opened:
     source: Source
     models: list[LoadedModel]
     device: torch.device
-    data: str = "digits"  # the data spec the run opened (RunSpec.data, or the checkpoints' dataset)
+    data: str = DEFAULT_DATA  # the data spec the run opened (RunSpec.data, or the checkpoints' dataset)
 
     def participants(self) -> list[Participant]:
         """The models as the engine sees them."""
@@ -138,7 +140,7 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     except FieldError:
         raise
     except RobenchError as e:
-        if run.data is not None or data == "digits":
+        if run.data is not None or data == DEFAULT_DATA:
             raise
         raise RobenchError(f"{e} (the models' checkpoints say they trained on {data}; pass --data to evaluate on "
                            f"other data)") from None
@@ -155,21 +157,38 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
 
 
 def run_data(data: str | None, parsed: list[ModelSpec]) -> tuple[str, list[str]]:
-    """The data to evaluate on, and a note for each model whose checkpoint says it trained on other data.
+    """The data to evaluate on, and notes: where it came from, and each model whose checkpoint says other data.
 
     Without ``data`` the run takes the dataset the checkpoints record (their test split), if
-    they agree, else digits: a Fashion-MNIST model ran on digits at 22% with no word. Named
-    datasets that differ are warned of; an image folder may hold the very images a built-in
-    dataset has, and classes that differ are refused by name anyway (``run_classes``).
+    they agree, and says so; else digits: a Fashion-MNIST model ran on digits at 22% with no
+    word. A model trained on other data than the run's gets a note naming both; when an image
+    folder is involved the note allows that it may hold the same images.
     """
     trained = {p.label: d for p in parsed if (d := checkpoint_dataset(p)) is not None}
+    notes = []
     if data is None:
-        known = set(trained.values())
-        data = known.pop() if len(known) == 1 else "digits"
-    notes = [f"model '{label}' was trained on {d} (its checkpoint says) but the data is {data}: its numbers are "
-             f"for data it never learned (pass --data {d})" for label, d in trained.items()
-             if d != data and not is_folder(d) and not is_folder(data)]  # a folder may hold the same images
+        known = list(dict.fromkeys(trained.values()))  # in model order
+        if len(known) == 1:
+            data = known[0]
+            if data != DEFAULT_DATA:  # the zoo's own: nothing a user would not expect
+                notes.append(f"evaluating on {data} (its test split), the dataset the checkpoints of "
+                             f"{_labels(trained)} record; --data overrides")
+        else:
+            data = DEFAULT_DATA
+            if known:
+                notes.append(f"the checkpoints record different datasets ({', '.join(known)}), so the run takes "
+                             f"the default, {DEFAULT_DATA}; pass --data, or evaluate them in separate runs")
+    for label, d in trained.items():
+        if d != data:
+            maybe = ", unless the two hold the same images" if is_folder(d) or is_folder(data) else ""
+            notes.append(f"model '{label}' was trained on {d} (its checkpoint says) but the data is {data}: its "
+                         f"numbers are for data it never learned{maybe} (pass --data {d})")
     return data, notes
+
+
+def _labels(trained: dict[str, str]) -> str:
+    labels = [f"'{label}'" for label in trained]
+    return "model " + labels[0] if len(labels) == 1 else "models " + ", ".join(labels)
 
 
 def run_classes(run: RunSpec, parsed: list[ModelSpec]) -> tuple[list[str] | None, str]:

@@ -216,9 +216,14 @@ def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: 
     text = text[:-2].strip() if text.lower().endswith("px") else text
     try:
         number = _number(text)
-        if not (math.isfinite(float(number))):
-            raise ValueError
-    except (ValueError, ZeroDivisionError, OverflowError):
+        finite = math.isfinite(float(number))
+    except OverflowError:
+        finite = False
+    except (ValueError, ZeroDivisionError):
+        finite = None
+    if finite is False:
+        raise RobenchError(f"{where}: eps {value!s:.40} is out of range; it must lie in [0, 255] (1/255 units)")
+    if finite is None:
         shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:30]}... ({len(str(value))} characters)"
         raise RobenchError(
             f"{where}: eps {shown} is not a number; use 1/255 units like 8, a fraction like 8/255, "
@@ -243,9 +248,13 @@ def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: 
 
 def parse_eps_list(text: str, where: str = "--eps", unit: str = "1/255") -> tuple[float, ...]:
     """A comma-separated eps list such as "2,4,8", "8/255,16/255" or, with ``unit`` "pixel", "0.01,0.03"."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and not parts[-1]:  # one trailing comma, as lists are often written
+        parts.pop()
+    if not any(parts):
         raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
+    if not all(parts):  # "8,,16" once ran at 8 and 16 without a word: a lost value is a typo to fix
+        raise RobenchError(f"{where}: {text!r} has an empty item; give eps separated by single commas, e.g. 2,4,8")
     return unique_eps(parts, [parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts],
                       where)
 

@@ -290,6 +290,9 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     _check_cache(cfg.cache)
     opened = open_run(cfg.run, cfg.models, dist, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
+    if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
+        warn(f"transfer-matrix with one model ('{sources[0].spec.label}') measures only its white-box diagonal, no "
+             f"transfer; give two or more models (-m)")
     flags = probe_models(opened, cfg.run, dist, status, "transfer")
     cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes) if cfg.cache else None
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)

@@ -458,7 +458,8 @@ def test_a_decompression_bomb_image_leaves_one_line(tmp_path: Path) -> None:
     (root / "3" / "0.png").write_bytes(_png(*BOMBS["warning"]))
     code, lines, grown_mb = run_peak("eval", "zoo:resnet-base", "--data", root, "--attack", "fgsm", "--eps", "8", "-q",
                                     "--no-health", "--workers", "2")
-    assert code == 2 and len(lines) == 1, lines
+    lines = [ln for ln in lines if "was trained on digits (its checkpoint says)" not in ln]  # the folder is not
+    assert code == 2 and len(lines) == 1, lines  # digits by name: warned of; PIL's own warning never shows
     assert lines[0].startswith(f"robench: error: cannot read image {root / '3' / '0.png'}: PIL refuses it")
     assert grown_mb < PEAK_MB, grown_mb
 

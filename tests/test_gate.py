@@ -20,6 +20,7 @@ from results_docs import BASE, GRID, N, flip, invoke, make_doc, one_error_line, 
 
 from robench import gate, gate_report, stats
 from robench.errors import CheckFailed, RobenchError
+from robench.provenance import SCHEMA_VERSION
 from robench.rules import Rules, parse_rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -502,6 +503,8 @@ def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
     r = invoke("gate", *cmds["gate"])
     assert r.exit_code == 0, (r.stdout, r.stderr)
     assert "PASSED" in r.stdout and r.stderr == ""
+    assert "no baseline row" not in r.stdout  # every row compared: the baseline holds the worst-case rows too
+    assert json.loads((CI / "baseline.json").read_text())["schema_version"] == SCHEMA_VERSION
     assert ET.parse(tmp_path / "gate.xml").getroot().get("failures") == "0"
     assert "## robench gate: PASSED" in (tmp_path / "summary.md").read_text()
     r = invoke("report", *cmds["report"], "-q")

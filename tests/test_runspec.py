@@ -130,8 +130,12 @@ def test_without_data_a_checkpoint_evaluates_on_what_it_trained_on(tmp_path, def
     doc = json.loads((tmp_path / "a.json").read_text())
     assert (doc["dataset"]["spec"], doc["dataset"]["n"], doc["config"]["data"]) == (str(folder), 10, str(folder))
     assert "was trained on" not in result.stderr
+    assert f"evaluating on {folder} (its test split), the dataset the checkpoints of model 'm' record; --data " \
+        "overrides" in result.stderr  # said: nothing else in the output named the data it chose
     result = CliRunner().invoke(main, [*args, "--data", "digits", "--limit", "20"])
-    assert result.exit_code == 0 and "was trained on" not in result.stderr  # a folder may hold the same images
+    assert result.exit_code == 0 and (f"model 'm' was trained on {folder} (its checkpoint says) but the data is "
+                                      "digits: its numbers are for data it never learned, unless the two hold the "
+                                      f"same images (pass --data {folder})") in " ".join(result.stderr.split())
     other = tmp_path / "fm.safetensors"  # a checkpoint naming another built-in dataset (classes 0..9 kept)
     save_file(load_file(str(default_checkpoint)), str(other),
               metadata={META_KEY: json.dumps({**meta, "dataset": "fashion-mnist:train"}, sort_keys=True)})
@@ -142,6 +146,11 @@ def test_without_data_a_checkpoint_evaluates_on_what_it_trained_on(tmp_path, def
             "for data it never learned (pass --data fashion-mnist)") in result.stderr
     result = CliRunner().invoke(main, ["eval", "--attack", "fgsm", "--eps", "8", "--limit", "10", "-q", "--no-health"])
     assert result.exit_code == 0 and "was trained on" not in result.stderr  # the zoo: digits, as before
+    both = CliRunner().invoke(main, ["eval", "-m", f"m={ckpt}", "-m", f"fm={other}", "--attack", "fgsm", "--eps", "8",
+                                     "--limit", "10", "-q", "--no-health"])  # a folder and fashion-mnist: no agreement
+    said = " ".join(both.stderr.split())
+    assert both.exit_code == 0 and f"the checkpoints record different datasets ({folder}, fashion-mnist), so the " \
+        "run takes the default, digits" in said and "model 'fm' was trained on fashion-mnist" in said
     gone = tmp_path / "gone.safetensors"  # its dataset cannot be opened here: the error says who chose it
     save_file(load_file(str(default_checkpoint)), str(gone),
               metadata={META_KEY: json.dumps({**meta, "dataset": f"{tmp_path / 'nowhere'}:train"}, sort_keys=True)})

@@ -76,7 +76,7 @@ def test_the_unit_trap() -> None:
     ("value", "why"),
     [("-1", "out of range"), (-0.5, "out of range"), ("256", "out of range"), (255.5, "out of range"),
      ("300/255", "out of range"), ("nan", "not a number"), ("inf", "not a number"), ("abc", "not a number"),
-     ("1e400", "not a number"), ("2px", "must lie in \\[0, 1\\]"),
+     ("1e400", "out of range"), ("2px", "must lie in \\[0, 1\\]"),
      ("", "not a number"), ("1/0", "not a number"), ("__import__('os')", "not a number"),
      ("2**3", "not a number"), (None, "not a number"), (True, "must be a number"), (False, "must be a number")],
 )
@@ -497,3 +497,16 @@ def test_a_huge_number_in_a_suite_exits_2_before_any_work(tmp_path: Path) -> Non
                                        "-q", "--out", str(out)])
     one_error_line(result, 2, "s.yaml line 4: 'steps': 99999999999999999999... (5000 characters) is too large")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("8,,16,", "--eps: '8,,16,' has an empty item; give eps separated by single commas, e.g. 2,4,8"),
+    ("8,16,,", "--eps: '8,16,,' has an empty item"),
+    (",8", "--eps: ',8' has an empty item"),
+    ("1e400", "--eps: eps 1e400 is out of range; it must lie in [0, 255] (1/255 units)"),
+])
+def test_an_eps_list_with_a_lost_value_or_an_overflow_is_refused(text: str, message: str) -> None:
+    """`--eps 8,,16,` ran at 8 and 16 without a word (one trailing comma stays fine); 1e400 was "not a number"."""
+    with pytest.raises(RobenchError) as e:
+        parse_eps_list(text)
+    assert str(e.value).startswith(message)

@@ -370,6 +370,11 @@ def test_cli_writes_tidy_rows(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["command"] == "transfer-matrix" and "transfer_rate" in doc["metrics"]
     assert len(doc["rows"]) == 2 + 4 and doc["crafted_attack_calls"] == 2
+    assert "measures only its white-box diagonal" not in result.stderr
+    one = CliRunner().invoke(main, ["transfer-matrix", "zoo:effnet-base", "--attack", "fgsm", "--eps", "16", "--limit",
+                                    "4", "-q"])
+    assert one.exit_code == 0 and "warning: transfer-matrix with one model ('effnet-base') measures only its " \
+        "white-box diagonal, no transfer; give two or more models (-m)" in " ".join(one.stderr.split())
 
 
 @pytest.mark.parametrize(
