@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robench.errors import FieldError, RobenchError
+from robench.files import read_text
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TEST_EVERY = 5  # digits test split: sklearn index % 5 == 0 (360 images); train: the rest
@@ -512,10 +513,10 @@ def class_list_problem(names: Sequence[str]) -> str | None:
 
 def read_class_list(path: Path) -> list[str]:
     """Class names in index order from a text file, one a line (trailing blank lines ignored)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of a name
-    except (OSError, UnicodeDecodeError) as e:
-        raise FieldError("classes", f"cannot read the {{name}} file {path}: {e}") from None
+    try:  # at most TEXT_LIMIT bytes, and only a regular file: a FIFO or /dev/zero would never end
+        text = read_text(path, "classes").removeprefix("\ufeff")  # a BOM (Windows editors) is not part of a name
+    except RobenchError as e:
+        raise FieldError("classes", f"{{name}}: {e}") from None
     names = [line.strip() for line in text.splitlines()]
     while names and not names[-1]:
         names.pop()

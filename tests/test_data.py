@@ -561,6 +561,17 @@ def test_class_list_files_from_windows_editors(tmp_path: Path) -> None:
     assert read_class_list(tmp_path / "c.txt") == ["10", "2", "1"]
 
 
+def test_a_class_list_that_is_no_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    """A FIFO or /dev/zero as --classes would never end: read_text refuses them, and reads at most its limit."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    for path, kind in ((tmp_path / "fifo", "is a named pipe"), (Path("/dev/zero"), "is a character device")):
+        with pytest.raises(RobenchError) as err:
+            read_class_list(path)
+        assert err.value.named("--classes") == f"--classes: classes file {path} {kind}, not a regular file; give a file"
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("a\nb\na\n", r"'a' is named twice \(entries 1 and 3\)"), ("a\n\nb\n", "entry 2 is empty"), ("\n\n", "no class"),
 ])
