@@ -10,6 +10,7 @@ import click
 from .options import (
     check_outs,
     eps_unit_option,
+    joined_eps,
     model_option,
     out_option,
     resume_option,
@@ -23,8 +24,9 @@ from .render import console, distributed_run, health_warnings, warn
 @click.command("leak-check")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @model_option("Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
-@click.option("--eps", "eps_text", default="2,4,8,16", show_default=True, metavar="LIST",
-              help="Comma-separated eps in 1/255 units, or 8/255, 0.03px (a plain number below 1 is refused).")
+@click.option("--eps", "eps_text", default=("2,4,8,16",), show_default="2,4,8,16", metavar="LIST", multiple=True,
+              callback=joined_eps, help="Comma-separated eps in 1/255 units, or 8/255, 0.03px (a plain number below 1 "
+                                        "is refused); repeatable.")
 @eps_unit_option
 @run_options
 @resume_option

@@ -167,14 +167,19 @@ def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
                           "or a YAML file. Default: paper."),
         click.option("--attack", "attack_names", multiple=True, metavar="NAME",
                      help="Run only this attack (repeatable); suite entries keep their options."),
-        click.option("--eps", "eps_text", metavar="LIST",
+        click.option("--eps", "eps_text", metavar="LIST", multiple=True, callback=joined_eps,
                      help="Comma-separated eps in 1/255 units, e.g. 2,4,8, or as fractions of the pixel range: "
                           "8/255, 0.3*255, 0.03px. A plain number below 1 is refused (0.3 would be 0.3/255). "
-                          "Default: the suite's (paper: 2,4,8,16)."),
+                          "Repeatable (--eps 2 --eps 8 is 2,8). Default: the suite's (paper: 2,4,8,16)."),
         eps_unit_option,
     )):
         command = option(command)
     return command
+
+
+def joined_eps(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> str | None:
+    """Every --eps given, as one list: a second --eps used to replace the first without a word."""
+    return ",".join(values) if values else None
 
 
 def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None,

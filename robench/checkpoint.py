@@ -21,7 +21,7 @@ from torch import nn
 from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.files import atomic_write
-from robench.preprocess import INTERPOLATIONS
+from robench.preprocess import INTERPOLATIONS, MAX_SIDE
 from robench.schema_errors import schema_error
 
 META_KEY = "robench"
@@ -52,7 +52,7 @@ class CheckpointMeta(BaseModel):
     arch: str = Field(None, min_length=1, max_length=500)
     num_classes: int = Field(None, ge=1, le=1_000_000)
     classes: list[str] = Field(None, min_length=1, max_length=1_000_000)
-    input_size: list[Annotated[int, Field(ge=1, le=16384)]] = Field(None, min_length=3, max_length=3)
+    input_size: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(None, min_length=3, max_length=3)
     interpolation: Literal[INTERPOLATIONS] = None  # type: ignore[valid-type]
     crop_pct: float = Field(None, gt=0, le=1, allow_inf_nan=False)
     crop_mode: Literal["center", "squash", "border"] = None

@@ -194,7 +194,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 MiB = 1 << 20
-TEXT_LIMIT = 4 * MiB  # a YAML file a person wrote (suites, gates): far above any real one
+TEXT_LIMIT = 1 * MiB  # a YAML file a person wrote (suites, gates) or a class list: far above any real one
 RESULTS_LIMIT = 256 * MiB  # a results JSON: ImageNet's 50,000 ids and a bit per sample per row fit many times
 
 
@@ -218,7 +218,7 @@ def read_text(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
         raise RobenchError(f"cannot read {what} file {path}: {e.strerror or e}") from None
     if len(data) > limit:
         raise RobenchError(f"{what} file {path} is larger than {_size(limit)}, the most robench reads from such a "
-                           f"file; give the file robench wrote (or split it)")
+                           f"file; is it the right file?")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

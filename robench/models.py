@@ -71,6 +71,10 @@ def parse_spec(text: str) -> ModelSpec:
     A ``=`` or ``@`` belongs to a path when what comes before it looks like one
     (``runs/lr=0.1/m.safetensors``, ``./v1@2.safetensors``).
     """
+    unprintable = next((c for c in text if not c.isprintable()), None)
+    if unprintable is not None:  # a label reaches terminals, logs, Markdown and XML: no escape sequences
+        raise FieldError("models", f"model spec {text!r} holds the control character {unprintable!r}; "
+                                   f"write the label and path in printable characters")
     body, preprocess = split_query(text)
     label, eq, rest = body.partition("=")
     if not eq or "@" in label or looks_like_path(label):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import input_gradient
 from robench.attacks.iterative import PgdConfig
-from robench.engine import score
+from robench.engine import predictions, score
 from robench.health import UNBOUNDED_MAX_TOP1, ZERO_GRADIENT_MAX, Flag, flag
 from robench.metrics import correct
 
@@ -62,7 +62,8 @@ def unbounded_attack_fails(model: nn.Module, x: Tensor, y: Tensor, logits: Tenso
     """Does pgd at eps 255/255 (no random start) leave more than UNBOUNDED_MAX_TOP1 of the batch correct?"""
     config = PgdConfig(steps=UNBOUNDED_STEPS, random_start=False)
     ((_, x_adv),) = REGISTRY["pgd"].run(model, x, Labels.from_logits(logits, y), [UNBOUNDED_EPS], config, None)
-    top1 = float(correct(score(model, x_adv).argmax(1), y).float().mean())
+    pred, _ = predictions(score(model, x_adv), y)  # NaN logits are never correct (argmax would say class 0)
+    top1 = float(correct(pred, y.cpu().numpy()).mean())
     if top1 > UNBOUNDED_MAX_TOP1:
         return (f"pgd ({UNBOUNDED_STEPS} steps) at eps 255/255 leaves {top1:.0%} of {len(x)} probe samples "
                 f"correct; an unbounded attack should reach about 0%")

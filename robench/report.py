@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,22 @@ def cell_text(column: str, v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")  # where Markdown would start raw HTML; "<= 0.02" stays as it is
+
+
+def md_text(text: str) -> str:
+    """Text for a Markdown line or table cell, shown as written: table bars and HTML tags escaped, control
+    characters visible (``\\x1b``). Labels come from -m or from another's results file."""
+    text = "".join(f"\\x{ord(c):02x}" if not c.isprintable() else c for c in text)
+    return _TAG_START.sub("&lt;", text.replace("|", "\\|"))
+
+
 def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table, written by hand (no tabulate dependency)."""
     head = "| " + " | ".join(rows.columns) + " |"
     rule = "|" + "|".join("---" for _ in rows.columns) + "|"
     body = [
-        "| " + " | ".join(cell_text(c, v, digits).replace("|", "\\|") for c, v in zip(rows.columns, r, strict=True))
+        "| " + " | ".join(md_text(cell_text(c, v, digits)) for c, v in zip(rows.columns, r, strict=True))
         + " |" for r in rows.itertuples(index=False)
     ]
     return "\n".join([head, rule, *body]) + "\n"
@@ -138,7 +149,7 @@ def provenance_lines(meta: dict[str, Any]) -> list[str]:
 
 
 def _markdown_header(meta: dict[str, Any]) -> str:
-    lines = [f"# robench {meta['command']}", "", *(f"- {line}" for line in provenance_lines(meta)),
+    lines = [f"# robench {meta['command']}", "", *(f"- {md_text(line)}" for line in provenance_lines(meta)),
              f"- config: `{json.dumps(meta['config'], sort_keys=True)}`", ""]
     return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from robench import plots
 from robench.errors import RobenchError
-from robench.report import cell_text, eps_label, pct, provenance_lines, to_markdown
+from robench.report import cell_text, eps_label, md_text, pct, provenance_lines, to_markdown
 from robench.results_file import load_results
 
 REPORT_SUFFIXES = (".md", ".html")
@@ -178,7 +178,7 @@ def render_markdown(inputs: list[Input], figures_dir: str) -> tuple[str, dict[st
     for index, item in enumerate(inputs, 1):
         rel = f"{figures_dir}/{figure_name(index, item)}"
         files[rel] = figure_bytes(figure(item), "png")
-        parts += [f"## {_title(item)}", "", *(f"- {line}" for line in provenance(item.doc)), "",
+        parts += [f"## {_title(item)}", "", *(f"- {md_text(line)}" for line in provenance(item.doc)), "",
                   to_markdown(rows_text(item.rows)), f"![{item.command} figure]({rel})", "",
                   *_markdown_health(item.doc)]
     return "\n".join(parts) + "\n", files
@@ -188,7 +188,7 @@ def _markdown_health(doc: dict[str, Any]) -> list[str]:
     flags = health_flags(doc)
     if not flags:
         return ["Health: no flags.", ""]
-    return ["Health flags:", "", *(f"- {text} ([why]({link}))" for text, link in flags), ""]
+    return ["Health flags:", "", *(f"- {md_text(text)} ([why]({link}))" for text, link in flags), ""]
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"

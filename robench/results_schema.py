@@ -38,8 +38,10 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Diff = Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
 Eps = Annotated[float, Field(ge=0, allow_inf_nan=False, description="perturbation budget in 1/255 units")]
+Name = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
+                            description="a label: printable (gates print it to terminals, logs and Markdown)")]
 MAX_COUNT = 2**53  # JSON's largest safe integer: more samples than any data set, and exact as a float
-Count = Annotated[int, BeforeValidator(_whole), Field(ge=0, le=MAX_COUNT)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT), BeforeValidator(_whole)]  # Field first: JSON Schema minimum/maximum
 OptShare = Annotated[Share | None, BeforeValidator(_nan_is_null)]
 OptDiff = Annotated[Diff | None, BeforeValidator(_nan_is_null)]
 OptCount = Annotated[Count | None, BeforeValidator(_nan_is_null)]
@@ -84,10 +86,10 @@ class Row(_Open):
     rate with no denominator), never for an accuracy, which a gate would then skip.
     """
 
-    model: str = Field(None)
-    source: str = Field(None)
-    target: str = Field(None)
-    attack: str = Field(None)
+    model: Name = Field(None)
+    source: Name = Field(None)
+    target: Name = Field(None)
+    attack: Name = Field(None)
     eps: Eps = Field(None)
     top1: Share = Field(None)
     top5: Share = Field(None)
@@ -123,10 +125,10 @@ class Record(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")  # the fields besides *_correct are the row's key
 
-    model: str = Field(None)
-    source: str = Field(None)
-    target: str = Field(None)
-    attack: str = Field(None)
+    model: Name = Field(None)
+    source: Name = Field(None)
+    target: Name = Field(None)
+    attack: Name = Field(None)
     eps: Eps = Field(None)
     top1_correct: str
     top5_correct: str | None = None
@@ -159,7 +161,7 @@ class Dataset(_Open):
 
 
 class ModelRecord(_Open):
-    label: str | None = None
+    label: Name | None = None
     spec: str | None = None
     weights_sha256: str | None = None
 

@@ -24,6 +24,7 @@ _EXPECTED = {  # pydantic error type -> what the field should have held (ctx fil
     "less_than_equal": "a number <= {le}", "less_than": "a number < {lt}",
     "too_short": "at least {min_length} item(s)", "too_long": "at most {max_length} item(s)",
     "literal_error": "{expected}", "string_too_short": "a non-empty string",
+    "string_pattern_mismatch": "printable text (no control characters)",  # the schemas' one pattern (Name)
 }
 _SHOWN = 60  # characters of a bad value quoted in the message
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")

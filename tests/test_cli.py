@@ -821,3 +821,13 @@ def test_an_output_folder_that_takes_no_new_files_is_refused_before_any_work(out
     line = one_error_line(result, 2, f"--out {out}: folder /proc ")
     assert "write the output elsewhere" in line or "is not writable" in line
     assert "eval:" not in result.stderr  # nothing ran: no progress, no probes
+
+
+def test_a_repeated_eps_option_adds_its_values(tmp_path: Path) -> None:
+    """`--eps 8 --eps 4` kept only 4, without a word (click keeps a repeated option's last value)."""
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(main, ["eval", "-m", "zoo:effnet-base", "--attack", "fgsm", "--eps", "8", "--eps", "4",
+                                  "--limit", "4", "-q", "--no-health", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert sorted({row["eps"] for row in json.loads(out.read_text())["rows"]}) == [0.0, 4.0, 8.0]
+    one_error_line(CliRunner().invoke(main, ["leak-check", "--eps", "8", "--eps", "8/255"]), 2, "eps 8 is given twice")

@@ -285,17 +285,18 @@ def test_cli_default_rules_need_a_baseline(files) -> None:
     one_error_line(invoke("gate", files["worse"]), 2, "nothing to gate", "--rules", "--baseline")
 
 
-def test_junit_writes_control_characters_visibly(tmp_path: Path) -> None:
-    label = "eff\x01net\x1b[31m\ud800"  # labels come from -m; XML 1.0 forbids all three
+def test_control_characters_in_labels_are_refused_and_junit_writes_them_visibly(tmp_path: Path) -> None:
+    """A label with control characters (terminal escapes, XML-forbidden) is refused where it enters: in a results
+    file, as in -m. The JUnit writer still writes any such character visibly, so its XML stays well-formed."""
+    label = "eff\x01net\x1b[31m"
     doc = make_doc({(label, "clean", 0.0): BASE, (label, "fgsm", 8.0): flip(BASE, 30)})
-    base = write(tmp_path / "b.json", make_doc({(label, "clean", 0.0): BASE, (label, "fgsm", 8.0): BASE}))
+    base = write(tmp_path / "b.json", make_doc({("effnet", "clean", 0.0): BASE, ("effnet", "fgsm", 8.0): BASE}))
     r = invoke("gate", write(tmp_path / "r.json", doc), "--baseline", base, "--junit", tmp_path / "j.xml", "-q")
-    assert r.exit_code == 1, r.stderr
-    root = ET.parse(tmp_path / "j.xml").getroot()  # well-formed
-    names = [c.get("name") for c in root.iter("testcase")]
-    assert len(names) == 2 and all("eff\\x01net\\x1b[31m\\ud800" in n for n in names), names
-    assert "30 lost" in root.find("./testsuite/testcase/failure").text
-    assert gate_report.xml_text("a\tb\nc\rd\x00\ufffe") == "a\tb\nc\rd\\x00\\ufffe"
+    one_error_line(r, 2, "r.json: field rows[0].model: expected printable text (no control characters)")
+    assert not (tmp_path / "j.xml").exists()
+    one_error_line(invoke("eval", "-m", f"{label}=zoo:effnet-base", "--junit", tmp_path / "j.xml"), 2,
+                   "holds the control character '\\x01'")
+    assert gate_report.xml_text("a\tb\nc\rd\x00\ufffe\x01\ud800") == "a\tb\nc\rd\\x00\\ufffe\\x01\\ud800"
 
 
 def test_csv_results_are_compared_unpaired(files, tmp_path: Path) -> None:
@@ -452,7 +453,7 @@ def test_rules_from_a_special_or_huge_file_exit_2(files) -> None:
     one_error_line(invoke("gate", files["base"], "--rules", deep), 2, "deep.yaml", "nested too deep")
     huge = write(files["dir"] / "huge.yaml", "# padding\n" * 500_000 + "- {min: 0.5}\n")
     one_error_line(invoke("gate", files["base"], "--rules", huge), 2, "gate rules file", "huge.yaml",
-                   "larger than 4 MiB")
+                   "larger than 1 MiB", "is it the right file?")
 
 
 def test_results_over_the_size_limit_exit_2(files, monkeypatch: pytest.MonkeyPatch) -> None:

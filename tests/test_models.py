@@ -418,6 +418,7 @@ def test_a_hub_architecture_named_by_a_checkpoint_is_refused(tmp_path: Path, res
     ({"classes": ["a", "b"]}, "field classes: expected 10 class names, as num_classes says"),
     ({"std": [0.0, 1.0, 1.0]}, "field std[0]: expected a number > 0, got 0.0"),
     ({"crop_pct": 2}, "field crop_pct: expected a number <= 1, got 2"),
+    ({"input_size": [3, 16384, 16384]}, "field input_size[1]: expected a number <= 4096, got 16384"),
 ])
 def test_bad_checkpoint_metadata_is_one_line_naming_the_field(tmp_path: Path, resnet: nn.Module, meta: dict,
                                                               needle: str) -> None:

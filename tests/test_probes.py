@@ -121,3 +121,19 @@ def test_probe_uses_eval_mode(batch) -> None:
     model = Normalized(nn.Sequential(Centroids(), nn.Dropout(0.5)), (0.5,), (0.5,)).train()
     assert probes.probe(model, *batch, "m") == []  # nn.Dropout is off in eval mode, as the engine runs it
     assert model.training
+
+
+def test_nan_logits_are_never_correct_in_the_unbounded_probe(batch) -> None:
+    """argmax of a NaN row is class 0: an all-NaN model had 'pgd leaves 10% correct' (the zeros) as a finding."""
+
+    class AllNan(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x.flatten(1)[:, :10] * self.w * float("nan")
+
+    x, _ = batch
+    y = torch.zeros(len(x), dtype=torch.long)  # every label is what argmax of a NaN row says
+    assert probes.unbounded_attack_fails(AllNan(), x, y, AllNan()(x)) is None  # was: "leaves 100% ... correct"

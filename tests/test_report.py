@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from results_docs import N, invoke, make_doc, one_error_line, write
 
@@ -201,3 +202,13 @@ def test_eval_files_of_other_images_under_the_same_ids_exit_2(tmp_path) -> None:
     del docs[1]["dataset"]["content_sha256"]  # an older file: compared on ids alone
     write(tmp_path / "b.json", docs[1])
     assert invoke("report", a, b, "-o", tmp_path / "r.md").exit_code == 0
+
+
+def test_markdown_shows_labels_as_written() -> None:
+    """A label from another's results file went into Markdown raw: an <img onerror> tag, a table bar, an escape."""
+    from robench.report import md_text, to_markdown
+
+    assert md_text("<img src=x onerror=alert(1)>|x") == "&lt;img src=x onerror=alert(1)>\\|x"
+    assert md_text("a\x1b[31m") == "a\\x1b[31m" and md_text("top1 drop <= 0.02") == "top1 drop <= 0.02"
+    table = to_markdown(pd.DataFrame({"model": ["<b>m</b>"], "top1": [0.5]}))
+    assert "| &lt;b>m&lt;/b> | 0.5000 |" in table

@@ -122,6 +122,34 @@ def test_committed_json_schema_is_the_generated_one() -> None:
     assert r.exit_code == 0 and json.loads(r.stdout) == json_schema()
 
 
+def test_other_tools_validating_with_the_published_schema_refuse_what_robench_refuses() -> None:
+    """The schema is for other tools: its ranges must be JSON Schema keywords (minimum/maximum), not pydantic's
+    (ge/le), which validators ignore: a count of -5 validated."""
+    import jsonschema
+
+    from robench.results_schema import json_schema
+
+    schema = json_schema()
+
+    def keys(node) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | set().union(*(keys(v) for v in node.values()))
+        return set().union(*(keys(v) for v in node)) if isinstance(node, list) else set()
+
+    assert not keys(schema) & {"ge", "le", "gt", "lt"}
+    validator = jsonschema.Draft202012Validator(schema)
+    doc = make_doc(GRID)
+    assert list(validator.iter_errors(doc)) == []
+    for path, value in ((("dataset", "n"), -5), (("rows", 1, "n"), 10**20), (("rows", 1, "top1"), 5),
+                        (("rows", 1, "eps"), -1)):
+        bad = json.loads(json.dumps(doc))
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        assert list(validator.iter_errors(bad)), path
+
+
 def test_schema_errors_are_one_line_for_any_name() -> None:
     from pydantic import BaseModel, ValidationError
 
