@@ -161,10 +161,17 @@ def teardown(dist: Dist) -> None:
 
 @contextmanager
 def session(device: str = "auto", backend: str | None = None) -> Iterator[Dist]:
-    """``setup`` on entry, ``teardown`` on exit, errors included."""
+    """``setup`` on entry, ``teardown`` on exit, errors included.
+
+    A run that ends normally waits for every rank before leaving the group: a rank that left
+    while another still wrote its output made gloo abort the other ("terminate called without
+    an active exception", exit -6), now and then.
+    """
     dist = setup(device, backend)
     try:
         yield dist
+        if dist.owns_group and torch.distributed.is_initialized():
+            torch.distributed.barrier()
     finally:
         teardown(dist)
 
