@@ -104,19 +104,11 @@ def out_option(what: str = ".json (full record), .csv (+ .meta.json) or .md") ->
 
 
 def check_outs(outs: tuple[Path, ...]) -> None:
-    """Fail before any work on a bad --out, or on one path given twice."""
-    from robench.errors import RobenchError
+    """Fail before any work on a bad --out; one path given twice is robench.report.check_outputs' to refuse."""
     from robench.report import check_output
 
     for out in outs:
         check_output(out)
-    seen: dict[str, Path] = {}
-    for out in outs:
-        first = seen.setdefault(str(out.resolve()), out)
-        if first is not out:
-            same = f"--out {first} is given twice" if str(first) == str(out) else \
-                f"--out {first} and --out {out} are the same file"
-            raise RobenchError(f"{same}; give each results file once")
 
 
 def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,

@@ -43,16 +43,22 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
 
 
 def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:
-    """Fail before any work when two outputs (option, path) name one file or stream, e.g. --junit - --summary -."""
+    """Fail before any work when two outputs (option, path) name one file or stream, e.g. --junit - --summary -,
+    or --out a.json --out ./a.json."""
     seen: list[tuple[str, Path]] = []
     for option, path in outputs:
         if path is None:
             continue
         for first_option, first in seen:
-            if same_output(first, path):
-                what = "standard output" if stream_fd(path) is not None else "the same file"
-                raise RobenchError(f"{first_option} {first} and {option} {path} both write to {what}; "
-                                   "give each output its own file")
+            if not same_output(first, path):
+                continue
+            if first_option == option:  # one repeatable option (--out) given the same file twice
+                same = f"{option} {first} is given twice" if str(first) == str(path) else \
+                    f"{option} {first} and {option} {path} are the same file"
+                raise RobenchError(f"{same}; give each output once")
+            what = "standard output" if stream_fd(path) is not None else "the same file"
+            raise RobenchError(f"{first_option} {first} and {option} {path} both write to {what}; "
+                               "give each output its own file")
         seen.append((option, path))
 
 
