@@ -227,6 +227,14 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(out.read_text())
 
 
+def _same_results(out: Path, uninterrupted: dict) -> dict:
+    """The results file at ``out``, after checking it holds what the uninterrupted run wrote (config aside)."""
+    doc = json.loads(out.read_text())
+    for key in ("rows", "samples", "dataset", "models", "health"):
+        assert doc[key] == uninterrupted[key], key
+    return doc
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uninterrupted: dict) -> None:
     state, out = tmp_path / "state", tmp_path / "r.json"
     args = [*RESUME_ARGS, "--resume", str(state), "--out", str(out)]
@@ -245,9 +253,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uni
     rows = np.concatenate([np.frombuffer(base64.b64decode(r["part"]["rows"]["data"]), dtype=np.int64)
                            for r in records])
     assert sorted(rows.tolist()) == list(range(120))
-    doc = json.loads(out.read_text())
-    for key in ("rows", "samples", "dataset", "models", "health"):
-        assert doc[key] == uninterrupted[key], key
+    doc = _same_results(out, uninterrupted)
     assert doc["config"] == {**uninterrupted["config"], "resume": str(state)}
 
 
@@ -277,9 +283,7 @@ def test_sigterm_keeps_the_state_exits_143_and_the_rerun_finishes(tmp_path: Path
     assert 1 <= len(_records(state)) < BATCHES
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    doc = json.loads(out.read_text())
-    for key in ("rows", "samples", "dataset", "models", "health"):
-        assert doc[key] == uninterrupted[key], key
+    _same_results(out, uninterrupted)
 
 
 def test_sigterm_handler_is_the_cli_s_only_while_a_command_runs() -> None:
