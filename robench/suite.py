@@ -215,15 +215,12 @@ def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: 
     pixel = unit == "pixel" or text.lower().endswith("px")
     text = text[:-2].strip() if text.lower().endswith("px") else text
     try:
-        number = _number(text)
-        finite = math.isfinite(float(number))
+        number = _number(text)  # exact: "nan" and "inf" are not numbers to Fraction
+        float(number)  # a fraction beyond any float (1e400) overflows here
     except OverflowError:
-        finite = False
+        raise RobenchError(f"{where}: eps {value!s:.40} is out of range; it must lie in [0, 255] (1/255 units)") \
+            from None
     except (ValueError, ZeroDivisionError):
-        finite = None
-    if finite is False:
-        raise RobenchError(f"{where}: eps {value!s:.40} is out of range; it must lie in [0, 255] (1/255 units)")
-    if finite is None:
         shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:30]}... ({len(str(value))} characters)"
         raise RobenchError(
             f"{where}: eps {shown} is not a number; use 1/255 units like 8, a fraction like 8/255, "
