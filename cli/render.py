@@ -75,6 +75,17 @@ def _silent(*_: Any) -> None:
     return None
 
 
+@dataclass
+class _Logged:
+    """What LogLines knows of one label's run."""
+
+    last: float  # time of its last line
+    stage: str = ""  # the stage now; "" until one is reported
+    start: tuple[float, float] | None = None  # (time, images done) at the run's start report
+    done: tuple[float, int] = (0.0, 0)  # latest (images done, total)
+    ended: bool = False  # its last line is printed
+
+
 class LogLines:
     """Plain progress lines for a log (stderr not a terminal), where rich draws nothing until the end.
 
@@ -86,44 +97,42 @@ class LogLines:
 
     def __init__(self, stream: Any, every: float = LOG_EVERY_S) -> None:
         self.stream, self.every = stream, every
-        self.start: dict[str, tuple[float, float]] = {}  # label -> (time, images done) at the run's start report
-        self.last: dict[str, float] = {}  # label -> time of its last line
-        self.stage: dict[str, str] = {}
-        self.done: dict[str, tuple[float, int]] = {}  # label -> latest (done, total)
-        self.ended: set[str] = set()  # labels whose last line is printed
+        self.runs: dict[str, _Logged] = {}
 
     def progress(self, label: str, done: float, total: int) -> None:
         """Images done; the first call marks the start the rate counts from."""
         now = time.monotonic()
-        self.done[label] = (done, total)
-        if label not in self.start:
-            self.start[label] = (now, done)
-        elif done >= total and label not in self.ended:
-            self.ended.add(label)
-            self._line(label, now)
-        elif label not in self.stage and now - self.last.get(label, -math.inf) >= self.every:
-            self._line(label, now)  # a run that names no stages: a line per interval from here
+        run = self.runs.setdefault(label, _Logged(last=-math.inf))
+        run.done = (done, total)
+        if run.start is None:
+            run.start = (now, done)
+        elif done >= total and not run.ended:
+            run.ended = True
+            self._line(label, run, now)
+        elif not run.stage and now - run.last >= self.every:
+            self._line(label, run, now)  # a run that names no stages: a line per interval from here
 
     def status(self, label: str, text: str) -> None:
         """The stage now: printed at once the first time, else in the next line that is due."""
         now = time.monotonic()
-        self.stage[label] = text
-        if label not in self.last:
-            self._print(label, now, f"{label}: {text}")
-        elif label in self.start and now - self.last[label] >= self.every:
-            self._line(label, now)
+        run = self.runs.setdefault(label, _Logged(last=-math.inf))
+        run.stage = text
+        if run.last == -math.inf:  # no line yet for this run
+            self._print(run, now, f"{label}: {text}")
+        elif run.start is not None and now - run.last >= self.every:
+            self._line(label, run, now)
 
-    def _line(self, label: str, now: float) -> None:
-        (start, base), (done, total) = self.start[label], self.done[label]
+    def _line(self, label: str, run: _Logged, now: float) -> None:
+        (start, base), (done, total) = run.start, run.done
         rate = (done - base) / max(now - start, 1e-9)
         left = int((total - done) / rate + 0.5) if rate > 0 else 0
-        stage = f", now {self.stage[label]}" if label in self.stage and done < total else ""
-        self._print(label, now, f"{label}: {int(done)}/{total} images, {rate:,.1f} images/s, eta {_clock(left)}, "
-                                f"elapsed {int(now - start)} s{stage}")
+        stage = f", now {run.stage}" if run.stage and done < total else ""
+        self._print(run, now, f"{label}: {int(done)}/{total} images, {rate:,.1f} images/s, eta {_clock(left)}, "
+                              f"elapsed {int(now - start)} s{stage}")
 
-    def _print(self, label: str, now: float, line: str) -> None:
+    def _print(self, run: _Logged, now: float, line: str) -> None:
         print(line, file=self.stream, flush=True)
-        self.last[label] = now
+        run.last = now
 
 
 def _clock(seconds: int) -> str:
