@@ -136,8 +136,8 @@ class _LineLoader(yaml.SafeLoader):
 
 def _number_problem(loader: _LineLoader, node: yaml.ScalarNode) -> str | None:
     """Why a YAML number cannot be one of robench's values (non-finite, or too long a whole number), else None."""
-    kind = node.tag.rsplit(":", 1)[1]
-    if kind not in ("int", "float"):
+    kind = {"tag:yaml.org,2002:int": "int", "tag:yaml.org,2002:float": "float"}.get(node.tag)
+    if kind is None:  # not a number; a local tag such as "!0" has no ":" at all
         return None
     text = node.value if len(node.value) <= 24 else f"{node.value[:20]}... ({len(node.value)} characters)"
     try:
