@@ -29,12 +29,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from robench import worst
+from robench.analysis import worst
+from robench.attacks.suite import Suite, load_suite, parse_suite
 from robench.data import InputConfig, open_source
 from robench.engine import Hooks, Matrix, Participant, Plan, run_batches, settings_of
+from robench.engine.passes import Passes, count_passes
 from robench.models import load_model, parse_spec
-from robench.passes import Passes, count_passes
-from robench.suite import Suite, load_suite, parse_suite
 
 PGD10 = "eps: [8]\nattacks:\n  - {name: pgd, id: pgd-10, steps: 10}\n"
 APGD_CE = "eps: [8]\nattacks:\n  - {name: apgd, id: apgd-ce, loss: ce}\n"

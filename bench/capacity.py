@@ -9,7 +9,7 @@ then evaluated on the 360 digits test images: clean, fgsm, step_ll and bim at ep
 
 Printed, per attack and eps:
 - each capacity's robust top-1 plain and step l.l.-trained, and its gain (step l.l. - plain)
-  with a paired 95% interval over the same samples (robench.stats.paired);
+  with a paired 95% interval over the same samples (robench.core.stats.paired);
 - the gain's change from one capacity to the next, with a paired 95% interval: per sample
   d = (right after step l.l.) - (right plainly), in {-1, 0, 1}; the change is the mean of
   d_next - d over the same samples, with a normal interval from their standard deviation.
@@ -32,13 +32,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from robench import stats  # noqa: E402
-from robench.evaluate import EvalConfig, run_eval  # noqa: E402
-from robench.recipe import TrainConfig  # noqa: E402
-from robench.runspec import RunSpec  # noqa: E402
-from robench.suite import parse_suite  # noqa: E402
-from robench.train import train  # noqa: E402
-from robench.zoo import EPOCHS, ZOO  # noqa: E402
+from robench.attacks.suite import parse_suite  # noqa: E402
+from robench.core import stats  # noqa: E402
+from robench.models.recipe import TrainConfig  # noqa: E402
+from robench.models.zoo import EPOCHS, ZOO  # noqa: E402
+from robench.run.evaluate import EvalConfig, run_eval  # noqa: E402
+from robench.run.runspec import RunSpec  # noqa: E402
+from robench.train.loop import train  # noqa: E402
 
 ARCHS = ("test_resnet", "resnet10t", "resnet18", "resnet34")
 SUITE = parse_suite("eps: [8, 16]\nattacks:\n  - name: fgsm\n  - name: step_ll\n  - name: bim\n")

@@ -29,11 +29,12 @@ import time
 import numpy as np
 import torch
 
-from robench import engine, worst
+from robench import engine
+from robench.analysis import worst
+from robench.attacks.suite import load_suite
 from robench.data import open_source
+from robench.engine.passes import Passes, count_passes
 from robench.models import load_model, parse_spec
-from robench.passes import Passes, count_passes
-from robench.suite import load_suite
 
 SUITE_EPS = (2.0, 4.0, 8.0, 16.0)
 

@@ -31,12 +31,12 @@ from torch import Tensor, nn
 
 from robench import engine
 from robench.attacks import attack_mode
+from robench.attacks.suite import Suite, load_suite
 from robench.data import Batch, TensorSource, open_source
 from robench.engine import attack_noise
-from robench.evaluate import EvalConfig, run_eval
 from robench.models import load_model, parse_spec
-from robench.runspec import RunSpec, load_models, parse_specs
-from robench.suite import Suite, load_suite
+from robench.run.evaluate import EvalConfig, run_eval
+from robench.run.runspec import RunSpec, load_models, parse_specs
 
 TARGET = 1.15  # acceptable robench / bare ratio
 SUITE_NAMES = ("fgsm", "step_ll", "bim", "iter_ll", "pgd")
@@ -287,7 +287,7 @@ def default_suite() -> Suite:
 
 def digits_workload(suite: Suite) -> Workload:
     """(a) the zoo's test_resnet (resnet-base) on the digits test split, batch 100."""
-    from robench.zoo import get
+    from robench.models.zoo import get
 
     loaded = load_model(parse_spec(str(get("resnet-base").path)), 10)
     source = open_source("digits", "test")

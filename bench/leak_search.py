@@ -7,10 +7,10 @@ fgsm_true and fgsm_predicted coincide on every sample the model gets right when 
 leak can only show on the clean-misclassified ones; the script therefore also reports, among
 those, how many each attack turns right, and checks that the two attacks agree elsewhere.
 
-Each recipe is a ``robench.recipe.TrainConfig`` trained with ``robench.train.train`` on one
+Each recipe is a ``robench.models.recipe.TrainConfig`` trained with ``robench.train.loop.train`` on one
 CPU thread into ``/tmp/leak_search/NAME.safetensors`` (a ``NAME.json`` beside it keeps the
 recipe and the training time; an existing checkpoint of the same recipe is reused unless
-``--retrain``), then evaluated with ``robench.evaluate.run_eval`` on the test split under
+``--retrain``), then evaluated with ``robench.run.evaluate.run_eval`` on the test split under
 fgsm (true label), fgsm (predicted label) and step_ll at eps 2, 4, 8, 16 (1/255 units).
 
     python bench/leak_search.py                       # every recipe (long: trains what is missing)
@@ -34,11 +34,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from robench.evaluate import EvalConfig, run_eval  # noqa: E402
-from robench.recipe import TrainConfig  # noqa: E402
-from robench.runspec import RunSpec  # noqa: E402
-from robench.suite import parse_suite  # noqa: E402
-from robench.train import train  # noqa: E402
+from robench.attacks.suite import parse_suite  # noqa: E402
+from robench.models.recipe import TrainConfig  # noqa: E402
+from robench.run.evaluate import EvalConfig, run_eval  # noqa: E402
+from robench.run.runspec import RunSpec  # noqa: E402
+from robench.train.loop import train  # noqa: E402
 
 OUT_DIR = Path("/tmp/leak_search")
 EPS = (2, 4, 8, 16, 32)  # 2-16 as in the paper's tables; 32 for recipes trained with larger eps

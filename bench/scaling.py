@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from robench.results_file import load_results
+from robench.results.read import load_results
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 MODELS = ["zoo:effnet-base", "zoo:resnet-base"]

@@ -5,7 +5,7 @@ TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1): digits train 
 images), 32 px, batch 64, half of each minibatch replaced by step_ll examples with per-example eps
 from |N(0, 8)| truncated to [0, 16], loss weight lambda 0.3, AdamW.
 
-robench side: ``robench.train._epoch`` on the model from ``robench.models.training_model`` and the source
+robench side: ``robench.train.loop._epoch`` on the model from ``robench.models.training_model`` and the source
 from ``open_source("digits", "train")``; model creation, data loading, checkpoint writing and the
 final validation of ``train()`` are outside the timed region (``train()`` is timed end to end once,
 separately, for context).
@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from robench.data import InputConfig, TensorSource, open_source
 from robench.models import training_model
-from robench.recipe import TrainConfig
-from robench.train import _epoch, train
+from robench.models.recipe import TrainConfig
+from robench.train.loop import _epoch, train
 
 TARGET = 1.15  # acceptable robench / bare ratio
 CFG = TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1)

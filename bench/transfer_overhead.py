@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from robench.attacks import REGISTRY, Labels, attack_mode
+from robench.attacks.suite import load_suite
 from robench.data import open_source
 from robench.engine import attack_noise, score
-from robench.runspec import RunSpec, load_models, parse_specs
-from robench.suite import load_suite
-from robench.transfer import TransferConfig, deliver, run_transfer
+from robench.run.runspec import RunSpec, load_models, parse_specs
+from robench.run.transfer import TransferConfig, deliver, run_transfer
 
 MODELS = ("zoo:effnet-base", "zoo:effnet-stepll", "zoo:resnet-base")
 

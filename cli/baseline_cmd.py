@@ -26,9 +26,9 @@ def update_command(results: Path, baseline: Path) -> None:
     Example:
       robench eval --out results.json && robench baseline update results.json ci/baseline.json
     """
-    from robench.files import atomic_write_text
-    from robench.report import check_output, check_outputs, results_paths
-    from robench.results_file import results_json
+    from robench.core.files import atomic_write_text
+    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.results.read import results_json
 
     check_output(baseline, (".json",), "BASELINE")
     check_outputs([("BASELINE", baseline)], results_paths("RESULTS", results))

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from robench.render.console import console, distributed_run, health_warnings, warn
+
 from .gate_cmd import apply_gate, check_planned_rows, prepare_gate, samples_check
 from .options import (
     build_suite,
@@ -20,7 +22,6 @@ from .options import (
     suite_options,
     zoo_default_text,
 )
-from .render import console, distributed_run, health_warnings, warn
 
 
 @click.command("eval")
@@ -80,17 +81,11 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
       robench eval --attack fgsm --attack pgd --plot curves.png
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
     """
-    from robench.evaluate import EvalConfig, run_eval
-    from robench.plots import check_plot, eval_figure, save_figure
-    from robench.report import (
-        check_output,
-        check_outputs,
-        results_doc,
-        results_paths,
-        results_table,
-        write_per_sample,
-        write_results,
-    )
+    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.render.plots import check_plot, eval_figure, save_figure
+    from robench.render.tables import results_table
+    from robench.results.write import results_doc, write_per_sample, write_results
+    from robench.run.evaluate import EvalConfig, run_eval
 
     check_outs(outs)
     check_plot(plot)

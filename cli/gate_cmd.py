@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .render import console
+from robench.render.console import console
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class GatePlan:
 
 def _writable(path: Path | None, option: str) -> None:
     """Any file name will do (GitHub's $GITHUB_STEP_SUMMARY has no suffix), in a writable folder; - is stdout."""
-    from robench.report import check_output
+    from robench.core.outputs import check_output
 
     if path is not None:
         check_output(path, (path.suffix.lower(),), option, stdout=True)
@@ -38,10 +38,10 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
 
     ``inputs``: other files read, as (option, path), which no report may overwrite (gate's RESULTS).
     """
+    from robench.core.outputs import check_outputs, results_paths
     from robench.errors import RobenchError
-    from robench.report import check_outputs, results_paths
-    from robench.results_file import load_results
-    from robench.rules import default_rules, load_rules
+    from robench.gate.rules import default_rules, load_rules
+    from robench.results.read import load_results
 
     if rules_path is None and baseline_path is None:
         raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
@@ -59,8 +59,8 @@ def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
 
     A max_drop rule must also find one of them in the baseline.
     """
-    from robench.evaluate import planned_rows
-    from robench.gate import check_planned, check_planned_baseline
+    from robench.gate.judge import check_planned, check_planned_baseline
+    from robench.run.evaluate import planned_rows
 
     rows = planned_rows(cfg)
     check_planned(plan.rules, rows, "this eval")
@@ -70,7 +70,7 @@ def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
 
 def samples_check(plan: GatePlan) -> Callable[[dict[str, Any]], None]:
     """eval --baseline: the check of the samples against the baseline's, for ``run_eval(on_open=...)``."""
-    from robench.gate import check_samples
+    from robench.gate.judge import check_samples
 
     return lambda dataset: check_samples(plan.rules, plan.baseline, dataset,
                                          ("eval results", str(plan.baseline_path)))
@@ -78,9 +78,9 @@ def samples_check(plan: GatePlan) -> Callable[[dict[str, Any]], None]:
 
 def apply_gate(plan: GatePlan, doc: dict[str, Any], name: str, quiet: bool = False) -> None:
     """Gate a results document, write the reports, print the table; CheckFailed (exit 1) when a check fails."""
-    from robench import gate_report
-    from robench.files import atomic_write_text
-    from robench.gate import run_gate
+    from robench.core.files import atomic_write_text
+    from robench.gate import report as gate_report
+    from robench.gate.judge import run_gate
 
     report = run_gate(doc, plan.baseline, plan.rules, (name, str(plan.baseline_path or "baseline")))
     if plan.junit is not None:
@@ -134,8 +134,8 @@ def gate_command(results: Path, baseline_path: Path | None, rules_path: Path | N
       robench gate results.json --baseline base.json --rules gates.yaml --summary "$GITHUB_STEP_SUMMARY"
       robench gate leak.json --rules no-leak.yaml
     """
-    from robench.report import results_paths
-    from robench.results_file import load_results
+    from robench.core.outputs import results_paths
+    from robench.results.read import load_results
 
     plan = prepare_gate(rules_path, baseline_path, junit, summary, tuple(results_paths("RESULTS", results)))
     apply_gate(plan, load_results(results), str(results), quiet)

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from robench.render.console import console, distributed_run, health_warnings, warn
+
 from .options import (
     check_outs,
     eps_unit_option,
@@ -18,7 +20,6 @@ from .options import (
     run_options,
     run_spec,
 )
-from .render import console, distributed_run, health_warnings, warn
 
 
 @click.command("leak-check")
@@ -64,11 +65,13 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
       robench leak-check -m model.safetensors --data fashion-mnist --limit 2000 --fail-on-leak
       robench leak-check --plot leak.png
     """
-    from robench.evaluate import EvalConfig
-    from robench.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
-    from robench.plots import check_plot, leak_figure, save_figure
-    from robench.report import check_outputs, leak_table, results_paths, write_results
-    from robench.suite import parse_eps_list
+    from robench.attacks.suite import parse_eps_list
+    from robench.core.outputs import check_outputs, results_paths
+    from robench.render.plots import check_plot, leak_figure, save_figure
+    from robench.render.tables import leak_table
+    from robench.results.write import write_results
+    from robench.run.evaluate import EvalConfig
+    from robench.run.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
 
     check_outs(outs)
     check_plot(plot)

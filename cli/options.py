@@ -22,8 +22,8 @@ def model_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., A
 
 
 def zoo_default_text() -> str:
-    """What no model means in eval and transfer-matrix, from robench.zoo.DEFAULT (light: no torch)."""
-    from robench.zoo import DEFAULT
+    """What no model means in eval and transfer-matrix, from robench.models.zoo.DEFAULT (light: no torch)."""
+    from robench.models.zoo import DEFAULT
 
     names = [f"zoo:{name}" for name in DEFAULT]
     return f"Default: {', '.join(names[:-1])} and {names[-1]}, together (see `robench zoo list`)."
@@ -50,7 +50,7 @@ _RUN_OPTIONS = {
                                  "use 1 or the number of free cores."),
     "skip_bad_images": click.option("--skip-bad-images", is_flag=True,
                                     help="Leave unreadable images out, listed in the results, instead of stopping."),
-    # the model's input (robench.preprocess): every model's; a spec's own ?key=value wins
+    # the model's input (robench.models.preprocess): every model's; a spec's own ?key=value wins
     "mean": click.option("--mean", metavar="LIST",
                          help="Normalization mean of every model, one per channel or one for all, e.g. 0.1307. "
                               "Per model: SPEC?mean=0.1307&std=0.3081."),
@@ -90,8 +90,8 @@ def shared_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def run_spec(**options: Any) -> Any:
     """The RunSpec of a command's run options (and its suite): the five input options become one Preprocess."""
-    from robench.preprocess import Preprocess
-    from robench.runspec import RunSpec
+    from robench.models.preprocess import Preprocess
+    from robench.run.runspec import RunSpec
 
     texts = {name: options.pop(name, None) for name in PREPROCESS}
     return RunSpec(preprocess=Preprocess.from_text(**texts), **options)
@@ -104,8 +104,8 @@ def out_option(what: str = ".json (full record), .csv (+ .meta.json) or .md") ->
 
 
 def check_outs(outs: tuple[Path, ...]) -> None:
-    """Fail before any work on a bad --out; one path given twice is robench.report.check_outputs' to refuse."""
-    from robench.report import check_output
+    """Fail before any work on a bad --out; one path given twice is robench.core.outputs.check_outputs' to refuse."""
+    from robench.core.outputs import check_output
 
     for out in outs:
         check_output(out)
@@ -115,10 +115,10 @@ def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,
                classes: str | None = None) -> list[tuple[str, Path | None]]:
     """The files a run reads, as (option, path): model checkpoints and factory files, a suite file, --classes.
 
-    For robench.report.check_outputs: no output may overwrite one of them.
+    For robench.core.outputs.check_outputs: no output may overwrite one of them.
     """
+    from robench.attacks.suite import BUILT_IN
     from robench.models import parse_spec
-    from robench.suite import BUILT_IN
 
     inputs: list[tuple[str, Path | None]] = []
     for text in specs:
@@ -141,7 +141,7 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def eps_value(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """An option's eps text in 1/255 units, read as --eps is (8, 8/255, 0.03px; 0.3 is the unit trap)."""
-    from robench.suite import parse_eps
+    from robench.attacks.suite import parse_eps
 
     return None if value is None else parse_eps(value, param.opts[0])
 
@@ -179,7 +179,7 @@ def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text:
     """The suite the options describe; None for --cascade/--early-stop keeps the suite's own setting."""
     import dataclasses
 
-    from robench.suite import load_suite, override, parse_eps_list
+    from robench.attacks.suite import load_suite, override, parse_eps_list
 
     eps = parse_eps_list(eps_text, unit=eps_unit) if eps_text is not None else None
     suite = override(load_suite(suite_name), attack_names, eps)

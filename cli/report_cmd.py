@@ -1,4 +1,4 @@
-"""`robench report`: results files -> one Markdown or HTML report (robench.report_doc)."""
+"""`robench report`: results files -> one Markdown or HTML report (robench.render.report_doc)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import click
 
 def _check_paths(results: tuple[Path, ...], out: Path) -> None:
     """Refuse a bad -o before any work, and never overwrite an input."""
+    from robench.core.outputs import check_output, check_outputs, results_paths
     from robench.errors import RobenchError
-    from robench.report import check_output, check_outputs, results_paths
-    from robench.report_doc import REPORT_SUFFIXES
+    from robench.render.report_doc import REPORT_SUFFIXES
 
     check_output(out, REPORT_SUFFIXES, "-o")
     check_outputs([("-o", out)], [p for r in results for p in results_paths("RESULTS", r)])
@@ -23,8 +23,8 @@ def _check_paths(results: tuple[Path, ...], out: Path) -> None:
 
 def write_report(results: tuple[Path, ...], out: Path) -> list[Path]:
     """Read the inputs, render the report for the suffix of ``out``, write it atomically; returns files written."""
-    from robench.files import atomic_write, atomic_write_text
-    from robench.report_doc import load_inputs, render_html, render_markdown
+    from robench.core.files import atomic_write, atomic_write_text
+    from robench.render.report_doc import load_inputs, render_html, render_markdown
 
     inputs = load_inputs(list(results))
     if out.suffix.lower() == ".html":

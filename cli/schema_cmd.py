@@ -26,9 +26,9 @@ def schema_command(kind: str, out: Path | None) -> None:
     Example:
       robench schema results -o results.schema.json
     """
-    from robench.files import atomic_write_text
-    from robench.report import check_output
-    from robench.results_schema import json_schema
+    from robench.core.files import atomic_write_text
+    from robench.core.outputs import check_output
+    from robench.results.schema import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .render import console
+from robench.render.console import console
 
 
 @click.command("suites")
@@ -12,12 +12,12 @@ def suites_command() -> None:
     """List the built-in attack suites, usable as --attacks NAME.
 
     paper is the default. Any YAML file in the same format works as --attacks FILE;
-    the built-ins live in the installed package (robench/attacks.yaml, robench/suites/).
+    the built-ins live in the installed package (robench/attacks/attacks.yaml, robench/attacks/suites/).
     """
     from rich.table import Table
 
-    from robench.report import eps_label
-    from robench.suite import built_in_suites
+    from robench.attacks.suite import built_in_suites
+    from robench.core.text import eps_label
 
     table = Table(title="robench suites (--attacks NAME)", title_justify="left", show_lines=True)
     for column in ("name", "attacks", "eps /255", "mode", "about"):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from robench.render.console import console, epoch_bar, warn
+
 from .options import eps_value, shared_options
-from .render import console, epoch_bar, warn
 
 
 @click.command("train")
@@ -58,12 +59,12 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
       robench train --attack none --out baseline.safetensors
       torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
-    from robench.distributed import session
+    from robench.core.distributed import session
+    from robench.core.outputs import check_outputs
     from robench.errors import Interrupted
-    from robench.factories import is_factory
-    from robench.recipe import TrainConfig
-    from robench.report import check_outputs
-    from robench.train import train
+    from robench.models.factories import is_factory
+    from robench.models.recipe import TrainConfig
+    from robench.train.loop import train
 
     from .options import run_inputs
 
@@ -75,7 +76,7 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 
-        from robench.runspec import MAX_THREADS, check_count
+        from robench.run.runspec import MAX_THREADS, check_count
 
         check_count("threads", threads, 1, MAX_THREADS)
 

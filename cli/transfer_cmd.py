@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from robench.render.console import console, distributed_run, health_warnings, warn
+
 from .options import (
     build_suite,
     check_outs,
@@ -18,7 +20,6 @@ from .options import (
     suite_options,
     zoo_default_text,
 )
-from .render import console, distributed_run, health_warnings, warn
 
 
 def _labels(text: str | None) -> tuple[str, ...] | None:
@@ -57,9 +58,11 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
-    from robench.plots import check_plot, save_figure, transfer_figure
-    from robench.report import check_outputs, results_paths, transfer_summary, transfer_tables, write_results
-    from robench.transfer import TransferConfig, run_transfer
+    from robench.core.outputs import check_outputs, results_paths
+    from robench.render.plots import check_plot, save_figure, transfer_figure
+    from robench.render.tables import transfer_summary, transfer_tables
+    from robench.results.write import write_results
+    from robench.run.transfer import TransferConfig, run_transfer
 
     check_outs(outs)
     check_plot(plot)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .render import console
+from robench.render.console import console
 
 
 @click.group("zoo")
@@ -12,7 +12,7 @@ def zoo_command() -> None:
     """The built-in zoo of tiny timm models trained by robench on digits.
 
     Use them anywhere a model spec goes, as zoo:NAME. Rebuild them with
-    `python -m robench.zoo_build` (the same bytes on the same machine; elsewhere
+    `python -m robench.train.zoo_build` (the same bytes on the same machine; elsewhere
     the same recipe and, within noise, the same accuracy).
     """
 
@@ -22,8 +22,8 @@ def list_command() -> None:
     """List the zoo models with their recipes and accuracy."""
     from rich.table import Table
 
-    from robench.checkpoint import read_metadata
-    from robench.zoo import DEFAULT, ZOO
+    from robench.models.checkpoint import read_metadata
+    from robench.models.zoo import DEFAULT, ZOO
 
     table = Table(title="robench zoo (digits, 32 px)", title_justify="left")
     for column in ("name", "arch", "training", "test acc %", "size KB", "default"):

@@ -63,7 +63,7 @@ ELSEWHERE = (  # README figures not generated here: what they are, and the comma
     ("transfer overhead ratios", "bench/transfer_overhead.py"),
     ("train overhead ratio", "bench/train_overhead.py"),
     ("torchrun scaling", "bench/scaling.py"),
-    ("zoo rebuild accuracy", "python -m robench.zoo_build"),
+    ("zoo rebuild accuracy", "python -m robench.train.zoo_build"),
     ("LeNet from a factory", "robench train --arch examples/lenet.py:LeNet"),
 )
 
@@ -87,7 +87,7 @@ def plain(marked: str) -> str:
 
 
 def _run(**fields: Any) -> Any:
-    from robench.runspec import RunSpec
+    from robench.run.runspec import RunSpec
 
     return RunSpec(threads=1, health_probes=False, **fields)
 
@@ -95,7 +95,7 @@ def _run(**fields: Any) -> Any:
 @cache
 def eval_default() -> Any:
     """``robench eval``: the zoo's default pair under the paper suite."""
-    from robench.evaluate import EvalConfig, run_eval
+    from robench.run.evaluate import EvalConfig, run_eval
 
     return run_eval(EvalConfig((), _run()))
 
@@ -103,8 +103,8 @@ def eval_default() -> Any:
 @cache
 def eval_zoo() -> Any:
     """``robench eval zoo:... --eps 8,16`` on the six zoo models."""
-    from robench.evaluate import EvalConfig, run_eval
-    from robench.suite import load_suite, override
+    from robench.attacks.suite import load_suite, override
+    from robench.run.evaluate import EvalConfig, run_eval
 
     suite = override(load_suite(), (), (8.0, 16.0))
     return run_eval(EvalConfig(tuple(f"zoo:{m}" for m in ZOO_MODELS), _run(suite=suite)))
@@ -113,8 +113,8 @@ def eval_zoo() -> Any:
 @cache
 def leak_default() -> Any:
     """``robench leak-check``: its default models and eps."""
-    from robench.evaluate import EvalConfig
-    from robench.leak import DEFAULT_EPS, DEFAULT_MODELS, LeakConfig, leak_suite, run_leak_check
+    from robench.run.evaluate import EvalConfig
+    from robench.run.leak import DEFAULT_EPS, DEFAULT_MODELS, LeakConfig, leak_suite, run_leak_check
 
     return run_leak_check(LeakConfig(EvalConfig(DEFAULT_MODELS, _run(suite=leak_suite(DEFAULT_EPS)))))
 
@@ -122,8 +122,8 @@ def leak_default() -> Any:
 @cache
 def transfer(attacks: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Any:
     """``robench transfer-matrix`` on four zoo models, optionally only some attacks and eps."""
-    from robench.suite import load_suite, override
-    from robench.transfer import TransferConfig, run_transfer
+    from robench.attacks.suite import load_suite, override
+    from robench.run.transfer import TransferConfig, run_transfer
 
     suite = override(load_suite(), attacks, eps)
     return run_transfer(TransferConfig(tuple(f"zoo:{m}" for m in TRANSFER_MODELS), run=_run(suite=suite)))
@@ -136,8 +136,8 @@ def eval_default_block() -> str:
     """The rich table ``robench eval`` prints, as the README shows it."""
     from rich.console import Console
 
-    from robench.report import results_table
-    from robench.suite import load_suite
+    from robench.attacks.suite import load_suite
+    from robench.render.tables import results_table
 
     buffer = io.StringIO()
     Console(file=buffer, width=160, color_system=None).print(results_table(eval_default().rows, suite=load_suite()))

@@ -36,7 +36,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def default_checkpoint() -> Path:
     """The zoo's plainly trained test_resnet (digits, 32 px), shipped in the package."""
-    from robench.zoo import get
+    from robench.models.zoo import get
 
     return get("resnet-base").path
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from robench import samples
 from robench.cli.main import main
 from robench.data import ids_sha256
-from robench.provenance import SCHEMA_VERSION
+from robench.results import samples
+from robench.results.provenance import SCHEMA_VERSION
 
 
 def flip(bits: np.ndarray, k: int, to: bool = False) -> np.ndarray:
@@ -64,7 +64,7 @@ def one_error_line(result, code: int, *needles: str) -> str:
 
 PEAK_MB = 500  # what a refusal may add to the process's peak memory; a bomb here inflates to 4 GiB
 PEAK = """import resource, sys
-import robench.data, robench.evaluate, robench.models, sklearn.datasets, timm  # a run's imports, before the count
+import robench.data, robench.run.evaluate, robench.models, sklearn.datasets, timm  # a run's imports, before the count
 from robench.cli.main import main
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

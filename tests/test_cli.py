@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from PIL import Image
 from results_docs import one_error_line
 
-from robench import evaluate
-from robench.checkpoint import save_checkpoint
 from robench.cli.eval_cmd import parse_clean_ref
 from robench.cli.main import main
 from robench.errors import RobenchError, Terminated
+from robench.models.checkpoint import save_checkpoint
+from robench.run import evaluate
 
 
 def invoke(*args: str):
@@ -72,7 +72,7 @@ def test_eval_json_envelope(fgsm_run, default_checkpoint: Path) -> None:
 
 
 def test_eval_json_meets_the_published_schema(fgsm_run, tmp_path: Path) -> None:
-    from robench.results_file import load_results
+    from robench.results.read import load_results
 
     _, out, _ = fgsm_run
     text = out.read_text()
@@ -317,12 +317,12 @@ def test_unknown_command_is_one_line() -> None:
                                                      (RuntimeError("boom\nframe #0: c10::Error\nframe #1: ..."), 3,
                                                       "runtime error: RuntimeError: boom (set ROBENCH_DEBUG=1")])
 def test_interrupt_and_runtime_error_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error, code, text) -> None:
-    import robench.evaluate
+    import robench.run.evaluate
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(robench.evaluate, "run_eval", fail)
+    monkeypatch.setattr(robench.run.evaluate, "run_eval", fail)
     out = tmp_path / "r.json"
     result = invoke("eval", "--out", out)
     assert result.exit_code == code
@@ -358,7 +358,7 @@ def test_eval_help_documents_eps_units() -> None:
 @pytest.mark.parametrize("command", ["eval", "transfer-matrix"])
 def test_help_names_the_default_models(command: str) -> None:
     """No model evaluates the zoo's default pair; the help says which (it once said "a tiny timm model")."""
-    from robench.runspec import DEFAULT
+    from robench.run.runspec import DEFAULT
 
     result = invoke(command, "--help")
     text = " ".join(re.sub(r"-\n\s+", "-", result.stdout).split())  # help wraps lines at hyphens too
@@ -420,7 +420,7 @@ def test_cli_clean_ref_mistakes_exit_2(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_a_warning_is_one_line_however_long(capsys: pytest.CaptureFixture[str]) -> None:
-    from robench.cli.render import warn
+    from robench.render.console import warn
 
     warn("cache file /tmp/" + "a" * 300 + ".safetensors is unreadable [SafetensorError]; crafting it again")
     err = capsys.readouterr().err
@@ -483,7 +483,7 @@ def _rendered(drive) -> str:
     """What a terminal shows for a bar driven by ``drive(update)``: rich's own rendering, captured."""
     import io
 
-    from robench.cli.render import progress_bar
+    from robench.render.console import progress_bar
 
     stream = io.StringIO()
     with progress_bar(stream=stream) as reporter:
@@ -545,7 +545,7 @@ def test_a_finished_epochs_rate_stops_with_it() -> None:
     import time
     from types import SimpleNamespace
 
-    from robench.cli.render import epoch_bar
+    from robench.render.console import epoch_bar
 
     stream = io.StringIO()
     with epoch_bar(2, stream=stream) as update:
@@ -562,8 +562,8 @@ def test_a_finished_epochs_rate_stops_with_it() -> None:
 def test_engine_reports_its_start_before_the_first_batch(default_checkpoint: Path) -> None:
     """The callback hears (label, done, total) once before any batch, so every rate counts from the start; then
     after each attack (here one per batch)."""
-    from robench.runspec import RunSpec
-    from robench.suite import load_suite, override
+    from robench.attacks.suite import load_suite, override
+    from robench.run.runspec import RunSpec
 
     calls: list[tuple[str, float, int]] = []
     cfg = evaluate.EvalConfig((str(default_checkpoint),), RunSpec(suite=override(load_suite(), ("fgsm",), (2.0,)),
@@ -578,8 +578,8 @@ def test_epoch_bar_shows_examples_per_second() -> None:
     import re
     import time
 
-    from robench.cli.render import epoch_bar
-    from robench.train import EpochStats
+    from robench.render.console import epoch_bar
+    from robench.train.loop import EpochStats
 
     stream = io.StringIO()
     with epoch_bar(1, stream=stream) as update:
@@ -674,7 +674,7 @@ def test_class_list_errors(numbered: dict[str, Path], tmp_path: Path, args: list
 
 def test_train_records_the_folders_classes(numbered: dict[str, Path], tmp_path: Path) -> None:
     """train numbers folders as eval does, and its checkpoint says how (classes; the recipe's class_order)."""
-    from robench.checkpoint import read_metadata
+    from robench.models.checkpoint import read_metadata
 
     out = tmp_path / "m.safetensors"
     result = invoke("train", "--data", numbered["data"], "--class-order", "lexical", "--epochs", "1", "--batch-size",
@@ -730,7 +730,7 @@ def test_progress_without_a_terminal_is_plain_lines() -> None:
     import io
     import re
 
-    from robench.cli.render import progress_bar
+    from robench.render.console import progress_bar
 
     stream = io.StringIO()
     with progress_bar(stream=stream, terminal=False) as reporter:
@@ -750,7 +750,7 @@ def test_log_lines_name_the_attack_now_once_the_interval_passed() -> None:
     import io
     import re
 
-    from robench.cli.render import LogLines
+    from robench.render.console import LogLines
 
     stream = io.StringIO()
     lines = LogLines(stream, every=0.0)

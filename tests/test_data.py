@@ -497,8 +497,8 @@ def test_float_gray_images_are_taken_in_zero_to_one_and_refused_outside() -> Non
 
 def _clean_accuracy(model: torch.nn.Module, src) -> float:
     """Clean top-1 as an eval run scores it (robench.engine.evaluate)."""
+    from robench.attacks.suite import load_suite, override
     from robench.engine import evaluate
-    from robench.suite import load_suite, override
 
     batches = src.batches(InputConfig(size=(8, 8)), 4)
     return float(evaluate(model, batches, src.ids, override(load_suite(), ("fgsm",), (2.0,))).correct()[0].mean())

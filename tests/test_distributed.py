@@ -15,10 +15,8 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from robench.checkpoint import read_metadata
 from robench.cli.main import main
-from robench.data import InputConfig, load_digits_source, open_source
-from robench.distributed import (
+from robench.core.distributed import (
     LOCAL,
     Dist,
     all_sum,
@@ -29,10 +27,12 @@ from robench.distributed import (
     sync_batchnorm,
     sync_buffers,
 )
+from robench.data import InputConfig, load_digits_source, open_source
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec
-from robench.recipe import TrainConfig
-from robench.train import accuracy, check_split, local_rows, short_tail, train, train_step
+from robench.models.checkpoint import read_metadata
+from robench.models.recipe import TrainConfig
+from robench.train.loop import accuracy, check_split, local_rows, short_tail, train, train_step
 
 # A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
 # ranks must give one process's weights up to float noise (BatchNorm would need SyncBatchNorm,
@@ -219,7 +219,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from robench.distributed import data_parallel
+    from robench.core.distributed import data_parallel
 
     with session("cpu") as d:
         report = {"dist": [d.rank, d.world_size, d.backend, str(d.device)], "collectives": _collectives(d)}

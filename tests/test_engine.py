@@ -17,11 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from robench import engine, files, metrics, report
+from robench import engine
+from robench.analysis import metrics
 from robench.attacks.single_step import FgsmConfig
+from robench.attacks.suite import AttackSpec, Suite, load_suite, override
+from robench.core import files, outputs, text
 from robench.data import InputConfig, TensorSource
 from robench.errors import RobenchError
-from robench.suite import AttackSpec, Suite, load_suite, override
+from robench.results import write
 
 
 def _source(n: int = 20, size: int = 8, seed: int = 0) -> TensorSource:
@@ -130,7 +133,7 @@ def test_per_sample_is_tidy() -> None:
 def test_markdown_is_exact() -> None:
     frame = pd.DataFrame({"model": ["m"], "eps": [2.0], "top1": [0.5], "success_rate": [float("nan")]})
     expected = "| model | eps | top1 | success_rate |\n|---|---|---|---|\n| m | 2 | 0.5000 |  |\n"
-    assert report.to_markdown(frame) == expected
+    assert text.to_markdown(frame) == expected
 
 
 def _meta() -> dict:
@@ -141,13 +144,13 @@ def _meta() -> dict:
 
 def test_write_results_json_csv_md(tmp_path: Path) -> None:
     rows = metrics.summarize(_outcomes(), "m")
-    report.write_results(tmp_path / "r.json", _meta(), rows)
+    write.write_results(tmp_path / "r.json", _meta(), rows)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["rows"][0]["success_rate"] is None and doc["rows"][1]["top1"] == 0.5
-    written = report.write_results(tmp_path / "r.csv", _meta(), rows)
+    written = write.write_results(tmp_path / "r.csv", _meta(), rows)
     assert written == [tmp_path / "r.csv", tmp_path / "r.csv.meta.json"]
     assert pd.read_csv(tmp_path / "r.csv")["top1"].tolist() == [0.75, 0.5]
-    report.write_results(tmp_path / "r.md", _meta(), rows)
+    write.write_results(tmp_path / "r.md", _meta(), rows)
     assert "weights sha256 w" in (tmp_path / "r.md").read_text()
 
 
@@ -193,7 +196,7 @@ def test_outputs_onto_a_folder_or_socket_are_refused(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "s.json"))
         with pytest.raises(RobenchError, match="--out .*s.json is a socket, not a file"):
-            report.check_output(tmp_path / "s.json")
+            outputs.check_output(tmp_path / "s.json")
         with pytest.raises(RobenchError, match="is a socket"):
             files.atomic_write_text(tmp_path / "s.json", "x")
         assert stat.S_ISSOCK(os.lstat(tmp_path / "s.json").st_mode)
@@ -205,14 +208,14 @@ def test_stream_paths_name_their_descriptor(tmp_path: Path) -> None:
                                           tmp_path / "x.json")]
     assert found == [1, 1, 7, 3, 2, None]
     with pytest.raises(RobenchError, match="--out -: the format comes from the file name's suffix"):
-        report.check_output(Path("-"))
-    report.check_output(Path("-"), (".csv",), "--per-sample", stdout=True)
+        outputs.check_output(Path("-"))
+    outputs.check_output(Path("-"), (".csv",), "--per-sample", stdout=True)
 
 
 @pytest.mark.parametrize("name", ["x.txt", "missing/x.json"])
 def test_check_output_rejects_bad_paths(tmp_path: Path, name: str) -> None:
     with pytest.raises(RobenchError):
-        report.check_output(tmp_path / name)
+        outputs.check_output(tmp_path / name)
 
 
 def test_runs_are_reproducible(small_cnn: nn.Module) -> None:

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from results_docs import one_error_line
 from safetensors.torch import load_file
 
-from robench import engine, factories
+from robench import engine
 from robench.attacks import REGISTRY, Labels
+from robench.attacks.suite import parse_suite
 from robench.cli.main import main
 from robench.data import InputConfig, load_digits_source
 from robench.errors import RobenchError
-from robench.models import Normalized, logits_of, parse_spec
-from robench.suite import parse_suite
+from robench.models import Normalized, factories, logits_of, parse_spec
 
 NETS = '''
 import torch
@@ -162,7 +162,7 @@ def test_parse_factory_specs(text: str, label: str, name: str, checkpoint: Path 
 
 
 def test_trained_factory_checkpoint_records_the_factory(nets: Path) -> None:
-    from robench.checkpoint import read_metadata
+    from robench.models.checkpoint import read_metadata
 
     meta = read_metadata(nets / "net.safetensors")
     assert meta["arch"] == f"{nets / 'nets.py'}:Net"
@@ -326,7 +326,7 @@ def test_a_checkpoint_never_makes_robench_import_code(nets: Path, tmp_path: Path
     """The checkpoint names its factory, but only a spec may import it: the file's code does not run."""
     marker = tmp_path / "ran"
     (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + NETS)
-    from robench.checkpoint import read_metadata, save_checkpoint
+    from robench.models.checkpoint import read_metadata, save_checkpoint
 
     meta = {**read_metadata(nets / "net.safetensors"), "arch": f"{tmp_path / 'evil.py'}:Net"}
     save_checkpoint(tmp_path / "c.safetensors", _by_hand(nets).model, meta)

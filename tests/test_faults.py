@@ -21,12 +21,12 @@ from results_docs import one_error_line
 from torch import nn
 
 from robench import engine
+from robench.attacks.suite import parse_suite
 from robench.cli.main import main
 from robench.data import InputConfig, load_digits_source
+from robench.engine.resume import RunState
 from robench.errors import RobenchError
-from robench.provenance import resume_versions
-from robench.resume import RunState
-from robench.suite import parse_suite
+from robench.results.provenance import resume_versions
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 ZOO_INPUT = InputConfig(size=(32, 32))  # the zoo's input, as its models were trained
@@ -343,7 +343,8 @@ SMALL_RESUME = ["eval", "zoo:resnet-base", "--limit", "10", "--batch-size", "5",
 
 def test_state_of_another_robench_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attacks may change between versions: a resumed run would mix two versions' results."""
-    from robench import __version__, provenance
+    from robench import __version__
+    from robench.results import provenance
 
     state, out = tmp_path / "state", tmp_path / "r.json"
     monkeypatch.setattr(provenance, "__version__", "0.0.1")
@@ -417,7 +418,7 @@ def _with_input(source: Path, path: Path, **changes: object) -> Path:
     """A copy of a robench checkpoint with the same weights and other preprocessing metadata."""
     from safetensors.torch import load_file, save_file
 
-    from robench.checkpoint import META_KEY, read_metadata
+    from robench.models.checkpoint import META_KEY, read_metadata
 
     meta = {**read_metadata(source), **changes}
     save_file(load_file(str(source)), str(path), metadata={META_KEY: json.dumps(meta, sort_keys=True)})

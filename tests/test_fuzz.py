@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from robench.attacks.suite import Suite, parse_suite
 from robench.errors import RobenchError
-from robench.rules import Rules, parse_rules
-from robench.suite import Suite, parse_suite
+from robench.gate.rules import Rules, parse_rules
 
 KEYS = ["eps", "attacks", "name", "id", "label", "steps", "step_size", "random_start", "bogus", "eps "]
 NAMES = ["fgsm", "step_ll", "bim", "iter_ll", "pgd", "nope", ""]
@@ -161,7 +161,7 @@ def mutated_docs(draw) -> dict:
 
 def read_or_one_line(text: str):
     """The reader's document for ``text`` as fuzz.json, or None after checking its error is one line naming the file."""
-    from robench.results_file import load_results
+    from robench.results.read import load_results
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzz.json"
@@ -177,8 +177,9 @@ def read_or_one_line(text: str):
 
 def readers_handle(doc: dict) -> None:
     """What gate, baseline update and report do with a document: no exception but a one-line RobenchError."""
-    from robench import gate, report_doc
-    from robench.results_file import per_sample, row_label
+    from robench.gate import judge as gate
+    from robench.render import report_doc
+    from robench.results.read import per_sample, row_label
 
     for row in doc["rows"]:
         row_label(row)
@@ -255,8 +256,8 @@ ZOO_META_KEYS = ["arch", "num_classes", "classes", "input_size", "interpolation"
 @st.composite
 def mutated_metadata(draw) -> dict:
     """The zoo's effnet-base metadata with some fields replaced by any JSON, or removed."""
-    from robench import zoo
-    from robench.checkpoint import read_metadata
+    from robench.models import zoo
+    from robench.models.checkpoint import read_metadata
 
     meta = read_metadata(zoo.get("effnet-base").path)
     for key in draw(st.lists(st.sampled_from(ZOO_META_KEYS), min_size=1, max_size=3)):
@@ -271,7 +272,7 @@ def _checkpoint_with(meta_text: str, folder: Path) -> Path:
     """The zoo's effnet-base weights with this metadata text."""
     from safetensors.torch import load_file, save_file
 
-    from robench import zoo
+    from robench.models import zoo
 
     path = folder / "fuzz.safetensors"
     save_file(load_file(str(zoo.get("effnet-base").path)), str(path), metadata={"robench": meta_text})
@@ -280,7 +281,7 @@ def _checkpoint_with(meta_text: str, folder: Path) -> Path:
 
 def metadata_or_one_line(meta_text: str) -> dict | None:
     """read_metadata's result for a checkpoint carrying ``meta_text``, or None after a one-line error naming it."""
-    from robench.checkpoint import read_metadata
+    from robench.models.checkpoint import read_metadata
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _checkpoint_with(meta_text, Path(tmp))

@@ -18,10 +18,12 @@ import pytest
 import yaml
 from results_docs import BASE, GRID, N, flip, invoke, make_doc, one_error_line, write
 
-from robench import gate, gate_report, stats
+from robench.core import stats
 from robench.errors import CheckFailed, RobenchError
-from robench.provenance import SCHEMA_VERSION
-from robench.rules import Rules, parse_rules
+from robench.gate import judge as gate
+from robench.gate import report as gate_report
+from robench.gate.rules import Rules, parse_rules
+from robench.results.provenance import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "examples" / "ci"
@@ -300,7 +302,7 @@ def test_control_characters_in_labels_are_refused_and_junit_writes_them_visibly(
 
 
 def test_csv_results_are_compared_unpaired(files, tmp_path: Path) -> None:
-    from robench.report import write_results
+    from robench.results.write import write_results
 
     doc = json.loads(files["worse"].read_text())
     meta = {k: v for k, v in doc.items() if k not in ("rows", "samples")}
@@ -457,7 +459,7 @@ def test_rules_from_a_special_or_huge_file_exit_2(files) -> None:
 
 
 def test_results_over_the_size_limit_exit_2(files, monkeypatch: pytest.MonkeyPatch) -> None:
-    from robench import results_file
+    from robench.results import read as results_file
 
     monkeypatch.setattr(results_file, "RESULTS_LIMIT", 1000)
     one_error_line(invoke("gate", files["base"], "--baseline", files["base"]), 2, "base.json", "larger than 1000 bytes")
@@ -532,9 +534,9 @@ def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:
 
 
 def test_eval_gate_bad_rules_fail_before_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import robench.evaluate
+    import robench.run.evaluate
 
-    monkeypatch.setattr(robench.evaluate, "run_eval", lambda *a, **k: pytest.fail("evaluated despite bad rules"))
+    monkeypatch.setattr(robench.run.evaluate, "run_eval", lambda *a, **k: pytest.fail("evaluated despite bad rules"))
     bad = write(tmp_path / "gates.yaml", "- {min: 0.4, mx: 1}")
     r = invoke("eval", "--gate", bad, "--out", tmp_path / "r.json")
     one_error_line(r, 2, "gates.yaml line 1", "unknown key 'mx'")
@@ -584,10 +586,10 @@ def test_eval_gate_checks_its_rules_before_any_work(tmp_path: Path) -> None:
 def test_eval_baseline_of_other_samples_or_rows_fails_before_any_attack(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A baseline on other samples used to fail after the run, with --out written: now once the data opens."""
-    import robench.evaluate
+    import robench.run.evaluate
 
-    monkeypatch.setattr(robench.evaluate, "probe_models", lambda *a, **k: pytest.fail("probed the models"))
-    monkeypatch.setattr(robench.evaluate.engine, "run", lambda *a, **k: pytest.fail("attacked"))
+    monkeypatch.setattr(robench.run.evaluate, "probe_models", lambda *a, **k: pytest.fail("probed the models"))
+    monkeypatch.setattr(robench.run.evaluate.engine, "run", lambda *a, **k: pytest.fail("attacked"))
     out = tmp_path / "r.json"
     args = ("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "20", "--out", out, "--baseline")
     other_ids = write(tmp_path / "ids.json", make_doc(GRID, ids=[f"x{i}" for i in range(N)]))
@@ -595,7 +597,7 @@ def test_eval_baseline_of_other_samples_or_rows_fails_before_any_attack(tmp_path
     one_error_line(r, 2, f"eval results and {other_ids} were evaluated on different samples", "--limit",
                    "robench baseline update")
     other_models = write(tmp_path / "vit.json", make_doc({("vit", "clean", 0.0): BASE, ("vit", "fgsm", 8.0): BASE}))
-    monkeypatch.setattr(robench.evaluate, "open_run", lambda *a, **k: pytest.fail("opened the data"))
+    monkeypatch.setattr(robench.run.evaluate, "open_run", lambda *a, **k: pytest.fail("opened the data"))
     r = invoke(*args, other_models)
     one_error_line(r, 2, f"no row the rule matches is in both this eval and {other_models}", "none alike")
     assert not out.exists() and r.stdout == ""

@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from robench import evaluate, health, leak, probes
+from robench.analysis import health, probes
+from robench.attacks.suite import CLEAN, AttackSpec, Suite, build_config, load_suite, override
 from robench.cli.main import main
-from robench.engine import CLEAN, Outcomes
+from robench.engine import NONFINITE, Outcomes
 from robench.errors import FieldError
-from robench.metrics import NONFINITE
-from robench.runspec import RunSpec
-from robench.suite import AttackSpec, Suite, build_config, load_suite, override
-from robench.transfer import TransferConfig, run_transfer
+from robench.run import evaluate, leak
+from robench.run.runspec import RunSpec
+from robench.run.transfer import TransferConfig, run_transfer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

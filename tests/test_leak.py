@@ -12,10 +12,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from robench import leak, stats
+from robench.attacks.suite import CLEAN
 from robench.cli.main import main
+from robench.core import stats
 from robench.data import Batch
-from robench.engine import CLEAN, Outcomes, evaluate
+from robench.engine import Outcomes, evaluate
+from robench.run import leak
 
 EPS = 8.0
 SETTINGS = [(CLEAN, 0.0), (leak.FGSM_TRUE, EPS), (leak.FGSM_PREDICTED, EPS), (leak.STEP_LL, EPS)]
@@ -155,8 +157,8 @@ def test_sign_reading_model_is_flagged() -> None:
 
 
 def test_true_and_predicted_agree_where_the_model_is_right() -> None:
-    from robench.evaluate import EvalConfig
-    from robench.runspec import RunSpec
+    from robench.run.evaluate import EvalConfig
+    from robench.run.runspec import RunSpec
 
     cfg = leak.LeakConfig(eval=EvalConfig(("zoo:effnet-fgsm-true",), RunSpec(suite=leak.leak_suite((4.0, 16.0)),
                                                                               limit=120)))
@@ -191,7 +193,7 @@ def test_cli_zoo_models_pass_and_write_results(tmp_path: Path) -> None:
 
 
 def test_cli_fail_on_leak_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from robench.evaluate import EvalResult
+    from robench.run.evaluate import EvalResult
 
     def fake_eval(cfg, progress=None, warn=None, dist=None, status=None, what="eval"):  # the sign reader, not a model
         out = sign_reader_outcomes()
@@ -213,7 +215,7 @@ def test_cli_fail_on_leak_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 def test_cli_plot_writes_an_svg_with_the_verdict(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import xml.etree.ElementTree as ET
 
-    from robench.evaluate import EvalResult
+    from robench.run.evaluate import EvalResult
 
     def fake_eval(cfg, progress=None, warn=None, dist=None, status=None, what="eval"):  # the sign reader, not a model
         return EvalResult(rows=None, outcomes={"sign-reader": sign_reader_outcomes()}, meta={"command": "eval"})
@@ -247,7 +249,7 @@ def test_cli_bad_input_exits_2(args: list[str], needle: str, tmp_path: Path) -> 
 def test_nan_alpha_or_margin_is_refused_by_name(args: list[str], line: str) -> None:
     """NaN passes click's FloatRange (it fails every comparison) and judged nothing: LeakConfig refuses it."""
     from robench.errors import FieldError
-    from robench.leak import LeakConfig
+    from robench.run.leak import LeakConfig
 
     with pytest.raises(FieldError) as err:
         LeakConfig(alpha=float("nan"))

@@ -18,12 +18,12 @@ from click.testing import CliRunner
 from results_docs import PEAK_MB, one_error_line, run_peak
 from torch import nn
 
-from robench.checkpoint import data_config, input_metadata, save_checkpoint
 from robench.cli.main import main
 from robench.data import InputConfig
 from robench.errors import RobenchError
 from robench.models import Normalized, load_model, parse_spec, weights_sha256
-from robench.preprocess import Preprocess
+from robench.models.checkpoint import data_config, input_metadata, save_checkpoint
+from robench.models.preprocess import Preprocess
 
 # ---------------------------------------------------------------- specs
 
@@ -148,7 +148,7 @@ def test_default_checkpoint_alone(default_checkpoint: Path) -> None:
 
 
 def test_zoo_checkpoints_without_crop_mode_load_with_center_crop(default_checkpoint: Path) -> None:
-    from robench.checkpoint import read_metadata
+    from robench.models.checkpoint import read_metadata
 
     assert "crop_mode" not in read_metadata(default_checkpoint)
     assert load_model(parse_spec(str(default_checkpoint)), num_classes=10).input.crop_mode == "center"
@@ -522,7 +522,7 @@ def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
                                        pretrained: bool) -> None:
     from huggingface_hub import constants
 
-    import robench.models
+    import robench.models.load
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
@@ -532,7 +532,7 @@ def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
     def no_network(*args, **kwargs):
         raise AssertionError("robench probed the network although HF_HUB_OFFLINE is set")
 
-    monkeypatch.setattr(robench.models, "_reachable", no_network)
+    monkeypatch.setattr(robench.models.load, "_reachable", no_network)
     start = time.monotonic()
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec(spec), num_classes=10, pretrained=pretrained)
@@ -546,13 +546,13 @@ def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_hub_weights_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from huggingface_hub import constants
 
-    import robench.models
+    import robench.models.load
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     hosts: list[str] = []
-    monkeypatch.setattr(robench.models, "_reachable", lambda host, timeout=3.0: hosts.append(host) or False)
+    monkeypatch.setattr(robench.models.load, "_reachable", lambda host, timeout=3.0: hosts.append(host) or False)
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec("test_resnet.r160_in1k"), num_classes=10)
     assert hosts == ["huggingface.co"]

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import binomtest
 
-from robench import plots
 from robench.cli.main import main
 from robench.errors import RobenchError
+from robench.render import plots
 
 META = {"dataset": {"name": "digits", "split": "test", "n": 50}}
 EPS = [2.0, 4.0, 8.0]

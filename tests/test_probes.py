@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench import health, probes
+from robench.analysis import health, probes
 from robench.data import InputConfig, open_source
 from robench.models import Normalized
 

@@ -1,4 +1,4 @@
-"""robench report / robench.report_doc: every input's models and rows, the merged leaderboard, refusals, HTML/MD."""
+"""robench report (render.report_doc): every input's models and rows, the merged leaderboard, refusals, HTML/MD."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from results_docs import N, invoke, make_doc, one_error_line, write
 
-from robench.report_doc import Input, leaderboard, rows_text
+from robench.render.report_doc import Input, leaderboard, rows_text
 
 
 def bits(right: int) -> np.ndarray:
@@ -154,7 +154,7 @@ def test_markdown_references_pngs_that_exist(cli_files, tmp_path) -> None:
 
 def test_the_same_file_twice_is_refused(tmp_path: Path) -> None:
     from robench.errors import RobenchError
-    from robench.report_doc import load_inputs
+    from robench.render.report_doc import load_inputs
 
     one = tmp_path / "a.json"
     one.write_text("{}")
@@ -164,7 +164,7 @@ def test_the_same_file_twice_is_refused(tmp_path: Path) -> None:
 
 
 def test_cells_show_counts_as_integers_and_shares_with_four_decimals() -> None:
-    from robench.report import cell_text
+    from robench.core.text import cell_text
 
     assert [cell_text("n_fooled_source", 19.0), cell_text("n", 360.0), cell_text("top1", 0.5), cell_text("eps", 8.0),
             cell_text("top1", float("nan")), cell_text("model", "a")] == ["19", "360", "0.5000", "8", "", "a"]
@@ -173,8 +173,8 @@ def test_cells_show_counts_as_integers_and_shares_with_four_decimals() -> None:
 
 def test_check_outputs_refuses_an_input_through_links_and_provenance_files(tmp_path: Path) -> None:
     """Issue 17: an output equal to an input (by name, symlink, hard link, a .csv's .meta.json) or to another output."""
+    from robench.core.outputs import check_outputs, results_paths
     from robench.errors import RobenchError
-    from robench.report import check_outputs, results_paths
 
     res, other = tmp_path / "r.csv", tmp_path / "o.md"
     res.write_text("model\n")
@@ -206,7 +206,7 @@ def test_eval_files_of_other_images_under_the_same_ids_exit_2(tmp_path) -> None:
 
 def test_markdown_shows_labels_as_written() -> None:
     """A label from another's results file went into Markdown raw: an <img onerror> tag, a table bar, an escape."""
-    from robench.report import md_text, to_markdown
+    from robench.core.text import md_text, to_markdown
 
     assert md_text("<img src=x onerror=alert(1)>|x") == "&lt;img src=x onerror=alert(1)>\\|x"
     assert md_text("a\x1b[31m") == "a\\x1b[31m" and md_text("top1 drop <= 0.02") == "top1 drop <= 0.02"

@@ -11,9 +11,9 @@ import pytest
 from results_docs import BASE, GRID, flip, invoke, make_doc, one_error_line, write
 
 from robench.errors import RobenchError
-from robench.provenance import SCHEMA_VERSION
-from robench.report import write_results
-from robench.results_file import load_results, per_sample, results_json, row_key, row_label
+from robench.results.provenance import SCHEMA_VERSION
+from robench.results.read import load_results, per_sample, results_json, row_key, row_label
+from robench.results.write import write_results
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_csv_rows_are_validated_and_numeric_labels_stay_strings(tmp_path: Path) 
 
 
 def test_committed_json_schema_is_the_generated_one() -> None:
-    from robench.results_schema import json_schema
+    from robench.results.schema import json_schema
 
     committed = Path(__file__).resolve().parents[1] / "schemas" / "results.schema.json"
     assert json.loads(committed.read_text()) == json_schema(), "regenerate: robench schema results -o " + str(committed)
@@ -127,7 +127,7 @@ def test_other_tools_validating_with_the_published_schema_refuse_what_robench_re
     (ge/le), which validators ignore: a count of -5 validated."""
     import jsonschema
 
-    from robench.results_schema import json_schema
+    from robench.results.schema import json_schema
 
     schema = json_schema()
 
@@ -153,7 +153,7 @@ def test_other_tools_validating_with_the_published_schema_refuse_what_robench_re
 def test_schema_errors_are_one_line_for_any_name() -> None:
     from pydantic import BaseModel, ValidationError
 
-    from robench.schema_errors import field_path, schema_error
+    from robench.core.schema_errors import field_path, schema_error
 
     class Meta(BaseModel):
         lr: float

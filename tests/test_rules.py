@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from robench.errors import RobenchError
-from robench.rules import KINDS, Floor, Health, Match, Regression, Rules, load_rules, parse_rules
+from robench.gate.rules import KINDS, Floor, Health, Match, Regression, Rules, load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parents[1]
 CI = REPO / "examples" / "ci"

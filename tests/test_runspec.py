@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from robench.cli.main import main
 from robench.errors import FieldError
-from robench.evaluate import EvalConfig
-from robench.runspec import RunSpec
-from robench.transfer import TransferConfig
+from robench.run.evaluate import EvalConfig
+from robench.run.runspec import RunSpec
+from robench.run.transfer import TransferConfig
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -25,7 +25,7 @@ from robench.transfer import TransferConfig
     ({"batch_size": "8"}, "batch_size must be a whole number, got '8'"),
     ({"seed": "x"}, "seed must be a whole number, got 'x'"),
     ({"device": 0}, "device must be text such as auto, cpu or cuda, got 0"),
-    ({"suite": "attacks.yaml"}, "suite must be a Suite (robench.suite.load_suite), got 'attacks.yaml'"),
+    ({"suite": "attacks.yaml"}, "suite must be a Suite (robench.attacks.suite.load_suite), got 'attacks.yaml'"),
     ({"pretrained": "yes"}, "pretrained must be True or False, got 'yes'"),
     ({"threads": 0}, "threads must be a whole number in [1, 1024], got 0"),
     ({"threads": 2.0}, "threads must be a whole number or None, got 2.0"),
@@ -84,8 +84,8 @@ def test_numpy_integers_become_plain_ints() -> None:
 
 def test_threads_none_leaves_torchs_thread_count_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """The library sets the thread count only when asked: None is torch's own setting."""
-    from robench.distributed import LOCAL
-    from robench.runspec import open_run
+    from robench.core.distributed import LOCAL
+    from robench.run.runspec import open_run
 
     before = torch.get_num_threads()
     calls: list[int] = []
@@ -114,8 +114,8 @@ def test_without_data_a_checkpoint_evaluates_on_what_it_trained_on(tmp_path, def
     from PIL import Image
     from safetensors.torch import load_file, save_file
 
-    from robench.checkpoint import META_KEY, read_metadata
     from robench.cli.main import main
+    from robench.models.checkpoint import META_KEY, read_metadata
 
     folder = tmp_path / "digits-pngs"
     for c in range(10):

@@ -9,8 +9,8 @@ import pytest
 
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
+from robench.attacks.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_eps_list, parse_suite
 from robench.errors import FieldError, RobenchError
-from robench.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_eps_list, parse_suite
 
 # ---------------------------------------------------------------- the default suite
 
@@ -406,7 +406,7 @@ def test_a_suite_that_measures_nothing_is_refused_before_any_work(tmp_path: Path
 
 def test_the_unit_trap_in_yaml(tmp_path: Path) -> None:
     """attacks.yaml and gates.yaml read eps with the same rule, naming the file and line."""
-    from robench.rules import load_rules
+    from robench.gate.rules import load_rules
 
     (tmp_path / "s.yaml").write_text("eps: [2, 0.3]\nattacks:\n  - name: fgsm\n")
     with pytest.raises(RobenchError, match=r"s\.yaml line 1: 'eps': eps 0\.3 is in 1/255 units"):

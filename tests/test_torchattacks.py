@@ -278,11 +278,11 @@ def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_
     # compare (the baseline falls to 0% under either); the first 180 test images keep it near 30 s
     import dataclasses
 
+    from robench.analysis.worst import with_worst
+    from robench.attacks.suite import load_suite
     from robench.data import InputConfig, load_digits_source
     from robench.engine import Hooks, Matrix, Participant, Plan, run_batches, settings_of
     from robench.models import load_model, parse_spec
-    from robench.suite import load_suite
-    from robench.worst import with_worst
 
     loaded = load_model(parse_spec("zoo:resnet-stepll"), 10)
     model = loaded.module.eval()

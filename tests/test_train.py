@@ -17,12 +17,12 @@ from torch import nn
 from robench.attacks.base import Labels
 from robench.attacks.iterative import PgdConfig, pgd
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
-from robench.checkpoint import input_metadata, read_metadata
 from robench.cli.main import main
 from robench.errors import FieldError, RobenchError
 from robench.models import load_model, parse_spec, weights_sha256
-from robench.recipe import TRAIN_ATTACKS, TrainConfig
-from robench.train import Draws, craft_batch, crafting, mixed_loss_sum, sample_eps, start_noise, train, train_step
+from robench.models.checkpoint import input_metadata, read_metadata
+from robench.models.recipe import TRAIN_ATTACKS, TrainConfig
+from robench.train.loop import Draws, craft_batch, crafting, mixed_loss_sum, sample_eps, start_noise, train, train_step
 
 FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "input_size": 16}
 
@@ -78,7 +78,7 @@ def test_eps_sampler_range_and_shape() -> None:
 
 
 def test_fixed_eps_draws_eps_max_for_every_example() -> None:
-    from robench.train import draw
+    from robench.train.loop import draw
 
     gen = torch.Generator().manual_seed(0)
     draws = draw(5, (1, 8, 8), TrainConfig(attack="fgsm", eps_dist="fixed", eps_max=16), gen)
@@ -282,7 +282,7 @@ def _folder(root: Path, n: int = 20) -> Path:
 
 def test_a_folder_without_val_split_holds_out_a_seeded_share(tmp_path: Path) -> None:
     """The 'test accuracy' of a folder without val/ was measured on its training images, without a word."""
-    from robench.train import split_sources
+    from robench.train.loop import split_sources
 
     folder = _folder(tmp_path / "f")
     cfg = TrainConfig(data=str(folder), val_fraction=0.25, seed=3)
@@ -347,9 +347,9 @@ def test_sigterm_keeps_last_finished_epoch_in_one_line_and_exits_143(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from results_docs import one_error_line
 
-    import robench.train
+    import robench.train.loop
 
-    out, real = tmp_path / "m.safetensors", robench.train.train
+    out, real = tmp_path / "m.safetensors", robench.train.loop.train
 
     def terminated_in_second_epoch(cfg, path, progress, *args):
         def progress_then_term(stats) -> None:
@@ -358,7 +358,7 @@ def test_sigterm_keeps_last_finished_epoch_in_one_line_and_exits_143(tmp_path: P
 
         return real(cfg, path, progress_then_term, *args)
 
-    monkeypatch.setattr(robench.train, "train", terminated_in_second_epoch)
+    monkeypatch.setattr(robench.train.loop, "train", terminated_in_second_epoch)
     result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "2", "--limit", "64",
                                        "--input-size", "16", "-q", "--out", str(out)])
     one_error_line(result, 143, f"robench: error: terminated (SIGTERM); {out} holds the last finished epoch")

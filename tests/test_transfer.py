@@ -13,13 +13,16 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from robench import engine, metrics, runspec
-from robench.checkpoint import save_checkpoint
+from robench import engine
+from robench.analysis import metrics
+from robench.attacks.suite import load_suite, override, parse_suite
 from robench.cli.main import main
-from robench.evaluate import EvalConfig, run_eval
-from robench.runspec import RunSpec
-from robench.suite import load_suite, override, parse_suite
-from robench.transfer import TransferConfig, deliver, dequantize, quantize, run_transfer
+from robench.engine import correct
+from robench.models.checkpoint import save_checkpoint
+from robench.run import runspec
+from robench.run.evaluate import EvalConfig, run_eval
+from robench.run.runspec import RunSpec
+from robench.run.transfer import TransferConfig, deliver, dequantize, quantize, run_transfer
 
 SUITE = override(load_suite(), ("fgsm", "iter_ll", "pgd"), (4.0, 16.0))
 CHEAP = parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n")  # 1 step + iterative
@@ -36,7 +39,7 @@ def test_the_three_transfer_definitions_by_hand() -> None:
         "transfer_rate": 3 / 4, "n_fooled_source": 4,  # 0, 2, 4 of 0, 1, 2, 4
         "transfer_rate_both_clean": 2 / 3, "n_fooled_source_both_clean": 3,  # 0, 2 of 0, 1, 2 (4: target wrong)
     }
-    assert 1 - float(metrics.correct(adv_t, labels).mean()) == 5 / 6  # target_error: every sample
+    assert 1 - float(correct(adv_t, labels).mean()) == 5 / 6  # target_error: every sample
     empty = metrics.transfer_rates(clean_s, clean_t, clean_s, adv_t, labels)  # the source is never fooled
     assert math.isnan(empty["transfer_rate"]) and empty["n_fooled_source"] == 0
     assert math.isnan(empty["transfer_rate_both_clean"]) and empty["n_fooled_source_both_clean"] == 0
@@ -114,7 +117,7 @@ def _rewrite(change: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> Calla
     def rewrite(path: Path, sample_id: str) -> None:
         from safetensors.torch import load_file, save_file
 
-        from robench.transfer import checksum
+        from robench.run.transfer import checksum
 
         tensors = change(load_file(str(path))["eps=8.0"])
         save_file(tensors, str(path), metadata={"sha256": checksum(path.parent.parent.name, sample_id, tensors)})
@@ -195,8 +198,8 @@ def test_cache_files_hold_int8_perturbations_within_eps(tmp_path: Path) -> None:
 
 def test_save_returns_the_examples_a_load_gives_and_the_engine_scores_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from robench.distributed import LOCAL
-    from robench.transfer import ExampleCache
+    from robench.core.distributed import LOCAL
+    from robench.run.transfer import ExampleCache
 
     run = RunSpec(suite=CHEAP, limit=4, batch_size=4)
     opened = runspec.open_run(run, PAIR, LOCAL)
@@ -244,8 +247,8 @@ def test_a_cache_of_the_old_float32_format_is_not_read(tmp_path: Path) -> None:
 
     from safetensors.torch import save_file
 
-    from robench.distributed import LOCAL
-    from robench.transfer import ExampleCache
+    from robench.core.distributed import LOCAL
+    from robench.run.transfer import ExampleCache
 
     cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=6, batch_size=6)
     fresh = run_transfer(TransferConfig(PAIR, run=run))
@@ -407,7 +410,7 @@ def test_plot_heatmaps(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import pandas as pd
 
-    from robench.plots import save_figure, transfer_figure
+    from robench.render.plots import save_figure, transfer_figure
 
     rows = pd.DataFrame([
         {"source": s, "target": t, "attack": a, "eps": e, "transfer_rate": r}
@@ -425,7 +428,7 @@ def test_transfer_summary_is_the_mean_off_diagonal_rate() -> None:
     import pandas as pd
     from rich.console import Console
 
-    from robench.report import transfer_summary
+    from robench.render.tables import transfer_summary
 
     rows = pd.DataFrame([{"source": s, "target": t, "attack": "fgsm", "eps": 8.0, "transfer_rate": r}
                          for s, t, r in (("a", "a", 1.0), ("a", "b", 0.2), ("b", "a", 0.4), ("b", "b", 1.0))])

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from masking import Rounded, Scaled
 
-from robench import worst
+from robench.analysis import worst
+from robench.analysis.metrics import summarize
+from robench.attacks.suite import parse_suite
 from robench.data import InputConfig
 from robench.engine import Hooks, Matrix, Outcomes, Participant, Plan, run_batches, settings_of
-from robench.metrics import summarize
-from robench.suite import parse_suite
 
 SETTINGS = [("clean", 0.0), ("a", 4.0), ("b", 4.0), ("a", 8.0), ("b", 8.0)]
 
@@ -152,7 +152,7 @@ def _cheap(suite):
 
 
 def _masked_run(model, digits_batch, suite):
-    from robench import health
+    from robench.analysis import health
 
     plan = Plan.white_box([Participant("m", model, InputConfig())])
     out = Matrix.empty([str(i) for i in range(len(digits_batch.labels))], settings_of(suite), plan.pairs())
@@ -164,7 +164,7 @@ def _masked_run(model, digits_batch, suite):
 
 @pytest.mark.parametrize("mask", [Scaled, Rounded], ids=["logits-x1000", "rounded-input"])
 def test_masked_gradients_fool_the_papers_attacks_not_the_worst_case(mask, trained, digits_batch, one_thread) -> None:
-    from robench.suite import load_suite
+    from robench.attacks.suite import load_suite
 
     model = mask(trained.module).eval()
     # fgsm, bim and pgd push up the true class's cross-entropy, whose gradient is exactly zero here.

@@ -8,13 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from robench.checkpoint import read_metadata
 from robench.cli.main import main
 from robench.data import open_source
 from robench.errors import RobenchError
 from robench.models import load_model, parse_spec
-from robench.zoo import DEFAULT, ZOO, ZOO_DIR, get
-from robench.zoo_build import build
+from robench.models.checkpoint import read_metadata
+from robench.models.zoo import DEFAULT, ZOO, ZOO_DIR, get
+from robench.train.zoo_build import build
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -64,7 +64,7 @@ def _test_predictions(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_rebuild_reproduces_the_recipe_and_accuracy(tmp_path: Path) -> None:
-    """`python -m robench.zoo_build` gives the shipped file's recipe, metadata, accuracy and predictions.
+    """`python -m robench.train.zoo_build` gives the shipped file's recipe, metadata, accuracy and predictions.
 
     Not its bytes: the shipped files were built on another kind of CPU, and 20 epochs grow float
     differences between CPU kinds, vector widths (ATEN_CPU_CAPABILITY) and thread counts into

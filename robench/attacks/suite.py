@@ -1,0 +1,487 @@
+"""Attack suites: attacks.yaml -> validated, frozen configuration.
+
+Validation errors name the file, the line and the key, because a suite is
+hand-written and a silent default would change the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robench.attacks import REGISTRY, get_attack
+from robench.core.files import read_text
+from robench.errors import FieldError, RobenchError
+
+CLEAN = "clean"  # reserved id: the setting (attack name, eps 0) of the unperturbed inputs
+WORST = "worst"  # reserved id: the per-sample worst case over clean and every attack of the suite, per eps
+DEFAULT_SUITE = Path(__file__).with_name("attacks.yaml")
+BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
+    "paper": DEFAULT_SUITE,
+    "autoattack": Path(__file__).with_name("suites") / "autoattack.yaml",
+    "autoattack-fast": Path(__file__).with_name("suites") / "autoattack-fast.yaml",
+    "quick": Path(__file__).with_name("suites") / "quick.yaml",
+}
+MAX_EPS = 255.0
+SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite: registry name, result id, eps list (1/255 units), config."""
+
+    id: str
+    name: str
+    eps: tuple[float, ...]
+    config: Any
+    at: str = field(default="", compare=False)  # "FILE line N" of the entry, for messages
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return {"id": self.id, "name": self.name, "eps": list(self.eps),
+                **dataclasses.asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An ordered set of attacks, each with its eps list, and how the engine runs them.
+
+    ``cascade`` (AutoAttack's standard run): each attack runs only on the samples still
+    robust after the attacks before it, at each eps; the per-attack rows then mean "robust
+    after this stage", and the worst-case row is the same as without it.
+    ``early_stop``: an iterative attack stops on a sample at its first misclassified iterate,
+    and a sample fooled at a smaller eps is not attacked again at a larger one (its example
+    lies inside the larger ball), so robust accuracy is monotone in eps. Both are off by
+    default: the paper's numbers and the bit-exact agreement with torchattacks need full runs.
+    """
+
+    attacks: tuple[AttackSpec, ...]
+    source: str = "<built-in>"
+    cascade: bool = False
+    early_stop: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return {"source": self.source, "cascade": self.cascade, "early_stop": self.early_stop,
+                "semantics": self.semantics(), "attacks": [a.describe() for a in self.attacks]}
+
+    def check_classes(self, classes: int, data: str) -> None:
+        """Refuse an attack the data has too few classes for, naming its suite line.
+
+        Raises RobenchError: fab_t below 3 classes (no wrong class to aim at besides the
+        top one), apgd with the DLR loss below 3 and apgd_t below 4 (its DLR-T loss reads
+        the 3rd and 4th largest logits; Croce & Hein 2020, eq. 7).
+        """
+        for a in self.attacks:
+            dlr = getattr(a.config, "loss", None) == "dlr"  # DLR divides by the top minus the 3rd logit
+            need = max(REGISTRY[a.name].min_classes, 3 if dlr else 2)
+            if classes < need:
+                what = f"'{a.id}'" if a.id == a.name else f"'{a.id}' ({a.name})"
+                raise RobenchError(f"{a.at or self.source}: attack {what} needs at least {need} classes, but {data} "
+                                   f"has {classes}; {self._class_fix(a)}")
+
+    def _class_fix(self, a: AttackSpec) -> str:
+        """How to get past too few classes: another loss, another attack, or leaving the attack out."""
+        fix = "use 'loss: ce'" if a.name == "apgd" else "remove it or use 'apgd' (untargeted, cross-entropy)"
+        if self.source.endswith("(built-in)"):
+            return f"leave it out with --attack (keeping the others), or copy the suite into a file and {fix}"
+        return fix
+
+    def semantics(self) -> str:
+        """What an attack row means under this suite's options, for outputs."""
+        rows = "robust after this stage (cascade)" if self.cascade else "each attack on every sample"
+        stop = "stop at the first misclassified iterate; survivors only across eps" if self.early_stop \
+            else "full iterations at every eps"
+        return f"{rows}; {stop}"
+
+
+class _Mapping(dict):
+    """A YAML mapping that remembers the line of itself and of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+MAX_YAML_CHARS = 1 << 20  # robench's own YAML files are a few KiB; a megabyte is surely not a suite or rule file
+MAX_YAML_INT = 2**63 - 1  # the largest whole number torch and numpy hold; no count or bound of robench's is near it
+
+
+class _Refused(yaml.constructor.ConstructorError):
+    """A well-formed YAML value robench refuses (an alias, a non-finite or overlong number): not 'invalid YAML'."""
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader (no object construction) that keeps line numbers for messages and refuses aliases.
+
+    An alias (``*name``) repeats a node by reference, so a few lines of them can stand for billions of
+    values (the "billion laughs"); robench's files never need one, so none is read.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(None, None, f"alias '*{event.anchor}' refused: robench's YAML files take no anchors or "
+                                       f"aliases; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _number_problem(loader: _LineLoader, node: yaml.ScalarNode) -> str | None:
+    """Why a YAML number cannot be one of robench's values (non-finite, or too long a whole number), else None."""
+    kind = {"tag:yaml.org,2002:int": "int", "tag:yaml.org,2002:float": "float"}.get(node.tag)
+    if kind is None:  # not a number; a local tag such as "!0" has no ":" at all
+        return None
+    text = node.value if len(node.value) <= 24 else f"{node.value[:20]}... ({len(node.value)} characters)"
+    try:
+        value = getattr(yaml.SafeLoader, f"construct_yaml_{kind}")(loader, node)
+    except ValueError:  # Python refuses to read whole numbers of more than 4300 digits
+        value = MAX_YAML_INT + 1
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{text} is not a finite number; expected a number such as 0.5 (.nan, .inf and numbers beyond " \
+               f"1.8e308 are refused)"
+    if isinstance(value, int) and abs(value) > MAX_YAML_INT:
+        return f"{text} is too large; expected a whole number of at most 2**63 - 1"
+    return None
+
+
+def _check_numbers(loader: _LineLoader, key: str, node: yaml.Node) -> None:
+    """Refuse a non-finite or overlong number under ``key`` (in lists too), naming the key and its line."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_numbers(loader, key, item)
+    elif isinstance(node, yaml.ScalarNode):
+        problem = _number_problem(loader, node)
+        if problem is not None:
+            raise _Refused(None, None, f"'{key}': {problem}", node.start_mark)
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Any:
+    data = _Mapping()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    for k, v in node.value:  # YAML would silently keep the last of two equal keys
+        key = str(k.value)
+        if key in data.key_lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first at line {data.key_lines[key]})", k.start_mark
+            )
+        data.key_lines[key] = k.start_mark.line + 1
+        _check_numbers(loader, key, v)
+    yield data
+    data.update(loader.construct_mapping(node))
+
+
+def _construct_number(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    """A number anywhere else (a bare list's item): refused as in a mapping, without a key to name."""
+    problem = _number_problem(loader, node)
+    if problem is not None:
+        raise _Refused(None, None, problem, node.start_mark)
+    return getattr(yaml.SafeLoader, f"construct_yaml_{node.tag.rsplit(':', 1)[1]}")(loader, node)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_LineLoader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+
+
+def _number(text: str) -> Fraction:
+    """"0.3", "76.5/255" or "0.3*255" as an exact fraction (no eval: one operator at most)."""
+    for op in ("/", "*"):
+        if op in text:
+            a, b = text.split(op, 1)
+            return Fraction(a.strip()) / Fraction(b.strip()) if op == "/" else Fraction(a.strip()) * Fraction(b.strip())
+    return Fraction(text)
+
+
+def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: str | None = None) -> float:
+    """One eps in 1/255 units from a number (1/255 units, or pixels with ``unit`` "pixel"), "8/255", "0.3*255"
+    or "0.03px" (a pixel fraction). ``unit_option`` names the option that makes plain numbers pixels, for hints.
+
+    A plain number between 0 and 1 in 1/255 units is refused: it is the MNIST/CIFAR habit of
+    writing eps in pixels (0.3, 0.031), and read as 1/255 units it would attack 255 times too weakly.
+    Raises RobenchError naming ``where``.
+    """
+    if isinstance(value, bool):
+        raise RobenchError(f"{where}: eps must be a number, got {value!r}")
+    text = str(value).strip()
+    pixel = unit == "pixel" or text.lower().endswith("px")
+    text = text[:-2].strip() if text.lower().endswith("px") else text
+    try:
+        number = _number(text)  # exact: "nan" and "inf" are not numbers to Fraction
+        float(number)  # a fraction beyond any float (1e400) overflows here
+    except OverflowError:
+        raise RobenchError(f"{where}: eps {value!s:.40} is out of range; it must lie in [0, 255] (1/255 units)") \
+            from None
+    except (ValueError, ZeroDivisionError):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:30]}... ({len(str(value))} characters)"
+        raise RobenchError(
+            f"{where}: eps {shown} is not a number; use 1/255 units like 8, a fraction like 8/255, "
+            f"or pixels like 0.03px"
+        ) from None
+    written = "/" in text or "*" in text
+    if not pixel and not written and 0 < number < 1:
+        pixels = float(number) / 255
+        raise RobenchError(
+            f"{where}: eps {text} is in 1/255 units, i.e. {pixels:.2g} in pixels. Did you mean {text} in pixels? "
+            f"Write {float(number * 255):g} or {text}*255 or {float(number * 255):g}/255 (or {text}px"
+            f"{f', or {unit_option} pixel' if unit_option else ''})"
+        )
+    eps = float(number * 255) if pixel or "/" in text else float(number)
+    if pixel and "/" not in text and not 0 <= number <= 1:
+        raise RobenchError(f"{where}: eps {text} in pixels is {float(number * 255):g}/255; an eps in pixels must lie "
+                           f"in [0, 1]")
+    if not 0 <= eps <= MAX_EPS:
+        raise RobenchError(f"{where}: eps {value!r} is out of range; it must lie in [0, 255] (1/255 units)")
+    return eps
+
+
+def parse_eps_list(text: str, where: str = "--eps", unit: str = "1/255") -> tuple[float, ...]:
+    """A comma-separated eps list such as "2,4,8", "8/255,16/255" or, with ``unit`` "pixel", "0.01,0.03"."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and not parts[-1]:  # one trailing comma, as lists are often written
+        parts.pop()
+    if not any(parts):
+        raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
+    if not all(parts):  # "8,,16" once ran at 8 and 16 without a word: a lost value is a typo to fix
+        raise RobenchError(f"{where}: {text!r} has an empty item; give eps separated by single commas, e.g. 2,4,8")
+    return unique_eps(parts, [parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts],
+                      where)
+
+
+def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float, ...]:
+    """The parsed eps list, refusing a value given twice (``written``: as the user wrote each one).
+
+    Equal means equal in 1/255 units, so 8 and 8/255 are one eps: a repeat would do the work
+    twice and write duplicate rows, which a gate would then count as fewer checks.
+    Raises RobenchError naming ``where``.
+    """
+    first: dict[float, Any] = {}
+    for text, e in zip(written, eps, strict=True):
+        if e in first:
+            same = "" if str(first[e]).strip() == str(text).strip() else \
+                f" ({str(first[e]).strip()} and {str(text).strip()} are both {e:g} in 1/255 units)"
+            raise RobenchError(f"{where}: eps {e:g} is given twice{same}; give each eps once")
+        first[e] = text
+    return tuple(eps)
+
+
+def _type_ok(hint: Any, value: Any) -> bool:
+    """Does a YAML value fit a config field's type hint (Literal, Optional, int, float, ...)?"""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return " | ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else hint.__name__
+
+
+def build_config(name: str, options: dict[str, Any], where: Callable[[str], str] | None = None) -> Any:
+    """The attack's frozen config from plain options, checking every key and type.
+
+    ``where(key)`` names the file and line of a key, for messages.
+    """
+    attack = get_attack(name)
+    hints = typing.get_type_hints(attack.config)
+    for key, value in options.items():
+        prefix = f"{where(key)}: " if where else ""
+        if key not in hints:
+            allowed = ", ".join(hints) or "none"
+            raise RobenchError(f"{prefix}unknown key '{key}' for attack '{name}'; allowed: {allowed}")
+        if key == "label" and value is True:  # YAML reads `label: true` as a boolean
+            value = options[key] = "true"
+        if not _type_ok(hints[key], value):
+            raise RobenchError(
+                f"{prefix}'{key}' of attack '{name}' must be {_type_name(hints[key])}, got {value!r}"
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise RobenchError(f"{prefix}'{key}' of attack '{name}' must be >= 0, got {value!r}")
+    try:
+        return attack.config(**options)
+    except FieldError as e:
+        prefix = f"{where(e.field)}: " if where else ""
+        raise RobenchError(f"{prefix}{e.named(repr(e.field))} for attack '{name}'") from None
+
+
+def locate(source: str, node: Any, key: str | None = None) -> str:
+    """"FILE line N" for a mapping read by ``read_yaml`` (the line of ``key`` when given)."""
+    line = node.key_lines.get(key, node.line) if isinstance(node, _Mapping) and key else getattr(node, "line", 0)
+    return f"{source} line {line}" if line else source
+
+
+def _eps_from(node: Any, source: str, owner: Any) -> tuple[float, ...]:
+    where = locate(source, owner, "eps")
+    values = node if isinstance(node, list) else [node]
+    if not values:
+        raise RobenchError(f"{where}: 'eps' is empty; give a list such as [2, 4, 8, 16]")
+    return unique_eps(values, [parse_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
+
+
+def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str) -> AttackSpec:
+    if not isinstance(entry, dict):
+        raise RobenchError(f"{source}: each entry of 'attacks' must be a mapping with a 'name', got {entry!r}")
+    options = dict(entry)
+    where = locate(source, entry)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        raise RobenchError(f"{where}: attack entry needs 'name: <attack>'; known: {', '.join(REGISTRY)}")
+    get_attack_at(name, where)
+    ident = options.pop("id", name)
+    eps = _eps_from(options.pop("eps"), source, entry) if "eps" in options else default_eps
+    if eps is None:
+        raise RobenchError(f"{where}: attack '{name}' has no eps; add a top-level 'eps: [2, 4, 8, 16]'")
+    config = build_config(name, options, lambda key: locate(source, entry, key))
+    return AttackSpec(id=str(ident), name=name, eps=eps, config=config, at=where)
+
+
+def get_attack_at(name: str, where: str) -> None:
+    """get_attack with the file location in front of the message."""
+    try:
+        get_attack(name)
+    except RobenchError as e:
+        raise RobenchError(f"{where}: {e}") from None
+
+
+def read_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse hand-written YAML safely; mappings remember their lines for ``locate``.
+
+    Duplicate keys, syntax errors, aliases, non-finite numbers and whole numbers beyond 2**63 - 1
+    are errors naming the file and line (and the key); a text over ``MAX_YAML_CHARS`` is refused before parsing;
+    nesting too deep for the parser is one naming the file.
+    """
+    if len(text) > MAX_YAML_CHARS:
+        raise RobenchError(f"{source}: {len(text)} characters is too long for a suite or rule file (at most "
+                           f"{MAX_YAML_CHARS}); is it the right file?")
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RobenchError(f"{source}{line}: {'' if isinstance(e, _Refused) else 'invalid YAML: '}{problem}") from None
+    except RecursionError:
+        raise RobenchError(f"{source}: invalid YAML: nested too deep; a suite or gates file is a few levels "
+                           f"deep") from None
+
+
+def parse_suite(text: str, source: str = "<string>") -> Suite:
+    """Parse and validate a suite document."""
+    doc = read_yaml(text, source)
+    if not isinstance(doc, dict):
+        raise RobenchError(f"{source}: a suite is a mapping with 'eps' and 'attacks' keys")
+    unknown = set(doc) - set(SUITE_KEYS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RobenchError(f"{locate(source, doc, key)}: unknown key '{key}'; allowed: {', '.join(SUITE_KEYS)}")
+    default_eps = _eps_from(doc["eps"], source, doc) if "eps" in doc else None
+    entries = doc.get("attacks")
+    if not isinstance(entries, list) or not entries:
+        raise RobenchError(f"{locate(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
+    flags = {}
+    for key in ("cascade", "early_stop"):
+        flags[key] = doc.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise RobenchError(f"{locate(source, doc, key)}: '{key}' must be true or false, got {flags[key]!r}")
+    suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source, **flags)
+    return _unique(suite, tuple(locate(source, e, "id" if "id" in e else None) for e in entries))
+
+
+def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:
+    """Attack ids key the result rows: they must differ, and 'clean' and 'worst' are taken.
+
+    ``where`` names each attack's file and line, for messages.
+    """
+    first: dict[str, str] = {}
+    for i, a in enumerate(suite.attacks):
+        at = where[i] if where else suite.source
+        if a.id in (CLEAN, WORST):
+            what = "clean accuracy" if a.id == CLEAN else "the per-sample worst case"
+            raise RobenchError(f"{at}: attack id '{a.id}' is reserved for {what}; give the entry another 'id:'")
+        if a.id in first:
+            earlier = f" (first at {first[a.id]})" if where else ""
+            raise RobenchError(f"{at}: attack id '{a.id}' is used twice{earlier}; give one entry its own 'id:'")
+        first[a.id] = at
+    return suite
+
+
+def load_suite(path: str | Path | None = None) -> Suite:
+    """Read a suite: a built-in name (see ``BUILT_IN``), a file, or None for the default (``paper``).
+
+    A built-in name wins over a file of the same name; write ``./paper`` for the file.
+    """
+    if path is None or (isinstance(path, str) and path in BUILT_IN):
+        name = "paper" if path is None else path
+        file = BUILT_IN[name]
+        return parse_suite(read_text(file, "attack suite"), f"{name} (built-in)")
+    text = str(path)
+    if not Path(path).exists() and "/" not in text and Path(text).suffix not in (".yaml", ".yml"):
+        close = difflib.get_close_matches(text, BUILT_IN, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise RobenchError(f"no suite '{text}': not a built-in and no such file; {hint}built-ins: "
+                           f"{', '.join(BUILT_IN)} (robench suites), or a YAML file")
+    return parse_suite(read_text(text, "attack suite"), text)
+
+
+def _opening_comment(text: str) -> list[str]:
+    """The lines of a file's first comment paragraph, without their '#'."""
+    lines = []
+    for line in text.splitlines():
+        words = line.lstrip("#").strip()
+        if not line.startswith("#") or not words:
+            break
+        lines.append(words)
+    return lines
+
+
+def built_in_suites() -> list[tuple[str, Suite, str]]:
+    """Every built-in suite: (name, suite, the file's opening comment), for ``robench suites``."""
+    out = []
+    for name, file in BUILT_IN.items():
+        text = read_text(file, "attack suite")
+        about = " ".join(_opening_comment(text))
+        out.append((name, parse_suite(text, f"{name} (built-in)"), about))
+    return out
+
+
+def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Suite:
+    """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list."""
+    attacks = suite.attacks
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise RobenchError(f"--attack {dup} is given twice; give each attack once")
+    if names:
+        by_id = {a.id: a for a in suite.attacks}
+        picked = []
+        for n in names:
+            if n in by_id:
+                picked.append(by_id[n])
+            else:
+                cfg = get_attack(n).config()
+                picked.append(AttackSpec(n, n, attacks[0].eps if attacks else (), cfg))
+        attacks = tuple(picked)
+    if eps is not None:
+        attacks = tuple(dataclasses.replace(a, eps=eps) for a in attacks)
+    return _unique(dataclasses.replace(suite, attacks=attacks))

@@ -1,0 +1,7 @@
+"""Foundations with no robench concept: files and output checks, text, stats, caches, distributed ranks.
+
+Modules: ``files`` (reading inputs, atomic writes), ``outputs`` (output paths checked before any work),
+``text`` (cells and Markdown-safe labels), ``stats`` (exact tests and intervals), ``cache`` (where robench
+keeps things), ``distributed`` (torchrun ranks, shards, gather), ``schema_errors`` (a pydantic error as
+one line). Nothing is re-exported: ``distributed`` imports torch, and the CLI imports ``files`` before it.
+"""

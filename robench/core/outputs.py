@@ -1,0 +1,83 @@
+"""Output paths checked before any work: known suffixes, writable, distinct, never an input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robench.core.files import STDOUT, output_problem, same_output, stream_fd
+from robench.errors import RobenchError
+
+RESULT_SUFFIXES = (".json", ".csv", ".md")
+
+
+def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, option: str = "--out",
+                 stdout: bool = False) -> None:
+    """Fail before any work if ``path`` has an unknown suffix or cannot take an output (robench.core.files).
+
+    ``stdout``: ``-`` writes to standard output (where the format does not come from the suffix).
+    A ``.csv`` results file's ``.meta.json`` beside it is checked too.
+    """
+    if path is None:
+        return
+    if str(path) == STDOUT:
+        if stdout:
+            return
+        raise RobenchError(f"{option} -: the format comes from the file name's suffix ({', '.join(suffixes)}), "
+                           "so standard output cannot be one; give a file name")
+    if path.suffix.lower() not in suffixes:
+        raise RobenchError(f"{option} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
+    problem = output_problem(path)
+    if problem is not None:
+        raise RobenchError(f"{option} {path}{' ' if problem.startswith('is ') else ': '}{problem}")
+    side = meta_path(path)
+    problem = output_problem(side) if suffixes == RESULT_SUFFIXES and path.suffix.lower() == ".csv" else None
+    if problem is not None:  # the provenance goes beside a .csv: found only after the run, it cost the run
+        raise RobenchError(f"{option} {path}: its provenance file {side} {problem.split(';')[0]}; "
+                           f"remove it or give {option} another name")
+
+
+def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:
+    """Fail before any work when two outputs (option, path) name one file or stream, e.g. --junit - --summary -,
+    or --out a.json --out ./a.json."""
+    seen: list[tuple[str, Path]] = []
+    for option, path in outputs:
+        if path is None:
+            continue
+        for first_option, first in seen:
+            if not same_output(first, path):
+                continue
+            if first_option == option:  # one repeatable option (--out) given the same file twice
+                same = f"{option} {first} is given twice" if str(first) == str(path) else \
+                    f"{option} {first} and {option} {path} are the same file"
+                raise RobenchError(f"{same}; give each output once")
+            what = "standard output" if stream_fd(path) is not None else "the same file"
+            raise RobenchError(f"{first_option} {first} and {option} {path} both write to {what}; "
+                               "give each output its own file")
+        seen.append((option, path))
+
+
+def results_paths(option: str, path: Path | None) -> list[tuple[str, Path | None]]:
+    """A results file's (option, path) and, for a ``.csv``, its provenance file beside it."""
+    if path is None or path.suffix.lower() != ".csv":
+        return [(option, path)]
+    return [(option, path), (f"{option} {path}: its provenance file", meta_path(path))]
+
+
+def check_outputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str, Path | None]]) -> None:
+    """Fail before any work when an output would overwrite an input, or two outputs name one file or stream.
+
+    Both lists hold (option, path); None paths are left out. "One file" follows symlinks and hard
+    links (robench.core.files.same_output); results_paths adds what a ``.csv`` writes or reads beside it.
+    """
+    for option, path in outputs:
+        for in_option, source in inputs:
+            if path is not None and source is not None and same_output(path, source):
+                same = "" if str(path) == str(source) else " (the same file)"
+                raise RobenchError(f"{option} {path} would overwrite the input {in_option} {source}{same}; "
+                                   f"give {option.split()[0]} another file name")
+    check_distinct(outputs)
+
+
+def meta_path(path: Path) -> Path:
+    """Where a ``.csv`` results file's provenance goes: ``FILE.csv.meta.json`` beside it."""
+    return path.with_name(path.name + ".meta.json")

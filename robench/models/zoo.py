@@ -1,0 +1,65 @@
+"""The built-in zoo: tiny timm models trained by robench itself on digits, shipped in the package.
+
+Every command has real subjects offline: baselines and adversarially trained models of
+two architectures. This module is the list (names, files, recipes as plain data), which
+every ``zoo:NAME`` spec reads; ``python -m robench.train.zoo_build`` retrains them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from robench.errors import RobenchError
+from robench.models.recipe import TrainConfig
+
+ZOO_DIR = Path(__file__).with_name("zoo_weights")
+EPOCHS = 20
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A zoo model: its name, its training recipe and a one-line description."""
+
+    name: str
+    config: TrainConfig
+    summary: str
+
+    @property
+    def path(self) -> Path:
+        return ZOO_DIR / f"{self.name}.safetensors"
+
+
+def _entry(name: str, arch: str, attack: str, summary: str, label: str = "true") -> ZooEntry:
+    return ZooEntry(name, TrainConfig(arch=arch, attack=attack, label=label, epochs=EPOCHS), summary)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        _entry("effnet-base", "test_efficientnet", "none", "plain training (baseline)"),
+        _entry("effnet-stepll", "test_efficientnet", "step_ll", "adversarially trained with step l.l. (the paper)"),
+        _entry("effnet-fgsm-true", "test_efficientnet", "fgsm", "adversarially trained with FGSM, true labels"),
+        _entry("effnet-fgsm-pred", "test_efficientnet", "fgsm", "adversarially trained with FGSM, predicted labels",
+               label="predicted"),
+        _entry("resnet-base", "test_resnet", "none", "plain training (baseline)"),
+        _entry("resnet-stepll", "test_resnet", "step_ll", "adversarially trained with step l.l. (the paper)"),
+    )
+}
+DEFAULT = ("effnet-base", "effnet-stepll")  # what `robench eval` evaluates with no model given
+
+
+def get(name: str) -> ZooEntry:
+    """A zoo entry by name; an unknown name lists the known ones."""
+    if name not in ZOO:
+        raise RobenchError(f"unknown zoo model '{name}'; known: {', '.join(ZOO)} (see `robench zoo list`)")
+    entry = ZOO[name]
+    if not entry.path.is_file():
+        raise RobenchError(f"zoo model '{name}' is missing from {ZOO_DIR}; "
+                           f"run: python -m robench.train.zoo_build {name}")
+    return entry
+
+
+if __name__ == "__main__":
+    sys.exit("robench.models.zoo builds nothing itself; run: python -m robench.train.zoo_build [NAME ...]")

@@ -1,0 +1,115 @@
+"""Result rows -> rich tables for the terminal (eval, transfer, leak)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from robench.core.text import cell_text, eps_label, pct
+
+
+def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 accuracy (%)",
+                  suite: Any = None) -> Any:
+    """A rich table: one line per (model, attack), one column per eps (in 1/255), the worst case last.
+
+    Under a cascade suite an attack row is the accuracy after that stage, and is labelled so.
+    """
+    from rich.table import Table
+
+    eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
+    cascade = bool(getattr(suite, "cascade", False))
+    caption = f"rows: {suite.semantics()}" if suite is not None else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("model", style="bold")
+    table.add_column("attack")
+    table.add_column("clean", justify="right")
+    for e in eps_values:
+        table.add_column(f"eps {eps_label(e)}/255", justify="right")
+    for model, group in rows.groupby("model", sort=False):
+        clean = group[group["attack"] == "clean"].iloc[0]
+        table.add_row(str(model), "clean", f"{pct(clean.top1)} / {pct(clean.top5)}", *[""] * len(eps_values))
+        for attack, g in group[group["attack"] != "clean"].groupby("attack", sort=False):
+            by_eps = {r.eps: f"{pct(r.top1)} / {pct(r.top5)}" for r in g.itertuples()}
+            label = _attack_label(str(attack), cascade)
+            table.add_row("", label, "", *[by_eps.get(e, "") for e in eps_values],
+                          style="bold" if attack == "worst" else None)
+        table.add_section()
+    return table
+
+
+def _attack_label(attack: str, cascade: bool) -> str:
+    if attack == "worst":
+        return "worst case (robust accuracy)"
+    return f"after {attack}" if cascade else attack
+
+
+def transfer_tables(rows: pd.DataFrame) -> list[Any]:
+    """One rich table per (attack, eps): sources as rows, targets as columns, transfer rate (target top-1)."""
+    from rich.table import Table
+
+    adv = rows[rows["attack"] != "clean"]
+    targets = list(dict.fromkeys(adv["target"]))
+    tables = []
+    for (attack, eps), group in adv.groupby(["attack", "eps"], sort=False):
+        title = f"{attack} eps {eps_label(eps)}/255: transfer rate % (target top-1 %), n source-fooled"
+        table = Table(title=title, title_justify="left")
+        table.add_column("source \\ target", style="bold")
+        for t in targets:
+            table.add_column(str(t), justify="right")
+        for source, g in group.groupby("source", sort=False):
+            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)}) "
+                               f"n={cell_text('n_fooled_source', getattr(r, 'n_fooled_source', None)) or '-'}"
+                     if r.source != r.target else f"white-box ({pct(r.target_top1)})" for r in g.itertuples()}
+            table.add_row(str(source), *[cells.get(t, "") for t in targets])
+        tables.append(table)
+    return tables
+
+
+def transfer_summary(rows: pd.DataFrame) -> Any:
+    """The mean off-diagonal (paper's) transfer rate per attack (columns) and eps (rows): the README's summary table."""
+    from rich.table import Table
+
+    cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
+    means = cells.groupby(["eps", "attack"], sort=False)["transfer_rate"].mean()
+    attacks = list(dict.fromkeys(cells["attack"]))
+    caption = "off-diagonal cells, the paper's definition"
+    table = Table(title="mean transfer rate %", title_justify="left", caption=caption, caption_justify="left",
+                  min_width=len(caption) + 2)  # rich wraps a title and caption to the table's width
+    table.add_column("eps", justify="right", style="bold")
+    for attack in attacks:
+        table.add_column(str(attack), justify="right")
+    for eps in sorted(cells["eps"].unique()):
+        table.add_row(f"{eps_label(eps)}/255", *[pct(means.get((eps, a), float("nan"))) or "-" for a in attacks])
+    return table
+
+
+VERDICT_STYLE = {"LEAK": "bold red", "OK": "bold green", "INCONCLUSIVE": "bold yellow"}
+
+
+def _gap(value: float, low: float, high: float, significant: bool) -> str:
+    """A gap in points with its interval, starred when significant."""
+    star = " *" if significant else ""
+    return f"{100 * value:+.1f} \\[{100 * low:+.1f}, {100 * high:+.1f}]{star}"
+
+
+def leak_table(rows: pd.DataFrame) -> Any:
+    """A rich table: one line per (model, eps), accuracies in %, gaps in points, the verdict highlighted."""
+    from rich.table import Table
+
+    table = Table(title="robench leak-check: top-1 (%) and gaps (points, \\[interval], * significant)",
+                  title_justify="left")
+    for name in ("model", "eps", "clean", "fgsm true", "fgsm pred", "step_ll", "leak_gap", "adv - clean", "verdict"):
+        table.add_column(name, justify="left" if name in ("model", "verdict") else "right")
+    for model, group in rows.groupby("model", sort=False):
+        for i, r in enumerate(group.itertuples()):
+            verdict = f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" if i == 0 else ""
+            table.add_row(
+                str(model) if i == 0 else "", f"{eps_label(r.eps)}/255", pct(r.clean_top1), pct(r.fgsm_true_top1),
+                pct(r.fgsm_predicted_top1), pct(r.step_ll_top1),
+                _gap(r.leak_gap, r.leak_gap_low, r.leak_gap_high, r.leak_gap_significant),
+                _gap(r.adv_minus_clean, r.adv_minus_clean_low, r.adv_minus_clean_high, r.adv_minus_clean_significant),
+                verdict,
+            )
+        table.add_section()
+    return table

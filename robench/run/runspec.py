@@ -1,0 +1,260 @@
+"""What every evaluating command shares: the run specification, and opening its data and models.
+
+``RunSpec`` is composed into ``EvalConfig``, ``TransferConfig`` (and, through EvalConfig,
+``LeakConfig``), so a field means the same thing, is checked the same way and is written
+to results files the same way in every command.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robench.analysis import health, probes
+from robench.attacks.suite import Suite, load_suite
+from robench.core.distributed import Dist, resolve_device
+from robench.data import (
+    CLASS_ORDERS,
+    Source,
+    channel_note,
+    class_list_problem,
+    few_pair,
+    is_folder,
+    open_source,
+    read_class_list,
+)
+from robench.engine import Participant, Status
+from robench.errors import FieldError, RobenchError
+from robench.models import LoadedModel, ModelSpec, checkpoint_classes, checkpoint_dataset, load_model, parse_spec
+from robench.models.preprocess import Preprocess
+from robench.models.zoo import DEFAULT
+from robench.results.provenance import plain_config
+
+MAX_SEED = 2**63 - 1
+MAX_BATCH = 2**20  # a batch above the data size is one batch of all of it; beyond this it is surely a typo
+MAX_THREADS = 1024  # torch takes a C int, and no machine robench runs on has more cores
+MAX_WORKERS = 256  # each a process holding a copy of the loader
+_KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say it); checked before the ranges
+    "data": ((str, type(None)), "text such as digits, or None"),
+    "suite": (Suite, "a Suite (robench.attacks.suite.load_suite)"),
+    "limit": ((numbers.Integral, type(None)), "a whole number or None"),
+    "seed": (numbers.Integral, "a whole number"),
+    "batch_size": (numbers.Integral, "a whole number"),
+    "device": (str, "text such as auto, cpu or cuda"),
+    "pretrained": (bool, "True or False"),
+    "workers": (numbers.Integral, "a whole number"),
+    "skip_bad_images": (bool, "True or False"),
+    "health_probes": (bool, "True or False"),
+    "threads": ((numbers.Integral, type(None)), "a whole number or None"),
+    "class_order": (str, "natural or lexical"),
+    "classes": ((str, type(None)), "the path of a class-list file, or None"),
+    "preprocess": (Preprocess, "a Preprocess (robench.models.preprocess)"),
+}
+
+
+def check_count(name: str, value: int | None, low: int, high: int) -> None:
+    """Refuse a whole-number field outside [low, high] (None passes: a default), naming the field."""
+    if value is not None and not low <= value <= high:
+        raise FieldError(name, f"{{name}} must be a whole number in [{low}, {high}], got {value}")
+
+
+DEFAULT_DATA = "digits"  # without --data and without a dataset the checkpoints agree on
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Data, attacks and how to run them: everything but the models that decides an evaluation's numbers."""
+
+    data: str | None = None  # None: the dataset the models' checkpoints say they trained on, else digits
+    suite: Suite = field(default_factory=load_suite)
+    limit: int | None = None  # None: every sample of the split
+    seed: int = 0  # sample choice and random starts
+    batch_size: int = 100
+    device: str = "auto"
+    pretrained: bool = False
+    workers: int = 0
+    skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
+    health_probes: bool = True  # probe each model on its first batch (analysis.probes); results checked anyway
+    threads: int | None = None  # torch intra-op threads; None leaves torch's own setting alone
+    class_order: str = "natural"  # image folders' class indices: natural (timm's 1, 2, 10) or lexical (torchvision's)
+    classes: str | None = None  # a file of class names in index order; over checkpoints' lists and class_order
+    preprocess: Preprocess = field(default_factory=Preprocess)  # every model's input overrides (specs' own win)
+
+    def __post_init__(self) -> None:
+        for name, (kind, text) in _KINDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise FieldError(name, f"{{name}} must be {text}, got {value!r}")
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))  # numpy integers too, as plain ints for results files
+        if self.limit is not None and self.limit < 1:
+            raise FieldError("limit", f"{{name}} must be a positive number, got {self.limit}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FieldError("seed", f"{{name}} must be a whole number in [0, 2**63 - 1], got {self.seed}")
+        for name, low, high in (("batch_size", 1, MAX_BATCH), ("threads", 1, MAX_THREADS),
+                                ("workers", 0, MAX_WORKERS)):
+            check_count(name, getattr(self, name), low, high)
+        if self.class_order not in CLASS_ORDERS:
+            raise FieldError("class_order",
+                             f"{{name}} must be one of {', '.join(CLASS_ORDERS)}, got {self.class_order!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data form for result files."""
+        return plain_config(self)
+
+
+@dataclass
+class Opened:
+    """A run's data and models, loaded and checked, on the run's device."""
+
+    source: Source
+    models: list[LoadedModel]
+    device: torch.device
+    data: str = DEFAULT_DATA  # the data spec the run opened (RunSpec.data, or the checkpoints' dataset)
+
+    def participants(self) -> list[Participant]:
+        """The models as the engine sees them."""
+        return [Participant(m.spec.label, m.module, m.input) for m in self.models]
+
+
+def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[str], None] | None = None) -> Opened:
+    """Seed, device, data and models of a run; an empty ``specs`` gives the zoo's default pair.
+
+    ``warn`` hears about things that are allowed but rarely meant, such as random weights.
+    """
+    torch.manual_seed(run.seed)
+    if run.threads is not None:  # a process setting: on a busy machine torch's default can be many times slower
+        torch.set_num_threads(run.threads)
+    device = dist.device if dist.is_distributed else resolve_device(run.device)
+    parsed = parse_specs(specs)
+    classes, classes_from = run_classes(run, parsed)
+    data, notes = run_data(run.data, parsed)  # notes are said once everything has opened: a failed run says why
+    try:
+        source = open_source(data, "test", run.limit, run.seed, run.workers, run.skip_bad_images,
+                             class_order=run.class_order, classes=classes, classes_from=classes_from,
+                             warn=notes.append)
+    except FieldError:
+        raise
+    except RobenchError as e:
+        if run.data is not None or data == DEFAULT_DATA:
+            raise
+        raise RobenchError(f"{e} (the models' checkpoints say they trained on {data}; pass --data to evaluate on "
+                           f"other data)") from None
+    run.suite.check_classes(source.num_classes, source.name)
+    models = load_models(parsed, source, run.pretrained, device, run.preprocess)
+    for m in models:
+        notes += [*m.notes, *filter(None, [channel_note(m.spec.label, m.input.channels, source)])]
+        if m.weights == "random":
+            notes.append(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
+    if warn is not None and dist.is_main:
+        for note in notes:
+            warn(note)
+    return Opened(source, models, device, data)
+
+
+def run_data(data: str | None, parsed: list[ModelSpec]) -> tuple[str, list[str]]:
+    """The data to evaluate on, and notes: where it came from, and each model whose checkpoint says other data.
+
+    Without ``data`` the run takes the dataset the checkpoints record (their test split), if
+    they agree, and says so; else digits: a Fashion-MNIST model ran on digits at 22% with no
+    word. A model trained on other data than the run's gets a note naming both; when an image
+    folder is involved the note allows that it may hold the same images.
+    """
+    trained = {p.label: d for p in parsed if (d := checkpoint_dataset(p)) is not None}
+    notes = []
+    if data is None:
+        known = list(dict.fromkeys(trained.values()))  # in model order
+        if len(known) == 1:
+            data = known[0]
+            if data != DEFAULT_DATA:  # the zoo's own: nothing a user would not expect
+                notes.append(f"evaluating on {data} (its test split), the dataset the checkpoints of "
+                             f"{_labels(trained)} record; --data overrides")
+        else:
+            data = DEFAULT_DATA
+            if known:
+                notes.append(f"the checkpoints record different datasets ({', '.join(known)}), so the run takes "
+                             f"the default, {DEFAULT_DATA}; pass --data, or evaluate them in separate runs")
+    for label, d in trained.items():
+        if d != data:
+            maybe = ", unless the two hold the same images" if is_folder(d) or is_folder(data) else ""
+            notes.append(f"model '{label}' was trained on {d} (its checkpoint says) but the data is {data}: its "
+                         f"numbers are for data it never learned{maybe} (pass --data {d})")
+    return data, notes
+
+
+def _labels(trained: dict[str, str]) -> str:
+    labels = [f"'{label}'" for label in trained]
+    return "model " + labels[0] if len(labels) == 1 else "models " + ", ".join(labels)
+
+
+def run_classes(run: RunSpec, parsed: list[ModelSpec]) -> tuple[list[str] | None, str]:
+    """The class list that numbers the data's classes, and whose it is: --classes, else the checkpoints' records.
+
+    None leaves the numbering to ``run.class_order``. A checkpoint's own list outranks a sort
+    order because it names what each output index means; two models of different lists cannot
+    be scored on one numbering.
+    """
+    if run.classes is not None:
+        return read_class_list(Path(run.classes)), f"the classes file {run.classes}"
+    recorded = [(p, names) for p in parsed if (names := checkpoint_classes(p)) is not None]
+    for p, names in recorded:
+        problem = class_list_problem(names)
+        if problem:
+            raise RobenchError(f"checkpoint {p.checkpoint} of model '{p.label}' records a bad class list: {problem}; "
+                               f"pass --classes FILE")
+    if not recorded:
+        return None, "the class list"
+    (first, names), *rest = recorded
+    other = next(((p, n) for p, n in rest if n != names), None)
+    if other is not None:
+        ours, theirs = few_pair(names, other[1])
+        raise RobenchError(f"models '{first.label}' ({ours}) and '{other[0].label}' ({theirs}) record different "
+                           f"classes; evaluate them in separate runs")
+    return names, f"the classes of model '{first.label}' (checkpoint {first.checkpoint})"
+
+
+def parse_specs(specs: tuple[str, ...]) -> list[ModelSpec]:
+    """Parsed model specs, labels told apart; an empty tuple gives the default models."""
+    parsed = [parse_spec(s) for s in specs or tuple(f"zoo:{name}" for name in DEFAULT)]
+    labels = [p.label for p in parsed]
+    dup = next((lb for lb in labels if labels.count(lb) > 1), None)
+    if dup:
+        raise FieldError("models", f"two models are labelled '{dup}'; name them apart with LABEL=SPEC")
+    return parsed
+
+
+def load_models(parsed: list[ModelSpec], source: Source, pretrained: bool, device: torch.device,
+                preprocess: Preprocess | None = None) -> list[LoadedModel]:
+    """Load every model (``parse_specs``'s) and check it fits the dataset."""
+    models = [load_model(p, source.num_classes, pretrained, device, source.native, preprocess) for p in parsed]
+    for m in models:
+        if m.num_classes != source.num_classes:
+            fix = ("let the factory take num_classes=, or give it weights trained on this dataset "
+                   "(FACTORY@CHECKPOINT)") if m.spec.is_factory else \
+                "give a checkpoint trained on this dataset (NAME@CHECKPOINT)"
+            raise RobenchError(f"model '{m.spec.label}' has {m.num_classes} classes but {source.name} has "
+                               f"{source.num_classes}; {fix}")
+    return models
+
+
+def probe_models(opened: Opened, run: RunSpec, dist: Dist, status: Status | None = None,
+                 what: str = "eval") -> list[health.Flag]:
+    """The health probes of every model on its first batch (rank 0 only, and only if the run asks).
+
+    ``status`` hears each model's probes start: they take a batch's gradients, seconds to minutes
+    before the first attack.
+    """
+    if not run.health_probes or not dist.is_main:
+        return []
+    flags = []
+    for k, m in enumerate(opened.models, start=1):
+        first = next(iter(opened.source.batches(m.input, run.batch_size)), None)
+        if first is not None:
+            if status is not None:
+                status(what, f"health probes on {m.spec.label} ({k}/{len(opened.models)})")
+            flags += probes.probe(m.module, first.images, first.labels, m.spec.label)
+    return flags
