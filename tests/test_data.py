@@ -19,7 +19,6 @@ from results_docs import PEAK_MB, run_peak
 from robench.data import (
     FASHION_MNIST_DIR,
     InputConfig,
-    _Decoded,
     content_sha256,
     ids_sha256,
     load_digits_source,
@@ -27,6 +26,7 @@ from robench.data import (
     read_class_list,
     select,
 )
+from robench.data.images import _Decoded
 from robench.errors import RobenchError
 
 # ---------------------------------------------------------------- digits
