@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 _API = {name: "robench.models.load" for name in (
     "LoadedModel", "ModelSpec", "Normalized", "check_name", "checkpoint_classes", "checkpoint_dataset", "load_model",
-    "logits_of", "parse_spec", "training_model", "weights_sha")}
+    "logits_of", "parse_spec", "training_model", "weights_sha256")}
 __all__ = ["LoadedModel", "ModelSpec", "Normalized", "check_name", "checkpoint_classes", "checkpoint_dataset",
-           "load_model", "logits_of", "parse_spec", "training_model", "weights_sha"]
+           "load_model", "logits_of", "parse_spec", "training_model", "weights_sha256"]
 
 if TYPE_CHECKING:
     from robench.models.load import (
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         logits_of,
         parse_spec,
         training_model,
-        weights_sha,
+        weights_sha256,
     )
 
 
