@@ -8,7 +8,10 @@ inherits its layer. Every import counts: function-level ones, and those under
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (  # lowest first: a module may import its own layer and those below, never above
@@ -108,14 +111,14 @@ def test_the_cycle_check_sees_type_checking_imports(tmp_path: Path) -> None:
     assert _imports(src, {"engine"}) == {"engine"}
 
 
-def test_the_lazy_api_is_the_typed_api() -> None:
-    """robench/__init__.py names each API entry three times (lazy map, __all__, TYPE_CHECKING): they agree."""
-    import robench
-
-    tree = ast.parse((ROOT / "robench" / "__init__.py").read_text(encoding="utf-8"))
+@pytest.mark.parametrize(("package", "extra"), [("robench", {"__version__"}), ("robench.models", set())])
+def test_the_lazy_api_is_the_typed_api(package: str, extra: set[str]) -> None:
+    """A lazy facade names each API entry three times (lazy map, __all__, TYPE_CHECKING): they agree and resolve."""
+    facade = importlib.import_module(package)
+    tree = ast.parse(Path(facade.__file__).read_text(encoding="utf-8"))
     typed = {(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
              and (node.module or "").startswith("robench") for a in node.names}
-    assert typed == {(module, name) for name, module in robench._API.items()}
-    assert set(robench.__all__) == {"__version__", *robench._API}
-    for name in robench._API:
-        assert getattr(robench, name).__name__ == name
+    assert typed == {(module, name) for name, module in facade._API.items()}
+    assert set(facade.__all__) == {*extra, *facade._API}
+    for name in facade._API:
+        assert getattr(facade, name).__name__ == name

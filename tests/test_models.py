@@ -522,7 +522,7 @@ def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
                                        pretrained: bool) -> None:
     from huggingface_hub import constants
 
-    import robench.models.load
+    import robench.models.hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
@@ -532,7 +532,7 @@ def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
     def no_network(*args, **kwargs):
         raise AssertionError("robench probed the network although HF_HUB_OFFLINE is set")
 
-    monkeypatch.setattr(robench.models.load, "_reachable", no_network)
+    monkeypatch.setattr(robench.models.hub, "_reachable", no_network)
     start = time.monotonic()
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec(spec), num_classes=10, pretrained=pretrained)
@@ -546,13 +546,13 @@ def test_hub_weights_offline_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_hub_weights_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from huggingface_hub import constants
 
-    import robench.models.load
+    import robench.models.hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     hosts: list[str] = []
-    monkeypatch.setattr(robench.models.load, "_reachable", lambda host, timeout=3.0: hosts.append(host) or False)
+    monkeypatch.setattr(robench.models.hub, "_reachable", lambda host, timeout=3.0: hosts.append(host) or False)
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec("test_resnet.r160_in1k"), num_classes=10)
     assert hosts == ["huggingface.co"]
