@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from torch import nn
 
 from robench.core.files import atomic_write
+from robench.core.omittable import Omittable
 from robench.core.schema_errors import schema_error
 from robench.data import InputConfig
 from robench.errors import RobenchError
-from robench.models.preprocess import INTERPOLATIONS, MAX_SIDE
+from robench.models.preprocess import MAX_SIDE, Interpolation
 
 META_KEY = "robench"
 INPUT_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std", "crop_mode")  # timm data-config keys
@@ -43,28 +44,28 @@ class CheckpointMeta(BaseModel):
 
     Fields robench does not read (the recipe's details, the loss, ...) may hold anything;
     ``model_kwargs`` is further limited to MODEL_KWARGS by ``model_kwargs``. A field robench
-    reads may be absent but never null (readers take null for a value), so none of them is
-    typed Optional: the None defaults stand for absence and are never validated.
+    reads may be absent but never null (readers take null for a value), so each is Omittable,
+    never Optional: the None defaults stand for absence and are never validated.
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    arch: str = Field(None, min_length=1, max_length=500)
-    num_classes: int = Field(None, ge=1, le=1_000_000)
-    classes: list[str] = Field(None, min_length=1, max_length=1_000_000)
-    input_size: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(None, min_length=3, max_length=3)
-    interpolation: Literal[INTERPOLATIONS] = None  # type: ignore[valid-type]
-    crop_pct: float = Field(None, gt=0, le=1, allow_inf_nan=False)
-    crop_mode: Literal["center", "squash", "border"] = None
-    mean: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(None, min_length=1, max_length=3)
-    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(None, min_length=1, max_length=3)
-    dataset: str = Field(None, min_length=1, max_length=5000)
-    model_kwargs: dict[str, Any] = None
-    seed: Count = None
-    robench_version: str = None
-    train_accuracy: Share = None
-    val_accuracy: Share = None
-    recipe: dict[str, Any] = None
+    arch: Omittable[str] = Field(None, min_length=1, max_length=500)
+    num_classes: Omittable[int] = Field(None, ge=1, le=1_000_000)
+    classes: Omittable[list[str]] = Field(None, min_length=1, max_length=1_000_000)
+    input_size: Omittable[list[Annotated[int, Field(ge=1, le=MAX_SIDE)]]] = Field(None, min_length=3, max_length=3)
+    interpolation: Omittable[Interpolation] = None
+    crop_pct: Omittable[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
+    crop_mode: Omittable[Literal["center", "squash", "border"]] = None
+    mean: Omittable[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(None, min_length=1, max_length=3)
+    std: Omittable[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]]] = Field(None, min_length=1, max_length=3)
+    dataset: Omittable[str] = Field(None, min_length=1, max_length=5000)
+    model_kwargs: Omittable[dict[str, Any]] = None
+    seed: Omittable[Count] = None
+    robench_version: Omittable[str] = None
+    train_accuracy: Omittable[Share] = None
+    val_accuracy: Omittable[Share] = None
+    recipe: Omittable[dict[str, Any]] = None
 
     @field_validator("classes")
     @classmethod

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from robench.errors import FieldError
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what robench's resize and timm's transform both do
+Interpolation = Literal["bilinear", "bicubic", "nearest"]  # what robench's resize and timm's transform both do
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 SPEC_KEYS = {"mean": "mean", "std": "std", "input-size": "input_size", "interpolation": "interpolation",
              "crop-pct": "crop_pct"}  # the spec query's keys (CLI spelling) -> fields
 

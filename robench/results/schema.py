@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from robench.core.omittable import Omittable
 from robench.results.samples import ENCODING
 
 
@@ -71,8 +72,8 @@ def missing_column(doc: dict[str, Any]) -> tuple[int, str] | None:
 class _Open(BaseModel):
     """Strict types; fields beyond those listed are allowed and kept (forward compatible within a version).
 
-    ``X = Field(None)`` is a field that may be absent but never null (readers take its absence
-    for a default, its null for a value); ``X | None`` may be null.
+    ``Omittable[X] = Field(None)`` is a field that may be absent but never null (readers take its
+    absence for a default, its null for a value); ``X | None`` may be null.
     """
 
     model_config = ConfigDict(strict=True, extra="allow")
@@ -86,27 +87,27 @@ class Row(_Open):
     rate with no denominator), never for an accuracy, which a gate would then skip.
     """
 
-    model: Name = Field(None)
-    source: Name = Field(None)
-    target: Name = Field(None)
-    attack: Name = Field(None)
-    eps: Eps = Field(None)
-    top1: Share = Field(None)
-    top5: Share = Field(None)
+    model: Omittable[Name] = Field(None)
+    source: Omittable[Name] = Field(None)
+    target: Omittable[Name] = Field(None)
+    attack: Omittable[Name] = Field(None)
+    eps: Omittable[Eps] = Field(None)
+    top1: Omittable[Share] = Field(None)
+    top5: Omittable[Share] = Field(None)
     success_rate: OptShare = Field(None, description="null on clean rows and when no sample is right clean")
-    n: Count = Field(None)
-    linf_max: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(None)
-    target_top1: Share = Field(None)
-    target_top5: Share = Field(None)
-    target_error: Share = Field(None)
+    n: Omittable[Count] = Field(None)
+    linf_max: Omittable[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(None)
+    target_top1: Omittable[Share] = Field(None)
+    target_top5: Omittable[Share] = Field(None)
+    target_error: Omittable[Share] = Field(None)
     transfer_rate: OptShare = Field(None, description="null when the source fooled no sample (n_fooled_source 0)")
     n_fooled_source: OptCount = Field(None, description="null on clean rows")
     transfer_rate_both_clean: OptShare = Field(None, description="null when n_fooled_source_both_clean is 0")
     n_fooled_source_both_clean: OptCount = Field(None, description="null on clean rows")
-    clean_top1: Share = Field(None)
-    fgsm_true_top1: Share = Field(None)
-    fgsm_predicted_top1: Share = Field(None)
-    step_ll_top1: Share = Field(None)
+    clean_top1: Omittable[Share] = Field(None)
+    fgsm_true_top1: Omittable[Share] = Field(None)
+    fgsm_predicted_top1: Omittable[Share] = Field(None)
+    step_ll_top1: Omittable[Share] = Field(None)
     leak_gap: OptDiff = None
     leak_gap_low: OptDiff = None
     leak_gap_high: OptDiff = None
@@ -125,11 +126,11 @@ class Record(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")  # the fields besides *_correct are the row's key
 
-    model: Name = Field(None)
-    source: Name = Field(None)
-    target: Name = Field(None)
-    attack: Name = Field(None)
-    eps: Eps = Field(None)
+    model: Omittable[Name] = Field(None)
+    source: Omittable[Name] = Field(None)
+    target: Omittable[Name] = Field(None)
+    attack: Omittable[Name] = Field(None)
+    eps: Omittable[Eps] = Field(None)
     top1_correct: str
     top5_correct: str | None = None
 
@@ -156,7 +157,7 @@ class Dataset(_Open):
     num_classes: Count | None = None
     classes: list[str] | None = None
     ids_sha256: str | None = None
-    ids: list[str] = Field(None, description="sample ids, in the order of the per-sample bits")
+    ids: Omittable[list[str]] = Field(None, description="sample ids, in the order of the per-sample bits")
     skipped: list[Skipped] | None = None
 
 
@@ -169,11 +170,11 @@ class ModelRecord(_Open):
 class AttackRecord(_Open):
     id: str | None = None
     name: str | None = None
-    eps: list[Eps] = Field(None)
+    eps: Omittable[list[Eps]] = Field(None)
 
 
 class SuiteRecord(_Open):
-    attacks: list[AttackRecord] = Field(None)
+    attacks: Omittable[list[AttackRecord]] = Field(None)
     cascade: bool | None = None
     early_stop: bool | None = None
     semantics: str | None = None
