@@ -20,7 +20,7 @@ from robench import __version__
 from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError, Terminated
 
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
-_NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_NO_ARGS: type[click.UsageError] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 EXIT_CODES = """\b
 Exit codes (every command):
@@ -76,7 +76,7 @@ class RobenchGroup(click.Group):
             with _sigterm_unwinds():
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _NO_ARGS as e:  # help, not an error: no "robench: error:" in front of it
-            click.echo(e.ctx.get_help(), err=True)
+            click.echo(e.ctx.get_help() if e.ctx else e.format_message(), err=True)
             sys.exit(2)
         except click.UsageError as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""

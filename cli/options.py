@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from robench.attacks.suite import Suite
 
 MODEL_SPEC = (
     "[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...] (repeatable). MODEL: a timm name, a robench .safetensors file, "
@@ -175,7 +178,7 @@ def joined_eps(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 
 
 def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None,
-                cascade: bool | None = None, early_stop: bool | None = None, eps_unit: str = "1/255") -> Any:
+                cascade: bool | None = None, early_stop: bool | None = None, eps_unit: str = "1/255") -> Suite:
     """The suite the options describe; None for --cascade/--early-stop keeps the suite's own setting."""
     import dataclasses
 
@@ -183,5 +186,8 @@ def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text:
 
     eps = parse_eps_list(eps_text, unit=eps_unit) if eps_text is not None else None
     suite = override(load_suite(suite_name), attack_names, eps)
-    flags = {k: v for k, v in (("cascade", cascade), ("early_stop", early_stop)) if v is not None}
-    return dataclasses.replace(suite, **flags) if flags else suite
+    if cascade is not None:
+        suite = dataclasses.replace(suite, cascade=cascade)
+    if early_stop is not None:
+        suite = dataclasses.replace(suite, early_stop=early_stop)
+    return suite

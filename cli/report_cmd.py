@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -35,7 +36,7 @@ def write_report(results: tuple[Path, ...], out: Path) -> list[Path]:
     for rel, data in figures.items():
         path = out.parent / rel
         path.parent.mkdir(exist_ok=True)
-        atomic_write(path, lambda p, data=data: p.write_bytes(data))
+        atomic_write(path, partial(Path.write_bytes, data=data))
         written.append(path)
     atomic_write_text(out, text)
     return [out, *written]

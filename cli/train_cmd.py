@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -41,7 +42,7 @@ from .options import eps_value, shared_options
               help="An image folder without a val/ split: the seeded share held out to measure test accuracy "
                    "(0: measure on the training images, said in the output and the checkpoint).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train_command(out: Path, quiet: bool, device: str, threads: int | None, **options: object) -> None:
+def train_command(out: Path, quiet: bool, device: str, threads: int | None, **options: Any) -> None:
     """Train a timm model, or a factory's (FILE.py:CALLABLE), with the paper's adversarial-training recipe.
 
     Each minibatch mixes clean and adversarial examples (--adv-fraction), the loss
@@ -72,7 +73,7 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     arch = str(options["arch"])
     check_outputs([("--out", out)], [(o.replace("MODEL", "--arch"), p) for o, p in
                                      run_inputs((arch,) if is_factory(arch) else (), classes=options["classes"])])
-    cfg = TrainConfig(**options).validate()  # type: ignore[arg-type]
+    cfg = TrainConfig(**options).validate()
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 

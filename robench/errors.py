@@ -35,8 +35,11 @@ class Interrupted(Exception):
         self.code = code
 
     @classmethod
-    def of(cls, stop: BaseException, detail: str = "") -> Interrupted:
-        """The interruption that ``stop`` (a KeyboardInterrupt, or Terminated) means; ``detail`` says what was kept."""
+    def of(cls, stop: BaseException | None, detail: str = "") -> Interrupted:
+        """The interruption that ``stop`` (a KeyboardInterrupt or Terminated) means; ``detail`` says what was kept.
+
+        None (a click Abort with no cause) reads as a KeyboardInterrupt.
+        """
         if isinstance(stop, Terminated):
             return cls(f"terminated (SIGTERM){detail}", 143)
         return cls(f"interrupted{detail}", 130)

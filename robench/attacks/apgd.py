@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -122,9 +122,9 @@ def dlr_targeted_loss(logits: Tensor, true: Tensor, target: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class _Goal:
-    """What one run climbs (``ce``, ``dlr`` or ``dlr-t``), the true labels [N] and, for DLR-T, the targets [N]."""
+    """What one run climbs (``ce``, ``dlr`` or ``dlr-t``), the true labels [N] and, for DLR-T only, the targets [N]."""
 
-    loss: str
+    loss: Literal["ce", "dlr", "dlr-t"]
     true: Tensor
     target: Tensor | None = None
 
@@ -134,13 +134,17 @@ class _Goal:
 
     def value(self, logits: Tensor) -> Tensor:
         """The loss per sample, [N]."""
+        if self.target is not None:  # dlr-t, the one loss with targets
+            return dlr_targeted_loss(logits, self.true, self.target)
         if self.loss == "ce":
             return F.cross_entropy(logits, self.true, reduction="none")
-        if self.loss == "dlr":
-            return dlr_loss(logits, self.true)
-        return dlr_targeted_loss(logits, self.true, self.target)
+        return dlr_loss(logits, self.true)
 
 
+@overload
+def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: Literal[True]) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool) -> tuple[Tensor | None, Tensor, Tensor]: ...
 def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool) -> tuple[Tensor | None, Tensor, Tensor]:
     """At x: sign of d(summed loss)/dx (None when not needed), the loss per sample [N], and misclassified [N].
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from robench.errors import FieldError
 
 LabelKind = Literal["true", "predicted"]
+Eps = TypeVar("Eps", float, Tensor)  # one eps, or a tensor of them (one per example, as training draws them)
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,8 @@ def uniform_noise(x: Tensor, rng: SampleNoise | torch.Generator | None) -> Tenso
     return torch.empty_like(x).uniform_(-1.0, 1.0, generator=rng)
 
 
-def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Clip into the eps-ball around x (eps in [0, 1] units), then into [0, 1]."""
+def project(x_adv: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
+    """Clip into the eps-ball around x (eps in [0, 1] units; a tensor: per example), then into [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
@@ -225,6 +226,6 @@ def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ..
             raise FieldError(name, f"{{name}} must be > 0, got {value!r}")
 
 
-def to_unit(eps: float) -> float:
+def to_unit(eps: Eps) -> Eps:
     """Convert eps from 1/255 units to [0, 1] pixel units."""
     return eps / 255

@@ -78,15 +78,16 @@ def descend(
     x: Tensor,
     start: Tensor,
     target: Tensor,
-    eps: float,
-    step: float,
+    eps: float | Tensor,
+    step: float | Tensor,
     steps: int,
     first: Tensor | None = None,
     stop_on: Tensor | None = None,
 ) -> Tensor:
     """Run ``steps`` projected sign-gradient steps of size ``step`` from ``start``.
 
-    All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``.
+    All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``. Training gives
+    ``eps`` and ``step`` per example ([N, 1, 1, 1] tensors), never with ``stop_on``.
     ``first`` is the gradient sign at ``start`` when the caller already has it. With
     ``stop_on`` (the true labels, [N]) a sample stops at the first iterate that the model
     misclassifies and keeps it (early stopping): the gradient's own forward tells, so it
@@ -101,8 +102,8 @@ def descend(
     return x_adv
 
 
-def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Tensor, eps: float, step: float,
-                          steps: int, stop_on: Tensor) -> Tensor:
+def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Tensor, eps: float | Tensor,
+                          step: float | Tensor, steps: int, stop_on: Tensor) -> Tensor:
     """``descend`` on the samples the model still classifies correctly, one gradient each per step.
 
     While every sample is still in play the whole batch is used as it is, without copies.

@@ -97,9 +97,9 @@ def _launch_var(name: str) -> str:
 
 
 def _env_int(name: str, default: int | None = None) -> int:
-    raw = os.environ.get(name) if default is not None else _launch_var(name)
-    if raw is None:
-        return default  # type: ignore[return-value]
+    if default is not None and name not in os.environ:
+        return default
+    raw = os.environ[name] if default is not None else _launch_var(name)
     try:
         return int(raw)
     except ValueError:
@@ -239,7 +239,7 @@ def data_parallel(model: nn.Module, dist: Dist) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, **_no_forward_buffer_sync())
 
 
-def _no_forward_buffer_sync() -> dict[str, bool]:
+def _no_forward_buffer_sync() -> dict[str, Any]:  # Any: the keyword differs across torch versions
     """DDP's switch for broadcasting buffers at every forward: renamed in recent torch, the old name warns."""
     import inspect
 

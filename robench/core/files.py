@@ -111,7 +111,7 @@ def file_target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write`` on a temporary file, then move it into place (a file) or copy it out (a stream, a device)."""
     from robench.errors import RobenchError
 
@@ -139,7 +139,7 @@ def _is_device(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
-def _replace(target: Path, write: Callable[[Path], None]) -> None:
+def _replace(target: Path, write: Callable[[Path], object]) -> None:
     """Write beside ``target`` and rename onto it: a failed write leaves the old file whole."""
     from robench.errors import RobenchError
 
@@ -159,7 +159,7 @@ def _replace(target: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def _render(write: Callable[[Path], None], suffix: str) -> bytes:
+def _render(write: Callable[[Path], object], suffix: str) -> bytes:
     """What ``write`` writes, as bytes (through a temporary file, as writers such as savefig want a path)."""
     fd, tmp = tempfile.mkstemp(prefix=".robench.", suffix=f"{suffix}.tmp")
     os.close(fd)

@@ -43,7 +43,7 @@ def to_markdown(rows: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def pct(v: float) -> str:
+def pct(v: float | None) -> str:
     """A share as a percentage with one decimal; blank for NaN."""
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 

@@ -38,10 +38,10 @@ class TensorSource:
     num_classes: int
     scale: float = 255.0
     skipped: dict[int, str] = field(default_factory=dict)  # always empty: tensors are always readable
-    classes: list[str] | None = None  # names in index order; None: "0" .. str(num_classes - 1)
+    classes: list[str] = field(default_factory=list)  # names in index order; none given: "0" .. str(num_classes - 1)
 
     def __post_init__(self) -> None:
-        if self.classes is None:
+        if not self.classes:
             self.classes = [str(i) for i in range(self.num_classes)]
 
     @property

@@ -12,6 +12,7 @@ from robench.data.builtin import DIGITS_CLASSES, TensorSource, load_digits_sourc
 from robench.data.classes import CLASS_ORDERS, few_pair
 from robench.data.folders import _split_folder, load_folder_source
 from robench.data.idx import FASHION_MNIST_DIR, load_fashion_mnist_source, load_idx_source
+from robench.data.images import ImageSource
 from robench.data.inputs import Source
 from robench.data.timm_sets import TIMM_PREFIXES, load_timm_source
 from robench.errors import FieldError, RobenchError
@@ -71,4 +72,6 @@ def subset(source: Source, rows: np.ndarray) -> Source:
     ids = [source.ids[r] for r in rows]
     if isinstance(source, TensorSource):
         return dataclasses.replace(source, images=source.images[rows], labels=source.labels[rows], ids=ids)
-    return dataclasses.replace(source, index=source.index[rows], ids=ids, skipped={})
+    if isinstance(source, ImageSource):
+        return dataclasses.replace(source, index=source.index[rows], ids=ids, skipped={})
+    raise TypeError(f"subset takes a TensorSource or an ImageSource, got a {type(source).__name__}")

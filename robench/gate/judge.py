@@ -50,7 +50,8 @@ class _Docs:
     def bits(self, which: int, metric: str) -> dict[tuple, np.ndarray]:
         """{row key: per-sample correctness} of the results (0) or baseline (1); empty when absent."""
         if (which, metric) not in self._bits:
-            self._bits[(which, metric)] = per_sample((self.results, self.baseline)[which], metric)
+            doc = (self.results, self.baseline)[which]
+            self._bits[(which, metric)] = {} if doc is None else per_sample(doc, metric)
         return self._bits[(which, metric)]
 
 
@@ -165,7 +166,7 @@ def check_samples(rules: Rules, baseline: dict[str, Any] | None, dataset: dict[s
     A run calls it as soon as its data opens (``run_eval``'s ``on_open``), before any attack.
     """
     if baseline is not None and any(isinstance(rule, Regression) for rule in rules.rules):
-        _same_samples(_Docs({"dataset": dataset}, baseline, names))
+        _same_samples({"dataset": dataset}, baseline, names)
 
 
 def _rule_label(index: int, rule: Rule) -> str:
@@ -207,11 +208,14 @@ def _inventory(doc: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _pairs(rule: Regression, docs: _Docs) -> list[tuple[dict | None, dict | None]]:
+_RowPair = tuple[dict, dict | None] | tuple[None, dict]  # (results row, baseline row): at least one of them
+
+
+def _pairs(rule: Regression, docs: _Docs) -> list[_RowPair]:
     """(results row, baseline row) for every matched key of either file; None where a file lacks it."""
     if docs.baseline is None:
         raise RobenchError(f"{rule.where}: max_drop compares with a baseline; give --baseline BASELINE.json")
-    _same_samples(docs)
+    _same_samples(docs.results, docs.baseline, docs.names)
     new = {row_key(r): r for r in docs.results["rows"] if rule.match.row(r)}
     old = {row_key(r): r for r in docs.baseline["rows"] if rule.match.row(r)}
     if new and old and not set(new) & set(old):
@@ -219,29 +223,29 @@ def _pairs(rule: Regression, docs: _Docs) -> list[tuple[dict | None, dict | None
                            f"({len(new)} and {len(old)} rows, none alike); compare runs of the same models and attacks")
     if not set(new) & set(old):
         return []
-    return [(new.get(k), old.get(k)) for k in dict.fromkeys([*new, *old])]
+    return [(new[k], old.get(k)) if k in new else (None, old[k]) for k in dict.fromkeys([*new, *old])]
 
 
-def _same_samples(docs: _Docs) -> None:
+def _same_samples(results: dict[str, Any], baseline: dict[str, Any], names: tuple[str, str]) -> None:
     """Compare only results evaluated on the same samples (the same ids, in the same order, and the same images).
 
     The content hashes (``dataset.content_sha256``) are compared when both files have them: two
     folders of the same file names (val and a re-encoded val) share their ids. Older files,
     without them, are compared on ids alone.
     """
-    a, b = (_dataset_field(d, "ids_sha256") for d in (docs.results, docs.baseline))
-    new = docs.names[0] if docs.names[0].endswith((".json", ".csv")) else "RESULTS.json"
+    a, b = (_dataset_field(d, "ids_sha256") for d in (results, baseline))
+    new = names[0] if names[0].endswith((".json", ".csv")) else "RESULTS.json"
     if a is None or b is None or a != b:
         shown = " vs ".join(str(h)[:12] if h else "none" for h in (a, b))
-        raise RobenchError(f"{docs.names[0]} and {docs.names[1]} were evaluated on different samples (dataset ids "
+        raise RobenchError(f"{names[0]} and {names[1]} were evaluated on different samples (dataset ids "
                            f"sha256 {shown}); evaluate with the baseline's --data, --limit and --seed, or replace "
-                           f"the baseline on purpose: robench baseline update {new} {docs.names[1]}")
-    a, b = (_dataset_field(d, "content_sha256") for d in (docs.results, docs.baseline))
+                           f"the baseline on purpose: robench baseline update {new} {names[1]}")
+    a, b = (_dataset_field(d, "content_sha256") for d in (results, baseline))
     if a and b and a != b:
-        raise RobenchError(f"{docs.names[0]} and {docs.names[1]} were evaluated on the same sample ids but other "
+        raise RobenchError(f"{names[0]} and {names[1]} were evaluated on the same sample ids but other "
                            f"images (dataset content sha256 {a[:12]} vs {b[:12]}), so no sample can be compared with "
                            f"itself; evaluate on the baseline's data, or replace the baseline on purpose: "
-                           f"robench baseline update {new} {docs.names[1]}")
+                           f"robench baseline update {new} {names[1]}")
 
 
 def _dataset_field(doc: dict, name: str) -> str | None:
@@ -330,12 +334,11 @@ def _health_check(rule: Health, finding: dict[str, Any] | None) -> dict[str, Any
             "detail": f"{finding.get('check')}: {finding.get('message')}{docs_link}"}
 
 
-def _regression_check(rule: Regression, pair: tuple[dict | None, dict | None], docs: _Docs,
-                      confidence: float) -> dict[str, Any]:
-    new, old = pair
-    if new is None:
-        return {**_row_fields(old), "status": FAIL, "detail": f"row is in {docs.names[1]} but missing from "
+def _regression_check(rule: Regression, pair: _RowPair, docs: _Docs, confidence: float) -> dict[str, Any]:
+    if pair[0] is None:
+        return {**_row_fields(pair[1]), "status": FAIL, "detail": f"row is in {docs.names[1]} but missing from "
                 f"{docs.names[0]}; evaluate it, or drop it from the baseline on purpose (robench baseline update)"}
+    new, old = pair
     if old is None:
         return {**_row_fields(new), "status": SKIP, "detail": "no baseline row (new); not compared"}
     value = _metric_value(new, rule.metric, rule.where, docs.names[0])

@@ -118,5 +118,5 @@ def table(report: GateReport) -> Any:
         out.add_column(col, justify="right" if col in ("value", "baseline") else "left",
                        overflow="fold")
     for row in frame.itertuples(index=False):
-        out.add_row(f"[{STYLES[row.status]}]{row.status}[/]", *[str(v) for v in row[1:]])
+        out.add_row(f"[{STYLES[str(row.status)]}]{row.status}[/]", *[str(v) for v in row[1:]])
     return out

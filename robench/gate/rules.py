@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -188,14 +189,18 @@ def _no_unknown(node: dict[str, Any], allowed: tuple[str, ...], source: str, wha
 
 
 def _number(node: dict[str, Any], key: str, source: str, default: float | None, low: float = 0.0,
-            high: float = 1.0, hint: str = " (a share: 0.4 for 40%)") -> float | None:
+            high: float = 1.0, hint: str = " (a share: 0.4 for 40%)") -> float:
     value = node.get(key, default)
-    if value is None and key not in node:
-        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise RobenchError(f"{locate(source, node, key)}: '{key}' must be a number in [{low:g}, {high:g}]{hint}, "
                            f"got {value!r}")
     return float(value)
+
+
+def _bound(node: dict[str, Any], key: str, source: str, low: float = 0.0, high: float = 1.0,
+           hint: str = " (a share: 0.4 for 40%)") -> float | None:
+    """``node[key]`` checked as ``_number`` checks it, or None where the key is absent."""
+    return _number(node, key, source, None, low, high, hint) if key in node else None
 
 
 def _rule_kind(entry: dict[str, Any], where: str) -> type:
@@ -248,12 +253,12 @@ def _metric(entry: dict[str, Any], source: str) -> str:
 def _floor(entry: dict[str, Any], source: str, where: str, name: str, match: Match) -> Floor:
     metric = _metric(entry, source)
     if metric.endswith(("top1", "top5", "_rate")):
-        bounds = [_number(entry, k, source, None) for k in ("min", "max")]
+        low, high = (_bound(entry, k, source) for k in ("min", "max"))
     else:  # counts, gaps: any number
-        bounds = [_number(entry, k, source, None, -math.inf, math.inf, "") for k in ("min", "max")]
-    if None not in bounds and bounds[0] > bounds[1]:
-        raise RobenchError(f"{where}: min {bounds[0]:g} is above max {bounds[1]:g}; no value can pass")
-    return Floor(where, name, match, metric, *bounds)
+        low, high = (_bound(entry, k, source, -math.inf, math.inf, "") for k in ("min", "max"))
+    if low is not None and high is not None and low > high:
+        raise RobenchError(f"{where}: min {low:g} is above max {high:g}; no value can pass")
+    return Floor(where, name, match, metric, low, high)
 
 
 def _regression(entry: dict[str, Any], source: str, where: str, name: str, match: Match) -> Regression:
@@ -282,4 +287,5 @@ def _health(entry: dict[str, Any], source: str, where: str, name: str, match: Ma
     return Health(where, name, match, entry["health"])
 
 
-_BUILDERS = {Floor: _floor, Regression: _regression, NoLeak: _no_leak, Health: _health}
+_Builder = Callable[[dict[str, Any], str, str, str, Match], Rule]  # (entry, source, where, name, match) -> rule
+_BUILDERS: dict[type, _Builder] = {Floor: _floor, Regression: _regression, NoLeak: _no_leak, Health: _health}

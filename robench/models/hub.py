@@ -106,7 +106,8 @@ def _weights_host(arch: str) -> str | None:
     cfg = None if arch.startswith(HUB_PREFIXES) else get_pretrained_cfg(arch)
     if cfg is None or cfg.hf_hub_id:
         return urlparse(constants.ENDPOINT).hostname
-    return urlparse(cfg.url).hostname if cfg.url else None
+    url = cfg.url[0] if isinstance(cfg.url, tuple) else cfg.url  # timm also allows (url, file name)
+    return urlparse(url).hostname if url else None
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:

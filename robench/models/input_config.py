@@ -89,7 +89,8 @@ def _stem_channels(model: nn.Module) -> int | None:
     name = name[0] if isinstance(name, (tuple, list)) else name
     if name:
         try:
-            return int(model.get_submodule(name).in_channels)
+            channels: Any = model.get_submodule(name).in_channels  # whichever layer timm names: no type to check
+            return int(channels)
         except (AttributeError, TypeError):
             pass
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

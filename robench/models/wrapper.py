@@ -58,6 +58,9 @@ class Normalized(nn.Module):
     Outputs that are not a plain tensor are reduced to their logits (``logits_of``).
     """
 
+    mean: Tensor  # [1, C, 1, 1] buffers (nn.Module's attribute lookup alone types them Tensor | Module)
+    std: Tensor
+
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.model = model

@@ -108,9 +108,9 @@ class LogLines:
             run.start = (now, done)
         elif done >= total and not run.ended:
             run.ended = True
-            self._line(label, run, now)
+            self._line(label, run, run.start, now)
         elif not run.stage and now - run.last >= self.every:
-            self._line(label, run, now)  # a run that names no stages: a line per interval from here
+            self._line(label, run, run.start, now)  # a run that names no stages: a line per interval from here
 
     def status(self, label: str, text: str) -> None:
         """The stage now: printed at once the first time, else in the next line that is due."""
@@ -120,10 +120,10 @@ class LogLines:
         if run.last == -math.inf:  # no line yet for this run
             self._print(run, now, f"{label}: {text}")
         elif run.start is not None and now - run.last >= self.every:
-            self._line(label, run, now)
+            self._line(label, run, run.start, now)
 
-    def _line(self, label: str, run: _Logged, now: float) -> None:
-        (start, base), (done, total) = run.start, run.done
+    def _line(self, label: str, run: _Logged, started: tuple[float, float], now: float) -> None:
+        (start, base), (done, total) = started, run.done
         rate = (done - base) / max(now - start, 1e-9)
         left = int((total - done) / rate + 0.5) if rate > 0 else 0
         stage = f", now {run.stage}" if run.stage and done < total else ""

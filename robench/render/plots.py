@@ -188,7 +188,7 @@ def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
     for i, (ax, model) in enumerate(zip(axes, models, strict=True)):
         g = rows[rows["model"] == model].sort_values("eps")
         for (column, label), color in zip(LEAK_LINES, colors, strict=True):
-            style = {"linestyle": "--"} if column == "clean_top1" else {}
+            style: dict[str, str | float] = {"linestyle": "--"} if column == "clean_top1" else {}
             gap = column in ("fgsm_true_top1", "fgsm_predicted_top1")  # bands on the leak gap's two lines only:
             if column == "fgsm_predicted_top1":  # wider and beneath: where it equals fgsm-true, both still show
                 style = {"linewidth": 3.2, "alpha": 0.55, "zorder": 1.5}

@@ -11,7 +11,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -89,11 +89,11 @@ def check_mergeable(inputs: list[Input]) -> None:
                                f"give files from the same suite")
 
 
-def _robust(rows: pd.DataFrame) -> pd.Series:
+def _robust(rows: pd.DataFrame) -> dict[float, float]:
     """Robust top-1 per eps: the worst-case rows when present, else the lowest top-1 over attacks."""
     adv = rows[rows["attack"] != "clean"]
     worst = adv[adv["attack"] == "worst"]
-    return (worst if len(worst) else adv).groupby("eps")["top1"].min()
+    return cast(dict[float, float], (worst if len(worst) else adv).groupby("eps")["top1"].min().to_dict())
 
 
 def leaderboard(inputs: list[Input]) -> pd.DataFrame:

@@ -102,13 +102,14 @@ def leak_table(rows: pd.DataFrame) -> Any:
     for name in ("model", "eps", "clean", "fgsm true", "fgsm pred", "step_ll", "leak_gap", "adv - clean", "verdict"):
         table.add_column(name, justify="left" if name in ("model", "verdict") else "right")
     for model, group in rows.groupby("model", sort=False):
-        for i, r in enumerate(group.itertuples()):
-            verdict = f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" if i == 0 else ""
+        for i, r in enumerate(group.to_dict("records")):
+            verdict = f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]" if i == 0 else ""
             table.add_row(
-                str(model) if i == 0 else "", f"{eps_label(r.eps)}/255", pct(r.clean_top1), pct(r.fgsm_true_top1),
-                pct(r.fgsm_predicted_top1), pct(r.step_ll_top1),
-                _gap(r.leak_gap, r.leak_gap_low, r.leak_gap_high, r.leak_gap_significant),
-                _gap(r.adv_minus_clean, r.adv_minus_clean_low, r.adv_minus_clean_high, r.adv_minus_clean_significant),
+                str(model) if i == 0 else "", f"{eps_label(r['eps'])}/255", pct(r["clean_top1"]),
+                pct(r["fgsm_true_top1"]), pct(r["fgsm_predicted_top1"]), pct(r["step_ll_top1"]),
+                _gap(r["leak_gap"], r["leak_gap_low"], r["leak_gap_high"], r["leak_gap_significant"]),
+                _gap(r["adv_minus_clean"], r["adv_minus_clean_low"], r["adv_minus_clean_high"],
+                     r["adv_minus_clean_significant"]),
                 verdict,
             )
         table.add_section()

@@ -53,14 +53,14 @@ def results_json(path: str | Path, role: str = "results", keep_text: bool = True
     """
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        doc, nans = _load_csv(path, role), [True]  # a .csv's document is always dumped
+        doc, dump = _load_csv(path, role), True  # a .csv's document is always dumped
     else:
         text = read_text(path, role, RESULTS_LIMIT)
         doc = _parse_json(text, path)
-        nans = validate(doc, str(path))
+        dump = bool(validate(doc, str(path)))  # it held NaN literals
     if not keep_text:
         return doc, ""
-    return doc, json.dumps(doc, indent=2, allow_nan=False) + "\n" if nans else text
+    return doc, json.dumps(doc, indent=2, allow_nan=False) + "\n" if dump else text
 
 
 def _read_json(path: Path, role: str) -> Any:
@@ -148,7 +148,8 @@ def _check(doc: Any, name: str, limit_rows: bool = False) -> list[tuple[Any, Any
 
 def _walk(doc: Any, name: str) -> list[tuple[Any, Any]]:
     """(container, key) of every NaN; refuses infinities and nesting deeper than MAX_DEPTH, naming the field."""
-    nans, stack = [], [(doc, (), 0)]
+    nans: list[tuple[Any, Any]] = []
+    stack: list[tuple[Any, tuple[str | int, ...], int]] = [(doc, (), 0)]  # (node, its path, its depth)
     while stack:
         node, loc, depth = stack.pop()
         if depth > MAX_DEPTH:

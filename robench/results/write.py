@@ -23,7 +23,7 @@ def _clean(value: Any) -> Any:
 
 def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """DataFrame rows as JSON-ready dicts (NaN becomes null)."""
-    return [{k: _clean(v) for k, v in r.items()} for r in rows.to_dict("records")]
+    return [{str(k): _clean(v) for k, v in r.items()} for r in rows.to_dict("records")]
 
 
 def provenance_lines(meta: dict[str, Any]) -> list[str]:

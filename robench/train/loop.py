@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from robench import __version__
 from robench.attacks import REGISTRY
-from robench.attacks.base import Labels, attack_mode, project, to_unit
+from robench.attacks.base import LabelKind, Labels, attack_mode, project, to_unit
 from robench.attacks.iterative import descend
 from robench.core.distributed import (
     LOCAL,
@@ -111,7 +111,7 @@ def _target(model: nn.Module, x: Tensor, y: Tensor, how: Crafting, label: str) -
         return y
     with torch.no_grad():
         labels = Labels.from_logits(model(x), y)
-    return labels.least_likely if how.least_likely else labels.pick(label)
+    return labels.least_likely if how.least_likely else labels.pick(cast(LabelKind, label))  # validate() checked it
 
 
 def start_noise(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
