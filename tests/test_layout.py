@@ -1,6 +1,6 @@
 """Layout: data flows one way, and the folders are the layers.
 
-A module's layer is its folder's (``robench/engine/run.py`` is in ``engine``), so a new file
+A module's layer is its folder's (``robench/engine/runner.py`` is in ``engine``), so a new file
 inherits its layer. Every import counts: function-level ones, and those under
 ``if TYPE_CHECKING:`` too, so that not even a type-level cycle can form.
 """
