@@ -122,3 +122,12 @@ def test_the_lazy_api_is_the_typed_api(package: str, extra: set[str]) -> None:
     assert set(facade.__all__) == {*extra, *facade._API}
     for name in facade._API:
         assert getattr(facade, name).__name__ == name
+
+
+def test_no_api_name_is_also_a_module() -> None:
+    """``robench.train`` cannot be a function and a package: importing the package would replace the function."""
+    import robench
+
+    modules = {p.stem for p in (ROOT / "robench").glob("*.py")} | {p.name for p in (ROOT / "robench").iterdir()
+                                                                    if (p / "__init__.py").exists()}
+    assert set(robench._API) & modules == set()
