@@ -279,7 +279,7 @@ def test_flag_is_warned_written_and_gated(flagged, tmp_path: Path) -> None:
     r = invoke("gate", out, "--rules", write(tmp_path / "warn.yaml", "- {health: warn}\n"))
     assert r.exit_code == 0 and "probability_outputs" in r.stdout, (r.stdout, r.stderr)
     r = invoke("eval", "zoo:effnet-base", "--limit", "20", "--attack", "fgsm", "--eps", "8", "-q", "--no-health",
-               "--gate", strict)
+               "--rules", strict)
     assert r.exit_code == 0 and "health warning" not in r.stderr, r.stderr  # --no-health: no probes ran
 
 
