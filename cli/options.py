@@ -22,11 +22,13 @@ from robench.models.preprocess import INTERPOLATIONS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-MODEL_SPEC = (
-    "[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...] (repeatable). MODEL: a timm name, a robench .safetensors file, "
-    "zoo:NAME, or a factory FILE.py:CALLABLE or package.module:CALLABLE (this imports and runs that code). "
-    "KEY sets this model's input: mean, std, input-size (C,H,W), interpolation, crop-pct; quote the spec, "
-    "e.g. 'lenet.py:LeNet@w.pth?mean=0.1307&std=0.3081'."
+MODEL_SPEC = (  # the grammar's one description (robench.models.spec parses it); the docs take it from --help
+    "[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...] (repeatable). LABEL names the model in tables and results "
+    "(default: the name, callable or file stem). MODEL: a timm name (NAME.TAG for hub weights), a robench "
+    ".safetensors file, zoo:NAME, or a factory FILE.py:CALLABLE or package.module:CALLABLE (this imports and runs "
+    "that code); a text ending in .safetensors, .pth, .pth.tar, .pt or .bin, or holding a slash, is a path. "
+    "CHECKPOINT: weights for MODEL, read without running code. KEY sets this model's input: mean, std, "
+    "input-size (C,H,W), interpolation, crop-pct; quote the spec, e.g. 'lenet.py:LeNet@w.pth?mean=0.1307&std=0.3081'."
 )
 
 # The library's limits, repeated here because robench.run.runspec imports torch and `robench --help` must stay fast;
@@ -35,7 +37,7 @@ MAX_SEED = 2**63 - 1
 MAX_BATCH = 2**20
 MAX_THREADS = 1024
 MAX_WORKERS = 256
-CLASS_ORDERS = ("natural", "lexical")  # robench.data.CLASS_ORDERS (the same test checks it)
+CLASS_ORDERS = ("natural", "lexical")  # robench.data.classes.CLASS_ORDERS (the same test checks it)
 
 
 def model_option(default: str) -> Decorator:
