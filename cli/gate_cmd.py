@@ -1,4 +1,4 @@
-"""`robench gate`: the CI regression gate over a results file (also used by `robench eval --gate`)."""
+"""`robench gate`: the CI regression gate over a results file (also used by `robench eval --rules`)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
 
 
 def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
-    """eval --gate: every rule must match a row the run (an EvalConfig) will write, before any work.
+    """eval --rules: every rule must match a row the run (an EvalConfig) will write, before any work.
 
     A max_drop rule must also find one of them in the baseline.
     """

@@ -6,7 +6,8 @@ shared option may take per-command help where its meaning shifts (train's --data
 
 Metavars, one style: N a whole number, X a real number, EPS one eps as --eps reads it, LIST
 comma-separated values, FILE a file (FILE.csv, GATES.yaml where one format is meant), DIR a folder,
-NAME a name, SPEC a model spec; a choice lists its values, and a number's range is shown in --help.
+NAME a name, DEVICE a device, SPEC a model spec; a choice lists its values, and a number's range is shown in
+--help.
 """
 
 from __future__ import annotations
