@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ class _Batch:
                 linf = linf_255(x_adv, xs)
                 for t in self.plan.targets[s.label]:
                     target = self.plan.model(t)
-                    xt = x_adv if target.input == s.input else self.plan.deliver(self.x[target.input], x_adv - xs, eps)
+                    xt = x_adv if target.input == s.input else self.plan.cross(self.x[target.input], x_adv - xs, eps)
                     o = self.out.pairs[(s.label, t)]
                     o.record(setting, self.rows, score(target.module, xt), self.y)
                     o.linf[setting, self.rows] = linf
@@ -103,15 +104,16 @@ class _Batch:
         kept = self.store.load(s.label, spec, self.keys, x) if self.store else [None] * len(self.ids)
         missing = [i for i, k in enumerate(kept) if k is None]
         if not missing:
-            return [(e, torch.stack([k[j][1] for k in kept]).to(x.device)) for j, e in enumerate(spec.eps)]
+            return [(e, torch.stack([k[j][1] for k in kept if k is not None]).to(x.device))
+                    for j, e in enumerate(spec.eps)]
         made = self.craft(s, spec, x, labels, missing)
         if self.store:  # scored as kept, so a rerun that reads them back gives the same numbers
             made = self.store.save(s.label, spec, [self.keys[i] for i in missing], x[missing], made)
         if len(missing) == len(kept):
             return made
         rows = {r: j for j, r in enumerate(missing)}
-        return [(e, torch.stack([x_e[rows[i]] if i in rows else kept[i][j][1].to(x.device)
-                                 for i in range(len(kept))])) for j, (e, x_e) in enumerate(made)]
+        return [(e, torch.stack([x_e[rows[i]] if k is None else k[j][1].to(x.device)
+                                 for i, k in enumerate(kept)])) for j, (e, x_e) in enumerate(made)]
 
     def craft(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, rows: list[int]) -> Examples:
         """One attack call on these rows of the batch (all of them, unless a store had the rest)."""
@@ -175,7 +177,8 @@ class Survivors:
         ahead = self.single_step(spec) if REGISTRY[spec.name].single_step else None
         for e in sorted(settings):
             todo = (self.robust(e) if cascade else np.ones(n, dtype=bool)) & ~carried
-            row: Row = tuple(v.copy() for v in self.state[e]) if cascade else tuple(np.zeros_like(v) for v in carry)
+            fresh = (v.copy() for v in self.state[e]) if cascade else (np.zeros_like(v) for v in carry)
+            row = cast(Row, tuple(fresh))  # three arrays in, three out
             if todo.any():
                 self.score(row, todo, ahead[e][todo] if ahead else self.craft(spec, e, todo), cascade, e)
             for mine, theirs in zip(row, carry, strict=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from robench.engine.passes import Passes
 NONFINITE = -2  # the prediction recorded for NaN/inf logits: never a label, so never counted correct
 
 
-def correct(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+Array = TypeVar("Array", np.ndarray, Tensor)  # numpy arrays, or tensors (training counts on the device)
+
+
+def correct(pred: Array, labels: Array) -> Array:
     """Top-1 correctness, the one definition: the prediction is the label (pred [..., N], labels [N])."""
     return pred == labels
 
@@ -39,14 +42,16 @@ class Outcomes:
     settings: list[tuple[str, float]]  # (attack id, eps); settings[0] is ("clean", 0.0)
     pred: np.ndarray  # [S, N] int32 top-1 prediction (NONFINITE for NaN/inf logits)
     top5: np.ndarray  # [S, N] bool: label among the top 5
-    least_likely: np.ndarray | None = None  # [N] int32: least-likely class of the source's clean logits
-    linf: np.ndarray | None = None  # [S, N] float32: ||x_adv - x||_inf of the source's example, 1/255 units
+    # [N] int32: least-likely class of the source's clean logits; none given: -1 each
+    least_likely: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int32))
+    # [S, N] float32: ||x_adv - x||_inf of the source's example, 1/255 units; none given: 0 each
+    linf: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
 
     def __post_init__(self) -> None:
         s, n = self.pred.shape
-        if self.least_likely is None:
+        if not self.least_likely.size:
             self.least_likely = np.full(n, -1, dtype=np.int32)
-        if self.linf is None:
+        if not self.linf.size:
             self.linf = np.zeros((s, n), dtype=np.float32)
 
     @classmethod
@@ -179,9 +184,9 @@ class Matrix:
                 lines.append(f"model '{t}' gave NaN or inf logits on {int(bad[1:].sum())} adversarial examples "
                              f"from '{s}'; they count as wrong")
         for (_, t), o in self.pairs.items():
-            if t not in clean_told and (bad := int(o.nonfinite()[0])):
+            if t not in clean_told and (count := int(o.nonfinite()[0])):
                 clean_told.add(t)
-                lines.append(f"model '{t}' gave NaN or inf logits on {bad} clean samples; they count as wrong")
+                lines.append(f"model '{t}' gave NaN or inf logits on {count} clean samples; they count as wrong")
         return lines
 
 

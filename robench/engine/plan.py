@@ -65,6 +65,11 @@ class Plan:
         models = tuple(models)
         return cls(models, {m.label: (m.label,) for m in models})
 
+    def cross(self, target_x: Tensor, delta: Tensor, eps: float) -> Tensor:
+        """A source's example (``delta`` from its clean x) as a target of another input config takes it."""
+        assert self.deliver is not None, "__post_init__ refuses a plan that crosses input configs without deliver"
+        return self.deliver(target_x, delta, eps)
+
     def pairs(self) -> list[Pair]:
         """Every (source, target) pair, sources in model order."""
         return [(s, t) for s in self.targets for t in self.targets[s]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,7 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
             for r, digest in zip(rows.tolist(), content or ("",) * len(rows), strict=True):  # (): not known
                 out.content[r] = digest
             tracker = Tracker(hooks, done, len(out.ids), len(plan.targets) * len(suite.attacks))
-            size = run_views_fitting(lambda piece, t=tracker: _piece(plan, suite, out, seed, hooks, piece, t),
+            size = run_views_fitting(partial(_piece, plan, suite, out, seed, hooks, tracker=tracker),
                                      v, size or len(rows), hooks.warn)
             if hooks.state is not None:
                 hooks.state.append(out.part(rows.numpy()))
@@ -128,8 +129,9 @@ def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, di
     skipped = merge_skipped([bad for _, bad in gathered])
     if skipped:
         out = out.subset(np.array([r for r in range(len(source.ids)) if r not in skipped], dtype=np.int64))
-    for line in out.nonfinite_lines() if hooks.warn else []:
-        hooks.warn(line)
+    if hooks.warn:
+        for line in out.nonfinite_lines():
+            hooks.warn(line)
     return out, skipped
 
 

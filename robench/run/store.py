@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -118,7 +119,7 @@ class ExampleCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {_name(e): q[row].cpu().contiguous() for e, q in kept}
             meta = {"sha256": checksum(folder.name, sample_id, tensors)}
-            atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, str(tmp), metadata=m))
+            atomic_write(path, partial(save_file, tensors, metadata=meta))
         return [(e, dequantize(q, x, e)) for e, q in kept]
 
     def report(self, warn: Callable[[str], None] | None) -> None:
