@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,12 +13,16 @@ from robench.render.console import console
 
 from .options import gate_options
 
+if TYPE_CHECKING:  # the library is imported in the commands (a fast --help)
+    from robench.gate.rules import Rules
+    from robench.run.evaluate import EvalConfig
+
 
 @dataclass(frozen=True)
 class GatePlan:
     """Rules and baseline read and checked before any work; where the reports go."""
 
-    rules: Any
+    rules: Rules
     baseline: dict[str, Any] | None
     baseline_path: Path | None
     rules_path: Path | None
@@ -56,7 +60,7 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
     return GatePlan(rules, baseline, baseline_path, rules_path, junit, summary)
 
 
-def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
+def check_planned_rows(plan: GatePlan, cfg: EvalConfig) -> None:
     """eval --rules: every rule must match a row the run (an EvalConfig) will write, before any work.
 
     A max_drop rule must also find one of them in the baseline.

@@ -21,8 +21,9 @@ from click.core import ParameterSource
 
 from robench.models.preprocess import INTERPOLATIONS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the library is imported in the commands (a fast --help)
     from robench.attacks.suite import Suite
+    from robench.run.runspec import RunSpec
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -209,7 +210,7 @@ def option_of(command: click.Command | None, field: str) -> str | None:
     return None
 
 
-def run_spec(**options: Any) -> Any:
+def run_spec(**options: Any) -> RunSpec:
     """The RunSpec of a command's run options (and its suite): the five input options become one Preprocess."""
     from robench.models.preprocess import Preprocess
     from robench.run.runspec import RunSpec

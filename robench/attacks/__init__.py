@@ -15,7 +15,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+
+from torch import Tensor
 
 from robench.attacks.apgd import ApgdConfig, ApgdTConfig, apgd, apgd_t
 from robench.attacks.base import Labels, attack_mode
@@ -38,7 +39,7 @@ class Attack:
     """
 
     name: str
-    run: Callable[..., Iterator[tuple[float, Any]]]
+    run: Callable[..., Iterator[tuple[float, Tensor]]]  # (model, x, labels, eps, config, ...) -> (eps, x_adv)
     config: type
     single_step: bool  # one gradient for every eps (fgsm, step_ll); else iterative
     targeted: bool = False  # aims at chosen classes (least likely; the most likely wrong ones) rather than away

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robench.attacks import REGISTRY, get_attack
 from robench.core.files import read_text
 from robench.core.yaml_read import locate, read_yaml
 from robench.errors import FieldError, RobenchError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CLEAN = "clean"  # reserved id: the setting (attack name, eps 0) of the unperturbed inputs
 WORST = "worst"  # reserved id: the per-sample worst case over clean and every attack of the suite, per eps
@@ -41,7 +44,7 @@ class AttackSpec:
     id: str
     name: str
     eps: tuple[float, ...]
-    config: Any
+    config: DataclassInstance  # an instance of its registry entry's config class
     at: str = field(default="", compare=False)  # "FILE line N" of the entry, for messages
 
     def describe(self) -> dict[str, Any]:
@@ -209,7 +212,8 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else hint.__name__
 
 
-def build_config(name: str, options: dict[str, Any], where: Callable[[str], str] | None = None) -> Any:
+def build_config(name: str, options: dict[str, Any], where: Callable[[str], str] | None = None,
+                 ) -> DataclassInstance:
     """The attack's frozen config from plain options, checking every key and type.
 
     ``where(key)`` names the file and line of a key, for messages.

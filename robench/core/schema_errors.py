@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robench.errors import RobenchError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 _EXPECTED = {  # pydantic error type -> what the field should have held (ctx filled in)
     "finite_number": "a finite number",
@@ -52,7 +56,7 @@ def shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
 
 
-def expected(error: dict[str, Any]) -> str:
+def expected(error: ErrorDetails) -> str:
     """What one pydantic error says the field should hold, in robench's words."""
     if error["type"] == "missing":
         return "missing, and it is required"
@@ -69,7 +73,7 @@ def expected(error: dict[str, Any]) -> str:
     return "expected " + message.removeprefix("Input should be ") if message.startswith("Input should be ") else message
 
 
-def error_line(error: dict[str, Any]) -> str:
+def error_line(error: ErrorDetails) -> str:
     """"field rows[3].top1: expected a number <= 1, got 5" for one pydantic error."""
     loc = [p for p in error.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
     where = field_path(loc)
@@ -77,7 +81,7 @@ def error_line(error: dict[str, Any]) -> str:
     return f"{'field ' + where if where else 'the document'}: {expected(error)}{got}"
 
 
-def schema_error(name: str, error: Any, fix: str = "") -> RobenchError:
+def schema_error(name: str, error: ValidationError, fix: str = "") -> RobenchError:
     """A pydantic ValidationError as one RobenchError line: "NAME: field PATH: expected ..., got ... (and N more)".
 
     ``name`` is the file (or what holds the data); ``fix`` is appended after "; " to say how to

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def content_digest(data: bytes | np.ndarray) -> str:
@@ -17,7 +20,7 @@ def content_digest(data: bytes | np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pixels_digest(image: Any) -> str:
+def pixels_digest(image: Image.Image) -> str:
     """The content hash of a decoded PIL image (its mode, size and pixel bytes): for datasets without files."""
     return content_digest(np.asarray(image.convert("RGB")))
 

@@ -79,7 +79,7 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     index = select(len(reader), limit, seed, str(root))
     names = [str(reader._filename(i, basename=False, absolute=False)) for i in range(len(reader))]
 
-    def get(i: int) -> tuple[Any, int, str]:
+    def get(i: int) -> tuple[Image.Image, int, str]:
         """The image as decoded (its own mode: 16-bit stays 16-bit), its label and the hash of its file's bytes."""
         file, label = reader[i]
         with file:

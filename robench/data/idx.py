@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def _read_idx(path: Path, name: str) -> np.ndarray:
         raise RobenchError(f"cannot read IDX file {path}: {e}; is it an uncorrupted {name} file?") from None
 
 
-def _exactly(f: Any, count: int, what: str) -> bytes:
+def _exactly(f: io.BufferedIOBase, count: int, what: str) -> bytes:
     """``count`` bytes from ``f``, or ValueError saying the file ends before ``what``."""
     data = f.read(count)
     if len(data) != count:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,13 @@ from robench.data.digests import pixels_digest
 from robench.data.inputs import Batch, InputConfig
 from robench.errors import RobenchError
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+# index -> (image, label, content hash or None: then the decoded pixels' hash). The image is a PIL image as a
+# folder or timm dataset gives it (Any: a third-party dataset's items are not typed).
+GetItem = Callable[[int], tuple[Any, int, str | None]]
+
 
 class _Decoded(torch.utils.data.Dataset):
     """Items of a PIL-image dataset through a [0, 1] transform, as RGB or as luminance (mode "L").
@@ -38,7 +45,7 @@ class _Decoded(torch.utils.data.Dataset):
     timm's own ImageDataset silently substitutes the next image.
     """
 
-    def __init__(self, get: Any, index: np.ndarray, cfg: InputConfig) -> None:
+    def __init__(self, get: GetItem, index: np.ndarray, cfg: InputConfig) -> None:
         self.get, self.index, self.channels = get, index, cfg.channels
         self.transform, self.gray = eval_transform(cfg), eval_transform(dataclasses.replace(cfg, channels=1))
         self.mode = "L" if cfg.channels == 1 else "RGB"
@@ -57,7 +64,7 @@ class _Decoded(torch.utils.data.Dataset):
         except (OSError, ValueError, SyntaxError):
             return torch.zeros(0), -1, row, "", UNREADABLE
 
-    def _tensor(self, image: Any) -> Tensor:
+    def _tensor(self, image: Image.Image) -> Tensor:
         if image.mode in WIDE_MODES:
             x = self.gray(unit_gray(image)).clamp(0.0, 1.0)  # bicubic overshoots; uint8 clips itself
             return to_channels(x[None], self.channels)[0]
@@ -69,17 +76,18 @@ class ImageSource:
     """Datasets of PIL images (image folders, torchvision and HF datasets), decoded per batch."""
 
     name: str
-    get: Any  # index -> (PIL image, label, content hash or None: then the decoded pixels' hash)
+    get: GetItem
     index: np.ndarray
     ids: list[str]
     num_classes: int
     classes: list[str]
-    describe_row: Any  # index -> human-readable name for error messages
+    describe_row: Callable[[int], str]  # index -> human-readable name for error messages
     workers: int = 0
     skip_bad: bool = False  # skip unreadable images (recorded in ``skipped``) instead of failing
     skipped: dict[int, str] = field(default_factory=dict)  # row -> file name, of images skipped so far
     native: tuple[int, int, int] | None = None  # the first image's (channels, height, width)
-    digest: Any = None  # index -> content hash without decoding (a file's bytes); None: decode and hash the pixels
+    # index -> content hash without decoding (a file's bytes); None: decode and hash the pixels
+    digest: Callable[[int], str] | None = None
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Batches in id order (or ``order``); an unreadable image stops the run with its file name.
@@ -125,7 +133,7 @@ def _collate(items: list[tuple[Tensor, int, int, str, str]]) -> tuple[Tensor, Te
     return images, labels, rows, [i[3] for i in items], [i[4] for i in items]
 
 
-def _native(get: Any, index: np.ndarray) -> tuple[int, int, int] | None:
+def _native(get: GetItem, index: np.ndarray) -> tuple[int, int, int] | None:
     """(channels, height, width) of the first selected image, None if it cannot be read."""
     try:
         with decoding():

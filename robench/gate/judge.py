@@ -93,7 +93,7 @@ class GateReport:
                           f"{check_line(failed.iloc[0])}")
 
 
-def check_line(check: Any) -> str:
+def check_line(check: pd.Series) -> str:
     """One check as one line: rule, row, value and verdict."""
     row = f" {check['row']}" if check["row"] else ""
     if isinstance(check["drop"], float) and not math.isnan(check["drop"]):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from robench.core.text import to_markdown
 from robench.gate.judge import FAIL, PASS, SKIP, WARN, GateReport
+
+if TYPE_CHECKING:  # rich is imported where the table is drawn; here for its type only
+    from rich.table import Table
 
 MARKS = {PASS: "✅ pass", WARN: "⚠️ warn", FAIL: "❌ fail", SKIP: "➖ skip"}
 STYLES = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
@@ -23,7 +26,7 @@ def _text(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _drop(check: Any) -> str:
+def _drop(check: pd.Series) -> str:
     if not isinstance(check["drop"], float) or math.isnan(check["drop"]):
         return ""
     return f"{check['drop']:+.4f} [{check['drop_low']:+.4f}, {check['drop_high']:+.4f}]"
@@ -99,7 +102,7 @@ def _xml_safe(element: ET.Element) -> None:
         element.set(key, xml_text(value))
 
 
-def _case_text(check: Any) -> str:
+def _case_text(check: pd.Series) -> str:
     parts = [f"{k}: {v}" for k, v in (("value", _text(check["value"])), ("threshold", check["threshold"]),
                                       ("baseline", _text(check["baseline"])), ("drop [interval]", _drop(check)),
                                       ("status", check["status"]), ("detail", check["detail"]),
@@ -107,7 +110,7 @@ def _case_text(check: Any) -> str:
     return "\n".join(parts)
 
 
-def table(report: GateReport) -> Any:
+def table(report: GateReport) -> Table:
     """A rich table of every check, the status coloured."""
     from rich.table import Table
 

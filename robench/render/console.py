@@ -8,10 +8,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # rich is imported in the functions that draw (a fast --help); here for its types only
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress, ProgressColumn, Task, TaskID
+
+    from robench.analysis.health import Flag
+    from robench.core.distributed import Dist
+    from robench.train.loop import EpochStats
 
 
-def console(err: bool = False) -> Any:
+def console(err: bool = False) -> Console:
     """A rich console on stdout (results) or stderr (progress, warnings); wide when piped."""
     from rich.console import Console
 
@@ -19,7 +28,7 @@ def console(err: bool = False) -> Any:
     return Console(file=stream, width=None if stream.isatty() else 160)
 
 
-def health_warnings(flags: list[Any]) -> None:
+def health_warnings(flags: list[Flag]) -> None:
     """One warning line on stderr per health flag (robench.analysis.health.Flag), ending with its docs link."""
     from rich.markup import escape
 
@@ -28,7 +37,7 @@ def health_warnings(flags: list[Any]) -> None:
         err.print(f"[yellow]health warning:[/] {escape(f.line())}", soft_wrap=True)
 
 
-def rate_columns(unit: str) -> list[Any]:
+def rate_columns(unit: str) -> list[ProgressColumn]:
     """Columns for throughput (``unit``/s) and time left, measured from the task's start.
 
     Not rich's ``task.speed``: it leaves out the first update and forgets updates older than
@@ -39,18 +48,18 @@ def rate_columns(unit: str) -> list[Any]:
     from rich.progress import ProgressColumn
     from rich.text import Text
 
-    def speed(task: Any) -> float | None:  # a finished task's clock stops at its finish (rich's keeps running)
+    def speed(task: Task) -> float | None:  # a finished task's clock stops at its finish (rich's keeps running)
         done = task.completed - task.fields.get("base", 0)
         elapsed = task.finished_time if task.finished else task.elapsed
         return done / elapsed if done > 0 and elapsed else None
 
     class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
+        def render(self, task: Task) -> Text:
             s = speed(task)
             return Text(f"- {unit}/s" if s is None else f"{s:,.{1 if s < 10 else 0}f} {unit}/s")
 
     class Eta(ProgressColumn):
-        def render(self, task: Any) -> Text:
+        def render(self, task: Task) -> Text:
             s = speed(task)
             if s is None or task.total is None:
                 return Text("eta -:--:--")
@@ -95,7 +104,7 @@ class LogLines:
     the end. Progress moves within a batch (per attack), so a slow batch still gives lines.
     """
 
-    def __init__(self, stream: Any, every: float = LOG_EVERY_S) -> None:
+    def __init__(self, stream: TextIO, every: float = LOG_EVERY_S) -> None:
         self.stream, self.every = stream, every
         self.runs: dict[str, _Logged] = {}
 
@@ -140,7 +149,8 @@ def _clock(seconds: int) -> str:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True, stream: Any = None, terminal: bool | None = None) -> Iterator[Reporter]:
+def progress_bar(enabled: bool = True, stream: TextIO | None = None,
+                 terminal: bool | None = None) -> Iterator[Reporter]:
     """One rich bar per label (the command) with images/s, ETA and the stage now; plain lines without a terminal.
 
     The first report (a stage, or robench.engine's start) shows the bar; the rate counts from
@@ -162,19 +172,23 @@ def progress_bar(enabled: bool = True, stream: Any = None, terminal: bool | None
     out = console(err=True) if stream is None else _console_on(stream)
     bar = _staged_bar([TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),
                        TextColumn("elapsed"), TimeElapsedColumn()], out)
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, TaskID] = {}
     stages: dict[str, str] = {}
     counting: set[str] = set()  # labels whose start report came: their clocks run from it
 
     def progress(label: str, done: float, total: int) -> None:
         if label not in counting:
             counting.add(label)
+            # rich's reset and add_task say completed is an int, but Task.completed is a float: fractions draw fine
             if label in tasks:  # shown since a stage (the probes): the rate counts from here
-                bar.reset(tasks[label], total=total, completed=done, base=done, stage=stages[label])
+                bar.reset(tasks[label], total=total, completed=done, base=done,  # type: ignore[arg-type]
+                          stage=stages[label])
             else:
-                tasks[label] = bar.add_task(label, total=total, completed=done, base=done, stage="")
+                tasks[label] = bar.add_task(label, total=total, completed=done,  # type: ignore[arg-type]
+                                            base=done, stage="")
             return
-        bar.update(tasks[label], completed=done, **({"stage": ""} if done >= total else {}))
+        finished: dict[str, Any] = {"stage": ""} if done >= total else {}
+        bar.update(tasks[label], completed=done, **finished)
         _show(bar)
 
     def status(label: str, text: str) -> None:
@@ -192,7 +206,7 @@ def progress_bar(enabled: bool = True, stream: Any = None, terminal: bool | None
             bar.stop()
 
 
-def _staged_bar(columns: list[Any], out: Any) -> Any:
+def _staged_bar(columns: list[ProgressColumn], out: Console) -> Progress:
     """rich's bars on ``out``, each with its stage on a line of its own below, cut to the terminal's width.
 
     A stage column beside the bar made the line wrap on an 80-column terminal.
@@ -201,7 +215,7 @@ def _staged_bar(columns: list[Any], out: Any) -> Any:
     from rich.text import Text
 
     class StagedProgress(Progress):
-        def get_renderables(self) -> Iterator[Any]:
+        def get_renderables(self) -> Iterator[RenderableType]:
             yield self.make_tasks_table(self.tasks)
             for task in self.tasks:
                 if task.fields.get("stage"):
@@ -210,12 +224,12 @@ def _staged_bar(columns: list[Any], out: Any) -> Any:
     return StagedProgress(*columns, console=out)
 
 
-def _show(bar: Any) -> None:
+def _show(bar: Progress) -> None:
     if not bar.live.is_started:
         bar.start()
 
 
-def _console_on(stream: Any) -> Any:
+def _console_on(stream: TextIO) -> Console:
     """A terminal-like console on ``stream`` (tests capture what a user would see)."""
     from rich.console import Console
 
@@ -223,7 +237,8 @@ def _console_on(stream: Any) -> Any:
 
 
 @contextmanager
-def epoch_bar(epochs: int, enabled: bool = True, stream: Any = None) -> Iterator[Callable[[Any], None]]:
+def epoch_bar(epochs: int, enabled: bool = True, stream: TextIO | None = None,
+              ) -> Iterator[Callable[[EpochStats], None]]:
     """A callback taking robench.train.loop.EpochStats: one rich bar per epoch with loss, accuracy, examples/s and ETA.
 
     An epoch's first report (seen 0, sent before its first step) marks its start, as in ``progress_bar``.
@@ -237,9 +252,9 @@ def epoch_bar(epochs: int, enabled: bool = True, stream: Any = None) -> Iterator
                    TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"),
                    *rate_columns("examples"), TextColumn("elapsed"), TimeElapsedColumn(),
                    console=console(err=True) if stream is None else _console_on(stream))
-    tasks: dict[int, Any] = {}
+    tasks: dict[int, TaskID] = {}
 
-    def update(stats: Any) -> None:
+    def update(stats: EpochStats) -> None:
         if stats.epoch not in tasks:
             tasks[stats.epoch] = bar.add_task("", total=stats.total, completed=stats.seen, base=stats.seen,
                                               epoch=stats.epoch, loss=stats.loss, acc=stats.accuracy)
@@ -258,7 +273,7 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def distributed_run(device: str, quiet: bool, resume: Any = None) -> Iterator[tuple[Any, Reporter]]:
+def distributed_run(device: str, quiet: bool, resume: Path | None = None) -> Iterator[tuple[Dist, Reporter]]:
     """The torchrun process group (or one process) and a progress bar (``Reporter``) on rank 0 only.
 
     Ctrl-C and SIGTERM (robench.errors.Terminated) leave through robench.errors.Interrupted, naming the

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,12 @@ from robench.core.outputs import check_output
 from robench.core.stats import exact_interval
 from robench.core.text import eps_label
 from robench.errors import RobenchError
+
+if TYPE_CHECKING:  # matplotlib is optional: imported for its types only
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
+    from matplotlib.ticker import Locator
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 # Okabe & Ito's colour-blind-safe palette, ordered so the first few differ most, the hard-to-see yellow last;
@@ -29,7 +36,7 @@ LEAK_LINES = (("clean_top1", "clean"), ("fgsm_true_top1", "fgsm (true labels)"),
               ("fgsm_predicted_top1", "fgsm (predicted labels)"), ("step_ll_top1", "step_ll"))
 
 
-def pyplot() -> Any:
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the Agg backend, or a RobenchError saying how to install it."""
     try:
         import matplotlib
@@ -48,14 +55,14 @@ def check_plot(path: Path | None, option: str = "--plot") -> None:
         pyplot()
 
 
-def save_figure(fig: Any, path: Path, dpi: int = 130) -> None:
+def save_figure(fig: Figure, path: Path, dpi: int = 130) -> None:
     """Write ``fig`` in the format its suffix names, atomically, then free it."""
     check_output(path, PLOT_SUFFIXES, "--plot")
     atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lower()[1:], dpi=dpi))
     pyplot().close(fig)
 
 
-def panel_grid(n_panels: int, columns: int = MAX_COLUMNS) -> tuple[Any, list[Any]]:
+def panel_grid(n_panels: int, columns: int = MAX_COLUMNS) -> tuple[Figure, list[Axes]]:
     """A figure of ``n_panels`` panels sharing the y axis, at most ``columns`` a row; spare cells hidden.
 
     Rows of at most four keep every panel wide enough for its eps labels with ten models.
@@ -70,7 +77,7 @@ def panel_grid(n_panels: int, columns: int = MAX_COLUMNS) -> tuple[Any, list[Any
     return fig, flat[:n_panels]
 
 
-def curve(ax: Any, eps: np.ndarray, top1: np.ndarray, n: np.ndarray, label: str, color: str, band: bool = True,
+def curve(ax: Axes, eps: np.ndarray, top1: np.ndarray, n: np.ndarray, label: str, color: str, band: bool = True,
           **line: Any) -> None:
     """One accuracy line with (``band``) its exact 95% binomial band (from n and the count it implies)."""
     if band:
@@ -79,14 +86,14 @@ def curve(ax: Any, eps: np.ndarray, top1: np.ndarray, n: np.ndarray, label: str,
     ax.plot(eps, top1, color=color, marker="o", markersize=3.5, label=label, **line)
 
 
-def clean_reference(ax: Any, top1: float, n: int) -> None:
+def clean_reference(ax: Axes, top1: float, n: int) -> None:
     """Clean top-1 as a dashed horizontal line over its exact 95% band."""
     low, high = exact_interval(round(top1 * n), n)
     ax.axhspan(low, high, color=CLEAN_COLOR, alpha=0.12, linewidth=0, gid="band:clean")
     ax.axhline(top1, color=CLEAN_COLOR, linestyle="--", linewidth=1.2, label="clean")
 
 
-def style_axes(ax: Any, eps_values: list[float], title: str, first_column: bool) -> None:
+def style_axes(ax: Axes, eps_values: list[float], title: str, first_column: bool) -> None:
     """Eps ticks at the measured values, accuracy as a percentage, labels with units.
 
     Suites double eps (2, 4, 8, 16), so a log-2 axis spaces them evenly; eps 0 keeps it linear.
@@ -108,7 +115,7 @@ def style_axes(ax: Any, eps_values: list[float], title: str, first_column: bool)
     ax.tick_params(labelsize=7)
 
 
-def figure_legend(fig: Any, axes: list[Any]) -> None:
+def figure_legend(fig: Figure, axes: list[Axes]) -> None:
     """One legend below every panel, each label once (panels may lack some attacks), plus the band's meaning."""
     from matplotlib.patches import Patch
 
@@ -130,7 +137,7 @@ def dataset_caption(meta: dict[str, Any]) -> str:
     return f"{ds.get('name', ds.get('spec', ''))}{split}, n = {ds.get('n', '?')}"
 
 
-def _suptitle(fig: Any, what: str, meta: dict[str, Any]) -> None:
+def _suptitle(fig: Figure, what: str, meta: dict[str, Any]) -> None:
     caption = dataset_caption(meta)
     fig.suptitle(f"{what}: {caption}" if caption else what, fontsize=10)
 
@@ -141,7 +148,7 @@ def attack_colors(rows: pd.DataFrame) -> dict[str, str]:
     return {a: OKABE_ITO[i % len(OKABE_ITO)] for i, a in enumerate(attacks)} | {"worst": WORST_COLOR}
 
 
-def eval_panel(ax: Any, group: pd.DataFrame, colors: dict[str, str], cascade: bool = False) -> None:
+def eval_panel(ax: Axes, group: pd.DataFrame, colors: dict[str, str], cascade: bool = False) -> None:
     """One model: clean as the reference, a line per attack, the worst case bold.
 
     The worst case lies under the thinner attack lines: it equals the strongest attack at
@@ -161,7 +168,7 @@ def eval_panel(ax: Any, group: pd.DataFrame, colors: dict[str, str], cascade: bo
                   linewidth=3.2 if bold else 1.4, zorder=1.9 if bold else 2.1)
 
 
-def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
+def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Figure:
     """Top-1 against eps, a panel per model: where robustness falls off, and how sure the numbers are."""
     models = list(dict.fromkeys(rows["model"]))
     eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
@@ -175,7 +182,7 @@ def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
     return fig
 
 
-def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
+def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Figure:
     """Clean, fgsm with true and predicted labels and step_ll against eps, a panel per model with its verdict.
 
     Leaking shows as the true-label line above the predicted-label one (or above clean). Only
@@ -203,7 +210,7 @@ def leak_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Any:
     return fig
 
 
-def _ticks(floor: float) -> Any:
+def _ticks(floor: float) -> Locator:
     """A y tick every 5 points on a zoomed axis (every 10 on a wide one), so every label is a whole percent."""
     from matplotlib.ticker import MultipleLocator
 
@@ -222,7 +229,7 @@ def leak_floor(rows: pd.DataFrame) -> float:
     return max(0.0, math.floor(lowest * 10) / 10)
 
 
-def transfer_figure(rows: pd.DataFrame) -> Any:
+def transfer_figure(rows: pd.DataFrame) -> Figure:
     """A grid of heatmaps (one per attack x eps): the paper's transfer rate and its n in each cell.
 
     The diagonal (a source scoring its own examples) is white-box, 100% by definition: it is
@@ -250,8 +257,8 @@ def transfer_figure(rows: pd.DataFrame) -> Any:
     return fig
 
 
-def heatmap(ax: Any, grid: np.ndarray, n: np.ndarray | None, title: str, sources: list[str], targets: list[str],
-            first: bool) -> Any:
+def heatmap(ax: Axes, grid: np.ndarray, n: np.ndarray | None, title: str, sources: list[str], targets: list[str],
+            first: bool) -> AxesImage:
     """One attack x eps: rates in [0, 1] coloured, each cell's percentage and n written in it; the diagonal masked.
 
     Returns the image, for the figure's colorbar.

@@ -11,7 +11,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -20,6 +20,9 @@ from robench.errors import RobenchError
 from robench.render import plots
 from robench.results.read import load_results
 from robench.results.write import provenance_lines
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPORT_SUFFIXES = (".md", ".html")
 TITLES = {"eval": "white-box evaluation", "transfer-matrix": "black-box transfer", "leak-check": "label leaking"}
@@ -145,7 +148,7 @@ def health_flags(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def figure(item: Input) -> Any:
+def figure(item: Input) -> Figure:
     """The input's matplotlib figure, as its command's --plot draws it."""
     if item.command == "leak-check":
         return plots.leak_figure(item.rows, item.doc)
@@ -154,7 +157,7 @@ def figure(item: Input) -> Any:
     return plots.eval_figure(item.rows, item.doc)
 
 
-def figure_bytes(fig: Any, fmt: str) -> bytes:
+def figure_bytes(fig: Figure, fmt: str) -> bytes:
     """A figure saved to memory (png or svg), then freed; svg without a date so reruns match."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
@@ -205,7 +208,7 @@ def html_table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def inline_svg(fig: Any, prefix: str) -> str:
+def inline_svg(fig: Figure, prefix: str) -> str:
     """The figure as an <svg> element, its XML prolog and doctype dropped so it sits inside HTML.
 
     matplotlib names the elements of every figure alike (glyphs, axes, clip paths), so each

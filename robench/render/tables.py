@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from robench.core.text import cell_text, eps_label, pct
 
+if TYPE_CHECKING:  # rich is imported where a table is drawn (a fast --help); here for its types only
+    from rich.table import Table
+
+    from robench.attacks.suite import Suite
+
 
 def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 accuracy (%)",
-                  suite: Any = None) -> Any:
+                  suite: Suite | None = None) -> Table:
     """A rich table: one line per (model, attack), one column per eps (in 1/255), the worst case last.
 
     Under a cascade suite an attack row is the accuracy after that stage, and is labelled so.
@@ -44,7 +49,7 @@ def _attack_label(attack: str, cascade: bool) -> str:
     return f"after {attack}" if cascade else attack
 
 
-def transfer_tables(rows: pd.DataFrame) -> list[Any]:
+def transfer_tables(rows: pd.DataFrame) -> list[Table]:
     """One rich table per (attack, eps): sources as rows, targets as columns, transfer rate (target top-1)."""
     from rich.table import Table
 
@@ -66,7 +71,7 @@ def transfer_tables(rows: pd.DataFrame) -> list[Any]:
     return tables
 
 
-def transfer_summary(rows: pd.DataFrame) -> Any:
+def transfer_summary(rows: pd.DataFrame) -> Table:
     """The mean off-diagonal (paper's) transfer rate per attack (columns) and eps (rows): docs/transfer.md's table."""
     from rich.table import Table
 
@@ -93,7 +98,7 @@ def _gap(value: float, low: float, high: float, significant: bool) -> str:
     return f"{100 * value:+.1f} \\[{100 * low:+.1f}, {100 * high:+.1f}]{star}"
 
 
-def leak_table(rows: pd.DataFrame) -> Any:
+def leak_table(rows: pd.DataFrame) -> Table:
     """A rich table: one line per (model, eps), accuracies in %, gaps in points, the verdict highlighted."""
     from rich.table import Table
 
