@@ -89,7 +89,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
 
     check_outs(outs)
     check_plot(plot)
-    check_output(per_sample, (".csv",), "--per-sample", stdout=True)
+    check_output(per_sample, (".csv",), "per_sample", stdout=True)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot),
                    ("--per-sample", per_sample), ("--junit", junit), ("--summary", summary)],
                   [("--gate", gate_rules), *results_paths("--baseline", baseline),

@@ -32,11 +32,19 @@ Exit codes (every command):
   143  terminated (SIGTERM, e.g. from SLURM or Kubernetes)"""
 
 
-OPTIONS = {"clean_refs": "--clean-ref", "health_probes": "--no-health", "models": "--model"}  # field -> option
+OPTIONS = {  # field -> option, where the option is not the field's name in dashes
+    "clean_refs": "--clean-ref", "health_probes": "--no-health", "models": "--model", "suite": "--attacks",
+}
 
 
 def option(field: str) -> str:
-    """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``)."""
+    """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``).
+
+    A name the CLI gave a library call itself (an argument's metavar such as ``BASELINE``, or ``-o``)
+    is already the user's word and stays as it is.
+    """
+    if not field.isidentifier() or field.isupper():
+        return field
     return OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
@@ -82,7 +90,7 @@ class RobenchGroup(click.Group):
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             _fail(f"{e.format_message()}{hint}", 2)
         except RobenchError as e:  # a FieldError names a config field; the user typed its option
-            _fail(e.named(option(e.field)) if isinstance(e, FieldError) else str(e), 2)
+            _fail(e.named(option(e.field), option) if isinstance(e, FieldError) else str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
         except Interrupted as e:

@@ -76,9 +76,10 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 
-        from robench.run.runspec import MAX_THREADS, check_count
+        from robench.core.fields import check
+        from robench.run.runspec import RUN_FIELDS
 
-        check_count("threads", threads, 1, MAX_THREADS)
+        check({"threads": threads}, {"threads": RUN_FIELDS["threads"]})
 
         torch.set_num_threads(threads)
     with session(device) as dist:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class RobenchError(Exception):
     """Bad usage or input: the CLI prints the message and exits with code 2.
@@ -46,13 +48,22 @@ class FieldError(RobenchError):
     """A bad value of a configuration field: the library names the field, the CLI names its option.
 
     ``template`` writes ``{name}`` wherever the field's name goes, e.g. "{name} must be >= 1";
-    the library fills in the field (``limit``), the CLI its option (``--limit``).
+    the library fills in the field (``limit``), the CLI its option (``--limit``). A message that
+    names further fields lists them in ``others`` and writes each as ``{field}`` ("give {name} or
+    {baseline}"); ``robench.core.fields`` checks fields and raises this.
     """
 
-    def __init__(self, field: str, template: str) -> None:
-        self.field, self.template = field, template
+    def __init__(self, field: str, template: str, *others: str) -> None:
+        self.field, self.template, self.others = field, template, others
         super().__init__(self.named(field))
 
-    def named(self, name: str) -> str:
-        """The message with ``name`` for the field."""
-        return self.template.replace("{name}", name)
+    def named(self, name: str, other: Callable[[str], str] | None = None) -> str:
+        """The message with ``name`` for the field and ``other(field)`` for each other field (default: its name)."""
+        text = self.template.replace("{name}", name)
+        for field in self.others:
+            text = text.replace("{" + field + "}", field if other is None else other(field))
+        return text
+
+    def wrapped(self, before: str = "", after: str = "") -> FieldError:
+        """The same error with text around its message (a location, a reason), still naming its fields."""
+        return FieldError(self.field, before + self.template + after, *self.others)

@@ -122,7 +122,7 @@ def _input_config(model: nn.Module, cfg: dict[str, Any], label: str,
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
     if len(mean) != c or len(std) != c:
-        raise RobenchError(f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its std "
-                           f"{len(std)}; give one per channel (or one for all), e.g. --mean {','.join(['0.5'] * c)} "
-                           f"or SPEC?mean={','.join(['0.5'] * c)}")
+        raise FieldError("mean", f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its "
+                                 f"std {len(std)}; give one per channel (or one for all), e.g. {{name}} "
+                                 f"{','.join(['0.5'] * c)} or SPEC?mean={','.join(['0.5'] * c)}")
     return {**cfg, "input_size": (c, h, w), "mean": mean, "std": std}, notes
