@@ -11,8 +11,10 @@ from robench.render.console import console, distributed_run, health_warnings, wa
 
 from .gate_cmd import apply_gate, check_planned_rows, prepare_gate, samples_check
 from .options import (
+    RobenchCommand,
     build_suite,
     check_outs,
+    gate_options,
     model_option,
     out_option,
     resume_option,
@@ -24,7 +26,7 @@ from .options import (
 )
 
 
-@click.command("eval")
+@click.command("eval", cls=RobenchCommand, renamed={"--gate": "rules_path"})
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @model_option(zoo_default_text())
 @suite_options
@@ -42,18 +44,17 @@ from .options import (
                    "(needs the plot extra: matplotlib).")
 @click.option("--per-sample", type=click.Path(path_type=Path), metavar="FILE.csv",
               help="Write per-sample outcomes as CSV; - for stdout (with -q: nothing else).")
-@click.option("--gate", "gate_rules", type=click.Path(path_type=Path), metavar="GATES.yaml",
-              help="Gate the results as 'robench gate' does, in memory; exit 1 when a check fails.")
-@click.option("--baseline", type=click.Path(path_type=Path), metavar="BASELINE.json",
-              help="Baseline for the gate (alone: max_drop 0.02 on top1 of every row).")
-@click.option("--junit", type=click.Path(path_type=Path), metavar="FILE.xml",
-              help="With --gate/--baseline: write JUnit XML, as 'robench gate --junit' (- for stdout).")
-@click.option("--summary", type=click.Path(path_type=Path), metavar="FILE.md",
-              help="With --gate/--baseline: write the gate's Markdown summary, as 'robench gate --summary' "
-                   "(- for stdout).")
+@gate_options(
+    baseline={"help": "Baseline for the gate (alone: max_drop 0.02 on top1 of every row)."},
+    rules={"help": "Gate the results with these rules as 'robench gate --rules' does, in memory; exit 1 when a "
+                   "check fails."},
+    junit={"help": "With --rules/--baseline: write JUnit XML, as 'robench gate --junit' (- for stdout)."},
+    summary={"help": "With --rules/--baseline: write the gate's Markdown summary, as 'robench gate --summary' "
+                     "(- for stdout)."},
+)
 @click.option("--clean-ref", "clean_refs", multiple=True, metavar="LABEL=SHARE",
               help="Expected clean top-1 of a model (repeatable), e.g. base=0.97; a mismatch is a health warning.")
-@click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="TOL",
+@click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="X",
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
 @click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
@@ -61,7 +62,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
                  attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,
                  early_stop: bool | None,
                  resume: Path | None, outs: tuple[Path, ...], plot: Path | None,
-                 per_sample: Path | None, gate_rules: Path | None, baseline: Path | None, junit: Path | None,
+                 per_sample: Path | None, rules_path: Path | None, baseline_path: Path | None, junit: Path | None,
                  summary: Path | None,
                  clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
                  **run: Any) -> None:
@@ -92,13 +93,13 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     check_output(per_sample, (".csv",), "per_sample", stdout=True)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot),
                    ("--per-sample", per_sample), ("--junit", junit), ("--summary", summary)],
-                  [("--gate", gate_rules), *results_paths("--baseline", baseline),
+                  [("--rules", rules_path), *results_paths("--baseline", baseline_path),
                    *run_inputs(specs + models, suite_name, run.get("classes"))])
-    if (junit or summary) and not (gate_rules or baseline):
+    if (junit or summary) and not (rules_path or baseline_path):
         from robench.errors import RobenchError
 
-        raise RobenchError("--junit and --summary report a gate: give --gate GATES.yaml and/or --baseline too")
-    gate = prepare_gate(gate_rules, baseline, junit, summary) if gate_rules or baseline else None
+        raise RobenchError("--junit and --summary report a gate: give --rules GATES.yaml and/or --baseline too")
+    gate = prepare_gate(rules_path, baseline_path, junit, summary) if rules_path or baseline_path else None
     suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop, eps_unit)
     cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
                      tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)

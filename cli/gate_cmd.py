@@ -1,4 +1,4 @@
-"""`robench gate`: the CI regression gate over a results file (also used by `robench eval --gate`)."""
+"""`robench gate`: the CI regression gate over a results file (also used by `robench eval --rules`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from robench.render.console import console
+
+from .options import gate_options
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
 
 
 def check_planned_rows(plan: GatePlan, cfg: Any) -> None:
-    """eval --gate: every rule must match a row the run (an EvalConfig) will write, before any work.
+    """eval --rules: every rule must match a row the run (an EvalConfig) will write, before any work.
 
     A max_drop rule must also find one of them in the baseline.
     """
@@ -101,14 +103,7 @@ def _inputs(plan: GatePlan, name: str) -> str:
 
 @click.command("gate")
 @click.argument("results", type=click.Path(path_type=Path), metavar="RESULTS.json")
-@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path), metavar="BASELINE.json",
-              help="Results to compare with (never written by the gate; see 'robench baseline update').")
-@click.option("--rules", "rules_path", type=click.Path(path_type=Path), metavar="GATES.yaml",
-              help="Gate rules. Default: max_drop 0.02 on top1 of every row (needs --baseline).")
-@click.option("--junit", type=click.Path(path_type=Path), metavar="FILE.xml",
-              help="Write JUnit XML: one testcase per (rule, row); - for stdout (with -q: nothing else).")
-@click.option("--summary", type=click.Path(path_type=Path), metavar="FILE.md",
-              help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY or a PR comment); - for stdout.")
+@gate_options()
 @click.option("-q", "--quiet", is_flag=True, help="No table.")
 def gate_command(results: Path, baseline_path: Path | None, rules_path: Path | None, junit: Path | None,
                  summary: Path | None, quiet: bool) -> None:

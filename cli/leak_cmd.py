@@ -32,8 +32,8 @@ from .options import (
 @run_options
 @resume_option
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
-              show_default=True, help="Family-wise error rate of a LEAK verdict, per model.")
-@click.option("--margin", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              show_default=True, metavar="X", help="Family-wise error rate of a LEAK verdict, per model.")
+@click.option("--margin", type=click.FloatRange(0, 1), default=0.02, show_default=True, metavar="X",
               help="Largest gap (accuracy share) an OK verdict tolerates.")
 @click.option("--fail-on-leak", is_flag=True, help="Exit 1 when any model leaks (for CI).")
 @out_option()

@@ -19,6 +19,8 @@ import click
 from robench import __version__
 from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError, Terminated
 
+from .options import option_of
+
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -37,15 +39,16 @@ OPTIONS = {  # field -> option, where the option is not the field's name in dash
 }
 
 
-def option(field: str) -> str:
+def option(field: str, command: click.Command | None = None) -> str:
     """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``).
 
+    The command's own option for the field comes first: train's --image-size sets ``input_size``.
     A name the CLI gave a library call itself (an argument's metavar such as ``BASELINE``, or ``-o``)
     is already the user's word and stays as it is.
     """
     if not field.isidentifier() or field.isupper():
         return field
-    return OPTIONS.get(field, "--" + field.replace("_", "-"))
+    return option_of(command, field) or OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
 def _fail(message: str, code: int) -> None:
@@ -77,6 +80,14 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 class RobenchGroup(click.Group):
     """A Click group that maps every failure onto robench's exit codes, one line each."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a FieldError leaves naming the command's own option for its field."""
+        try:
+            return super().invoke(ctx)
+        except FieldError as e:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise RobenchError(e.named(option(e.field, command), lambda other: option(other, command))) from e
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:

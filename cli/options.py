@@ -1,4 +1,14 @@
-"""Options shared by the commands that evaluate models, declared once."""
+"""Options shared by the commands, declared once, and the rules every option follows.
+
+One name, one meaning: an option name means the same thing, with the same type, metavar and
+multiplicity, in every command that takes it (tests/test_cli_options.py walks the commands). A
+shared option may take per-command help where its meaning shifts (train's --data is training data).
+
+Metavars, one style: N a whole number, X a real number, EPS one eps as --eps reads it, LIST
+comma-separated values, FILE a file (FILE.csv, GATES.yaml where one format is meant), DIR a folder,
+NAME a name, DEVICE a device, SPEC a model spec; a choice lists its values, and a number's range is shown in
+--help.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-MODEL_SPEC = (
-    "[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...] (repeatable). MODEL: a timm name, a robench .safetensors file, "
-    "zoo:NAME, or a factory FILE.py:CALLABLE or package.module:CALLABLE (this imports and runs that code). "
-    "KEY sets this model's input: mean, std, input-size (C,H,W), interpolation, crop-pct; quote the spec, "
-    "e.g. 'lenet.py:LeNet@w.pth?mean=0.1307&std=0.3081'."
+from robench.models.preprocess import INTERPOLATIONS
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+MODEL_SPEC = (  # the grammar's one description (robench.models.spec parses it); the docs take it from --help
+    "[LABEL=]MODEL[@CHECKPOINT][?KEY=VALUE&...] (repeatable). LABEL names the model in tables and results "
+    "(default: the name, callable or file stem). MODEL: a timm name (NAME.TAG for hub weights), a robench "
+    ".safetensors file, zoo:NAME, or a factory FILE.py:CALLABLE or package.module:CALLABLE (this imports and runs "
+    "that code); a text ending in .safetensors, .pth, .pth.tar, .pt or .bin, or holding a slash, is a path. "
+    "CHECKPOINT: weights for MODEL, read without running code. KEY sets this model's input: mean, std, "
+    "input-size (C,H,W), interpolation, crop-pct; quote the spec, e.g. 'lenet.py:LeNet@w.pth?mean=0.1307&std=0.3081'."
 )
 
+# The library's limits, repeated here because robench.run.runspec imports torch and `robench --help` must stay fast;
+# tests/test_cli_options.py checks every range against the library's own checks, which stay as they are.
+MAX_SEED = 2**63 - 1
+MAX_BATCH = 2**20
+MAX_THREADS = 1024
+MAX_WORKERS = 256
+CLASS_ORDERS = ("natural", "lexical")  # robench.data.classes.CLASS_ORDERS (the same test checks it)
 
-def model_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+
+def model_option(default: str) -> Decorator:
     """-m/--model SPEC (repeatable), one help text for every command; ``default`` says what no -m evaluates."""
     return click.option("-m", "--model", "models", multiple=True, metavar="SPEC", help=f"{MODEL_SPEC} {default}")
 
@@ -29,48 +54,74 @@ def zoo_default_text() -> str:
     return f"Default: {', '.join(names[:-1])} and {names[-1]}, together (see `robench zoo list`)."
 
 
-_RUN_OPTIONS = {
-    "data": click.option("-d", "--data", metavar="DATA",
-                         help="digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME. "
-                              "Default: the dataset the models' checkpoints say they trained on, else digits."),
-    "limit": click.option("--limit", type=int, metavar="N",
-                          help="Use N samples, drawn by a seeded permutation. Default: all of the split (evaluating: "
-                               "the test split, digits: 360 images)."),
-    "seed": click.option("--seed", type=int, default=0, show_default=True,
-                         help="Seed for sample choice and random starts (train: and the weights)."),
-    "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True),
-    "device": click.option("--device", default="auto", show_default=True,
-                           help="auto, cpu, cuda, cuda:N or mps; under torchrun each process takes cuda:LOCAL_RANK."),
-    "pretrained": click.option("--pretrained", is_flag=True,
-                               help="Load hub weights for NAME (needs network or a warm cache)."),
-    "workers": click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                            help="Data-loading worker processes for image folders."),
-    "threads": click.option("--threads", type=click.IntRange(min=1), metavar="N",
-                            help="torch intra-op threads (default: torch's own). On a shared or busy machine "
-                                 "use 1 or the number of free cores."),
-    "skip_bad_images": click.option("--skip-bad-images", is_flag=True,
-                                    help="Leave unreadable images out, listed in the results, instead of stopping."),
+Declared = tuple[tuple[str, ...], dict[str, Any]]  # a click.option's names and settings
+
+_RUN_OPTIONS: dict[str, Declared] = {
+    "data": (("-d", "--data"), {
+        "metavar": "DATA",
+        "help": "digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME. "
+                "Default: the dataset the models' checkpoints say they trained on, else digits."}),
+    "limit": (("--limit",), {
+        "type": click.IntRange(min=1), "metavar": "N",
+        "help": "Use N samples of the test split, drawn by a seeded permutation. Default: all of them "
+                "(digits: 360 images)."}),
+    "seed": (("--seed",), {
+        "type": click.IntRange(0, MAX_SEED), "default": 0, "show_default": True, "metavar": "N",
+        "help": "Seed for sample choice and random starts."}),
+    "batch_size": (("--batch-size",), {
+        "type": click.IntRange(1, MAX_BATCH), "default": 100, "show_default": True, "metavar": "N"}),
+    "device": (("--device",), {
+        "default": "auto", "show_default": True, "metavar": "DEVICE",
+        "help": "auto, cpu, cuda, cuda:N or mps; under torchrun each process takes cuda:LOCAL_RANK."}),
+    "pretrained": (("--pretrained",), {
+        "is_flag": True, "help": "Load hub weights for NAME (needs network or a warm cache)."}),
+    "workers": (("--workers",), {
+        "type": click.IntRange(0, MAX_WORKERS), "default": 0, "show_default": True, "metavar": "N",
+        "help": "Data-loading worker processes for image folders."}),
+    "threads": (("--threads",), {
+        "type": click.IntRange(1, MAX_THREADS), "metavar": "N",
+        "help": "torch intra-op threads (default: torch's own). On a shared or busy machine use 1 or the number "
+                "of free cores."}),
+    "skip_bad_images": (("--skip-bad-images",), {
+        "is_flag": True, "help": "Leave unreadable images out, listed in the results, instead of stopping."}),
     # the model's input (robench.models.preprocess): every model's; a spec's own ?key=value wins
-    "mean": click.option("--mean", metavar="LIST",
-                         help="Normalization mean of every model, one per channel or one for all, e.g. 0.1307. "
-                              "Per model: SPEC?mean=0.1307&std=0.3081."),
-    "std": click.option("--std", metavar="LIST", help="Normalization std of every model (as --mean)."),
-    "input_size": click.option("--input-size", metavar="C,H,W",
-                               help="Input of every model, e.g. 1,28,28 (C 1 gives timm models in_chans=1)."),
-    "interpolation": click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]),
-                                  help="Resize interpolation of every model."),
-    "crop_pct": click.option("--crop-pct", metavar="SHARE",
-                             help="Center-crop share of every model's resized image, in (0, 1]."),
-    "class_order": click.option("--class-order", type=click.Choice(["natural", "lexical"]), default="natural",
-                                show_default=True,
-                                help="How an image folder numbers its class folders: natural (timm: 1, 2, 10) or "
-                                     "lexical (torchvision's ImageFolder: 1, 10, 2). A checkpoint's recorded classes "
-                                     "and --classes come first."),
-    "classes": click.option("--classes", type=click.Path(dir_okay=False), metavar="FILE",
-                            help="Class names in index order, one a line: numbers an image folder's class folders "
-                                 "(every folder must be named; over checkpoints' recorded classes)."),
+    "mean": (("--mean",), {
+        "metavar": "LIST",
+        "help": "Normalization mean of every model, one per channel or one for all, e.g. 0.1307. "
+                "Per model: SPEC?mean=0.1307&std=0.3081."}),
+    "std": (("--std",), {"metavar": "LIST", "help": "Normalization std of every model (as --mean)."}),
+    "input_size": (("--input-size",), {
+        "metavar": "C,H,W", "help": "Input of every model, e.g. 1,28,28 (C 1 gives timm models in_chans=1)."}),
+    "interpolation": (("--interpolation",), {
+        "type": click.Choice(INTERPOLATIONS), "help": "Resize interpolation of every model."}),
+    "crop_pct": (("--crop-pct",), {
+        "type": click.FloatRange(0, 1, min_open=True), "metavar": "X",
+        "help": "Center-crop share of every model's resized image."}),
+    "class_order": (("--class-order",), {
+        "type": click.Choice(CLASS_ORDERS), "default": "natural", "show_default": True,
+        "help": "How an image folder numbers its class folders: natural (timm: 1, 2, 10) or lexical (torchvision's "
+                "ImageFolder: 1, 10, 2). A checkpoint's recorded classes and --classes come first."}),
+    "classes": (("--classes",), {
+        "type": click.Path(dir_okay=False), "metavar": "FILE",
+        "help": "Class names in index order, one a line: numbers an image folder's class folders (every folder must "
+                "be named; over checkpoints' recorded classes)."}),
 }
 PREPROCESS = ("mean", "std", "input_size", "interpolation", "crop_pct")  # options that make RunSpec.preprocess
+
+_GATE_OPTIONS: dict[str, Declared] = {  # robench gate's, which eval takes to gate its results in memory
+    "baseline": (("--baseline", "baseline_path"), {
+        "type": click.Path(path_type=Path), "metavar": "BASELINE.json",
+        "help": "Results to compare with (never written by the gate; see 'robench baseline update')."}),
+    "rules": (("--rules", "rules_path"), {
+        "type": click.Path(path_type=Path), "metavar": "GATES.yaml",
+        "help": "Gate rules. Default: max_drop 0.02 on top1 of every row (needs --baseline)."}),
+    "junit": (("--junit",), {
+        "type": click.Path(path_type=Path), "metavar": "FILE.xml",
+        "help": "Write JUnit XML: one testcase per (rule, row); - for stdout (with -q: nothing else)."}),
+    "summary": (("--summary",), {
+        "type": click.Path(path_type=Path), "metavar": "FILE.md",
+        "help": "Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY or a PR comment); - for stdout."}),
+}
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,14 +129,81 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return shared_options(*_RUN_OPTIONS)(command)
 
 
-def shared_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add these run options (by field name), declared once for every command that takes them."""
+def gate_options(**changes: dict[str, Any]) -> Decorator:
+    """Add robench gate's --baseline, --rules, --junit and --summary (``changes``: per-command settings)."""
+    return shared_options(*_GATE_OPTIONS, **changes)
+
+
+def shared_options(*names: str, **changes: dict[str, Any]) -> Decorator:
+    """Add these shared options (by field name), declared once; ``changes`` gives one its per-command settings.
+
+    Help, default and range may differ by command (train's --data is its training data); the name, metavar and
+    multiplicity may not.
+    """
+    unknown = set(changes) - set(names)
+    if unknown:
+        raise ValueError(f"settings for options not added: {', '.join(sorted(unknown))}")
+
     def add(command: Callable[..., Any]) -> Callable[..., Any]:
         for name in reversed(names):
-            command = _RUN_OPTIONS[name](command)
+            decls, attrs = {**_RUN_OPTIONS, **_GATE_OPTIONS}[name]
+            command = click.option(*decls, **{**attrs, **changes.get(name, {})})(command)
         return command
 
     return add
+
+
+class RobenchCommand(click.Command):
+    """A command whose renamed options keep their old names for one release: hidden, with a one-line warning.
+
+    ``renamed`` maps each old name to the new option's parameter name, e.g. {"--input-size": "input_size"}
+    for train's --image-size. The old name takes the new option's type, so it is checked the same way.
+    """
+
+    def __init__(self, *args: Any, renamed: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        targets = {p.name: p for p in self.params}
+        for old, name in (renamed or {}).items():
+            new = targets[name]
+            assert isinstance(new, click.Option) and not new.is_flag, f"{old}: only a value option can be renamed"
+            self.params.append(OldName(old, new))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        for param in self.params:
+            if isinstance(param, OldName):
+                param.pass_on(ctx)
+        return rest
+
+
+class OldName(click.Option):
+    """A renamed option's old name: hidden from --help; given, it warns once and its value goes to the new one."""
+
+    def __init__(self, old: str, new: click.Option) -> None:
+        super().__init__([old, f"old_{new.name}"], type=new.type, multiple=new.multiple, nargs=new.nargs,
+                         callback=new.callback, metavar=new.metavar, hidden=True)
+        self.old, self.new = old, new
+
+    def pass_on(self, ctx: click.Context) -> None:
+        """Move the old name's value to the new option (parsed): given both, it is a usage error."""
+        assert self.name is not None and self.new.name is not None
+        value = ctx.params.pop(self.name, None)
+        if ctx.get_parameter_source(self.name) is not ParameterSource.COMMANDLINE:
+            return
+        new = max(self.new.opts, key=len)
+        if ctx.get_parameter_source(self.new.name) is ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{self.old} is the old name of {new}; give {new} only", ctx)
+        click.echo(f"robench: warning: {self.old} is deprecated; use {new}", err=True)
+        ctx.params[self.new.name] = value
+        ctx.set_parameter_source(self.new.name, ParameterSource.COMMANDLINE)
+
+
+def option_of(command: click.Command | None, field: str) -> str | None:
+    """The option of ``command`` that sets a config field (train's --image-size sets input_size); None if none."""
+    for param in command.params if command is not None else ():
+        if isinstance(param, click.Option) and not param.hidden and param.name == field:
+            return max(param.opts, key=len)
+    return None
 
 
 def run_spec(**options: Any) -> Any:
@@ -94,6 +212,8 @@ def run_spec(**options: Any) -> Any:
     from robench.run.runspec import RunSpec
 
     texts = {name: options.pop(name, None) for name in PREPROCESS}
+    if texts["crop_pct"] is not None:  # a number (it has a range); Preprocess reads text, as a spec's ?crop-pct=
+        texts["crop_pct"] = repr(texts["crop_pct"])
     return RunSpec(preprocess=Preprocess.from_text(**texts), **options)
 
 
@@ -146,8 +266,10 @@ def eps_value(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return None if value is None else parse_eps(value, param.opts[0])
 
 
+EPS_UNITS = ("1/255", "pixel")  # robench.attacks.suite.parse_eps's units
+
 eps_unit_option = click.option(
-    "--eps-unit", type=click.Choice(["1/255", "pixel"]), default="1/255", show_default=True,
+    "--eps-unit", type=click.Choice(EPS_UNITS), default="1/255", show_default=True,
     help="What a plain --eps number means: 1/255 units (8 is 8/255) or a fraction of the pixel range (0.03).")
 
 

@@ -43,8 +43,8 @@ def write_report(results: tuple[Path, ...], out: Path) -> list[Path]:
 
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RESULTS.json...")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), metavar="REPORT.md|REPORT.html",
-              help="The report: .md (PNG figures in REPORT_files/ beside it) or .html (one file, inline SVG).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="The report: FILE.md (PNG figures in FILE_files/ beside it) or FILE.html (one file, inline SVG).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not list the files written.")
 def report_command(results: tuple[Path, ...], out: Path, quiet: bool) -> None:
     """Write one report from results files of eval, transfer-matrix and leak-check.

@@ -12,7 +12,7 @@ KINDS = ("results",)
 
 @click.command("schema")
 @click.argument("kind", type=click.Choice(KINDS), default="results")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Write the schema to this .json file instead of stdout.")
 def schema_command(kind: str, out: Path | None) -> None:
     """Print the JSON Schema of a robench file (KIND: results, the --out FILE.json of eval,

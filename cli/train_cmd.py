@@ -6,38 +6,62 @@ from pathlib import Path
 
 import click
 
+from robench.models.preprocess import MAX_SIDE
+from robench.models.recipe import EPS_DISTS, LABELS, TRAIN_ATTACKS
 from robench.render.console import console, epoch_bar, warn
 
-from .options import eps_value, shared_options
+from .options import MAX_BATCH, RobenchCommand, eps_value, shared_options
+
+MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_options.py checks it)
 
 
-@click.command("train")
-@click.option("--arch", default="test_resnet", show_default=True,
+@click.command("train", cls=RobenchCommand, renamed={"--input-size": "input_size", "--attack": "attack"})
+@click.option("--arch", default="test_resnet", show_default=True, metavar="NAME",
               help="A timm architecture name, or a factory FILE.py:CALLABLE or package.module:CALLABLE taking "
                    "num_classes= (runs that code).")
-@shared_options("data", "limit", "seed", "device", "threads", "class_order", "classes")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE.safetensors",
-              help="Checkpoint to write (rewritten after every epoch).")
-@click.option("--attack", default="step_ll", show_default=True,
-              help="step_ll | fgsm | bim | pgd | none (plain training).")
-@click.option("--label", default="true", show_default=True,
+@shared_options(
+    "data", "limit", "seed", "device", "threads", "class_order", "classes",
+    data={"help": "Training data: digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME "
+                  "(its train split; test accuracy is measured on its test split, or see --val-fraction). "
+                  "Default: digits."},
+    limit={"help": "Train on N samples of the train split, drawn by a seeded permutation. Default: all of them."},
+    seed={"help": "Seed for the initial weights, sample choice, minibatch order, eps draws and random starts."},
+    class_order={"help": "How an image folder numbers its class folders: natural (timm: 1, 2, 10) or lexical "
+                         "(torchvision's ImageFolder: 1, 10, 2); --classes comes first. The checkpoint records "
+                         "the numbering."},
+    classes={"help": "Class names in index order, one a line: numbers the image folder's class folders (every "
+                     "folder must be named); the checkpoint records them."},
+)
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE",
+              help="Checkpoint to write, a .safetensors file (rewritten after every epoch).")
+@click.option("--train-attack", "attack", type=click.Choice(TRAIN_ATTACKS), default="step_ll", show_default=True,
+              help="The attack crafting the adversarial examples (none: plain training).")
+@click.option("--label", type=click.Choice(LABELS), default="true", show_default=True,
               help="fgsm/bim/pgd: craft with true or predicted labels (true labels leak).")
-@click.option("--adv-fraction", type=float, default=0.5, show_default=True, help="Share of each minibatch replaced.")
-@click.option("--lam", type=float, default=0.3, show_default=True, help="Weight of the adversarial loss.")
-@click.option("--eps-max", default="16", show_default=True, callback=eps_value,
+@click.option("--adv-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True, metavar="X",
+              help="Share of each minibatch replaced.")
+@click.option("--lam", type=click.FloatRange(min=0), default=0.3, show_default=True, metavar="X",
+              help="Weight of the adversarial loss.")
+@click.option("--eps-max", default="16", show_default=True, callback=eps_value, metavar="EPS",
               help="Largest eps in 1/255 units (16, 16/255 or 0.063px; a plain number below 1 is refused).")
-@click.option("--eps-sigma", default="8", show_default=True, callback=eps_value,
+@click.option("--eps-sigma", default="8", show_default=True, callback=eps_value, metavar="EPS",
               help="Sigma of the folded normal, in 1/255 units like --eps-max.")
-@click.option("--eps-dist", type=click.Choice(["folded_normal", "fixed"]), default="folded_normal", show_default=True,
+@click.option("--eps-dist", type=click.Choice(EPS_DISTS), default="folded_normal", show_default=True,
               help="Each adversarial example's eps: the paper's folded normal, or --eps-max for every example "
                    "(the fixed-eps FGSM training of the catastrophic-overfitting literature).")
-@click.option("--steps", type=int, default=5, show_default=True, help="bim/pgd steps per example.")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--input-size", type=int, default=32, show_default=True, help="Training resolution in pixels.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=5, show_default=True, metavar="N",
+              help="bim/pgd steps per example.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
+@shared_options("batch_size", batch_size={
+    "type": click.IntRange(2, MAX_BATCH), "default": 64,
+    "help": "Minibatch size; under torchrun the global batch, shared among the processes (at least 2 each)."})
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, metavar="X",
+              help="AdamW learning rate.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="X")
+@click.option("--image-size", "input_size", type=click.IntRange(8, MAX_SIDE), default=32, show_default=True,
+              metavar="N", help="Training resolution: the side of the square image in pixels (timm's --img-size).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              metavar="X",
               help="An image folder without a val/ split: the seeded share held out to measure test accuracy "
                    "(0: measure on the training images, said in the output and the checkpoint).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -55,8 +79,8 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
 
     \b
     Examples:
-      robench train --arch test_resnet --attack step_ll --out stepll.safetensors
-      robench train --attack none --out baseline.safetensors
+      robench train --arch test_resnet --train-attack step_ll --out stepll.safetensors
+      robench train --train-attack none --out baseline.safetensors
       torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
     from robench.core.distributed import session

@@ -29,8 +29,8 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.command("transfer-matrix")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @model_option(zoo_default_text())
-@click.option("--sources", metavar="LABELS", help="Comma-separated labels crafting examples. Default: every model.")
-@click.option("--targets", metavar="LABELS", help="Comma-separated labels scoring them. Default: every model.")
+@click.option("--sources", metavar="LIST", help="Comma-separated labels crafting examples. Default: every model.")
+@click.option("--targets", metavar="LIST", help="Comma-separated labels scoring them. Default: every model.")
 @suite_options
 @run_options
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",

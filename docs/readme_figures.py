@@ -1,9 +1,10 @@
-"""Regenerate the README's measured figures, or check that the README still matches them.
+"""Regenerate the measured figures of the README and the docs pages, or check that they still match.
 
-Each generated block sits in README.md between ``<!-- figures:NAME -->`` and
-``<!-- /figures:NAME -->``. ``--write`` replaces the blocks with fresh output; ``--check``
-recomputes them and exits 1, with a diff, when the README's text around the figures differs
-or a figure lies outside its tolerance.
+Each generated block sits, once, in README.md or one of docs/*.md, between
+``<!-- figures:NAME -->`` and ``<!-- /figures:NAME -->``; a block may move between those
+pages and is found wherever it is. ``--write`` replaces the blocks with fresh output;
+``--check`` recomputes them and exits 1, with a diff, when the text around the figures
+differs or a figure lies outside its tolerance.
 
 Floating-point results differ across CPU kinds and thread counts, and one flipped sample is
 what a different machine gives, so figures are compared within one sample's worth, never
@@ -14,17 +15,17 @@ within 1; a transfer rate within 100 over its own denominator (n_fooled_source);
 rates within the most one sample flipping on one model can move it (``_rate_tol``). Where
 robust sources fool a handful of samples that is tens of points: those means are that
 unstable. Spaces and table rules may change width with the figures; other text must match.
-Everything runs on one CPU thread, as the README says.
+Everything runs on one CPU thread, as the pages say.
 
 Fast blocks (the CI test runs them, about a minute on one thread): ``eval-default`` and
 ``eval-finding`` (``robench eval``), ``leak-zoo`` (``robench leak-check``) and
-``transfer-fgsm16`` (fgsm at eps 16 of the README's ``robench transfer-matrix`` on four zoo
+``transfer-fgsm16`` (fgsm at eps 16 of the documented ``robench transfer-matrix`` on four zoo
 models; per-sample outcomes do not depend on the other attacks or eps, so only that part
 runs). Slow blocks (``--all``, about five CPU-minutes more): ``zoo-table`` (``robench eval
 zoo:... --eps 8,16`` on the six zoo models), ``transfer-summary`` and ``transfer-finding``
 (the whole transfer matrix). Figures from bench/ scripts (AutoAttack, capacity, overhead
 ratios, the leak search) take minutes to hours and are not generated here; ``ELSEWHERE``
-lists them with the command the README names beside each. Not generated either: prose that
+lists them with the command the pages name beside each. Not generated either: prose that
 repeats a table's figures (the zoo findings, the transfer bullet's 1.9 points over 240
 cells) and the one --threads timing (196 s against 30 s).
 
@@ -46,15 +47,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-N_DIGITS = 360  # the digits test split, every README figure's n
+REPO = Path(__file__).resolve().parents[1]
+N_DIGITS = 360  # the digits test split, every generated figure's n
 ROUNDING = 0.1  # both sides printed to one decimal
 NUMBER = r"[-+]?\d+(?:\.\d+)?"
 FIGURE = re.compile(r"\x00([^\x01]*)\x01([^\x02]*)\x02")  # a figure and its tolerance, as generators mark them
 ZOO_MODELS = ("effnet-base", "effnet-stepll", "effnet-fgsm-true", "effnet-fgsm-pred", "resnet-base", "resnet-stepll")
 TRANSFER_MODELS = ("effnet-base", "effnet-stepll", "resnet-base", "resnet-stepll")
 LEAK_ROWS = (("effnet-fgsm-true", 8), ("effnet-fgsm-true", 16), ("effnet-fgsm-pred", 8), ("effnet-stepll", 8))
-ELSEWHERE = (  # README figures not generated here: what they are, and the command the README names beside them
+ELSEWHERE = (  # figures not generated here: what they are, and the command the pages name beside them
     ("AutoAttack table and its cost ratios", "python bench/autoattack.py --table"),
     ("paper suite and early stopping against torchattacks", "bench/early_stop.py"),
     ("capacity table", "bench/capacity.py"),
@@ -79,7 +80,7 @@ def pct_tol(n: int) -> float:
 
 
 def plain(marked: str) -> str:
-    """The README text of a generated block: the figure marks removed."""
+    """The page text of a generated block: the figure marks removed."""
     return FIGURE.sub(lambda m: m.group(1), marked)
 
 
@@ -161,9 +162,10 @@ def eval_finding_block() -> str:
     return (f"The paper's first finding holds here: the step l.l.-trained model keeps {t('stepll', 'fgsm')}% top-1\n"
             f"under FGSM and {t('stepll', 'step_ll')}% under step l.l. at eps 8/255, where the baseline keeps "
             f"{t('base', 'fgsm')}% and\n{t('base', 'step_ll')}%, and {t('stepll', 'worst')}% in the worst case, "
-            f"where the baseline keeps {t('base', 'worst')}% (AutoAttack's verdict\nis below, in \"Robust "
-            "accuracy\"). The paper's second observation, that this advantage shrinks under iterative\n"
-            "attacks, does not reproduce on this small task; see \"Training and the zoo\".")
+            f"where the baseline keeps {t('base', 'worst')}% (AutoAttack's verdict\nis in "
+            "[Robust accuracy](docs/robust-accuracy.md)). The paper's second observation, that this advantage\n"
+            "shrinks under iterative attacks, does not reproduce on this small task; see\n"
+            "[Training and the zoo](docs/training.md#the-zoo).")
 
 
 def zoo_table_block() -> str:
@@ -192,7 +194,7 @@ def _gap(r: Any, name: str, tol: float) -> str:
 
 
 def leak_block() -> str:
-    """The README's rows of ``robench leak-check``'s table (its verdicts come from every eps)."""
+    """The documented rows of ``robench leak-check``'s table (its verdicts come from every eps)."""
     rows = leak_default().rows
     head = ["model", "eps", "clean", "fgsm true", "fgsm pred", "step_ll", "leak_gap", "adv - clean", "verdict"]
     lines = [_md_row(head), _rule(len(head))]
@@ -319,7 +321,7 @@ def transfer_finding_block() -> str:
 
 @dataclass(frozen=True)
 class Block:
-    """A README block: its name, its generator and whether the CI test runs it."""
+    """A generated block: its name, its generator and whether the CI test runs it."""
 
     name: str
     generate: Callable[[], str]
@@ -337,24 +339,39 @@ BLOCKS = (
 )
 
 
-# ---------------------------------------------------------------- README blocks: read, compare, write
+# ---------------------------------------------------------------- blocks in the pages: find, read, compare, write
+
+
+def pages() -> list[Path]:
+    """The files that may hold blocks: the README and the docs site's pages."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def _span(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- figures:{re.escape(name)} -->\n)(.*?)(\n<!-- /figures:{re.escape(name)} -->)", re.S)
 
 
-def readme_block(text: str, name: str) -> str:
-    """The README's current text of block ``name``."""
+def locate(name: str) -> Path:
+    """The one page that holds block ``name``."""
+    found = [page for page in pages() if _span(name).search(page.read_text(encoding="utf-8"))]
+    if len(found) != 1:
+        where = ", ".join(str(p.relative_to(REPO)) for p in found) or "none of README.md and docs/*.md"
+        raise SystemExit(f"block {name} must be in one page, found in {where}: "
+                         f"<!-- figures:{name} --> ... <!-- /figures:{name} -->")
+    return found[0]
+
+
+def page_block(text: str, name: str) -> str:
+    """A page's current text of block ``name``."""
     found = _span(name).search(text)
     if found is None:
-        raise SystemExit(f"README.md has no block {name}: add <!-- figures:{name} --> ... <!-- /figures:{name} -->")
+        raise SystemExit(f"no block {name}: add <!-- figures:{name} --> ... <!-- /figures:{name} -->")
     return found.group(2)
 
 
 def replace_block(text: str, name: str, new: str) -> str:
     """``text`` with block ``name`` replaced by ``new``."""
-    readme_block(text, name)
+    page_block(text, name)
     return _span(name).sub(lambda m: m.group(1) + new + m.group(3), text, count=1)
 
 
@@ -373,18 +390,18 @@ def _loose(text: str) -> str:
     return re.sub(r"([━─])+", lambda m: f"{m.group(1)}+", out)
 
 
-def compare(readme: str, marked: str) -> list[str]:
-    """Why the README's block differs from the generated one: text outside figures, or figures beyond tolerance."""
-    found = _pattern(marked).match(readme)
+def compare(written: str, marked: str) -> list[str]:
+    """Why a page's block differs from the generated one: text outside figures, or figures beyond tolerance."""
+    found = _pattern(marked).match(written)
     if found is None:
-        diff = difflib.unified_diff(readme.splitlines(), plain(marked).splitlines(), "README.md", "generated",
+        diff = difflib.unified_diff(written.splitlines(), plain(marked).splitlines(), "written", "generated",
                                     lineterm="")
         return ["text differs:", *diff]
     problems = []
     for i, (have, (new, tol)) in enumerate(zip(found.groups(), FIGURE.findall(marked), strict=True), start=1):
         if abs(float(have) - float(new)) > float(tol) + 1e-9:
-            line = readme.count("\n", 0, found.start(i)) + 1
-            problems.append(f"figure {i} (block line {line}): README {have}, generated {new} (tolerance {tol})")
+            line = written.count("\n", 0, found.start(i)) + 1
+            problems.append(f"figure {i} (block line {line}): written {have}, generated {new} (tolerance {tol})")
     return problems
 
 
@@ -396,32 +413,43 @@ def chosen_blocks(names: list[str], every: bool) -> list[Block]:
     return [b for b in BLOCKS if b.name in names or (not names and (every or b.fast))]
 
 
-def check(blocks: list[Block], text: str) -> bool:
-    """Print each block's verdict and problems; True when all match."""
+def check(blocks: list[Block]) -> bool:
+    """Print each block's page, verdict and problems; True when all match."""
     ok = True
     for block in blocks:
-        problems = compare(readme_block(text, block.name), block.generate())
-        print(f"{block.name}: {'DIFFERS' if problems else 'ok'}", *(f"  {p}" for p in problems), sep="\n")
+        page = locate(block.name)
+        problems = compare(page_block(page.read_text(encoding="utf-8"), block.name), block.generate())
+        print(f"{block.name} ({page.relative_to(REPO)}): {'DIFFERS' if problems else 'ok'}",
+              *(f"  {p}" for p in problems), sep="\n")
         ok &= not problems
     return ok
 
 
+def write(blocks: list[Block]) -> None:
+    """Replace each block, in whichever page holds it, with fresh output."""
+    texts: dict[Path, str] = {}
+    for block in blocks:
+        page = locate(block.name)
+        text = texts.get(page) or page.read_text(encoding="utf-8")
+        texts[page] = replace_block(text, block.name, plain(block.generate()))
+    for page, text in texts.items():
+        page.write_text(text, encoding="utf-8")
+        print(f"wrote {page.relative_to(REPO)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """--write or --check the README's blocks (the fast ones unless --all, or the named ones)."""
+    """--write or --check the blocks (the fast ones unless --all, or the named ones)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="replace the README blocks with fresh output")
+    mode.add_argument("--write", action="store_true", help="replace the blocks with fresh output")
     mode.add_argument("--check", action="store_true", help="exit 1 when a block differs beyond tolerance")
     parser.add_argument("--all", action="store_true", help="slow blocks too (a few minutes on one thread)")
     parser.add_argument("blocks", nargs="*", metavar="NAME", help="only these blocks")
     args = parser.parse_args(argv)
-    blocks, text = chosen_blocks(args.blocks, args.all), README.read_text()
+    blocks = chosen_blocks(args.blocks, args.all)
     if args.check:
-        return 0 if check(blocks, text) else 1
-    for block in blocks:
-        text = replace_block(text, block.name, plain(block.generate()))
-    README.write_text(text)
-    print(f"wrote {', '.join(b.name for b in blocks)} to {README}")
+        return 0 if check(blocks) else 1
+    write(blocks)
     return 0
 
 

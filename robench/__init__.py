@@ -5,6 +5,10 @@ stays fast: the library API below is imported on first use (PEP 562 ``__getattr_
 
     import robench
     result = robench.run_eval(robench.EvalConfig(models=("zoo:effnet-base",)))
+
+Training and gates are their own packages (``robench.train.train``, ``robench.gate.gate``): a
+package and a function cannot share the name ``robench.train``; nor can the deprecated module
+``robench.evaluate`` and ``robench.engine.evaluate``.
 """
 
 from __future__ import annotations
@@ -21,26 +25,23 @@ _API = {  # public name -> the module that defines it
     "TransferConfig": "robench.run.transfer", "TransferResult": "robench.run.transfer",
     "run_transfer": "robench.run.transfer",
     "LeakConfig": "robench.run.leak", "LeakResult": "robench.run.leak", "run_leak_check": "robench.run.leak",
-    "TrainConfig": "robench.models.recipe", "train": "robench.train.loop",
-    "gate": "robench.gate.judge", "load_results": "robench.results.read",
+    "TrainConfig": "robench.models.recipe", "load_results": "robench.results.read",
     "Suite": "robench.attacks.suite", "load_suite": "robench.attacks.suite", "parse_suite": "robench.attacks.suite",
     "override": "robench.attacks.suite",
     "Preprocess": "robench.models.preprocess", "load_model": "robench.models", "parse_spec": "robench.models",
-    "open_source": "robench.data", "evaluate": "robench.engine",
+    "open_source": "robench.data",
 }
 __all__ = [  # the same names as _API (a literal, so linters and type checkers read it)
     "__version__", "RobenchError", "FieldError", "RunSpec", "EvalConfig", "EvalResult", "run_eval", "TransferConfig",
-    "TransferResult", "run_transfer", "LeakConfig", "LeakResult", "run_leak_check", "TrainConfig", "train", "gate",
-    "load_results", "Suite", "load_suite", "parse_suite", "override", "Preprocess", "load_model", "parse_spec",
-    "open_source", "evaluate",
+    "TransferResult", "run_transfer", "LeakConfig", "LeakResult", "run_leak_check", "TrainConfig", "load_results",
+    "Suite", "load_suite", "parse_suite", "override", "Preprocess", "load_model", "parse_spec",
+    "open_source",
 ]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports on first use
     from robench.attacks.suite import Suite, load_suite, override, parse_suite
     from robench.data import open_source
-    from robench.engine import evaluate
     from robench.errors import FieldError, RobenchError
-    from robench.gate.judge import gate
     from robench.models import load_model, parse_spec
     from robench.models.preprocess import Preprocess
     from robench.models.recipe import TrainConfig
@@ -49,7 +50,6 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from robench.run.leak import LeakConfig, LeakResult, run_leak_check
     from robench.run.runspec import RunSpec
     from robench.run.transfer import TransferConfig, TransferResult, run_transfer
-    from robench.train.loop import train
 
 
 def __getattr__(name: str) -> Any:

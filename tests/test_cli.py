@@ -230,7 +230,7 @@ BAD_INPUTS = {
     "eps twice": (["--eps", "8,8"], ["--eps: eps 8 is given twice; give each eps once"]),
     "eps twice in two forms": (["--eps", "4,8.0,8/255"], ["--eps: eps 8 is given twice (8.0 and 8/255 are both 8"]),
     "limit too large": (["--limit", "100000"], ["--limit 100000 is more than the 360 samples", "--limit 360"]),
-    "limit zero": (["--limit", "0"], ["--limit must be a positive number"]),
+    "limit zero": (["--limit", "0"], ["'--limit': 0 is not in the range x>=1"]),
     "limit not an int": (["--limit", "many"], ["'--limit'", "not a valid integer"]),
     "num_classes mismatch": (["-m", "{root}/classes5.safetensors"], ["has 5 classes", "digits has 10"]),
     "duplicate labels": (["-m", "a=test_resnet", "-m", "a=test_efficientnet"], ["two models are labelled 'a'"]),
@@ -678,7 +678,7 @@ def test_train_records_the_folders_classes(numbered: dict[str, Path], tmp_path: 
 
     out = tmp_path / "m.safetensors"
     result = invoke("train", "--data", numbered["data"], "--class-order", "lexical", "--epochs", "1", "--batch-size",
-                    "2", "--input-size", "8", "--attack", "none", "-q", "-o", out)
+                    "2", "--image-size", "8", "--train-attack", "none", "-q", "-o", out)
     assert result.exit_code == 0, result.stderr
     meta = read_metadata(out)
     assert meta["classes"] == ["1", "10", "2"] and meta["recipe"]["class_order"] == "lexical"
@@ -778,7 +778,7 @@ CLOBBER = [  # (command line, the output's option, the input's option, the path 
     ("eval --out X.csv --baseline B.json --summary X.csv.meta.json", "--out X.csv", "--summary X.csv.meta.json",
      "both write to the same file"),
     ("eval --baseline B.json --out B.json", "--out B.json", "--baseline B.json", None),
-    ("eval --gate G.yaml --junit G.yaml", "--junit G.yaml", "--gate G.yaml", None),
+    ("eval --rules G.yaml --junit G.yaml", "--junit G.yaml", "--rules G.yaml", None),
     ("eval ./m.safetensors --baseline B.json --summary m.safetensors", "--summary m.safetensors", "MODEL m.safetensors",
      None),
     ("eval --attacks S.yaml --baseline B.json --junit S.yaml", "--junit S.yaml", "--attacks S.yaml", None),

@@ -330,7 +330,7 @@ def test_torchrun_train_writes_one_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "robench",
            "train", "--arch", "test_resnet", "--epochs", "1", "--limit", "258", "--batch-size", "64",
-           "--input-size", "16", "--out", str(out)]  # a last minibatch of 2: one example per rank, left out
+           "--image-size", "16", "--out", str(out)]  # a last minibatch of 2: one example per rank, left out
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr

@@ -122,8 +122,8 @@ def nets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The factories above in a .py file, and Net trained 3 epochs on digits (robench train) beside it."""
     root = tmp_path_factory.mktemp("nets")
     (root / "nets.py").write_text(NETS)
-    result = invoke("train", "--arch", f"{root / 'nets.py'}:Net", "--attack", "none", "--epochs", "3",
-                    "--input-size", "8", "--limit", "800", "--out", root / "net.safetensors", "-q")
+    result = invoke("train", "--arch", f"{root / 'nets.py'}:Net", "--train-attack", "none", "--epochs", "3",
+                    "--image-size", "8", "--limit", "800", "--out", root / "net.safetensors", "-q")
     assert result.exit_code == 0, result.stderr
     return root
 
@@ -412,8 +412,8 @@ def test_train_says_rgb_trains_a_one_channel_model_as_luminance(nets: Path, tmp_
         (tmp_path / "rgb" / str(c)).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (8, 8), (25 * c, 10 * i, 200)).save(tmp_path / "rgb" / str(c) / f"{i}.png")
-    result = invoke("train", "--arch", f"{nets / 'nets.py'}:Net", "--data", tmp_path / "rgb", "--attack", "none",
-                    "--epochs", "1", "--batch-size", "4", "--input-size", "8", "-q",
+    result = invoke("train", "--arch", f"{nets / 'nets.py'}:Net", "--data", tmp_path / "rgb", "--train-attack", "none",
+                    "--epochs", "1", "--batch-size", "4", "--image-size", "8", "-q",
                     "--out", tmp_path / "m.safetensors")
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("converted to luminance") == 1

@@ -520,7 +520,7 @@ def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:
     """effnet-base relabelled as the step l.l. model: eval --gate and gate both exit 1, with a readable summary."""
     cmds = workflow_commands(tmp_path)
     degraded = ["effnet-base=zoo:effnet-base", "effnet-stepll=zoo:effnet-base"]
-    r = invoke("eval", *degraded, *cmds["eval"], "-q", "--gate", CI / "gates.yaml", "--baseline", CI / "baseline.json")
+    r = invoke("eval", *degraded, *cmds["eval"], "-q", "--rules", CI / "gates.yaml", "--baseline", CI / "baseline.json")
     one_error_line(r, 1, "gate failed", "effnet-stepll fgsm")
     assert (tmp_path / "results.json").exists()  # results are written before the gate judges them
     r = invoke("gate", *cmds["gate"])
@@ -538,7 +538,7 @@ def test_eval_gate_bad_rules_fail_before_evaluating(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(robench.run.evaluate, "run_eval", lambda *a, **k: pytest.fail("evaluated despite bad rules"))
     bad = write(tmp_path / "gates.yaml", "- {min: 0.4, mx: 1}")
-    r = invoke("eval", "--gate", bad, "--out", tmp_path / "r.json")
+    r = invoke("eval", "--rules", bad, "--out", tmp_path / "r.json")
     one_error_line(r, 2, "gates.yaml line 1", "unknown key 'mx'")
     one_error_line(invoke("eval", "--baseline", tmp_path / "none.json"), 2, "baseline file not found")
     assert not (tmp_path / "r.json").exists()
@@ -550,7 +550,7 @@ def test_eval_gate_in_memory_passes(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     r = invoke("eval", *args, "--baseline", tmp_path / "b.json")
     assert r.exit_code == 0 and r.stderr == "", r.stderr
-    r = invoke("eval", *args[:-1], "--baseline", tmp_path / "b.json", "--gate", write(tmp_path / "g.yaml",
+    r = invoke("eval", *args[:-1], "--baseline", tmp_path / "b.json", "--rules", write(tmp_path / "g.yaml",
                "- {max_drop: 0}\n- {attack: fgsm, min: 0.5}"))
     assert r.exit_code == 1 and "robench gate: FAILED" in r.stdout and "robench eval" in r.stdout  # both tables
     last = r.stderr.strip().splitlines()[-1]  # after the progress bar
@@ -576,7 +576,7 @@ def test_eval_gate_checks_its_rules_before_any_work(tmp_path: Path) -> None:
     """A rule no row can match failed only after the whole evaluation (224 s in the report): now before it."""
     (tmp_path / "gates.yaml").write_text("rules:\n  - {model: vit, min: 0.5}\n")
     out = tmp_path / "r.json"
-    r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--gate", tmp_path / "gates.yaml",
+    r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--rules", tmp_path / "gates.yaml",
                "--out", out)
     one_error_line(r, 2, "gates.yaml line 2", "matches nothing this eval will write", "model resnet-base",
                    "attack clean, fgsm, worst")
@@ -606,7 +606,7 @@ def test_eval_baseline_of_other_samples_or_rows_fails_before_any_attack(tmp_path
 def test_eval_gate_writes_summary_and_junit(tmp_path: Path) -> None:
     (tmp_path / "gates.yaml").write_text("rules:\n  - {model: resnet-base, attack: clean, min: 0.5}\n")
     r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "20", "-q", "--no-health",
-               "--gate", tmp_path / "gates.yaml", "--summary", tmp_path / "s.md", "--junit", tmp_path / "j.xml")
+               "--rules", tmp_path / "gates.yaml", "--summary", tmp_path / "s.md", "--junit", tmp_path / "j.xml")
     assert r.exit_code == 0, r.stderr
     assert "resnet-base" in (tmp_path / "s.md").read_text() and "<testcase" in (tmp_path / "j.xml").read_text()
     one_error_line(invoke("eval", "--summary", tmp_path / "x.md"), 2, "--junit and --summary report a gate")

@@ -214,13 +214,16 @@ def test_all_nan_model_is_a_finding_that_fails_a_strict_gate(tmp_path: Path) -> 
 
 # --- every check is documented ---------------------------------------------------------------------
 
-def test_readme_has_a_section_per_check() -> None:
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Health checks\n", 1)[1].split("\n## ", 1)[0]
-    assert re.findall(r"^### (\S+)$", section, re.M) == list(health.CHECKS)
-    assert text.index("\n## CI gates") < text.index("\n## Health checks\n")
+def test_docs_have_one_section_per_check_where_its_flags_link() -> None:
+    """docs/health.md has one heading (anchor) per check, in CHECKS' order; tests/test_docs.py builds the anchors."""
+    text = (REPO / health.DOCS).read_text(encoding="utf-8")
+    assert re.findall(r"^## (\S+)$", text, re.M) == list(health.CHECKS)
+    assert [c.docs for c in health.CHECKS.values()] == [f"docs/health.md#{name}" for name in health.CHECKS]
     for option in ("--clean-ref", "--clean-ref-tol", "--no-health", "health: strict"):
-        assert option in section
+        assert option in text
+    example = health.flag("zero_gradients", "m", "100% of the input-gradient entries are exactly zero (more than 50%)")
+    for page in (REPO / "README.md", REPO / health.DOCS):  # the warning line both show is the one robench prints
+        assert f"health warning: {example.line()}\n" in page.read_text(encoding="utf-8"), page
 
 
 # --- the zoo is silent; flags reach the CLI, the results file, leak-check and the gate --------------
@@ -276,7 +279,7 @@ def test_flag_is_warned_written_and_gated(flagged, tmp_path: Path) -> None:
     r = invoke("gate", out, "--rules", write(tmp_path / "warn.yaml", "- {health: warn}\n"))
     assert r.exit_code == 0 and "probability_outputs" in r.stdout, (r.stdout, r.stderr)
     r = invoke("eval", "zoo:effnet-base", "--limit", "20", "--attack", "fgsm", "--eps", "8", "-q", "--no-health",
-               "--gate", strict)
+               "--rules", strict)
     assert r.exit_code == 0 and "health warning" not in r.stderr, r.stderr  # --no-health: no probes ran
 
 

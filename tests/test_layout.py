@@ -1,6 +1,6 @@
 """Layout: data flows one way, and the folders are the layers.
 
-A module's layer is its folder's (``robench/engine/run.py`` is in ``engine``), so a new file
+A module's layer is its folder's (``robench/engine/runner.py`` is in ``engine``), so a new file
 inherits its layer. Every import counts: function-level ones, and those under
 ``if TYPE_CHECKING:`` too, so that not even a type-level cycle can form.
 """
@@ -122,3 +122,12 @@ def test_the_lazy_api_is_the_typed_api(package: str, extra: set[str]) -> None:
     assert set(facade.__all__) == {*extra, *facade._API}
     for name in facade._API:
         assert getattr(facade, name).__name__ == name
+
+
+def test_no_api_name_is_also_a_module() -> None:
+    """``robench.train`` cannot be a function and a package: importing the package would replace the function."""
+    import robench
+
+    modules = {p.stem for p in (ROOT / "robench").glob("*.py")} | {p.name for p in (ROOT / "robench").iterdir()
+                                                                    if (p / "__init__.py").exists()}
+    assert set(robench._API) & modules == set()

@@ -89,15 +89,15 @@ def test_probe_fires_on_its_broken_model(kind: str, checks: set[str], needle: st
     assert set(flags) == checks
     assert any(needle in f.message for f in flags.values()), [f.message for f in flags.values()]
     for f in flags.values():
-        assert f.model == kind and f.docs == f"README.md#{f.check}"
-        assert f.line().startswith(f"{f.check} ({kind}") and f.line().endswith(f"(see README.md#{f.check})")
+        assert f.model == kind and f.docs == f"docs/health.md#{f.check}"
+        assert f.line().startswith(f"{f.check} ({kind}") and f.line().endswith(f"(see docs/health.md#{f.check})")
 
 
 def test_unbounded_flag_names_pgd_at_255(batch) -> None:
     f = probed("reversed", batch)["unbounded_attack_fails"]
     assert (f.attack, f.eps) == ("pgd", 255.0)
     assert f.record() == {"check": "unbounded_attack_fails", "model": "reversed", "attack": "pgd", "eps": 255.0,
-                          "message": f.message, "docs": "README.md#unbounded_attack_fails"}
+                          "message": f.message, "docs": "docs/health.md#unbounded_attack_fails"}
     assert f.line().startswith("unbounded_attack_fails (reversed, pgd eps 255): ")
 
 

@@ -57,11 +57,18 @@ def test_bad_rules(text: str, needles: list[str]) -> None:
         assert needle in str(e.value), str(e.value)
 
 
-def test_readme_rules_example_parses() -> None:
-    section = (REPO / "README.md").read_text().split("## CI gates", 1)[1]
-    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+def _yaml_example(path: Path, after: str = "") -> str:
+    """The first YAML block of a page, after the heading ``after`` when given."""
+    text = path.read_text(encoding="utf-8")
+    text = text.split(after, 1)[1] if after else text
+    return text.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_documented_rules_examples_parse() -> None:
+    example = _yaml_example(REPO / "docs" / "gates.md", "## CI gates")
     kinds = [KINDS[type(r)] for r in rules(example).rules]
     assert kinds == ["floor", "floor", "regression", "no_leak", "health"]
+    assert [KINDS[type(r)] for r in rules(_yaml_example(REPO / "README.md")).rules] == ["floor", "regression", "health"]
     assert [type(r) for r in load_rules(CI / "gates.yaml").rules] == [Regression, Floor, Floor, Health]
 
 

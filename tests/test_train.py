@@ -182,10 +182,15 @@ def test_plain_loss_equals_cross_entropy() -> None:
     ("args", "needle"),
     [
         (["--arch", "test_resnt"], "did you mean test_resnet"),
-        (["--lam", "-0.1"], "--lam -0.1 must be >= 0"),
-        (["--adv-fraction", "1.5"], "--adv-fraction 1.5 must lie in [0, 1]"),
-        (["--attack", "cw"], "--attack 'cw' must be one of"),
-        (["--seed", "-3"], "--seed -3 must be a whole number in [0, 2**63 - 1]"),
+        # ranges and choices: Click's one line, naming the option (the library's checks stay behind them)
+        (["--lam", "-0.1"], "Invalid value for '--lam': -0.1 is not in the range x>=0"),
+        (["--adv-fraction", "1.5"], "Invalid value for '--adv-fraction': 1.5 is not in the range 0<=x<=1"),
+        (["--train-attack", "cw"], "Invalid value for '--train-attack': 'cw' is not one of 'none', 'step_ll'"),
+        (["--label", "truth"], "Invalid value for '--label': 'truth' is not one of 'true', 'predicted'"),
+        (["--seed", "-3"], "Invalid value for '--seed': -3 is not in the range 0<=x<=9223372036854775807"),
+        (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+        (["--lr", "0"], "Invalid value for '--lr': 0.0 is not in the range x>0"),
+        (["--val-fraction", "1"], "Invalid value for '--val-fraction': 1.0 is not in the range 0<=x<1"),
         (["--out", "/nonexistent-dir/m.safetensors"], "does not exist"),
         (["--out", "m.pth"], "unknown format"),
         # settings that measure nothing: inf and NaN trained a checkpoint of NaN weights
@@ -193,18 +198,19 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--lr", "nan"], "--lr nan must be a finite number"),
         (["--lam", "inf"], "--lam inf must be a finite number"),
         (["--adv-fraction", "nan"], "--adv-fraction nan must be a finite number"),
-        (["--weight-decay", "-inf"], "--weight-decay -inf must be a finite number"),
-        (["--weight-decay", "-0.1"], "--weight-decay -0.1 must be >= 0"),
+        (["--weight-decay", "-inf"], "Invalid value for '--weight-decay': -inf is not in the range x>=0"),
+        (["--weight-decay", "-0.1"], "Invalid value for '--weight-decay': -0.1 is not in the range x>=0"),
         (["--val-fraction", "nan"], "--val-fraction nan must be a finite number"),
         (["--eps-sigma", "inf"], "--eps-sigma: eps 'inf' is not a number"),
         (["--eps-max", "nan"], "--eps-max: eps 'nan' is not a number"),
-        (["--steps", "0"], "--steps 0 must be a whole number in [1, 10000]"),
+        (["--steps", "0"], "Invalid value for '--steps': 0 is not in the range 1<=x<=10000"),
         # values that parse but cannot run: torch overflowed (exit 3) or the run allocated beyond any memory
-        (["--steps", str(10**30), "--attack", "pgd"], f"--steps {10**30} must be a whole number in [1, 10000]"),
-        (["--batch-size", "99999999999"], "--batch-size 99999999999 must be a whole number in [2, 1048576] (2**20)"),
-        (["--input-size", "100000"], "--input-size 100000 must be a whole number of pixels in [8, 4096]"),
-        (["--threads", str(10**30)], f"--threads must be a whole number in [1, 1024], got {10**30}"),
-        (["--seed", str(10**23)], f"--seed {10**23} must be a whole number in [0, 2**63 - 1]"),
+        (["--steps", str(10**30), "--train-attack", "pgd"], f"'--steps': {10**30} is not in the range 1<=x<=10000"),
+        (["--batch-size", "99999999999"], "'--batch-size': 99999999999 is not in the range 2<=x<=1048576"),
+        (["--batch-size", "1"], "'--batch-size': 1 is not in the range 2<=x<=1048576"),
+        (["--image-size", "100000"], "'--image-size': 100000 is not in the range 8<=x<=4096"),
+        (["--threads", str(10**30)], f"'--threads': {10**30} is not in the range 1<=x<=1024"),
+        (["--seed", str(10**23)], f"'--seed': {10**23} is not in the range 0<=x<=9223372036854775807"),
         (["--device", "meta"], "--device 'meta' cannot run models robench can score"),
         (["--weight-decay", "1e308"], "--weight-decay 1e+308 times lr 0.003 must be below 1 (AdamW shrinks"),
     ],
@@ -235,8 +241,8 @@ def test_diverged_training_is_refused_before_its_weights_are_written(tmp_path: P
     from results_docs import one_error_line
 
     out = tmp_path / "m.safetensors"
-    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "1", "--limit", "64",
-                                       "--batch-size", "16", "--input-size", "16", "--lr", "1e30",
+    result = CliRunner().invoke(main, ["train", "--train-attack", "none", "--epochs", "1", "--limit", "64",
+                                       "--batch-size", "16", "--image-size", "16", "--lr", "1e30",
                                        "--weight-decay", "0", "-q", "--out", str(out)])
     one_error_line(result, 2, "training diverged in epoch 1: the weights hold NaN or inf; lower --lr (now 1e+30)")
     assert not out.exists()
@@ -254,8 +260,8 @@ def test_unwritable_output(tmp_path: Path) -> None:
 
 def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
-    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "1", "--limit", "64",
-                                       "--input-size", "16", "-q", "--out", str(out)])
+    result = CliRunner().invoke(main, ["train", "--train-attack", "none", "--epochs", "1", "--limit", "64",
+                                       "--image-size", "16", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
 
@@ -264,7 +270,7 @@ def test_a_final_minibatch_of_one_is_left_out_and_said(tmp_path: Path) -> None:
     """--limit 65 --batch-size 64 trained the epoch, then exited 3 on BatchNorm's "more than 1 value per channel"."""
     out = tmp_path / "m.safetensors"
     result = CliRunner().invoke(main, ["train", "--arch", "test_resnet", "--epochs", "2", "--limit", "65",
-                                       "--batch-size", "64", "--input-size", "16", "-q", "--out", str(out)])
+                                       "--batch-size", "64", "--image-size", "16", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("end each epoch with 1, fewer than 2 per process") == 1
     assert read_metadata(out)["epochs_done"] == 2
@@ -299,7 +305,7 @@ def test_a_folder_without_val_split_holds_out_a_seeded_share(tmp_path: Path) -> 
     assert split_sources(TrainConfig())[2] == {}  # digits has its own test split
     out = tmp_path / "m.safetensors"
     result = CliRunner().invoke(main, ["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4",
-                                       "--input-size", "8", "-q", "--out", str(out)])
+                                       "--image-size", "8", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["validation"] == {"split": "held_out", "fraction": 0.1, "n": 2, "seed": 0}
     assert "val_fraction" not in read_metadata(out)["recipe"]  # at its default: zoo recipes keep their bytes
@@ -309,7 +315,7 @@ def test_train_eps_options_read_eps_as_eval_does(tmp_path: Path) -> None:
     """--eps-max 0.031 (CIFAR's 8/255 written in pixels) trained 255 times too weakly; 8/255 was refused."""
     from results_docs import one_error_line
 
-    args = ["train", "--attack", "fgsm", "--epochs", "1", "--limit", "64", "--input-size", "16", "-q"]
+    args = ["train", "--train-attack", "fgsm", "--epochs", "1", "--limit", "64", "--image-size", "16", "-q"]
     one_error_line(CliRunner().invoke(main, [*args, "--eps-max", "0.031", "--out", str(tmp_path / "a.safetensors")]),
                    2, "--eps-max: eps 0.031 is in 1/255 units")
     out = tmp_path / "b.safetensors"
@@ -325,7 +331,7 @@ def test_val_fraction_that_leaves_too_little_names_itself(tmp_path: Path) -> Non
 
     folder = _folder(tmp_path / "f")
     result = CliRunner().invoke(main, ["train", "--data", str(folder), "--val-fraction", "0.95", "--epochs", "1",
-                                       "--input-size", "8", "--out", str(tmp_path / "m.safetensors")])
+                                       "--image-size", "8", "--out", str(tmp_path / "m.safetensors")])
     one_error_line(result, 2, "--val-fraction 0.95 holds out 19 of the 20 images", "leaving 1 to train on")
 
 
@@ -359,7 +365,7 @@ def test_sigterm_keeps_last_finished_epoch_in_one_line_and_exits_143(tmp_path: P
         return real(cfg, path, progress_then_term, *args)
 
     monkeypatch.setattr(robench.train.loop, "train", terminated_in_second_epoch)
-    result = CliRunner().invoke(main, ["train", "--attack", "none", "--epochs", "2", "--limit", "64",
-                                       "--input-size", "16", "-q", "--out", str(out)])
+    result = CliRunner().invoke(main, ["train", "--train-attack", "none", "--epochs", "2", "--limit", "64",
+                                       "--image-size", "16", "-q", "--out", str(out)])
     one_error_line(result, 143, f"robench: error: terminated (SIGTERM); {out} holds the last finished epoch")
     assert read_metadata(out)["epochs_done"] == 1

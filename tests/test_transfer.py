@@ -22,7 +22,8 @@ from robench.models.checkpoint import save_checkpoint
 from robench.run import runspec
 from robench.run.evaluate import EvalConfig, run_eval
 from robench.run.runspec import RunSpec
-from robench.run.transfer import TransferConfig, deliver, dequantize, quantize, run_transfer
+from robench.run.store import dequantize, quantize
+from robench.run.transfer import TransferConfig, deliver, run_transfer
 
 SUITE = override(load_suite(), ("fgsm", "iter_ll", "pgd"), (4.0, 16.0))
 CHEAP = parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n")  # 1 step + iterative
@@ -117,7 +118,7 @@ def _rewrite(change: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> Calla
     def rewrite(path: Path, sample_id: str) -> None:
         from safetensors.torch import load_file, save_file
 
-        from robench.run.transfer import checksum
+        from robench.run.store import checksum
 
         tensors = change(load_file(str(path))["eps=8.0"])
         save_file(tensors, str(path), metadata={"sha256": checksum(path.parent.parent.name, sample_id, tensors)})
@@ -199,7 +200,7 @@ def test_cache_files_hold_int8_perturbations_within_eps(tmp_path: Path) -> None:
 def test_save_returns_the_examples_a_load_gives_and_the_engine_scores_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from robench.core.distributed import LOCAL
-    from robench.run.transfer import ExampleCache
+    from robench.run.store import ExampleCache
 
     run = RunSpec(suite=CHEAP, limit=4, batch_size=4)
     opened = runspec.open_run(run, PAIR, LOCAL)
@@ -248,7 +249,7 @@ def test_a_cache_of_the_old_float32_format_is_not_read(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     from robench.core.distributed import LOCAL
-    from robench.run.transfer import ExampleCache
+    from robench.run.store import ExampleCache
 
     cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=6, batch_size=6)
     fresh = run_transfer(TransferConfig(PAIR, run=run))

@@ -3,8 +3,8 @@
 A model that masks its gradients (probabilities for logits, rounding in its forward
 pass, dropout left on), a wrong preprocessing or a weak attack all produce high
 accuracies under attack that look like robustness. Each check looks for one symptom
-and says, in one line, what it found; the README's "Health checks" section says what
-each means and what to do (every flag's ``docs`` links there).
+and says, in one line, what it found; the docs page ``docs/health.md`` says what each
+means and what to do, under one heading per check (every flag's ``docs`` links there).
 
 Two kinds of check, one list of them (``CHECKS``) and one kind of finding (``Flag``):
 
@@ -34,7 +34,7 @@ from robench.core.stats import exact_interval, holm, paired
 from robench.engine import NONFINITE, Outcomes, correct
 from robench.errors import FieldError
 
-README = "README.md"
+DOCS = "docs/health.md"  # the docs page with one section (anchor) per check, named as the check
 ALPHA = 0.05  # family-wise error of a check's comparisons in one run (Holm)
 UNBOUNDED_MAX_TOP1 = 0.10  # an unbounded attack leaving more than this correct is a flag (robench.analysis.probes)
 ZERO_GRADIENT_MAX = 0.5  # share of exactly-zero input-gradient entries above which a probe flags
@@ -44,15 +44,15 @@ BLACK_BOX_MIN_SHARE = 0.01  # share of samples a black box alone fools above whi
 
 @dataclass(frozen=True)
 class Check:
-    """A health check: its name (used in results and as the README anchor) and what a flag means."""
+    """A health check: its name (used in results and as its anchor in DOCS) and what a flag means."""
 
     name: str
     summary: str
 
     @property
     def docs(self) -> str:
-        """Where the README explains this check."""
-        return f"{README}#{self.name}"
+        """Where the docs explain this check: DOCS at the check's anchor."""
+        return f"{DOCS}#{self.name}"
 
 
 CHECKS: dict[str, Check] = {c.name: c for c in (
@@ -83,7 +83,7 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
 
 @dataclass(frozen=True)
 class Flag:
-    """One red flag: which check, where, what was found, and where the README explains it."""
+    """One red flag: which check, where, what was found, and where the docs explain it."""
 
     check: str
     model: str
@@ -97,13 +97,13 @@ class Flag:
         return dataclasses.asdict(self)
 
     def line(self) -> str:
-        """One line for a warning: model, attack and eps, the message and the README link."""
+        """One line for a warning: model, attack and eps, the message and the docs link."""
         where = ", ".join(p for p in (self.model, " ".join(q for q in (self.attack, _eps(self.eps)) if q)) if p)
         return f"{self.check} ({where}): {self.message} (see {self.docs})"
 
 
 def flag(check: str, model: str, message: str, attack: str | None = None, eps: float | None = None) -> Flag:
-    """A Flag of a registered check, with its README link."""
+    """A Flag of a registered check, with its docs link."""
     return Flag(check, model, attack, None if eps is None else float(eps), message, CHECKS[check].docs)
 
 

@@ -22,9 +22,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from robench.attacks.suite import check_node, locate, parse_eps, read_yaml, unique_eps
+from robench.attacks.suite import parse_eps, unique_eps
 from robench.core.fields import Rule, check
 from robench.core.files import read_text
+from robench.core.yaml_read import check_node, locate, read_yaml
 from robench.errors import RobenchError
 
 GLOB_KEYS = ("model", "source", "target", "attack")

@@ -20,7 +20,7 @@ def console(err: bool = False) -> Any:
 
 
 def health_warnings(flags: list[Any]) -> None:
-    """One warning line on stderr per health flag (robench.analysis.health.Flag), ending with its README link."""
+    """One warning line on stderr per health flag (robench.analysis.health.Flag), ending with its docs link."""
     from rich.markup import escape
 
     err = console(err=True)

@@ -136,7 +136,7 @@ def provenance(doc: dict[str, Any]) -> list[str]:
 
 
 def health_flags(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """(text, README link) per health flag the run recorded."""
+    """(text, docs link) per health flag the run recorded."""
     out = []
     for f in doc.get("health") or []:
         where = ", ".join(str(x) for x in (f.get("model"), f.get("attack")) if x)

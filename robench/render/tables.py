@@ -67,7 +67,7 @@ def transfer_tables(rows: pd.DataFrame) -> list[Any]:
 
 
 def transfer_summary(rows: pd.DataFrame) -> Any:
-    """The mean off-diagonal (paper's) transfer rate per attack (columns) and eps (rows): the README's summary table."""
+    """The mean off-diagonal (paper's) transfer rate per attack (columns) and eps (rows): docs/transfer.md's table."""
     from rich.table import Table
 
     cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]

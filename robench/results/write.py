@@ -54,7 +54,7 @@ def _markdown_header(meta: dict[str, Any]) -> str:
 def results_doc(meta: dict[str, Any], rows: pd.DataFrame, samples: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON results document: provenance, rows and (when given) packed per-sample outcomes.
 
-    ``robench eval --gate`` gates this in memory; ``write_results`` writes the same document.
+    ``robench eval --rules`` gates this in memory; ``write_results`` writes the same document.
     """
     return {**meta, "rows": records(rows), **({"samples": samples} if samples else {})}
 
