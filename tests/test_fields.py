@@ -54,13 +54,13 @@ def test_a_rule_names_the_field_and_what_it_must_be(fields: dict, message: str) 
 
 def test_kinds_come_first_then_finite_then_ranges() -> None:
     with pytest.raises(FieldError, match="^share must be float"):  # count's range is wrong too, but later
-        _Config(count=0, share="x")
+        _Config(count=0, share="x")  # type: ignore[arg-type]
     with pytest.raises(FieldError, match="^share must be a finite number"):
         _Config(count=0, share=math.inf)
 
 
 def test_whole_numbers_of_other_types_become_ints_and_none_passes_ranges() -> None:
-    cfg = _Config(count=np.int64(3), size=None)
+    cfg = _Config(count=np.int64(3), size=None)  # type: ignore[arg-type]
     assert type(cfg.count) is int and cfg.count == 3
     assert fits(int, np.int32(2)) and not fits(int, True) and fits(float, 2) and not fits(float, False)
     assert say(int | None) == "int or null" and say(Literal[True, "x"]) == "true | x"

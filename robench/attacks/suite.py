@@ -54,7 +54,7 @@ class AttackSpec:
 
 
 def _eps_problem(eps: tuple[Any, ...]) -> str | None:
-    ok = all(isinstance(e, numbers.Real) and not isinstance(e, bool) and 0 <= e <= MAX_EPS for e in eps)
+    ok = all(isinstance(e, numbers.Real) and not isinstance(e, bool) and 0 <= float(e) <= MAX_EPS for e in eps)
     return None if ok else f"be eps values in [0, {MAX_EPS:g}] (1/255 units)"
 
 

@@ -135,16 +135,20 @@ def _range_problem(rule: Rule, value: Any) -> str | None:
     if rule.choices and value not in rule.choices:
         return rule.must or f"be one of {', '.join(map(str, rule.choices))}"
     broken = rule.test(value) if rule.test is not None else None
-    if broken is not None:
+    if broken is not None or (rule.low is None and rule.high is None):
         return broken
-    if rule.low is None and rule.high is None:
-        return None
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         return rule.must or "be a number"
-    if rule.low is not None and not (rule.low < value if rule.low_open else rule.low <= value):
-        return rule.must or (f"be > {_bound(rule.low)}" if rule.low_open else f"be at least {_bound(rule.low)}")
-    if rule.high is not None and not (value < rule.high if rule.high_open else value <= rule.high):
-        return rule.must or (f"be < {_bound(rule.high)}" if rule.high_open else f"be at most {_bound(rule.high)}")
+    return _bounds_problem(rule, value)
+
+
+def _bounds_problem(rule: Rule, value: Any) -> str | None:
+    """What a number outside [low, high] must be; NaN fails every comparison, so it is outside."""
+    low, high = rule.low, rule.high
+    if low is not None and not (low < value if rule.low_open else low <= value):
+        return rule.must or (f"be > {_bound(low)}" if rule.low_open else f"be at least {_bound(low)}")
+    if high is not None and not (value < high if rule.high_open else value <= high):
+        return rule.must or (f"be < {_bound(high)}" if rule.high_open else f"be at most {_bound(high)}")
     return None
 
 

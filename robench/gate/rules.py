@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from robench.attacks.suite import parse_eps, unique_eps
-from robench.core.fields import Rule, check
+from robench.core import fields
 from robench.core.files import read_text
 from robench.core.yaml_read import check_node, locate, read_yaml
 from robench.errors import RobenchError
@@ -35,10 +35,10 @@ DEFAULT_MAX_DROP = 0.02
 ACCURACIES = ("top1", "top5", "_rate")  # metric endings whose bounds are shares; other metrics take any number
 
 
-def _number(low: float, high: float, hint: str = "") -> Rule:
+def _number(low: float, high: float, hint: str = "") -> fields.Rule:
     """A number in [low, high] (YAML's .nan and .inf are refused when the file is read), ``hint`` after the range."""
     says = f"a number in [{low:g}, {high:g}]{hint}"
-    return Rule(float, says, low=low, high=high, must=f"be {says}")
+    return fields.Rule(float, says, low=low, high=high, must=f"be {says}")
 
 
 def _glob(text: str) -> str | None:
@@ -53,15 +53,15 @@ def _column(text: str) -> str | None:
 SHARE = _number(0, 1, " (a share: 0.4 for 40%)")
 ANY_NUMBER = _number(-math.inf, math.inf)
 TOP_FIELDS = {"confidence": _number(0.5, 0.9999, " (0.95 for 95%)"),
-              "correction": Rule(str, "bonferroni or none", choices=CORRECTIONS, must="be bonferroni or none")}
-ROW_FIELDS = {"name": Rule(str, "text"),
-              **{key: Rule(str, 'a name or glob such as "effnet-*" (quote it)', test=_glob) for key in GLOB_KEYS},
-              "metric": Rule(str, "a column name such as top1", test=_column)}
+              "correction": fields.Rule(str, "bonferroni or none", choices=CORRECTIONS, must="be bonferroni or none")}
+GLOB = fields.Rule(str, 'a name or glob such as "effnet-*" (quote it)', test=_glob)
+ROW_FIELDS = {"name": fields.Rule(str, "text"), **{key: GLOB for key in GLOB_KEYS},
+              "metric": fields.Rule(str, "a column name such as top1", test=_column)}
 BOUNDS = {"min": SHARE, "max": SHARE}
 ANY_BOUNDS = {"min": ANY_NUMBER, "max": ANY_NUMBER}
 DROP = {"max_drop": SHARE}
-LEAK = {"allow_inconclusive": Rule(bool, "true or false")}
-HEALTH = {"health": Rule(str, "strict or warn", choices=HEALTH_MODES, must="be strict or warn")}
+LEAK = {"allow_inconclusive": fields.Rule(bool, "true or false")}
+HEALTH = {"health": fields.Rule(str, "strict or warn", choices=HEALTH_MODES, must="be strict or warn")}
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ class Floor:
 
     def __post_init__(self) -> None:
         bounds = BOUNDS if isinstance(self.metric, str) and self.metric.endswith(ACCURACIES) else ANY_BOUNDS
-        check(self, {"metric": ROW_FIELDS["metric"],
-                     **{key: dataclasses.replace(rule, kind=float | None) for key, rule in bounds.items()}})
+        fields.check(self, {"metric": ROW_FIELDS["metric"],
+                            **{key: dataclasses.replace(rule, kind=float | None) for key, rule in bounds.items()}})
 
     def threshold(self) -> str:
         """The bound(s) as text."""
@@ -125,7 +125,7 @@ class Regression:
     max_drop: float = DEFAULT_MAX_DROP
 
     def __post_init__(self) -> None:
-        check(self, {"metric": ROW_FIELDS["metric"], **DROP})
+        fields.check(self, {"metric": ROW_FIELDS["metric"], **DROP})
 
     def threshold(self) -> str:
         """The limit as text."""
@@ -142,7 +142,7 @@ class NoLeak:
     allow_inconclusive: bool = True
 
     def __post_init__(self) -> None:
-        check(self, LEAK)
+        fields.check(self, LEAK)
 
     def threshold(self) -> str:
         """The accepted verdicts as text."""
@@ -159,7 +159,7 @@ class Health:
     mode: str = "strict"
 
     def __post_init__(self) -> None:
-        check(self, {"mode": HEALTH["health"]})  # gates.yaml's key is the mode's name
+        fields.check(self, {"mode": HEALTH["health"]})  # gates.yaml's key is the mode's name
 
     def threshold(self) -> str:
         """The mode as text."""
@@ -180,7 +180,7 @@ class Rules:
     source: str = "<default>"
 
     def __post_init__(self) -> None:
-        check(self, TOP_FIELDS)
+        fields.check(self, TOP_FIELDS)
 
 
 def default_rules() -> Rules:

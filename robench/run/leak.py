@@ -68,7 +68,8 @@ def leak_suite(eps: tuple[float, ...]) -> Suite:
     ), "<leak-check>")
 
 
-LEAK_FIELDS = {  # NaN fails every comparison: refused by name, not judged with
+LEAK_FIELDS = {  # robench.core.fields; NaN fails every comparison: refused by name, not judged with
+    "eval": Rule(EvalConfig, "an EvalConfig (robench.run.evaluate)"),
     "alpha": Rule(float, "a number in (0, 1)", low=0, high=1, low_open=True, high_open=True,
                   must="be a number in (0, 1)"),
     "margin": Rule(float, "a number in [0, 1]", low=0, high=1, must="be a number in [0, 1]"),
