@@ -59,11 +59,34 @@ class FieldError(RobenchError):
 
     def named(self, name: str, other: Callable[[str], str] | None = None) -> str:
         """The message with ``name`` for the field and ``other(field)`` for each other field (default: its name)."""
-        text = self.template.replace("{name}", name)
-        for field in self.others:
-            text = text.replace("{" + field + "}", field if other is None else other(field))
-        return text
+        return _fill(self.template.replace("{name}", name), self.others, other)
 
     def wrapped(self, before: str = "", after: str = "") -> FieldError:
         """The same error with text around its message (a location, a reason), still naming its fields."""
         return FieldError(self.field, before + self.template + after, *self.others)
+
+
+class FieldNote(str):
+    """A warning that names fields, as FieldError does: the text names each field, ``named`` says it another way.
+
+    ``template`` writes each of ``fields`` as ``{field}`` ("{data} overrides"); the string itself is
+    the library's text (``data overrides``), and the CLI prints ``named(option)`` (``--data overrides``).
+    """
+
+    template: str
+    fields: tuple[str, ...]
+
+    def __new__(cls, template: str, *fields: str) -> FieldNote:
+        note = super().__new__(cls, _fill(template, fields, None))
+        note.template, note.fields = template, fields
+        return note
+
+    def named(self, say: Callable[[str], str]) -> str:
+        """The warning with ``say(field)`` for each field."""
+        return _fill(self.template, self.fields, say)
+
+
+def _fill(template: str, fields: tuple[str, ...], say: Callable[[str], str] | None) -> str:
+    for field in fields:
+        template = template.replace("{" + field + "}", field if say is None else say(field))
+    return template

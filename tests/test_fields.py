@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from robench.cli.main import main, option
 from robench.core.fields import GOT, VALUE_FIRST, Rule, check, fits, say, typed
-from robench.errors import FieldError
+from robench.errors import FieldError, FieldNote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,31 +141,45 @@ QUOTED_COMMANDS = (  # messages may quote a whole command line: its options are 
 )
 
 
-def flags_in_raises(source: str) -> list[tuple[int, str]]:
-    """(line, text) of every string literal inside a raise statement that names a --flag."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Raise):
-            continue
-        for part in ast.walk(node):
-            if isinstance(part, ast.Constant) and isinstance(part.value, str):
-                text = part.value
-                for quoted in QUOTED_COMMANDS:
-                    text = text.replace(quoted, "")
-                if FLAG.search(text):
-                    found.append((part.lineno, part.value))
+def _docstrings(tree: ast.AST) -> set[int]:
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    owners = [n for n in ast.walk(tree) if isinstance(n, kinds)]
+    return {id(n.body[0].value) for n in owners if n.body and isinstance(n.body[0], ast.Expr)}
+
+
+def flags_in_messages(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string literal but a docstring that names a --flag: raises, warnings, defaults.
+
+    Docstrings and comments may say what the CLI does; messages and the values that become them may not.
+    """
+    tree = ast.parse(source)
+    docs, found = _docstrings(tree), []
+    for part in ast.walk(tree):
+        if isinstance(part, ast.Constant) and isinstance(part.value, str) and id(part) not in docs:
+            text = part.value
+            for quoted in QUOTED_COMMANDS:
+                text = text.replace(quoted, "")
+            if FLAG.search(text):
+                found.append((part.lineno, part.value))
     return found
 
 
 def test_no_library_message_names_a_flag() -> None:
-    """The library names the field (FieldError); cli/main.py maps it to the option the user typed."""
+    """The library names the field (FieldError, FieldNote); the CLI maps it to the option the user typed."""
     found = [f"{path.relative_to(ROOT)}:{line}: {text!r}" for path in sorted((ROOT / "robench").rglob("*.py"))
-             for line, text in flags_in_raises(path.read_text(encoding="utf-8"))]
+             for line, text in flags_in_messages(path.read_text(encoding="utf-8"))]
     assert found == []
 
 
-def test_the_flag_walk_sees_f_strings_and_allows_quoted_commands() -> None:
-    planted = 'def f(x):\n    raise RobenchError(f"{x}: pass --data {x}")\n'
-    assert flags_in_raises(planted) == [(2, ": pass --data ")]
+def test_the_flag_walk_sees_f_strings_and_warnings_and_allows_quoted_commands() -> None:
+    planted = 'def f(x):\n    """Say --data."""\n    raise RobenchError(f"{x}: pass --data {x}")\n'
+    assert flags_in_messages(planted) == [(3, ": pass --data ")]
+    assert flags_in_messages("warn('set --mean')\n") == [(1, "set --mean")]
     quoted = "raise RobenchError(\"give a file written by 'robench eval --out FILE.json'\")\n"
-    assert flags_in_raises(quoted) == [] and flags_in_raises("warn('--data')\n") == []
+    assert flags_in_messages(quoted) == [] and flags_in_messages("style = '--'\n") == []
+
+
+def test_a_field_note_names_fields_in_the_library_and_options_in_the_cli() -> None:
+    note = FieldNote("pass {data} or {class_order} lexical", "data", "class_order")
+    assert note == "pass data or class_order lexical" and isinstance(note, str)
+    assert note.named(option) == "pass --data or --class-order lexical"

@@ -29,7 +29,7 @@ from robench.data import (
     read_class_list,
 )
 from robench.engine import Participant, Status
-from robench.errors import FieldError, RobenchError
+from robench.errors import FieldError, FieldNote, RobenchError
 from robench.models import LoadedModel, ModelSpec, checkpoint_classes, checkpoint_dataset, load_model, parse_spec
 from robench.models.preprocess import Preprocess
 from robench.models.zoo import DEFAULT
@@ -129,7 +129,8 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     for m in models:
         notes += [*m.notes, *filter(None, [channel_note(m.spec.label, m.input.channels, source)])]
         if m.weights == "random":
-            notes.append(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
+            notes.append(FieldNote(f"model '{m.spec.label}' has random weights (no checkpoint and no "
+                                   f"{{pretrained}})", "pretrained"))
     if warn is not None and dist.is_main:
         for note in notes:
             warn(note)
@@ -145,24 +146,26 @@ def run_data(data: str | None, parsed: list[ModelSpec]) -> tuple[str, list[str]]
     folder is involved the note allows that it may hold the same images.
     """
     trained = {p.label: d for p in parsed if (d := checkpoint_dataset(p)) is not None}
-    notes = []
+    notes: list[str] = []
     if data is None:
         known = list(dict.fromkeys(trained.values()))  # in model order
         if len(known) == 1:
             data = known[0]
             if data != DEFAULT_DATA:  # the zoo's own: nothing a user would not expect
-                notes.append(f"evaluating on {data} (its test split), the dataset the checkpoints of "
-                             f"{_labels(trained)} record; --data overrides")
+                notes.append(FieldNote(f"evaluating on {data} (its test split), the dataset the checkpoints of "
+                                       f"{_labels(trained)} record; {{data}} overrides", "data"))
         else:
             data = DEFAULT_DATA
             if known:
-                notes.append(f"the checkpoints record different datasets ({', '.join(known)}), so the run takes "
-                             f"the default, {DEFAULT_DATA}; pass --data, or evaluate them in separate runs")
+                notes.append(FieldNote(f"the checkpoints record different datasets ({', '.join(known)}), so the "
+                                       f"run takes the default, {DEFAULT_DATA}; pass {{data}}, or evaluate them in "
+                                       f"separate runs", "data"))
     for label, d in trained.items():
         if d != data:
             maybe = ", unless the two hold the same images" if is_folder(d) or is_folder(data) else ""
-            notes.append(f"model '{label}' was trained on {d} (its checkpoint says) but the data is {data}: its "
-                         f"numbers are for data it never learned{maybe} (pass --data {d})")
+            notes.append(FieldNote(f"model '{label}' was trained on {d} (its checkpoint says) but the data is "
+                                   f"{data}: its numbers are for data it never learned{maybe} (pass {{data}} {d})",
+                                   "data"))
     return data, notes
 
 

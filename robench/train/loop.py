@@ -62,7 +62,7 @@ from robench.core.distributed import (
 from robench.core.outputs import check_output
 from robench.data import InputConfig, Source, channel_note, has_test_split, open_source, read_class_list, subset
 from robench.engine import correct
-from robench.errors import FieldError
+from robench.errors import FieldError, FieldNote
 from robench.models import Normalized, check_name, training_model
 from robench.models.checkpoint import input_metadata, save_checkpoint
 from robench.models.recipe import TrainConfig
@@ -311,8 +311,8 @@ def split_sources(cfg: TrainConfig, warn: Callable[[str], None] | None = None) -
     n = len(source.ids)
     if cfg.val_fraction == 0:
         if warn is not None:
-            warn(f"{cfg.data} has no val/ split and --val-fraction is 0: the test accuracy is measured on the "
-                 f"training images")
+            warn(FieldNote(f"{cfg.data} has no val/ split and {{val_fraction}} is 0: the test accuracy is measured "
+                           f"on the training images", "val_fraction"))
         return source, source, {"validation": {"split": "train", "n": n}}
     held = max(1, round(cfg.val_fraction * n))
     if n - held < 2:
