@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from robench.attacks import REGISTRY, get_attack
 from robench.core.fields import Rule, check, typed
@@ -107,7 +107,7 @@ class Suite:
                 self._too_few(f"{a.at or self.source}: attack {what} needs at least {need} classes, but {data} "
                               f"has {classes}; ", a)
 
-    def _too_few(self, problem: str, a: AttackSpec) -> None:
+    def _too_few(self, problem: str, a: AttackSpec) -> NoReturn:
         """Raise ``problem`` and how to get past it: another loss, another attack, or leaving the attack out.
 
         A FieldError naming ``attack`` (the CLI's attack filter) when the suite is a built-in one.
