@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from robench.render.console import console, distributed_run, health_warnings, warn
+from robench.render.console import console, distributed_run, health_warnings
 
 from .gate_cmd import apply_gate, check_planned_rows, prepare_gate, samples_check
 from .options import (
@@ -21,6 +21,7 @@ from .options import (
     run_inputs,
     run_options,
     run_spec,
+    say,
     suite_options,
     zoo_default_text,
 )
@@ -90,7 +91,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
 
     check_outs(outs)
     check_plot(plot)
-    check_output(per_sample, (".csv",), "--per-sample", stdout=True)
+    check_output(per_sample, (".csv",), "per_sample", stdout=True)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot),
                    ("--per-sample", per_sample), ("--junit", junit), ("--summary", summary)],
                   [("--rules", rules_path), *results_paths("--baseline", baseline_path),
@@ -106,7 +107,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     if gate is not None:
         check_planned_rows(gate, cfg)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, reporter):
-        result = run_eval(cfg, reporter.progress, warn, dist, reporter.status,
+        result = run_eval(cfg, reporter.progress, say, dist, reporter.status,
                           on_open=samples_check(gate) if gate is not None else None)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return

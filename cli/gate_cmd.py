@@ -30,12 +30,12 @@ class GatePlan:
     summary: Path | None = None
 
 
-def _writable(path: Path | None, option: str) -> None:
+def _writable(path: Path | None, field: str) -> None:
     """Any file name will do (GitHub's $GITHUB_STEP_SUMMARY has no suffix), in a writable folder; - is stdout."""
     from robench.core.outputs import check_output
 
     if path is not None:
-        check_output(path, (path.suffix.lower(),), option, stdout=True)
+        check_output(path, (path.suffix.lower(),), field, stdout=True)
 
 
 def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Path | None = None,
@@ -51,8 +51,8 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
 
     if rules_path is None and baseline_path is None:
         raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
-    _writable(junit, "--junit")
-    _writable(summary, "--summary")
+    _writable(junit, "junit")
+    _writable(summary, "summary")
     check_outputs([("--junit", junit), ("--summary", summary)],
                   [*inputs, ("--rules", rules_path), *results_paths("--baseline", baseline_path)])
     rules = load_rules(rules_path) if rules_path is not None else default_rules()

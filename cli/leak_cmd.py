@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from robench.render.console import console, distributed_run, health_warnings, warn
+from robench.render.console import console, distributed_run, health_warnings
 
 from .options import (
     check_outs,
@@ -19,6 +19,7 @@ from .options import (
     run_inputs,
     run_options,
     run_spec,
+    say,
 )
 
 
@@ -81,7 +82,7 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
     with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, reporter):
-        result = run_leak_check(cfg, reporter.progress, warn, dist, reporter.status)
+        result = run_leak_check(cfg, reporter.progress, say, dist, reporter.status)
     if result is None:  # a torchrun rank other than 0
         return
     for out in outs:

@@ -35,14 +35,20 @@ Exit codes (every command):
   143  terminated (SIGTERM, e.g. from SLURM or Kubernetes)"""
 
 
-OPTIONS = {"clean_refs": "--clean-ref", "health_probes": "--no-health", "models": "--model"}  # field -> option
+OPTIONS = {  # field -> option, where the option is not the field's name in dashes
+    "clean_refs": "--clean-ref", "health_probes": "--no-health", "models": "--model", "suite": "--attacks",
+}
 
 
 def option(field: str, command: click.Command | None = None) -> str:
     """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``).
 
     The command's own option for the field comes first: train's --image-size sets ``input_size``.
+    A name the CLI gave a library call itself (an argument's metavar such as ``BASELINE``, or ``-o``)
+    is already the user's word and stays as it is.
     """
+    if not field.isidentifier() or field.isupper():
+        return field
     return option_of(command, field) or OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
@@ -82,7 +88,7 @@ class RobenchGroup(click.Group):
             return super().invoke(ctx)
         except FieldError as e:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-            raise RobenchError(e.named(option(e.field, command))) from e
+            raise RobenchError(e.named(option(e.field, command), lambda other: option(other, command))) from e
 
     def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -96,7 +102,7 @@ class RobenchGroup(click.Group):
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             _fail(f"{e.format_message()}{hint}", 2)
         except RobenchError as e:  # a FieldError names a config field; the user typed its option
-            _fail(e.named(option(e.field)) if isinstance(e, FieldError) else str(e), 2)
+            _fail(e.named(option(e.field), option) if isinstance(e, FieldError) else str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
         except Interrupted as e:

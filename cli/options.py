@@ -202,6 +202,19 @@ class OldName(click.Option):
         ctx.set_parameter_source(self.new.name, ParameterSource.COMMANDLINE)
 
 
+def say(message: str) -> None:
+    """A library warning on stderr; one naming fields (robench.errors.FieldNote) names the command's options instead."""
+    from robench.errors import FieldNote
+    from robench.render.console import warn
+
+    from .main import option  # here, not at the top: main imports the commands, and they import this module
+
+    if isinstance(message, FieldNote):
+        ctx = click.get_current_context(silent=True)
+        message = message.named(lambda field: option(field, ctx.command if ctx is not None else None))
+    warn(message)
+
+
 def option_of(command: click.Command | None, field: str) -> str | None:
     """The option of ``command`` that sets a config field (train's --image-size sets input_size); None if none."""
     for param in command.params if command is not None else ():

@@ -34,5 +34,5 @@ def schema_command(kind: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    check_output(out, (".json",), "--out", stdout=True)
+    check_output(out, (".json",), "out", stdout=True)
     atomic_write_text(out, text)

@@ -9,9 +9,9 @@ import click
 
 from robench.models.preprocess import MAX_SIDE
 from robench.models.recipe import EPS_DISTS, LABELS, TRAIN_ATTACKS
-from robench.render.console import console, epoch_bar, warn
+from robench.render.console import console, epoch_bar
 
-from .options import MAX_BATCH, RobenchCommand, eps_value, shared_options
+from .options import MAX_BATCH, RobenchCommand, eps_value, say, shared_options
 
 MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_options.py checks it)
 
@@ -101,15 +101,16 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 
-        from robench.run.runspec import MAX_THREADS, check_count
+        from robench.core.fields import check
+        from robench.run.runspec import RUN_FIELDS
 
-        check_count("threads", threads, 1, MAX_THREADS)
+        check({"threads": threads}, {"threads": RUN_FIELDS["threads"]})
 
         torch.set_num_threads(threads)
     with session(device) as dist:
         try:
             with epoch_bar(cfg.epochs, not quiet and dist.is_main) as progress:
-                result = train(cfg, out, progress, dist, warn if dist.is_main else None)
+                result = train(cfg, out, progress, dist, say if dist.is_main else None)
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, saying what the checkpoint holds
             kept = f"; {out} holds the last finished epoch" if dist.is_main and out.is_file() else ""
             raise Interrupted.of(stop, kept) from None

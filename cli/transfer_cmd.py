@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from robench.render.console import console, distributed_run, health_warnings, warn
+from robench.render.console import console, distributed_run, health_warnings
 
 from .options import (
     build_suite,
@@ -17,6 +17,7 @@ from .options import (
     run_inputs,
     run_options,
     run_spec,
+    say,
     suite_options,
     zoo_default_text,
 )
@@ -72,7 +73,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, **run), cache)
     with distributed_run(cfg.run.device, quiet) as (dist, reporter):
-        result = run_transfer(cfg, reporter.progress, warn, dist, reporter.status)
+        result = run_transfer(cfg, reporter.progress, say, dist, reporter.status)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return
     for out in outs:

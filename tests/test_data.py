@@ -27,7 +27,7 @@ from robench.data import (
     select,
 )
 from robench.data.images import _Decoded
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 
 # ---------------------------------------------------------------- digits
 
@@ -390,11 +390,12 @@ def test_corrupt_png_names_the_file(tmp_path: Path, workers: int) -> None:
     root = _folder(tmp_path / "imgs")
     (root / "dog" / "2.png").write_bytes(os.urandom(256))
     src = open_source(str(root), workers=workers)
-    with pytest.raises(RobenchError) as err:
+    with pytest.raises(FieldError) as err:
         list(src.batches(InputConfig(size=(8, 8)), 2))
     bad = root / "dog" / "2.png"
     assert str(err.value) == (f"cannot read image {bad}: corrupt or not an image; remove or replace it, "
-                              f"or pass --skip-bad-images to leave it out (it is recorded)")
+                              f"or pass skip_bad_images to leave it out (it is recorded)")  # the CLI: its option
+    assert err.value.named("--skip-bad-images").endswith("or pass --skip-bad-images to leave it out (it is recorded)")
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -516,7 +517,8 @@ def test_torchvision_numbering_scores_a_third_in_natural_order(class_folder, tmp
     assert natural.classes == ["1", "2", "10"] and _clean_accuracy(model, natural) == pytest.approx(1 / 3)
     assert len(notes) == 1 and "\n" not in notes[0]
     assert "naturally (1, 2, 10) and as strings (1, 10, 2, as torchvision's ImageFolder does)" in notes[0]
-    assert "--class-order lexical" in notes[0] and "--classes FILE" in notes[0]
+    assert "pass class_order lexical" in notes[0] and "or classes FILE" in notes[0]  # fields, as FieldNote names them
+    assert "pass --class-order lexical" in notes[0].named(lambda field: "--" + field.replace("_", "-"))
     lexical = open_source(str(root), class_order="lexical", warn=notes.append)
     assert lexical.classes == trained_on and _clean_accuracy(model, lexical) == 1.0
     (tmp_path / "classes.txt").write_text("1\n10\n2\n\n\n")

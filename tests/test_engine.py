@@ -195,7 +195,7 @@ def test_outputs_onto_a_folder_or_socket_are_refused(tmp_path: Path) -> None:
         files.atomic_write_text(tmp_path / "d.json", "x")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "s.json"))
-        with pytest.raises(RobenchError, match="--out .*s.json is a socket, not a file"):
+        with pytest.raises(RobenchError, match="^out .*s.json is a socket, not a file"):
             outputs.check_output(tmp_path / "s.json")
         with pytest.raises(RobenchError, match="is a socket"):
             files.atomic_write_text(tmp_path / "s.json", "x")
@@ -207,9 +207,9 @@ def test_stream_paths_name_their_descriptor(tmp_path: Path) -> None:
     found = [files.stream_fd(p) for p in ("-", "/dev/stdout", "/dev/fd/7", "/proc/self/fd/3", tmp_path / "err",
                                           tmp_path / "x.json")]
     assert found == [1, 1, 7, 3, 2, None]
-    with pytest.raises(RobenchError, match="--out -: the format comes from the file name's suffix"):
+    with pytest.raises(RobenchError, match="^out -: the format comes from the file name's suffix"):
         outputs.check_output(Path("-"))
-    outputs.check_output(Path("-"), (".csv",), "--per-sample", stdout=True)
+    outputs.check_output(Path("-"), (".csv",), "per_sample", stdout=True)
 
 
 @pytest.mark.parametrize("name", ["x.txt", "missing/x.json"])

@@ -753,7 +753,7 @@ def test_where_each_input_config_comes_from(tmp_path: Path, default_checkpoint: 
     assert plain.notes == [
         "model 'a': its weights carry no input config, so robench uses timm's pretrained_cfg for test_resnet: "
         "3x160x160 px, crop 0.95, bilinear, mean 0.5,0.5,0.5, std 0.5,0.5,0.5; if it was trained otherwise, set "
-        "--input-size/--crop-pct/--mean/--std (or SPEC?input-size=C,H,W&...)"]
+        "input_size/crop_pct/mean/std (or SPEC?input-size=C,H,W&...)"]  # fields: the CLI names its options
     told = load_model(parse_spec(f"a=test_resnet@{tmp_path / 'w.pth'}?input-size=3,32,32&crop-pct=1"), 10)
     assert told.notes == [] and told.describe()["input_overrides"] == {"input_size": [3, 32, 32], "crop_pct": 1.0}
     zoo = load_model(parse_spec(str(default_checkpoint)), 10)

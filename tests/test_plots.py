@@ -130,7 +130,7 @@ def test_save_figure_writes_the_suffix_format(eval_fig, tmp_path: Path, name: st
 
 
 def test_an_unknown_plot_suffix_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(RobenchError, match="--plot .*unknown format '.jpg'"):
+    with pytest.raises(RobenchError, match="^plot .*unknown format '.jpg'"):  # the CLI: --plot
         plots.check_plot(tmp_path / "f.jpg")
 
 

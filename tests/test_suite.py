@@ -61,8 +61,8 @@ def test_the_unit_trap() -> None:
     with pytest.raises(RobenchError) as err:
         parse_eps_list("2,0.3")
     assert str(err.value) == (
-        "--eps: eps 0.3 is in 1/255 units, i.e. 0.0012 in pixels. Did you mean 0.3 in pixels? "
-        "Write 76.5 or 0.3*255 or 76.5/255 (or 0.3px, or --eps-unit pixel)")
+        "eps: eps 0.3 is in 1/255 units, i.e. 0.0012 in pixels. Did you mean 0.3 in pixels? "
+        "Write 76.5 or 0.3*255 or 76.5/255 (or 0.3px, or eps_unit pixel)")  # the library names fields
     with pytest.raises(RobenchError, match=r"76\.5/255 \(or 0\.3px\)$"):  # in YAML no option makes numbers pixels
         parse_eps(0.3, "s.yaml line 1: 'eps'")
     with pytest.raises(RobenchError, match=r"eps 2 in pixels is 510/255; an eps in pixels must lie in \[0, 1\]"):
@@ -99,17 +99,17 @@ def test_parse_eps_list() -> None:
     assert parse_eps_list("0.01,0.03", unit="pixel") == (2.55, 7.65)
     with pytest.raises(RobenchError, match="at least one eps"):
         parse_eps_list(" , ")
-    with pytest.raises(RobenchError, match=r"^--eps: eps '300' is out of range"):
+    with pytest.raises(RobenchError, match=r"^eps: eps '300' is out of range"):
         parse_eps_list("2,300")
 
 
 @pytest.mark.parametrize(("text", "unit", "message"), [
-    ("8,8", "1/255", "--eps: eps 8 is given twice; give each eps once"),
-    ("2, 8,8.0", "1/255", "--eps: eps 8 is given twice (8 and 8.0 are both 8 in 1/255 units); give each eps once"),
-    ("8/255,8", "1/255", "--eps: eps 8 is given twice (8/255 and 8 are both 8 in 1/255 units); give each eps once"),
-    ("0.03px,7.65", "1/255", "--eps: eps 7.65 is given twice (0.03px and 7.65 are both 7.65 in 1/255 units); "
+    ("8,8", "1/255", "eps: eps 8 is given twice; give each eps once"),
+    ("2, 8,8.0", "1/255", "eps: eps 8 is given twice (8 and 8.0 are both 8 in 1/255 units); give each eps once"),
+    ("8/255,8", "1/255", "eps: eps 8 is given twice (8/255 and 8 are both 8 in 1/255 units); give each eps once"),
+    ("0.03px,7.65", "1/255", "eps: eps 7.65 is given twice (0.03px and 7.65 are both 7.65 in 1/255 units); "
                              "give each eps once"),
-    ("0.01,2.55/255", "pixel", "--eps: eps 2.55 is given twice (0.01 and 2.55/255 are both 2.55 in 1/255 units); "
+    ("0.01,2.55/255", "pixel", "eps: eps 2.55 is given twice (0.01 and 2.55/255 are both 2.55 in 1/255 units); "
                                "give each eps once"),
 ])
 def test_an_eps_given_twice_is_refused(text: str, unit: str, message: str) -> None:
@@ -270,7 +270,7 @@ def test_override_errors() -> None:
     suite = load_suite()
     with pytest.raises(RobenchError, match=r"unknown attack 'fgsmm'; did you mean fgsm\?"):
         override(suite, ("fgsmm",))
-    with pytest.raises(RobenchError, match="--attack fgsm is given twice"):
+    with pytest.raises(RobenchError, match="^attack fgsm is given twice"):
         override(suite, ("fgsm", "fgsm"))
 
 
@@ -331,7 +331,7 @@ def test_targeted_attacks_need_three_classes_and_the_error_names_the_line() -> N
     with pytest.raises(RobenchError) as e:
         aa.check_classes(3, "three")
     assert str(e.value) == ("autoattack (built-in) line 15: attack 'apgd_t' needs at least 4 classes, but three has 3; "
-                            "leave it out with --attack (keeping the others), or copy the suite into a file and "
+                            "leave it out with attack (keeping the others), or copy the suite into a file and "
                             "remove it or use 'apgd' (untargeted, cross-entropy)")
     dlr = parse_suite("eps: [8]\nattacks:\n  - name: apgd\n    id: dlr\n    loss: dlr\n", "d.yaml")
     with pytest.raises(RobenchError) as e:
@@ -444,7 +444,7 @@ def test_numbers_a_suite_cannot_use_name_the_key_and_line(entry: str, message: s
 def test_an_overlong_eps_on_the_command_line_is_shown_shortened() -> None:
     with pytest.raises(RobenchError) as e:
         parse_eps_list("1" + "0" * 5000)
-    assert str(e.value) == "--eps: eps '10000000000000000000000000000... (5001 characters) is not a number; use " \
+    assert str(e.value) == "eps: eps '10000000000000000000000000000... (5001 characters) is not a number; use " \
                            "1/255 units like 8, a fraction like 8/255, or pixels like 0.03px"
 
 
@@ -500,10 +500,10 @@ def test_a_huge_number_in_a_suite_exits_2_before_any_work(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("8,,16,", "--eps: '8,,16,' has an empty item; give eps separated by single commas, e.g. 2,4,8"),
-    ("8,16,,", "--eps: '8,16,,' has an empty item"),
-    (",8", "--eps: ',8' has an empty item"),
-    ("1e400", "--eps: eps 1e400 is out of range; it must lie in [0, 255] (1/255 units)"),
+    ("8,,16,", "eps: '8,,16,' has an empty item; give eps separated by single commas, e.g. 2,4,8"),
+    ("8,16,,", "eps: '8,16,,' has an empty item"),
+    (",8", "eps: ',8' has an empty item"),
+    ("1e400", "eps: eps 1e400 is out of range; it must lie in [0, 255] (1/255 units)"),
 ])
 def test_an_eps_list_with_a_lost_value_or_an_overflow_is_refused(text: str, message: str) -> None:
     """`--eps 8,,16,` ran at 8 and 16 without a word (one trailing comma stays fine); 1e400 was "not a number"."""

@@ -300,8 +300,8 @@ def test_a_folder_without_val_split_holds_out_a_seeded_share(tmp_path: Path) -> 
     notes: list[str] = []
     kept, val, record = split_sources(TrainConfig(data=str(folder), val_fraction=0), notes.append)
     assert kept.ids == val.ids and record == {"validation": {"split": "train", "n": 20}}
-    assert notes == [f"{folder} has no val/ split and --val-fraction is 0: the test accuracy is measured on the "
-                     f"training images"]
+    assert notes == [f"{folder} has no val/ split and val_fraction is 0: the test accuracy is measured on the "
+                     f"training images"]  # the library names the field (a FieldNote); the CLI says --val-fraction
     assert split_sources(TrainConfig())[2] == {}  # digits has its own test split
     out = tmp_path / "m.safetensors"
     result = CliRunner().invoke(main, ["train", "--data", str(folder), "--epochs", "1", "--batch-size", "4",

@@ -17,16 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.attacks.base import (
+    COUNT,
+    UNIT,
     Labels,
     SampleNoise,
     attack_mode,
-    check_ranges,
     clean_logits,
     project,
     ranked_targets,
     sample_noise,
     to_unit,
 )
+from robench.core.fields import check, typed
 from robench.errors import RobenchError
 
 ALPHA = 0.75  # momentum weight of the new step (Section 3.2); the first step has none
@@ -45,7 +47,10 @@ class ApgdConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={"steps": 1, "restarts": 1}, unit=("rho",))
+        check(self, APGD_FIELDS)
+
+
+APGD_FIELDS = typed(ApgdConfig, steps=COUNT, restarts=COUNT, rho=UNIT)
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,10 @@ class ApgdTConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={"targets": 1, "steps": 1, "restarts": 1}, unit=("rho",))
+        check(self, APGD_T_FIELDS)
+
+
+APGD_T_FIELDS = typed(ApgdTConfig, targets=COUNT, steps=COUNT, restarts=COUNT, rho=UNIT)
 
 
 # --- the checkpoint schedule and the losses ---------------------------------------------------------

@@ -6,7 +6,6 @@ All attacks work on [0, 1] pixels and take eps in 1/255 units, as in the paper.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.errors import FieldError
+from robench.core.fields import Rule
 
 LabelKind = Literal["true", "predicted"]
 Eps = TypeVar("Eps", float, Tensor)  # one eps, or a tensor of them (one per example, as training draws them)
@@ -194,36 +193,14 @@ def project(x_adv: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
 
 
 MAX_COUNT = 10_000_000  # steps, restarts, queries, targets: AutoAttack's largest is 5,000 queries
-
-
-def check_ranges(config: object, at_least: dict[str, float], unit: tuple[str, ...] = (),
-                 positive: tuple[str, ...] = ()) -> None:
-    """Refuse an attack option out of range: ``at_least`` fields below their minimum, ``unit`` fields outside (0, 1],
-    ``positive`` fields (None allowed: a default) not above 0. Every one of them must be a finite number, and
-    a whole number in ``at_least`` at most ``MAX_COUNT``.
-
-    Raises FieldError naming the field; a suite file's reader adds the file and line. An
-    attack left with nothing to do (0 steps or targets, a step size of 0) would report the
-    clean accuracy as robustness; NaN passes every comparison, so it is refused by name.
-    """
-    for name in (*at_least, *unit, *positive):
-        value = getattr(config, name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise FieldError(name, f"{{name}} must be a finite number, got {value!r}")
-    for name, low in at_least.items():
-        value = getattr(config, name)
-        if value < low:
-            raise FieldError(name, f"{{name}} must be at least {low:g}, got {value!r}")
-        if isinstance(value, int) and value > MAX_COUNT:  # a run that never ends, or overflows a tensor's int64
-            raise FieldError(name, f"{{name}} must be at most {MAX_COUNT:,}, got {value!r}")
-    for name in unit:
-        value = getattr(config, name)
-        if not 0 < value <= 1:
-            raise FieldError(name, f"{{name}} must be in (0, 1], got {value!r}")
-    for name in positive:
-        value = getattr(config, name)
-        if value is not None and not value > 0:
-            raise FieldError(name, f"{{name}} must be > 0, got {value!r}")
+# What attack options accept (robench.core.fields; each config's type hints give the kinds). An attack left
+# with nothing to do (0 steps or targets, a step size of 0) would report the clean accuracy as robustness;
+# NaN passes every comparison, so it is refused by name; a count beyond MAX_COUNT never ends, or overflows
+# a tensor's int64. A suite file's reader adds the file and line to the FieldError.
+COUNT = Rule(low=1, high=MAX_COUNT, finite=True)  # steps, restarts, targets, queries
+AT_LEAST_ONE = Rule(low=1, finite=True)  # a factor such as FAB's overshoot eta
+UNIT = Rule(low=0, high=1, low_open=True, finite=True, must="be in (0, 1]")  # a share or a decay
+POSITIVE = Rule(low=0, low_open=True, finite=True)  # a step size (None: the attack's default)
 
 
 def to_unit(eps: Eps) -> Eps:

@@ -20,16 +20,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.attacks.base import (
+    AT_LEAST_ONE,
+    COUNT,
+    UNIT,
     Labels,
     SampleNoise,
     attack_mode,
-    check_ranges,
     clean_logits,
     project,
     ranked_targets,
     sample_noise,
     to_unit,
 )
+from robench.core.fields import check, typed
 from robench.errors import RobenchError
 
 
@@ -49,7 +52,11 @@ class FabTConfig:
     beta: float = 0.9
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={"targets": 1, "steps": 1, "restarts": 1, "eta": 1}, unit=("alpha_max", "beta"))
+        check(self, FAB_T_FIELDS)
+
+
+FAB_T_FIELDS = typed(FabTConfig, targets=COUNT, steps=COUNT, restarts=COUNT, alpha_max=UNIT, eta=AT_LEAST_ONE,
+                     beta=UNIT)
 
 
 def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:

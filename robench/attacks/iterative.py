@@ -14,17 +14,19 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks.base import (
+    COUNT,
+    POSITIVE,
     LabelKind,
     Labels,
     SampleNoise,
     attack_mode,
-    check_ranges,
     gradient_and_logits,
     gradient_sign,
     project,
     to_unit,
     uniform_noise,
 )
+from robench.core.fields import check, typed
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ class BimConfig:
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={} if self.steps is None else {"steps": 1}, positive=("step_size",))
+        check(self, BIM_FIELDS)
+
+
+BIM_FIELDS = typed(BimConfig, steps=COUNT, step_size=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,10 @@ class IterLLConfig:
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={} if self.steps is None else {"steps": 1}, positive=("step_size",))
+        check(self, ITER_LL_FIELDS)
+
+
+ITER_LL_FIELDS = typed(IterLLConfig, steps=COUNT, step_size=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,10 @@ class PgdConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={"steps": 1}, positive=("step_size",))
+        check(self, PGD_FIELDS)
+
+
+PGD_FIELDS = typed(PgdConfig, steps=COUNT, step_size=POSITIVE)
 
 
 def paper_steps(eps: float) -> int:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks.base import LabelKind, Labels, attack_mode, gradient_sign, to_unit
+from robench.core.fields import check, typed
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class FgsmConfig:
     """FGSM: one step up the loss of ``label`` (true labels leak; see leak-check)."""
 
     label: LabelKind = "true"
+
+    def __post_init__(self) -> None:
+        check(self, FGSM_FIELDS)
+
+
+FGSM_FIELDS = typed(FgsmConfig)
 
 
 @dataclass(frozen=True)

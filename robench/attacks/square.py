@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robench.attacks.base import Labels, SampleNoise, attack_mode, check_ranges, sample_noise, to_unit
+from robench.attacks.base import COUNT, UNIT, Labels, SampleNoise, attack_mode, sample_noise, to_unit
+from robench.core.fields import check, typed
 
 # iterations of the paper's 10000-query schedule after which p halves (official code's p_selection)
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -35,7 +36,10 @@ class SquareConfig:
     p_init: float = 0.8
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least={"queries": 1}, unit=("p_init",))
+        check(self, SQUARE_FIELDS)
+
+
+SQUARE_FIELDS = typed(SquareConfig, queries=COUNT, p_init=UNIT)
 
 
 def square_share(i: int, queries: int, p_init: float) -> float:

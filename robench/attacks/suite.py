@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from robench.attacks import REGISTRY, get_attack
+from robench.core.fields import Rule, check, typed
 from robench.core.files import read_text
-from robench.core.yaml_read import locate, read_yaml
+from robench.core.yaml_read import check_node, locate, read_yaml
 from robench.errors import FieldError, RobenchError
 
 if TYPE_CHECKING:
@@ -47,10 +47,26 @@ class AttackSpec:
     config: DataclassInstance  # an instance of its registry entry's config class
     at: str = field(default="", compare=False)  # "FILE line N" of the entry, for messages
 
+    def __post_init__(self) -> None:
+        check(self, SPEC_FIELDS)
+
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
         return {"id": self.id, "name": self.name, "eps": list(self.eps),
                 **dataclasses.asdict(self.config)}
+
+
+def _eps_problem(eps: tuple[Any, ...]) -> str | None:
+    ok = all(isinstance(e, numbers.Real) and not isinstance(e, bool) and 0 <= float(e) <= MAX_EPS for e in eps)
+    return None if ok else f"be eps values in [0, {MAX_EPS:g}] (1/255 units)"
+
+
+SPEC_FIELDS = {  # what a suite file's reader makes sure of (parse_eps), for specs built in code too
+    "id": Rule(str, "text"),
+    "name": Rule(str, "an attack's name", choices=tuple(REGISTRY)),
+    "eps": Rule(tuple, "a tuple of eps", test=_eps_problem),
+}
+SUITE_FIELDS = {"cascade": Rule(bool, "true or false"), "early_stop": Rule(bool, "true or false")}
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,9 @@ class Suite:
     cascade: bool = False
     early_stop: bool = False
 
+    def __post_init__(self) -> None:
+        check(self, SUITE_FIELDS)
+
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
         return {"source": self.source, "cascade": self.cascade, "early_stop": self.early_stop,
@@ -88,15 +107,19 @@ class Suite:
             need = max(REGISTRY[a.name].min_classes, 3 if dlr else 2)
             if classes < need:
                 what = f"'{a.id}'" if a.id == a.name else f"'{a.id}' ({a.name})"
-                raise RobenchError(f"{a.at or self.source}: attack {what} needs at least {need} classes, but {data} "
-                                   f"has {classes}; {self._class_fix(a)}")
+                self._too_few(f"{a.at or self.source}: attack {what} needs at least {need} classes, but {data} "
+                              f"has {classes}; ", a)
 
-    def _class_fix(self, a: AttackSpec) -> str:
-        """How to get past too few classes: another loss, another attack, or leaving the attack out."""
+    def _too_few(self, problem: str, a: AttackSpec) -> NoReturn:
+        """Raise ``problem`` and how to get past it: another loss, another attack, or leaving the attack out.
+
+        A FieldError naming ``attack`` (the CLI's attack filter) when the suite is a built-in one.
+        """
         fix = "use 'loss: ce'" if a.name == "apgd" else "remove it or use 'apgd' (untargeted, cross-entropy)"
         if self.source.endswith("(built-in)"):
-            return f"leave it out with --attack (keeping the others), or copy the suite into a file and {fix}"
-        return fix
+            raise FieldError("attack", f"{problem}leave it out with {{name}} (keeping the others), or copy the suite "
+                                       f"into a file and {fix}")
+        raise RobenchError(problem + fix)
 
     def semantics(self) -> str:
         """What an attack row means under this suite's options, for outputs."""
@@ -157,17 +180,24 @@ def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: 
     return eps
 
 
-def parse_eps_list(text: str, where: str = "--eps", unit: str = "1/255") -> tuple[float, ...]:
-    """A comma-separated eps list such as "2,4,8", "8/255,16/255" or, with ``unit`` "pixel", "0.01,0.03"."""
+def parse_eps_list(text: str, field: str = "eps", unit: str = "1/255") -> tuple[float, ...]:
+    """A comma-separated eps list such as "2,4,8", "8/255,16/255" or, with ``unit`` "pixel", "0.01,0.03".
+
+    Raises FieldError naming ``field`` (the CLI names its option), and ``eps_unit`` in the unit trap's hint.
+    """
     parts = [p.strip() for p in text.split(",")]
     if len(parts) > 1 and not parts[-1]:  # one trailing comma, as lists are often written
         parts.pop()
     if not any(parts):
-        raise RobenchError(f"{where}: give at least one eps, e.g. --eps 2,4,8")
+        raise FieldError(field, "{name}: give at least one eps, e.g. {name} 2,4,8")
     if not all(parts):  # "8,,16" once ran at 8 and 16 without a word: a lost value is a typo to fix
-        raise RobenchError(f"{where}: {text!r} has an empty item; give eps separated by single commas, e.g. 2,4,8")
-    return unique_eps(parts, [parse_eps(p, where, unit, "--eps-unit" if where == "--eps" else None) for p in parts],
-                      where)
+        raise FieldError(field, f"{{name}}: {text!r} has an empty item; give eps separated by single commas, "
+                                f"e.g. 2,4,8")
+    try:
+        eps = [parse_eps(p, "{name}", unit, "{eps_unit}" if field == "eps" else None) for p in parts]
+        return unique_eps(parts, eps, "{name}")
+    except RobenchError as e:
+        raise FieldError(field, str(e), "eps_unit") from None
 
 
 def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float, ...]:
@@ -187,52 +217,30 @@ def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float,
     return tuple(eps)
 
 
-def _type_ok(hint: Any, value: Any) -> bool:
-    """Does a YAML value fit a config field's type hint (Literal, Optional, int, float, ...)?"""
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(h, value) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return " | ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    return "null" if hint is type(None) else hint.__name__
+_NOT_NEGATIVE = Rule(low=0, must="be >= 0")  # a suite file's numbers, before each attack's own ranges
 
 
 def build_config(name: str, options: dict[str, Any], where: Callable[[str], str] | None = None,
                  ) -> DataclassInstance:
-    """The attack's frozen config from plain options, checking every key and type.
+    """The attack's frozen config from plain options, checking every key and type (robench.core.fields).
 
     ``where(key)`` names the file and line of a key, for messages.
     """
     attack = get_attack(name)
-    hints = typing.get_type_hints(attack.config)
+    kinds = typed(attack.config)  # the config's type hints
     for key, value in options.items():
         prefix = f"{where(key)}: " if where else ""
-        if key not in hints:
-            allowed = ", ".join(hints) or "none"
+        if key not in kinds:
+            allowed = ", ".join(kinds) or "none"
             raise RobenchError(f"{prefix}unknown key '{key}' for attack '{name}'; allowed: {allowed}")
         if key == "label" and value is True:  # YAML reads `label: true` as a boolean
             value = options[key] = "true"
-        if not _type_ok(hints[key], value):
-            raise RobenchError(
-                f"{prefix}'{key}' of attack '{name}' must be {_type_name(hints[key])}, got {value!r}"
-            )
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise RobenchError(f"{prefix}'{key}' of attack '{name}' must be >= 0, got {value!r}")
+        try:
+            check({key: value}, {key: kinds[key]})
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                check({key: value}, {key: _NOT_NEGATIVE})
+        except FieldError as e:
+            raise RobenchError(prefix + e.named(f"'{key}' of attack '{name}'")) from None
     try:
         return attack.config(**options)
     except FieldError as e:
@@ -286,11 +294,8 @@ def parse_suite(text: str, source: str = "<string>") -> Suite:
     entries = doc.get("attacks")
     if not isinstance(entries, list) or not entries:
         raise RobenchError(f"{locate(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
-    flags = {}
-    for key in ("cascade", "early_stop"):
-        flags[key] = doc.get(key, False)
-        if not isinstance(flags[key], bool):
-            raise RobenchError(f"{locate(source, doc, key)}: '{key}' must be true or false, got {flags[key]!r}")
+    check_node(doc, SUITE_FIELDS, source)
+    flags = {key: doc.get(key, False) for key in SUITE_FIELDS}
     suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source, **flags)
     return _unique(suite, tuple(locate(source, e, "id" if "id" in e else None) for e in entries))
 
@@ -353,11 +358,14 @@ def built_in_suites() -> list[tuple[str, Suite, str]]:
 
 
 def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Suite:
-    """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list."""
+    """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list.
+
+    A name given twice is a FieldError naming ``attack`` (the CLI's filter).
+    """
     attacks = suite.attacks
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise RobenchError(f"--attack {dup} is given twice; give each attack once")
+        raise FieldError("attack", f"{{name}} {dup} is given twice; give each attack once")
     if names:
         by_id = {a.id: a for a in suite.attacks}
         picked = []

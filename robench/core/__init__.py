@@ -2,6 +2,8 @@
 
 Modules: ``files`` (reading inputs, atomic writes), ``outputs`` (output paths checked before any work),
 ``text`` (cells and Markdown-safe labels), ``stats`` (exact tests and intervals), ``cache`` (where robench
-keeps things), ``distributed`` (torchrun ranks, shards, gather), ``schema_errors`` (a pydantic error as
-one line). Nothing is re-exported: ``distributed`` imports torch, and the CLI imports ``files`` before it.
+keeps things), ``distributed`` (torchrun ranks, shards, gather), ``fields`` (a configuration field's rule,
+checked to a FieldError), ``yaml_read`` (hand-written YAML with lines for messages), ``schema_errors`` (a
+pydantic error as one line). Nothing is re-exported: ``distributed`` imports torch, and the CLI imports
+``files`` before it.
 """

@@ -111,8 +111,8 @@ def _backend(device: torch.device, backend: str | None) -> str:
     """nccl for GPUs, gloo for the CPU, unless asked otherwise; an impossible choice is an error."""
     chosen = backend or ("nccl" if device.type == "cuda" else "gloo")
     if chosen == "nccl" and device.type != "cuda":
-        raise RobenchError(f"backend nccl needs CUDA GPUs, but this process runs on {device}; "
-                           f"use backend gloo or --device cuda")
+        raise FieldError("device", f"backend nccl needs CUDA GPUs, but this process runs on {device}; "
+                                   f"use backend gloo or {{name}} cuda")
     if not torch.distributed.is_backend_available(chosen):
         raise RobenchError(f"torch.distributed backend {chosen} is not available in this PyTorch build")
     return chosen

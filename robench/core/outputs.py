@@ -5,35 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from robench.core.files import STDOUT, output_problem, same_output, stream_fd
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 
 RESULT_SUFFIXES = (".json", ".csv", ".md")
 
 
-def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, option: str = "--out",
+def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, field: str = "out",
                  stdout: bool = False) -> None:
     """Fail before any work if ``path`` has an unknown suffix or cannot take an output (robench.core.files).
 
     ``stdout``: ``-`` writes to standard output (where the format does not come from the suffix).
-    A ``.csv`` results file's ``.meta.json`` beside it is checked too.
+    A ``.csv`` results file's ``.meta.json`` beside it is checked too. Raises FieldError naming
+    ``field``, the option the CLI names (or the CLI's own word for it, such as ``BASELINE``).
     """
     if path is None:
         return
     if str(path) == STDOUT:
         if stdout:
             return
-        raise RobenchError(f"{option} -: the format comes from the file name's suffix ({', '.join(suffixes)}), "
-                           "so standard output cannot be one; give a file name")
+        raise FieldError(field, f"{{name}} -: the format comes from the file name's suffix ({', '.join(suffixes)}), "
+                                "so standard output cannot be one; give a file name")
     if path.suffix.lower() not in suffixes:
-        raise RobenchError(f"{option} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
+        raise FieldError(field, f"{{name}} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
     problem = output_problem(path)
     if problem is not None:
-        raise RobenchError(f"{option} {path}{' ' if problem.startswith('is ') else ': '}{problem}")
+        raise FieldError(field, f"{{name}} {path}{' ' if problem.startswith('is ') else ': '}{problem}")
     side = meta_path(path)
     problem = output_problem(side) if suffixes == RESULT_SUFFIXES and path.suffix.lower() == ".csv" else None
     if problem is not None:  # the provenance goes beside a .csv: found only after the run, it cost the run
-        raise RobenchError(f"{option} {path}: its provenance file {side} {problem.split(';')[0]}; "
-                           f"remove it or give {option} another name")
+        raise FieldError(field, f"{{name}} {path}: its provenance file {side} {problem.split(';')[0]}; "
+                                f"remove it or give {{name}} another name")
 
 
 def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:

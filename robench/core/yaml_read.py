@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from robench.errors import RobenchError
+from robench.core.fields import Rules, check
+from robench.errors import FieldError, RobenchError
 
 
 class _Mapping(dict):
@@ -103,6 +104,14 @@ def locate(source: str, node: Any, key: str | None = None) -> str:
     """"FILE line N" for a mapping read by ``read_yaml`` (the line of ``key`` when given)."""
     line = node.key_lines.get(key, node.line) if isinstance(node, _Mapping) and key else getattr(node, "line", 0)
     return f"{source} line {line}" if line else source
+
+
+def check_node(node: Any, rules: Rules, source: str) -> None:
+    """``robench.core.fields.check`` on a mapping ``read_yaml`` read: an error names the file, line and key."""
+    try:
+        check(node, rules)
+    except FieldError as e:
+        raise RobenchError(f"{locate(source, node, e.field)}: {e.named(repr(e.field))}") from None
 
 
 def read_yaml(text: str, source: str = "<string>") -> Any:

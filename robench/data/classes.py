@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from robench.core.files import read_text
-from robench.errors import FieldError, RobenchError
+from robench.errors import FieldError, FieldNote, RobenchError
 
 CLASS_ORDERS = ("natural", "lexical")  # natural: timm's (1, 2, 10); lexical: torchvision's ImageFolder (1, 10, 2)
 SHOWN_NAMES = 5  # class names a message shows of a list
@@ -68,9 +68,10 @@ def order_warning(root: Path, names: Sequence[str]) -> str | None:
     if natural == lexical:
         return None
     shown = few_pair(natural, lexical)
-    return (f"data {root}: class folders sort differently naturally ({shown[0]}) and as strings "
-            f"({shown[1]}, as torchvision's ImageFolder does); robench uses natural order: pass "
-            f"--class-order lexical if the model was trained with torchvision, or --classes FILE")
+    return FieldNote(f"data {root}: class folders sort differently naturally ({shown[0]}) and as strings "
+                     f"({shown[1]}, as torchvision's ImageFolder does); robench uses natural order: pass "
+                     f"{{class_order}} lexical if the model was trained with torchvision, or {{classes}} FILE",
+                     "class_order", "classes")
 
 
 def folder_class_map(root: Path, found: Sequence[str], class_order: str, classes: Sequence[str] | None,

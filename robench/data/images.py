@@ -23,7 +23,7 @@ from robench.data.decode import (
 )
 from robench.data.digests import pixels_digest
 from robench.data.inputs import Batch, InputConfig
-from robench.errors import RobenchError
+from robench.errors import FieldError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -106,8 +106,8 @@ class ImageSource:
             for row, reason in zip(rows[~good].tolist(), why, strict=True):
                 bad = self.describe_row(int(self.index[row]))
                 if not self.skip_bad:
-                    raise RobenchError(f"cannot read image {bad}: {reason}; remove or replace it, "
-                                       f"or pass --skip-bad-images to leave it out (it is recorded)")
+                    raise FieldError("skip_bad_images", f"cannot read image {bad}: {reason}; remove or replace it, "
+                                                        f"or pass {{name}} to leave it out (it is recorded)")
                 self.skipped[row] = bad
             if good.any():
                 yield Batch(images, labels[good], rows[good], tuple(d for d, g in zip(digests, good.tolist(),

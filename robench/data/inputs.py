@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -9,7 +10,22 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+from robench.core.fields import Rule, check
 from robench.errors import FieldError
+
+
+def _size(size: tuple[int, ...]) -> str | None:
+    ok = len(size) == 2 and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in size)
+    return None if ok else "be (H, W), two whole numbers >= 1"
+
+
+INPUT_FIELDS = {  # robench.core.fields: what robench's resizing and channel conversion can feed
+    "channels": Rule(int, "a whole number", choices=(1, 3), must="be 1 (grayscale) or 3 (RGB)"),
+    "size": Rule(tuple, "a tuple (H, W)", test=_size),
+    "interpolation": Rule(str, "text such as bilinear"),
+    "crop_pct": Rule(float, "a number", low=0, high=1, low_open=True, must="lie in (0, 1]"),
+    "crop_mode": Rule(str, "text such as center"),
+}
 
 
 @dataclass(frozen=True)
@@ -21,6 +37,9 @@ class InputConfig:
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        check(self, INPUT_FIELDS)
 
     @classmethod
     def from_timm(cls, cfg: dict[str, Any]) -> InputConfig:

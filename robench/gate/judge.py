@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from robench.core.stats import paired
-from robench.errors import CheckFailed, RobenchError
+from robench.errors import CheckFailed, FieldError, RobenchError
 from robench.gate.rules import KINDS, Floor, Health, NoLeak, Regression, Rule, Rules, default_rules
 from robench.results.read import KEY_COLUMNS, per_sample, row_key, row_label, validate
 
@@ -214,7 +214,7 @@ _RowPair = tuple[dict, dict | None] | tuple[None, dict]  # (results row, baselin
 def _pairs(rule: Regression, docs: _Docs) -> list[_RowPair]:
     """(results row, baseline row) for every matched key of either file; None where a file lacks it."""
     if docs.baseline is None:
-        raise RobenchError(f"{rule.where}: max_drop compares with a baseline; give --baseline BASELINE.json")
+        raise FieldError("baseline", f"{rule.where}: max_drop compares with a baseline; give {{name}} BASELINE.json")
     _same_samples(docs.results, docs.baseline, docs.names)
     new = {row_key(r): r for r in docs.results["rows"] if rule.match.row(r)}
     old = {row_key(r): r for r in docs.baseline["rows"] if rule.match.row(r)}
@@ -237,9 +237,10 @@ def _same_samples(results: dict[str, Any], baseline: dict[str, Any], names: tupl
     new = names[0] if names[0].endswith((".json", ".csv")) else "RESULTS.json"
     if a is None or b is None or a != b:
         shown = " vs ".join(str(h)[:12] if h else "none" for h in (a, b))
-        raise RobenchError(f"{names[0]} and {names[1]} were evaluated on different samples (dataset ids "
-                           f"sha256 {shown}); evaluate with the baseline's --data, --limit and --seed, or replace "
-                           f"the baseline on purpose: robench baseline update {new} {names[1]}")
+        raise FieldError("data", f"{names[0]} and {names[1]} were evaluated on different samples (dataset "
+                                 f"ids sha256 {shown}); evaluate with the baseline's {{name}}, {{limit}} and {{seed}}, "
+                                 f"or replace the baseline on purpose: robench baseline update {new} {names[1]}",
+                         "limit", "seed")
     a, b = (_dataset_field(d, "content_sha256") for d in (results, baseline))
     if a and b and a != b:
         raise RobenchError(f"{names[0]} and {names[1]} were evaluated on the same sample ids but other "
@@ -399,7 +400,8 @@ def gate(results: dict[str, Any], baseline: dict[str, Any] | None, rules: Rules 
     """run_gate with the default rules when none are given; raises CheckFailed (exit 1) when a check fails."""
     if rules is None:
         if baseline is None:
-            raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
+            raise FieldError("rules", "nothing to gate: give {name} gates.yaml, {baseline} BASELINE.json, or both",
+                             "baseline")
         rules = default_rules()
     report = run_gate(results, baseline, rules, names)
     report.raise_for_failures()

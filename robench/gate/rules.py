@@ -14,6 +14,7 @@ rule that silently checks nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Callable
@@ -23,13 +24,45 @@ from pathlib import Path
 from typing import Any
 
 from robench.attacks.suite import parse_eps, unique_eps
+from robench.core import fields
 from robench.core.files import read_text
-from robench.core.yaml_read import locate, read_yaml
+from robench.core.yaml_read import check_node, locate, read_yaml
 from robench.errors import RobenchError
 
 GLOB_KEYS = ("model", "source", "target", "attack")
 CORRECTIONS = ("bonferroni", "none")
+HEALTH_MODES = ("strict", "warn")
 DEFAULT_MAX_DROP = 0.02
+ACCURACIES = ("top1", "top5", "_rate")  # metric endings whose bounds are shares; other metrics take any number
+
+
+def _number(low: float, high: float, hint: str = "") -> fields.Rule:
+    """A number in [low, high] (YAML's .nan and .inf are refused when the file is read), ``hint`` after the range."""
+    says = f"a number in [{low:g}, {high:g}]{hint}"
+    return fields.Rule(float, says, low=low, high=high, must=f"be {says}")
+
+
+def _glob(text: str) -> str | None:
+    return None if text else 'be a name or glob such as "effnet-*" (quote it)'
+
+
+def _column(text: str) -> str | None:
+    return None if text else "be a column name such as top1"
+
+
+# What each key of gates.yaml accepts (robench.core.fields); the rule records check their fields with the same rules.
+SHARE = _number(0, 1, " (a share: 0.4 for 40%)")
+ANY_NUMBER = _number(-math.inf, math.inf)
+TOP_FIELDS = {"confidence": _number(0.5, 0.9999, " (0.95 for 95%)"),
+              "correction": fields.Rule(str, "bonferroni or none", choices=CORRECTIONS, must="be bonferroni or none")}
+GLOB = fields.Rule(str, 'a name or glob such as "effnet-*" (quote it)', test=_glob)
+ROW_FIELDS = {"name": fields.Rule(str, "text"), **{key: GLOB for key in GLOB_KEYS},
+              "metric": fields.Rule(str, "a column name such as top1", test=_column)}
+BOUNDS = {"min": SHARE, "max": SHARE}
+ANY_BOUNDS = {"min": ANY_NUMBER, "max": ANY_NUMBER}
+DROP = {"max_drop": SHARE}
+LEAK = {"allow_inconclusive": fields.Rule(bool, "true or false")}
+HEALTH = {"health": fields.Rule(str, "strict or warn", choices=HEALTH_MODES, must="be strict or warn")}
 
 
 @dataclass(frozen=True)
@@ -70,6 +103,11 @@ class Floor:
     min: float | None = None
     max: float | None = None
 
+    def __post_init__(self) -> None:
+        bounds = BOUNDS if isinstance(self.metric, str) and self.metric.endswith(ACCURACIES) else ANY_BOUNDS
+        fields.check(self, {"metric": ROW_FIELDS["metric"],
+                            **{key: dataclasses.replace(rule, kind=float | None) for key, rule in bounds.items()}})
+
     def threshold(self) -> str:
         """The bound(s) as text."""
         bounds = (f">= {self.min:g}" if self.min is not None else "",
@@ -87,6 +125,9 @@ class Regression:
     metric: str = "top1"
     max_drop: float = DEFAULT_MAX_DROP
 
+    def __post_init__(self) -> None:
+        fields.check(self, {"metric": ROW_FIELDS["metric"], **DROP})
+
     def threshold(self) -> str:
         """The limit as text."""
         return f"{self.metric} drop <= {self.max_drop:g}"
@@ -101,6 +142,9 @@ class NoLeak:
     match: Match
     allow_inconclusive: bool = True
 
+    def __post_init__(self) -> None:
+        fields.check(self, LEAK)
+
     def threshold(self) -> str:
         """The accepted verdicts as text."""
         return "verdict OK or INCONCLUSIVE" if self.allow_inconclusive else "verdict OK"
@@ -114,6 +158,9 @@ class Health:
     name: str
     match: Match
     mode: str = "strict"
+
+    def __post_init__(self) -> None:
+        fields.check(self, {"mode": HEALTH["health"]})  # gates.yaml's key is the mode's name
 
     def threshold(self) -> str:
         """The mode as text."""
@@ -132,6 +179,9 @@ class Rules:
     confidence: float = 0.95
     correction: str = "bonferroni"  # or "none": each interval at ``confidence`` on its own
     source: str = "<default>"
+
+    def __post_init__(self) -> None:
+        fields.check(self, TOP_FIELDS)
 
 
 def default_rules() -> Rules:
@@ -171,11 +221,8 @@ def parse_rules(text: str, source: str = "<string>") -> Rules:
     entries = doc.get("rules")
     if not isinstance(entries, list) or not entries:
         raise RobenchError(f"{locate(source, doc, 'rules')}: 'rules' must be a non-empty list, e.g. [{_EXAMPLE}]")
-    confidence = _number(doc, "confidence", source, 0.95, 0.5, 0.9999, " (0.95 for 95%)")
-    correction = doc.get("correction", "bonferroni")
-    if correction not in CORRECTIONS:
-        raise RobenchError(f"{locate(source, doc, 'correction')}: 'correction' must be bonferroni or none, "
-                           f"got {correction!r}")
+    check_node(doc, TOP_FIELDS, source)
+    confidence, correction = float(doc.get("confidence", 0.95)), doc.get("correction", "bonferroni")
     return Rules(tuple(_rule(e, source) for e in entries), confidence, correction, source)
 
 
@@ -189,19 +236,9 @@ def _no_unknown(node: dict[str, Any], allowed: tuple[str, ...], source: str, wha
                                f"allowed: {', '.join(allowed)}")
 
 
-def _number(node: dict[str, Any], key: str, source: str, default: float | None, low: float = 0.0,
-            high: float = 1.0, hint: str = " (a share: 0.4 for 40%)") -> float:
-    value = node.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise RobenchError(f"{locate(source, node, key)}: '{key}' must be a number in [{low:g}, {high:g}]{hint}, "
-                           f"got {value!r}")
-    return float(value)
-
-
-def _bound(node: dict[str, Any], key: str, source: str, low: float = 0.0, high: float = 1.0,
-           hint: str = " (a share: 0.4 for 40%)") -> float | None:
-    """``node[key]`` checked as ``_number`` checks it, or None where the key is absent."""
-    return _number(node, key, source, None, low, high, hint) if key in node else None
+def _float(node: dict[str, Any], key: str) -> float | None:
+    """A checked number of ``node`` as a float; None when absent."""
+    return None if key not in node else float(node[key])
 
 
 def _rule_kind(entry: dict[str, Any], where: str) -> type:
@@ -214,13 +251,7 @@ def _rule_kind(entry: dict[str, Any], where: str) -> type:
 
 
 def _match(entry: dict[str, Any], source: str) -> Match:
-    globs = []
-    for key in GLOB_KEYS:
-        if key in entry:
-            if not isinstance(entry[key], str) or not entry[key]:
-                raise RobenchError(f"{locate(source, entry, key)}: '{key}' must be a name or glob such as "
-                                   f"\"effnet-*\" (quote it), got {entry[key]!r}")
-            globs.append((key, entry[key]))
+    globs = [(key, entry[key]) for key in GLOB_KEYS if key in entry]
     eps = None
     if "eps" in entry:
         values = entry["eps"] if isinstance(entry["eps"], list) else [entry["eps"]]
@@ -238,53 +269,38 @@ def _rule(entry: Any, source: str) -> Rule:
     _no_unknown(entry, _ALL_KEYS, source, "in a rule")
     kind = _rule_kind(entry, where)
     _no_unknown(entry, _ALLOWED[kind], source, f"for a {KINDS[kind]} rule")
-    name = entry.get("name", "")
-    if not isinstance(name, str):
-        raise RobenchError(f"{locate(source, entry, 'name')}: 'name' must be text, got {name!r}")
-    return _BUILDERS[kind](entry, source, where, name, _match(entry, source))
-
-
-def _metric(entry: dict[str, Any], source: str) -> str:
-    metric = entry.get("metric", "top1")
-    if not isinstance(metric, str) or not metric:
-        raise RobenchError(f"{locate(source, entry, 'metric')}: 'metric' must be a column name such as top1")
-    return metric
+    check_node(entry, ROW_FIELDS, source)
+    return _BUILDERS[kind](entry, source, where, entry.get("name", ""), _match(entry, source))
 
 
 def _floor(entry: dict[str, Any], source: str, where: str, name: str, match: Match) -> Floor:
-    metric = _metric(entry, source)
-    if metric.endswith(("top1", "top5", "_rate")):
-        low, high = (_bound(entry, k, source) for k in ("min", "max"))
-    else:  # counts, gaps: any number
-        low, high = (_bound(entry, k, source, -math.inf, math.inf, "") for k in ("min", "max"))
+    metric = entry.get("metric", "top1")
+    check_node(entry, BOUNDS if metric.endswith(ACCURACIES) else ANY_BOUNDS, source)  # counts, gaps: any number
+    low, high = _float(entry, "min"), _float(entry, "max")
     if low is not None and high is not None and low > high:
         raise RobenchError(f"{where}: min {low:g} is above max {high:g}; no value can pass")
     return Floor(where, name, match, metric, low, high)
 
 
 def _regression(entry: dict[str, Any], source: str, where: str, name: str, match: Match) -> Regression:
-    metric = _metric(entry, source)
+    metric = entry.get("metric", "top1")
     if not metric.endswith(("top1", "top5")):
         raise RobenchError(f"{locate(source, entry, 'metric')}: max_drop judges accuracies (top1, top5, "
                            f"target_top1, ...), not '{metric}'; use min/max for other metrics")
-    return Regression(where, name, match, metric, _number(entry, "max_drop", source, None))
+    check_node(entry, DROP, source)
+    return Regression(where, name, match, metric, float(entry["max_drop"]))
 
 
 def _no_leak(entry: dict[str, Any], source: str, where: str, name: str, match: Match) -> NoLeak:
     if entry["no_leak"] is not True:
         raise RobenchError(f"{locate(source, entry, 'no_leak')}: write 'no_leak: true' (anything else checks "
                            f"nothing; remove the rule instead)")
-    allow = entry.get("allow_inconclusive", True)
-    if not isinstance(allow, bool):
-        raise RobenchError(f"{locate(source, entry, 'allow_inconclusive')}: 'allow_inconclusive' must be "
-                           f"true or false, got {allow!r}")
-    return NoLeak(where, name, match, allow)
+    check_node(entry, LEAK, source)
+    return NoLeak(where, name, match, entry.get("allow_inconclusive", True))
 
 
 def _health(entry: dict[str, Any], source: str, where: str, name: str, match: Match) -> Health:
-    if entry["health"] not in ("strict", "warn"):
-        raise RobenchError(f"{locate(source, entry, 'health')}: 'health' must be strict or warn, "
-                           f"got {entry['health']!r}")
+    check_node(entry, HEALTH, source)
     return Health(where, name, match, entry["health"])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from robench.data import InputConfig
-from robench.errors import FieldError, RobenchError
+from robench.errors import FieldError, FieldNote, RobenchError
 from robench.models import factories
 from robench.models.checkpoint import INPUT_KEYS
 from robench.models.preprocess import Preprocess
@@ -71,9 +71,10 @@ def _factory_config(model: nn.Module, native: tuple[int, int, int] | None, label
            "crop_pct": 1.0, "crop_mode": "center"}
     told = ("mean" in meta and "std" in meta) or (overrides.mean is not None and overrides.std is not None)
     size = "x".join(map(str, overrides.input_size)) if overrides.input_size else f"the data's own size, {c}x{h}x{w}"
-    notes = [] if told else [
+    notes: list[str] = [] if told else [FieldNote(
         f"model '{label}' has no pretrained_cfg: robench feeds it [0, 1] pixels unnormalized (mean 0, std 1) at "
-        f"{size}; if it expects otherwise, say so with ?mean=..&std=..&input-size=C,H,W or --mean/--std"]
+        f"{size}; if it expects otherwise, say so with ?mean=..&std=..&input-size=C,H,W or {{mean}}/{{std}}",
+        "mean", "std")]
     return cfg, notes
 
 
@@ -106,7 +107,7 @@ def _input_config(model: nn.Module, cfg: dict[str, Any], label: str,
     """
     c, h, w = (int(v) for v in cfg["input_size"])
     stem = _stem_channels(model)
-    notes = []
+    notes: list[str] = []
     if stem is not None and stem != c:
         if overrides.input_size is not None:
             raise RobenchError(f"model '{label}' takes {stem} channel(s) (its first convolution) but the input size "
@@ -118,12 +119,13 @@ def _input_config(model: nn.Module, cfg: dict[str, Any], label: str,
     mean, std = _floats(cfg["mean"]), _floats(cfg["std"])
     if c == 1 and len(mean) == 3 and len(std) == 3:
         if len(set(mean)) > 1 or len(set(std)) > 1:
-            notes.append(f"model '{label}' takes 1 channel; its 3-channel mean and std are averaged to "
-                         f"{sum(mean) / 3:.4g} and {sum(std) / 3:.4g} (set --mean/--std to choose)")
+            notes.append(FieldNote(f"model '{label}' takes 1 channel; its 3-channel mean and std are averaged to "
+                                   f"{sum(mean) / 3:.4g} and {sum(std) / 3:.4g} (set {{mean}}/{{std}} to choose)",
+                                   "mean", "std"))
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     mean, std = (mean * c if len(mean) == 1 else mean), (std * c if len(std) == 1 else std)
     if len(mean) != c or len(std) != c:
-        raise RobenchError(f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its std "
-                           f"{len(std)}; give one per channel (or one for all), e.g. --mean {','.join(['0.5'] * c)} "
-                           f"or SPEC?mean={','.join(['0.5'] * c)}")
+        raise FieldError("mean", f"model '{label}' takes {c} channel(s) but its mean has {len(mean)} values and its "
+                                 f"std {len(std)}; give one per channel (or one for all), e.g. {{name}} "
+                                 f"{','.join(['0.5'] * c)} or SPEC?mean={','.join(['0.5'] * c)}")
     return {**cfg, "input_size": (c, h, w), "mean": mean, "std": std}, notes

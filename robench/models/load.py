@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.data import InputConfig
-from robench.errors import RobenchError
+from robench.errors import FieldNote, RobenchError
 from robench.models import factories
 from robench.models.checkpoint import data_config, input_metadata, model_kwargs, read_metadata
 from robench.models.hub import _create, _has_hub_weights, check_arch
@@ -103,9 +103,10 @@ def load_model(
     classes, note = _probe(wrapped, input_cfg, spec.label)
     source = _input_source(model, arch, meta)
     if source == "timm_pretrained_cfg" and spec.checkpoint is not None and not overrides:
-        more.append(f"model '{spec.label}': its weights carry no input config, so robench uses timm's "
-                    f"pretrained_cfg for {arch.partition('.')[0]}: {_input_text(input_cfg, cfg)}; if it was "
-                    f"trained otherwise, set --input-size/--crop-pct/--mean/--std (or SPEC?input-size=C,H,W&...)")
+        more.append(FieldNote(f"model '{spec.label}': its weights carry no input config, so robench uses timm's "
+                              f"pretrained_cfg for {arch.partition('.')[0]}: {_input_text(input_cfg, cfg)}; if it "
+                              f"was trained otherwise, set {{input_size}}/{{crop_pct}}/{{mean}}/{{std}} (or "
+                              f"SPEC?input-size=C,H,W&...)", "input_size", "crop_pct", "mean", "std"))
     return LoadedModel(spec=spec, arch=arch, module=wrapped, input=input_cfg, mean=_floats(cfg["mean"]),
                        std=_floats(cfg["std"]), num_classes=classes, weights_sha256=weights_sha256(model),
                        weights=weights, meta=meta, notes=notes + more + note, input_from=source,

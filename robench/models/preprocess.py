@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
+from robench.core.fields import Rule, check
 from robench.errors import FieldError
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]  # what robench's resize and timm's transform both do
@@ -20,6 +21,30 @@ SPEC_KEYS = {"mean": "mean", "std": "std", "input-size": "input_size", "interpol
              "crop-pct": "crop_pct"}  # the spec query's keys (CLI spelling) -> fields
 
 MAX_SIDE = 4096  # pixels: one 3 x 4096 x 4096 float image is 200 MB
+
+
+def _per_channel(values: tuple[float, ...]) -> str | None:
+    if not values or not all(math.isfinite(v) for v in values):
+        return "be one finite number per channel"
+    return None
+
+
+def _positive_per_channel(values: tuple[float, ...]) -> str | None:
+    return _per_channel(values) or (None if min(values) > 0 else "be > 0 for every channel")
+
+
+def _size(size: tuple[int, ...]) -> str | None:  # beyond MAX_SIDE no memory holds a batch
+    ok = len(size) == 3 and size[0] in (1, 3) and all(1 <= side <= MAX_SIDE for side in size[1:])
+    return None if ok else f"be C,H,W with C 1 or 3 and H, W in [1, {MAX_SIDE}]"
+
+
+PREPROCESS_FIELDS = {  # robench.core.fields; None leaves the model's own value
+    "mean": Rule(test=_per_channel, show=str),
+    "std": Rule(test=_positive_per_channel, show=str),
+    "input_size": Rule(test=_size, show=lambda size: ",".join(map(str, size))),
+    "interpolation": Rule(choices=INTERPOLATIONS),
+    "crop_pct": Rule(low=0, high=1, low_open=True, must="lie in (0, 1]", show=str),
+}
 
 
 @dataclass(frozen=True)
@@ -33,22 +58,7 @@ class Preprocess:
     crop_pct: float | None = None  # in (0, 1]: the share of the resized image the center crop keeps
 
     def __post_init__(self) -> None:
-        for name in ("mean", "std"):
-            values = getattr(self, name)
-            if values is not None and (not values or not all(math.isfinite(v) for v in values)):
-                raise FieldError(name, f"{{name}} must be one finite number per channel, got {values}")
-        if self.std is not None and min(self.std) <= 0:
-            raise FieldError("std", f"{{name}} must be > 0 for every channel, got {self.std}")
-        if self.input_size is not None and (
-                len(self.input_size) != 3 or self.input_size[0] not in (1, 3)
-                or not all(1 <= side <= MAX_SIDE for side in self.input_size[1:])):  # beyond: no memory holds a batch
-            raise FieldError("input_size", f"{{name}} must be C,H,W with C 1 or 3 and H, W in [1, {MAX_SIDE}], "
-                                           f"got {','.join(map(str, self.input_size))}")
-        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise FieldError("interpolation", f"{{name}} must be one of {', '.join(INTERPOLATIONS)}, "
-                                              f"got {self.interpolation!r}")
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise FieldError("crop_pct", f"{{name}} must lie in (0, 1], got {self.crop_pct}")
+        check(self, PREPROCESS_FIELDS)
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) is not None for f in fields(self))

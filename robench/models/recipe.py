@@ -6,9 +6,9 @@ spec reads) needs no trainer, and the trainer, the zoo and the CLI share one def
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from robench.core.fields import VALUE_FIRST, Rule, check
 from robench.errors import FieldError
 
 TRAIN_ATTACKS = ("none", "step_ll", "fgsm", "bim", "pgd")  # how each crafts: robench.train.loop.crafting
@@ -41,39 +41,48 @@ class TrainConfig:
     val_fraction: float = 0.1  # a folder without a val/ split: the share held out to measure test accuracy
     eps_dist: str = "folded_normal"  # the paper's |N(0, eps_sigma)| truncated to eps_max, or "fixed": eps_max always
 
-    def validate(self) -> TrainConfig:
+    def __post_init__(self) -> None:
         """Raise a FieldError naming the field (the CLI names its option) for any value outside its range.
 
         Every number must be finite first: inf passes ``> 0`` and NaN fails every comparison, and
         either trains a checkpoint of NaN weights.
         """
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise FieldError(f.name, f"{{name}} {value!r} must be a finite number")
-        checks = [
-            (self.attack in TRAIN_ATTACKS, "attack", f"must be one of {', '.join(TRAIN_ATTACKS)}"),
-            (self.label in LABELS, "label", "must be true or predicted"),
-            (0 <= self.adv_fraction <= 1, "adv_fraction", "must lie in [0, 1]"),
-            (self.lam >= 0, "lam", "must be >= 0"),
-            (0 <= self.eps_max <= 255, "eps_max", "must lie in [0, 255] (1/255 units)"),
-            (not 0 < self.eps_max < 1, "eps_max", f"is in 1/255 units, i.e. {self.eps_max / 255:.2g} in pixels; for "
-                                                  f"{self.eps_max:g} in pixels write {self.eps_max * 255:g}"),
-            (self.eps_sigma > 0, "eps_sigma", "must be > 0"),
-            (self.epochs >= 1, "epochs", "must be >= 1"),
-            (2 <= self.batch_size <= 2**20, "batch_size", "must be a whole number in [2, 1048576] (2**20)"),
-            (self.lr > 0, "lr", "must be > 0"),
-            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
-            (self.lr * self.weight_decay < 1, "weight_decay", f"times lr {self.lr:g} must be below 1 (AdamW shrinks "
-                                                              f"the weights by lr * weight_decay every step)"),
-            (1 <= self.steps <= 10_000, "steps", "must be a whole number in [1, 10000]"),
-            (8 <= self.input_size <= 4096, "input_size", "must be a whole number of pixels in [8, 4096]"),
-            (self.limit is None or self.limit >= 1, "limit", "must be a positive number"),
-            (0 <= self.seed <= 2**63 - 1, "seed", "must be a whole number in [0, 2**63 - 1]"),
-            (0 <= self.val_fraction < 1, "val_fraction", "must lie in [0, 1)"),
-            (self.eps_dist in EPS_DISTS, "eps_dist", f"must be one of {', '.join(EPS_DISTS)}"),
-        ]
-        for ok, field_name, rule in checks:
-            if not ok:
-                raise FieldError(field_name, f"{{name}} {getattr(self, field_name)!r} {rule}")
+        check(self, TRAIN_FIELDS, VALUE_FIRST)
+        if 0 < self.eps_max < 1:  # the unit trap: 0.031 is a pixel fraction, and here 0.031/255
+            raise FieldError("eps_max", f"{{name}} {self.eps_max!r} is in 1/255 units, i.e. {self.eps_max / 255:.2g} "
+                                        f"in pixels; for {self.eps_max:g} in pixels write {self.eps_max * 255:g}")
+        if self.lr * self.weight_decay >= 1:
+            raise FieldError("weight_decay", f"{{name}} {self.weight_decay!r} times lr {self.lr:g} must be below 1 "
+                                             f"(AdamW shrinks the weights by lr * weight_decay every step)")
+
+    def validate(self) -> TrainConfig:
+        """The config itself: its fields were checked when it was built (kept for callers that chain it)."""
         return self
+
+
+def _share(text: str, high_open: bool = False) -> Rule:
+    return Rule(float, "a number", low=0, high=1, high_open=high_open, finite=True, must=f"lie in {text}")
+
+
+TRAIN_FIELDS = {  # robench.core.fields; the kinds first, then finite, then in this order the ranges
+    "arch": Rule(str, "text"),
+    "data": Rule(str, "text"),
+    "attack": Rule(str, "text", choices=TRAIN_ATTACKS),
+    "label": Rule(str, "text", choices=LABELS, must="be true or predicted"),
+    "adv_fraction": _share("[0, 1]"),
+    "lam": Rule(float, "a number", low=0, finite=True, must="be >= 0"),
+    "eps_max": Rule(float, "a number", low=0, high=255, finite=True, must="lie in [0, 255] (1/255 units)"),
+    "eps_sigma": Rule(float, "a number", low=0, low_open=True, finite=True, must="be > 0"),
+    "epochs": Rule(int, "a whole number", low=1, must="be >= 1"),
+    "batch_size": Rule(int, "a whole number", low=2, high=2**20, must="be a whole number in [2, 1048576] (2**20)"),
+    "lr": Rule(float, "a number", low=0, low_open=True, finite=True, must="be > 0"),
+    "weight_decay": Rule(float, "a number", low=0, finite=True, must="be >= 0"),
+    "steps": Rule(int, "a whole number", low=1, high=10_000, must="be a whole number in [1, 10000]"),
+    "input_size": Rule(int, "a whole number", low=8, high=4096, must="be a whole number of pixels in [8, 4096]"),
+    "limit": Rule(int | None, "a whole number or None", low=1, must="be a positive number"),
+    "seed": Rule(int, "a whole number", low=0, high=2**63 - 1, must="be a whole number in [0, 2**63 - 1]"),
+    "class_order": Rule(str, "text"),
+    "classes": Rule(str | None, "text or None"),
+    "val_fraction": _share("[0, 1)", high_open=True),
+    "eps_dist": Rule(str, "text", choices=EPS_DISTS),
+}

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.data import InputConfig
-from robench.errors import RobenchError
+from robench.errors import FieldError, RobenchError
 
 
 def logits_of(out: Any) -> Tensor:
@@ -95,9 +95,9 @@ def _probe(model: Normalized, input_cfg: InputConfig, label: str) -> tuple[int, 
             out = model.model((x - model.mean) / model.std)
     except Exception as e:  # noqa: BLE001 - any forward error means the input is not what the model takes
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise RobenchError(
-            f"model '{label}' fails on a batch of shape {list(shape)}: {type(e).__name__}: {text}; give the input "
-            f"it takes with ?input-size=C,H,W (or --input-size)") from None
+        raise FieldError(
+            "input_size", f"model '{label}' fails on a batch of shape {list(shape)}: {type(e).__name__}: {text}; give "
+                          f"the input it takes with ?input-size=C,H,W (or {{name}})") from None
     try:
         logits = logits_of(out)
     except RobenchError as e:

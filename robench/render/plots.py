@@ -18,7 +18,7 @@ from robench.core.files import atomic_write
 from robench.core.outputs import check_output
 from robench.core.stats import exact_interval
 from robench.core.text import eps_label
-from robench.errors import RobenchError
+from robench.errors import FieldError
 
 if TYPE_CHECKING:  # matplotlib is optional: imported for its types only
     from matplotlib.axes import Axes
@@ -37,27 +37,30 @@ LEAK_LINES = (("clean_top1", "clean"), ("fgsm_true_top1", "fgsm (true labels)"),
 
 
 def pyplot() -> ModuleType:
-    """matplotlib.pyplot on the Agg backend, or a RobenchError saying how to install it."""
+    """matplotlib.pyplot on the Agg backend, or a FieldError (naming plot) saying how to install it."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RobenchError('--plot needs matplotlib: pip install "robench[plot]"') from None
+        raise FieldError("plot", '{name} needs matplotlib: pip install "robench[plot]"') from None
     return plt
 
 
-def check_plot(path: Path | None, option: str = "--plot") -> None:
-    """Fail before any work if ``path`` cannot take a figure: unknown suffix, bad folder or no matplotlib."""
+def check_plot(path: Path | None, field: str = "plot") -> None:
+    """Fail before any work if ``path`` cannot take a figure: unknown suffix, bad folder or no matplotlib.
+
+    Raises FieldError naming ``field`` (the CLI names its option).
+    """
     if path is not None:
-        check_output(path, PLOT_SUFFIXES, option)
+        check_output(path, PLOT_SUFFIXES, field)
         pyplot()
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 130) -> None:
     """Write ``fig`` in the format its suffix names, atomically, then free it."""
-    check_output(path, PLOT_SUFFIXES, "--plot")
+    check_output(path, PLOT_SUFFIXES, "plot")
     atomic_write(path, lambda p: fig.savefig(p, format=path.suffix.lower()[1:], dpi=dpi))
     pyplot().close(fig)
 

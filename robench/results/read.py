@@ -89,7 +89,7 @@ def _load_csv(path: Path, role: str) -> dict[str, Any]:
     if not path.is_file():
         raise RobenchError(f"{role} file not found: {path}")
     if not side.is_file():
-        raise RobenchError(f"{path}: its provenance file {side} is missing (--out FILE.csv writes both)")
+        raise RobenchError(f"{path}: its provenance file {side} is missing ('robench eval --out FILE.csv' writes both)")
     meta = _read_json(side, role)
     text = read_text(path, role, RESULTS_LIMIT)  # the size and file-kind checks, then pandas parses the text
     try:
@@ -134,7 +134,7 @@ def _check(doc: Any, name: str, limit_rows: bool = False) -> list[tuple[Any, Any
     version = doc.get("schema_version")
     if version is None:
         raise RobenchError(f"{name}: no 'schema_version'; not a robench results file, or one older than schema "
-                           f"versions; re-run the evaluation with --out FILE.json")
+                           f"versions; re-run the evaluation with 'robench eval --out FILE.json'")
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise RobenchError(f"{name}: schema_version {shown(version)}, but this robench reads schema_version "
                            f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run the evaluation with this robench "

@@ -14,12 +14,18 @@ from robench import engine
 from robench.analysis import health, metrics, worst
 from robench.attacks.suite import WORST
 from robench.core.distributed import LOCAL, Dist
+from robench.core.fields import Rule, check
 from robench.engine import Progress, Status
 from robench.engine.resume import RunState, fingerprint
-from robench.errors import FieldError
 from robench.results import samples
 from robench.results.provenance import dataset_record, envelope, resume_versions
 from robench.run.runspec import Opened, RunSpec, open_run, parse_specs, probe_models
+
+EVAL_FIELDS = {  # robench.core.fields; NaN fails every comparison: as a tolerance it would flag nothing, silently
+    "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
+    "clean_ref_tol": Rule(float | None, "a share in [0, 1]", low=0, high=1, must="be a share in [0, 1]"),
+    "worst": Rule(bool, "True or False"),
+}
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,7 @@ class EvalConfig:
     worst: bool = True  # add the per-sample worst-case rows (attack "worst"; leak-check leaves them out)
 
     def __post_init__(self) -> None:
-        tol = self.clean_ref_tol  # NaN fails every comparison: it would flag nothing, silently
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol <= 1):
-            raise FieldError("clean_ref_tol", f"{{name}} must be a share in [0, 1], got {tol!r}")
+        check(self, EVAL_FIELDS)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files: the run's fields alongside eval's own."""

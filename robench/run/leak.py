@@ -28,9 +28,9 @@ import pandas as pd
 from robench.analysis import health
 from robench.attacks.suite import CLEAN, AttackSpec, Suite, build_config
 from robench.core.distributed import LOCAL, Dist
+from robench.core.fields import Rule, check
 from robench.core.stats import PairedDiff, holm, paired
 from robench.engine import Outcomes, Progress, Status
-from robench.errors import FieldError
 from robench.results import samples
 from robench.results.provenance import plain_config
 from robench.run.evaluate import EvalConfig, run_eval
@@ -68,6 +68,14 @@ def leak_suite(eps: tuple[float, ...]) -> Suite:
     ), "<leak-check>")
 
 
+LEAK_FIELDS = {  # robench.core.fields; NaN fails every comparison: refused by name, not judged with
+    "eval": Rule(EvalConfig, "an EvalConfig (robench.run.evaluate)"),
+    "alpha": Rule(float, "a number in (0, 1)", low=0, high=1, low_open=True, high_open=True,
+                  must="be a number in (0, 1)"),
+    "margin": Rule(float, "a number in [0, 1]", low=0, high=1, must="be a number in [0, 1]"),
+}
+
+
 @dataclass(frozen=True)
 class LeakConfig:
     """The evaluation to run (its suite is ``leak_suite``) and how verdicts are judged."""
@@ -77,11 +85,7 @@ class LeakConfig:
     margin: float = 0.02  # largest gap (accuracy share) an OK verdict tolerates
 
     def __post_init__(self) -> None:
-        for name, low, high, text in (("alpha", 0, 1, "in (0, 1)"), ("margin", 0, 1, "in [0, 1]")):
-            value = getattr(self, name)  # NaN fails every comparison: refused by name, not judged with
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-            if not ok or (name == "alpha" and value in (0, 1)):
-                raise FieldError(name, f"{{name}} must be a number {text}, got {value!r}")
+        check(self, LEAK_FIELDS)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""

@@ -7,7 +7,6 @@ to results files the same way in every command.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from robench.analysis import health, probes
 from robench.attacks.suite import Suite, load_suite
 from robench.core.distributed import Dist, resolve_device
+from robench.core.fields import Rule, check
 from robench.data import (
     CLASS_ORDERS,
     Source,
@@ -29,7 +29,7 @@ from robench.data import (
     read_class_list,
 )
 from robench.engine import Participant, Status
-from robench.errors import FieldError, RobenchError
+from robench.errors import FieldError, FieldNote, RobenchError
 from robench.models import LoadedModel, ModelSpec, checkpoint_classes, checkpoint_dataset, load_model, parse_spec
 from robench.models.preprocess import Preprocess
 from robench.models.zoo import DEFAULT
@@ -39,28 +39,23 @@ MAX_SEED = 2**63 - 1
 MAX_BATCH = 2**20  # a batch above the data size is one batch of all of it; beyond this it is surely a typo
 MAX_THREADS = 1024  # torch takes a C int, and no machine robench runs on has more cores
 MAX_WORKERS = 256  # each a process holding a copy of the loader
-_KINDS: dict[str, tuple[Any, str]] = {  # field -> (accepted types, how to say it); checked before the ranges
-    "data": ((str, type(None)), "text such as digits, or None"),
-    "suite": (Suite, "a Suite (robench.attacks.suite.load_suite)"),
-    "limit": ((numbers.Integral, type(None)), "a whole number or None"),
-    "seed": (numbers.Integral, "a whole number"),
-    "batch_size": (numbers.Integral, "a whole number"),
-    "device": (str, "text such as auto, cpu or cuda"),
-    "pretrained": (bool, "True or False"),
-    "workers": (numbers.Integral, "a whole number"),
-    "skip_bad_images": (bool, "True or False"),
-    "health_probes": (bool, "True or False"),
-    "threads": ((numbers.Integral, type(None)), "a whole number or None"),
-    "class_order": (str, "natural or lexical"),
-    "classes": ((str, type(None)), "the path of a class-list file, or None"),
-    "preprocess": (Preprocess, "a Preprocess (robench.models.preprocess)"),
+RUN_FIELDS: dict[str, Rule] = {  # every field's type is checked before any range (robench.core.fields)
+    "data": Rule(str | None, "text such as digits, or None"),
+    "suite": Rule(Suite, "a Suite (robench.attacks.suite.load_suite)"),
+    "limit": Rule(int | None, "a whole number or None", low=1, must="be a positive number"),
+    "seed": Rule(int, "a whole number", low=0, high=MAX_SEED, must="be a whole number in [0, 2**63 - 1]"),
+    "batch_size": Rule(int, "a whole number", low=1, high=MAX_BATCH, must=f"be a whole number in [1, {MAX_BATCH}]"),
+    "device": Rule(str, "text such as auto, cpu or cuda"),
+    "pretrained": Rule(bool, "True or False"),
+    "workers": Rule(int, "a whole number", low=0, high=MAX_WORKERS, must=f"be a whole number in [0, {MAX_WORKERS}]"),
+    "skip_bad_images": Rule(bool, "True or False"),
+    "health_probes": Rule(bool, "True or False"),
+    "threads": Rule(int | None, "a whole number or None", low=1, high=MAX_THREADS,
+                    must=f"be a whole number in [1, {MAX_THREADS}]"),
+    "class_order": Rule(str, "natural or lexical", choices=CLASS_ORDERS),
+    "classes": Rule(str | None, "the path of a class-list file, or None"),
+    "preprocess": Rule(Preprocess, "a Preprocess (robench.models.preprocess)"),
 }
-
-
-def check_count(name: str, value: int | None, low: int, high: int) -> None:
-    """Refuse a whole-number field outside [low, high] (None passes: a default), naming the field."""
-    if value is not None and not low <= value <= high:
-        raise FieldError(name, f"{{name}} must be a whole number in [{low}, {high}], got {value}")
 
 
 DEFAULT_DATA = "digits"  # without --data and without a dataset the checkpoints agree on
@@ -85,22 +80,7 @@ class RunSpec:
     preprocess: Preprocess = field(default_factory=Preprocess)  # every model's input overrides (specs' own win)
 
     def __post_init__(self) -> None:
-        for name, (kind, text) in _KINDS.items():
-            value = getattr(self, name)
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise FieldError(name, f"{{name}} must be {text}, got {value!r}")
-            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-                object.__setattr__(self, name, int(value))  # numpy integers too, as plain ints for results files
-        if self.limit is not None and self.limit < 1:
-            raise FieldError("limit", f"{{name}} must be a positive number, got {self.limit}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise FieldError("seed", f"{{name}} must be a whole number in [0, 2**63 - 1], got {self.seed}")
-        for name, low, high in (("batch_size", 1, MAX_BATCH), ("threads", 1, MAX_THREADS),
-                                ("workers", 0, MAX_WORKERS)):
-            check_count(name, getattr(self, name), low, high)
-        if self.class_order not in CLASS_ORDERS:
-            raise FieldError("class_order",
-                             f"{{name}} must be one of {', '.join(CLASS_ORDERS)}, got {self.class_order!r}")
+        check(self, RUN_FIELDS)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
@@ -142,14 +122,15 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     except RobenchError as e:
         if run.data is not None or data == DEFAULT_DATA:
             raise
-        raise RobenchError(f"{e} (the models' checkpoints say they trained on {data}; pass --data to evaluate on "
-                           f"other data)") from None
+        raise FieldError("data", f"{e} (the models' checkpoints say they trained on {data}; pass {{name}} to "
+                                 f"evaluate on other data)") from None
     run.suite.check_classes(source.num_classes, source.name)
     models = load_models(parsed, source, run.pretrained, device, run.preprocess)
     for m in models:
         notes += [*m.notes, *filter(None, [channel_note(m.spec.label, m.input.channels, source)])]
         if m.weights == "random":
-            notes.append(f"model '{m.spec.label}' has random weights (no checkpoint and no --pretrained)")
+            notes.append(FieldNote(f"model '{m.spec.label}' has random weights (no checkpoint and no "
+                                   f"{{pretrained}})", "pretrained"))
     if warn is not None and dist.is_main:
         for note in notes:
             warn(note)
@@ -165,24 +146,26 @@ def run_data(data: str | None, parsed: list[ModelSpec]) -> tuple[str, list[str]]
     folder is involved the note allows that it may hold the same images.
     """
     trained = {p.label: d for p in parsed if (d := checkpoint_dataset(p)) is not None}
-    notes = []
+    notes: list[str] = []
     if data is None:
         known = list(dict.fromkeys(trained.values()))  # in model order
         if len(known) == 1:
             data = known[0]
             if data != DEFAULT_DATA:  # the zoo's own: nothing a user would not expect
-                notes.append(f"evaluating on {data} (its test split), the dataset the checkpoints of "
-                             f"{_labels(trained)} record; --data overrides")
+                notes.append(FieldNote(f"evaluating on {data} (its test split), the dataset the checkpoints of "
+                                       f"{_labels(trained)} record; {{data}} overrides", "data"))
         else:
             data = DEFAULT_DATA
             if known:
-                notes.append(f"the checkpoints record different datasets ({', '.join(known)}), so the run takes "
-                             f"the default, {DEFAULT_DATA}; pass --data, or evaluate them in separate runs")
+                notes.append(FieldNote(f"the checkpoints record different datasets ({', '.join(known)}), so the "
+                                       f"run takes the default, {DEFAULT_DATA}; pass {{data}}, or evaluate them in "
+                                       f"separate runs", "data"))
     for label, d in trained.items():
         if d != data:
             maybe = ", unless the two hold the same images" if is_folder(d) or is_folder(data) else ""
-            notes.append(f"model '{label}' was trained on {d} (its checkpoint says) but the data is {data}: its "
-                         f"numbers are for data it never learned{maybe} (pass --data {d})")
+            notes.append(FieldNote(f"model '{label}' was trained on {d} (its checkpoint says) but the data is "
+                                   f"{data}: its numbers are for data it never learned{maybe} (pass {{data}} {d})",
+                                   "data"))
     return data, notes
 
 
@@ -204,8 +187,8 @@ def run_classes(run: RunSpec, parsed: list[ModelSpec]) -> tuple[list[str] | None
     for p, names in recorded:
         problem = class_list_problem(names)
         if problem:
-            raise RobenchError(f"checkpoint {p.checkpoint} of model '{p.label}' records a bad class list: {problem}; "
-                               f"pass --classes FILE")
+            raise FieldError("classes", f"checkpoint {p.checkpoint} of model '{p.label}' records a bad class list: "
+                                        f"{problem}; pass {{name}} FILE")
     if not recorded:
         return None, "the class list"
     (first, names), *rest = recorded

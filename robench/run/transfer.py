@@ -27,6 +27,7 @@ from robench.analysis import health, metrics
 from robench.attacks.base import to_unit
 from robench.attacks.suite import CLEAN, Suite
 from robench.core.distributed import LOCAL, Dist
+from robench.core.fields import Rule, check
 from robench.data import to_channels
 from robench.engine import Progress, Status, correct
 from robench.errors import FieldError
@@ -34,6 +35,11 @@ from robench.models import LoadedModel
 from robench.results.provenance import dataset_record, envelope
 from robench.run.runspec import Opened, RunSpec, open_run, probe_models
 from robench.run.store import ExampleCache
+
+TRANSFER_FIELDS = {  # robench.core.fields; the labels are checked against the models once they are open
+    "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
+    "cache": Rule(Path | None, "a folder's Path, or None"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class TransferConfig:
     targets: tuple[str, ...] | None = None
     run: RunSpec = field(default_factory=RunSpec)
     cache: Path | None = None  # adversarial examples kept here between runs (ExampleCache)
+
+    def __post_init__(self) -> None:
+        check(self, TRANSFER_FIELDS)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files: the run's fields alongside transfer's own."""

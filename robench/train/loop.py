@@ -62,7 +62,7 @@ from robench.core.distributed import (
 from robench.core.outputs import check_output
 from robench.data import InputConfig, Source, channel_note, has_test_split, open_source, read_class_list, subset
 from robench.engine import correct
-from robench.errors import FieldError, RobenchError
+from robench.errors import FieldError, FieldNote
 from robench.models import Normalized, check_name, training_model
 from robench.models.checkpoint import input_metadata, save_checkpoint
 from robench.models.recipe import TrainConfig
@@ -277,11 +277,12 @@ def short_tail(n: int, batch_size: int, dist: Dist = LOCAL) -> int:
 def check_split(n: int, batch_size: int, dist: Dist) -> None:
     """Every process needs at least 2 examples of every minibatch it trains on (BatchNorm, DDP)."""
     if batch_size < 2 * dist.world_size:
-        raise RobenchError(f"--batch-size {batch_size} gives some of the {dist.world_size} processes fewer than 2 "
-                           f"examples; BatchNorm needs 2: use --batch-size {2 * dist.world_size} or more")
+        raise FieldError("batch_size", f"{{name}} {batch_size} gives some of the {dist.world_size} processes fewer "
+                                       f"than 2 examples; BatchNorm needs 2: use {{name}} {2 * dist.world_size} or "
+                                       f"more")
     if n - short_tail(n, batch_size, dist) == 0:
-        raise RobenchError(f"{n} training samples give some of the {dist.world_size} processes fewer than 2 "
-                           f"examples; use --limit {2 * dist.world_size} or more")
+        raise FieldError("limit", f"{n} training samples give some of the {dist.world_size} processes fewer than 2 "
+                                  f"examples; use {{name}} {2 * dist.world_size} or more")
 
 
 def _seed_rank(seed: int, dist: Dist) -> None:
@@ -310,8 +311,8 @@ def split_sources(cfg: TrainConfig, warn: Callable[[str], None] | None = None) -
     n = len(source.ids)
     if cfg.val_fraction == 0:
         if warn is not None:
-            warn(f"{cfg.data} has no val/ split and --val-fraction is 0: the test accuracy is measured on the "
-                 f"training images")
+            warn(FieldNote(f"{cfg.data} has no val/ split and {{val_fraction}} is 0: the test accuracy is measured "
+                           f"on the training images", "val_fraction"))
         return source, source, {"validation": {"split": "train", "n": n}}
     held = max(1, round(cfg.val_fraction * n))
     if n - held < 2:
@@ -334,7 +335,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     """
     cfg.validate()
     if dist.is_main:
-        check_output(out, (".safetensors",), "--out")
+        check_output(out, (".safetensors",), "out")
     check_name(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
