@@ -254,6 +254,7 @@ def _same_results(out: Path, uninterrupted: dict) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uninterrupted: dict) -> None:
     state, out = tmp_path / "state", tmp_path / "r.json"
     args = [*RESUME_ARGS, "--resume", str(state), "--out", str(out)]
@@ -274,6 +275,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uni
     assert doc["config"] == {**uninterrupted["config"], "resume": str(state)}
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with _paused([*RESUME_ARGS, "--resume", str(state)], 1) as proc:
@@ -285,6 +287,7 @@ def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
     assert len(_records(state)) == 1 < BATCHES
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_the_state_exits_143_and_the_rerun_finishes(tmp_path: Path, uninterrupted: dict) -> None:
     # SLURM and Kubernetes send SIGTERM before they kill: it stops like Ctrl-C, with the scheduler's exit code
     state, out = tmp_path / "state", tmp_path / "r.json"

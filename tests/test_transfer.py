@@ -46,6 +46,7 @@ def test_the_three_transfer_definitions_by_hand() -> None:
     assert math.isnan(empty["transfer_rate_both_clean"]) and empty["n_fooled_source_both_clean"] == 0
 
 
+@pytest.mark.slow
 def test_diagonal_equals_eval() -> None:
     run = RunSpec(suite=SUITE, limit=30, batch_size=16)
     transfer = run_transfer(TransferConfig(("zoo:resnet-base",), run=run))
