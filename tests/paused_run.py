@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
 
 from robench.engine.resume import RunState
@@ -40,6 +41,9 @@ def main() -> None:
     ready_fd, wait_fd, k = (int(a) for a in sys.argv[1:4])
     for fd in (ready_fd, wait_fd):
         os.set_inheritable(fd, False)  # a process robench starts must not hold the test's pipes open
+    # Ctrl-C as at a terminal: a shell without job control starts background commands with SIGINT
+    # ignored, and Python then leaves it ignored, so a test run from such a shell could not interrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     pause_after(k, ready_fd, wait_fd)
     sys.argv = [sys.argv[0], *sys.argv[4:]]
     runpy.run_module("robench", run_name="__main__", alter_sys=True)
