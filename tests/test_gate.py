@@ -519,6 +519,7 @@ def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
     assert "](report_files/" in report and any((tmp_path / "report_files").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:
     """effnet-base relabelled as the step l.l. model: eval --gate and gate both exit 1, with a readable summary."""
     cmds = workflow_commands(tmp_path)
