@@ -40,6 +40,11 @@ SWEEP = [2.0, 4.0, 8.0, 16.0]
 FAST = {"square": SquareConfig(queries=200)}
 
 
+def _registry(*slow: str) -> list:
+    """Every registered attack's name for parametrize, those named here marked slow (2 s or more a test, measured)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in sorted(REGISTRY)]
+
+
 def _config(name: str):
     """The attack's default config, or a cheaper one with the same code paths (FAST)."""
     return FAST.get(name, REGISTRY[name].config())
@@ -120,7 +125,7 @@ class OneByOne(nn.Module):
         return torch.cat([self.model(x[i : i + 1]) for i in range(len(x))])
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", _registry("apgd_t", "fab_t"))
 def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
     # the loss is summed over the batch and randomness comes per sample (SampleNoise), so a
     # sample's example does not depend on its neighbours. The labels are the clean predictions,
@@ -144,7 +149,7 @@ def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
         assert fooled.any() and not fooled.all(), "all or nothing fooled: the check would miss a branch"
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", _registry("apgd_t", "fab_t"))
 def test_early_stop_keeps_every_success_and_changes_nothing_else(name: str, small_cnn: nn.Module) -> None:
     # a sample follows the same path until its first misclassified iterate, which early stopping
     # keeps: it is fooled whenever the full run fools it, and an unfooled sample's example is the same
@@ -625,6 +630,7 @@ def test_square_stops_querying_a_fooled_sample() -> None:
 
 
 @pytest.mark.parametrize("mask", [Scaled, Rounded], ids=["logits-x1000", "rounded-input"])
+@pytest.mark.slow
 def test_square_sees_through_gradient_masking(mask: type, trained, digits_batch, one_thread) -> None:
     model = mask(trained.module).eval()
     x, y = digits_batch.images, digits_batch.labels

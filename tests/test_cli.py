@@ -157,6 +157,7 @@ def test_eval_without_a_model_uses_the_zoo_default(tmp_path: Path) -> None:
     assert len(doc["rows"]) == 6 and all(r["n"] == 20 for r in doc["rows"])  # clean, fgsm, worst per model
 
 
+@pytest.mark.slow
 def test_default_run_is_meaningful(tmp_path: Path) -> None:
     """The built-in default (the zoo's baseline and step_ll pair): accurate, and the paper's finding 1."""
     out = tmp_path / "r.json"

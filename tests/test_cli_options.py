@@ -303,6 +303,7 @@ def test_an_old_name_beside_its_new_one_is_one_line_and_exit_2(command: str, old
                                           f"(see 'main {command} --help')"]
 
 
+@pytest.mark.slow
 def test_train_runs_with_the_old_names(tmp_path: Path) -> None:
     from robench.models.checkpoint import read_metadata
 

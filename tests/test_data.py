@@ -215,6 +215,7 @@ def _gzip_bomb(header: bytes, mib: int) -> bytes:
     return start + block * mib + deflate.flush()
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_refused_after_what_its_header_claims(tmp_path: Path) -> None:
     """A 4 MB t10k-images-idx3-ubyte.gz claiming 60000x28x28 but inflating to 4 GiB: read 47 MB, then refused."""
     header = struct.pack(">HBBIII", 0, 0x08, 3, 60000, 28, 28)
@@ -360,6 +361,7 @@ def test_a_folder_of_only_special_files_has_no_images(tmp_path: Path) -> None:
         open_source(str(tmp_path / "imgs"))
 
 
+@pytest.mark.slow
 def test_eval_of_a_folder_holding_a_fifo_finishes_and_warns_once(tmp_path: Path) -> None:
     """It used to hang forever, opening the FIFO."""
     import os
@@ -450,6 +452,7 @@ def test_decompression_bomb_images_are_unreadable_by_name(tmp_path: Path, worker
     assert src.skipped == {src.ids.index("dog/2.png"): str(bad)}
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_image_leaves_one_line(tmp_path: Path) -> None:
     """In a fresh process, where PIL's warning would print: one error line, and the image never decoded."""
     root = tmp_path / "digits"

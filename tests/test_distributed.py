@@ -246,6 +246,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict
     return tmp, [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_collectives_on_two_ranks(two_ranks) -> None:
     _, reports = two_ranks
     assert [r["dist"] for r in reports] == [[0, 2, "gloo", "cpu"], [1, 2, "gloo", "cpu"]]
@@ -257,6 +258,7 @@ def test_collectives_on_two_ranks(two_ranks) -> None:
     assert bn_accuracy(LOCAL) != accuracy(bn_model(1), load_digits_source("test", limit=90), InputConfig(size=(8, 8)))
 
 
+@pytest.mark.slow
 def test_ddp_steps_equal_one_process(two_ranks) -> None:
     """Uneven shards, per-rank pgd crafting with shared draws, loss scaled for DDP's average: same SGD steps.
 
@@ -288,6 +290,7 @@ def off_by(weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
     return float(overall), worst
 
 
+@pytest.mark.slow
 def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
     """train() on two ranks: rank 0's checkpoint holds one process's weights up to float noise; ranks agree.
 
@@ -326,6 +329,7 @@ def test_ddp_train_equals_one_process(two_ranks, tmp_path: Path) -> None:
 # --- torchrun end to end -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torchrun_train_writes_one_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "robench",
@@ -364,6 +368,7 @@ SCALE_ARGS = ["zoo:effnet-base", "zoo:resnet-stepll", "--limit", "32", "--batch-
 @pytest.mark.parametrize(("command", "extra"), [("eval", ["--attack", "fgsm", "--attack", "pgd", "--attack",
                                                           "iter_ll"]),
                                                  ("transfer-matrix", ["--attack", "fgsm", "--attack", "pgd"])])
+@pytest.mark.slow
 def test_torchrun_two_ranks_write_the_one_process_file(tmp_path: Path, command: str, extra: list[str]) -> None:
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     single = _robench([command, *SCALE_ARGS, *extra, "--out", str(one)], None)

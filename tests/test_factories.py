@@ -234,6 +234,7 @@ def test_wrapped_logits_are_taken_and_said_once(nets: Path, tmp_path: Path, call
     assert "robench takes its logits" not in runs["Net"][1]
 
 
+@pytest.mark.slow
 def test_inception_v3_with_aux_logits(nets: Path, tmp_path: Path) -> None:
     """The issue's case: robench exited 3 with "'tuple' object has no attribute 'clone'"."""
     result = invoke("eval", "-m", f"{nets / 'nets.py'}:inception", "--attack", "fgsm", "--eps", "8", "--limit", "2",

@@ -6,10 +6,11 @@ import base64
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -204,19 +205,37 @@ def _records(state: Path) -> list[dict]:
     return out
 
 
-def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "robench", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+PAUSED = Path(__file__).parent / "paused_run.py"  # robench, stopped after its k-th finished batch
 
 
-def _wait_for_records(state: Path, proc: subprocess.Popen, k: int, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        if (state / "state-rank0.jsonl").is_file() and len(_records(state)) >= k:
-            return
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"no {k} finished batches in {timeout} s: {proc.stderr.read() if proc.stderr else ''}")
+@contextlib.contextmanager
+def _paused(args: list[str], k: int, timeout: float = 180) -> Iterator[subprocess.Popen]:
+    """``robench ARGS`` in a child that has kept exactly ``k`` batches and waits, blocked, for the test's signal.
+
+    Waiting for the state to grow and then signalling raced the clock: on a loaded machine the child
+    finished every batch first and exited 0. The child (tests/paused_run.py) says on one pipe that its
+    k-th batch is kept, then blocks reading another, which the test closes only when it is done with it.
+    """
+    ready_r, ready_w = os.pipe()
+    wait_r, wait_w = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, str(PAUSED), str(ready_w), str(wait_r), str(k), *args], env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(ready_w, wait_r))
+    finally:
+        os.close(ready_w)  # the child's copies only: end-of-file on ready_r then means the child ended
+        os.close(wait_r)
+    try:
+        said = os.read(ready_r, 100) if select.select([ready_r], [], [], timeout)[0] else b""
+        if said != f"{k} batches kept\n".encode():
+            proc.kill()
+            pytest.fail(f"no {k} finished batches in {timeout} s: {proc.communicate()[1]}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        os.close(ready_r)
+        os.close(wait_w)
 
 
 @pytest.fixture(scope="module")
@@ -235,16 +254,15 @@ def _same_results(out: Path, uninterrupted: dict) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uninterrupted: dict) -> None:
     state, out = tmp_path / "state", tmp_path / "r.json"
     args = [*RESUME_ARGS, "--resume", str(state), "--out", str(out)]
-    proc = _start(args)
-    _wait_for_records(state, proc, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    with _paused(args, 2) as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL and not out.exists()
-    before = len(_records(state))
-    assert 2 <= before < BATCHES
+    assert len(_records(state)) == 2 < BATCHES  # killed with two batches kept and more to do
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     # only the unfinished batches were computed: one record each, none twice
@@ -257,30 +275,30 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uni
     assert doc["config"] == {**uninterrupted["config"], "resume": str(state)}
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc = _start([*RESUME_ARGS, "--resume", str(state)])
-    _wait_for_records(state, proc, 1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    with _paused([*RESUME_ARGS, "--resume", str(state)], 1) as proc:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == (
         f"robench: error: interrupted; finished batches are kept in {state}: run the same command to go on")
-    assert len(_records(state)) >= 1
+    assert len(_records(state)) == 1 < BATCHES
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_the_state_exits_143_and_the_rerun_finishes(tmp_path: Path, uninterrupted: dict) -> None:
     # SLURM and Kubernetes send SIGTERM before they kill: it stops like Ctrl-C, with the scheduler's exit code
     state, out = tmp_path / "state", tmp_path / "r.json"
     args = [*RESUME_ARGS, "--resume", str(state), "--out", str(out)]
-    proc = _start(args)
-    _wait_for_records(state, proc, 1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    with _paused(args, 1) as proc:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and not out.exists()
     assert err.strip().splitlines() == [
         f"robench: error: terminated (SIGTERM); finished batches are kept in {state}: run the same command to go on"]
-    assert 1 <= len(_records(state)) < BATCHES
+    assert len(_records(state)) == 1 < BATCHES
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     _same_results(out, uninterrupted)

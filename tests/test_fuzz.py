@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -73,6 +74,7 @@ def check_one_line(text: str) -> None:
         assert a.eps and all(0 <= e <= 255 for e in a.eps)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(DOCS)
 def test_structured_suites_parse_or_fail_in_one_line(doc) -> None:

@@ -435,6 +435,7 @@ def test_damaged_results_exit_2_naming_file_and_field(damage, needles: list[str]
     assert bad.read_bytes() == before and not summary.exists() and not copy.exists()
 
 
+@pytest.mark.slow
 def test_special_files_as_results_exit_2_at_once(files) -> None:
     fifo = files["dir"] / "fifo.json"
     os.mkfifo(fifo)
@@ -446,6 +447,7 @@ def test_special_files_as_results_exit_2_at_once(files) -> None:
                                                     f"file; give a file"]
 
 
+@pytest.mark.slow
 def test_rules_from_a_special_or_huge_file_exit_2(files) -> None:
     proc = subprocess.run([sys.executable, "-m", "robench", "gate", str(files["base"]), "--rules", "/dev/zero"],
                           capture_output=True, text=True, timeout=60)
@@ -497,6 +499,7 @@ def workflow_commands(tmp_path: Path) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
     """The workflow's eval, gate and report, exactly as it runs them, against the committed baseline."""
     cmds = workflow_commands(tmp_path)
@@ -516,6 +519,7 @@ def test_ci_example_passes_on_the_zoo(tmp_path: Path) -> None:
     assert "](report_files/" in report and any((tmp_path / "report_files").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_ci_example_catches_a_degraded_model(tmp_path: Path) -> None:
     """effnet-base relabelled as the step l.l. model: eval --gate and gate both exit 1, with a readable summary."""
     cmds = workflow_commands(tmp_path)

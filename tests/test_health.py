@@ -228,6 +228,7 @@ def test_docs_have_one_section_per_check_where_its_flags_link() -> None:
 
 # --- the zoo is silent; flags reach the CLI, the results file, leak-check and the gate --------------
 
+@pytest.mark.slow
 def test_zoo_eval_is_silent_and_writes_an_empty_health_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = []
 

@@ -156,6 +156,7 @@ def test_sign_reading_model_is_flagged() -> None:
     assert rows["adv_minus_clean_significant"].all()
 
 
+@pytest.mark.slow
 def test_true_and_predicted_agree_where_the_model_is_right() -> None:
     from robench.run.evaluate import EvalConfig
     from robench.run.runspec import RunSpec

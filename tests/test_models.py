@@ -470,6 +470,7 @@ def _pth_bomb(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_zip_bomb_checkpoint_is_refused_before_it_inflates(tmp_path: Path) -> None:
     bomb = _pth_bomb(tmp_path / "bomb.pth")
     assert bomb.stat().st_size < 5 * 2**20
@@ -491,6 +492,7 @@ def test_a_zip_claiming_more_than_it_holds_is_refused(tmp_path: Path, resnet: nn
         load_model(parse_spec(f"test_resnet@{tmp_path / 'lies.pth'}"), num_classes=10)
 
 
+@pytest.mark.slow
 def test_a_legacy_checkpoint_loads_and_one_torch_cannot_read_is_one_line(tmp_path: Path, resnet: nn.Module) -> None:
     """Legacy (pre-zip) checkpoints still load; pickle protocol 4 in one gives one line, not torch's warning too."""
     torch.save(resnet.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)

@@ -76,6 +76,7 @@ def test_replace_block_keeps_the_markers() -> None:
 
 
 @pytest.mark.parametrize("name", FAST)
+@pytest.mark.slow
 def test_readme_figures_match_a_fresh_run(name: str, one_thread: None) -> None:
     """Each fast block's text as generated, wherever it lives, each figure within its tolerance (runs shared)."""
     block = next(b for b in figures.BLOCKS if b.name == name)

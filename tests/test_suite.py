@@ -474,6 +474,7 @@ def test_an_overlong_yaml_text_is_refused_unread() -> None:
         parse_suite("#" * (2**20 + 1), "s.yaml")
 
 
+@pytest.mark.slow
 def test_a_billion_laughs_suite_exits_2_at_once_in_little_memory(tmp_path: Path) -> None:
     from results_docs import PEAK_MB, run_peak
 

@@ -128,6 +128,7 @@ def digits_test(trained):
 
 
 @pytest.mark.parametrize("eps", [4.0, 8.0])
+@pytest.mark.slow
 def test_fab_t_robust_accuracy_agrees(digits_test, one_thread, eps: float) -> None:
     # torchattacks' multi-targeted FAB runs the same targets (the most likely wrong classes, on the
     # samples still robust) with the same restart 0 from x, so with one restart both are deterministic
@@ -147,6 +148,7 @@ def test_fab_t_robust_accuracy_agrees(digits_test, one_thread, eps: float) -> No
     assert (robust_ours == robust_ref).sum() >= 350  # and mostly the same images
 
 
+@pytest.mark.slow
 def test_square_same_strength(digits_test, one_thread) -> None:
     # Square is random: robust accuracies, not examples, are compared. Budget: one forward of the
     # 360 images takes ~0.09 s on one core, so the paper's 5000 queries (or even 300 at eps 8, ~30 s
@@ -189,6 +191,7 @@ def _same_starts(monkeypatch: pytest.MonkeyPatch, atk, x: torch.Tensor, noise: S
     monkeypatch.setattr(atk, "attack_single_run", run)
 
 
+@pytest.mark.slow
 def test_apgd_agrees_on_the_baseline_at_eps_2(digits_test, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     # the baseline falls to 0% at eps 8 and 16 in both libraries (agreement there is trivial; see the
     # step l.l. model below); eps 2 leaves about three quarters, and the two agree there exactly
@@ -200,6 +203,7 @@ def test_apgd_agrees_on_the_baseline_at_eps_2(digits_test, monkeypatch: pytest.M
 @pytest.mark.parametrize(("name", "config"), [("apgd", ApgdConfig(steps=APGD_STEPS)),
                                               ("apgd_t", ApgdTConfig(targets=3, steps=APGD_STEPS))],
                          ids=["apgd-ce", "apgd-t"])
+@pytest.mark.slow
 def test_apgd_agrees_on_the_step_ll_model_at_8_and_16(name: str, config, monkeypatch: pytest.MonkeyPatch,
                                                       one_thread) -> None:
     # the step l.l.-trained model keeps most digits at eps 8 and 16 (about 96% and 77%), so agreement
@@ -273,6 +277,7 @@ def _cut_autoattack(model, eps: float):
     return atk
 
 
+@pytest.mark.slow
 def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_thread) -> None:
     # the step l.l.-trained zoo model keeps about 3/4 of the digits at eps 16, so there is something to
     # compare (the baseline falls to 0% under either); the first 180 test images keep it near 30 s

@@ -46,6 +46,7 @@ def test_the_three_transfer_definitions_by_hand() -> None:
     assert math.isnan(empty["transfer_rate_both_clean"]) and empty["n_fooled_source_both_clean"] == 0
 
 
+@pytest.mark.slow
 def test_diagonal_equals_eval() -> None:
     run = RunSpec(suite=SUITE, limit=30, batch_size=16)
     transfer = run_transfer(TransferConfig(("zoo:resnet-base",), run=run))
@@ -438,6 +439,7 @@ def test_transfer_summary_is_the_mean_off_diagonal_rate() -> None:
     assert "30.0" in out.getvalue() and "8/255" in out.getvalue()  # (20 + 40) / 2, the diagonal left out
 
 
+@pytest.mark.slow
 def test_a_cache_of_other_images_under_the_same_names_is_not_reused(
         tmp_path: Path, twin_folders: tuple[Path, Path]) -> None:
     """A cache filled on folder A gives, on B (A's file names, other pixels), the rows of a run with B's own cache."""

@@ -105,6 +105,7 @@ def _backward(matrix: Matrix) -> int:
     return sum(c["backward_passes"] for c in matrix.costs())
 
 
+@pytest.mark.slow
 def test_cascade_worst_equals_full_worst_with_fewer_passes(runs) -> None:
     full, cascade = runs["full"], runs["cascade"]
     assert np.array_equal(_worst(cascade), _worst(full))
@@ -117,6 +118,7 @@ def test_cascade_worst_equals_full_worst_with_fewer_passes(runs) -> None:
         assert np.array_equal(c[s], f[upto].all(0)), settings[s]
 
 
+@pytest.mark.slow
 def test_early_stop_is_monotone_and_at_least_as_strong(runs) -> None:
     full, stop, both = _worst(runs["full"]), _worst(runs["stop"]), _worst(runs["both"])
     assert np.array_equal(stop, both)  # cascade changes the passes, never the worst case
@@ -129,6 +131,7 @@ def test_early_stop_is_monotone_and_at_least_as_strong(runs) -> None:
         assert all((o.correct()[k] <= o.correct()[s]).all() for k in later), a
 
 
+@pytest.mark.slow
 def test_single_step_attacks_take_one_gradient_for_every_eps(runs, digits_batch) -> None:
     n = len(digits_batch.labels)
     for mode in ("full", "stop"):
@@ -163,6 +166,7 @@ def _masked_run(model, digits_batch, suite):
 
 
 @pytest.mark.parametrize("mask", [Scaled, Rounded], ids=["logits-x1000", "rounded-input"])
+@pytest.mark.slow
 def test_masked_gradients_fool_the_papers_attacks_not_the_worst_case(mask, trained, digits_batch, one_thread) -> None:
     from robench.attacks.suite import load_suite
 

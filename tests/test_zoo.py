@@ -63,6 +63,7 @@ def _test_predictions(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(preds), torch.cat(labels)
 
 
+@pytest.mark.slow
 def test_rebuild_reproduces_the_recipe_and_accuracy(tmp_path: Path) -> None:
     """`python -m robench.train.zoo_build` gives the shipped file's recipe, metadata, accuracy and predictions.
 
