@@ -760,3 +760,53 @@ def test_where_each_input_config_comes_from(tmp_path: Path, default_checkpoint: 
     assert told.notes == [] and told.describe()["input_overrides"] == {"input_size": [3, 32, 32], "crop_pct": 1.0}
     zoo = load_model(parse_spec(str(default_checkpoint)), 10)
     assert (zoo.input_from, zoo.notes, zoo.describe()["input_overrides"]) == ("checkpoint", [], {})
+
+
+# ---------------------------------------------------------------- what torch accepts (issue 26)
+
+
+def test_pre_041_batchnorm_state_dicts_load_as_torch_loads_them(tmp_path: Path, resnet: nn.Module) -> None:
+    """akamaster's CIFAR-10 ResNets predate num_batches_tracked: torch's strict load accepts them, so robench does."""
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(resnet.state_dict())
+    fresh = timm.create_model("test_resnet", num_classes=10)
+    fresh.load_state_dict(state, strict=True)  # torch's own judgement
+    torch.save(state, tmp_path / "old.pth")
+    save_file(state, str(tmp_path / "old.safetensors"))
+    x = torch.rand(2, 3, 32, 32)
+    resnet.eval()
+    for name in ("old.pth", "old.safetensors"):
+        loaded = load_model(parse_spec(f"test_resnet@{tmp_path / name}"), num_classes=10)
+        mean = torch.tensor(loaded.mean).view(1, 3, 1, 1)
+        std = torch.tensor(loaded.std).view(1, 3, 1, 1)
+        assert torch.allclose(loaded.module(x), resnet((x - mean) / std)), name
+        res = CliRunner().invoke(main, ["eval", "-m", f"test_resnet@{tmp_path / name}", "--attack", "fgsm",
+                                        "--eps", "8", "-q", "--limit", "4"])
+        assert res.exit_code == 0, (name, res.stderr)
+
+
+def test_missing_buffers_alone_name_the_likely_cause(tmp_path: Path, resnet: nn.Module) -> None:
+    buffers = {name for name, _ in resnet.named_buffers()}
+    torch.save({k: v for k, v in resnet.state_dict().items() if k not in buffers}, tmp_path / "params.pth")
+    res = CliRunner().invoke(main, ["eval", "-m", f"test_resnet@{tmp_path / 'params.pth'}", "--attack", "fgsm",
+                                    "--eps", "8", "-q", "--limit", "4"])
+    line = one_error_line(res, 2, "does not fit test_resnet: ", "missing keys (", "running_mean",
+                          "only buffers are missing", "model.state_dict()")
+    assert "is it the right architecture?" not in line
+
+
+def test_a_results_file_given_as_a_model_says_what_it_is() -> None:
+    for args in (["eval", "examples/ci/baseline.json"], ["eval", "-m", "x=test_resnet@examples/ci/baseline.json"]):
+        res = CliRunner().invoke(main, [*args, "--attack", "fgsm", "--eps", "8", "-q", "--limit", "4"])
+        line = one_error_line(res, 2, "examples/ci/baseline.json is a robench results file", "robench report",
+                              "robench gate")
+        assert "give it as NAME@" not in line
+
+
+def test_an_unknown_zoo_name_suggests_the_closest() -> None:
+    with pytest.raises(RobenchError, match=r"unknown zoo model 'effnet-bse'; did you mean effnet-base\?"):
+        parse_spec("zoo:effnet-bse")
+    res = CliRunner().invoke(main, ["eval", "-m", "zoo:effnet-bse", "--attack", "fgsm", "--eps", "8", "-q"])
+    one_error_line(res, 2, "did you mean effnet-base?", "robench zoo list")

@@ -115,28 +115,36 @@ def _keys(kind: str, keys: list[str]) -> str:
 
 
 def _fit(model: nn.Module, state: dict[str, Tensor], spec: ModelSpec, arch: str) -> None:
-    """Load strictly, or name every missing, unexpected and wrongly shaped key in one line.
+    """Load as torch's strict load does, or name every missing, unexpected and wrongly shaped key in one line.
 
-    An integer (or bool) tensor for a float parameter or buffer is refused too: load_state_dict
-    would cast it silently, and an int8 checkpoint would then score at chance.
-    Integer buffers (BatchNorm's num_batches_tracked) take integers as they should.
+    torch itself decides which keys are missing: its modules' load hooks fill what they know how to
+    (a pre-0.4.1 BatchNorm has no num_batches_tracked), and a key comparison of robench's own would
+    refuse checkpoints that PyTorch loads. An integer (or bool) tensor for a float parameter or buffer
+    is refused too: load_state_dict casts it silently, and an int8 checkpoint would then score at chance.
+    Integer buffers (num_batches_tracked) take integers as they should. A refused model is dropped.
     """
     own = model.state_dict()
-    problems = [
-        _keys("missing", [k for k in own if k not in state]),
-        _keys("unexpected", [k for k in state if k not in own]),
-        _keys("wrongly shaped", [k for k in own if k in state and state[k].shape != own[k].shape]),
-    ]
-    problems = [p for p in problems if p]
-    if problems:
-        raise RobenchError(
-            f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(problems)}; is it the right architecture?"
-        )
-    integer = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    shaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    found = model.load_state_dict({k: own[k] if k in shaped else v for k, v in state.items()}, strict=False)
+    missing, unexpected = list(found.missing_keys), list(found.unexpected_keys)
+    problems = [_keys("missing", missing), _keys("unexpected", unexpected), _keys("wrongly shaped", shaped)]
+    if any(problems):
+        raise RobenchError(f"checkpoint {spec.checkpoint} does not fit {arch}: {'; '.join(p for p in problems if p)}; "
+                           f"{_likely_cause(model, missing, unexpected + shaped)}")
+    integer = [k for k in own if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
     if integer:
         raise RobenchError(
             f"checkpoint {spec.checkpoint} holds integer tensors where {arch} has float ones: "
             f"{_keys('integer', integer)}; loading would cast their values to float unscaled (a quantized "
             f"checkpoint?): dequantize it and save float weights"
         )
-    model.load_state_dict(state, strict=True)
+
+
+def _likely_cause(model: nn.Module, missing: list[str], other: list[str]) -> str:
+    """What refused keys most likely mean: weights saved without their buffers, or another architecture."""
+    buffers = {name for name, _ in model.named_buffers()}
+    if missing and not other and all(k in buffers for k in missing):
+        return ("only buffers are missing (e.g. BatchNorm running statistics), so the weights may be right but were "
+                "saved without them (from named_parameters(), or a model built with track_running_stats=False); "
+                "save model.state_dict() with its buffers")
+    return "is it the right architecture?"
