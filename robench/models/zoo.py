@@ -7,6 +7,7 @@ every ``zoo:NAME`` spec reads; ``python -m robench.train.zoo_build`` retrains th
 
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,11 @@ DEFAULT = ("effnet-base", "effnet-stepll")  # what `robench eval` evaluates with
 
 
 def get(name: str) -> ZooEntry:
-    """A zoo entry by name; an unknown name lists the known ones."""
+    """A zoo entry by name; an unknown name suggests the closest ones, else lists them all."""
     if name not in ZOO:
-        raise RobenchError(f"unknown zoo model '{name}'; known: {', '.join(ZOO)} (see `robench zoo list`)")
+        close = difflib.get_close_matches(name, ZOO, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(ZOO)}"
+        raise RobenchError(f"unknown zoo model '{name}'; {hint} (see `robench zoo list`)")
     entry = ZOO[name]
     if not entry.path.is_file():
         raise RobenchError(f"zoo model '{name}' is missing from {ZOO_DIR}; "
