@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from robench.errors import RobenchError
 from robench.models.spec import HUB_PREFIXES
+from robench.models.weights import check_not_results
 
 
 def check_arch(name: str) -> None:
@@ -33,6 +35,8 @@ def check_arch(name: str) -> None:
             tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:5]) or "none"
             raise RobenchError(f"unknown pretrained tag in '{name}'; known for {arch}: {tags}")
         return
+    if name.endswith(".json") and Path(name).is_file():  # `robench eval baseline.json`: a results file?
+        check_not_results(Path(name))
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "see `timm.list_models()` for names"
     raise RobenchError(f"unknown model '{name}'; {hint}")

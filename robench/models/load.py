@@ -20,7 +20,7 @@ from robench.models.hub import _create, _has_hub_weights, check_arch
 from robench.models.input_config import _factory_config, _input_config, _input_source, _input_text, _timm_config
 from robench.models.preprocess import Preprocess
 from robench.models.spec import HUB_PREFIXES, ModelSpec
-from robench.models.weights import _fit, _load_state, weights_sha256
+from robench.models.weights import _fit, _load_state, check_not_results, weights_sha256
 from robench.models.wrapper import Normalized, _floats, _probe, wrap
 
 
@@ -192,6 +192,7 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
         raise RobenchError(f"checkpoint not found: {ckpt} (model spec '{spec.text}'); check the path")
     meta = read_metadata(ckpt) if ckpt.suffix == ".safetensors" else None
     if meta is None and spec.name is None:
+        check_not_results(ckpt)
         raise RobenchError(
             f"{ckpt} carries no robench metadata naming its architecture; give it as NAME@{ckpt}, e.g. resnet18@{ckpt}"
         )

@@ -39,6 +39,7 @@ def _load_state(path: Path) -> dict[str, Tensor]:
 
     if not path.is_file():
         raise RobenchError(f"checkpoint not found: {path}")
+    check_not_results(path)
     if path.suffix != ".safetensors":
         check_archive(path)
     with warnings.catch_warnings(record=True) as heard:
@@ -78,6 +79,19 @@ def _unsafe_globals(message: str) -> list[str]:
     if listed:
         return [n.strip() for n in listed.group(1).split(",") if n.strip()]
     return list(dict.fromkeys(re.findall(r"Unsupported global: GLOBAL (\S+)", message)))
+
+
+def check_not_results(path: Path) -> None:
+    """Refuse a robench results file given as a model, saying what it is and which commands read it.
+
+    Told only "not a checkpoint", a newcomer who passed `robench eval`'s output back in tries
+    NAME@FILE next, which fails the same way. Only the head is read: results files can be large.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith(b"{") and b'"schema_version"' in head and b'"robench"' in head:
+        raise RobenchError(f"{path} is a robench results file, not a model or checkpoint: read it with "
+                           f"`robench report {path}`, or compare new results against it with `robench gate`")
 
 
 def check_archive(path: Path) -> None:
