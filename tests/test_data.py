@@ -456,6 +456,23 @@ def test_a_file_name_that_is_not_utf8_is_refused_at_open(tmp_path: Path) -> None
         open_source(str(root))
 
 
+@pytest.mark.slow  # about 7 s: the CLI builds the model before opening the data
+def test_eval_refuses_a_name_that_is_not_utf8_before_any_work(tmp_path: Path) -> None:
+    """Exit 2, one line naming the file, no results file; it was exit 3 after the whole run."""
+    from click.testing import CliRunner
+
+    from robench.cli.main import main
+
+    root = _folder(tmp_path / "imgs")
+    Image.new("RGB", (8, 8)).save(os.fsdecode(os.fsencode(root / "dog") + b"/\xff.png"), format="PNG")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", "test_resnet", "--data", str(root), "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--no-health", "--out", str(out)])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "dog/\\xff.png is not UTF-8" in res.stderr, \
+        res.stderr
+    assert not out.exists()
+
+
 def test_missing_image_folder(tmp_path: Path) -> None:
     with pytest.raises(RobenchError, match="dataset folder not found"):
         open_source(str(tmp_path / "nope"))
