@@ -456,7 +456,7 @@ def test_a_file_name_that_is_not_utf8_is_refused_at_open(tmp_path: Path) -> None
         open_source(str(root))
 
 
-@pytest.mark.slow  # about 7 s: the CLI builds the model before opening the data
+@pytest.mark.slow  # about 7 s on 2 cores
 def test_eval_refuses_a_name_that_is_not_utf8_before_any_work(tmp_path: Path) -> None:
     """Exit 2, one line naming the file, no results file; it was exit 3 after the whole run."""
     from click.testing import CliRunner
