@@ -9,6 +9,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -380,6 +381,96 @@ def test_eval_of_a_folder_holding_a_fifo_finishes_and_warns_once(tmp_path: Path)
 def test_unknown_timm_dataset_string() -> None:
     with pytest.raises(RobenchError, match="cannot open dataset torch/not-a-dataset"):
         open_source("torch/not-a-dataset")
+
+
+def test_a_symlink_loop_is_walked_once_with_one_warning(tmp_path: Path) -> None:
+    """timm's walker (os.walk following links) listed every image about 40 times through ``cat/loop -> ..``."""
+    root = _folder(tmp_path / "imgs")
+    os.symlink("..", root / "cat" / "loop")
+    os.symlink("../dog", root / "cat" / "dog-again")  # a second way into one folder: its own name keeps its class
+    heard: list[str] = []
+    src = open_source(str(root), warn=heard.append)
+    assert src.ids == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"] and src.classes == ["cat", "dog"]
+    assert len(heard) == 1 and "2 folders reached a second time (a symlink loop or a second link" in heard[0], heard
+
+
+def test_a_linked_folder_outside_the_data_is_read(tmp_path: Path) -> None:
+    _folder(tmp_path / "elsewhere")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    os.symlink(tmp_path / "elsewhere" / "cat", root / "cat")
+    assert open_source(str(root)).ids == ["cat/0.png", "cat/1.png"]
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``folder`` fails to list as a mode-000 folder does; chmod 000 does not stop root, who runs some test machines."""
+    scandir = os.scandir
+
+    def denying(path: Any = ".") -> Any:
+        if os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denying)
+
+
+def test_an_unreadable_class_folder_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its images were dropped without a word."""
+    root = _folder(tmp_path / "imgs")
+    _unreadable(monkeypatch, root / "dog")
+    with pytest.raises(RobenchError, match=r"data .*imgs: cannot read its folder dog: Permission denied; make it "
+                                           r"readable"):
+        open_source(str(root))
+
+
+def test_an_unreadable_image_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _folder(tmp_path / "imgs")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not p.endswith("dog/1.png") and access(p, mode))
+    with pytest.raises(RobenchError, match=r"cannot read the image dog/1.png \(permission denied or a broken link\)"):
+        open_source(str(root))
+
+
+def test_every_format_pil_decodes_is_read(tmp_path: Path) -> None:
+    """Only .png, .jpg and .jpeg were listed: GIF, BMP, WebP and TIFF images were dropped without a word."""
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    for ext in ("bmp", "gif", "png", "tif", "tiff", "webp"):
+        Image.new("RGB", (12, 12), (255, 0, 0)).save(root / "a" / f"red.{ext}", **({"lossless": True} if ext ==
+                                                                                      "webp" else {}))
+    (root / "a" / "features.h5").write_bytes(b"\x89HDF\r\n\x1a\n")  # PIL names HDF5 but decodes it only with a plugin
+    heard: list[str] = []
+    src = open_source(str(root), warn=heard.append)
+    assert src.ids == [f"a/red.{ext}" for ext in ("bmp", "gif", "png", "tif", "tiff", "webp")]
+    batch = next(src.batches(InputConfig(size=(8, 8)), 6))
+    assert torch.allclose(batch.images[:, 0], torch.ones(6, 8, 8)) and batch.images[:, 1:].max() == 0
+    assert len(heard) == 1 and "1 file in formats PIL cannot decode without a plugin or program (e.g. " \
+                               "a/features.h5, HDF5) left out" in heard[0], heard
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_at_open(tmp_path: Path) -> None:
+    """It ran to the end and then failed to write the ids (exit 3, all work lost)."""
+    root = _folder(tmp_path / "imgs")
+    Image.new("RGB", (8, 8)).save(os.fsdecode(os.fsencode(root / "cat") + b"/caf\xe9.png"), format="PNG")
+    with pytest.raises(RobenchError, match=r"the file name cat/caf\\xe9.png is not UTF-8 and cannot be recorded"):
+        open_source(str(root))
+
+
+@pytest.mark.slow  # about 7 s on 2 cores
+def test_eval_refuses_a_name_that_is_not_utf8_before_any_work(tmp_path: Path) -> None:
+    """Exit 2, one line naming the file, no results file; it was exit 3 after the whole run."""
+    from click.testing import CliRunner
+
+    from robench.cli.main import main
+
+    root = _folder(tmp_path / "imgs")
+    Image.new("RGB", (8, 8)).save(os.fsdecode(os.fsencode(root / "dog") + b"/\xff.png"), format="PNG")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", "test_resnet", "--data", str(root), "--attack", "fgsm", "--eps", "8",
+                                    "-q", "--no-health", "--out", str(out)])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "dog/\\xff.png is not UTF-8" in res.stderr, \
+        res.stderr
+    assert not out.exists()
 
 
 def test_missing_image_folder(tmp_path: Path) -> None:
