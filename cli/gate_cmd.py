@@ -11,7 +11,7 @@ import click
 
 from robench.render.console import console
 
-from .options import gate_options
+from .options import gate_options, say
 
 if TYPE_CHECKING:  # the library is imported in the commands (a fast --help)
     from robench.gate.rules import Rules
@@ -71,7 +71,8 @@ def check_planned_rows(plan: GatePlan, cfg: EvalConfig) -> None:
     rows = planned_rows(cfg)
     check_planned(plan.rules, rows, "this eval")
     if plan.baseline is not None:
-        check_planned_baseline(plan.rules, rows, plan.baseline, ("this eval", str(plan.baseline_path)))
+        check_planned_baseline(plan.rules, rows, plan.baseline, ("this eval", str(plan.baseline_path)),
+                               cfg.describe())
 
 
 def samples_check(plan: GatePlan) -> Callable[[dict[str, Any]], None]:
@@ -89,6 +90,8 @@ def apply_gate(plan: GatePlan, doc: dict[str, Any], name: str, quiet: bool = Fal
     from robench.gate.judge import run_gate
 
     report = run_gate(doc, plan.baseline, plan.rules, (name, str(plan.baseline_path or "baseline")))
+    for line in report.warnings:
+        say(line)
     if plan.junit is not None:
         atomic_write_text(plan.junit, gate_report.junit(report))
     if plan.summary is not None:

@@ -632,3 +632,97 @@ def test_same_ids_other_images_are_refused_and_files_without_content_fall_back_t
     for results, baseline in ((doc("a" * 64), doc(None)), (doc(None), doc("a" * 64)), (doc("a" * 64), doc("a" * 64))):
         r = invoke("gate", write(tmp_path / "r.json", results), "--baseline", write(tmp_path / "base.json", baseline))
         assert r.exit_code == 0, r.stderr
+
+
+# --- like with like: the attack settings behind compared rows (issue 26, item 6) ----------------------------------
+
+PGD = {("m", "clean", 0.0): BASE, ("m", "pgd", 8.0): BASE}
+
+
+def suite_config(steps: int = 10, cascade: bool = False, seed: int = 0) -> dict:
+    """``config`` as robench eval records it: the suite (each entry's settings) and the seed."""
+    pgd = {"id": "pgd", "name": "pgd", "eps": [8.0], "steps": steps, "alpha": 2.0, "random_start": True}
+    return {"suite": {"source": "s.yaml", "cascade": cascade, "early_stop": False, "attacks": [pgd]}, "seed": seed}
+
+
+@pytest.mark.parametrize(("results", "needles"), [
+    (suite_config(steps=1), ["pgd: steps 1 in r.json, 10 in b.json"]),  # the weakened suite, under the same id
+    (suite_config(cascade=True), ["cascade true in r.json, false in b.json"]),
+    (suite_config(seed=1), ["seed 1 in r.json, 0 in b.json"]),
+    (suite_config(steps=1, seed=2), ["pgd: steps 1 in r.json, 10 in b.json", "seed 2 in r.json, 0 in b.json"]),
+])
+def test_a_gate_refuses_rows_run_with_other_attack_settings(results: dict, needles: list[str],
+                                                            tmp_path: Path) -> None:
+    """1 step of pgd under the id pgd, 'gaining' 40 samples on a 10-step baseline, passed the gate: now exit 2."""
+    stronger = {k: flip(v, 40, to=True) if k[1] == "pgd" else v for k, v in PGD.items()}
+    r_json = write(tmp_path / "r.json", make_doc(stronger, config=results))
+    b_json = write(tmp_path / "b.json", make_doc(PGD, config=suite_config()))
+    r = invoke("gate", r_json, "--baseline", b_json)
+    one_error_line(r, 2, *needles, "other settings", f"robench baseline update {r_json} {b_json}")
+    assert r.stdout == ""
+
+
+def test_settings_are_compared_only_for_the_rows_a_regression_compares(tmp_path: Path) -> None:
+    """Clean rows depend on no attack setting; floors compare nothing; files without a suite keep the old behaviour."""
+    b_json = write(tmp_path / "b.json", make_doc(PGD, config=suite_config()))
+    weak = write(tmp_path / "r.json", make_doc(PGD, config=suite_config(steps=1, seed=3)))
+    clean_only = write(tmp_path / "g.yaml", "- {attack: clean, max_drop: 0.02}\n- {attack: pgd, min: 0.5}")
+    assert invoke("gate", weak, "--baseline", b_json, "--rules", clean_only).exit_code == 0
+    r = invoke("gate", weak, "--baseline", write(tmp_path / "old.json", make_doc(PGD)))
+    assert r.exit_code == 0, r.stderr
+    worst = {**PGD, ("m", "worst", 8.0): BASE}
+    r = invoke("gate", write(tmp_path / "w.json", make_doc(worst, config=suite_config(steps=1))), "--baseline",
+               write(tmp_path / "wb.json", make_doc(worst, config=suite_config())), "--rules",
+               write(tmp_path / "worst.yaml", "- {attack: worst, max_drop: 0.02}"))
+    one_error_line(r, 2, "pgd: steps 1 in", "10 in")  # the worst case depends on every attack
+
+
+def test_eval_baseline_with_other_settings_fails_before_any_work(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import robench.run.evaluate
+
+    monkeypatch.setattr(robench.run.evaluate, "open_run", lambda *a, **k: pytest.fail("opened the data"))
+    fgsm = json.loads((CI / "baseline.json").read_text())["config"]["suite"]["attacks"][0]
+    config = {"suite": {"source": "x", "cascade": False, "early_stop": False, "attacks": [{**fgsm, "eps": [8.0]}]},
+              "seed": 0}
+    base = write(tmp_path / "b.json", make_doc({("resnet-base", "fgsm", 8.0): BASE}, config=config))
+    out = tmp_path / "r.json"
+    r = invoke("eval", "zoo:resnet-base", "--attack", "fgsm", "--eps", "8", "--seed", "1", "--out", out,
+               "--baseline", base)
+    one_error_line(r, 2, "seed 1 in this eval, 0 in b.json", "robench baseline update")
+    assert not out.exists()
+
+
+# --- a gate that judged nothing (item 7), a gate too small to fail (item 11) ----------------------------------------
+
+def test_a_gate_whose_every_check_is_skipped_is_bad_input(files) -> None:
+    """The issue's example passed: 'PASSED: 1 checks (0 pass, 0 warn, 0 fail, 1 skip)', exit 0."""
+    clean = {("m", "clean", 0.0): BASE}
+    doc = write(files["dir"] / "clean.json", make_doc(clean))
+    r = invoke("gate", doc, "--rules", write(files["dir"] / "s.yaml", "- {attack: clean, metric: success_rate, "
+                                                                        "min: 0.5}"))
+    one_error_line(r, 2, "s.yaml line 1", "judges nothing", "success_rate is empty", "selectors or metric")
+    assert r.stdout == ""
+    # one rule judging nothing beside others that judge is the same mistake
+    r = invoke("gate", files["base"], "--rules", write(files["dir"] / "t.yaml", "- {attack: fgsm, min: 0.5}\n"
+                                                       "- {attack: clean, metric: success_rate, min: 0.5}"))
+    one_error_line(r, 2, "t.yaml line 2", "judges nothing")
+
+
+def test_a_gate_over_too_few_samples_warns_that_it_cannot_fail(tmp_path: Path) -> None:
+    """n = 1: the drop's interval is about [-1, 1] whatever happens, so no regression can fail it."""
+    one = {("m", "clean", 0.0): np.array([True]), ("m", "fgsm", 8.0): np.array([True])}
+    lost = {k: np.array([False]) for k in one}
+    r = invoke("gate", write(tmp_path / "r.json", make_doc(lost)), "--baseline", write(tmp_path / "b.json",
+                                                                                         make_doc(one)))
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: default rule"), r.stderr
+    assert "2 of its rows compare only n = 1 samples" in lines[0] and "evaluate more samples" in lines[0]
+    need = gate.samples_needed(0.02, 1 - 0.05 / 2, "paired")  # two rows: Bonferroni
+    assert need is not None and f"at least {need} samples" in lines[0]
+    assert gate.worst_low(need, need, 1 - 0.05 / 2, "paired") > 0.02 >= gate.worst_low(need - 1, need - 1,
+                                                                                         1 - 0.05 / 2, "paired")
+    big = invoke("gate", write(tmp_path / "big.json", make_doc(GRID)), "--baseline", tmp_path / "big.json")
+    assert big.exit_code == 0 and big.stderr == ""  # 200 samples can show a drop above 0.02
+    assert gate.samples_needed(1.0, 0.95, "independent") is None  # max_drop 1: no drop is ever above it

@@ -13,8 +13,9 @@ Every rule is checked on every row it matches:
 - no_leak: the leak-check verdicts of the matched models must not be LEAK;
 - health: the results' health findings fail the gate (``strict``) or are reported (``warn``).
 
-A rule that matches nothing, a document without a compatible ``schema_version`` and a
-baseline evaluated on other samples are bad input (RobenchError), never a pass.
+A rule that matches nothing or judges nothing (every check skipped), a document without a
+compatible ``schema_version``, a baseline evaluated on other samples and compared rows run with
+other attack settings (robench.gate.settings) are bad input (RobenchError), never a pass.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robench.core.stats import paired
+from robench.core.stats import interval, paired
 from robench.errors import CheckFailed, FieldError, RobenchError
 from robench.gate.rules import KINDS, Floor, Health, NoLeak, Regression, Rule, Rules, default_rules
+from robench.gate.settings import check_settings
 from robench.results.read import KEY_COLUMNS, per_sample, row_key, row_label, validate
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -64,6 +66,7 @@ class GateReport:
     check_confidence: float  # each regression interval's own confidence (Bonferroni-adjusted)
     correction: str
     comparisons: int  # regression checks that compared a row with its baseline
+    warnings: tuple[str, ...] = ()  # one line each, for stderr: regression rules no drop could fail
 
     @property
     def passed(self) -> bool:
@@ -124,10 +127,62 @@ def run_gate(results: dict[str, Any], baseline: dict[str, Any] | None, rules: Ru
     each = rules.confidence
     if rules.correction == "bonferroni" and comparisons > 1:
         each = 1 - (1 - rules.confidence) / comparisons
-    checks = [check for i, (rule, m) in enumerate(zip(rules.rules, matched, strict=True), 1)
-              for check in _checks(rule, _rule_label(i, rule), m, docs, each)]
+    checks: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for i, (rule, m) in enumerate(zip(rules.rules, matched, strict=True), 1):
+        found = _checks(rule, _rule_label(i, rule), m, docs, each)
+        _refuse_ungraded(rule, found)
+        warnings += _blind(rule, _rule_label(i, rule), found, each)
+        checks += found
     return GateReport(pd.DataFrame(checks, columns=CHECK_COLUMNS), rules.confidence, each, rules.correction,
-                      comparisons)
+                      comparisons, tuple(warnings))
+
+
+def _refuse_ungraded(rule: Rule, found: list[dict[str, Any]]) -> None:
+    """Raise RobenchError when every check of a rule was skipped: a rule that judges nothing is no pass.
+
+    The same failure as a rule that matches nothing, one step later (a floor on success_rate
+    over clean rows, whose success_rate is empty).
+    """
+    if found and all(c["status"] == SKIP for c in found):
+        first = found[0]
+        raise RobenchError(f"{rule.where}: the rule ({rule.match.describe()}) judges nothing: all {len(found)} of "
+                           f"its checks were skipped (first, {first.get('row') or 'a row'}: {first['detail']}); point "
+                           f"its selectors or metric at rows it can judge, or remove it")
+
+
+def _blind(rule: Rule, label: str, found: list[dict[str, Any]], confidence: float) -> list[str]:
+    """One warning for a regression rule whose rows are too few for any drop to fail it (n = 1: [-1, 1])."""
+    blind = [c["blind"] for c in found if "blind" in c]
+    if not isinstance(rule, Regression) or not blind:
+        return []
+    n, low, test = min(blind)
+    need = samples_needed(rule.max_drop, confidence, test)
+    more = f"at least {need} samples per row are needed" if need else "no sample size is enough"
+    return [f"{rule.where} ({label}): {len(blind)} of its rows compare only n = {n} samples, too few for any drop "
+            f"to fail it: even losing every sample, the {_pct(confidence)} interval of the drop starts at {low:+.3f}, "
+            f"not above max_drop {rule.max_drop:g} ({test}); {more}: evaluate more samples"]
+
+
+def worst_low(n_old: int, n_new: int, confidence: float, test: str) -> float:
+    """The low end of the drop's interval were every sample lost (all right in the baseline, all wrong now)."""
+    if test == "paired":
+        return -interval(0, n_old, n_old, confidence)[1]
+    return independent_interval(n_old, n_old, 0, n_new, confidence)[0]
+
+
+def samples_needed(max_drop: float, confidence: float, test: str, cap: int = 1 << 24) -> int | None:
+    """The fewest samples per row at which losing them all fails a max_drop check; None if no number does."""
+    high = 1
+    while worst_low(high, high, confidence, test) <= max_drop:
+        if high >= cap:
+            return None
+        high *= 2
+    low = high // 2  # fails at ``high``, not at ``low`` (or low = 0)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if worst_low(mid, mid, confidence, test) > max_drop else (mid, high)
+    return high
 
 
 def check_planned(rules: Rules, rows: list[dict[str, Any]], name: str) -> None:
@@ -144,16 +199,19 @@ def check_planned(rules: Rules, rows: list[dict[str, Any]], name: str) -> None:
 
 
 def check_planned_baseline(rules: Rules, rows: list[dict[str, Any]], baseline: dict[str, Any],
-                           names: tuple[str, str]) -> None:
-    """Raise RobenchError, before any evaluation, for a max_drop rule with no planned row in the baseline too.
+                           names: tuple[str, str], config: dict[str, Any] | None = None) -> None:
+    """Raise RobenchError, before any evaluation, for a max_drop rule with no planned row in the baseline too,
+    or whose rows the baseline ran with other attack settings than ``config`` (the run's, as results record it).
 
-    The check ``run_gate`` makes on the finished results, made on the rows a run will write.
+    The checks ``run_gate`` makes on the finished results, made on the rows a run will write.
     """
     for rule in rules.rules:
         if isinstance(rule, Regression):
-            new = {row_key(r) for r in rows if rule.match.row(r)}
+            new = {row_key(r): r for r in rows if rule.match.row(r)}
             old = {row_key(r) for r in baseline["rows"] if rule.match.row(r)}
-            if new and old and not new & old:
+            if config is not None:
+                check_settings([str(new[k]["attack"]) for k in new if k in old], {"config": config}, baseline, names)
+            if new and old and not set(new) & old:
                 raise RobenchError(f"{rule.where}: no row the rule matches is in both {names[0]} and {names[1]} "
                                    f"({len(new)} and {len(old)} rows, none alike); compare runs of the same models "
                                    "and attacks")
@@ -223,6 +281,8 @@ def _pairs(rule: Regression, docs: _Docs) -> list[_RowPair]:
                            f"({len(new)} and {len(old)} rows, none alike); compare runs of the same models and attacks")
     if not set(new) & set(old):
         return []
+    compared = [str(new[k]["attack"]) for k in new if k in old and "attack" in new[k]]
+    check_settings(compared, docs.results, docs.baseline, docs.names)
     return [(new[k], old.get(k)) if k in new else (None, old[k]) for k in dict.fromkeys([*new, *old])]
 
 
@@ -346,27 +406,31 @@ def _regression_check(rule: Regression, pair: _RowPair, docs: _Docs, confidence:
     before = _metric_value(old, rule.metric, rule.where, docs.names[1])
     if value is None or before is None:
         return {**_row_fields(new), "status": SKIP, "detail": f"{rule.metric} is empty; not compared"}
-    drop, low, high, test, counts = _drop(rule.metric, new, old, docs, confidence)
+    drop, low, high, test, counts, (n_old, n_new) = _drop(rule.metric, new, old, docs, confidence)
     status = FAIL if low > rule.max_drop else WARN if drop > rule.max_drop else PASS
+    worst = worst_low(n_old, n_new, confidence, test)
+    blind = {"blind": (min(n_old, n_new), worst, test)} if worst <= rule.max_drop else {}
     verdict = {FAIL: f"significantly above {rule.max_drop:g}", WARN: f"above {rule.max_drop:g}, not significantly",
                PASS: f"within {rule.max_drop:g}"}[status]
     return {**_row_fields(new), "value": value, "baseline": before, "drop": drop, "drop_low": low, "drop_high": high,
-            "test": test, "status": status, "detail": f"drop {verdict} ({test}: {counts})"}
+            "test": test, "status": status, "detail": f"drop {verdict} ({test}: {counts})", **blind}
 
 
 def _drop(metric: str, new: dict[str, Any], old: dict[str, Any], docs: _Docs,
-          confidence: float) -> tuple[float, float, float, str, str]:
-    """(drop, interval low, interval high, test name, counts) for one row and its baseline."""
+          confidence: float) -> tuple[float, float, float, str, str, tuple[int, int]]:
+    """(drop, interval low, interval high, test name, counts, (n baseline, n results)) for one row and its baseline."""
     key = row_key(new)
     after, before = docs.bits(0, metric).get(key), docs.bits(1, metric).get(key)
     if after is not None and before is not None:
         _consistent(new, after, metric, docs.names[0])
         _consistent(old, before, metric, docs.names[1])
         d = paired(before, after, confidence)
-        return 0.0 - d.diff, 0.0 - d.high, 0.0 - d.low, "paired", f"{d.lost} lost, {d.gained} gained of {d.n}"
+        counts = f"{d.lost} lost, {d.gained} gained of {d.n}"
+        return 0.0 - d.diff, 0.0 - d.high, 0.0 - d.low, "paired", counts, (d.n, d.n)
     (x_old, n_old), (x_new, n_new) = _counts(old, metric, docs.names[1]), _counts(new, metric, docs.names[0])
     low, high = independent_interval(x_old, n_old, x_new, n_new, confidence)
-    return x_old / n_old - x_new / n_new, low, high, "independent", f"{x_old}/{n_old} then {x_new}/{n_new}"
+    return (x_old / n_old - x_new / n_new, low, high, "independent", f"{x_old}/{n_old} then {x_new}/{n_new}",
+            (n_old, n_new))
 
 
 def _consistent(row: dict[str, Any], bits: np.ndarray, metric: str, name: str) -> None:
