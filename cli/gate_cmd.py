@@ -102,9 +102,12 @@ def apply_gate(plan: GatePlan, doc: dict[str, Any], name: str, quiet: bool = Fal
 
 
 def _inputs(plan: GatePlan, name: str) -> str:
-    parts = [f"results `{name}`"]
-    parts.append(f"baseline `{plan.baseline_path}`" if plan.baseline_path else "no baseline")
-    parts.append(f"rules `{plan.rules_path}`" if plan.rules_path else "default rules (max_drop 0.02 on top1)")
+    from robench.core.text import md_code
+
+    parts = [f"results {md_code(name)}"]
+    parts.append(f"baseline {md_code(str(plan.baseline_path))}" if plan.baseline_path else "no baseline")
+    parts.append(f"rules {md_code(str(plan.rules_path))}" if plan.rules_path
+                 else "default rules (max_drop 0.02 on top1)")
     return ", ".join(parts) + "."
 
 

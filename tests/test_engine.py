@@ -240,3 +240,41 @@ def test_a_plan_crossing_input_configs_needs_a_deliver(small_cnn: nn.Module) -> 
     assert engine.Plan.white_box([a, b]).deliver is None  # each model scores itself alone: nothing crosses
     with pytest.raises(ValueError, match="give the plan a deliver"):
         engine.Plan((a, b), {"a": ("a", "b")})
+
+
+FORMULA = "=cmd|' /C calc'!A0"
+
+
+def test_csv_text_cells_that_a_spreadsheet_would_run_get_a_quote(tmp_path: Path) -> None:
+    """Issue 26 item 8: labels and ids beginning = + - @, tab or return were written raw, and a spreadsheet ran them."""
+    from robench.results.read import load_results
+
+    rows = metrics.summarize(_outcomes(), FORMULA)
+    meta = _meta() | {"models": [{"label": FORMULA, "spec": "m", "weights_sha256": "w"}]}
+    write.write_results(tmp_path / "r.csv", meta, rows)
+    raw = pd.read_csv(tmp_path / "r.csv", dtype=str, keep_default_na=False)
+    assert set(raw["model"]) == {"'" + FORMULA} and raw["top1"].tolist() == ["0.75", "0.5"]
+    assert [r["model"] for r in load_results(tmp_path / "r.csv")["rows"]] == [FORMULA, FORMULA]  # read back as written
+    frame = pd.DataFrame({"id": ["+1", "-x.png", "@sum", "\tx", "'q", "ok-=", ""], "model": "m", "eps": -0.5,
+                          "label": -3})
+    write.write_per_sample(tmp_path / "s.csv", frame)
+    raw = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
+    assert raw["id"].tolist() == ["'+1", "'-x.png", "'@sum", "'\tx", "''q", "ok-=", ""]
+    assert raw["eps"].tolist() == ["-0.5"] * 7 and raw["label"].tolist() == ["-3"] * 7  # numbers stay numbers
+    assert text.csv_text("\ry") == "'\ry" and text.csv_text(-2) == -2
+    assert text.csv_text_back(text.csv_text("'=x")) == "'=x"
+
+
+def test_eval_csv_and_per_sample_quote_a_formula_label(tmp_path: Path) -> None:
+    """The same through the CLI: a formula as the -m label, in --out X.csv and --per-sample."""
+    from results_docs import invoke
+
+    formula = "+cmd|' -C calc'!A0"  # a label holds no "=", "@" or "/"
+
+    out, per = tmp_path / "r.csv", tmp_path / "s.csv"
+    result = invoke("eval", f"{formula}=zoo:effnet-base", "--attack", "fgsm", "--eps", "8", "--limit", "4", "-q",
+                    "--out", out, "--per-sample", per)
+    assert result.exit_code == 0, result.stderr
+    for path in (out, per):
+        models = pd.read_csv(path, dtype=str, keep_default_na=False)["model"]
+        assert set(models) == {"'" + formula}, path

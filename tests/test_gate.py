@@ -251,7 +251,7 @@ def test_cli_fail_exit_1_with_reports(files) -> None:
     assert md.startswith("## robench gate: FAILED: 15 checks (14 pass, 0 warn, 1 fail, 0 skip)")
     assert table[0].startswith("| status | rule | row | value | threshold | baseline | drop [interval] |")
     assert table[1].startswith("| ❌ fail | rule 1 (no regression) | effnet-stepll fgsm eps 8 | 0.6000 |")
-    assert "| top1 drop <= 0.02 | 0.7500 | +0.1500 [" in table[1] and len(table) == 16
+    assert "| top1 drop <= 0.02 | 0.7500 | +0.1500 \\[" in table[1] and len(table) == 16  # "[" escaped, as in a label
     assert "**Statistics.**" in md and "Bonett-Price" in md and "12 intervals hold simultaneously" in md
 
 

@@ -209,6 +209,48 @@ def test_markdown_shows_labels_as_written() -> None:
     from robench.core.text import md_text, to_markdown
 
     assert md_text("<img src=x onerror=alert(1)>|x") == "&lt;img src=x onerror=alert(1)>\\|x"
-    assert md_text("a\x1b[31m") == "a\\x1b[31m" and md_text("top1 drop <= 0.02") == "top1 drop <= 0.02"
+    assert md_text("a\x1b[31m") == "a\\x1b\\[31m" and md_text("top1 drop <= 0.02") == "top1 drop <= 0.02"
     table = to_markdown(pd.DataFrame({"model": ["<b>m</b>"], "top1": [0.5]}))
     assert "| &lt;b>m&lt;/b> | 0.5000 |" in table
+
+
+LINK, IMAGE = "[click me](https:evil.example)", "![x](https://evil.example/x.png)"
+
+
+def _html_of(markdown: str) -> str:
+    """Markdown as CommonMark with GFM tables renders it (markdown-it-py, which rich brings)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
+def test_markdown_labels_are_text_not_links_images_or_headings() -> None:
+    """Issue 26 item 8: a label such as [click me](...) became a live link, ![x](...) an image a PR comment fetches."""
+    from robench.core.text import md_text, to_markdown
+
+    labels = [LINK, IMAGE, "# big", "- item", "1. first", "`code`", "*em* _em_ ~~gone~~", "a\\[b](c)", "&amp;"]
+    for label in labels:
+        html = _html_of(f"- {md_text(label)}\n\n" + to_markdown(pd.DataFrame({"model": [label], "top1": [0.5]})))
+        assert "<a " not in html and "<img" not in html and "<h1" not in html and "<code" not in html, label
+        assert "<em" not in html and "<ol" not in html and html.count("<li>") == 1, label
+    assert md_text("0.5000") == "0.5000" and md_text("-0.5") == "-0.5" and md_text("1. a") == "1\\. a"
+
+
+def test_report_md_shows_markdown_labels_as_text(tmp_path: Path) -> None:
+    """Labels and a file name from another's results files, through robench report's Markdown: no link, no image."""
+    doc = eval_doc({LINK: (100, 80), IMAGE: (90, 70)})
+    out = tmp_path / "report.md"
+    result = invoke("report", write(tmp_path / "[r](https:evil.example).json", doc), "-o", out)
+    assert result.exit_code == 0, result.stderr
+    html = _html_of(out.read_text())
+    assert "<a " not in html and html.count("<img") == 1  # the report's own figure, nothing from a label
+    assert LINK in html and "[r](https:evil.example).json" in html
+
+
+def test_report_md_shows_every_share_in_percent(tmp_path: Path) -> None:
+    """Issue 26 item 11: report.md's leaderboard was in percent and its row tables in shares (0.9889); one unit."""
+    out = tmp_path / "report.md"
+    assert invoke("report", write(tmp_path / "a.json", eval_doc({"m": (100, 80)})), "-o", out).exit_code == 0
+    text = out.read_text()
+    assert "| 95.0 |" in text and "| top1 (%) |" in text and "0.9500" not in text and "0.4750" not in text
+    assert "| 52.5 |" in text  # fgsm eps 4: 105 of 200

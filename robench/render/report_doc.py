@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
-from robench.core.text import cell_text, eps_label, md_text, pct, to_markdown
+from robench.core.text import cell_text, eps_label, md_code, md_text, pct, to_markdown
 from robench.errors import RobenchError
 from robench.render import plots
 from robench.results.read import load_results
@@ -127,9 +127,17 @@ def leaderboard_text(board: pd.DataFrame) -> pd.DataFrame:
     return board.apply(lambda col: col if col.name in ("model", "file") else col.map(pct))
 
 
+# accuracies and rates in %, gaps in points, as the terminal tables and the leaderboard show them; p-values stay shares
+PERCENT_COLUMNS = ("top1", "top5", "success_rate", "target_top1", "target_top5", "target_error", "transfer_rate",
+                   "transfer_rate_both_clean", "clean_top1", "fgsm_true_top1", "fgsm_predicted_top1", "step_ll_top1",
+                   "leak_gap", "leak_gap_low", "leak_gap_high", "adv_minus_clean", "adv_minus_clean_low",
+                   "adv_minus_clean_high")
+
+
 def rows_text(rows: pd.DataFrame) -> pd.DataFrame:
-    """Result rows as display strings, as the results files' Markdown writes them (``report.cell_text``)."""
-    return pd.DataFrame({c: [cell_text(c, v) for v in rows[c]] for c in rows.columns})
+    """Result rows as display strings: shares in percent (one unit with the leaderboard), the rest by ``cell_text``."""
+    return pd.DataFrame({f"{c} (%)" if c in PERCENT_COLUMNS else c:
+                         [pct(v) if c in PERCENT_COLUMNS else cell_text(c, v) for v in rows[c]] for c in rows.columns})
 
 
 def provenance(doc: dict[str, Any]) -> list[str]:
@@ -171,7 +179,7 @@ def figure_name(index: int, item: Input) -> str:
 
 
 def _title(item: Input) -> str:
-    return f"{TITLES.get(item.command, item.command)}: `{item.name}`"
+    return f"{TITLES.get(item.command, item.command)}: {md_code(item.name)}"
 
 
 def render_markdown(inputs: list[Input], figures_dir: str) -> tuple[str, dict[str, bytes]]:

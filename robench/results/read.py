@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from robench.core.files import RESULTS_LIMIT, read_text
 from robench.core.schema_errors import field_path, schema_error, shown
+from robench.core.text import csv_text_back
 from robench.errors import RobenchError
 from robench.results import samples
 from robench.results.provenance import READABLE_VERSIONS
@@ -93,7 +94,8 @@ def _load_csv(path: Path, role: str) -> dict[str, Any]:
     meta = _read_json(side, role)
     text = read_text(path, role, RESULTS_LIMIT)  # the size and file-kind checks, then pandas parses the text
     try:
-        rows = records(pd.read_csv(io.StringIO(text), dtype={c: str for c in _TEXT_COLUMNS}))
+        frame = pd.read_csv(io.StringIO(text), dtype={c: str for c in _TEXT_COLUMNS})
+        rows = records(frame.apply(lambda col: col.map(csv_text_back) if col.name in _TEXT_COLUMNS else col))
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise RobenchError(f"cannot read {role} file {path} as CSV: {' '.join(str(e).split())}") from None
     _check(meta, str(side))

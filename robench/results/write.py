@@ -11,7 +11,7 @@ import pandas as pd
 
 from robench.core.files import atomic_write, atomic_write_text
 from robench.core.outputs import check_output, meta_path
-from robench.core.text import md_text, to_markdown
+from robench.core.text import csv_frame, md_code, md_text, to_markdown
 
 
 def _clean(value: Any) -> Any:
@@ -47,7 +47,7 @@ def provenance_lines(meta: dict[str, Any]) -> list[str]:
 
 def _markdown_header(meta: dict[str, Any]) -> str:
     lines = [f"# robench {meta['command']}", "", *(f"- {md_text(line)}" for line in provenance_lines(meta)),
-             f"- config: `{json.dumps(meta['config'], sort_keys=True)}`", ""]
+             f"- config: {md_code(json.dumps(meta['config'], sort_keys=True))}", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -77,10 +77,10 @@ def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
         return [path]
     side = meta_path(path)
     atomic_write_text(side, json.dumps(meta, indent=2, allow_nan=False) + "\n")
-    atomic_write(path, lambda p: rows.to_csv(p, index=False))
+    atomic_write(path, lambda p: csv_frame(rows).to_csv(p, index=False))
     return [path, side]
 
 
 def write_per_sample(path: Path, frame: pd.DataFrame) -> None:
-    """Per-sample outcomes as CSV, atomically."""
-    atomic_write(path, lambda p: frame.to_csv(p, index=False))
+    """Per-sample outcomes as CSV, atomically; text cells a spreadsheet would run get a ``'`` (``csv_text``)."""
+    atomic_write(path, lambda p: csv_frame(frame).to_csv(p, index=False))
