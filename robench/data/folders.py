@@ -55,7 +55,7 @@ def _utf8(rel: str, root: Path) -> str:
         rel.encode("utf-8")
     except UnicodeEncodeError:
         raise RobenchError(f"data {root}: the file name {escaped(rel)} is not UTF-8 and cannot be recorded as a "
-                           f"sample id; rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest DIR)") from None
+                           f"sample id; rename it to UTF-8 (convmv renames a whole folder: see docs/data.md)") from None
     return rel
 
 
