@@ -131,6 +131,56 @@ def test_weights_sha256_stable_and_sensitive(default_checkpoint: Path) -> None:
     assert weights_sha256(c.module.model) != a.weights_sha256
 
 
+HALF_NET = """
+import torch
+from torch import nn
+
+
+class Low(nn.Module):
+    def __init__(self, num_classes=10, dtype="float16"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dtype = getattr(torch, dtype)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.net(x).to(self.dtype)
+
+
+def half(num_classes=10):
+    return Low(num_classes, "float16")
+
+
+def bf16(num_classes=10):
+    return Low(num_classes, "bfloat16")
+
+
+def full(num_classes=10):
+    return Low(num_classes, "float32")
+"""
+
+
+@pytest.mark.parametrize(("factory", "dtype", "bits"), [("half", "float16", 11), ("bf16", "bfloat16", 8)])
+def test_16_bit_logits_are_said_once(tmp_path: Path, factory: str, dtype: str, bits: int) -> None:
+    """Issue 26: 16-bit logits changed 11 of 40 attacked predictions against float32 without a word."""
+    (tmp_path / "low.py").write_text(HALF_NET)
+    res = CliRunner().invoke(main, ["eval", "-m", f"{tmp_path / 'low.py'}:{factory}", "--attack", "fgsm", "--eps",
+                                    "4,8", "--limit", "8", "-q", "--no-health"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.count("logits, so the attacks' loss and gradients run at") == 1
+    line = next(line for line in res.stderr.splitlines() if "mantissa" in line)
+    assert f"model '{factory}' gives {dtype} logits" in line and f"run at {bits} bits of mantissa" in line
+    assert "model.float()" in line
+
+
+def test_float32_logits_say_nothing_about_precision(tmp_path: Path) -> None:
+    (tmp_path / "low.py").write_text(HALF_NET)
+    res = CliRunner().invoke(main, ["eval", "-m", f"{tmp_path / 'low.py'}:full", "--attack", "fgsm", "--eps", "8",
+                                    "--limit", "8", "-q", "--no-health"])
+    assert res.exit_code == 0, res.stderr
+    assert "mantissa" not in res.stderr
+
+
 # ---------------------------------------------------------------- robench checkpoints
 
 
