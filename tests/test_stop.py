@@ -25,6 +25,8 @@ import pytest
 from click.testing import CliRunner
 
 from robench.cli.main import main
+from robench.core.stop import check_stop, request_stop, stop_requested
+from robench.errors import Terminated
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 HELD = Path(__file__).parent / "paused_attack.py"
@@ -100,8 +102,9 @@ def test_a_signal_inside_a_long_attack_stops_it_within_seconds_and_the_rerun_fin
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
         took = time.monotonic() - sent
-    assert (proc.returncode, err.strip().splitlines()[-1]) == (
-        code, f"robench: error: {said}; finished batches are kept in {state}: run the same command to go on")
+    assert proc.returncode == code, f"exit {proc.returncode}: the attack went on to the end ({err!r})"
+    assert err.strip().splitlines()[-1] == (
+        f"robench: error: {said}; finished batches are kept in {state}: run the same command to go on")
     assert took < 10, f"{took:.1f} s from the signal to the exit"
     assert not out.exists() and kept == list(range(10)) and _kept_rows(state) == kept  # the first batch, as it was
     res = CliRunner().invoke(main, args)
@@ -110,3 +113,24 @@ def test_a_signal_inside_a_long_attack_stops_it_within_seconds_and_the_rerun_fin
     doc = json.loads(out.read_text())
     for key in ("rows", "samples", "dataset", "models", "health"):
         assert doc[key] == uninterrupted[key], key
+
+
+def test_the_cli_s_stop_request_ends_with_its_command() -> None:
+    # a stop asked for inside a command stops it (143 for robench's Terminated) and is forgotten after,
+    # so a later command in the same process (CliRunner, a notebook) runs; Ctrl-C's handler is back too
+    before = signal.getsignal(signal.SIGINT)
+    seen = []
+
+    @main.command("stop-now")
+    def stop_now() -> None:
+        seen.append(signal.getsignal(signal.SIGINT))
+        request_stop(Terminated())
+        check_stop()
+
+    try:
+        res = CliRunner().invoke(main, ["stop-now"])
+    finally:
+        main.commands.pop("stop-now")
+    assert (res.exit_code, res.stderr.strip()) == (143, "robench: error: terminated (SIGTERM)")
+    assert not stop_requested() and signal.getsignal(signal.SIGINT) is before
+    assert seen[0] is not before if before is signal.default_int_handler else seen[0] is before
