@@ -41,6 +41,7 @@ def test_a_second_job_on_the_folder_is_refused_naming_the_holder(tmp_path: Path)
     RunState(tmp_path, "k").check()  # released on close
 
 
+@pytest.mark.slow  # the child imports torch
 def test_the_lock_of_a_killed_job_is_released(tmp_path: Path) -> None:
     """The second job held at a known point: a child process that took the lock and waits."""
     holder = subprocess.Popen(

@@ -292,7 +292,8 @@ class RunState:
         if now is None or (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino):
             raise FieldError("resume", f"{{name}} {self.folder}: {self.path.name} was replaced or removed during "
                                        "the run; give each job its own {name} folder")
-        self._check_header(self.path, _header(os.pread(self._file.fileno(), 1 << 16, 0)))
+        self._file.seek(0)
+        self._check_header(self.path, _header(self._file.readline()))
 
     def _write(self, record: dict[str, Any]) -> None:
         """One line, whole and on disk, or (a full disk) none: a part of one is cut off again."""
