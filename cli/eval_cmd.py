@@ -17,6 +17,7 @@ from .options import (
     gate_options,
     model_option,
     out_option,
+    precheck,
     resume_option,
     run_inputs,
     run_options,
@@ -84,14 +85,19 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
     """
     from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.render.plots import PLOT_SUFFIXES
+
+    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
+    refs = tuple(parse_clean_ref(r) for r in clean_refs)
+    check_outs(outs)
+    check_output(plot, PLOT_SUFFIXES, "plot")
+    check_output(per_sample, (".csv",), "per_sample", stdout=True)
     from robench.render.plots import check_plot, eval_figure, save_figure
     from robench.render.tables import results_table
     from robench.results.write import results_doc, write_per_sample, write_results
     from robench.run.evaluate import EvalConfig, run_eval
 
-    check_outs(outs)
     check_plot(plot)
-    check_output(per_sample, (".csv",), "per_sample", stdout=True)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot),
                    ("--per-sample", per_sample), ("--junit", junit), ("--summary", summary)],
                   [("--rules", rules_path), *results_paths("--baseline", baseline_path),
@@ -103,7 +109,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     gate = prepare_gate(rules_path, baseline_path, junit, summary) if rules_path or baseline_path else None
     suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop, eps_unit)
     cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
-                     tuple(parse_clean_ref(r) for r in clean_refs), clean_ref_tol)
+                     refs, clean_ref_tol)
     if gate is not None:
         check_planned_rows(gate, cfg)
     with distributed_run(cfg.run.device, quiet, resume) as (dist, reporter):

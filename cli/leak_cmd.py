@@ -15,6 +15,7 @@ from .options import (
     joined_eps,
     model_option,
     out_option,
+    precheck,
     resume_option,
     run_inputs,
     run_options,
@@ -66,15 +67,19 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
       robench leak-check -m model.safetensors --data fashion-mnist --limit 2000 --fail-on-leak
       robench leak-check --plot leak.png
     """
-    from robench.attacks.suite import parse_eps_list
-    from robench.core.outputs import check_outputs, results_paths
+    from robench.core.eps import parse_eps_list
+    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.render.plots import PLOT_SUFFIXES
+
+    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
+    check_outs(outs)
+    check_output(plot, PLOT_SUFFIXES, "plot")
     from robench.render.plots import check_plot, leak_figure, save_figure
     from robench.render.tables import leak_table
     from robench.results.write import write_results
     from robench.run.evaluate import EvalConfig
     from robench.run.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
 
-    check_outs(outs)
     check_plot(plot)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
                   run_inputs(specs + models, classes=run.get("classes")))

@@ -20,7 +20,7 @@ import click
 from robench import __version__
 from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError, Terminated
 
-from .options import option_of
+from .options import option_of, refuse_empty_paths
 
 # Click >= 8.2 raises this (a UsageError) for a group called without a command; its message is the whole help.
 _NO_ARGS: type[click.UsageError] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -134,6 +134,7 @@ def main() -> None:
 def _with_exit_codes(command: click.Command) -> click.Command:
     """Every command's --help ends with the exit codes: scripts look for them there."""
     command.epilog = command.epilog or EXIT_CODES
+    refuse_empty_paths(command)
     for sub in getattr(command, "commands", {}).values():
         _with_exit_codes(sub)
     return command

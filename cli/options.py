@@ -62,7 +62,7 @@ Declared = tuple[tuple[str, ...], dict[str, Any]]  # a click.option's names and 
 
 _RUN_OPTIONS: dict[str, Declared] = {
     "data": (("-d", "--data"), {
-        "metavar": "DATA",
+        "metavar": "DATA", "callback": lambda ctx, param, value: not_empty(param, value),
         "help": "digits | fashion-mnist[:DIR] | mnist:DIR | IMAGE_FOLDER | torch/NAME | hfds/NAME. "
                 "Default: the dataset the models' checkpoints say they trained on, else digits."}),
     "limit": (("--limit",), {
@@ -75,7 +75,8 @@ _RUN_OPTIONS: dict[str, Declared] = {
     "batch_size": (("--batch-size",), {
         "type": click.IntRange(1, MAX_BATCH), "default": 100, "show_default": True, "metavar": "N"}),
     "device": (("--device",), {
-        "default": "auto", "show_default": True, "metavar": "DEVICE",
+        "default": "auto", "callback": lambda ctx, param, value: device_form(param, value), "show_default": True,
+        "metavar": "DEVICE",
         "help": "auto, cpu, cuda, cuda:N or mps; under torchrun each process takes cuda:LOCAL_RANK."}),
     "pretrained": (("--pretrained",), {
         "is_flag": True, "help": "Load hub weights for NAME (needs network or a warm cache)."}),
@@ -126,6 +127,63 @@ _GATE_OPTIONS: dict[str, Declared] = {  # robench gate's, which eval takes to ga
         "type": click.Path(path_type=Path), "metavar": "FILE.md",
         "help": "Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY or a PR comment); - for stdout."}),
 }
+
+
+class NonEmptyPath(click.Path):
+    """A click.Path that refuses an empty value: the OS reads '' as the current folder, never what was meant."""
+
+    @classmethod
+    def of(cls, path: click.Path) -> NonEmptyPath:
+        """The same path type, refusing ''."""
+        new = cls.__new__(cls)
+        new.__dict__.update(path.__dict__)
+        return new
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def refuse_empty_paths(command: click.Command) -> None:
+    """Every path option and argument of ``command`` (and its subcommands) refuses an empty value."""
+    for param in command.params:
+        if isinstance(param.type, click.Path) and not isinstance(param.type, NonEmptyPath):
+            param.type = NonEmptyPath.of(param.type)
+    for sub in getattr(command, "commands", {}).values():
+        refuse_empty_paths(sub)
+
+
+def not_empty(param: click.Parameter, value: str | None) -> str | None:
+    """An option's text, refusing an empty one (--data '' used to read the current folder)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty value; give one or leave the option out", param=param)
+    return value
+
+
+def device_form(param: click.Parameter, value: str) -> str:
+    """--device, checked by form before torch is imported (robench.core.devices; whether it exists: at run)."""
+    from robench.core.devices import DEVICES, device_problem
+    from robench.errors import FieldError
+
+    if device_problem(value) is not None:
+        raise FieldError("device", f"unknown device '{value}' for {{name}}; use {DEVICES}")
+    return value
+
+
+def precheck(run: dict[str, Any], eps_text: str | None = None, eps_unit: str = "1/255") -> None:
+    """Check what needs no torch before a command imports it (seconds, not the 15-45 s of torch and timm).
+
+    The library checks the same values again when it builds its configs: one rule, met twice.
+    """
+    from robench.core.eps import parse_eps_list
+    from robench.models.preprocess import Preprocess
+
+    if eps_text is not None:
+        parse_eps_list(eps_text, unit=eps_unit)
+    texts = {name: run.get(name) for name in PREPROCESS}
+    texts["crop_pct"] = None if texts["crop_pct"] is None else repr(texts["crop_pct"])
+    Preprocess.from_text(**texts)
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -278,7 +336,7 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def eps_value(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """An option's eps text in 1/255 units, read as --eps is (8, 8/255, 0.03px; 0.3 is the unit trap)."""
-    from robench.attacks.suite import parse_eps
+    from robench.core.eps import parse_eps
 
     return None if value is None else parse_eps(value, param.opts[0])
 
@@ -293,7 +351,7 @@ eps_unit_option = click.option(
 def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --attacks NAME|FILE, --attack NAME (repeatable) and --eps LIST."""
     for option in reversed((
-        click.option("--attacks", "suite_name", metavar="NAME|FILE",
+        click.option("--attacks", "suite_name", metavar="NAME|FILE", callback=lambda c, p, v: not_empty(p, v),
                      help="Attack suite: a built-in (paper, autoattack, autoattack-fast, quick; see `robench suites`) "
                           "or a YAML file. Default: paper."),
         click.option("--attack", "attack_names", multiple=True, metavar="NAME",
@@ -318,10 +376,11 @@ def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text:
     """The suite the options describe; None for --cascade/--early-stop keeps the suite's own setting."""
     import dataclasses
 
-    from robench.attacks.suite import load_suite, override, parse_eps_list
+    from robench.attacks.suite import load_suite, override
+    from robench.core.eps import split_eps
 
-    eps = parse_eps_list(eps_text, unit=eps_unit) if eps_text is not None else None
-    suite = override(load_suite(suite_name), attack_names, eps)
+    eps = split_eps(eps_text) if eps_text is not None else None
+    suite = override(load_suite(suite_name), attack_names, eps, eps_unit)
     if cascade is not None:
         suite = dataclasses.replace(suite, cascade=cascade)
     if early_stop is not None:

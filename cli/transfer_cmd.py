@@ -14,6 +14,7 @@ from .options import (
     check_outs,
     model_option,
     out_option,
+    precheck,
     run_inputs,
     run_options,
     run_spec,
@@ -59,13 +60,17 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
-    from robench.core.outputs import check_outputs, results_paths
+    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.render.plots import PLOT_SUFFIXES
+
+    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
+    check_outs(outs)
+    check_output(plot, PLOT_SUFFIXES, "plot")
     from robench.render.plots import check_plot, save_figure, transfer_figure
     from robench.render.tables import transfer_summary, transfer_tables
     from robench.results.write import write_results
     from robench.run.transfer import TransferConfig, run_transfer
 
-    check_outs(outs)
     check_plot(plot)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
                   run_inputs(specs + models, suite_name, run.get("classes")))

@@ -238,7 +238,7 @@ BAD_INPUTS = {
     "unknown option": (["--bogus-option"], ["No such option", "--bogus-option"]),
     "batch size 0": (["--batch-size", "0"], ["'--batch-size'", "0 is not in the range"]),
     "unknown device": (["--device", "tpu9"], ["unknown device 'tpu9' for --device"]),
-    "device meta": (["--device", "meta"], ["--device 'meta' cannot run models"]),
+    "device meta": (["--device", "meta"], ["unknown device 'meta' for --device"]),
     "resume inside a file": (["--resume", "{root}/classes5.safetensors/state"], ["--resume", "cannot be created"]),
     "clean-ref names no model": (["--clean-ref", "nope=0.9"], ["--clean-ref names 'nope', which is not a model"]),
     "per-sample suffix": (["--per-sample", "{root}/s.json"], ["--per-sample", "unknown format '.json'"]),

@@ -50,8 +50,7 @@ def _click(option: str, problem: str) -> str:
     (["--limit", "0"], _click("--limit", "0 is not in the range x>=1")),
     (["--seed", "-1"], _click("--seed", "-1 is not in the range 0<=x<=9223372036854775807")),
     (["--seed", str(10**23)], _click("--seed", f"{10**23} is not in the range 0<=x<=9223372036854775807")),
-    (["--device", "meta"], "robench: error: --device 'meta' cannot run models robench can score; use auto, cpu, "
-                           "cuda, cuda:N or mps"),
+    (["--device", "meta"], "robench: error: unknown device 'meta' for --device; use auto, cpu, cuda, cuda:N or mps"),
     (["--device", "cuda:x"], "robench: error: unknown device 'cuda:x' for --device; use auto, cpu, cuda, cuda:N or "
                              "mps"),
     (["--threads", str(10**30)], _click("--threads", f"{10**30} is not in the range 1<=x<=1024")),

@@ -9,7 +9,8 @@ import pytest
 
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
-from robench.attacks.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_eps_list, parse_suite
+from robench.attacks.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_suite
+from robench.core.eps import parse_eps_list
 from robench.errors import FieldError, RobenchError
 
 # ---------------------------------------------------------------- the default suite

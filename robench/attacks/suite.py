@@ -11,11 +11,11 @@ import difflib
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from robench.attacks import REGISTRY, get_attack
+from robench.core.eps import MAX_EPS, eps_values, parse_eps, unique_eps
 from robench.core.fields import Rule, check, typed
 from robench.core.files import read_text
 from robench.core.yaml_read import check_node, locate, read_yaml
@@ -33,7 +33,6 @@ BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
     "autoattack-fast": Path(__file__).with_name("suites") / "autoattack-fast.yaml",
     "quick": Path(__file__).with_name("suites") / "quick.yaml",
 }
-MAX_EPS = 255.0
 SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
 
 
@@ -127,94 +126,6 @@ class Suite:
         stop = "stop at the first misclassified iterate; survivors only across eps" if self.early_stop \
             else "full iterations at every eps"
         return f"{rows}; {stop}"
-
-
-def _number(text: str) -> Fraction:
-    """"0.3", "76.5/255" or "0.3*255" as an exact fraction (no eval: one operator at most)."""
-    for op in ("/", "*"):
-        if op in text:
-            a, b = text.split(op, 1)
-            return Fraction(a.strip()) / Fraction(b.strip()) if op == "/" else Fraction(a.strip()) * Fraction(b.strip())
-    return Fraction(text)
-
-
-def parse_eps(value: Any, where: str = "eps", unit: str = "1/255", unit_option: str | None = None) -> float:
-    """One eps in 1/255 units from a number (1/255 units, or pixels with ``unit`` "pixel"), "8/255", "0.3*255"
-    or "0.03px" (a pixel fraction). ``unit_option`` names the option that makes plain numbers pixels, for hints.
-
-    A plain number between 0 and 1 in 1/255 units is refused: it is the MNIST/CIFAR habit of
-    writing eps in pixels (0.3, 0.031), and read as 1/255 units it would attack 255 times too weakly.
-    Raises RobenchError naming ``where``.
-    """
-    if isinstance(value, bool):
-        raise RobenchError(f"{where}: eps must be a number, got {value!r}")
-    text = str(value).strip()
-    pixel = unit == "pixel" or text.lower().endswith("px")
-    text = text[:-2].strip() if text.lower().endswith("px") else text
-    try:
-        number = _number(text)  # exact: "nan" and "inf" are not numbers to Fraction
-        float(number)  # a fraction beyond any float (1e400) overflows here
-    except OverflowError:
-        raise RobenchError(f"{where}: eps {value!s:.40} is out of range; it must lie in [0, 255] (1/255 units)") \
-            from None
-    except (ValueError, ZeroDivisionError):
-        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:30]}... ({len(str(value))} characters)"
-        raise RobenchError(
-            f"{where}: eps {shown} is not a number; use 1/255 units like 8, a fraction like 8/255, "
-            f"or pixels like 0.03px"
-        ) from None
-    written = "/" in text or "*" in text
-    if not pixel and not written and 0 < number < 1:
-        pixels = float(number) / 255
-        raise RobenchError(
-            f"{where}: eps {text} is in 1/255 units, i.e. {pixels:.2g} in pixels. Did you mean {text} in pixels? "
-            f"Write {float(number * 255):g} or {text}*255 or {float(number * 255):g}/255 (or {text}px"
-            f"{f', or {unit_option} pixel' if unit_option else ''})"
-        )
-    eps = float(number * 255) if pixel or "/" in text else float(number)
-    if pixel and "/" not in text and not 0 <= number <= 1:
-        raise RobenchError(f"{where}: eps {text} in pixels is {float(number * 255):g}/255; an eps in pixels must lie "
-                           f"in [0, 1]")
-    if not 0 <= eps <= MAX_EPS:
-        raise RobenchError(f"{where}: eps {value!r} is out of range; it must lie in [0, 255] (1/255 units)")
-    return eps
-
-
-def parse_eps_list(text: str, field: str = "eps", unit: str = "1/255") -> tuple[float, ...]:
-    """A comma-separated eps list such as "2,4,8", "8/255,16/255" or, with ``unit`` "pixel", "0.01,0.03".
-
-    Raises FieldError naming ``field`` (the CLI names its option), and ``eps_unit`` in the unit trap's hint.
-    """
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) > 1 and not parts[-1]:  # one trailing comma, as lists are often written
-        parts.pop()
-    if not any(parts):
-        raise FieldError(field, "{name}: give at least one eps, e.g. {name} 2,4,8")
-    if not all(parts):  # "8,,16" once ran at 8 and 16 without a word: a lost value is a typo to fix
-        raise FieldError(field, f"{{name}}: {text!r} has an empty item; give eps separated by single commas, "
-                                f"e.g. 2,4,8")
-    try:
-        eps = [parse_eps(p, "{name}", unit, "{eps_unit}" if field == "eps" else None) for p in parts]
-        return unique_eps(parts, eps, "{name}")
-    except RobenchError as e:
-        raise FieldError(field, str(e), "eps_unit") from None
-
-
-def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float, ...]:
-    """The parsed eps list, refusing a value given twice (``written``: as the user wrote each one).
-
-    Equal means equal in 1/255 units, so 8 and 8/255 are one eps: a repeat would do the work
-    twice and write duplicate rows, which a gate would then count as fewer checks.
-    Raises RobenchError naming ``where``.
-    """
-    first: dict[float, Any] = {}
-    for text, e in zip(written, eps, strict=True):
-        if e in first:
-            same = "" if str(first[e]).strip() == str(text).strip() else \
-                f" ({str(first[e]).strip()} and {str(text).strip()} are both {e:g} in 1/255 units)"
-            raise RobenchError(f"{where}: eps {e:g} is given twice{same}; give each eps once")
-        first[e] = text
-    return tuple(eps)
 
 
 _NOT_NEGATIVE = Rule(low=0, must="be >= 0")  # a suite file's numbers, before each attack's own ranges
@@ -357,10 +268,13 @@ def built_in_suites() -> list[tuple[str, Suite, str]]:
     return out
 
 
-def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] | None = None) -> Suite:
+def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float | str, ...] | None = None,
+             unit: str = "1/255") -> Suite:
     """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list.
 
-    A name given twice is a FieldError naming ``attack`` (the CLI's filter).
+    ``eps`` is read as --eps is (robench.core.eps.eps_values: 8, "8/255", "0.03px"; a plain 0.5 is
+    refused), so code and the command line meet one rule. A name given twice is a FieldError naming
+    ``attack`` (the CLI's filter); a bad eps one naming ``eps``.
     """
     attacks = suite.attacks
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -377,5 +291,6 @@ def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float, ...] |
                 picked.append(AttackSpec(n, n, attacks[0].eps if attacks else (), cfg))
         attacks = tuple(picked)
     if eps is not None:
-        attacks = tuple(dataclasses.replace(a, eps=eps) for a in attacks)
+        values = eps_values(tuple(eps), "eps", unit)
+        attacks = tuple(dataclasses.replace(a, eps=values) for a in attacks)
     return _unique(dataclasses.replace(suite, attacks=attacks))

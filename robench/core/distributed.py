@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from robench.core.devices import DEVICES
 from robench.errors import FieldError, RobenchError
 
 T = TypeVar("T")
@@ -50,9 +51,6 @@ class Dist:
 
 
 LOCAL = Dist()
-
-
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 def resolve_device(device: str, local_rank: int | None = None) -> torch.device:

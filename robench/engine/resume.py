@@ -3,8 +3,8 @@
 A long run killed at any moment (SIGKILL included) loses at most the batches in flight:
 each finished batch is one JSON line, flushed and fsynced, in ``state-rank<R>.jsonl``
 (one file per torchrun rank, so ranks never write the same file). The first line of
-each file is the run's fingerprint: everything that decides the numbers (models and
-their weights, samples, suite, seed, and the robench, torch and timm versions, also kept
+each file is the run's fingerprint: everything that decides the numbers (models, their
+code and weights, samples, suite, seed, and the robench, torch and timm versions, also kept
 in plain form to name them). A restarted run with the same fingerprint takes every
 finished sample from every file and computes only the rest; one with other versions or
 another fingerprint is refused. A file without a whole first line (empty, or killed

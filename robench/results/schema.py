@@ -161,10 +161,23 @@ class Dataset(_Open):
     skipped: list[Skipped] | None = None
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ModelIdentity(_Open):
+    """Which code computes a model: resume states and the example cache key on it beside the weights."""
+
+    arch: str | None = Field(None, description="a timm name or a factory (FILE.py:CALLABLE, package.module:CALLABLE)")
+    source_sha256: Sha256 | None = Field(None, description="a factory: SHA-256 of its source file")
+    class_: str | None = Field(None, alias="class", description="a factory: the qualified name of its model's class")
+    class_source_sha256: Sha256 | None = Field(None, description="a factory: SHA-256 of the file defining that class")
+
+
 class ModelRecord(_Open):
     label: Name | None = None
     spec: str | None = None
     weights_sha256: str | None = None
+    identity: ModelIdentity | None = Field(None, description="absent from files written before robench recorded it")
 
 
 class AttackRecord(_Open):

@@ -19,9 +19,10 @@ from robench.engine import Progress, Status
 from robench.engine.resume import RunState, fingerprint
 from robench.results import samples
 from robench.results.provenance import dataset_record, envelope, resume_versions
-from robench.run.runspec import Opened, RunSpec, open_run, parse_specs, probe_models
+from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, parse_specs, probe_models
 
 EVAL_FIELDS = {  # robench.core.fields; NaN fails every comparison: as a tolerance it would flag nothing, silently
+    "models": Rule(tuple, "a tuple of model specs (text)", test=model_texts_problem),
     "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
     "clean_ref_tol": Rule(float | None, "a share in [0, 1]", low=0, high=1, must="be a share in [0, 1]"),
     "worst": Rule(bool, "True or False"),

@@ -16,6 +16,7 @@ import torch
 
 from robench.analysis import health, probes
 from robench.attacks.suite import Suite, load_suite
+from robench.core.devices import device_problem
 from robench.core.distributed import Dist, resolve_device
 from robench.core.fields import Rule, check
 from robench.data import (
@@ -40,12 +41,12 @@ MAX_BATCH = 2**20  # a batch above the data size is one batch of all of it; beyo
 MAX_THREADS = 1024  # torch takes a C int, and no machine robench runs on has more cores
 MAX_WORKERS = 256  # each a process holding a copy of the loader
 RUN_FIELDS: dict[str, Rule] = {  # every field's type is checked before any range (robench.core.fields)
-    "data": Rule(str | None, "text such as digits, or None"),
+    "data": Rule(str | None, "text such as digits, or None", test=lambda d: "not be empty" if d == "" else None),
     "suite": Rule(Suite, "a Suite (robench.attacks.suite.load_suite)"),
     "limit": Rule(int | None, "a whole number or None", low=1, must="be a positive number"),
     "seed": Rule(int, "a whole number", low=0, high=MAX_SEED, must="be a whole number in [0, 2**63 - 1]"),
     "batch_size": Rule(int, "a whole number", low=1, high=MAX_BATCH, must=f"be a whole number in [1, {MAX_BATCH}]"),
-    "device": Rule(str, "text such as auto, cpu or cuda"),
+    "device": Rule(str, "text such as auto, cpu or cuda", test=device_problem),
     "pretrained": Rule(bool, "True or False"),
     "workers": Rule(int, "a whole number", low=0, high=MAX_WORKERS, must=f"be a whole number in [0, {MAX_WORKERS}]"),
     "skip_bad_images": Rule(bool, "True or False"),
@@ -56,6 +57,12 @@ RUN_FIELDS: dict[str, Rule] = {  # every field's type is checked before any rang
     "classes": Rule(str | None, "the path of a class-list file, or None"),
     "preprocess": Rule(Preprocess, "a Preprocess (robench.models.preprocess)"),
 }
+
+
+def model_texts_problem(models: tuple[Any, ...]) -> str | None:
+    """What a tuple of model specs breaks: each must be non-empty text ('resnet18', not a bare string or 5)."""
+    bad = next((m for m in models if not isinstance(m, str) or not m.strip()), None)
+    return None if bad is None else "hold model specs as text, e.g. ('resnet18',)"
 
 
 DEFAULT_DATA = "digits"  # without --data and without a dataset the checkpoints agree on

@@ -53,8 +53,8 @@ class ExampleCache:
     one per pixel; ``save`` returns it and runs score it, so a run's numbers are the same
     whether its examples were crafted or read.
 
-    A sample's file is keyed by what decides its examples (the source's weights and input
-    config, the attack spec, the seed, the data's class numbering (it decides the labels an
+    A sample's file is keyed by what decides its examples (the source's code (its identity),
+    weights and input config, the attack spec, the seed, the data's class numbering (it decides the labels an
     attack uses) and the sample's key: its id and content hash, so an image altered under the
     same name is a miss, never another image's example) and by ``STORE_FORMAT``, never by batch size, batch index
     or torchrun rank, so a rerun at any batch size or world size, or a resumed one, crafts only

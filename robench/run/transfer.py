@@ -33,10 +33,11 @@ from robench.engine import Progress, Status, correct
 from robench.errors import FieldError
 from robench.models import LoadedModel
 from robench.results.provenance import dataset_record, envelope
-from robench.run.runspec import Opened, RunSpec, open_run, probe_models
+from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, probe_models
 from robench.run.store import ExampleCache
 
 TRANSFER_FIELDS = {  # robench.core.fields; the labels are checked against the models once they are open
+    "models": Rule(tuple, "a tuple of model specs (text)", test=model_texts_problem),
     "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
     "cache": Rule(Path | None, "a folder's Path, or None"),
 }
