@@ -105,10 +105,10 @@ def run_eval(
     health.check_refs(dict(cfg.clean_refs), [m.spec.label for m in opened.models])
     if on_open is not None and not cfg.run.skip_bad_images:
         on_open(dataset_record(opened.source, opened.data, "test"))
-    state = _state(cfg, opened, dist)  # before the probes: a state of another run is refused at once
-    flags = probe_models(opened, cfg.run, dist, status, what)
-    hooks = engine.Hooks(progress, warn, state, what=what, status=status)
-    try:
+    state = _state(cfg, opened, dist)  # before the probes: a state of another run, or one in use, is refused at once
+    try:  # the state's lock is released however the run ends
+        flags = probe_models(opened, cfg.run, dist, status, what)
+        hooks = engine.Hooks(progress, warn, state, what=what, status=status)
         done = engine.run(engine.Plan.white_box(opened.participants()), opened.source, cfg.run.suite, cfg.run.seed,
                           cfg.run.batch_size, dist, hooks)
     finally:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from robench.attacks.base import to_unit
 from robench.attacks.suite import AttackSpec
+from robench.core.files import remove_stale_temps
 from robench.engine import Examples
 from robench.models import LoadedModel
 
@@ -66,11 +67,17 @@ class ExampleCache:
         self.root, self.seed, self.classes = root, seed, classes
         self.models = {m.spec.label: m for m in models}
         self.bad: list[tuple[Path, str]] = []  # (file, what was wrong with it), in the order found
+        self._swept: set[Path] = set()  # folders whose stale temporary files are gone
 
     def _folder(self, source: str, spec: AttackSpec) -> Path:
         m = self.models[source]
         key = json.dumps([*m.function(), spec.describe(), self.seed, self.classes, STORE_FORMAT], sort_keys=True)
-        return self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
+        folder = self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
+        if folder not in self._swept:  # once per run: writers killed mid-write (SIGKILL) left these
+            self._swept.add(folder)
+            if folder.is_dir():
+                remove_stale_temps(folder, "*/.*.tmp")
+        return folder
 
     @staticmethod
     def _file(folder: Path, sample_id: str) -> Path:
