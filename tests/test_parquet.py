@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from robench.data import ids_sha256
 from robench.errors import FieldError
 from robench.results import write
 from tests.results_docs import invoke, one_error_line
@@ -59,7 +60,8 @@ def test_parquet_per_sample_equals_the_csv_typed(tmp_path: Path) -> None:
 def test_parquet_keeps_the_provenance_in_its_metadata(tmp_path: Path) -> None:
     write.write_per_sample(tmp_path / "s.parquet", per_sample_frame(), META)
     metadata = pq.read_schema(tmp_path / "s.parquet").metadata
-    assert json.loads(metadata[KEY]) == META
+    dataset = {k: v for k, v in META["dataset"].items() if k != "ids"}  # the id column holds them
+    assert json.loads(metadata[KEY]) == {**META, "dataset": dataset}
     assert b"pandas" in metadata  # pandas restores the categories from it
     write.write_per_sample(tmp_path / "bare.parquet", per_sample_frame())
     assert KEY not in pq.read_schema(tmp_path / "bare.parquet").metadata
@@ -116,7 +118,8 @@ def test_eval_per_sample_parquet_matches_the_csv_and_the_results(default_checkpo
                                   csv.astype({"model": str, "attack": str}), check_dtype=False)
     doc = json.loads((tmp_path / "r.json").read_text())
     meta = json.loads(pq.read_schema(paths[".parquet"]).metadata[KEY])
+    ids = doc["dataset"].pop("ids")
     assert meta == {k: v for k, v in doc.items() if k not in ("rows", "samples")}
-    assert meta["dataset"]["ids"] == parquet["id"].tolist()[:12]
+    assert parquet["id"].tolist() == ids * 5 and ids_sha256(ids) == meta["dataset"]["ids_sha256"]
     assert meta["models"][0]["weights_sha256"] and meta["config"]["seed"] == doc["config"]["seed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "s.csv", "s.parquet"]

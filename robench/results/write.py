@@ -82,6 +82,15 @@ def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
     return [path, side]
 
 
+def without_ids(meta: dict[str, Any]) -> dict[str, Any]:
+    """The provenance less ``dataset.ids``: the id column holds them, and ``ids_sha256`` still checks them.
+
+    Kept, 50,000 ImageNet ids would make a Parquet footer of megabytes, read with every schema.
+    """
+    dataset = {k: v for k, v in (meta.get("dataset") or {}).items() if k != "ids"}
+    return {**meta, "dataset": dataset} if "dataset" in meta else meta
+
+
 PER_SAMPLE_CATEGORIES = ("model", "attack", "source", "target")  # ids that repeat on every row of a setting
 
 
@@ -89,12 +98,13 @@ def write_per_sample(path: Path, frame: pd.DataFrame, meta: dict[str, Any] | Non
     """Per-sample outcomes, atomically, in the format the suffix names: ``.parquet`` or CSV (``-`` too).
 
     Parquet is typed (ints, bools, floats; model and attack ids dictionary-encoded) and keeps
-    ``meta``, the run's provenance, in its key-value metadata, so a 50,000-sample table is one
-    compact file that carries what it was measured on. Text is kept exactly: no spreadsheet
-    runs a Parquet cell. In CSV, text cells a spreadsheet would run get a ``'`` (``csv_text``).
+    ``meta``, the run's provenance (less the ids: ``without_ids``), in its key-value metadata,
+    so a 50,000-sample table is one compact file that carries what it was measured on. Text
+    is kept exactly: no spreadsheet runs a Parquet cell. In CSV, text cells a spreadsheet
+    would run get a ``'`` (``csv_text``).
     """
     check_per_sample(path)
     if path.suffix.lower() == PARQUET:
-        write_parquet(path, frame, PER_SAMPLE_CATEGORIES, meta, "per_sample")
+        write_parquet(path, frame, PER_SAMPLE_CATEGORIES, None if meta is None else without_ids(meta), "per_sample")
         return
     atomic_write(path, lambda p: csv_frame(frame).to_csv(p, index=False))
