@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,3 +124,17 @@ def test_eval_per_sample_parquet_matches_the_csv_and_the_results(default_checkpo
     assert parquet["id"].tolist() == ids * 5 and ids_sha256(ids) == meta["dataset"]["ids_sha256"]
     assert meta["models"][0]["weights_sha256"] and meta["config"]["seed"] == doc["config"]["seed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "s.csv", "s.parquet"]
+
+
+@pytest.mark.slow
+def test_missing_pyarrow_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    from tests.test_cli_early import NO_TORCH
+
+    hide = "import sys\nsys.modules['pyarrow'] = sys.modules['pyarrow.parquet'] = None\n"
+    proc = subprocess.run([sys.executable, "-c", hide + NO_TORCH, "eval", "--per-sample", "s.parquet"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and lines == [
+        'robench: error: --per-sample FILE.parquet needs pyarrow: pip install "robench[parquet]" (or write FILE.csv)',
+        "torch imported: False"], proc.stderr
+    assert list(tmp_path.iterdir()) == []
