@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from robench.core.files import WriteFailed
 from robench.data import ids_sha256
 from robench.errors import FieldError
 from robench.results import write
@@ -81,7 +82,8 @@ def test_a_failed_parquet_write_leaves_no_partial_file(tmp_path: Path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    kept = "the old file is left as it was" if existing else "nothing was written"
+    with pytest.raises(WriteFailed, match=f"No space left on device\\); {kept}$"):
         write.write_per_sample(path, per_sample_frame(), META)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["s.parquet"] if existing else [])
     if existing:
