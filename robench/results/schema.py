@@ -208,6 +208,13 @@ class Finding(_Open):
     docs: str | None = None
 
 
+class ProbesRecord(_Open):
+    """How many samples the health probes saw: the run's first ``samples``, at most ``max_samples``."""
+
+    samples: Count | None = Field(None, description="the samples each model was probed on (the run's first)")
+    max_samples: Count | None = Field(None, description="the most the run allowed (--probe-samples)")
+
+
 class ResultsFile(_Open):
     """A robench results file (``--out FILE.json``, or ``FILE.csv`` with ``FILE.csv.meta.json``).
 
@@ -229,6 +236,8 @@ class ResultsFile(_Open):
     semantics: str | None = None
     verdicts: dict[str, str] | None = Field(None, description="leak-check: LEAK, OK or INCONCLUSIVE per model")
     health: list[Finding] | None = None
+    probes: ProbesRecord | None = Field(None, description="null when the probes did not run (--no-health); absent "
+                                        "from files written before robench bounded them")
     rows: list[Row] = Field(min_length=1)
     samples: Samples | None = None
 
