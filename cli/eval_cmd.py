@@ -59,7 +59,7 @@ from .options import (
               help="Expected clean top-1 of a model (repeatable), e.g. base=0.97; a mismatch is a health warning.")
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="X",
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
-@click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
+@click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
                  attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,

@@ -220,7 +220,7 @@ def test_docs_have_one_section_per_check_where_its_flags_link() -> None:
     text = (REPO / health.DOCS).read_text(encoding="utf-8")
     assert re.findall(r"^## (\S+)$", text, re.M) == list(health.CHECKS)
     assert [c.docs for c in health.CHECKS.values()] == [f"docs/health.md#{name}" for name in health.CHECKS]
-    for option in ("--clean-ref", "--clean-ref-tol", "--no-health", "health: strict"):
+    for option in ("--clean-ref", "--clean-ref-tol", "--no-health", "--probe-samples", "health: strict"):
         assert option in text
     example = health.flag("zero_gradients", "m", "100% of the input-gradient entries are exactly zero (more than 50%)")
     for page in (REPO / "README.md", REPO / health.DOCS):  # the warning line both show is the one robench prints
