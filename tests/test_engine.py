@@ -65,19 +65,34 @@ def _reported(model: nn.Module, suite: Suite, n: int, batch_size: int) -> tuple[
     return progress, status
 
 
-def test_progress_moves_within_a_batch_per_attack(small_cnn: nn.Module) -> None:
-    """A batch under every attack can take minutes: progress and the stage move per attack, not per batch."""
+def test_progress_moves_with_each_attacks_passes(small_cnn: nn.Module) -> None:
+    """A batch under every attack can take minutes: images done move with the passes spent against the plan.
+
+    Per sample: fgsm 2 passes, bim at eps 8 10 gradients (20), pgd 10 (20), step_ll 2: 44 in all. An
+    attack's end is its share of the 44; pgd reports its passes at each of its steps but the first.
+    """
     suite = override(load_suite(), ("fgsm", "bim", "pgd", "step_ll"), (8.0,))
     progress, status = _reported(small_cnn, suite, 20, 10)
-    assert [d for _, d, _ in progress] == [0, 2.5, 5, 7.5, 10, 12.5, 15, 17.5, 20]  # start, then per attack
-    assert {(w, t) for w, _, t in progress} == {("eval", 20)}
-    assert status == [("eval", f"{a} on m") for a in ("fgsm", "bim", "pgd", "step_ll")] * 2
+    done = [d for _, d, _ in progress]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 20 and {(w, t) for w, _, t in progress} == {
+        ("eval", 20)}
+    for batch in (0, 10):
+        for spent in (2, 22, 42, 44):  # the ends of fgsm, bim, pgd, step_ll
+            assert any(d == pytest.approx(batch + 10 * spent / 44) for d in done)
+    assert len(done) == 2 * (4 + 9 + 9) + 1  # per batch: 4 attack ends, 9 steps of bim and of pgd; the start
+    stages = [t for _, t in status if ":" not in t]
+    assert stages == [f"{a} on m" for a in ("fgsm", "bim", "pgd", "step_ll")] * 2
+    assert [t for _, t in status if t.startswith("pgd on m:")][:9] == [
+        f"pgd on m: {20 * i}/200 passes" for i in range(1, 10)]  # 10 samples, 2 passes each per step
 
 
-def test_progress_under_cascade_moves_per_attack(small_cnn: nn.Module) -> None:
+def test_progress_under_cascade_credits_an_attacks_whole_plan(small_cnn: nn.Module) -> None:
+    """pgd runs on fgsm's survivors only: it spends less than planned, and its end still counts the batch done."""
     suite = dataclasses.replace(override(load_suite(), ("fgsm", "pgd"), (8.0,)), cascade=True)
     progress, status = _reported(small_cnn, suite, 10, 10)
-    assert [d for _, d, _ in progress] == [0, 5, 10] and [t for _, t in status] == ["fgsm on m", "pgd on m"]
+    done = [d for _, d, _ in progress]
+    assert done[:2] == [0, pytest.approx(10 * 2 / 22)] and done[-1] == 10 and done == sorted(done)
+    assert [t for _, t in status if ":" not in t] == ["fgsm on m", "pgd on m"]
 
 
 def test_batch_size_does_not_change_outcomes(small_cnn: nn.Module) -> None:

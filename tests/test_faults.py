@@ -103,7 +103,10 @@ class OomOnce(nn.Module):
 
 
 def test_progress_of_a_piece_retried_after_out_of_memory_counts_again(trained) -> None:
-    """OOM in pgd (after fgsm reported half the batch): the halves count from the batch's start, ending at 40."""
+    """OOM in pgd (after fgsm's 2 of the 6 planned passes per sample): the halves count from the batch's start.
+
+    Per half: fgsm's end at 2 of 6, pgd's second step at 4 of 6 (its first gradient spent), its end at 6.
+    """
     source = load_digits_source(limit=40)
     plan = engine.Plan.white_box([engine.Participant("m", OomOnce(trained.module, at=3, limit=20), ZOO_INPUT)])
     done: list[float] = []
@@ -111,7 +114,7 @@ def test_progress_of_a_piece_retried_after_out_of_memory_counts_again(trained) -
     out = engine.Matrix.empty(source.ids, engine.settings_of(SUITE), plan.pairs())
     engine.run_batches(plan, ({ZOO_INPUT: b} for b in source.batches(ZOO_INPUT, 40)), SUITE, out, 0, hooks)
     # calls: clean, fgsm gradient, fgsm score, then pgd's first step fails at 40
-    assert done == [0, 20, 10, 20, 30, 40]
+    assert done == pytest.approx([0, 40 / 3, 20 / 3, 40 / 3, 20, 20 + 20 / 3, 20 + 40 / 3, 40])
 
 
 def test_out_of_memory_at_batch_size_1_and_other_errors_are_raised(trained) -> None:

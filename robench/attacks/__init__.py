@@ -13,11 +13,13 @@ stops on a fooled sample.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
+from robench.attacks import budget
 from robench.attacks.apgd import ApgdConfig, ApgdTConfig, apgd, apgd_t
 from robench.attacks.base import Labels, attack_mode
 from robench.attacks.fab import FabTConfig, fab_t
@@ -46,6 +48,7 @@ class Attack:
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
     min_classes: int = 2  # apgd_t's DLR-T reads the 4th largest logit; fab_t needs a wrong class to aim at
     black_box: bool = False  # uses scores only, no gradients: the health checks' witness of gradient masking
+    budget: Callable[[Any, Sequence[float], int], int] = budget.single_step  # passes per sample: (config, eps, classes)
 
 
 REGISTRY: dict[str, Attack] = {
@@ -53,13 +56,13 @@ REGISTRY: dict[str, Attack] = {
     for a in (
         Attack("fgsm", fgsm, FgsmConfig, True),
         Attack("step_ll", step_ll, StepLLConfig, True, targeted=True),
-        Attack("bim", bim, BimConfig, False, counterpart="fgsm"),
-        Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll"),
-        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm"),
-        Attack("apgd", apgd, ApgdConfig, False),
-        Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True, min_classes=4),
-        Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3),
-        Attack("square", square_attack, SquareConfig, False, black_box=True),
+        Attack("bim", bim, BimConfig, False, counterpart="fgsm", budget=budget.schedule),
+        Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll", budget=budget.schedule),
+        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm", budget=budget.pgd),
+        Attack("apgd", apgd, ApgdConfig, False, budget=budget.apgd),
+        Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True, min_classes=4, budget=budget.apgd),
+        Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3, budget=budget.fab),
+        Attack("square", square_attack, SquareConfig, False, black_box=True, budget=budget.square),
     )
 }
 

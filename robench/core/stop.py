@@ -9,6 +9,8 @@ of that: every attack iteration calls ``check_stop``, so a stop takes effect wit
 
 from __future__ import annotations
 
+from robench.core.progress import iteration
+
 _requested: list[KeyboardInterrupt] = []  # at most one: the first reason wins
 
 
@@ -30,8 +32,10 @@ def check_stop() -> None:
     """Raise the requested stop's exception (a KeyboardInterrupt, or a subclass such as Terminated), if any.
 
     The request stays until ``clear_stop``: a loop that catches the exception and goes on is stopped again
-    at its next check.
+    at its next check. Being the one call every attack makes per iteration, it also reports the
+    iteration's progress (robench.core.progress).
     """
+    iteration()
     if _requested:
         raise type(_requested[0])()
 

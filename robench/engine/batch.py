@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from robench.attacks import REGISTRY, Labels
 from robench.attacks.base import SampleNoise
 from robench.attacks.suite import AttackSpec, Suite
+from robench.core.progress import iterations_to
 from robench.data import Batch, InputConfig
 from robench.engine.hooks import Hooks, Tracker
 from robench.engine.outcomes import Matrix, correct, predictions
@@ -72,6 +73,8 @@ class _Batch:
     def run(self) -> None:
         """Clean forwards once per model, then every source's examples."""
         clean = {m.label: score(m.module, self.x[m.input]) for m in self.plan.models}
+        self.tracker.planned([REGISTRY[a.name].budget(a.config, a.eps, clean[s].shape[1])
+                              for s in self.plan.targets for a in self.suite.attacks])
         for (s, t), o in self.out.pairs.items():
             o.labels[self.rows] = self.labels
             o.record(0, self.rows, clean[t], self.y)
@@ -97,7 +100,7 @@ class _Batch:
                     o.record(setting, self.rows, score(target.module, xt), self.y)
                     o.linf[setting, self.rows] = linf
                 setting += 1
-            self.tracker.finished_attack(len(self.rows))
+            self.tracker.finished_attack()
 
     def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
         """The source's examples for one attack: from the store where it has them, else crafted once."""
@@ -125,12 +128,16 @@ class _Batch:
 
     def call(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels, ids: list[str],
              eps: Sequence[float], early_stop: bool = False) -> Examples:
-        """The attack on these samples at these eps: one attack call, its passes charged to (source, attack)."""
+        """The attack on these samples at these eps: one attack call, its passes charged to (source, attack).
+
+        Its passes so far are reported at each of its iterations (robench.core.progress).
+        """
         self.out.crafted += 1
-        with count_passes(s.module) as passes:
+        with count_passes(s.module) as passes, iterations_to(lambda: self.tracker.working(passes.total)):
             made = list(REGISTRY[spec.name].run(s.module, x, labels, eps, spec.config,
                                                 attack_noise(self.seed, spec.id, ids), early_stop))
         self.out.charge(s.label, spec.id, passes)
+        self.tracker.ended_call(passes.total)
         return made
 
 
@@ -163,7 +170,7 @@ class Survivors:
             tracker.begin(spec.id, self.s.label)
             self.attack(spec, {float(e): setting + j for j, e in enumerate(spec.eps)})
             setting += len(spec.eps)
-            tracker.finished_attack(len(self.x))
+            tracker.finished_attack()
 
     def robust(self, e: float) -> np.ndarray:
         """[B] which samples the state still has right at eps e."""

@@ -20,6 +20,11 @@ class Passes:
     forward: int = 0
     backward: int = 0
 
+    @property
+    def total(self) -> int:
+        """Forward and backward passes together."""
+        return self.forward + self.backward
+
     def add(self, other: Passes) -> None:
         """Add another count to this one."""
         self.forward += other.forward

@@ -99,9 +99,9 @@ def run_batches(plan: Plan, batches: Iterable[Views], suite: Suite, out: Matrix,
 
 def _piece(plan: Plan, suite: Suite, out: Matrix, seed: int, hooks: Hooks, piece: Views, tracker: Tracker) -> None:
     """One piece of a batch (all of it unless out of memory split it), its progress tracked."""
-    tracker.start_piece()
+    tracker.start_piece(len(next(iter(piece.values())).rows))
     _Batch(plan, suite, out, seed, hooks, piece, tracker).run()
-    tracker.finished_piece(len(next(iter(piece.values())).rows))
+    tracker.finished_piece()
 
 
 def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, dist: Dist = LOCAL,

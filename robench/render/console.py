@@ -99,18 +99,20 @@ class LogLines:
     """Plain progress lines for a log (stderr not a terminal), where rich draws nothing until the end.
 
     The first stage a run reports (its health probes, or its first attack) prints at once, so a
-    log shows the run has started; then, as each attack starts, a line if ``every`` seconds have
-    passed since the last, with images/s, the time left and the attack now; and a last line at
-    the end. Progress moves within a batch (per attack), so a slow batch still gives lines.
+    log shows the run has started; then, at each stage report (an attack starting, or one of its
+    iterations with the passes it has spent), a line if ``every`` seconds have passed since the
+    last, with images/s, the time left and the stage now; and a last line at the end. Progress
+    moves with the attack's passes, so a batch of one long attack still gives a line every
+    ``every`` seconds (a heartbeat) and a rate from its first minute. ``clock``: seconds, for tests.
     """
 
-    def __init__(self, stream: TextIO, every: float = LOG_EVERY_S) -> None:
-        self.stream, self.every = stream, every
+    def __init__(self, stream: TextIO, every: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.every, self.clock = stream, every, clock
         self.runs: dict[str, _Logged] = {}
 
     def progress(self, label: str, done: float, total: int) -> None:
         """Images done; the first call marks the start the rate counts from."""
-        now = time.monotonic()
+        now = self.clock()
         run = self.runs.setdefault(label, _Logged(last=-math.inf))
         run.done = (done, total)
         if run.start is None:
@@ -123,7 +125,7 @@ class LogLines:
 
     def status(self, label: str, text: str) -> None:
         """The stage now: printed at once the first time, else in the next line that is due."""
-        now = time.monotonic()
+        now = self.clock()
         run = self.runs.setdefault(label, _Logged(last=-math.inf))
         run.stage = text
         if run.last == -math.inf:  # no line yet for this run
@@ -149,14 +151,15 @@ def _clock(seconds: int) -> str:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True, stream: TextIO | None = None,
-                 terminal: bool | None = None) -> Iterator[Reporter]:
+def progress_bar(enabled: bool = True, stream: TextIO | None = None, terminal: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> Iterator[Reporter]:
     """One rich bar per label (the command) with images/s, ETA and the stage now; plain lines without a terminal.
 
     The first report (a stage, or robench.engine's start) shows the bar; the rate counts from
     the engine's start report. Without a terminal it prints ``LogLines`` instead. ``stream``
     and ``terminal``: where to draw (default stderr) and whether it is a terminal (default:
-    ask it), for tests.
+    ask it), and ``clock`` (seconds), for tests; a given stream is drawn at every report, not
+    ten times a second, so that a test sees each state.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
@@ -166,12 +169,12 @@ def progress_bar(enabled: bool = True, stream: TextIO | None = None,
     if terminal is None:
         terminal = stream is not None or console(err=True).is_terminal  # a test's stream draws as a terminal
     if not terminal:
-        lines = LogLines(sys.stderr if stream is None else stream)
+        lines = LogLines(sys.stderr if stream is None else stream, clock=clock)
         yield Reporter(lines.progress, lines.status)
         return
     out = console(err=True) if stream is None else _console_on(stream)
     bar = _staged_bar([TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_columns("images"),
-                       TextColumn("elapsed"), TimeElapsedColumn()], out)
+                       TextColumn("elapsed"), TimeElapsedColumn()], out, clock, stream is None)
     tasks: dict[str, TaskID] = {}
     stages: dict[str, str] = {}
     counting: set[str] = set()  # labels whose start report came: their clocks run from it
@@ -189,7 +192,7 @@ def progress_bar(enabled: bool = True, stream: TextIO | None = None,
             return
         finished: dict[str, Any] = {"stage": ""} if done >= total else {}
         bar.update(tasks[label], completed=done, **finished)
-        _show(bar)
+        _show(bar, stream is not None)
 
     def status(label: str, text: str) -> None:
         stages[label] = text
@@ -197,7 +200,7 @@ def progress_bar(enabled: bool = True, stream: TextIO | None = None,
             tasks[label] = bar.add_task(label, total=None, base=0, stage=text)
         else:
             bar.update(tasks[label], stage=text)
-        _show(bar)
+        _show(bar, stream is not None)
 
     try:
         yield Reporter(progress, status)
@@ -206,7 +209,8 @@ def progress_bar(enabled: bool = True, stream: TextIO | None = None,
             bar.stop()
 
 
-def _staged_bar(columns: list[ProgressColumn], out: Console) -> Progress:
+def _staged_bar(columns: list[ProgressColumn], out: Console, clock: Callable[[], float], auto_refresh: bool,
+                ) -> Progress:
     """rich's bars on ``out``, each with its stage on a line of its own below, cut to the terminal's width.
 
     A stage column beside the bar made the line wrap on an 80-column terminal.
@@ -221,12 +225,15 @@ def _staged_bar(columns: list[ProgressColumn], out: Console) -> Progress:
                 if task.fields.get("stage"):
                     yield Text(f"  {task.fields['stage']}", no_wrap=True, overflow="ellipsis")
 
-    return StagedProgress(*columns, console=out)
+    return StagedProgress(*columns, console=out, get_time=clock, auto_refresh=auto_refresh)
 
 
-def _show(bar: Progress) -> None:
+def _show(bar: Progress, draw: bool) -> None:
+    """Start the bar at its first report; ``draw``: draw it now too."""
     if not bar.live.is_started:
         bar.start()
+    if draw:
+        bar.refresh()
 
 
 def _console_on(stream: TextIO) -> Console:
