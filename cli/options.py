@@ -303,7 +303,7 @@ def check_outs(outs: tuple[Path, ...]) -> None:
     from robench.core.outputs import check_output
 
     for out in outs:
-        check_output(out)
+        check_output(out, regular=True)
 
 
 def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,

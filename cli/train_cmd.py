@@ -84,20 +84,23 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
       robench train --train-attack none --out baseline.safetensors
       torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
+    from robench.core.outputs import check_output
+    from robench.models.recipe import TrainConfig
+
+    options["data"] = options["data"] or "digits"  # train's data is given or digits (no checkpoint to ask)
+    cfg = TrainConfig(**options)  # before torch: a typo costs a second, not the imports
+    check_output(out, (".safetensors",), "out", regular=True)
     from robench.core.distributed import session
     from robench.core.outputs import check_outputs
     from robench.errors import Interrupted
     from robench.models.factories import is_factory
-    from robench.models.recipe import TrainConfig
     from robench.train.loop import train
 
     from .options import run_inputs
 
-    options["data"] = options["data"] or "digits"  # train's data is given or digits (no checkpoint to ask)
-    arch = str(options["arch"])
+    arch = cfg.arch
     check_outputs([("--out", out)], [(o.replace("MODEL", "--arch"), p) for o, p in
-                                     run_inputs((arch,) if is_factory(arch) else (), classes=options["classes"])])
-    cfg = TrainConfig(**options).validate()
+                                     run_inputs((arch,) if is_factory(arch) else (), classes=cfg.classes)])
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 
@@ -105,7 +108,6 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
         from robench.run.runspec import RUN_FIELDS
 
         check({"threads": threads}, {"threads": RUN_FIELDS["threads"]})
-
         torch.set_num_threads(threads)
     with session(device) as dist:
         try:

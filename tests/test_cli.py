@@ -425,7 +425,7 @@ def test_a_warning_is_one_line_however_long(capsys: pytest.CaptureFixture[str]) 
 
     warn("cache file /tmp/" + "a" * 300 + ".safetensors is unreadable [SafetensorError]; crafting it again")
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("warning: cache file") and "[SafetensorError]" in err
+    assert err.count("\n") == 1 and err.startswith("robench: warning: cache file") and "[SafetensorError]" in err
 
 
 # ---------------------------------------------------------------- suites by name, cascade, early stopping

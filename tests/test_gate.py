@@ -717,7 +717,7 @@ def test_a_gate_over_too_few_samples_warns_that_it_cannot_fail(tmp_path: Path) -
                                                                                          make_doc(one)))
     assert r.exit_code == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: default rule"), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("robench: warning: default rule"), r.stderr
     assert "2 of its rows compare only n = 1 samples" in lines[0] and "evaluate more samples" in lines[0]
     need = gate.samples_needed(0.02, 1 - 0.05 / 2, "paired")  # two rows: Bonferroni
     assert need is not None and f"at least {need} samples" in lines[0]

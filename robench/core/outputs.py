@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robench.core.files import STDOUT, output_problem, same_output, stream_fd
+from robench.core.files import STDOUT, kind_of, output_problem, same_output, stream_fd
 from robench.errors import FieldError, RobenchError
 
 RESULT_SUFFIXES = (".json", ".csv", ".md")
 
 
 def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, field: str = "out",
-                 stdout: bool = False) -> None:
+                 stdout: bool = False, regular: bool = False) -> None:
     """Fail before any work if ``path`` has an unknown suffix or cannot take an output (robench.core.files).
 
     ``stdout``: ``-`` writes to standard output (where the format does not come from the suffix).
     A ``.csv`` results file's ``.meta.json`` beside it is checked too. Raises FieldError naming
     ``field``, the option the CLI names (or the CLI's own word for it, such as ``BASELINE``).
+    ``regular``: the output is a file kept for later (results, a checkpoint), so an existing path must be a
+    regular file; a named pipe or device would take the bytes and keep nothing (a reader of /dev/zero never ends).
     """
     if path is None:
         return
@@ -25,8 +27,13 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
             return
         raise FieldError(field, f"{{name}} -: the format comes from the file name's suffix ({', '.join(suffixes)}), "
                                 "so standard output cannot be one; give a file name")
+    kind = kind_of(path) if stream_fd(path) is None else None
+    if kind == "a folder":
+        raise FieldError(field, f"{{name}} {path} is a folder; give a file name, e.g. {path / ('out' + suffixes[0])}")
     if path.suffix.lower() not in suffixes:
         raise FieldError(field, f"{{name}} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
+    if regular and kind is not None:
+        raise FieldError(field, f"{{name}} {path} is {kind}, not a regular file; give a file name to write")
     problem = output_problem(path)
     if problem is not None:
         raise FieldError(field, f"{{name}} {path}{' ' if problem.startswith('is ') else ': '}{problem}")

@@ -335,7 +335,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     """
     cfg.validate()
     if dist.is_main:
-        check_output(out, (".safetensors",), "out")
+        check_output(out, (".safetensors",), "out", regular=True)
     check_name(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -1,0 +1,98 @@
+"""Issue 26 item 11, the rest of a new user's trial at the CLI's edges: each case exits 2 with one line.
+
+Outputs kept for later (results, checkpoints) are regular files or new paths; a path of another kind
+says what it is; train checks its values before torch, as eval does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.results_docs import invoke, one_error_line
+from tests.test_cli_early import NO_TORCH
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--weight-decay", "1000"], "--weight-decay"),
+    (["--eps-max", "300"], "--eps-max"),
+    (["--out", "m.pt"], "--out m.pt: unknown format"),
+    (["--out", "."], "--out . is a folder"),
+])
+def test_train_checks_its_values_before_torch(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, "train", "-o", "m.safetensors", *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and lines[-1] == "torch imported: False", proc.stderr
+    assert len(lines) == 2 and lines[0].startswith("robench: error: ") and needle in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_error_has_no_blank_line_before_it(tmp_path: Path) -> None:
+    result = invoke("train", "-o", tmp_path / "m.safetensors", "--data", tmp_path / "none")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("robench: error: dataset folder not found: "), repr(result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _special(tmp_path: Path, kind: str, name: str) -> Path:
+    path = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    return path
+
+
+# --attack/--arch nosuch: were the --out accepted, the run would stop at once on the name, not write to it
+@pytest.mark.parametrize("command", [["eval", "--attack", "nosuch"], ["transfer-matrix", "--attack", "nosuch"],
+                                     ["leak-check", "--device", "cpu", "-m", "nosuch"]])
+@pytest.mark.parametrize(("kind", "what"), [("fifo", "a named pipe"), ("zero", "a character device")])
+def test_results_out_must_be_a_regular_file(tmp_path: Path, command: list[str], kind: str, what: str) -> None:
+    out = _special(tmp_path, kind, "r.json")
+    one_error_line(invoke(*command, "-o", out), 2, f"--out {out} is {what}, not a regular file")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize(("kind", "what"), [("fifo", "a named pipe"), ("zero", "a character device")])
+def test_train_checkpoint_out_must_be_a_regular_file(tmp_path: Path, kind: str, what: str) -> None:
+    out = _special(tmp_path, kind, "m.safetensors")
+    one_error_line(invoke("train", "--arch", "nosuch", "-o", out), 2, f"--out {out} is {what}, not a regular file")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["eval", "--attack", "nosuch", "-o"], "--out"), (["eval", "--attack", "nosuch", "--plot"], "--plot"),
+    (["eval", "--attack", "nosuch", "--per-sample"], "--per-sample"), (["train", "--arch", "nosuch", "-o"], "--out"),
+    (["report", "tests/data/none.json", "-o"], "-o"),
+])
+def test_a_folder_given_as_an_output_is_called_a_folder(tmp_path: Path, args: list[str], option: str) -> None:
+    line = one_error_line(invoke(*args, tmp_path), 2, f"{option} {tmp_path} is a folder; give a file name")
+    assert "unknown format" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kind", "what"), [("fifo", "a named pipe"), ("zero", "a character device"),
+                                            ("folder", "a folder")])
+def test_a_checkpoint_that_is_no_file_says_what_it_is(tmp_path: Path, kind: str, what: str) -> None:
+    path = tmp_path / "w.pth"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        _special(tmp_path, kind, "w.pth")
+    one_error_line(invoke("eval", "-m", f"test_resnet@{path}", "--limit", "2", "--device", "cpu"), 2,
+                   f"checkpoint {path} is {what}, not a checkpoint file")
+
+
+@pytest.mark.parametrize(("data", "what"), [("/dev/zero", "a character device"), ("file", "a file")])
+def test_a_dataset_that_is_no_folder_says_what_it_is(tmp_path: Path, data: str, what: str) -> None:
+    if data == "file":
+        data = str(tmp_path / "x.txt")
+        Path(data).write_text("x")
+    one_error_line(invoke("eval", "--data", data, "--limit", "2", "--device", "cpu"), 2,
+                   f"dataset {data} is {what}, not a folder")
