@@ -73,7 +73,8 @@ _RUN_OPTIONS: dict[str, Declared] = {
         "type": click.IntRange(0, MAX_SEED), "default": 0, "show_default": True, "metavar": "N",
         "help": "Seed for sample choice and random starts."}),
     "batch_size": (("--batch-size",), {
-        "type": click.IntRange(1, MAX_BATCH), "default": 100, "show_default": True, "metavar": "N"}),
+        "type": click.IntRange(1, MAX_BATCH), "default": 100, "show_default": True, "metavar": "N",
+        "help": "Samples per forward and backward pass; lower it if memory runs out."}),
     "device": (("--device",), {
         "default": "auto", "callback": lambda ctx, param, value: device_form(param, value), "show_default": True,
         "metavar": "DEVICE",

@@ -13,7 +13,20 @@ from robench.render.console import console, epoch_bar
 
 from .options import MAX_BATCH, RobenchCommand, eps_value, say, shared_options
 
-MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_options.py checks it)
+
+class SideRange(click.IntRange):
+    """One side in pixels; eval's C,H,W habit (--input-size 3,32,32) gets a hint, not "not a valid integer range"."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "," in value:
+            sides = [v.strip() for v in value.split(",")]
+            self.fail(f"{value!r}: give one side in pixels, e.g. {sides[-1] or 32} (the image is square; its "
+                      "channels come from the data)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limits (tests/test_cli_options.py checks them)
+MAX_EPOCHS = 10_000
 
 
 @click.command("train", cls=RobenchCommand, renamed={"--input-size": "input_size", "--attack": "attack"})
@@ -52,14 +65,16 @@ MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_
                    "(the fixed-eps FGSM training of the catastrophic-overfitting literature).")
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=5, show_default=True, metavar="N",
               help="bim/pgd steps per example.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=10, show_default=True, metavar="N",
+              help="Passes over the training data; the checkpoint is rewritten after each.")
 @shared_options("batch_size", batch_size={
     "type": click.IntRange(2, MAX_BATCH), "default": 64,
     "help": "Minibatch size; under torchrun the global batch, shared among the processes (at least 2 each)."})
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, metavar="X",
               help="AdamW learning rate.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="X")
-@click.option("--image-size", "input_size", type=click.IntRange(8, MAX_SIDE), default=32, show_default=True,
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="X",
+              help="AdamW's decoupled weight decay (lr * weight decay must stay below 1).")
+@click.option("--image-size", "input_size", type=SideRange(8, MAX_SIDE), default=32, show_default=True,
               metavar="N", help="Training resolution: the side of the square image in pixels (timm's --img-size).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               metavar="X",
@@ -118,8 +133,8 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
             raise Interrupted.of(stop, kept) from None
     if not dist.is_main:
         return
-    meta = result.meta
+    meta, done = result.meta, int(result.meta["epochs_done"])
     console(err=True).print(
         f"wrote {out}: train accuracy {100 * meta['train_accuracy']:.1f} %, "
-        f"test accuracy {100 * meta['val_accuracy']:.1f} % after {meta['epochs_done']} epochs"
+        f"test accuracy {100 * meta['val_accuracy']:.1f} % after {done} epoch{'' if done == 1 else 's'}"
     )

@@ -50,7 +50,7 @@ def _special(tmp_path: Path, kind: str, name: str) -> Path:
 
 
 # --attack/--arch nosuch: were the --out accepted, the run would stop at once on the name, not write to it
-@pytest.mark.parametrize("command", [["eval", "--attack", "nosuch"], ["transfer-matrix", "--attack", "nosuch"],
+@pytest.mark.parametrize("command", [["eval", "--attack", "nosuch"], ["transfer-matrix", "-m", "a", "--attack", "nosuch"],
                                      ["leak-check", "--device", "cpu", "-m", "nosuch"]])
 @pytest.mark.parametrize(("kind", "what"), [("fifo", "a named pipe"), ("zero", "a character device")])
 def test_results_out_must_be_a_regular_file(tmp_path: Path, command: list[str], kind: str, what: str) -> None:
@@ -69,7 +69,7 @@ def test_train_checkpoint_out_must_be_a_regular_file(tmp_path: Path, kind: str, 
 @pytest.mark.parametrize(("args", "option"), [
     (["eval", "--attack", "nosuch", "-o"], "--out"), (["eval", "--attack", "nosuch", "--plot"], "--plot"),
     (["eval", "--attack", "nosuch", "--per-sample"], "--per-sample"), (["train", "--arch", "nosuch", "-o"], "--out"),
-    (["report", "tests/data/none.json", "-o"], "-o"),
+    (["report", __file__, "-o"], "-o"),
 ])
 def test_a_folder_given_as_an_output_is_called_a_folder(tmp_path: Path, args: list[str], option: str) -> None:
     line = one_error_line(invoke(*args, tmp_path), 2, f"{option} {tmp_path} is a folder; give a file name")
@@ -96,3 +96,17 @@ def test_a_dataset_that_is_no_folder_says_what_it_is(tmp_path: Path, data: str, 
         Path(data).write_text("x")
     one_error_line(invoke("eval", "--data", data, "--limit", "2", "--device", "cpu"), 2,
                    f"dataset {data} is {what}, not a folder")
+
+
+@pytest.mark.parametrize("args", [["report", "{dir}/none.json", "-o", "{dir}/r.md"],
+                                  ["baseline", "update", "{dir}/none.json", "{dir}/b.json"]])
+def test_a_missing_input_names_its_argument(tmp_path: Path, args: list[str]) -> None:
+    one_error_line(invoke(*(a.format(dir=tmp_path) for a in args)), 2, f"RESULTS: no such file {tmp_path}/none.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transfer_matrix_needs_a_model_and_says_so() -> None:
+    one_error_line(invoke("transfer-matrix"), 2, "transfer-matrix needs at least one model", "--model")
+    help_text = invoke("transfer-matrix", "--help").stdout
+    assert "Usage: main transfer-matrix [OPTIONS] MODEL..." in help_text
+    assert "Default: zoo:" not in help_text and "At least one model" in help_text

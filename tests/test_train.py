@@ -188,7 +188,8 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--train-attack", "cw"], "Invalid value for '--train-attack': 'cw' is not one of 'none', 'step_ll'"),
         (["--label", "truth"], "Invalid value for '--label': 'truth' is not one of 'true', 'predicted'"),
         (["--seed", "-3"], "Invalid value for '--seed': -3 is not in the range 0<=x<=9223372036854775807"),
-        (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+        (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range 1<=x<=10000"),
+        (["--image-size", "3,32,32"], "'--image-size': '3,32,32': give one side in pixels, e.g. 32"),
         (["--lr", "0"], "Invalid value for '--lr': 0.0 is not in the range x>0"),
         (["--val-fraction", "1"], "Invalid value for '--val-fraction': 1.0 is not in the range 0<=x<1"),
         (["--out", "/nonexistent-dir/m.safetensors"], "does not exist"),
@@ -211,7 +212,7 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--image-size", "100000"], "'--image-size': 100000 is not in the range 8<=x<=4096"),
         (["--threads", str(10**30)], f"'--threads': {10**30} is not in the range 1<=x<=1024"),
         (["--seed", str(10**23)], f"'--seed': {10**23} is not in the range 0<=x<=9223372036854775807"),
-        (["--device", "meta"], "--device 'meta' cannot run models robench can score"),
+        (["--device", "meta"], "unknown device 'meta' for --device"),
         (["--weight-decay", "1e308"], "--weight-decay 1e+308 times lr 0.003 must be below 1 (AdamW shrinks"),
     ],
 )
@@ -264,6 +265,7 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
                                        "--image-size", "16", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
+    assert result.stderr.rstrip().endswith(" after 1 epoch"), result.stderr  # not "1 epochs"
 
 
 def test_a_final_minibatch_of_one_is_left_out_and_said(tmp_path: Path) -> None:

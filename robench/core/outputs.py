@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from robench.core.files import STDOUT, kind_of, output_problem, same_output, stream_fd
@@ -84,6 +85,21 @@ def check_outputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str
                 raise RobenchError(f"{option} {path} would overwrite the input {in_option} {source}{same}; "
                                    f"give {option.split()[0]} another file name")
     check_distinct(outputs)
+
+
+def check_inputs(inputs: list[tuple[str, Path | None]]) -> None:
+    """Fail before any work when an input (option, path) does not exist, naming the option that gave it.
+
+    The readers say "baseline file not found"; the user typed --baseline, so the option comes first.
+    A .csv's provenance file (results_paths) is left to its reader, which says how the pair is written.
+    """
+    for option, path in inputs:
+        if " " in option:
+            continue
+        if path is not None and stream_fd(path) is None and not os.path.lexists(path):
+            raise RobenchError(f"{option}: no such file {path}")
+        if path is not None and os.path.islink(path) and not os.path.exists(path):
+            raise RobenchError(f"{option}: {path} is a link to {os.readlink(path)}, which does not exist")
 
 
 def meta_path(path: Path) -> Path:

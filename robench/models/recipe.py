@@ -73,7 +73,7 @@ TRAIN_FIELDS = {  # robench.core.fields; the kinds first, then finite, then in t
     "lam": Rule(float, "a number", low=0, finite=True, must="be >= 0"),
     "eps_max": Rule(float, "a number", low=0, high=255, finite=True, must="lie in [0, 255] (1/255 units)"),
     "eps_sigma": Rule(float, "a number", low=0, low_open=True, finite=True, must="be > 0"),
-    "epochs": Rule(int, "a whole number", low=1, must="be >= 1"),
+    "epochs": Rule(int, "a whole number", low=1, high=10_000, must="be a whole number in [1, 10000]"),
     "batch_size": Rule(int, "a whole number", low=2, high=2**20, must="be a whole number in [2, 1048576] (2**20)"),
     "lr": Rule(float, "a number", low=0, low_open=True, finite=True, must="be > 0"),
     "weight_decay": Rule(float, "a number", low=0, finite=True, must="be >= 0"),
