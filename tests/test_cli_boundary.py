@@ -50,7 +50,8 @@ def _special(tmp_path: Path, kind: str, name: str) -> Path:
 
 
 # --attack/--arch nosuch: were the --out accepted, the run would stop at once on the name, not write to it
-@pytest.mark.parametrize("command", [["eval", "--attack", "nosuch"], ["transfer-matrix", "-m", "a", "--attack", "nosuch"],
+@pytest.mark.parametrize("command", [["eval", "--attack", "nosuch"],
+                                     ["transfer-matrix", "-m", "a", "--attack", "nosuch"],
                                      ["leak-check", "--device", "cpu", "-m", "nosuch"]])
 @pytest.mark.parametrize(("kind", "what"), [("fifo", "a named pipe"), ("zero", "a character device")])
 def test_results_out_must_be_a_regular_file(tmp_path: Path, command: list[str], kind: str, what: str) -> None:
@@ -110,3 +111,26 @@ def test_transfer_matrix_needs_a_model_and_says_so() -> None:
     help_text = invoke("transfer-matrix", "--help").stdout
     assert "Usage: main transfer-matrix [OPTIONS] MODEL..." in help_text
     assert "Default: zoo:" not in help_text and "At least one model" in help_text
+
+
+@pytest.mark.parametrize("command", [["eval"], ["train", "-o", "{dir}/m.safetensors"]])
+def test_hfds_without_datasets_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    command: list[str]) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed, wherever this runs
+    result = invoke(*(a.format(dir=tmp_path) for a in command), "--data", "hfds/mnist", "--limit", "2",
+                    "--device", "cpu")
+    one_error_line(result, 2, "dataset hfds/mnist needs the datasets package", "pip install datasets")
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "shown"), [(["--std", "0,1"], "--std must be > 0 for every channel, got 0,1"),
+                                             (["--mean", "nan"], "--mean must be one finite number per channel, "
+                                                                 "got nan")])
+def test_mean_and_std_are_shown_as_typed(args: list[str], shown: str) -> None:
+    line = one_error_line(invoke("eval", *args), 2, shown)
+    assert "(" not in line
+
+
+def test_leak_check_eps_default_reads_as_a_list() -> None:
+    text = " ".join(invoke("leak-check", "--help").stdout.split())
+    assert "Default: 2,4,8,16." in text and "(2,4,8,16)" not in text
