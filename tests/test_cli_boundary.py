@@ -134,3 +134,14 @@ def test_mean_and_std_are_shown_as_typed(args: list[str], shown: str) -> None:
 def test_leak_check_eps_default_reads_as_a_list() -> None:
     text = " ".join(invoke("leak-check", "--help").stdout.split())
     assert "Default: 2,4,8,16." in text and "(2,4,8,16)" not in text
+
+
+@pytest.mark.parametrize("group", [[], ["zoo"], ["baseline"]])
+def test_a_group_without_a_command_prints_its_help_on_stderr_and_exits_2(group: list[str]) -> None:
+    """As docs/cli.md says: a usage error (exit 2), its help on stderr, nothing on stdout, no "error:" line."""
+    result = invoke(*group)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Usage: ") and "Commands:" in result.stderr
+    assert "robench: error:" not in result.stderr
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8").split())
+    assert "`robench baseline` without a subcommand print their help on stderr and exit 2" in docs
