@@ -219,7 +219,7 @@ def shared_options(*names: str, **changes: dict[str, Any]) -> Decorator:
 class RobenchCommand(click.Command):
     """A command whose renamed options keep their old names for one release: hidden, with a one-line warning.
 
-    ``renamed`` maps each old name to the new option's parameter name, e.g. {"--input-size": "input_size"}
+    ``renamed`` maps each old name to the new option's parameter name, e.g. {"--input-size": "image_size"}
     for train's --image-size. The old name takes the new option's type, so it is checked the same way.
     """
 
@@ -275,7 +275,7 @@ def say(message: str) -> None:
 
 
 def option_of(command: click.Command | None, field: str) -> str | None:
-    """The option of ``command`` that sets a config field (train's --image-size sets input_size); None if none."""
+    """The option of ``command`` that sets a config field (eval's --baseline sets baseline_path); None if none."""
     for param in command.params if command is not None else ():
         if isinstance(param, click.Option) and not param.hidden and param.name == field:
             return max(param.opts, key=len)

@@ -29,7 +29,7 @@ MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limits (tests/test_cli
 MAX_EPOCHS = 10_000
 
 
-@click.command("train", cls=RobenchCommand, renamed={"--input-size": "input_size", "--attack": "attack"})
+@click.command("train", cls=RobenchCommand, renamed={"--input-size": "image_size", "--attack": "train_attack"})
 @click.option("--arch", default="test_resnet", show_default=True, metavar="NAME",
               help="A timm architecture name, or a factory FILE.py:CALLABLE or package.module:CALLABLE taking "
                    "num_classes= (runs that code).")
@@ -48,7 +48,8 @@ MAX_EPOCHS = 10_000
 )
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE",
               help="Checkpoint to write, a .safetensors file (rewritten after every epoch).")
-@click.option("--train-attack", "attack", type=click.Choice(TRAIN_ATTACKS), default="step_ll", show_default=True,
+@click.option("--train-attack", "train_attack", type=click.Choice(TRAIN_ATTACKS), default="step_ll",
+              show_default=True,
               help="The attack crafting the adversarial examples (none: plain training).")
 @click.option("--label", type=click.Choice(LABELS), default="true", show_default=True,
               help="fgsm/bim/pgd: craft with true or predicted labels (true labels leak).")
@@ -74,7 +75,7 @@ MAX_EPOCHS = 10_000
               help="AdamW learning rate.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="X",
               help="AdamW's decoupled weight decay (lr * weight decay must stay below 1).")
-@click.option("--image-size", "input_size", type=SideRange(8, MAX_SIDE), default=32, show_default=True,
+@click.option("--image-size", "image_size", type=SideRange(8, MAX_SIDE), default=32, show_default=True,
               metavar="N", help="Training resolution: the side of the square image in pixels (timm's --img-size).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               metavar="X",

@@ -145,3 +145,41 @@ def test_a_group_without_a_command_prints_its_help_on_stderr_and_exits_2(group: 
     assert "robench: error:" not in result.stderr
     docs = " ".join((Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8").split())
     assert "`robench baseline` without a subcommand print their help on stderr and exit 2" in docs
+
+
+def test_train_config_takes_the_cli_names() -> None:
+    from robench.cli.main import main as group
+    from robench.cli.main import option
+    from robench.errors import FieldError
+    from robench.models.recipe import TrainConfig
+    from robench.train.loop import _recipe
+
+    cfg = TrainConfig(image_size=16, train_attack="none")
+    assert (cfg.image_size, cfg.train_attack) == (16, "none")
+    with pytest.raises(FieldError) as caught:
+        TrainConfig(image_size=4)
+    assert caught.value.field == "image_size" and option("image_size", group.commands["train"]) == "--image-size"
+    with pytest.raises(FieldError) as caught:
+        TrainConfig(train_attack="cw")
+    assert caught.value.field == "train_attack" and option("train_attack", group.commands["train"]) == \
+        "--train-attack"
+    recipe = _recipe(cfg)  # the checkpoint's keys stay as they were (the zoo's files do not change)
+    assert (recipe["input_size"], recipe["attack"]) == (16, "none") and "image_size" not in recipe
+
+
+def test_train_config_old_names_work_for_one_release_with_a_warning() -> None:
+    from robench.errors import FieldError
+    from robench.models.recipe import TrainConfig
+
+    with pytest.warns(DeprecationWarning) as heard:
+        cfg = TrainConfig(input_size=16, attack="fgsm")
+    assert sorted(str(w.message) for w in heard) == ["TrainConfig(attack=...) is deprecated; use train_attack=",
+                                                     "TrainConfig(input_size=...) is deprecated; use image_size="]
+    assert (cfg.image_size, cfg.train_attack) == (16, "fgsm")
+    with pytest.warns(DeprecationWarning, match=r"TrainConfig.attack is deprecated; use .train_attack"):
+        assert cfg.attack == "fgsm"
+    with pytest.warns(DeprecationWarning), pytest.raises(FieldError) as caught:
+        TrainConfig(input_size=4)
+    assert caught.value.field == "image_size"
+    with pytest.raises(FieldError, match="image_size and its old name input_size are both given"):
+        TrainConfig(input_size=16, image_size=16)
