@@ -62,12 +62,12 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     from robench.core.outputs import check_output, check_outputs, results_paths
     from robench.render.plots import PLOT_SUFFIXES
 
+    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
     if not specs + models:  # no default here (eval's is the zoo's): say so before torch
         from robench.errors import FieldError
 
         raise FieldError("models", "transfer-matrix needs at least one model: give MODEL arguments or {name} SPEC, "
                                    "e.g. zoo:effnet-base zoo:resnet-base")
-    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
     check_outs(outs)
     check_output(plot, PLOT_SUFFIXES, "plot")
     from robench.render.plots import check_plot, save_figure, transfer_figure
