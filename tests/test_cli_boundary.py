@@ -20,7 +20,7 @@ from tests.test_cli_early import NO_TORCH
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "needle"), [
     (["--weight-decay", "1000"], "--weight-decay"),
-    (["--eps-max", "300"], "--eps-max"),
+    (["--adv-fraction", "nan"], "--adv-fraction nan must be a finite number"),
     (["--out", "m.pt"], "--out m.pt: unknown format"),
     (["--out", "."], "--out . is a folder"),
 ])
