@@ -44,8 +44,9 @@ from .options import (
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Top-1 against eps, a panel per model, with exact 95% bands: .png, .svg or .pdf "
                    "(needs the plot extra: matplotlib).")
-@click.option("--per-sample", type=click.Path(path_type=Path), metavar="FILE.csv",
-              help="Write per-sample outcomes as CSV; - for stdout (with -q: nothing else).")
+@click.option("--per-sample", type=click.Path(path_type=Path), metavar="FILE",
+              help="Write per-sample outcomes: .csv, or .parquet (typed, with the provenance; needs the parquet "
+                   "extra: pyarrow); - for CSV on stdout (with -q: nothing else).")
 @gate_options(
     baseline={"help": "Baseline for the gate (alone: max_drop 0.02 on top1 of every row)."},
     rules={"help": "Gate the results with these rules as 'robench gate --rules' does, in memory; exit 1 when a "
@@ -58,7 +59,7 @@ from .options import (
               help="Expected clean top-1 of a model (repeatable), e.g. base=0.97; a mismatch is a health warning.")
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="X",
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
-@click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
+@click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
                  attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,
@@ -84,14 +85,14 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
       robench eval --attack fgsm --attack pgd --plot curves.png
       torchrun --nproc-per-node 4 -m robench eval -m resnet50 --pretrained --data ./val --resume ./state
     """
-    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.core.outputs import check_output, check_outputs, check_per_sample, results_paths
     from robench.render.plots import PLOT_SUFFIXES
 
     precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
     refs = tuple(parse_clean_ref(r) for r in clean_refs)
     check_outs(outs)
     check_output(plot, PLOT_SUFFIXES, "plot")
-    check_output(per_sample, (".csv",), "per_sample", stdout=True)
+    check_per_sample(per_sample)
     from robench.render.plots import check_plot, eval_figure, save_figure
     from robench.render.tables import results_table
     from robench.results.write import results_doc, write_per_sample, write_results
@@ -122,7 +123,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     if plot is not None:
         save_figure(eval_figure(result.rows, result.meta), plot)
     if per_sample is not None:
-        write_per_sample(per_sample, result.per_sample())
+        write_per_sample(per_sample, result.per_sample(), result.meta)
     if not quiet:
         console().print(results_table(result.rows, suite=suite))
     health_warnings(result.health)

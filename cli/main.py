@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from robench import __version__
+from robench.core.stop import clear_stop, request_stop
 from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError, Terminated
 
 from .options import option_of, refuse_empty_paths
@@ -58,25 +59,46 @@ def _fail(message: str, code: int) -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM: unwind as Ctrl-C does (state kept, one line); a second SIGTERM ends the process at once."""
+    """SIGTERM: unwind as Ctrl-C does (state kept, one line); a second SIGTERM ends the process at once.
+
+    The stop request outlives the exception, which can be lost on its way (a finalizer, a library's
+    ``except BaseException``): the running attack then stops at its next iteration.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    request_stop(Terminated())
     raise Terminated
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: Python's KeyboardInterrupt, and a stop request that the running attack honours at its next iteration."""
+    request_stop(KeyboardInterrupt())
+    raise KeyboardInterrupt
 
 
 @contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
-    """While a command runs, SIGTERM raises robench.errors.Terminated; the previous handler is restored after.
+    """While a command runs, SIGTERM raises robench.errors.Terminated; the previous handlers are restored after.
 
-    Only from the main thread, the one place Python lets a handler be set (a library caller's thread is left alone).
+    Both SIGTERM and Ctrl-C also request a stop (robench.core.stop), cleared when the command ends.
+    Ctrl-C's handler is replaced only where it is Python's own (a shell that ignores SIGINT keeps it
+    ignored). Only from the main thread, the one place Python lets a handler be set (a library
+    caller's thread is left alone).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    clear_stop()
     previous = signal.signal(signal.SIGTERM, _terminate)
+    before_int = signal.getsignal(signal.SIGINT)
+    if before_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if before_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, before_int)
+        clear_stop()
 
 
 class RobenchGroup(click.Group):

@@ -42,6 +42,7 @@ MAX_SEED = 2**63 - 1
 MAX_BATCH = 2**20
 MAX_THREADS = 1024
 MAX_WORKERS = 256
+PROBE_SAMPLES = 32  # robench.analysis.probes.PROBE_SAMPLES, RunSpec's default (the same test checks it)
 CLASS_ORDERS = ("natural", "lexical")  # robench.data.classes.CLASS_ORDERS (the same test checks it)
 
 
@@ -88,6 +89,9 @@ _RUN_OPTIONS: dict[str, Declared] = {
         "type": click.IntRange(1, MAX_THREADS), "metavar": "N",
         "help": "torch intra-op threads (default: torch's own). On a shared or busy machine use 1 or the number "
                 "of free cores."}),
+    "probe_samples": (("--probe-samples",), {
+        "type": click.IntRange(1, MAX_BATCH), "default": PROBE_SAMPLES, "show_default": True, "metavar": "N",
+        "help": "Run the health probes on at most the run's first N samples (the same ones at any --batch-size)."}),
     "skip_bad_images": (("--skip-bad-images",), {
         "is_flag": True, "help": "Leave unreadable images out, listed in the results, instead of stopping."}),
     # the model's input (robench.models.preprocess): every model's; a spec's own ?key=value wins

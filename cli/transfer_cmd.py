@@ -39,7 +39,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @out_option()
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Heatmaps of the transfer rate: .png, .svg or .pdf (needs the plot extra: matplotlib).")
-@click.option("--no-health", is_flag=True, help="Skip the health probes on each model's first batch.")
+@click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,

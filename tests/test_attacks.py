@@ -31,7 +31,8 @@ from robench.attacks.apgd import (
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
 from robench.attacks.square import SquareConfig, square_search, square_share, square_side
-from robench.errors import FieldError, RobenchError
+from robench.core.stop import clear_stop, request_stop, stop_requested
+from robench.errors import FieldError, RobenchError, Terminated
 
 EPS = [0.0, 2.0, 8.0, 16.0]
 SWEEP = [2.0, 4.0, 8.0, 16.0]
@@ -110,6 +111,39 @@ def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
     assert [p.requires_grad for p in params] == flags
     assert torch.equal(params[0].grad, known)
     assert all(p.grad is None for p in params[1:])
+
+
+class StopAfter(nn.Module):
+    """The model, counting its forwards; the ``at``-th asks for a stop, as SIGTERM's handler or another thread does."""
+
+    def __init__(self, model: nn.Module, at: int) -> None:
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            request_stop(Terminated())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in REGISTRY.items() if not a.single_step))
+def test_a_stop_request_ends_an_iterative_attack_at_its_next_iteration(name: str, small_cnn: nn.Module) -> None:
+    # the request is made inside the attack's 3rd forward; at most one more iteration's forwards
+    # (two for fab_t: gradient and check) may follow, where the config asks for hundreds
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    model = StopAfter(small_cnn, 3)
+    try:
+        with pytest.raises(Terminated):
+            _run(name, model, x, labels, [16.0])
+        assert model.calls <= 5
+        assert stop_requested(), "the request stays until cleared: a caught stop is raised again"
+    finally:
+        clear_stop()
+    assert not stop_requested()
+    model.at = 0  # cleared, the same attack runs past the point where it stopped
+    assert list(_run(name, model, x, labels, [16.0])) == [16.0] and model.calls > 8
 
 
 class OneByOne(nn.Module):

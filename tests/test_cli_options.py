@@ -166,7 +166,7 @@ def _train_config(field: str, value: Any) -> None:
 
 LIBRARY = {  # (command, parameter name) -> the library check behind the option's range
     **{(c, f): _run_spec for c in ("eval", "transfer-matrix", "leak-check")
-       for f in ("limit", "seed", "batch_size", "workers", "threads")},
+       for f in ("limit", "seed", "batch_size", "workers", "threads", "probe_samples")},
     **{(c, "crop_pct"): _preprocess for c in ("eval", "transfer-matrix", "leak-check")},
     ("eval", "clean_ref_tol"): _eval_config,
     ("leak-check", "alpha"): _leak_config,
@@ -242,6 +242,17 @@ def test_choices_are_the_librarys_lists() -> None:
     assert (parse_eps("8", unit="1/255"), parse_eps("0.03", unit="pixel")) == pytest.approx((8, 7.65))
 
 
+def test_probe_samples_default_is_the_librarys() -> None:
+    """--probe-samples' default is written twice (the CLI's --help must not import torch): both say 32."""
+    from robench.analysis.probes import PROBE_SAMPLES
+    from robench.cli import options
+    from robench.run.runspec import RunSpec
+
+    assert options.PROBE_SAMPLES == PROBE_SAMPLES == RunSpec().probe_samples == 32
+    for path in ("eval", "transfer-matrix", "leak-check"):
+        assert next(p for p in _commands()[path].params if p.name == "probe_samples").default == PROBE_SAMPLES
+
+
 CLICK_REFUSES = [  # a bad value of an option with a choice or a range: Click's one line, exit 2, before any work
     ("eval", "--crop-pct", "0", "0.0 is not in the range 0<x<=1"),
     ("eval", "--workers", "257", "257 is not in the range 0<=x<=256"),
@@ -249,6 +260,8 @@ CLICK_REFUSES = [  # a bad value of an option with a choice or a range: Click's 
     ("eval", "--interpolation", "cubic", "'cubic' is not one of 'bilinear', 'bicubic', 'nearest'"),
     ("eval", "--clean-ref-tol", "1.5", "1.5 is not in the range 0<=x<=1"),
     ("transfer-matrix", "--limit", "0", "0 is not in the range x>=1"),
+    *((c, "--probe-samples", v, f"{v} is not in the range 1<=x<=1048576") for c in ("eval", "transfer-matrix",
+                                                                                    "leak-check") for v in ("-1", "0")),
     ("leak-check", "--alpha", "1", "1.0 is not in the range 0<x<1"),
     ("leak-check", "--margin", "-0.1", "-0.1 is not in the range 0<=x<=1"),
     ("train", "--label", "truth", "'truth' is not one of 'true', 'predicted'"),

@@ -321,7 +321,7 @@ def test_sigterm_handler_is_the_cli_s_only_while_a_command_runs() -> None:
 
 def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    RunState(state, "0" * 64, versions=resume_versions()).append({"rows": np.arange(2)})
+    RunState(state, "0" * 64, versions=resume_versions()).append({"rows": np.arange(2), "pairs": {}})
     res = CliRunner().invoke(main, [*RESUME_ARGS, "--resume", str(state), "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
@@ -343,14 +343,14 @@ def test_a_changed_run_does_not_resume_the_first(tmp_path: Path, change: list[st
 
 def test_torn_last_line_is_ignored_and_ended(tmp_path: Path) -> None:
     state = RunState(tmp_path, "k")
-    state.append({"rows": np.arange(3)})
+    state.append({"rows": np.arange(3), "pairs": {}})
     state.close()
     path = tmp_path / "state-rank0.jsonl"
     path.write_text(path.read_text() + '{"part": {"rows"')  # killed mid-write
     assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()] == [[0, 1, 2]]
     again = RunState(tmp_path, "k")
     again.check()
-    again.append({"rows": np.arange(3, 5)})
+    again.append({"rows": np.arange(3, 5), "pairs": {}})
     again.close()
     assert [p["rows"].tolist() for p in RunState(tmp_path, "k").load()] == [[0, 1, 2], [3, 4]]
 
@@ -377,7 +377,7 @@ def test_state_of_another_robench_version_is_refused(tmp_path: Path, monkeypatch
 
 def test_versions_that_differ_are_named(tmp_path: Path) -> None:
     written = {"robench": "0.1.0", "torch": "2.4.0", "timm": "1.0.9"}
-    RunState(tmp_path, "k", versions=written).append({"rows": np.arange(2)})
+    RunState(tmp_path, "k", versions=written).append({"rows": np.arange(2), "pairs": {}})
     with pytest.raises(RobenchError, match=r"was written by torch 2\.4\.0, timm 1\.0\.9; this is torch 2\.5\.1, "
                                            r"timm 1\.0\.12, and the two would mix"):
         RunState(tmp_path, "k", versions={**written, "torch": "2.5.1", "timm": "1.0.12"}).check()

@@ -113,7 +113,7 @@ def test_the_cli_maps_fields_to_options() -> None:
     (["--eps", "0.3"], "--eps: eps 0.3 is in 1/255 units, i.e. 0.0012 in pixels. Did you mean 0.3 in pixels? Write "
                        "76.5 or 0.3*255 or 76.5/255 (or 0.3px, or --eps-unit pixel)"),
     (["--plot", "f.jpg"], "--plot f.jpg: unknown format '.jpg'; use one of .png, .svg, .pdf"),
-    (["--per-sample", "s.json"], "--per-sample s.json: unknown format '.json'; use one of .csv"),
+    (["--per-sample", "s.json"], "--per-sample s.json: unknown format '.json'; use one of .csv, .parquet"),
 ])
 def test_messages_that_name_fields_in_the_library_name_options_in_the_cli(args: list[str], line: str) -> None:
     result = CliRunner().invoke(main, ["eval", "zoo:effnet-base", *args])

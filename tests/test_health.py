@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from robench.analysis import health, probes
@@ -219,7 +220,7 @@ def test_docs_have_one_section_per_check_where_its_flags_link() -> None:
     text = (REPO / health.DOCS).read_text(encoding="utf-8")
     assert re.findall(r"^## (\S+)$", text, re.M) == list(health.CHECKS)
     assert [c.docs for c in health.CHECKS.values()] == [f"docs/health.md#{name}" for name in health.CHECKS]
-    for option in ("--clean-ref", "--clean-ref-tol", "--no-health", "health: strict"):
+    for option in ("--clean-ref", "--clean-ref-tol", "--no-health", "--probe-samples", "health: strict"):
         assert option in text
     example = health.flag("zero_gradients", "m", "100% of the input-gradient entries are exactly zero (more than 50%)")
     for page in (REPO / "README.md", REPO / health.DOCS):  # the warning line both show is the one robench prints
@@ -294,3 +295,80 @@ def test_leak_check_carries_and_warns_health(flagged, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     assert r.stderr.splitlines() == [f"health warning: {PROBE_FLAG.line()}"]
     assert json.loads(out.read_text())["health"] == [PROBE_FLAG.record()]
+
+
+# --- the probes' sample count reaches the results -------------------------------------------------
+
+@pytest.fixture
+def probed_images(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The images every probe call saw (the probes then run as usual)."""
+    seen: list = []
+    real = probes.probe
+
+    def spy(model, images, labels, label):
+        seen.append(images)
+        return real(model, images, labels, label)
+
+    monkeypatch.setattr(probes, "probe", spy)
+    return seen
+
+
+def test_probes_take_the_runs_first_samples_at_any_batch_size(probed_images: list) -> None:
+    from robench.core.distributed import LOCAL
+    from robench.run.runspec import open_run, probe_models
+
+    for batch_size in (3, 100):  # 8 samples span three batches of 3; one batch of 100 holds all 20
+        run = RunSpec(limit=20, batch_size=batch_size, probe_samples=8)
+        opened = open_run(run, ("zoo:effnet-base",), LOCAL)
+        probed = probe_models(opened, run, LOCAL)
+        assert (probed.samples, probed.max_samples, probed.record()) == (8, 8, {"samples": 8, "max_samples": 8})
+    first = next(opened.source.batches(opened.models[0].input, 8)).images
+    assert len(probed_images) == 2 and all(torch.equal(x, first) for x in probed_images)
+
+
+FGSM8 = override(load_suite(), ("fgsm",), (8.0,))
+
+
+@pytest.mark.parametrize(("fields", "record"), [
+    ({}, {"samples": 20, "max_samples": 32}),  # the default: more than the data, so all of it
+    ({"probe_samples": 5}, {"samples": 5, "max_samples": 5}),
+    ({"probe_samples": 5, "health_probes": False}, None),
+])
+def test_results_record_the_probed_samples(fields: dict, record: dict | None, probed_images: list) -> None:
+    run = RunSpec(suite=FGSM8, limit=20, **fields)
+    result = evaluate.run_eval(evaluate.EvalConfig(("zoo:effnet-base",), run))
+    assert result is not None and result.meta["probes"] == record
+    assert result.meta["config"]["probe_samples"] == fields.get("probe_samples", 32)
+    assert [len(x) for x in probed_images] == ([] if record is None else [record["samples"]])
+
+
+def test_transfer_and_leak_check_record_the_probed_samples(probed_images: list) -> None:
+    result = run_transfer(TransferConfig(ZOO_PAIR, run=RunSpec(suite=FGSM8, limit=12, probe_samples=4)))
+    assert result is not None and result.meta["probes"] == {"samples": 4, "max_samples": 4}
+    cfg = leak.LeakConfig(eval=evaluate.EvalConfig(("zoo:effnet-base",), RunSpec(suite=leak.leak_suite((8.0,)),
+                                                                                 limit=12, probe_samples=3)))
+    assert leak.run_leak_check(cfg).meta["probes"] == {"samples": 3, "max_samples": 3}
+    assert [len(x) for x in probed_images] == [4, 4, 3]
+
+
+def test_probe_samples_option_is_written_and_read_back(tmp_path: Path) -> None:
+    from robench.results.read import load_results
+
+    out = tmp_path / "r.json"
+    r = invoke("eval", "zoo:effnet-base", "--limit", "20", "--attack", "fgsm", "--eps", "8", "-q",
+               "--probe-samples", "6", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["probes"] == {"samples": 6, "max_samples": 6} and doc["config"]["probe_samples"] == 6
+    assert load_results(out)["probes"] == {"samples": 6, "max_samples": 6}  # the schema reads it
+
+
+def test_old_results_without_probes_still_read(tmp_path: Path) -> None:
+    from robench.results.schema import ResultsFile
+
+    doc = {"schema_version": 2, "command": "eval", "rows": [{"model": "m", "attack": "clean", "eps": 0.0, "top1": 0.5,
+                                                             "n": 4}]}
+    assert ResultsFile.model_validate(doc).probes is None
+    assert ResultsFile.model_validate({**doc, "probes": None}).probes is None
+    with pytest.raises(ValueError, match="probes.samples"):
+        ResultsFile.model_validate({**doc, "probes": {"samples": -1, "max_samples": 32}})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import socket
 import struct
+import threading
 import time
 import zipfile
 import zlib
@@ -129,6 +131,56 @@ def test_weights_sha256_stable_and_sensitive(default_checkpoint: Path) -> None:
     c = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
     c.module.model.bn1.running_mean[0] += 1.0  # buffers count too
     assert weights_sha256(c.module.model) != a.weights_sha256
+
+
+HALF_NET = """
+import torch
+from torch import nn
+
+
+class Low(nn.Module):
+    def __init__(self, num_classes=10, dtype="float16"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dtype = getattr(torch, dtype)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.net(x).to(self.dtype)
+
+
+def half(num_classes=10):
+    return Low(num_classes, "float16")
+
+
+def bf16(num_classes=10):
+    return Low(num_classes, "bfloat16")
+
+
+def full(num_classes=10):
+    return Low(num_classes, "float32")
+"""
+
+
+@pytest.mark.parametrize(("factory", "dtype", "bits"), [("half", "float16", 11), ("bf16", "bfloat16", 8)])
+def test_16_bit_logits_are_said_once(tmp_path: Path, factory: str, dtype: str, bits: int) -> None:
+    """Issue 26: 16-bit logits changed 11 of 40 attacked predictions against float32 without a word."""
+    (tmp_path / "low.py").write_text(HALF_NET)
+    res = CliRunner().invoke(main, ["eval", "-m", f"{tmp_path / 'low.py'}:{factory}", "--attack", "fgsm", "--eps",
+                                    "4,8", "--limit", "8", "-q", "--no-health"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.count("logits, so the attacks' loss and gradients run at") == 1
+    line = next(line for line in res.stderr.splitlines() if "mantissa" in line)
+    assert f"model '{factory}' gives {dtype} logits" in line and f"run at {bits} bits of mantissa" in line
+    assert "model.float()" in line
+
+
+def test_float32_logits_say_nothing_about_precision(tmp_path: Path) -> None:
+    (tmp_path / "low.py").write_text(HALF_NET)
+    res = CliRunner().invoke(main, ["eval", "-m", f"{tmp_path / 'low.py'}:full", "--attack", "fgsm", "--eps", "8",
+                                    "--limit", "8", "-q", "--no-health"])
+    assert res.exit_code == 0, res.stderr
+    assert "mantissa" not in res.stderr
 
 
 # ---------------------------------------------------------------- robench checkpoints
@@ -553,15 +605,86 @@ def test_hub_weights_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    hosts: list[str] = []
-    monkeypatch.setattr(robench.models.hub, "_reachable", lambda host, timeout=3.0: hosts.append(host) or False)
+    hosts: list[tuple[str, int]] = []
+    monkeypatch.setattr(robench.models.hub, "_reachable", lambda host, port: hosts.append((host, port)) or False)
     with pytest.raises(RobenchError) as err:
         load_model(parse_spec("test_resnet.r160_in1k"), num_classes=10)
-    assert hosts == ["huggingface.co"]
+    assert hosts == [("huggingface.co", 443)]
     assert str(err.value) == (
-        "cannot load pretrained weights for 'test_resnet.r160_in1k': not cached and huggingface.co is unreachable; "
-        "give local weights instead: test_resnet@/path/to/weights.safetensors"
+        "cannot load pretrained weights for 'test_resnet.r160_in1k': not cached and huggingface.co is unreachable "
+        "(no answer within 5 s); give local weights instead: test_resnet@/path/to/weights.safetensors, or copy a "
+        "Hugging Face cache holding them (HF_HOME) and set HF_HUB_OFFLINE=1"
     )
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_pretrained_with_hf_endpoint_at_a_closed_port_fails_in_seconds(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    """Issue 26: offline --pretrained took about 100 s to say so; HF_ENDPOINT's own port is the one asked."""
+    from huggingface_hub import constants
+
+    port = _closed_port()
+    _no_proxy(monkeypatch)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")  # what huggingface_hub read at import
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    start = time.monotonic()
+    res = CliRunner().invoke(main, ["eval", "-m", "test_resnet", "--pretrained", "--attack", "fgsm", "--eps", "8",
+                                    "--limit", "2", "-q", "--no-health"])
+    assert time.monotonic() - start < 15
+    one_error_line(res, 2, f"not cached and 127.0.0.1:{port} is unreachable", "test_resnet@/path/to/",
+                   "HF_HUB_OFFLINE=1")
+
+
+def test_hub_probe_is_bounded_when_the_name_lookup_hangs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A name lookup without network can take minutes, and a socket timeout does not bound it."""
+    from huggingface_hub import constants
+
+    import robench.models.hub
+
+    _no_proxy(monkeypatch)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(robench.models.hub, "PROBE_TIMEOUT", 0.5, raising=False)
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: release.wait(30) and [])
+    start = time.monotonic()
+    try:
+        with pytest.raises(RobenchError, match=r"huggingface.co is unreachable \(no answer within 0.5 s\)"):
+            load_model(parse_spec("test_resnet.r160_in1k"), num_classes=10)
+        assert time.monotonic() - start < 10
+    finally:
+        release.set()
+
+
+def test_hub_probe_asks_the_port_given_or_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import robench.models.hub
+
+    _no_proxy(monkeypatch)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        open_port, closed = server.getsockname()[1], _closed_port()
+        assert robench.models.hub._reachable("127.0.0.1", open_port, timeout=2)
+        assert not robench.models.hub._reachable("127.0.0.1", closed, timeout=2)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed}")  # the proxy does not answer
+        assert not robench.models.hub._reachable("127.0.0.1", open_port, timeout=2)
+        monkeypatch.setenv("HTTPS_PROXY", f"127.0.0.1:{open_port}")  # a proxy written without a scheme answers
+        assert robench.models.hub._reachable("127.0.0.1", closed, timeout=2)
 
 
 # ---------------------------------------------------------------- preprocessing overrides

@@ -180,3 +180,72 @@ def test_cascade_rows_are_labelled_after_their_stage() -> None:
     fig = plots.eval_figure(eval_rows(), META | {"semantics": "robust after this stage (cascade); full iterations"})
     assert set(lines(fig.axes[0])) == {"clean", "after fgsm", "after pgd", "worst case"}
     plots.pyplot().close(fig)
+
+
+# ---------------------------------------------------------------- a single eps (issue 26 item 11)
+
+AUTOATTACK = (("apgd-ce", 0.30), ("apgd-t", 0.25), ("fab-t", 0.25), ("square", 0.245), ("worst", 0.245))
+CASCADE = {"semantics": "robust after this stage (cascade); full iterations"}
+
+
+def single_eps_rows(models: tuple[str, ...] = ("resnet-base",)) -> pd.DataFrame:
+    """`eval --attacks autoattack --eps 8`: clean, four cascade stages and the worst case, out of 200."""
+    return pd.DataFrame([r for m in models for r in [_row(m, "clean", 0.0, 0.905, 200),
+                                                     *[_row(m, a, 8.0, t, 200) for a, t in AUTOATTACK]]])
+
+
+@pytest.fixture(scope="module")
+def single_fig():
+    fig = plots.eval_figure(single_eps_rows(), META | CASCADE)
+    fig.canvas.draw()  # lay it out as savefig does
+    yield fig
+    plots.pyplot().close(fig)
+
+
+def test_single_eps_legend_shows_every_attack(single_fig) -> None:
+    """Each entry is in the legend and drawn inside the figure (a clipped one is not shown)."""
+    (legend,) = single_fig.legends
+    texts = legend.get_texts()
+    assert [t.get_text() for t in texts] == [
+        "clean", "after apgd-ce", "after apgd-t", "after fab-t", "after square", "worst case", "exact 95% interval"]
+    box = single_fig.bbox
+    assert all(box.x0 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= box.x1 for t in texts)
+
+
+@pytest.mark.parametrize("models", [("resnet-base",), ("a", "b"), tuple("abcdefg")])
+def test_single_eps_legend_and_panels_lie_inside_the_figure(models: tuple[str, ...]) -> None:
+    fig = plots.eval_figure(single_eps_rows(models), META | CASCADE)
+    fig.canvas.draw()
+    box = fig.bbox
+    for artist in [*fig.legends, *[ax for ax in fig.axes if ax.get_visible()]]:
+        extent = artist.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1
+    plots.pyplot().close(fig)
+
+
+def test_single_eps_points_carry_exact_intervals_as_error_bars(single_fig) -> None:
+    from matplotlib.container import ErrorbarContainer
+
+    ax = single_fig.axes[0]
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    assert set(bars) == {"after apgd-ce", "after apgd-t", "after fab-t", "after square", "worst case"}
+    for attack, top1 in AUTOATTACK:
+        container = bars["worst case" if attack == "worst" else f"after {attack}"]
+        (segment,) = container.lines[2][0].get_segments()
+        ci = binomtest(round(top1 * 200), 200).proportion_ci(0.95, method="exact")
+        assert segment[:, 1].min() == pytest.approx(ci.low) and segment[:, 1].max() == pytest.approx(ci.high)
+        assert container.lines[0].get_ydata()[0] == pytest.approx(top1)
+
+
+def test_single_eps_worst_case_is_not_hidden(single_fig) -> None:
+    """The worst case equals square's 24.5%: it has its own x, above the attacks, and a larger marker."""
+    ax = single_fig.axes[0]
+    points = {c.get_label(): c.lines[0] for c in ax.containers}
+    worst = points.pop("worst case")
+    xs = [line.get_xdata()[0] for line in points.values()]
+    assert worst.get_xdata()[0] not in xs and len(set(xs)) == 4
+    left, right = ax.get_xlim()
+    assert all(left < x < right for x in [*xs, worst.get_xdata()[0]])
+    assert worst.get_zorder() > max(line.get_zorder() for line in points.values())
+    assert worst.get_markersize() > max(line.get_markersize() for line in points.values())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8"]

@@ -137,3 +137,61 @@ def test_nan_logits_are_never_correct_in_the_unbounded_probe(batch) -> None:
     x, _ = batch
     y = torch.zeros(len(x), dtype=torch.long)  # every label is what argmax of a NaN row says
     assert probes.unbounded_attack_fails(AllNan(), x, y, AllNan()(x)) is None  # was: "leaves 100% ... correct"
+
+
+# --- the probes' sample count: a fixed cost, the run's first samples --------------------------------
+
+DIGITS = InputConfig(channels=1, size=(8, 8))
+
+
+class Counted(nn.Module):
+    """A model that records the rows of every forward pass, and of every backward pass through its output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.forward_rows, self.backward_rows = model, [], []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.forward_rows.append(len(x))
+        out = self.model(x)
+        if out.requires_grad:
+            out.register_hook(lambda g: self.backward_rows.append(len(g)))
+        return out
+
+
+def counted_probe(samples: int) -> tuple[Counted, int]:
+    model = Counted(toy())
+    _, n = probes.probe_first(model, open_source("digits", limit=40), DIGITS, samples, "m")
+    return model, n
+
+
+def test_probes_see_at_most_the_set_number_of_samples() -> None:
+    """Every forward and backward pass of the probes sees the first 8 samples, not the 40 of the data."""
+    model, n = counted_probe(8)
+    assert n == 8
+    assert set(model.forward_rows) == {8} and set(model.backward_rows) == {8}
+    whole, n_whole = counted_probe(40)
+    assert n_whole == 40 and set(whole.forward_rows) == {40}
+    assert len(model.forward_rows) == len(whole.forward_rows) == 9  # the same passes: the cost scales with the count
+    assert len(model.backward_rows) == len(whole.backward_rows) == 6  # an input gradient, 5 pgd steps (docs/health.md)
+
+
+@pytest.mark.parametrize("samples", [1, 7, 32])
+def test_probes_take_the_first_samples_in_id_order(samples: int) -> None:
+    src = open_source("digits", limit=40)
+    x, y = probes.first_samples(src, DIGITS, samples)
+    everything = next(src.batches(DIGITS, 40))
+    assert torch.equal(x, everything.images[:samples]) and torch.equal(y, everything.labels[:samples])
+    x, y = probes.first_samples(src, DIGITS, 1000)  # more than the data: all of it
+    assert torch.equal(x, everything.images) and len(y) == 40
+
+
+@pytest.mark.parametrize("kind", ["logits", "softmax", "log_softmax", "round", "dropout", "reversed"])
+def test_verdicts_are_the_whole_batchs_when_the_count_covers_the_data(kind: str, batch) -> None:
+    """With at least as many probe samples as data, the probes say what they said on the whole first batch."""
+    before = probed(kind, batch)  # the probes as they ran before the count: on the run's batch of all 40
+    src = open_source("digits", limit=40)
+    for samples in (40, 41, 2**20):
+        torch.manual_seed(0)
+        flags, n = probes.probe_first(toy(kind), src, DIGITS, samples, kind)
+        assert n == 40 and {f.check: f for f in flags} == before

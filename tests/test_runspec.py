@@ -34,6 +34,10 @@ from robench.run.transfer import TransferConfig
     ({"batch_size": 2**20 + 1}, "batch_size must be a whole number in [1, 1048576], got 1048577"),
     ({"class_order": "alphabetical"}, "class_order must be one of natural, lexical, got 'alphabetical'"),
     ({"classes": 3}, "classes must be the path of a class-list file, or None, got 3"),
+    ({"probe_samples": 0}, "probe_samples must be a whole number in [1, 1048576], got 0"),  # off is health_probes'
+    ({"probe_samples": -1}, "probe_samples must be a whole number in [1, 1048576], got -1"),
+    ({"probe_samples": 8.0}, "probe_samples must be a whole number, got 8.0"),
+    ({"probe_samples": True}, "probe_samples must be a whole number, got True"),
 ])
 def test_bad_fields_are_named_as_fields(fields: dict, message: str) -> None:
     with pytest.raises(FieldError) as err:
@@ -57,6 +61,7 @@ def _click(option: str, problem: str) -> str:
     (["--workers", str(10**30)], _click("--workers", f"{10**30} is not in the range 0<=x<=256")),
     (["--batch-size", "99999999999"], _click("--batch-size", "99999999999 is not in the range 1<=x<=1048576")),
     (["--limit", "-3"], _click("--limit", "-3 is not in the range x>=1")),
+    (["--probe-samples", "-1"], _click("--probe-samples", "-1 is not in the range 1<=x<=1048576")),
     (["--clean-ref-tol", "nan"], "robench: error: --clean-ref-tol must be a share in [0, 1], got nan"),
     pytest.param(["--device", "cuda:7"], "robench: error: --device 'cuda:7' asked for, but no CUDA GPU is available; "
                  "use --device cpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),

@@ -1,9 +1,10 @@
-"""Health probes: one batch through the model, exactly as the engine uses it, looking for gradient masking.
+"""Health probes: a few samples through the model, exactly as the engine uses it, looking for gradient masking.
 
 A model that outputs probabilities, rounds its input, leaves dropout on or sends gradients the
-wrong way makes attacks fail and looks robust. Each probe runs on a model's first batch in eval
-mode with frozen parameters (``attack_mode``) and leaves the model's mode, flags, weights and the
-RNG as they were; a finding is a ``robench.analysis.health.Flag`` of the check of the same name.
+wrong way makes attacks fail and looks robust. Each probe runs on the run's first samples (at most
+``PROBE_SAMPLES`` by default, one batch of them) in eval mode with frozen parameters (``attack_mode``)
+and leaves the model's mode, flags, weights and the RNG as they were; a finding is a
+``robench.analysis.health.Flag`` of the check of the same name.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from robench.analysis.health import UNBOUNDED_MAX_TOP1, ZERO_GRADIENT_MAX, Flag,
 from robench.attacks import REGISTRY, Labels, attack_mode
 from robench.attacks.base import input_gradient
 from robench.attacks.iterative import PgdConfig
+from robench.data import InputConfig, Source
 from robench.engine import correct, predictions, score
 
+PROBE_SAMPLES = 32  # default sample count: the probes' cost is fixed, not a share of the data or the batch size
 UNBOUNDED_EPS = 255.0  # 1/255 units: the whole pixel range
 UNBOUNDED_STEPS = 5
 PROBABILITY_TOL = 1e-4  # how close rows must sum to 1 (or logsumexp to 0) to look like probabilities
@@ -93,3 +96,28 @@ def probe(model: nn.Module, images: Tensor, labels: Tensor, label: str) -> list[
             if message is not None:
                 flags.append(flag(name, label, message, *PROBE_AT.get(name, (None, None))))
     return flags
+
+
+def first_samples(source: Source, cfg: InputConfig, n: int) -> tuple[Tensor, Tensor] | None:
+    """The run's first ``n`` samples in id order (all of them if fewer), as [0, 1] images and labels; None if none.
+
+    Read in batches of ``n``: the run's batch size and rank count never change which samples are probed.
+    """
+    images, labels = [], []
+    for batch in source.batches(cfg, n):
+        images.append(batch.images)
+        labels.append(batch.labels)
+        if sum(len(y) for y in labels) >= n:  # skipped unreadable images can leave a batch short
+            break
+    if not labels:
+        return None
+    return torch.cat(images)[:n], torch.cat(labels)[:n]
+
+
+def probe_first(model: nn.Module, source: Source, cfg: InputConfig, samples: int,
+                label: str) -> tuple[list[Flag], int]:
+    """Run every probe on the first ``samples`` samples of ``source``; the flags and the number of samples probed."""
+    first = first_samples(source, cfg, samples)
+    if first is None:
+        return [], 0
+    return probe(model, *first, label), len(first[1])

@@ -29,6 +29,7 @@ from robench.attacks.base import (
     to_unit,
 )
 from robench.core.fields import check, typed
+from robench.core.stop import check_stop
 from robench.errors import RobenchError
 
 ALPHA = 0.75  # momentum weight of the new step (Section 3.2); the first step has none
@@ -247,6 +248,7 @@ def _single_run(model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: f
     lengths = {b: b - a for a, b in zip([0, *marks], marks, strict=False)}  # w_j -> w_j - w_{j-1}
     everyone = torch.arange(len(x), device=x.device)
     for k in range(1, steps + 1):
+        check_stop()
         live = torch.nonzero(~run.fooled).flatten() if early_stop else everyone
         if len(live) == 0:
             break

@@ -33,6 +33,7 @@ from robench.attacks.base import (
     to_unit,
 )
 from robench.core.fields import check, typed
+from robench.core.stop import check_stop
 from robench.errors import RobenchError
 
 
@@ -166,6 +167,7 @@ def fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, start: Tens
     found, x1, live = _Found.empty(x0), start.clone(), torch.arange(len(x0), device=x0.device)
     margin, grad = torch.empty(len(x0), device=x0.device, dtype=x0.dtype), torch.empty_like(x0)
     for _ in range(config.steps):
+        check_stop()
         _, margin[live], grad[live] = margin_gradient(model, x1[live], y[live], target[live])
         x1[live] = fab_step(x0[live], x1[live], margin[live], grad[live], config)
         with torch.no_grad():  # FAB's steps overshoot the boundary by design: most iterates are adversarial

@@ -27,6 +27,7 @@ from robench.attacks.base import (
     uniform_noise,
 )
 from robench.core.fields import check, typed
+from robench.core.stop import check_stop
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def descend(
         return _descend_until_fooled(model, x, start, target, eps, step, steps, stop_on)
     x_adv = start
     for i in range(steps):
+        check_stop()
         g = first if (i == 0 and first is not None) else gradient_sign(model, x_adv, target)
         x_adv = project(x_adv + step * g, x, eps)
     return x_adv
@@ -121,6 +123,7 @@ def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Te
     """
     x_adv, live = start.clone(), None  # None: every sample
     for _ in range(steps):
+        check_stop()
         if live is None:
             g, logits = gradient_and_logits(model, x_adv, target)
             keep = logits.argmax(1) == stop_on

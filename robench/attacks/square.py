@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from robench.attacks.base import COUNT, UNIT, Labels, SampleNoise, attack_mode, sample_noise, to_unit
 from robench.core.fields import check, typed
+from robench.core.stop import check_stop
 
 # iterations of the paper's 10000-query schedule after which p halves (official code's p_selection)
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -140,6 +141,7 @@ def square_search(
     movable = _perturb(x, torch.ones_like(x), e) != _perturb(x, -torch.ones_like(x), e)
     draw, (h, w) = noise.child("square"), x.shape[2:]
     for i in range(config.queries - 1):
+        check_stop()
         live = torch.nonzero(best > 0).flatten()
         if len(live) == 0:
             break

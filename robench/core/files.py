@@ -88,6 +88,35 @@ def output_problem(path: str | Path) -> str | None:
     return _creation_problem(parent)
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why no file can be created in the existing ``folder`` (not writable, a read-only mount), else None."""
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder} is not writable"
+    return _creation_problem(folder)
+
+
+STALE_TEMP_AGE = 3600.0  # seconds: a temporary file untouched this long has no live writer (files take < 1 s)
+
+
+def remove_stale_temps(folder: Path, pattern: str = ".*.tmp", age: float = STALE_TEMP_AGE) -> int:
+    """Remove temporary files in ``folder`` untouched for ``age`` seconds; returns how many went.
+
+    A writer killed by SIGKILL never removes its temporary file; left alone they pile up.
+    Errors (a file another process removed first, a read-only folder) are ignored.
+    """
+    import time
+
+    removed, now = 0, time.time()
+    for path in folder.glob(pattern):
+        try:
+            if path.is_file() and not path.is_symlink() and now - path.stat().st_mtime > age:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def _creation_problem(folder: Path) -> str | None:
     """Why no file can be created in ``folder`` (/proc, a read-only mount: os.access says yes to root), else None.
 
@@ -169,9 +198,16 @@ def _replace(target: Path, write: Callable[[Path], object]) -> None:
         write(Path(tmp))
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, target)
+    except OSError as e:  # a full disk, an I/O error: a runtime failure, named in one line
+        kept = "the old file is left as it was" if target.exists() else "nothing was written"
+        raise WriteFailed(f"cannot write the output {target} ({e.strerror or e}); {kept}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class WriteFailed(RuntimeError):
+    """Writing an output failed after its checks passed (a full disk, an I/O error): exit 3, one line."""
 
 
 def _render(write: Callable[[Path], object], suffix: str) -> bytes:
@@ -241,18 +277,32 @@ def read_text(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
                            f"save it as UTF-8") from None
 
 
-class _NotRegular(Exception):
-    """The path is no regular file (its kind is the message)."""
+class NotRegular(Exception):
+    """The path is no regular file (its kind, e.g. "a named pipe", is the message)."""
 
 
-def _read_regular(path: str | Path, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of a regular file; _NotRegular for anything else, checked on the open file."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, without a writer
+_NotRegular = NotRegular
+
+
+def open_regular(path: str | Path, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of the regular file ``path``; NotRegular for anything else, checked on the open file.
+
+    Opened without blocking, so a FIFO fails at once instead of waiting for a writer.
+    """
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:  # a folder opened for writing
+        raise NotRegular("a folder") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise _NotRegular(_kind_words(mode))
-    with os.fdopen(fd, "rb") as f:
+        raise NotRegular(_kind_words(mode))
+    return fd
+
+
+def _read_regular(path: str | Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file; NotRegular for anything else."""
+    with os.fdopen(open_regular(path), "rb") as f:
         return f.read(limit + 1)
 
 

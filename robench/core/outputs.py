@@ -9,6 +9,7 @@ from robench.core.files import STDOUT, kind_of, output_problem, same_output, str
 from robench.errors import FieldError, RobenchError
 
 RESULT_SUFFIXES = (".json", ".csv", ".md")
+PER_SAMPLE_SUFFIXES = (".csv", ".parquet")
 
 
 def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, field: str = "out",
@@ -43,6 +44,16 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
     if problem is not None:  # the provenance goes beside a .csv: found only after the run, it cost the run
         raise FieldError(field, f"{{name}} {path}: its provenance file {side} {problem.split(';')[0]}; "
                                 f"remove it or give {{name}} another name")
+
+
+def check_per_sample(path: Path | None, field: str = "per_sample") -> None:
+    """Fail before any work if ``path`` cannot take per-sample outcomes: ``-`` (CSV), ``.csv``, or ``.parquet``
+    where pyarrow imports (the ``parquet`` extra)."""
+    check_output(path, PER_SAMPLE_SUFFIXES, field, stdout=True)
+    if path is not None and path.suffix.lower() == ".parquet":
+        from robench.core.parquet import pyarrow_parquet
+
+        pyarrow_parquet(field)
 
 
 def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:

@@ -116,7 +116,11 @@ def run(plan: Plan, source: Source, suite: Suite, seed: int, batch_size: int, di
     out = Matrix.empty(source.ids, settings_of(suite), plan.pairs())
     mine = shard(len(source.ids), dist).numpy()
     if hooks.state:
-        _resume(out, hooks.state.load(), source, mine, hooks.warn)
+        _resume(out, hooks.state.load(hooks.warn), source, mine, hooks.warn)
+        resumed = int(out.done(mine).sum())
+        if resumed and hooks.warn is not None:
+            hooks.warn(f"resuming: {resumed} of {len(mine)} samples from {hooks.state.folder}"
+                       + ("" if dist.world_size == 1 else f" (rank {dist.rank})"))
     todo = torch.from_numpy(mine[~out.done(mine)])
     run_batches(plan, views(source, plan.configs(), batch_size, todo), suite, out, seed, hooks)
     gathered = gather((out.part(mine), source.skipped), dist)

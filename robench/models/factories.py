@@ -105,6 +105,15 @@ def find(text: str) -> Callable[..., Any]:
     return factory
 
 
+def source_file(text: str) -> Path | None:
+    """The file a factory text's module is read from (``FILE.py`` itself, or the module's ``__file__``)."""
+    target = text.rpartition(":")[0]
+    if target.endswith(".py"):
+        return Path(target)
+    found = getattr(_import_module(target, text), "__file__", None)  # imported already: sys.modules holds it
+    return Path(found) if found and Path(found).is_file() else None
+
+
 def takes_num_classes(factory: Callable[..., Any]) -> bool:
     """Does the callable accept ``num_classes=`` (by name, or through ``**kwargs``)?"""
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,11 +66,13 @@ def _create(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
             f"cannot load pretrained weights for '{arch}': not cached and HF_HUB_OFFLINE is set; "
             f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
         )
-    host = _weights_host(arch)
-    if host and not _reachable(host):
+    address = _weights_host(arch)
+    if address and not _reachable(*address):
         raise RobenchError(
-            f"cannot load pretrained weights for '{arch}': not cached and {host} is unreachable; "
-            f"give local weights instead: {arch.split('.')[0]}@/path/to/weights.safetensors"
+            f"cannot load pretrained weights for '{arch}': not cached and {_where(address)} is unreachable "
+            f"(no answer within {PROBE_TIMEOUT:g} s); give local weights instead: "
+            f"{arch.split('.')[0]}@/path/to/weights.safetensors, or copy a Hugging Face cache holding them "
+            f"(HF_HOME) and set HF_HUB_OFFLINE=1"
         )
     try:
         return timm.create_model(arch, pretrained=True, **kwargs)
@@ -102,24 +105,58 @@ def _hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = old
 
 
-def _weights_host(arch: str) -> str | None:
-    """The host timm would download ``arch``'s weights from, if it can tell."""
+def _weights_host(arch: str) -> tuple[str, int] | None:
+    """The host and port timm would download ``arch``'s weights from (the hub's at HF_ENDPOINT), if it can tell."""
     from huggingface_hub import constants
     from timm.models import get_pretrained_cfg
 
     cfg = None if arch.startswith(HUB_PREFIXES) else get_pretrained_cfg(arch)
     if cfg is None or cfg.hf_hub_id:
-        return urlparse(constants.ENDPOINT).hostname
+        return _address(constants.ENDPOINT)
     url = cfg.url[0] if isinstance(cfg.url, tuple) else cfg.url  # timm also allows (url, file name)
-    return urlparse(url).hostname if url else None
+    return _address(url) if url else None
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to ``host``:443? Behind a proxy, assume yes."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+def _address(url: str) -> tuple[str, int] | None:
+    """A URL's host and port, the scheme's default port if it names none."""
+    parts = urlparse(url)
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def _where(address: tuple[str, int]) -> str:
+    host, port = address
+    return host if port == 443 else f"{host}:{port}"
+
+
+PROBE_TIMEOUT = 5.0  # seconds, for the name lookup and the connection together
+
+
+def _reachable(host: str, port: int = 443, timeout: float | None = None) -> bool:
+    """Does ``host``:``port`` (or the HTTPS proxy, if one is set) accept a TCP connection within ``timeout``?
+
+    The probe runs in a thread so that the name lookup, which a socket timeout does not bound,
+    is bounded too: without network a lookup can take minutes, and the hub's own retries longer.
+    """
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(k)), None)
+    if proxy:
+        address = _address(proxy if "://" in proxy else f"http://{proxy}")
+        if address is None:
+            return True  # a proxy setting we cannot read: let the hub client try it
+        host, port = address
+    answered: list[bool] = []
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, name="robench-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answered)

@@ -18,6 +18,7 @@ from robench.errors import FieldNote, RobenchError
 from robench.models import factories
 from robench.models.checkpoint import data_config, input_metadata, model_kwargs, read_metadata
 from robench.models.hub import _create, _has_hub_weights, check_arch
+from robench.models.identity import model_identity
 from robench.models.input_config import _factory_config, _input_config, _input_source, _input_text, _timm_config
 from robench.models.preprocess import Preprocess
 from robench.models.spec import HUB_PREFIXES, ModelSpec
@@ -37,6 +38,7 @@ class LoadedModel:
     std: tuple[float, ...]
     num_classes: int
     weights_sha256: str
+    identity: dict[str, Any]  # the code that computes it (robench.models.identity): architecture, factory source
     weights: str = "checkpoint"  # "checkpoint", "hub", "factory" (what the user's code made) or "random"
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # one line each, for the run's warnings: defaults it chose
@@ -44,18 +46,20 @@ class LoadedModel:
     overrides: Preprocess = field(default_factory=Preprocess)  # the options' and the spec's, over input_from
 
     def function(self) -> list[Any]:
-        """What decides the function attacked: weights hash and input config (mean/std may be overridden).
+        """What decides the function attacked: its code, weights hash and input config (mean/std may be overridden).
 
-        Resume states and the example cache key on it, so a run with other preprocessing is another run.
+        Resume states and the example cache key on it, so a run with other preprocessing, or another
+        forward over the same weights, is another run.
         """
-        return [self.weights_sha256, input_metadata(self.input, self.mean, self.std)]
+        return [self.identity, self.weights_sha256, input_metadata(self.input, self.mean, self.std)]
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
         return {
             "label": self.spec.label, "spec": self.spec.text, "arch": self.arch,
             "checkpoint": str(self.spec.checkpoint) if self.spec.checkpoint else None,
-            "weights": self.weights, "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
+            "weights": self.weights, "weights_sha256": self.weights_sha256,
+            "identity": self.identity, "num_classes": self.num_classes,
             **input_metadata(self.input, self.mean, self.std), "input_from": self.input_from,
             "input_overrides": self.overrides.describe(),
         }
@@ -110,8 +114,8 @@ def load_model(
                               f"SPEC?input-size=C,H,W&...)", "input_size", "crop_pct", "mean", "std"))
     return LoadedModel(spec=spec, arch=arch, module=wrapped, input=input_cfg, mean=_floats(cfg["mean"]),
                        std=_floats(cfg["std"]), num_classes=classes, weights_sha256=weights_sha256(model),
-                       weights=weights, meta=meta, notes=notes + more + note, input_from=source,
-                       overrides=overrides)
+                       identity=model_identity(arch, model), weights=weights, meta=meta, notes=notes + more + note,
+                       input_from=source, overrides=overrides)
 
 
 def training_model(arch: str, num_classes: int, native: tuple[int, int, int] | None,

@@ -105,7 +105,28 @@ def _probe(model: Normalized, input_cfg: InputConfig, label: str) -> tuple[int, 
     if logits.ndim != 2 or logits.shape[0] != 2 or not logits.is_floating_point():
         raise RobenchError(f"model '{label}' returns {logits.dtype} logits of shape {list(logits.shape)} for a batch "
                            f"of 2; robench needs float logits of shape [batch, classes]")
+    return int(logits.shape[1]), _output_note(out, label) + _precision_note(logits, label)
+
+
+def _output_note(out: Any, label: str) -> list[str]:
     kind = output_kind(out)
     what = type(out).__name__ if isinstance(out, (tuple, list, Mapping)) else f"{type(out).__name__} object"
-    note = [f"model '{label}' returns a {what}; robench takes its logits from output{kind}"] if kind else []
-    return int(logits.shape[1]), note
+    return [f"model '{label}' returns a {what}; robench takes its logits from output{kind}"] if kind else []
+
+
+_MANTISSA_BITS = {torch.float16: 11, torch.bfloat16: 8}
+
+
+def _precision_note(logits: Tensor, label: str) -> list[str]:
+    """A note if the logits are 16-bit: the attacks' loss and gradients then lose precision.
+
+    At 11 (float16) or 8 (bfloat16) bits of mantissa, attacked predictions differ from the float32
+    model's (11 of 40 in issue 26's run), so the robust accuracy is not the float32 model's.
+    """
+    bits = _MANTISSA_BITS.get(logits.dtype)
+    if bits is None:
+        return []
+    dtype = str(logits.dtype).removeprefix("torch.")
+    return [f"model '{label}' gives {dtype} logits, so the attacks' loss and gradients run at {bits} bits of "
+            f"mantissa and attacked predictions can differ from float32; for float32 results convert the model "
+            f"(e.g. model.float())"]

@@ -291,5 +291,15 @@ def distributed_run(device: str, quiet: bool, resume: Path | None = None) -> Ite
         try:
             yield dist, reporter
         except KeyboardInterrupt as stop:
-            where = f"; finished batches are kept in {resume}: run the same command to go on" if resume else ""
-            raise Interrupted.of(stop, where) from None
+            raise Interrupted.of(stop, _kept_in(resume)) from None
+
+
+def _kept_in(resume: Path | None) -> str:
+    """What an interrupted run kept in its --resume folder, as the end of its one line."""
+    from robench.engine.resume import kept_samples
+
+    if resume is None:
+        return ""
+    if not kept_samples(resume):
+        return f"; no batch had finished, so nothing was kept in {resume}"
+    return f"; finished batches are kept in {resume}: run the same command to go on"

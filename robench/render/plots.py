@@ -127,8 +127,12 @@ def figure_legend(fig: Figure, axes: list[Axes]) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     handles["exact 95% interval"] = Patch(color=CLEAN_COLOR, alpha=0.2)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 5),
-               fontsize=8, frameon=False)
+    for ncols in range(min(len(handles), 5), 0, -1):  # as many columns as fit the figure's width
+        legend = fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=ncols, fontsize=8,
+                            frameon=False)
+        if ncols == 1 or legend.get_window_extent().width <= 0.98 * fig.bbox.width:
+            return
+        legend.remove()
 
 
 def dataset_caption(meta: dict[str, Any]) -> str:
@@ -151,8 +155,9 @@ def attack_colors(rows: pd.DataFrame) -> dict[str, str]:
     return {a: OKABE_ITO[i % len(OKABE_ITO)] for i, a in enumerate(attacks)} | {"worst": WORST_COLOR}
 
 
-def eval_panel(ax: Axes, group: pd.DataFrame, colors: dict[str, str], cascade: bool = False) -> None:
-    """One model: clean as the reference, a line per attack, the worst case bold.
+def eval_panel(ax: Axes, group: pd.DataFrame, colors: dict[str, str], cascade: bool = False,
+               single_eps: bool = False) -> None:
+    """One model: clean as the reference, a line per attack (a point, at a ``single_eps``), the worst case bold.
 
     The worst case lies under the thinner attack lines: it equals the strongest attack at
     most eps, and drawn on top it would hide that attack's line. Under a cascade an attack's
@@ -162,13 +167,35 @@ def eval_panel(ax: Axes, group: pd.DataFrame, colors: dict[str, str], cascade: b
     if len(clean):
         clean_reference(ax, float(clean["top1"].iloc[0]), int(clean["n"].iloc[0]))
     attacks = group[~group["attack"].isin(["clean", "worst"])]
-    for attack, g in [*attacks.groupby("attack", sort=False), ("worst", group[group["attack"] == "worst"])]:
-        if len(g):
-            g = g.sort_values("eps")
-            bold = attack == "worst"
-            curve(ax, g["eps"].to_numpy(float), g["top1"].to_numpy(float), g["n"].to_numpy(int),
-                  "worst case" if bold else f"after {attack}" if cascade else str(attack), colors[str(attack)],
-                  linewidth=3.2 if bold else 1.4, zorder=1.9 if bold else 2.1)
+    series = [(a, g.sort_values("eps")) for a, g in [*attacks.groupby("attack", sort=False),
+                                                      ("worst", group[group["attack"] == "worst"])] if len(g)]
+    for i, (attack, g) in enumerate(series):
+        bold = attack == "worst"
+        label = "worst case" if bold else f"after {attack}" if cascade else str(attack)
+        eps, top1, n = g["eps"].to_numpy(float), g["top1"].to_numpy(float), g["n"].to_numpy(int)
+        if single_eps:
+            point(ax, eps[0], i - (len(series) - 1) / 2, float(top1[0]), int(n[0]), label, colors[str(attack)], bold)
+            ax.set_xlim(eps[0] - (len(series) + 1) / 2 * _slot(eps[0]), eps[0] + (len(series) + 1) / 2 * _slot(eps[0]))
+        else:
+            curve(ax, eps, top1, n, label, colors[str(attack)], linewidth=3.2 if bold else 1.4,
+                  zorder=1.9 if bold else 2.1)
+
+
+def point(ax: Axes, eps: float, slot: float, top1: float, n: int, label: str, color: str, bold: bool) -> None:
+    """One attack at the only eps: a point with its exact 95% interval as an error bar, in its own slot.
+
+    A single eps has no line to draw a band along, and equal accuracies would stack their
+    points; side by side (the worst case last, larger, on top), each point and bar shows.
+    """
+    low, high = exact_interval(round(top1 * n), n)
+    ax.errorbar([eps + slot * _slot(eps)], [top1], yerr=[[top1 - low], [high - top1]], color=color, label=label,
+                fmt="D" if bold else "o", markersize=7 if bold else 5, capsize=3, elinewidth=1.4,
+                zorder=2.3 if bold else 2.1)
+
+
+def _slot(eps: float) -> float:
+    """The distance between two points side by side at ``eps``."""
+    return 0.12 * max(abs(eps), 1.0)
 
 
 def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Figure:
@@ -178,7 +205,7 @@ def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Figure:
     colors, cascade = attack_colors(rows), "(cascade)" in str(meta.get("semantics", ""))
     fig, axes = panel_grid(len(models))
     for i, (ax, model) in enumerate(zip(axes, models, strict=True)):
-        eval_panel(ax, rows[rows["model"] == model], colors, cascade)
+        eval_panel(ax, rows[rows["model"] == model], colors, cascade, single_eps=len(eps_values) == 1)
         style_axes(ax, eps_values, str(model), i % MAX_COLUMNS == 0)
     _suptitle(fig, "top-1 accuracy under attack", meta)
     figure_legend(fig, axes)

@@ -161,10 +161,23 @@ class Dataset(_Open):
     skipped: list[Skipped] | None = None
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ModelIdentity(_Open):
+    """Which code computes a model: resume states and the example cache key on it beside the weights."""
+
+    arch: str | None = Field(None, description="a timm name or a factory (FILE.py:CALLABLE, package.module:CALLABLE)")
+    source_sha256: Sha256 | None = Field(None, description="a factory: SHA-256 of its source file")
+    class_: str | None = Field(None, alias="class", description="a factory: the qualified name of its model's class")
+    class_source_sha256: Sha256 | None = Field(None, description="a factory: SHA-256 of the file defining that class")
+
+
 class ModelRecord(_Open):
     label: Name | None = None
     spec: str | None = None
     weights_sha256: str | None = None
+    identity: ModelIdentity | None = Field(None, description="absent from files written before robench recorded it")
 
 
 class AttackRecord(_Open):
@@ -195,6 +208,13 @@ class Finding(_Open):
     docs: str | None = None
 
 
+class ProbesRecord(_Open):
+    """How many samples the health probes saw: the run's first ``samples``, at most ``max_samples``."""
+
+    samples: Count | None = Field(None, description="the samples each model was probed on (the run's first)")
+    max_samples: Count | None = Field(None, description="the most the run allowed (--probe-samples)")
+
+
 class ResultsFile(_Open):
     """A robench results file (``--out FILE.json``, or ``FILE.csv`` with ``FILE.csv.meta.json``).
 
@@ -216,6 +236,8 @@ class ResultsFile(_Open):
     semantics: str | None = None
     verdicts: dict[str, str] | None = Field(None, description="leak-check: LEAK, OK or INCONCLUSIVE per model")
     health: list[Finding] | None = None
+    probes: ProbesRecord | None = Field(None, description="null when the probes did not run (--no-health); absent "
+                                        "from files written before robench bounded them")
     rows: list[Row] = Field(min_length=1)
     samples: Samples | None = None
 

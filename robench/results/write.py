@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from robench.core.files import atomic_write, atomic_write_text
-from robench.core.outputs import check_output, meta_path
+from robench.core.outputs import check_output, check_per_sample, meta_path
+from robench.core.parquet import PARQUET, write_parquet
 from robench.core.text import csv_frame, md_code, md_text, to_markdown
 
 
@@ -81,6 +82,29 @@ def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
     return [path, side]
 
 
-def write_per_sample(path: Path, frame: pd.DataFrame) -> None:
-    """Per-sample outcomes as CSV, atomically; text cells a spreadsheet would run get a ``'`` (``csv_text``)."""
+def without_ids(meta: dict[str, Any]) -> dict[str, Any]:
+    """The provenance less ``dataset.ids``: the id column holds them, and ``ids_sha256`` still checks them.
+
+    Kept, 50,000 ImageNet ids would make a Parquet footer of megabytes, read with every schema.
+    """
+    dataset = {k: v for k, v in (meta.get("dataset") or {}).items() if k != "ids"}
+    return {**meta, "dataset": dataset} if "dataset" in meta else meta
+
+
+PER_SAMPLE_CATEGORIES = ("model", "attack", "source", "target")  # ids that repeat on every row of a setting
+
+
+def write_per_sample(path: Path, frame: pd.DataFrame, meta: dict[str, Any] | None = None) -> None:
+    """Per-sample outcomes, atomically, in the format the suffix names: ``.parquet`` or CSV (``-`` too).
+
+    Parquet is typed (ints, bools, floats; model and attack ids dictionary-encoded) and keeps
+    ``meta``, the run's provenance (less the ids: ``without_ids``), in its key-value metadata,
+    so a 50,000-sample table is one compact file that carries what it was measured on. Text
+    is kept exactly: no spreadsheet runs a Parquet cell. In CSV, text cells a spreadsheet
+    would run get a ``'`` (``csv_text``).
+    """
+    check_per_sample(path)
+    if path.suffix.lower() == PARQUET:
+        write_parquet(path, frame, PER_SAMPLE_CATEGORIES, None if meta is None else without_ids(meta), "per_sample")
+        return
     atomic_write(path, lambda p: csv_frame(frame).to_csv(p, index=False))

@@ -19,7 +19,7 @@ from robench.engine import Progress, Status
 from robench.engine.resume import RunState, fingerprint
 from robench.results import samples
 from robench.results.provenance import dataset_record, envelope, resume_versions
-from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, parse_specs, probe_models
+from robench.run.runspec import Opened, Probed, RunSpec, model_texts_problem, open_run, parse_specs, probe_models
 
 EVAL_FIELDS = {  # robench.core.fields; NaN fails every comparison: as a tolerance it would flag nothing, silently
     "models": Rule(tuple, "a tuple of model specs (text)", test=model_texts_problem),
@@ -105,10 +105,10 @@ def run_eval(
     health.check_refs(dict(cfg.clean_refs), [m.spec.label for m in opened.models])
     if on_open is not None and not cfg.run.skip_bad_images:
         on_open(dataset_record(opened.source, opened.data, "test"))
-    state = _state(cfg, opened, dist)  # before the probes: a state of another run is refused at once
-    flags = probe_models(opened, cfg.run, dist, status, what)
-    hooks = engine.Hooks(progress, warn, state, what=what, status=status)
-    try:
+    state = _state(cfg, opened, dist)  # before the probes: a state of another run, or one in use, is refused at once
+    try:  # the state's lock is released however the run ends
+        probed = probe_models(opened, cfg.run, dist, status, what)
+        hooks = engine.Hooks(progress, warn, state, what=what, status=status)
         done = engine.run(engine.Plan.white_box(opened.participants()), opened.source, cfg.run.suite, cfg.run.seed,
                           cfg.run.batch_size, dist, hooks)
     finally:
@@ -116,7 +116,7 @@ def run_eval(
             state.close()
     if done is None:
         return None
-    return _result(cfg, opened, *done, flags)
+    return _result(cfg, opened, *done, probed)
 
 
 def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
@@ -137,7 +137,7 @@ def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
 
 
 def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[int, str],
-            flags: list[health.Flag]) -> EvalResult:
+            probed: Probed) -> EvalResult:
     """Rows, provenance and health of the gathered outcomes."""
     outcomes = out.white_box()
     if cfg.worst:
@@ -149,7 +149,8 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     meta["semantics"] = cfg.run.suite.semantics()
     meta["cost"] = out.costs()
     meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
-    flags = [*flags, *health.nonfinite_logits(outcomes.items()),
+    meta["probes"] = probed.record()
+    flags = [*probed.flags, *health.nonfinite_logits(outcomes.items()),
              *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]
     meta["health"] = health.records(flags)
     return EvalResult(rows, outcomes, meta, flags)

@@ -51,6 +51,7 @@ RUN_FIELDS: dict[str, Rule] = {  # every field's type is checked before any rang
     "workers": Rule(int, "a whole number", low=0, high=MAX_WORKERS, must=f"be a whole number in [0, {MAX_WORKERS}]"),
     "skip_bad_images": Rule(bool, "True or False"),
     "health_probes": Rule(bool, "True or False"),
+    "probe_samples": Rule(int, "a whole number", low=1, high=MAX_BATCH, must=f"be a whole number in [1, {MAX_BATCH}]"),
     "threads": Rule(int | None, "a whole number or None", low=1, high=MAX_THREADS,
                     must=f"be a whole number in [1, {MAX_THREADS}]"),
     "class_order": Rule(str, "natural or lexical", choices=CLASS_ORDERS),
@@ -80,7 +81,8 @@ class RunSpec:
     pretrained: bool = False
     workers: int = 0
     skip_bad_images: bool = False  # leave unreadable images out (recorded in the results) instead of failing
-    health_probes: bool = True  # probe each model on its first batch (analysis.probes); results checked anyway
+    health_probes: bool = True  # probe each model on the first samples (analysis.probes); results checked anyway
+    probe_samples: int = probes.PROBE_SAMPLES  # the probes see this many of the run's first samples, any batch size
     threads: int | None = None  # torch intra-op threads; None leaves torch's own setting alone
     class_order: str = "natural"  # image folders' class indices: natural (timm's 1, 2, 10) or lexical (torchvision's)
     classes: str | None = None  # a file of class names in index order; over checkpoints' lists and class_order
@@ -231,20 +233,35 @@ def load_models(parsed: list[ModelSpec], source: Source, pretrained: bool, devic
     return models
 
 
-def probe_models(opened: Opened, run: RunSpec, dist: Dist, status: Status | None = None,
-                 what: str = "eval") -> list[health.Flag]:
-    """The health probes of every model on its first batch (rank 0 only, and only if the run asks).
+@dataclass(frozen=True)
+class Probed:
+    """What the health probes found, and on how many samples (the results' ``probes`` section)."""
 
-    ``status`` hears each model's probes start: they take a batch's gradients, seconds to minutes
-    before the first attack.
+    flags: list[health.Flag] = field(default_factory=list)
+    samples: int | None = None  # the samples each model was probed on; None: the probes did not run
+    max_samples: int | None = None  # RunSpec.probe_samples
+
+    def record(self) -> dict[str, int] | None:
+        """{samples, max_samples} for results files; None when the probes did not run (--no-health)."""
+        if self.samples is None or self.max_samples is None:
+            return None
+        return {"samples": self.samples, "max_samples": self.max_samples}
+
+
+def probe_models(opened: Opened, run: RunSpec, dist: Dist, status: Status | None = None,
+                 what: str = "eval") -> Probed:
+    """The health probes of every model on the run's first ``run.probe_samples`` samples (rank 0, if the run asks).
+
+    A fixed count, not the first batch: on a large model a batch of probes cost minutes, as much
+    as the attacks asked for. ``status`` hears each model's probes start.
     """
     if not run.health_probes or not dist.is_main:
-        return []
-    flags = []
+        return Probed()
+    flags, seen = [], 0
     for k, m in enumerate(opened.models, start=1):
-        first = next(iter(opened.source.batches(m.input, run.batch_size)), None)
-        if first is not None:
-            if status is not None:
-                status(what, f"health probes on {m.spec.label} ({k}/{len(opened.models)})")
-            flags += probes.probe(m.module, first.images, first.labels, m.spec.label)
-    return flags
+        if status is not None:
+            status(what, f"health probes on {m.spec.label} ({k}/{len(opened.models)})")
+        found, n = probes.probe_first(m.module, opened.source, m.input, run.probe_samples, m.spec.label)
+        flags += found
+        seen = max(seen, n)
+    return Probed(flags, seen, run.probe_samples)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from robench.attacks.base import to_unit
 from robench.attacks.suite import AttackSpec
+from robench.core.files import remove_stale_temps
 from robench.engine import Examples
 from robench.models import LoadedModel
 
@@ -52,8 +53,8 @@ class ExampleCache:
     one per pixel; ``save`` returns it and runs score it, so a run's numbers are the same
     whether its examples were crafted or read.
 
-    A sample's file is keyed by what decides its examples (the source's weights and input
-    config, the attack spec, the seed, the data's class numbering (it decides the labels an
+    A sample's file is keyed by what decides its examples (the source's code (its identity),
+    weights and input config, the attack spec, the seed, the data's class numbering (it decides the labels an
     attack uses) and the sample's key: its id and content hash, so an image altered under the
     same name is a miss, never another image's example) and by ``STORE_FORMAT``, never by batch size, batch index
     or torchrun rank, so a rerun at any batch size or world size, or a resumed one, crafts only
@@ -66,11 +67,17 @@ class ExampleCache:
         self.root, self.seed, self.classes = root, seed, classes
         self.models = {m.spec.label: m for m in models}
         self.bad: list[tuple[Path, str]] = []  # (file, what was wrong with it), in the order found
+        self._swept: set[Path] = set()  # folders whose stale temporary files are gone
 
     def _folder(self, source: str, spec: AttackSpec) -> Path:
         m = self.models[source]
         key = json.dumps([*m.function(), spec.describe(), self.seed, self.classes, STORE_FORMAT], sort_keys=True)
-        return self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
+        folder = self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
+        if folder not in self._swept:  # once per run: writers killed mid-write (SIGKILL) left these
+            self._swept.add(folder)
+            if folder.is_dir():
+                remove_stale_temps(folder, "*/.*.tmp")
+        return folder
 
     @staticmethod
     def _file(folder: Path, sample_id: str) -> Path:

@@ -154,7 +154,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
         warn(f"transfer-matrix with one model ('{sources[0].spec.label}') measures only its white-box diagonal, no "
              f"transfer; give two or more models (-m)")
-    flags = probe_models(opened, cfg.run, dist, status, "transfer")
+    probed = probe_models(opened, cfg.run, dist, status, "transfer")
     cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes) if cfg.cache else None
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
     suite = full_strength(cfg.run.suite, warn)
@@ -173,7 +173,8 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     meta["sources"], meta["targets"] = s_labels, t_labels
     meta["crafted_attack_calls"] = out.crafted
     meta["semantics"] = suite.semantics()
-    flags = [*flags, *transfer_health(out, rows, cfg.run.suite)]
+    meta["probes"] = probed.record()
+    flags = [*probed.flags, *transfer_health(out, rows, cfg.run.suite)]
     meta["health"] = health.records(flags)
     return TransferResult(rows, out, meta, flags)
 
