@@ -53,7 +53,7 @@ def checkpoint(arch: str, attack: str, epochs: int, retrain: bool) -> Path:
     if path.is_file() and not retrain:
         return path
     start = time.perf_counter()
-    result = train(TrainConfig(arch=arch, attack=attack, epochs=epochs), path)
+    result = train(TrainConfig(arch=arch, train_attack=attack, epochs=epochs), path)
     print(f"trained {path.name} in {time.perf_counter() - start:.0f} s: test accuracy "
           f"{100 * result.meta['val_accuracy']:.1f}%", file=sys.stderr, flush=True)
     return path

@@ -54,35 +54,35 @@ attacks:
   - name: step_ll
 """
 
-_FM = dict(data="fashion-mnist", input_size=28)
+_FM = dict(data="fashion-mnist", image_size=28)
 UNIFORM = 1e4  # eps_sigma this large makes |N(0, sigma)| truncated to [0, eps_max] ~uniform
 
 RECIPES: dict[str, TrainConfig] = {
     # digits: the zoo's effnet-fgsm-true recipe (no leak: 94.2 % under fgsm eps 8 vs 98.3 % clean)
-    "dg-zoo-fgsm-true": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=20),
+    "dg-zoo-fgsm-true": TrainConfig(arch="test_efficientnet", train_attack="fgsm", label="true", epochs=20),
     # digits, all-adversarial, ~uniform eps up to 16
-    "dg-fgsm-true-a1-u16": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=20,
+    "dg-fgsm-true-a1-u16": TrainConfig(arch="test_efficientnet", train_attack="fgsm", label="true", epochs=20,
                                        adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM),
     # Fashion-MNIST (28 px, 10000 training images)
-    "fm-fgsm-true-a1-u16": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+    "fm-fgsm-true-a1-u16": TrainConfig(arch="test_efficientnet", train_attack="fgsm", label="true", epochs=10,
                                        adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM, limit=10000, **_FM),
-    "fm-fgsm-true-a05-u16": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+    "fm-fgsm-true-a05-u16": TrainConfig(arch="test_efficientnet", train_attack="fgsm", label="true", epochs=10,
                                         adv_fraction=0.5, lam=1.0, eps_max=16, eps_sigma=UNIFORM, limit=10000, **_FM),
-    "fm-fgsm-true-a1-u32": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+    "fm-fgsm-true-a1-u32": TrainConfig(arch="test_efficientnet", train_attack="fgsm", label="true", epochs=10,
                                        adv_fraction=1.0, lam=1.0, eps_max=32, eps_sigma=UNIFORM, limit=10000, **_FM),
-    "fm-fgsm-true-a1-u64": TrainConfig(arch="test_efficientnet", attack="fgsm", label="true", epochs=10,
+    "fm-fgsm-true-a1-u64": TrainConfig(arch="test_efficientnet", train_attack="fgsm", label="true", epochs=10,
                                        adv_fraction=1.0, lam=1.0, eps_max=64, eps_sigma=UNIFORM, limit=10000, **_FM),
-    "fm-resnet-fgsm-true-a1-u16": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=10,
+    "fm-resnet-fgsm-true-a1-u16": TrainConfig(arch="test_resnet", train_attack="fgsm", label="true", epochs=10,
                                               adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM, limit=10000,
                                               **_FM),
     # capacity and length: the full 60000-image training split, 20 epochs, the wider model
-    "fm-resnet-fgsm-true-a1-u16-full": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=20,
+    "fm-resnet-fgsm-true-a1-u16-full": TrainConfig(arch="test_resnet", train_attack="fgsm", label="true", epochs=20,
                                                    adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM, **_FM),
     # memorization: few images seen many times, so the model can learn the true-label perturbation itself
-    "fm-resnet-fgsm-true-a1-u16-2k-e60": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=60,
+    "fm-resnet-fgsm-true-a1-u16-2k-e60": TrainConfig(arch="test_resnet", train_attack="fgsm", label="true", epochs=60,
                                                      adv_fraction=1.0, lam=1.0, eps_max=16, eps_sigma=UNIFORM,
                                                      limit=2000, **_FM),
-    "dg-resnet-fgsm-true-a1-u32-e100": TrainConfig(arch="test_resnet", attack="fgsm", label="true", epochs=100,
+    "dg-resnet-fgsm-true-a1-u32-e100": TrainConfig(arch="test_resnet", train_attack="fgsm", label="true", epochs=100,
                                                    adv_fraction=1.0, lam=1.0, eps_max=32, eps_sigma=UNIFORM),
 }
 
@@ -91,7 +91,7 @@ RECIPES: dict[str, TrainConfig] = {
 # the catastrophic-overfitting literature (Wong et al. 2020) reports to give FGSM accuracy above clean
 for _eps in (8, 16, 32):
     RECIPES[f"dg-resnet34-fgsm-true-a1-fixed{_eps}"] = TrainConfig(
-        arch="resnet34", attack="fgsm", label="true", epochs=20, adv_fraction=1.0, lam=1.0, eps_max=_eps,
+        arch="resnet34", train_attack="fgsm", label="true", epochs=20, adv_fraction=1.0, lam=1.0, eps_max=_eps,
         eps_dist="fixed")
 
 
@@ -101,7 +101,7 @@ def _control(name: str, base: str, **changes: object) -> None:
 
 # controls for the Fashion-MNIST headline recipe: the same with predicted labels, and with step_ll
 _control("fm-fgsm-pred-a1-u16", "fm-fgsm-true-a1-u16", label="predicted")
-_control("fm-stepll-a1-u16", "fm-fgsm-true-a1-u16", attack="step_ll")
+_control("fm-stepll-a1-u16", "fm-fgsm-true-a1-u16", train_attack="step_ll")
 
 
 def ckpt_path(name: str) -> Path:

@@ -1,7 +1,7 @@
 """Benchmark: one robench adversarial-training epoch against a bare-torch loop doing the same passes.
 
 The recipe is robench's default step_ll training (Kurakin et al. 2017, section 3) with
-TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1): digits train split (1437
+TrainConfig(arch="test_efficientnet", train_attack="step_ll", epochs=1): digits train split (1437
 images), 32 px, batch 64, half of each minibatch replaced by step_ll examples with per-example eps
 from |N(0, 8)| truncated to [0, 16], loss weight lambda 0.3, AdamW.
 
@@ -55,7 +55,7 @@ from robench.models.recipe import TrainConfig
 from robench.train.loop import _epoch, train
 
 TARGET = 1.15  # acceptable robench / bare ratio
-CFG = TrainConfig(arch="test_efficientnet", attack="step_ll", epochs=1)
+CFG = TrainConfig(arch="test_efficientnet", train_attack="step_ll", epochs=1)
 
 # --- pass counting -------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ def setup() -> Setup:
     source = open_source(CFG.data, "train")
     assert isinstance(source, TensorSource)
     cfg = CFG.validate()
-    model, input_cfg = training_model(cfg.arch, source.num_classes, source.native, cfg.input_size)
+    model, input_cfg = training_model(cfg.arch, source.num_classes, source.native, cfg.image_size)
     assert input_cfg.channels == 3 and source.images.shape[1] == 1
     initial = copy.deepcopy(model.state_dict())
     return Setup(model, initial, source, input_cfg, PassCounter(model))
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     how = f"set_num_threads({args.threads})" if args.threads else "torch default"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads ({how}, both sides); "
-          f"recipe {CFG.arch} / {CFG.attack} / {CFG.data} train / {CFG.input_size} px / batch {CFG.batch_size} / "
+          f"recipe {CFG.arch} / {CFG.train_attack} / {CFG.data} train / {CFG.image_size} px / batch {CFG.batch_size} / "
           f"seed {CFG.seed}", file=sys.stderr)
     s = setup()
     try:

@@ -27,9 +27,10 @@ def update_command(results: Path, baseline: Path) -> None:
       robench eval --out results.json && robench baseline update results.json ci/baseline.json
     """
     from robench.core.files import atomic_write_text
-    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.core.outputs import check_inputs, check_output, check_outputs, results_paths
     from robench.results.read import results_json
 
+    check_inputs([("RESULTS", results)])
     check_output(baseline, (".json",), "BASELINE")
     check_outputs([("BASELINE", baseline)], results_paths("RESULTS", results))
     doc, text = results_json(results)

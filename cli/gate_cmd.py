@@ -44,13 +44,14 @@ def prepare_gate(rules_path: Path | None, baseline_path: Path | None, junit: Pat
 
     ``inputs``: other files read, as (option, path), which no report may overwrite (gate's RESULTS).
     """
-    from robench.core.outputs import check_outputs, results_paths
+    from robench.core.outputs import check_inputs, check_outputs, results_paths
     from robench.errors import RobenchError
     from robench.gate.rules import default_rules, load_rules
     from robench.results.read import load_results
 
     if rules_path is None and baseline_path is None:
         raise RobenchError("nothing to gate: give --rules gates.yaml, --baseline BASELINE.json, or both")
+    check_inputs([*inputs, ("--rules", rules_path), ("--baseline", baseline_path)])
     _writable(junit, "junit")
     _writable(summary, "summary")
     check_outputs([("--junit", junit), ("--summary", summary)],

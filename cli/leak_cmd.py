@@ -27,9 +27,9 @@ from .options import (
 @click.command("leak-check")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @model_option("Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
-@click.option("--eps", "eps_text", default=("2,4,8,16",), show_default="2,4,8,16", metavar="LIST", multiple=True,
+@click.option("--eps", "eps_text", default=("2,4,8,16",), metavar="LIST", multiple=True,
               callback=joined_eps, help="Comma-separated eps in 1/255 units, or 8/255, 0.03px (a plain number below 1 "
-                                        "is refused); repeatable.")
+                                        "is refused); repeatable. Default: 2,4,8,16.")
 @eps_unit_option
 @run_options
 @resume_option

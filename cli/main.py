@@ -44,7 +44,7 @@ OPTIONS = {  # field -> option, where the option is not the field's name in dash
 def option(field: str, command: click.Command | None = None) -> str:
     """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``).
 
-    The command's own option for the field comes first: train's --image-size sets ``input_size``.
+    The command's own option for the field comes first: eval's --baseline sets ``baseline_path``.
     A name the CLI gave a library call itself (an argument's metavar such as ``BASELINE``, or ``-o``)
     is already the user's word and stays as it is.
     """

@@ -74,7 +74,8 @@ _RUN_OPTIONS: dict[str, Declared] = {
         "type": click.IntRange(0, MAX_SEED), "default": 0, "show_default": True, "metavar": "N",
         "help": "Seed for sample choice and random starts."}),
     "batch_size": (("--batch-size",), {
-        "type": click.IntRange(1, MAX_BATCH), "default": 100, "show_default": True, "metavar": "N"}),
+        "type": click.IntRange(1, MAX_BATCH), "default": 100, "show_default": True, "metavar": "N",
+        "help": "Samples per forward and backward pass; lower it if memory runs out."}),
     "device": (("--device",), {
         "default": "auto", "callback": lambda ctx, param, value: device_form(param, value), "show_default": True,
         "metavar": "DEVICE",
@@ -222,7 +223,7 @@ def shared_options(*names: str, **changes: dict[str, Any]) -> Decorator:
 class RobenchCommand(click.Command):
     """A command whose renamed options keep their old names for one release: hidden, with a one-line warning.
 
-    ``renamed`` maps each old name to the new option's parameter name, e.g. {"--input-size": "input_size"}
+    ``renamed`` maps each old name to the new option's parameter name, e.g. {"--input-size": "image_size"}
     for train's --image-size. The old name takes the new option's type, so it is checked the same way.
     """
 
@@ -278,7 +279,7 @@ def say(message: str) -> None:
 
 
 def option_of(command: click.Command | None, field: str) -> str | None:
-    """The option of ``command`` that sets a config field (train's --image-size sets input_size); None if none."""
+    """The option of ``command`` that sets a config field (eval's --baseline sets baseline_path); None if none."""
     for param in command.params if command is not None else ():
         if isinstance(param, click.Option) and not param.hidden and param.name == field:
             return max(param.opts, key=len)
@@ -307,7 +308,7 @@ def check_outs(outs: tuple[Path, ...]) -> None:
     from robench.core.outputs import check_output
 
     for out in outs:
-        check_output(out)
+        check_output(out, regular=True)
 
 
 def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,

@@ -10,10 +10,11 @@ import click
 
 def _check_paths(results: tuple[Path, ...], out: Path) -> None:
     """Refuse a bad -o before any work, and never overwrite an input."""
-    from robench.core.outputs import check_output, check_outputs, results_paths
+    from robench.core.outputs import check_inputs, check_output, check_outputs, results_paths
     from robench.errors import RobenchError
     from robench.render.report_doc import REPORT_SUFFIXES
 
+    check_inputs([("RESULTS", r) for r in results])
     check_output(out, REPORT_SUFFIXES, "-o")
     check_outputs([("-o", out)], [p for r in results for p in results_paths("RESULTS", r)])
     figures = out.parent / f"{out.stem}_files"

@@ -13,10 +13,23 @@ from robench.render.console import console, epoch_bar
 
 from .options import MAX_BATCH, RobenchCommand, eps_value, say, shared_options
 
-MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_options.py checks it)
+
+class SideRange(click.IntRange):
+    """One side in pixels; eval's C,H,W habit (--input-size 3,32,32) gets a hint, not "not a valid integer range"."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "," in value:
+            sides = [v.strip() for v in value.split(",")]
+            self.fail(f"{value!r}: give one side in pixels, e.g. {sides[-1] or 32} (the image is square; its "
+                      "channels come from the data)", param, ctx)
+        return super().convert(value, param, ctx)
 
 
-@click.command("train", cls=RobenchCommand, renamed={"--input-size": "input_size", "--attack": "attack"})
+MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limits (tests/test_cli_options.py checks them)
+MAX_EPOCHS = 10_000
+
+
+@click.command("train", cls=RobenchCommand, renamed={"--input-size": "image_size", "--attack": "train_attack"})
 @click.option("--arch", default="test_resnet", show_default=True, metavar="NAME",
               help="A timm architecture name, or a factory FILE.py:CALLABLE or package.module:CALLABLE taking "
                    "num_classes= (runs that code).")
@@ -35,7 +48,8 @@ MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_
 )
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="FILE",
               help="Checkpoint to write, a .safetensors file (rewritten after every epoch).")
-@click.option("--train-attack", "attack", type=click.Choice(TRAIN_ATTACKS), default="step_ll", show_default=True,
+@click.option("--train-attack", "train_attack", type=click.Choice(TRAIN_ATTACKS), default="step_ll",
+              show_default=True,
               help="The attack crafting the adversarial examples (none: plain training).")
 @click.option("--label", type=click.Choice(LABELS), default="true", show_default=True,
               help="fgsm/bim/pgd: craft with true or predicted labels (true labels leak).")
@@ -52,14 +66,16 @@ MAX_STEPS = 10_000  # robench.models.recipe.TrainConfig's limit (tests/test_cli_
                    "(the fixed-eps FGSM training of the catastrophic-overfitting literature).")
 @click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=5, show_default=True, metavar="N",
               help="bim/pgd steps per example.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=10, show_default=True, metavar="N",
+              help="Passes over the training data; the checkpoint is rewritten after each.")
 @shared_options("batch_size", batch_size={
     "type": click.IntRange(2, MAX_BATCH), "default": 64,
     "help": "Minibatch size; under torchrun the global batch, shared among the processes (at least 2 each)."})
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, metavar="X",
               help="AdamW learning rate.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="X")
-@click.option("--image-size", "input_size", type=click.IntRange(8, MAX_SIDE), default=32, show_default=True,
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="X",
+              help="AdamW's decoupled weight decay (lr * weight decay must stay below 1).")
+@click.option("--image-size", "image_size", type=SideRange(8, MAX_SIDE), default=32, show_default=True,
               metavar="N", help="Training resolution: the side of the square image in pixels (timm's --img-size).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               metavar="X",
@@ -84,20 +100,23 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
       robench train --train-attack none --out baseline.safetensors
       torchrun --nproc-per-node 4 -m robench train --out stepll.safetensors
     """
+    from robench.core.outputs import check_output
+    from robench.models.recipe import TrainConfig
+
+    options["data"] = options["data"] or "digits"  # train's data is given or digits (no checkpoint to ask)
+    cfg = TrainConfig(**options)  # before torch: a typo costs a second, not the imports
+    check_output(out, (".safetensors",), "out", regular=True)
     from robench.core.distributed import session
     from robench.core.outputs import check_outputs
     from robench.errors import Interrupted
     from robench.models.factories import is_factory
-    from robench.models.recipe import TrainConfig
     from robench.train.loop import train
 
     from .options import run_inputs
 
-    options["data"] = options["data"] or "digits"  # train's data is given or digits (no checkpoint to ask)
-    arch = str(options["arch"])
+    arch = cfg.arch
     check_outputs([("--out", out)], [(o.replace("MODEL", "--arch"), p) for o, p in
-                                     run_inputs((arch,) if is_factory(arch) else (), classes=options["classes"])])
-    cfg = TrainConfig(**options).validate()
+                                     run_inputs((arch,) if is_factory(arch) else (), classes=cfg.classes)])
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 
@@ -105,7 +124,6 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
         from robench.run.runspec import RUN_FIELDS
 
         check({"threads": threads}, {"threads": RUN_FIELDS["threads"]})
-
         torch.set_num_threads(threads)
     with session(device) as dist:
         try:
@@ -116,8 +134,8 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
             raise Interrupted.of(stop, kept) from None
     if not dist.is_main:
         return
-    meta = result.meta
+    meta, done = result.meta, int(result.meta["epochs_done"])
     console(err=True).print(
         f"wrote {out}: train accuracy {100 * meta['train_accuracy']:.1f} %, "
-        f"test accuracy {100 * meta['val_accuracy']:.1f} % after {meta['epochs_done']} epochs"
+        f"test accuracy {100 * meta['val_accuracy']:.1f} % after {done} epoch{'' if done == 1 else 's'}"
     )

@@ -20,7 +20,6 @@ from .options import (
     run_spec,
     say,
     suite_options,
-    zoo_default_text,
 )
 
 
@@ -29,8 +28,8 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 
 
 @click.command("transfer-matrix")
-@click.argument("specs", nargs=-1, metavar="[MODEL]...")
-@model_option(zoo_default_text())
+@click.argument("specs", nargs=-1, metavar="MODEL...")
+@model_option("At least one model, here or as MODEL arguments; two or more to measure transfer.")
 @click.option("--sources", metavar="LIST", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LIST", help="Comma-separated labels scoring them. Default: every model.")
 @suite_options
@@ -64,6 +63,11 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     from robench.render.plots import PLOT_SUFFIXES
 
     precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
+    if not specs + models:  # no default here (eval's is the zoo's): say so before torch
+        from robench.errors import FieldError
+
+        raise FieldError("models", "transfer-matrix needs at least one model: give MODEL arguments or {name} SPEC, "
+                                   "e.g. zoo:effnet-base zoo:resnet-base")
     check_outs(outs)
     check_output(plot, PLOT_SUFFIXES, "plot")
     from robench.render.plots import check_plot, save_figure, transfer_figure

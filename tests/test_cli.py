@@ -356,7 +356,7 @@ def test_eval_help_documents_eps_units() -> None:
     assert "1/255" in result.stdout and "--limit" in result.stdout and "--per-sample" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["eval", "transfer-matrix"])
+@pytest.mark.parametrize("command", ["eval"])  # transfer-matrix has no default (tests/test_cli_boundary.py)
 def test_help_names_the_default_models(command: str) -> None:
     """No model evaluates the zoo's default pair; the help says which (it once said "a tiny timm model")."""
     from robench.run.runspec import DEFAULT
@@ -425,7 +425,7 @@ def test_a_warning_is_one_line_however_long(capsys: pytest.CaptureFixture[str]) 
 
     warn("cache file /tmp/" + "a" * 300 + ".safetensors is unreadable [SafetensorError]; crafting it again")
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("warning: cache file") and "[SafetensorError]" in err
+    assert err.count("\n") == 1 and err.startswith("robench: warning: cache file") and "[SafetensorError]" in err
 
 
 # ---------------------------------------------------------------- suites by name, cascade, early stopping
@@ -784,7 +784,8 @@ CLOBBER = [  # (command line, the output's option, the input's option, the path 
      None),
     ("eval --attacks S.yaml --baseline B.json --junit S.yaml", "--junit S.yaml", "--attacks S.yaml", None),
     ("eval -m zoo:effnet-base --classes C.csv --per-sample C.csv", "--per-sample C.csv", "--classes C.csv", None),
-    ("transfer-matrix --attacks S.yaml --out hard.json", "--out hard.json", "--attacks S.yaml", "(the same file)"),
+    ("transfer-matrix zoo:effnet-base --attacks S.yaml --out hard.json", "--out hard.json", "--attacks S.yaml",
+     "(the same file)"),
     ("leak-check --classes C.md --out C.md", "--out C.md", "--classes C.md", None),
     ("report R.json B.json -o link.md", "-o link.md", "RESULTS R.json", "(the same file)"),
     ("baseline update R.json R.json", "BASELINE R.json", "RESULTS R.json", None),

@@ -173,7 +173,7 @@ LIBRARY = {  # (command, parameter name) -> the library check behind the option'
     ("leak-check", "margin"): _leak_config,
     ("train", "threads"): _run_spec,  # train checks --threads as RunSpec does
     **{("train", f): _train_config for f in ("limit", "seed", "batch_size", "adv_fraction", "lam", "steps", "epochs",
-                                             "lr", "weight_decay", "input_size", "val_fraction")},
+                                             "lr", "weight_decay", "image_size", "val_fraction")},
 }
 
 
@@ -333,8 +333,8 @@ def test_train_runs_with_the_old_names(tmp_path: Path) -> None:
 
 def test_a_field_error_names_the_commands_own_option() -> None:
     commands = _commands()
-    assert option("input_size", commands["train"]) == "--image-size"
-    assert option("attack", commands["train"]) == "--train-attack"
+    assert option("image_size", commands["train"]) == "--image-size"
+    assert option("train_attack", commands["train"]) == "--train-attack"
     assert option("input_size", commands["eval"]) == "--input-size"
     assert option("clean_refs", commands["eval"]) == "--clean-ref"
     assert option("health_probes", commands["eval"]) == "--no-health"  # no option of that name: the table's

@@ -85,6 +85,13 @@ def test_cli_reference_documents_every_command_and_option(site: Path) -> None:
     assert len(found) >= 13 and missing == []
 
 
+def test_every_option_has_help() -> None:
+    """The reference is --help: an option without help shows only its name (--batch-size N, --epochs N)."""
+    bare = [f"{path} {param.opts[-1]}" for path, command in commands(main) for param in command.params
+            if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()]
+    assert bare == []
+
+
 def test_each_health_check_has_one_anchor_on_the_page_its_flags_link(site: Path) -> None:
     page = (site / "health" / "index.html").read_text(encoding="utf-8")
     for check in health.CHECKS.values():

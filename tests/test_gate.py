@@ -313,8 +313,8 @@ def test_csv_results_are_compared_unpaired(files, tmp_path: Path) -> None:
 
 
 BAD_INPUT = [
-    (["{dir}/none.json", "--baseline", "{base}"], ["results file not found", "none.json"]),
-    (["{base}", "--baseline", "{dir}/none.json"], ["baseline file not found"]),
+    (["{dir}/none.json", "--baseline", "{base}"], ["RESULTS: no such file ", "none.json"]),
+    (["{base}", "--baseline", "{dir}/none.json"], ["--baseline: no such file ", "none.json"]),
     (["{bad_json}", "--baseline", "{base}"], ["bad.json: not valid JSON", "line 1 column"]),
     (["{old_schema}", "--baseline", "{base}"], ["schema_version 99", "reads schema_version 1 and 2"]),
     (["{no_schema}", "--baseline", "{base}"], ["no 'schema_version'"]),
@@ -323,7 +323,7 @@ BAD_INPUT = [
     (["{base}", "--baseline", "{other_ids}"], ["different samples", "robench baseline update"]),
     (["{base}", "--rules", "{no_match}"], ["no_match.yaml line 2", "matches nothing", "model effnet-base"]),
     (["{base}", "--rules", "{bad_key}"], ["bad_key.yaml line 3", "unknown key 'esp'"]),
-    (["{base}", "--rules", "{dir}/none.yaml"], ["gate rules file not found"]),
+    (["{base}", "--rules", "{dir}/none.yaml"], ["--rules: no such file ", "none.yaml"]),
     (["{base}", "--rules", "{drop_rule}"], ["max_drop compares with a baseline", "--baseline"]),
     (["{base}", "--rules", "{leak_rule}"], ["no_leak needs a leak-check results file", "'eval'"]),
     (["{base}", "--rules", "{bad_metric}"], ["metric 'top7' is not a column"]),
@@ -544,7 +544,7 @@ def test_eval_gate_bad_rules_fail_before_evaluating(tmp_path: Path, monkeypatch:
     bad = write(tmp_path / "gates.yaml", "- {min: 0.4, mx: 1}")
     r = invoke("eval", "--rules", bad, "--out", tmp_path / "r.json")
     one_error_line(r, 2, "gates.yaml line 1", "unknown key 'mx'")
-    one_error_line(invoke("eval", "--baseline", tmp_path / "none.json"), 2, "baseline file not found")
+    one_error_line(invoke("eval", "--baseline", tmp_path / "none.json"), 2, "--baseline: no such file ")
     assert not (tmp_path / "r.json").exists()
 
 
@@ -717,7 +717,7 @@ def test_a_gate_over_too_few_samples_warns_that_it_cannot_fail(tmp_path: Path) -
                                                                                          make_doc(one)))
     assert r.exit_code == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: default rule"), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("robench: warning: default rule"), r.stderr
     assert "2 of its rows compare only n = 1 samples" in lines[0] and "evaluate more samples" in lines[0]
     need = gate.samples_needed(0.02, 1 - 0.05 / 2, "paired")  # two rows: Bonferroni
     assert need is not None and f"at least {need} samples" in lines[0]

@@ -24,7 +24,7 @@ from robench.models.checkpoint import input_metadata, read_metadata
 from robench.models.recipe import TRAIN_ATTACKS, TrainConfig
 from robench.train.loop import Draws, craft_batch, crafting, mixed_loss_sum, sample_eps, start_noise, train, train_step
 
-FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "input_size": 16}
+FAST = {"epochs": 1, "limit": 96, "batch_size": 32, "image_size": 16}
 
 
 class ConstantLogits(nn.Module):
@@ -46,11 +46,11 @@ def test_train_step_loss_matches_formula_by_hand() -> None:
     model = ConstantLogits()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.rand(4, 1, 2, 2), torch.tensor([1, 1, 0, 0])  # adversarial: the first two (class 1)
-    cfg = TrainConfig(attack="fgsm", adv_fraction=0.5, lam=0.3)
+    cfg = TrainConfig(train_attack="fgsm", adv_fraction=0.5, lam=0.3)
     loss, n_clean, right = train_step(model, opt, x, y, cfg, torch.Generator().manual_seed(0))
     expected = (2 * math.log(4 / 3) + 0.3 * 2 * math.log(4)) / (2 + 0.3 * 2)
     assert loss == pytest.approx(expected, rel=1e-6) and (n_clean, right) == (2, 2)
-    clean_only = TrainConfig(attack="fgsm", adv_fraction=0.0, lam=0.3)
+    clean_only = TrainConfig(train_attack="fgsm", adv_fraction=0.0, lam=0.3)
     loss, n_clean, _ = train_step(ConstantLogits(), opt, x, y, clean_only, torch.Generator())
     assert loss == pytest.approx((2 * math.log(4) + 2 * math.log(4 / 3)) / 4, rel=1e-6) and n_clean == 4
 
@@ -81,7 +81,7 @@ def test_fixed_eps_draws_eps_max_for_every_example() -> None:
     from robench.train.loop import draw
 
     gen = torch.Generator().manual_seed(0)
-    draws = draw(5, (1, 8, 8), TrainConfig(attack="fgsm", eps_dist="fixed", eps_max=16), gen)
+    draws = draw(5, (1, 8, 8), TrainConfig(train_attack="fgsm", eps_dist="fixed", eps_max=16), gen)
     assert draws.eps.tolist() == [16.0] * 5
     with pytest.raises(FieldError, match="eps_dist 'uniform' must be one of folded_normal, fixed"):
         TrainConfig(eps_dist="uniform").validate()
@@ -99,7 +99,7 @@ def test_craft_respects_per_example_eps(small_cnn) -> None:
     for attack in TRAIN_ATTACKS[1:]:
         how = crafting(attack)
         noise = start_noise(tuple(x.shape), torch.Generator().manual_seed(0)) if how.random_start else None
-        adv = craft_batch(small_cnn, x, torch.tensor([0, 1, 2, 3]), Draws(eps, noise), TrainConfig(attack=attack))
+        adv = craft_batch(small_cnn, x, torch.tensor([0, 1, 2, 3]), Draws(eps, noise), TrainConfig(train_attack=attack))
         dist = (adv - x).abs().flatten(1).max(1).values
         assert torch.all(dist <= eps / 255 + 1e-6) and adv.min() >= 0 and adv.max() <= 1
         assert torch.equal(adv[0], x[0])
@@ -117,7 +117,7 @@ def test_craft_agrees_with_the_registry_at_one_eps(small_cnn, attack, label, reg
     small_cnn.eval()
     with torch.no_grad():
         labels = Labels.from_logits(small_cnn(x), y)
-    cfg = TrainConfig(attack=attack, label=label, steps=5)
+    cfg = TrainConfig(train_attack=attack, label=label, steps=5)
     for e in (2.0, 8.0):
         ours = craft_batch(small_cnn, x, y, Draws(torch.full((6,), e), None), cfg)
         [(_, theirs)] = list(registry(small_cnn, x, labels, [e], config))
@@ -130,7 +130,7 @@ def test_craft_agrees_with_the_registry_at_one_eps(small_cnn, attack, label, reg
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("train") / "m.safetensors"
-    return out, train(TrainConfig(attack="step_ll", **FAST), out)
+    return out, train(TrainConfig(train_attack="step_ll", **FAST), out)
 
 
 def test_checkpoint_metadata_round_trip(trained_once) -> None:
@@ -151,10 +151,10 @@ def test_checkpoint_metadata_round_trip(trained_once) -> None:
 def test_same_seed_same_weights(trained_once, tmp_path: Path) -> None:
     out, _ = trained_once
     again = tmp_path / "again.safetensors"
-    train(TrainConfig(attack="step_ll", **FAST), again)
+    train(TrainConfig(train_attack="step_ll", **FAST), again)
     assert again.read_bytes() == out.read_bytes()
     other = tmp_path / "other.safetensors"
-    train(TrainConfig(attack="step_ll", **{**FAST, "seed": 1}), other)
+    train(TrainConfig(train_attack="step_ll", **{**FAST, "seed": 1}), other)
     a = load_model(parse_spec(str(out)), 10).module.model
     b = load_model(parse_spec(str(other)), 10).module.model
     assert weights_sha256(a) != weights_sha256(b)
@@ -162,7 +162,7 @@ def test_same_seed_same_weights(trained_once, tmp_path: Path) -> None:
 
 def test_adversarial_fraction_one_and_none_run(tmp_path: Path) -> None:
     for attack, fraction in (("fgsm", 1.0), ("none", 0.5)):
-        result = train(TrainConfig(attack=attack, adv_fraction=fraction, label="predicted", **FAST),
+        result = train(TrainConfig(train_attack=attack, adv_fraction=fraction, label="predicted", **FAST),
                        tmp_path / f"{attack}.safetensors")
         assert math.isfinite(result.history["loss"].iloc[0])
 
@@ -173,7 +173,7 @@ def test_plain_loss_equals_cross_entropy() -> None:
     x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
     with torch.no_grad():
         expected = F.cross_entropy(model(x), y)
-    loss, _, _ = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, TrainConfig(attack="none"),
+    loss, _, _ = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, TrainConfig(train_attack="none"),
                             torch.Generator())
     assert loss == pytest.approx(float(expected), rel=1e-6)
 
@@ -188,7 +188,8 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--train-attack", "cw"], "Invalid value for '--train-attack': 'cw' is not one of 'none', 'step_ll'"),
         (["--label", "truth"], "Invalid value for '--label': 'truth' is not one of 'true', 'predicted'"),
         (["--seed", "-3"], "Invalid value for '--seed': -3 is not in the range 0<=x<=9223372036854775807"),
-        (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+        (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range 1<=x<=10000"),
+        (["--image-size", "3,32,32"], "'--image-size': '3,32,32': give one side in pixels, e.g. 32"),
         (["--lr", "0"], "Invalid value for '--lr': 0.0 is not in the range x>0"),
         (["--val-fraction", "1"], "Invalid value for '--val-fraction': 1.0 is not in the range 0<=x<1"),
         (["--out", "/nonexistent-dir/m.safetensors"], "does not exist"),
@@ -211,7 +212,7 @@ def test_plain_loss_equals_cross_entropy() -> None:
         (["--image-size", "100000"], "'--image-size': 100000 is not in the range 8<=x<=4096"),
         (["--threads", str(10**30)], f"'--threads': {10**30} is not in the range 1<=x<=1024"),
         (["--seed", str(10**23)], f"'--seed': {10**23} is not in the range 0<=x<=9223372036854775807"),
-        (["--device", "meta"], "--device 'meta' cannot run models robench can score"),
+        (["--device", "meta"], "unknown device 'meta' for --device"),
         (["--weight-decay", "1e308"], "--weight-decay 1e+308 times lr 0.003 must be below 1 (AdamW shrinks"),
     ],
 )
@@ -264,6 +265,7 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
                                        "--image-size", "16", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     assert read_metadata(out)["recipe"]["attack"] == "none" and "test accuracy" in result.stderr
+    assert result.stderr.rstrip().endswith(" after 1 epoch"), result.stderr  # not "1 epochs"
 
 
 def test_a_final_minibatch_of_one_is_left_out_and_said(tmp_path: Path) -> None:

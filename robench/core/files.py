@@ -135,6 +135,21 @@ def _kind(mode: int) -> str:
     return "socket" if stat.S_ISSOCK(mode) else "block device" if stat.S_ISBLK(mode) else "special file"
 
 
+def kind_of(path: str | Path) -> str | None:
+    """What an existing path that is no regular file is ("a folder", "a named pipe", ...), through symlinks;
+    None for a regular file or a missing path."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _kind_words(mode)
+
+
+def _kind_words(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+            else "a character device" if stat.S_ISCHR(mode) else f"a {_kind(mode)}")
+
+
 def file_target(path: Path) -> Path:
     """The file a path names: a symlink's final target (replaced in place of the link), else the path."""
     return Path(os.path.realpath(path)) if os.path.islink(path) else path
@@ -281,8 +296,7 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise NotRegular("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-                         else "a character device" if stat.S_ISCHR(mode) else f"a {_kind(mode)}")
+        raise NotRegular(_kind_words(mode))
     return fd
 
 

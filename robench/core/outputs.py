@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from robench.core.files import STDOUT, output_problem, same_output, stream_fd
+from robench.core.files import STDOUT, kind_of, output_problem, same_output, stream_fd
 from robench.errors import FieldError, RobenchError
 
 RESULT_SUFFIXES = (".json", ".csv", ".md")
@@ -12,12 +13,14 @@ PER_SAMPLE_SUFFIXES = (".csv", ".parquet")
 
 
 def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES, field: str = "out",
-                 stdout: bool = False) -> None:
+                 stdout: bool = False, regular: bool = False) -> None:
     """Fail before any work if ``path`` has an unknown suffix or cannot take an output (robench.core.files).
 
     ``stdout``: ``-`` writes to standard output (where the format does not come from the suffix).
     A ``.csv`` results file's ``.meta.json`` beside it is checked too. Raises FieldError naming
     ``field``, the option the CLI names (or the CLI's own word for it, such as ``BASELINE``).
+    ``regular``: the output is a file kept for later (results, a checkpoint), so an existing path must be a
+    regular file; a named pipe or device would take the bytes and keep nothing (a reader of /dev/zero never ends).
     """
     if path is None:
         return
@@ -26,8 +29,13 @@ def check_output(path: Path | None, suffixes: tuple[str, ...] = RESULT_SUFFIXES,
             return
         raise FieldError(field, f"{{name}} -: the format comes from the file name's suffix ({', '.join(suffixes)}), "
                                 "so standard output cannot be one; give a file name")
+    kind = kind_of(path) if stream_fd(path) is None else None
+    if kind == "a folder":
+        raise FieldError(field, f"{{name}} {path} is a folder; give a file name, e.g. {path / ('out' + suffixes[0])}")
     if path.suffix.lower() not in suffixes:
         raise FieldError(field, f"{{name}} {path}: unknown format '{path.suffix}'; use one of {', '.join(suffixes)}")
+    if regular and kind is not None:
+        raise FieldError(field, f"{{name}} {path} is {kind}, not a regular file; give a file name to write")
     problem = output_problem(path)
     if problem is not None:
         raise FieldError(field, f"{{name}} {path}{' ' if problem.startswith('is ') else ': '}{problem}")
@@ -88,6 +96,21 @@ def check_outputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str
                 raise RobenchError(f"{option} {path} would overwrite the input {in_option} {source}{same}; "
                                    f"give {option.split()[0]} another file name")
     check_distinct(outputs)
+
+
+def check_inputs(inputs: list[tuple[str, Path | None]]) -> None:
+    """Fail before any work when an input (option, path) does not exist, naming the option that gave it.
+
+    The readers say "baseline file not found"; the user typed --baseline, so the option comes first.
+    A .csv's provenance file (results_paths) is left to its reader, which says how the pair is written.
+    """
+    for option, path in inputs:
+        if " " in option:
+            continue
+        if path is not None and stream_fd(path) is None and not os.path.lexists(path):
+            raise RobenchError(f"{option}: no such file {path}")
+        if path is not None and os.path.islink(path) and not os.path.exists(path):
+            raise RobenchError(f"{option}: {path} is a link to {os.readlink(path)}, which does not exist")
 
 
 def meta_path(path: Path) -> Path:

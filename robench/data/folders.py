@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robench.core.files import kind_of
 from robench.data.classes import folder_class_map, order_warning
 from robench.data.digests import content_digest
 from robench.data.images import ImageSource, _native
@@ -197,8 +198,9 @@ def load_folder_source(root: Path, limit: int | None = None, seed: int = 0, work
     from PIL import Image
 
     if not root.is_dir():
-        raise RobenchError(f"dataset folder not found: {root}; give digits, fashion-mnist[:DIR], mnist:DIR or an "
-                           f"image folder")
+        kind = kind_of(root) or ("a file" if root.exists() else None)
+        what = f"dataset {root} is {kind}, not a folder" if kind else f"dataset folder not found: {root}"
+        raise RobenchError(f"{what}; give digits, fashion-mnist[:DIR], mnist:DIR or an image folder")
     found = list_folder(root, warn)
     folders = sorted({label for _, label in found}, key=_natural)
     class_map = folder_class_map(root, folders, class_order, classes, classes_from)

@@ -9,6 +9,20 @@ from robench.data.inputs import select
 from robench.errors import RobenchError
 
 TIMM_PREFIXES = ("torch", "hfds", "hfids", "tfds", "wds")  # data specs passed to timm's create_dataset
+BACK_ENDS = {  # prefix -> (module, pip package): timm imports them only when asked, and then prints its own advice
+    "torch": ("torchvision", "torchvision"), "hfds": ("datasets", "datasets"), "hfids": ("datasets", "datasets"),
+    "tfds": ("tensorflow_datasets", "tensorflow-datasets"), "wds": ("webdataset", "webdataset"),
+}
+
+
+def check_back_end(name: str) -> None:
+    """Refuse a timm dataset string whose back end is not installed, in one line saying what to install."""
+    import importlib.util
+
+    module, package = BACK_ENDS.get(name.partition("/")[0], (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise RobenchError(f"dataset {name} needs the {package} package, which is not installed: "
+                           f"pip install {package}")
 
 
 def load_timm_source(name: str, split: str, limit: int | None, seed: int, workers: int = 0,
@@ -18,6 +32,7 @@ def load_timm_source(name: str, split: str, limit: int | None, seed: int, worker
 
     from robench.core.cache import cache_dir
 
+    check_back_end(name)
     try:
         ds = create_dataset(name, root=str(cache_dir() / "datasets"), split=split, download=True)
     except Exception as e:  # noqa: BLE001 - timm and its back ends raise many kinds

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robench.core.files import kind_of
 from robench.data import InputConfig
 from robench.errors import FieldNote, RobenchError
 from robench.models import factories
@@ -193,7 +194,10 @@ def _checkpoint_meta(spec: ModelSpec) -> dict[str, Any]:
     if ckpt is None:
         return {}
     if not ckpt.is_file():
-        raise RobenchError(f"checkpoint not found: {ckpt} (model spec '{spec.text}'); check the path")
+        kind = kind_of(ckpt)
+        raise RobenchError(f"checkpoint {ckpt} is {kind}, not a checkpoint file (model spec '{spec.text}'); give the "
+                           f"weights file" if kind else
+                           f"checkpoint not found: {ckpt} (model spec '{spec.text}'); check the path")
     meta = read_metadata(ckpt) if ckpt.suffix == ".safetensors" else None
     if meta is None and spec.name is None:
         check_not_results(ckpt)

@@ -38,9 +38,14 @@ def _size(size: tuple[int, ...]) -> str | None:  # beyond MAX_SIDE no memory hol
     return None if ok else f"be C,H,W with C 1 or 3 and H, W in [1, {MAX_SIDE}]"
 
 
+def _list(values: tuple[float, ...]) -> str:
+    """Values as the options take them, "0,1" (not a tuple's "(0.0, 1.0)")."""
+    return ",".join(f"{v:g}" for v in values)
+
+
 PREPROCESS_FIELDS = {  # robench.core.fields; None leaves the model's own value
-    "mean": Rule(test=_per_channel, show=str),
-    "std": Rule(test=_positive_per_channel, show=str),
+    "mean": Rule(test=_per_channel, show=_list),
+    "std": Rule(test=_positive_per_channel, show=_list),
     "input_size": Rule(test=_size, show=lambda size: ",".join(map(str, size))),
     "interpolation": Rule(choices=INTERPOLATIONS),
     "crop_pct": Rule(low=0, high=1, low_open=True, must="lie in (0, 1]", show=str),

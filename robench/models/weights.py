@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from robench.core.files import kind_of
 from robench.errors import RobenchError
 from robench.models.spec import ModelSpec
 
@@ -38,7 +39,9 @@ def _load_state(path: Path) -> dict[str, Tensor]:
     from timm.models import load_state_dict
 
     if not path.is_file():
-        raise RobenchError(f"checkpoint not found: {path}")
+        kind = kind_of(path)
+        raise RobenchError(f"checkpoint {path} is {kind}, not a checkpoint file" if kind else
+                           f"checkpoint not found: {path}")
     check_not_results(path)
     if path.suffix != ".safetensors":
         check_archive(path)

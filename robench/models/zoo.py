@@ -33,7 +33,7 @@ class ZooEntry:
 
 
 def _entry(name: str, arch: str, attack: str, summary: str, label: str = "true") -> ZooEntry:
-    return ZooEntry(name, TrainConfig(arch=arch, attack=attack, label=label, epochs=EPOCHS), summary)
+    return ZooEntry(name, TrainConfig(arch=arch, train_attack=attack, label=label, epochs=EPOCHS), summary)
 
 
 ZOO: dict[str, ZooEntry] = {

@@ -261,22 +261,27 @@ def epoch_bar(epochs: int, enabled: bool = True, stream: TextIO | None = None,
                    console=console(err=True) if stream is None else _console_on(stream))
     tasks: dict[int, TaskID] = {}
 
-    def update(stats: EpochStats) -> None:
+    def update(stats: EpochStats) -> None:  # the bar opens at the first report: an error before it prints alone
+        if not tasks:
+            bar.start()
         if stats.epoch not in tasks:
             tasks[stats.epoch] = bar.add_task("", total=stats.total, completed=stats.seen, base=stats.seen,
                                               epoch=stats.epoch, loss=stats.loss, acc=stats.accuracy)
         else:
             bar.update(tasks[stats.epoch], completed=stats.seen, loss=stats.loss, acc=stats.accuracy)
 
-    with bar:
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def warn(message: str) -> None:
     """A warning on stderr, one line however long (paths and messages are printed as they are)."""
     from rich.markup import escape
 
-    console(err=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    console(err=True).print(f"[yellow]robench: warning:[/] {escape(message)}", soft_wrap=True)
 
 
 @contextmanager

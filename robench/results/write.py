@@ -68,7 +68,7 @@ def write_results(path: Path, meta: dict[str, Any], rows: pd.DataFrame,
     gates use for paired tests; ``.csv`` holds the rows with the provenance beside it in
     ``<file>.meta.json``; ``.md`` holds a provenance header and the table.
     """
-    check_output(path)
+    check_output(path, regular=True)
     suffix = path.suffix.lower()
     if suffix == ".json":
         atomic_write_text(path, json.dumps(results_doc(meta, rows, samples), indent=2, allow_nan=False) + "\n")

@@ -65,7 +65,7 @@ from robench.engine import correct
 from robench.errors import FieldError, FieldNote
 from robench.models import Normalized, check_name, training_model
 from robench.models.checkpoint import input_metadata, save_checkpoint
-from robench.models.recipe import TrainConfig
+from robench.models.recipe import RECORDED, TrainConfig
 
 
 def sample_eps(n: int, eps_max: float, sigma: float, gen: torch.Generator) -> Tensor:
@@ -140,7 +140,7 @@ def draw(k: int, image_shape: tuple[int, ...], cfg: TrainConfig, gen: torch.Gene
     """
     eps = torch.full((k,), float(cfg.eps_max)) if cfg.eps_dist == "fixed" else \
         sample_eps(k, cfg.eps_max, cfg.eps_sigma, gen)
-    return Draws(eps, start_noise((k, *image_shape), gen) if crafting(cfg.attack).random_start else None)
+    return Draws(eps, start_noise((k, *image_shape), gen) if crafting(cfg.train_attack).random_start else None)
 
 
 def craft_batch(model: nn.Module, x: Tensor, y: Tensor, draws: Draws, cfg: TrainConfig) -> Tensor:
@@ -149,7 +149,7 @@ def craft_batch(model: nn.Module, x: Tensor, y: Tensor, draws: Draws, cfg: Train
     What to do comes from the attack registry (``crafting``); the steps are the attacks' own
     (``descend``: sign gradient, projection into the eps-ball and [0, 1]), with a per-example eps tensor.
     """
-    how = crafting(cfg.attack)
+    how = crafting(cfg.train_attack)
     unit = to_unit(draws.eps).view(-1, 1, 1, 1).to(x.device)
     steps, size = (cfg.steps, 2.5 * unit / cfg.steps) if how.iterative else (1, unit)
     with attack_mode(model):
@@ -182,7 +182,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tenso
     number of clean examples and how many of them were right.
     """
     n = len(y) if batch_size is None else batch_size
-    k = 0 if cfg.attack == "none" else round(cfg.adv_fraction * n)
+    k = 0 if cfg.train_attack == "none" else round(cfg.adv_fraction * n)
     adv = _adversarial(unwrap(model), x, y, k, cfg, gen, dist)
     clean_x, clean_y, adv_y = x[len(adv):], y[len(adv):], y[: len(adv)]
     model.train()
@@ -248,7 +248,7 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
 
     The numbering itself is recorded anyway, as the checkpoint's ``classes``.
     """
-    recipe = dataclasses.asdict(cfg)
+    recipe = {RECORDED.get(k, k): v for k, v in dataclasses.asdict(cfg).items()}  # input_size, attack: as ever
     for name, default in (("class_order", "natural"), ("classes", None), ("val_fraction", 0.1),
                           ("eps_dist", "folded_normal")):
         if recipe[name] == default:
@@ -335,7 +335,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     """
     cfg.validate()
     if dist.is_main:
-        check_output(out, (".safetensors",), "out")
+        check_output(out, (".safetensors",), "out", regular=True)
     check_name(cfg.arch)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -345,7 +345,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     if tail and warn is not None and dist.is_main:
         warn(f"{len(source.ids)} training samples in minibatches of {cfg.batch_size} end each epoch with {tail}, "
              f"fewer than 2 per process (BatchNorm cannot train on one): each epoch leaves {tail} out, drawn anew")
-    model, input_cfg = training_model(cfg.arch, source.num_classes, source.native, cfg.input_size)
+    model, input_cfg = training_model(cfg.arch, source.num_classes, source.native, cfg.image_size)
     note = channel_note(cfg.arch, input_cfg.channels, source)
     if note and warn is not None and dist.is_main:
         warn(note)
