@@ -259,9 +259,11 @@ def probe_models(opened: Opened, run: RunSpec, dist: Dist, status: Status | None
         return Probed()
     flags, seen = [], 0
     for k, m in enumerate(opened.models, start=1):
-        if status is not None:
+        first = probes.first_samples(opened.source, m.input, run.probe_samples)  # an unreadable image fails here,
+        if status is not None:  # before a stage line, so bad data is one line
             status(what, f"health probes on {m.spec.label} ({k}/{len(opened.models)})")
-        found, n = probes.probe_first(m.module, opened.source, m.input, run.probe_samples, m.spec.label)
-        flags += found
-        seen = max(seen, n)
+        if first is None:
+            continue
+        flags += probes.probe(m.module, *first, m.spec.label)
+        seen = max(seen, len(first[1]))
     return Probed(flags, seen, run.probe_samples)
