@@ -266,8 +266,8 @@ def check_space(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, i
 
 
 def human_bytes(n: int) -> str:
-    """Bytes in kB, MB, GB (powers of 1000), three significant digits."""
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+    """Bytes in kB, MB, GB, TB (powers of 1000), three significant digits."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n} bytes"
