@@ -106,6 +106,22 @@ def test_blocks_are_written_as_the_run_passes_them(tmp_path: Path, monkeypatch: 
     assert all(torch.equal(again[k], v) for k, v in first.items())
 
 
+def test_each_shard_is_read_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources and attacks interleave per batch; each keeps its own blocks read, so none is read again."""
+    monkeypatch.setattr(store, "BLOCK", 10)
+    _fill(tmp_path, 4)
+    read: list[Path] = []
+    shard = ExampleCache._shard
+
+    def counting(self: ExampleCache, path: Path, *args: Any) -> Any:
+        read.append(path)
+        return shard(self, path, *args)
+
+    monkeypatch.setattr(ExampleCache, "_shard", counting)
+    _fill(tmp_path, 4)
+    assert sorted(read) == _shards(tmp_path)
+
+
 def test_a_corrupt_shard_is_crafted_again_with_one_warning(tmp_path: Path) -> None:
     first = _fill(tmp_path, 9)
     broken = _shards(tmp_path)[1]

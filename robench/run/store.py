@@ -156,14 +156,15 @@ class ExampleCache:
         self._read.pop((folder, block), None)
 
     def _block(self, folder: Path, block: int, per: int, names: list[str], shape: tuple[int, ...]) -> dict[str, Entry]:
-        """Every sample kept in one block's shards (all ranks' files), the last two blocks read held in memory."""
+        """Every sample kept in one block's shards (all ranks' files); each folder's last two blocks read are held."""
         if (folder, block) not in self._read:
             entries: dict[str, Entry] = {}
             for path in sorted(folder.glob(f"b{block:06d}.r*.safetensors")):
                 entries = {**self._shard(path, block, names, shape), **entries}
             self._read[(folder, block)] = entries
-            while len(self._read) > 2:
-                self._read.popitem(last=False)
+            held = [k for k in self._read if k[0] == folder]
+            for k in held[:-2]:  # per (source, attack): the block now and the one before
+                del self._read[k]
         return self._read[(folder, block)]
 
     def _shard(self, path: Path, block: int, names: list[str] | None,
