@@ -82,7 +82,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, **run), cache)
     with distributed_run(cfg.run.device, quiet) as (dist, reporter):
-        result = run_transfer(cfg, reporter.progress, say, dist, reporter.status)
+        result = run_transfer(cfg, reporter.progress, say, dist, reporter.status, None if quiet else _note)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders
         return
     for out in outs:
@@ -95,3 +95,8 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
         if (result.rows["source"] != result.rows["target"]).any():
             console().print(transfer_summary(result.rows))
     health_warnings(result.health)
+
+
+def _note(message: str) -> None:
+    """A line of information on stderr (stdout keeps the tables)."""
+    click.echo(f"robench: {message}", err=True)

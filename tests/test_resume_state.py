@@ -229,8 +229,8 @@ def test_stale_temporary_files_of_the_example_cache_are_removed(tmp_path: Path) 
     model = SimpleNamespace(spec=SimpleNamespace(label="m"), function=lambda: ["arch", "weights"])
     cache = ExampleCache(tmp_path, [model], 0, ["a", "b"])  # type: ignore[list-item]
     folder = ExampleCache._folder(ExampleCache(tmp_path, [model], 0, ["a", "b"]), "m", spec)  # type: ignore
-    stale, fresh = _aged(folder / "ab" / ".abcd.safetensors.x1.tmp", 2), _aged(folder / "ab" / ".ef.x2.tmp", 0.1)
-    kept = _aged(folder / "ab" / "abcd.safetensors", 2)
+    stale, fresh = _aged(folder / ".b000000.r0.safetensors.x1.tmp", 2), _aged(folder / ".ef.x2.tmp", 0.1)
+    kept = _aged(folder / "b000000.r0.safetensors", 2)
     assert cache._folder("m", spec) == folder  # type: ignore[arg-type]
     assert not stale.exists() and fresh.exists() and kept.exists()
 

@@ -13,7 +13,6 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from robench import engine
 from robench.analysis import metrics
 from robench.attacks.suite import load_suite, override, parse_suite
 from robench.cli.main import main
@@ -82,16 +81,16 @@ def test_truncated_cache_files_are_crafted_again_with_one_warning(tmp_path: Path
     cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=12, batch_size=6)
     first = run_transfer(TransferConfig(PAIR, run=run, cache=cache))
     files = sorted(cache.rglob("*.safetensors"))
-    assert len(files) == 2 * 2 * 12  # sources x attacks x samples
-    files[5].write_bytes(files[5].read_bytes()[:40])
-    files[7].write_bytes(b"")
+    assert len(files) == 2 * 2  # sources x attacks x blocks (12 samples: one block)
+    files[1].write_bytes(files[1].read_bytes()[:40])
+    files[2].write_bytes(b"")
     warnings: list[str] = []
     again = run_transfer(TransferConfig(PAIR, run=run, cache=cache), warn=warnings.append)
     assert again.rows.equals(first.rows)
-    assert 1 <= again.outcomes.crafted <= 2  # only the attacks whose files broke, on the broken samples alone
+    assert again.outcomes.crafted == 2 * 2  # the two broken (source, attack) shards, once per batch of 6
     said = [w for w in warnings if "crafted again" in w]
     assert len(said) == 1 and said[0].startswith("2 cache files were bad, the first ")
-    assert str(files[5]) in said[0] or str(files[7]) in said[0]
+    assert str(files[1]) in said[0] or str(files[2]) in said[0]
     assert "unreadable: " in said[0]
     third = run_transfer(TransferConfig(PAIR, run=run, cache=cache))  # the broken files were written anew
     assert third.outcomes.crafted == 0
@@ -114,70 +113,78 @@ def _flip_a_data_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _rewrite(change: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> Callable[[Path, str], None]:
-    """Write the file's tensors changed by ``change``, with a checksum that matches them (a careful forger)."""
-    def rewrite(path: Path, sample_id: str) -> None:
-        from safetensors.torch import load_file, save_file
+def _rewrite(change: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> Callable[[Path], None]:
+    """Write the shard's tensors changed by ``change``, with a checksum that matches them (a careful forger)."""
+    def rewrite(path: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
 
-        from robench.run.store import checksum
+        from robench.run.store import shard_checksum
 
-        tensors = change(load_file(str(path))["eps=8.0"])
-        save_file(tensors, str(path), metadata={"sha256": checksum(path.parent.parent.name, sample_id, tensors)})
+        with safe_open(str(path), framework="pt") as f:
+            meta, q = f.metadata(), f.get_tensor("eps=8.0")
+        tensors = change(q)
+        meta["sha256"] = shard_checksum(path.parent.name, 0, json.loads(meta["keys"]), tensors)
+        save_file(tensors, str(path), metadata=meta)
     return rewrite
 
 
 def _with_min(q: torch.Tensor) -> dict[str, torch.Tensor]:
     q = q.clone()
-    q[0, 0, 0] = -128
+    q[2, 0, 0, 0] = -128
     return {"eps=8.0": q}
 
 
-def _no_checksum(path: Path, sample_id: str) -> None:
+def _no_checksum(path: Path) -> None:
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    save_file(load_file(str(path)), str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    del meta["sha256"]
+    save_file(load_file(str(path)), str(path), metadata=meta)
 
 
 def _sibling(path: Path) -> Path:
-    """Another sample's file of the same source and attack."""
+    """Another attack's or source's shard of the same block."""
     return next(f for f in sorted(path.parent.parent.rglob("*.safetensors")) if f != path)
 
 
 TAMPERING = {
-    "a flipped byte": (lambda path, _: _flip_a_data_byte(path), "checksum mismatch: altered or torn"),
+    "a flipped byte": (_flip_a_data_byte, "checksum mismatch: altered or torn"),
     "another key": (_rewrite(lambda q: {"eps=4.0": q}), "holds ['eps=4.0'], not ['eps=8.0']"),
     "a key too many": (_rewrite(lambda q: {"eps=8.0": q, "eps=4.0": q.clone()}),
                        "holds ['eps=4.0', 'eps=8.0'], not ['eps=8.0']"),
     "float32 NaN": (_rewrite(lambda q: {"eps=8.0": torch.full(q.shape, float("nan"))}),
                     "eps=8.0 is torch.float32, not torch.int8"),
-    "another shape": (_rewrite(lambda q: {"eps=8.0": q[:, :16].contiguous()}),
-                      "eps=8.0 has shape (3, 16, 32), not (3, 32, 32)"),
+    "another shape": (_rewrite(lambda q: {"eps=8.0": q[:, :, :16].contiguous()}),
+                      "eps=8.0 has shape (6, 3, 16, 32), not (6, 3, 32, 32)"),
+    "a sample too few": (_rewrite(lambda q: {"eps=8.0": q[1:].contiguous()}),
+                         "eps=8.0 has shape (5, 3, 32, 32), not (6, 3, 32, 32)"),
     "-128": (_rewrite(_with_min), "eps=8.0 holds -128, outside [-127, 127]"),
     "no checksum": (_no_checksum, "no checksum"),
-    "another sample's file": (lambda path, _: path.write_bytes(_sibling(path).read_bytes()),
-                              "checksum mismatch: altered or torn"),
+    "another attack's shard": (lambda path: path.write_bytes(_sibling(path).read_bytes()),
+                               "checksum mismatch: altered or torn"),
 }
 
 
 @pytest.mark.parametrize(("tamper", "why"), list(TAMPERING.values()), ids=list(TAMPERING))
 def test_a_tampered_cache_file_is_crafted_again_and_rewritten(
-        tamper: Callable[[Path, str], None], why: str, cached: tuple[Path, object], tmp_path: Path) -> None:
-    """A file is trusted only with the eps keys, int8, the input's shape, |q| <= 127 and a matching checksum."""
-    import hashlib
+        tamper: Callable[[Path], None], why: str, cached: tuple[Path, object], tmp_path: Path) -> None:
+    """A shard is trusted only with the eps keys, int8, its samples' shape, |q| <= 127 and a matching checksum."""
     import shutil
 
     cache = tmp_path / "cache"
     shutil.copytree(cached[0], cache)
     first = cached[1]
     path = sorted(cache.rglob("*.safetensors"))[3]
-    keys = [engine.sample_key(i, c) for i, c in zip(first.outcomes.ids, first.outcomes.content, strict=True)]
-    tamper(path, next(k for k in keys if hashlib.sha256(k.encode()).hexdigest() == path.stem))
+    tamper(path)
     warnings: list[str] = []
     again = run_transfer(TransferConfig(PAIR, run=TAMPERED_RUN, cache=cache), warn=warnings.append)
     assert again.rows.equals(first.rows)
-    assert again.outcomes.crafted == 1  # the one source and attack whose file was bad, on its sample alone
+    assert again.outcomes.crafted == 1  # the one source and attack whose shard was bad
     assert [w for w in warnings if "crafted again" in w] == [
-        f"cache file {path} was bad ({why}); its examples were crafted again and the file rewritten"]
+        f"cache file {path} was bad ({why}); its examples were crafted again and written anew"]
     warnings.clear()
     third = run_transfer(TransferConfig(PAIR, run=TAMPERED_RUN, cache=cache), warn=warnings.append)
     assert third.outcomes.crafted == 0 and not [w for w in warnings if "crafted again" in w]  # rewritten, trusted
@@ -192,8 +199,8 @@ def test_cache_files_hold_int8_perturbations_within_eps(tmp_path: Path) -> None:
     for path in cache.rglob("*.safetensors"):
         tensors = load_file(str(path))
         assert list(tensors) == ["eps=8.0"]
-        assert tensors["eps=8.0"].dtype == torch.int8 and tensors["eps=8.0"].shape == (3, 32, 32)
-        assert path.stat().st_size < 3 * 32 * 32 + 200  # a byte per pixel and a small header
+        assert tensors["eps=8.0"].dtype == torch.int8 and tensors["eps=8.0"].shape == (4, 3, 32, 32)
+        assert path.stat().st_size < 4 * (3 * 32 * 32 + 100) + 300  # a byte per pixel, a key, a small header
     for o in done.outcomes.pairs.values():
         assert (o.linf[1:] <= 8.0 + 1e-4).all()  # what was scored stays within eps (1/255 units)
 
@@ -209,13 +216,15 @@ def test_save_returns_the_examples_a_load_gives_and_the_engine_scores_them(
     g = torch.Generator().manual_seed(0)
     x, ids, spec = torch.rand(3, 3, 32, 32, generator=g), ["a", "b", "c"], CHEAP.attacks[0]
     crafted = [(8.0, (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 8 / 255).clamp(0, 1))]
-    kept = cache.save("effnet-base", spec, ids, x, crafted)
-    loaded = cache.load("effnet-base", spec, ids, x)
+    kept = cache.save("effnet-base", spec, ids, x, crafted, [0, 1, 2])
+    cache.flush()
+    loaded = ExampleCache(tmp_path / "cache", opened.models, run.seed, opened.source.classes).load(
+        "effnet-base", spec, ids, x, [0, 1, 2])
     assert not torch.equal(kept[0][1], crafted[0][1])  # lossy, and what the engine scores is the kept one
     for row, examples in enumerate(loaded):
         assert torch.equal(examples[0][1], kept[0][1][row])
 
-    def clean_as_kept(self, source, spec, ids, x, examples):  # noqa: ANN001, ANN202 - save's own signature
+    def clean_as_kept(self, source, spec, ids, x, examples, rows):  # noqa: ANN001, ANN202 - save's own signature
         return [(e, x.clone()) for e, _ in examples]
 
     monkeypatch.setattr(ExampleCache, "save", clean_as_kept)
@@ -241,33 +250,6 @@ def test_quantized_examples_stay_within_eps_and_close_to_the_crafted_ones(eps: f
     assert (kept - x_adv).abs().max() <= unit / 254 + 1e-7
     if eps == 0:
         assert torch.equal(kept, x)
-
-
-def test_a_cache_of_the_old_float32_format_is_not_read(tmp_path: Path) -> None:
-    """Old files sit in folders keyed without the format: never found, so never misread as int8 steps."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    from robench.core.distributed import LOCAL
-    from robench.run.store import ExampleCache
-
-    cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=6, batch_size=6)
-    fresh = run_transfer(TransferConfig(PAIR, run=run))
-    opened = runspec.open_run(run, PAIR, LOCAL)
-    for m in opened.models:
-        for spec in CHEAP.attacks:
-            key = json.dumps([*m.function(), spec.describe(), run.seed, opened.source.classes], sort_keys=True)
-            folder = cache / hashlib.sha256(key.encode()).hexdigest()[:32]  # the float32 format's folder
-            for sample_id in fresh.outcomes.ids:
-                path = ExampleCache._file(folder, sample_id)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({"eps=8.0": torch.full((3, 32, 32), 0.5)}, str(path))
-    warnings: list[str] = []
-    done = run_transfer(TransferConfig(PAIR, run=run, cache=cache), warn=warnings.append)
-    assert done.outcomes.crafted == 2 * 2  # sources x attacks: every example crafted anew
-    assert not [w for w in warnings if "crafted again" in w]
-    assert len(list(cache.rglob("*.safetensors"))) == 2 * (2 * 2 * 6)  # the old files beside the new ones
 
 
 class OomAbove(nn.Module):

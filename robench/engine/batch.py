@@ -104,14 +104,16 @@ class _Batch:
 
     def examples(self, s: Participant, spec: AttackSpec, x: Tensor, labels: Labels) -> Examples:
         """The source's examples for one attack: from the store where it has them, else crafted once."""
-        kept = self.store.load(s.label, spec, self.keys, x) if self.store else [None] * len(self.ids)
+        rows = self.rows.tolist()  # positions in the run: a store may group samples by them
+        kept = self.store.load(s.label, spec, self.keys, x, rows) if self.store else [None] * len(self.ids)
         missing = [i for i, k in enumerate(kept) if k is None]
         if not missing:
             return [(e, torch.stack([k[j][1] for k in kept if k is not None]).to(x.device))
                     for j, e in enumerate(spec.eps)]
         made = self.craft(s, spec, x, labels, missing)
         if self.store:  # scored as kept, so a rerun that reads them back gives the same numbers
-            made = self.store.save(s.label, spec, [self.keys[i] for i in missing], x[missing], made)
+            made = self.store.save(s.label, spec, [self.keys[i] for i in missing], x[missing], made,
+                                   [rows[i] for i in missing])
         if len(missing) == len(kept):
             return made
         rows = {r: j for j, r in enumerate(missing)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,14 +36,17 @@ class ExampleStore(Protocol):
 
     ``ids`` are the samples' keys (id and content hash: the same name with other pixels is
     another sample). ``x`` is the source's clean input of those samples ([N, C, H, W], rows as ``ids``): a store
-    may keep the perturbation rather than the example. ``save`` returns the examples exactly as
+    may keep the perturbation rather than the example. ``rows`` are the samples' positions in the run (a store may
+    group samples by them; it must still find a sample by its key alone). ``save`` returns the examples exactly as
     a later ``load`` gives them back, and the engine scores those, so a run's numbers do not
     depend on whether the store already had them (a lossy store included).
     """
 
-    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor) -> list[Examples | None]: ...
+    def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor,
+             rows: Sequence[int]) -> list[Examples | None]: ...
 
-    def save(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor, examples: Examples) -> Examples: ...
+    def save(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor, examples: Examples,
+             rows: Sequence[int]) -> Examples: ...
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from robench.errors import FieldError
 from robench.models import LoadedModel
 from robench.results.provenance import dataset_record, envelope
 from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, probe_models
-from robench.run.store import ExampleCache
+from robench.run.store import ExampleCache, check_space, open_store
 
 TRANSFER_FIELDS = {  # robench.core.fields; the labels are checked against the models once they are open
     "models": Rule(tuple, "a tuple of model specs (text)", test=model_texts_problem),
@@ -112,6 +112,7 @@ def _check_cache(path: Path | None) -> None:
     except OSError as e:
         raise FieldError("cache", f"{{name}} {path} is not a writable folder ({e.strerror}); "
                          f"choose another folder") from None
+    open_store(path)
 
 
 def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel]) -> engine.Plan:
@@ -138,13 +139,15 @@ def full_strength(suite: Suite, warn: Callable[[str], None] | None) -> Suite:
 
 
 def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None,
-                 dist: Dist = LOCAL, status: Status | None = None) -> TransferResult | None:
+                 dist: Dist = LOCAL, status: Status | None = None,
+                 note: Callable[[str], None] | None = None) -> TransferResult | None:
     """Craft on every source once per batch, score on every target; see the module docstring.
 
     ``progress`` and ``status`` hear the images done and the stage now, as in ``run_eval``.
 
     Under torchrun (``dist``) each rank takes its shard of the samples; rank 0 gets the
     result, identical sample by sample to a one-process run, and the others get None.
+    ``note`` hears, before any work, the bytes the example store will take (rank 0's).
     """
     if not cfg.models:
         raise FieldError("models", "transfer-matrix needs at least one {name}")
@@ -154,12 +157,19 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
         warn(f"transfer-matrix with one model ('{sources[0].spec.label}') measures only its white-box diagonal, no "
              f"transfer; give two or more models (-m)")
-    probed = probe_models(opened, cfg.run, dist, status, "transfer")
-    cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes) if cfg.cache else None
-    hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
     suite = full_strength(cfg.run.suite, warn)
-    done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
-                      dist, hooks)
+    cache = None
+    if cfg.cache is not None:
+        cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes, dist.rank, dist.world_size)
+        check_space(cache, sources, suite, opened.source.ids, note if dist.rank == 0 else None)
+    probed = probe_models(opened, cfg.run, dist, status, "transfer")
+    hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
+    try:
+        done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
+                          dist, hooks)
+    finally:  # the blocks still held: on an interrupted run too, what was crafted is kept
+        if cache is not None:
+            cache.flush()
     if cache is not None:
         cache.report(warn)
     if done is None:
