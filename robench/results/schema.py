@@ -212,7 +212,7 @@ class ProbesRecord(_Open):
     """How many samples the health probes saw: the run's first ``samples``, at most ``max_samples``."""
 
     samples: Count | None = Field(None, description="the samples each model was probed on (the run's first)")
-    max_samples: Count | None = Field(None, description="the most the run allowed (--probe-samples)")
+    max_samples: Count | None = Field(None, description="the most the run allowed (the run's probe_samples)")
 
 
 class ResultsFile(_Open):
@@ -236,7 +236,7 @@ class ResultsFile(_Open):
     semantics: str | None = None
     verdicts: dict[str, str] | None = Field(None, description="leak-check: LEAK, OK or INCONCLUSIVE per model")
     health: list[Finding] | None = None
-    probes: ProbesRecord | None = Field(None, description="null when the probes did not run (--no-health); absent "
+    probes: ProbesRecord | None = Field(None, description="null when the probes did not run (health probes off); absent "
                                         "from files written before robench bounded them")
     rows: list[Row] = Field(min_length=1)
     samples: Samples | None = None
