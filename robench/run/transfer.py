@@ -33,6 +33,7 @@ from robench.engine import Progress, Status, correct
 from robench.errors import FieldError
 from robench.models import LoadedModel
 from robench.results.provenance import dataset_record, envelope
+from robench.run.precision import check_precision
 from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, probe_models
 from robench.run.store import ExampleCache
 
@@ -149,12 +150,16 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     if not cfg.models:
         raise FieldError("models", "transfer-matrix needs at least one {name}")
     _check_cache(cfg.cache)
+    if cfg.cache is not None and cfg.run.amp is not None:  # the cache keys on the models, not on their precision
+        raise FieldError("amp", "{name} cannot be combined with {cache}: the example cache does not yet key on "
+                                "precision; leave out one of them", "cache")
     opened = open_run(cfg.run, cfg.models, dist, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
     if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
         warn(f"transfer-matrix with one model ('{sources[0].spec.label}') measures only its white-box diagonal, no "
              f"transfer; give two or more models (-m)")
     flags = probe_models(opened, cfg.run, dist, status, "transfer")
+    opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
     cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes) if cfg.cache else None
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
     suite = full_strength(cfg.run.suite, warn)
@@ -172,6 +177,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = s_labels, t_labels
     meta["crafted_attack_calls"] = out.crafted
+    meta["precision"] = opened.precision
     meta["semantics"] = suite.semantics()
     flags = [*flags, *transfer_health(out, rows, cfg.run.suite)]
     meta["health"] = health.records(flags)
