@@ -204,7 +204,7 @@ class AmpCheck(_Open):
     outcomes: Count
     changed: Count = Field(description="top-1/top-5 outcomes that differ from float32")
     samples_changed: Count
-    accepted: bool = Field(description="outcomes changed and the user confirmed (--amp-accept-changes)")
+    accepted: bool = Field(description="outcomes changed and the user confirmed them (amp_accept_changes)")
 
 
 class Precision(_Open):
