@@ -18,6 +18,8 @@ from .options import (
     model_option,
     out_option,
     precheck,
+    print_dry_run,
+    refuse_overwrite,
     resume_option,
     run_inputs,
     run_options,
@@ -60,6 +62,9 @@ from .options import (
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="X",
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
 @click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
+@click.option("--dry-run", is_flag=True,
+              help="Time one batch per model and attack and print the passes per sample and the estimated time "
+                   "of the whole run on this device; writes no results.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: str | None,
                  attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str, cascade: bool | None,
@@ -67,8 +72,8 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
                  resume: Path | None, outs: tuple[Path, ...], plot: Path | None,
                  per_sample: Path | None, rules_path: Path | None, baseline_path: Path | None, junit: Path | None,
                  summary: Path | None,
-                 clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, quiet: bool,
-                 **run: Any) -> None:
+                 clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, dry_run: bool,
+                 quiet: bool, **run: Any) -> None:
     """Attack each model with its own gradients across attacks x eps.
 
     Prints clean and adversarial top-1 / top-5 accuracy, and per eps the "worst"
@@ -113,6 +118,11 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
                      refs, clean_ref_tol)
     if gate is not None:
         check_planned_rows(gate, cfg)
+    if dry_run:
+        refuse_overwrite([*(("--out", o) for o in outs), ("--plot", plot), ("--per-sample", per_sample),
+                          ("--junit", junit), ("--summary", summary)])
+        print_dry_run(cfg)
+        return
     with distributed_run(cfg.run.device, quiet, resume) as (dist, reporter):
         result = run_eval(cfg, reporter.progress, say, dist, reporter.status,
                           on_open=samples_check(gate) if gate is not None else None)

@@ -44,6 +44,7 @@ MAX_THREADS = 1024
 MAX_WORKERS = 256
 PROBE_SAMPLES = 32  # robench.analysis.probes.PROBE_SAMPLES, RunSpec's default (the same test checks it)
 CLASS_ORDERS = ("natural", "lexical")  # robench.data.classes.CLASS_ORDERS (the same test checks it)
+AMP_CHOICES = ("bf16", "fp16")  # robench.models.accel.AMP_CHOICES (the same test checks it)
 
 
 def model_option(default: str) -> Decorator:
@@ -115,6 +116,19 @@ _RUN_OPTIONS: dict[str, Declared] = {
         "type": click.Path(dir_okay=False), "metavar": "FILE",
         "help": "Class names in index order, one a line: numbers an image folder's class folders (every folder must "
                 "be named; over checkpoints' recorded classes)."}),
+    "amp": (("--amp",), {
+        "type": click.Choice(AMP_CHOICES),
+        "help": "Attacks and scoring under autocast to bfloat16 or float16 (fp16: CUDA only). The first batch also "
+                "runs in float32; if any outcome differs the run stops and says how many. Recorded in the results."}),
+    "amp_accept_changes": (("--amp-accept-changes",), {
+        "is_flag": True,
+        "help": "With --amp: go on when the first batch's outcomes differ from float32 (counted in the results)."}),
+    "compile": (("--compile",), {
+        "is_flag": True, "help": "torch.compile every model (needs a compiler; the first batches are slower). "
+                                 "Recorded in the results."}),
+    "channels_last": (("--channels-last/--no-channels-last",), {
+        "default": None,
+        "help": "Channels-last memory for the models and their inputs. Default: on CUDA only."}),
 }
 PREPROCESS = ("mean", "std", "input_size", "interpolation", "crop_pct")  # options that make RunSpec.preprocess
 
@@ -391,3 +405,23 @@ def build_suite(suite_name: str | None, attack_names: tuple[str, ...], eps_text:
     if early_stop is not None:
         suite = dataclasses.replace(suite, early_stop=early_stop)
     return suite
+
+
+def refuse_overwrite(outputs: list[tuple[str, Path | None]]) -> None:
+    """--dry-run writes nothing: refuse, before any work, an output it would leave standing as if it were new."""
+    from robench.errors import RobenchError
+
+    for option, path in outputs:
+        if path is not None and str(path) != "-" and path.exists():
+            raise RobenchError(f"--dry-run writes no results, but {option} {path} exists and the real run would "
+                               f"overwrite it; move it away or leave out {option}")
+
+
+def print_dry_run(cfg: Any) -> None:
+    """Run ``robench.run.dryrun.dry_run`` on an EvalConfig and print its table."""
+    from robench.render.console import console
+    from robench.render.tables import dry_run_table
+    from robench.run.dryrun import dry_run
+
+    rows = dry_run(cfg, say)
+    console().print(dry_run_table(rows, rows.attrs["device"]))

@@ -237,6 +237,10 @@ def test_choices_are_the_librarys_lists() -> None:
     for path in ("eval", "transfer-matrix", "leak-check", "train"):
         assert _choices(path, "--class-order") == CLASS_ORDERS
     assert _choices("eval", "--interpolation") == INTERPOLATIONS
+    from robench.models.accel import AMP_CHOICES
+
+    for path in ("eval", "transfer-matrix", "leak-check"):
+        assert _choices(path, "--amp") == AMP_CHOICES
     units = _choices("eval", "--eps-unit")
     assert units == ("1/255", "pixel")  # parse_eps reads a plain number in pixels with unit "pixel", else /255
     assert (parse_eps("8", unit="1/255"), parse_eps("0.03", unit="pixel")) == pytest.approx((8, 7.65))

@@ -28,6 +28,8 @@ from robench.errors import FieldError
 if TYPE_CHECKING:
     from PIL import Image
 
+PREFETCH = 4  # batches each loader worker decodes ahead (torch's default 2 leaves a fast GPU waiting on decoding)
+
 # index -> (image, label, content hash or None: then the decoded pixels' hash). The image is a PIL image as a
 # folder or timm dataset gives it (Any: a third-party dataset's items are not typed).
 GetItem = Callable[[int], tuple[Any, int, str | None]]
@@ -88,6 +90,7 @@ class ImageSource:
     native: tuple[int, int, int] | None = None  # the first image's (channels, height, width)
     # index -> content hash without decoding (a file's bytes); None: decode and hash the pixels
     digest: Callable[[int], str] | None = None
+    pin_memory: bool = False  # batches in page-locked memory, for copies to a GPU that overlap its work
 
     def batches(self, cfg: InputConfig, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Batches in id order (or ``order``); an unreadable image stops the run with its file name.
@@ -98,7 +101,8 @@ class ImageSource:
         order = torch.arange(len(self.ids)) if order is None else order
         loader = torch.utils.data.DataLoader(
             _Decoded(self.get, self.index[order.numpy()], cfg),
-            batch_size=batch_size, num_workers=self.workers, collate_fn=_collate,
+            batch_size=batch_size, num_workers=self.workers, collate_fn=_collate, pin_memory=self.pin_memory,
+            prefetch_factor=PREFETCH if self.workers else None,
         )
         for images, labels, positions, digests, reasons in loader:
             rows, good = order[positions], labels >= 0

@@ -64,11 +64,14 @@ class _Batch:
         self.store, self.warn, self.tracker = hooks.store, hooks.warn, tracker
         first = next(iter(views.values()))
         device = _device(plan)
-        self.rows, self.labels, self.y = first.rows.numpy(), first.labels.numpy(), first.labels.to(device)
+        # non-blocking: a copy from pinned memory overlaps the GPU's work; from pageable memory, or to the CPU, it is
+        # an ordinary copy. Either way the stream orders it before any use.
+        self.rows, self.labels = first.rows.numpy(), first.labels.numpy()
+        self.y = first.labels.to(device, non_blocking=True)
         self.ids = [out.ids[r] for r in self.rows.tolist()]
         content = first.content or ("",) * len(self.ids)
         self.keys = [sample_key(i, c) for i, c in zip(self.ids, content, strict=True)]  # what a store keys on
-        self.x = {c: b.images.to(device) for c, b in views.items()}
+        self.x = {c: b.images.to(device, non_blocking=True) for c, b in views.items()}
 
     def run(self) -> None:
         """Clean forwards once per model, then every source's examples."""

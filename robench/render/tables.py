@@ -119,3 +119,27 @@ def leak_table(rows: pd.DataFrame) -> Table:
             )
         table.add_section()
     return table
+
+
+def dry_run_table(rows: pd.DataFrame, device: str) -> Table:
+    """A dry run's estimate: per model and attack, passes per sample and the time for every sample."""
+    from rich.table import Table
+
+    table = Table(title=f"robench dry run on {device}: one batch timed, nothing written")
+    for name in ("model", "attack", "passes / sample", "ms / sample", "samples", "estimate"):
+        table.add_column(name, justify="left" if name in ("model", "attack") else "right")
+    for r in rows.to_dict("records"):
+        table.add_row(str(r["model"]), str(r["attack"]), f"{r['passes_per_sample']:g}",
+                      f"{float(r['seconds_per_sample']) * 1e3:.2f}", str(r["samples"]),
+                      duration(float(r["estimated_seconds"])))
+    total = float(rows["estimated_seconds"].sum())
+    table.add_section()
+    table.add_row("all", "", "", "", "", duration(total))
+    return table
+
+
+def duration(seconds: float) -> str:
+    """Seconds as 45 s, 12.5 min or 3.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

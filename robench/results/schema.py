@@ -197,6 +197,25 @@ class Config(_Open):
     suite: SuiteRecord | None = None
 
 
+class AmpCheck(_Open):
+    """The first batch under --amp against float32 (robench.run.precision)."""
+
+    samples: Count
+    outcomes: Count
+    changed: Count = Field(description="top-1/top-5 outcomes that differ from float32")
+    samples_changed: Count
+    accepted: bool = Field(description="outcomes changed and the user confirmed them (amp_accept_changes)")
+
+
+class Precision(_Open):
+    """How the models ran: autocast precision (null: float32), torch.compile, channels-last memory."""
+
+    amp: Literal["bf16", "fp16"] | None = None
+    compile: bool | None = None
+    channels_last: bool | None = None
+    amp_check: Omittable[AmpCheck] = Field(None)
+
+
 class Finding(_Open):
     """A health finding: which check flagged which model (attack, eps), and why."""
 
@@ -236,8 +255,9 @@ class ResultsFile(_Open):
     semantics: str | None = None
     verdicts: dict[str, str] | None = Field(None, description="leak-check: LEAK, OK or INCONCLUSIVE per model")
     health: list[Finding] | None = None
-    probes: ProbesRecord | None = Field(None, description="null when the probes did not run (health probes off); absent "
+    probes: ProbesRecord | None = Field(None, description="null when the probes did not run (health off); absent "
                                         "from files written before robench bounded them")
+    precision: Omittable[Precision] = Field(None, description="absent in files before robench's GPU path: float32")
     rows: list[Row] = Field(min_length=1)
     samples: Samples | None = None
 

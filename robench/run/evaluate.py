@@ -19,6 +19,7 @@ from robench.engine import Progress, Status
 from robench.engine.resume import RunState, fingerprint
 from robench.results import samples
 from robench.results.provenance import dataset_record, envelope, resume_versions
+from robench.run.precision import check_precision
 from robench.run.runspec import Opened, Probed, RunSpec, model_texts_problem, open_run, parse_specs, probe_models
 
 EVAL_FIELDS = {  # robench.core.fields; NaN fails every comparison: as a tolerance it would flag nothing, silently
@@ -108,6 +109,7 @@ def run_eval(
     state = _state(cfg, opened, dist)  # before the probes: a state of another run, or one in use, is refused at once
     try:  # the state's lock is released however the run ends
         probed = probe_models(opened, cfg.run, dist, status, what)
+        opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
         hooks = engine.Hooks(progress, warn, state, what=what, status=status)
         done = engine.run(engine.Plan.white_box(opened.participants()), opened.source, cfg.run.suite, cfg.run.seed,
                           cfg.run.batch_size, dist, hooks)
@@ -127,7 +129,7 @@ def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
     key = fingerprint({
         "command": "eval", "versions": versions, "models": [(m.spec.label, *m.function()) for m in opened.models],
         "ids": opened.source.ids, "classes": opened.source.classes,  # the labels: folder ids do not say them
-        "suite": cfg.run.suite.describe()["attacks"], "seed": cfg.run.seed,
+        "suite": cfg.run.suite.describe()["attacks"], "seed": cfg.run.seed, "amp": cfg.run.amp,
         "cascade": cfg.run.suite.cascade, "early_stop": cfg.run.suite.early_stop,  # they change the outcomes
         "layout": "pairs",  # the engine's outcome layout: states of other layouts are other runs
     })
@@ -148,6 +150,7 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     meta = envelope("eval", config, dataset, [m.describe() for m in opened.models], metrics.DEFINITIONS)
     meta["semantics"] = cfg.run.suite.semantics()
     meta["cost"] = out.costs()
+    meta["precision"] = opened.precision
     meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
     meta["probes"] = probed.record()
     flags = [*probed.flags, *health.nonfinite_logits(outcomes.items()),

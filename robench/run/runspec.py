@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from robench.analysis import health, probes
 from robench.attacks.suite import Suite, load_suite
@@ -29,9 +30,11 @@ from robench.data import (
     open_source,
     read_class_list,
 )
+from robench.data.images import ImageSource
 from robench.engine import Participant, Status
 from robench.errors import FieldError, FieldNote, RobenchError
 from robench.models import LoadedModel, ModelSpec, checkpoint_classes, checkpoint_dataset, load_model, parse_spec
+from robench.models.accel import AMP_CHOICES, accelerate, amp_problem, channels_last_default, compile_problem
 from robench.models.preprocess import Preprocess
 from robench.models.zoo import DEFAULT
 from robench.results.provenance import plain_config
@@ -57,6 +60,10 @@ RUN_FIELDS: dict[str, Rule] = {  # every field's type is checked before any rang
     "class_order": Rule(str, "natural or lexical", choices=CLASS_ORDERS),
     "classes": Rule(str | None, "the path of a class-list file, or None"),
     "preprocess": Rule(Preprocess, "a Preprocess (robench.models.preprocess)"),
+    "amp": Rule(str | None, "bf16, fp16 or None", choices=AMP_CHOICES),
+    "amp_accept_changes": Rule(bool, "True or False"),
+    "compile": Rule(bool, "True or False"),
+    "channels_last": Rule(bool | None, "True, False or None (on CUDA only)"),
 }
 
 
@@ -87,6 +94,10 @@ class RunSpec:
     class_order: str = "natural"  # image folders' class indices: natural (timm's 1, 2, 10) or lexical (torchvision's)
     classes: str | None = None  # a file of class names in index order; over checkpoints' lists and class_order
     preprocess: Preprocess = field(default_factory=Preprocess)  # every model's input overrides (specs' own win)
+    amp: str | None = None  # bf16 or fp16: attacks and scoring under autocast, checked on the first batch
+    amp_accept_changes: bool = False  # run on when amp changed outcomes of the first batch (recorded)
+    compile: bool = False  # torch.compile every model
+    channels_last: bool | None = None  # None: on CUDA only (robench.models.accel.channels_last_default)
 
     def __post_init__(self) -> None:
         check(self, RUN_FIELDS)
@@ -104,10 +115,13 @@ class Opened:
     models: list[LoadedModel]
     device: torch.device
     data: str = DEFAULT_DATA  # the data spec the run opened (RunSpec.data, or the checkpoints' dataset)
+    fast: list[nn.Module] | None = None  # each model as RunSpec's amp, compile and channels_last ask; None: as is
+    precision: dict[str, Any] = field(default_factory=dict)  # what results record of them (``precision_record``)
 
-    def participants(self) -> list[Participant]:
-        """The models as the engine sees them."""
-        return [Participant(m.spec.label, m.module, m.input) for m in self.models]
+    def participants(self, exact: bool = False) -> list[Participant]:
+        """The models as the engine sees them; ``exact``: in float32, not compiled, whatever the run asks."""
+        modules = [m.module for m in self.models] if exact or self.fast is None else self.fast
+        return [Participant(m.spec.label, f, m.input) for m, f in zip(self.models, modules, strict=True)]
 
 
 def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[str], None] | None = None) -> Opened:
@@ -119,6 +133,7 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     if run.threads is not None:  # a process setting: on a busy machine torch's default can be many times slower
         torch.set_num_threads(run.threads)
     device = dist.device if dist.is_distributed else resolve_device(run.device)
+    check_device_settings(run, device)
     parsed = parse_specs(specs)
     classes, classes_from = run_classes(run, parsed)
     data, notes = run_data(run.data, parsed)  # notes are said once everything has opened: a failed run says why
@@ -143,7 +158,22 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
     if warn is not None and dist.is_main:
         for note in notes:
             warn(note)
-    return Opened(source, models, device, data)
+    if isinstance(source, ImageSource):  # pinned host memory lets the copy to the GPU run beside the work
+        source.pin_memory = device.type == "cuda"
+    channels_last = channels_last_default(device) if run.channels_last is None else run.channels_last
+    fast = [accelerate(m.module, run.amp, channels_last, run.compile) for m in models]
+    record = {"amp": run.amp, "compile": run.compile, "channels_last": channels_last}
+    return Opened(source, models, device, data, fast, record)
+
+
+def check_device_settings(run: RunSpec, device: torch.device) -> None:
+    """Refuse, before any work, an amp or compile setting this device or the installed torch cannot do."""
+    problem = amp_problem(run.amp, device)
+    if problem:
+        raise FieldError("amp", f"{{name}} {run.amp} cannot run on {device}: {problem}")
+    problem = compile_problem(device) if run.compile else None
+    if problem:
+        raise FieldError("compile", f"{{name}} cannot run on {device}: {problem}")
 
 
 def run_data(data: str | None, parsed: list[ModelSpec]) -> tuple[str, list[str]]:

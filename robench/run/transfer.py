@@ -33,6 +33,7 @@ from robench.engine import Progress, Status, correct
 from robench.errors import FieldError
 from robench.models import LoadedModel
 from robench.results.provenance import dataset_record, envelope
+from robench.run.precision import check_precision
 from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, probe_models
 from robench.run.store import ExampleCache, check_space, open_store
 
@@ -152,6 +153,9 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     if not cfg.models:
         raise FieldError("models", "transfer-matrix needs at least one {name}")
     _check_cache(cfg.cache)
+    if cfg.cache is not None and cfg.run.amp is not None:  # the cache keys on the models, not on their precision
+        raise FieldError("amp", "{name} cannot be combined with {cache}: the example cache does not yet key on "
+                                "precision; leave out one of them", "cache")
     opened = open_run(cfg.run, cfg.models, dist, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
     if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
@@ -163,6 +167,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
         cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes, dist.rank, dist.world_size)
         check_space(cache, sources, suite, opened.source.ids, note if dist.rank == 0 else None)
     probed = probe_models(opened, cfg.run, dist, status, "transfer")
+    opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
     try:
         done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
@@ -182,6 +187,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = s_labels, t_labels
     meta["crafted_attack_calls"] = out.crafted
+    meta["precision"] = opened.precision
     meta["semantics"] = suite.semantics()
     meta["probes"] = probed.record()
     flags = [*probed.flags, *transfer_health(out, rows, cfg.run.suite)]
