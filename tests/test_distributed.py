@@ -37,9 +37,9 @@ from robench.train.loop import accuracy, check_split, local_rows, short_tail, tr
 # A model with no BatchNorm and no dropout: nothing couples the examples of a batch, so two
 # ranks must give one process's weights up to float noise (BatchNorm would need SyncBatchNorm,
 # GPU-only in torch). See test_ddp_train_equals_one_process for how much noise.
-EQUAL_CFG = TrainConfig(arch="test_efficientnet_gn", attack="pgd", steps=2, adv_fraction=0.3, epochs=1, lr=3e-4,
-                        limit=100, batch_size=23, input_size=16)  # minibatches 23, 23, 23, 23, 8: uneven splits
-STEP_CFG = TrainConfig(attack="pgd", steps=2, adv_fraction=0.3, lam=0.3)
+EQUAL_CFG = TrainConfig(arch="test_efficientnet_gn", train_attack="pgd", steps=2, adv_fraction=0.3, epochs=1, lr=3e-4,
+                        limit=100, batch_size=23, image_size=16)  # minibatches 23, 23, 23, 23, 8: uneven splits
+STEP_CFG = TrainConfig(train_attack="pgd", steps=2, adv_fraction=0.3, lam=0.3)
 STEP_SIZES = (23, 23, 9)  # global minibatches; adversarial parts 7, 7, 3
 WORLD = 2
 
