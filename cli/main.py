@@ -6,18 +6,21 @@ happen inside commands so that ``robench --help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
 
 from robench import __version__
+from robench.core.files import WriteFailed
 from robench.core.stop import clear_stop, request_stop
 from robench.errors import CheckFailed, FieldError, Interrupted, RobenchError, Terminated
 
@@ -127,7 +130,7 @@ class RobenchGroup(click.Group):
             _fail(e.named(option(e.field), option) if isinstance(e, FieldError) else str(e), 2)
         except CheckFailed as e:
             _fail(str(e), 1)
-        except Interrupted as e:
+        except (Interrupted, WriteFailed) as e:  # a stop (130, 143) or a full disk (3): one line, no "runtime error"
             _fail(str(e), e.code)
         except (click.Abort, KeyboardInterrupt) as e:  # click turns Ctrl-C and SIGTERM into Abort from them
             stopped = Interrupted.of(e.__cause__ if isinstance(e, click.Abort) else e)
@@ -153,10 +156,37 @@ def main() -> None:
     """
 
 
+def _naming_outputs(command: click.Command) -> None:
+    """An output that fails to write (a full disk) is named by the option that gave it, as bad input is."""
+    callback = command.callback
+    if callback is None:
+        return
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except WriteFailed as e:
+            given = [p for p in command.params if e.path is not None and _same_path(kwargs.get(p.name or ""), e.path)]
+            if not given:
+                raise
+            name = max(given[0].opts, key=len) if isinstance(given[0], click.Option) else given[0].human_readable_name
+            raise WriteFailed(f"{name}: {e}", e.path) from None
+
+    command.callback = run
+
+
+def _same_path(value: object, path: Path) -> bool:
+    """Whether an option's value (a path, or a tuple of them) names ``path``."""
+    values = value if isinstance(value, tuple) else (value,)
+    return any(isinstance(v, (str, Path)) and str(v) and os.path.abspath(v) == os.path.abspath(path) for v in values)
+
+
 def _with_exit_codes(command: click.Command) -> click.Command:
     """Every command's --help ends with the exit codes: scripts look for them there."""
     command.epilog = command.epilog or EXIT_CODES
     refuse_empty_paths(command)
+    _naming_outputs(command)
     for sub in getattr(command, "commands", {}).values():
         _with_exit_codes(sub)
     return command

@@ -263,7 +263,7 @@ def test_the_cli_refuses_a_folder_in_use_and_says_what_it_resumed(tmp_path: Path
     holder.close()
     res = CliRunner().invoke(main, [*SMALL, "--resume", str(state), "--out", str(out)])
     assert res.exit_code == 0 and out.exists()
-    assert res.stderr.splitlines() == [f"warning: resuming: 10 of 10 samples from {state}"]
+    assert res.stderr.splitlines() == [f"robench: warning: resuming: 10 of 10 samples from {state}"]
 
 
 @pytest.mark.slow
@@ -283,3 +283,22 @@ def test_the_cli_refuses_a_read_only_folder_before_any_work(tmp_path: Path, monk
     assert res.stderr.splitlines() == [
         f"robench: error: --resume {state}: folder {state} does not take new files (Read-only file system); give a "
         "folder that can be written"]
+
+
+@pytest.mark.slow
+def test_the_cli_names_the_option_of_an_output_the_full_disk_refused(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from robench.cli.main import main
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "replace", full)  # the rename that publishes a finished output
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, [*SMALL, "--out", str(out)])
+    assert res.exit_code == 3 and not out.exists()
+    assert res.stderr.splitlines() == [f"robench: error: --out: cannot write the output {out} (No space left on "
+                                       "device); nothing was written"]
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left

@@ -200,14 +200,23 @@ def _replace(target: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, target)
     except OSError as e:  # a full disk, an I/O error: a runtime failure, named in one line
         kept = "the old file is left as it was" if target.exists() else "nothing was written"
-        raise WriteFailed(f"cannot write the output {target} ({e.strerror or e}); {kept}") from None
+        raise WriteFailed(f"cannot write the output {target} ({e.strerror or e}); {kept}", target) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 class WriteFailed(RuntimeError):
-    """Writing an output failed after its checks passed (a full disk, an I/O error): exit 3, one line."""
+    """Writing an output failed after its checks passed (a full disk, an I/O error): exit 3, one line.
+
+    ``path`` is the output as the caller named it, so the CLI can say which option it came from.
+    """
+
+    code = 3  # the exit code: the machine failed, not the input
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def _render(write: Callable[[Path], object], suffix: str) -> bytes:

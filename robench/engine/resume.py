@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from robench.core.files import NotRegular, folder_problem, open_regular, remove_stale_temps
+from robench.core.files import NotRegular, WriteFailed, folder_problem, open_regular, remove_stale_temps
 from robench.errors import FieldError, RobenchError
 
 STATE_GLOB = "state-rank*.jsonl"
@@ -60,7 +60,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-class StateWriteError(RuntimeError):
+class StateWriteError(WriteFailed):
     """Appending to the state failed (a full disk, an I/O error): a runtime failure, with one clear line."""
 
 
@@ -261,7 +261,7 @@ class RunState:
             kept = kept_samples(self.folder)
             raise StateWriteError(f"cannot write the resume state {self.path} ({e.strerror or e}); "
                                   + (f"the finished batches ({kept} samples) are kept there: make room and run the "
-                                     "same command to go on" if kept else "no batch was kept")) from None
+                                     "same command to go on" if kept else "no batch was kept"), self.folder) from None
 
     def _open(self) -> None:
         """Open this rank's file to append, starting it with the header if it has none."""
