@@ -28,6 +28,7 @@ from robench.attacks.base import (
     sample_noise,
     to_unit,
 )
+from robench.attacks.malt import malt_targets
 from robench.core.fields import check, typed
 from robench.core.stop import check_stop
 from robench.errors import RobenchError
@@ -56,13 +57,18 @@ APGD_FIELDS = typed(ApgdConfig, steps=COUNT, restarts=COUNT, rho=UNIT)
 
 @dataclass(frozen=True)
 class ApgdTConfig:
-    """Targeted APGD on DLR-T, once for each of the ``targets`` most likely classes other than the true one."""
+    """Targeted APGD on DLR-T, once for each of ``targets`` classes other than the true one.
+
+    ``target_select``: ``logits`` takes the most likely classes (AutoAttack); ``malt`` the ones
+    MALT's linear estimate puts nearest among those 9 (robench.attacks.malt).
+    """
 
     targets: int = 9
     steps: int = 100
     restarts: int = 1
     rho: float = 0.75
     random_start: bool = True
+    target_select: Literal["logits", "malt"] = "logits"
 
     def __post_init__(self) -> None:
         check(self, APGD_T_FIELDS)
@@ -333,6 +339,13 @@ def apgd(
     yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)
 
 
+def _targets(model: nn.Module, x: Tensor, labels: Labels, logits: Tensor, config: ApgdTConfig) -> Tensor:
+    """[N, T] apgd_t's target classes in the order they run, by ``config.target_select``."""
+    if config.target_select == "malt":
+        return malt_targets(model, x, labels.true, logits, config.targets)
+    return ranked_targets(logits, labels.true, config.targets)
+
+
 def apgd_t(
     model: nn.Module,
     x: Tensor,
@@ -352,7 +365,7 @@ def apgd_t(
     noise = sample_noise(rng, len(x))
     logits = clean_logits(model, x, labels)
     _need_classes(logits, 4, "apgd_t (the targeted DLR loss)")
-    ranked = ranked_targets(logits, labels.true, config.targets)
+    ranked = _targets(model, x, labels, logits, config)
     runs = [(_Goal("dlr-t", labels.true, ranked[:, t]), run_noise(noise, r, t) if config.random_start else None)
             for t in range(ranked.shape[1]) for r in range(config.restarts)]
     yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)

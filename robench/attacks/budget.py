@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from robench.attacks.iterative import paper_steps
+from robench.attacks.malt import malt_passes
 
 GRADIENT = 2  # one forward and one backward pass
 
@@ -40,9 +41,13 @@ def pgd(config: Any, eps: Sequence[float], classes: int) -> int:
 
 
 def apgd(config: Any, eps: Sequence[float], classes: int) -> int:
-    """apgd, apgd_t: per eps, target and restart a gradient at the start and per step, the last step a forward only."""
+    """apgd, apgd_t: per eps, target and restart a gradient at the start and per step, the last step a forward only.
+
+    apgd_t with ``target_select: malt`` adds MALT's ranking, once for every eps.
+    """
     runs = config.restarts * (_targets(config, classes) if hasattr(config, "targets") else 1)
-    return _nonzero(eps) * runs * (GRADIENT * config.steps + 1)
+    ranking = malt_passes(classes) if getattr(config, "target_select", "logits") == "malt" and _nonzero(eps) else 0
+    return ranking + _nonzero(eps) * runs * (GRADIENT * config.steps + 1)
 
 
 def fab(config: Any, eps: Sequence[float], classes: int) -> int:

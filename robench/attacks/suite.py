@@ -31,6 +31,7 @@ BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
     "paper": DEFAULT_SUITE,
     "autoattack": Path(__file__).with_name("suites") / "autoattack.yaml",
     "autoattack-fast": Path(__file__).with_name("suites") / "autoattack-fast.yaml",
+    "autoattack-malt": Path(__file__).with_name("suites") / "autoattack-malt.yaml",
     "quick": Path(__file__).with_name("suites") / "quick.yaml",
 }
 SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
