@@ -99,7 +99,6 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     check_output(plot, PLOT_SUFFIXES, "plot")
     check_per_sample(per_sample)
     from robench.render.plots import check_plot, eval_figure, save_figure
-    from robench.render.tables import results_table
     from robench.results.write import results_doc, write_per_sample, write_results
     from robench.run.evaluate import EvalConfig, run_eval
 
@@ -135,10 +134,20 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     if per_sample is not None:
         write_per_sample(per_sample, result.per_sample(), result.meta)
     if not quiet:
-        console().print(results_table(result.rows, suite=suite))
+        show_table(result.rows, result.meta, suite)
     health_warnings(result.health)
     if gate is not None:
         apply_gate(gate, results_doc(result.meta, result.rows, result.packed_samples()), "eval results", quiet)
+
+
+def show_table(rows: Any, meta: dict[str, Any], suite: Any) -> None:
+    """The results table, then the suite's passes against AutoAttack standard's where that compares."""
+    from robench.render.tables import budget_line, results_table
+
+    console().print(results_table(rows, suite=suite))
+    cost = budget_line(meta.get("budget"), suite)
+    if cost is not None:
+        console().print(cost)
 
 
 def parse_clean_ref(text: str) -> tuple[str, float]:

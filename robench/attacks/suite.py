@@ -35,6 +35,8 @@ BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
     "quick": Path(__file__).with_name("suites") / "quick.yaml",
 }
 SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
+AUTOATTACK_TARGETS = 9  # AutoAttack standard's APGD-T and FAB-T targets
+AUTOATTACK_QUERIES = 5000  # and Square's queries
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,21 @@ class Suite:
         rows = "robust after this stage (cascade)" if self.cascade else "each attack on every sample"
         stop = "stop at the first misclassified iterate; survivors only across eps" if self.early_stop \
             else "full iterations at every eps"
-        return f"{rows}; {stop}"
+        return "; ".join([rows, stop, *self.shortcuts()])
+
+    def shortcuts(self) -> list[str]:
+        """Where this suite spends less than AutoAttack standard and so could miss a sample it fools, one line each."""
+        out = []
+        for a in self.attacks:
+            cfg: Any = a.config
+            if a.name == "apgd_t" and cfg.targets < AUTOATTACK_TARGETS:
+                how = "the nearest by MALT's linear estimate" if cfg.target_select == "malt" else "the most likely"
+                out.append(f"'{a.id}' aims at {cfg.targets} of AutoAttack's {AUTOATTACK_TARGETS} targets ({how}): "
+                           "a sample only another target fools is missed")
+            if a.name == "square" and cfg.queries < AUTOATTACK_QUERIES:
+                out.append(f"'{a.id}' stops at {cfg.queries} of AutoAttack's {AUTOATTACK_QUERIES} queries: "
+                           "a sample only later queries fool is missed")
+        return out
 
 
 _NOT_NEGATIVE = Rule(low=0, must="be >= 0")  # a suite file's numbers, before each attack's own ranges
@@ -246,6 +262,27 @@ def load_suite(path: str | Path | None = None) -> Suite:
         raise RobenchError(f"no suite '{text}': not a built-in and no such file; {hint}built-ins: "
                            f"{', '.join(BUILT_IN)} (robench suites), or a YAML file")
     return parse_suite(read_text(text, "attack suite"), text)
+
+
+def suite_budget(suite: Suite, classes: int) -> int:
+    """Passes per sample the suite plans at ``classes`` classes: its attacks' budgets (robench.attacks.budget)."""
+    return sum(REGISTRY[a.name].budget(a.config, a.eps, classes) for a in suite.attacks)
+
+
+def budget_record(suite: Suite, classes: int, spent: dict[str, float]) -> dict[str, Any]:
+    """The suite's passes per sample against AutoAttack standard's (the ``autoattack`` suite at the same eps).
+
+    ``spent``: per model, passes per sample measured; planned budgets assume no sample falls early,
+    so the measured share is the saving a run saw and the planned one its worst case.
+    """
+    eps = tuple(sorted({e for a in suite.attacks for e in a.eps}))
+    aa = load_suite("autoattack")
+    reference = suite_budget(dataclasses.replace(aa, attacks=tuple(dataclasses.replace(a, eps=eps)
+                                                                   for a in aa.attacks)), classes)
+    planned = suite_budget(suite, classes)
+    return {"planned": planned, "autoattack": reference, "share": planned / reference if reference else None,
+            "spent": {m: round(p, 3) for m, p in spent.items()},
+            "spent_share": {m: (p / reference if reference else None) for m, p in spent.items()}}
 
 
 def _opening_comment(text: str) -> list[str]:

@@ -43,6 +43,20 @@ def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 
     return table
 
 
+AUTOATTACK_FAMILY = ("apgd", "apgd_t", "fab_t", "square")  # suites whose cost is worth setting against AutoAttack's
+
+
+def budget_line(budget: dict | None, suite: Suite | None) -> str | None:
+    """One line: passes per sample spent and planned, against AutoAttack standard's; None for other suites."""
+    if not budget or not budget.get("autoattack") or suite is None \
+            or not any(a.name in AUTOATTACK_FAMILY for a in suite.attacks):
+        return None
+    aa = budget["autoattack"]
+    spent = ", ".join(f"{m} {p:,.0f} ({p / aa:.1%})" for m, p in (budget.get("spent") or {}).items())
+    return (f"passes per sample against AutoAttack standard's {aa:,}: spent {spent or 'none'}; "
+            f"planned {budget['planned']:,} ({budget['planned'] / aa:.1%})")
+
+
 def _attack_label(attack: str, cascade: bool) -> str:
     if attack == "worst":
         return "worst case (robust accuracy)"

@@ -234,6 +234,16 @@ class ProbesRecord(_Open):
     max_samples: Count | None = Field(None, description="the most the run allowed (the run's probe_samples)")
 
 
+class BudgetRecord(_Open):
+    """The suite's passes per sample against AutoAttack standard's budget at the same eps and classes."""
+
+    planned: Count | None = Field(None, description="passes per sample the suite plans (no sample falling early)")
+    autoattack: Count | None = Field(None, description="passes per sample AutoAttack standard plans")
+    share: float | None = Field(None, description="planned / autoattack")
+    spent: dict[str, float] | None = Field(None, description="per model, passes per sample measured")
+    spent_share: dict[str, float | None] | None = Field(None, description="per model, spent / autoattack")
+
+
 class ResultsFile(_Open):
     """A robench results file (``--out FILE.json``, or ``FILE.csv`` with ``FILE.csv.meta.json``).
 
@@ -258,6 +268,8 @@ class ResultsFile(_Open):
     probes: ProbesRecord | None = Field(None, description="null when the probes did not run (health off); absent "
                                         "from files written before robench bounded them")
     precision: Omittable[Precision] = Field(None, description="absent in files before robench's GPU path: float32")
+    budget: Omittable[BudgetRecord] = Field(None, description="eval: the suite's passes against AutoAttack "
+                                            "standard's; absent in files before robench recorded it")
     rows: list[Row] = Field(min_length=1)
     samples: Samples | None = None
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from robench import engine
 from robench.analysis import health, metrics, worst
-from robench.attacks.suite import WORST
+from robench.attacks.suite import WORST, budget_record
 from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
 from robench.engine import Progress, Status
@@ -138,6 +138,14 @@ def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
     return state
 
 
+def _spent(out: engine.Matrix) -> dict[str, float]:
+    """Per model, the passes per sample its attacks made (forward and backward)."""
+    spent: dict[str, float] = {}
+    for c in out.costs():
+        spent[c["model"]] = spent.get(c["model"], 0.0) + (c["forward_passes"] + c["backward_passes"]) / len(out.ids)
+    return spent
+
+
 def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[int, str],
             probed: Probed) -> EvalResult:
     """Rows, provenance and health of the gathered outcomes."""
@@ -150,6 +158,7 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     meta = envelope("eval", config, dataset, [m.describe() for m in opened.models], metrics.DEFINITIONS)
     meta["semantics"] = cfg.run.suite.semantics()
     meta["cost"] = out.costs()
+    meta["budget"] = budget_record(cfg.run.suite, opened.source.num_classes, _spent(out))
     meta["precision"] = opened.precision
     meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
     meta["probes"] = probed.record()
