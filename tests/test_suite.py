@@ -301,8 +301,9 @@ def test_a_built_in_name_wins_and_a_file_needs_a_suffix_or_slash(tmp_path: Path,
     assert load_suite("./quick").attacks[0].eps == (1.0,)
     with pytest.raises(RobenchError) as e:
         load_suite("qiuck")
-    assert str(e.value) == ("no suite 'qiuck': not a built-in and no such file; did you mean quick? built-ins: "
-                            "paper, autoattack, autoattack-fast, quick (robench suites), or a YAML file")
+    assert str(e.value) == ("no suite 'qiuck': not a built-in and no such file; did you mean quick? "
+                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, quick (robench suites), "
+                            "or a YAML file")
     with pytest.raises(RobenchError, match="^attack suite file not found: ./nosuch$"):
         load_suite("./nosuch")
 
