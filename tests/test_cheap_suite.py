@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import Linear
-from masking import Rounded, Scaled
+from masking import Scaled
 from results_docs import invoke
 
 from robench.analysis import worst
@@ -125,22 +125,22 @@ def _never_weaker(model, batch, eps: float) -> None:
           f"{cheap.mean():.3f} (autoattack-malt, {cheap_passes:.0f})")
 
 
+# The CI-sized cases: a model half robust at eps 8 (both attacks spend most of their budget on it) and a
+# masked one. The other zoo models and eps, minutes each on 2 cores, are in bench/autoattack.py's evidence.
 @pytest.mark.slow
-@pytest.mark.parametrize("eps", [8.0, 16.0])
-@pytest.mark.parametrize("name", ["resnet-base", "resnet-stepll", "effnet-base", "effnet-stepll",
-                                  "effnet-fgsm-pred", "effnet-fgsm-true"])
+@pytest.mark.parametrize(("name", "eps"), [("effnet-base", 8.0)])
 def test_never_weaker_than_autoattack_on_the_zoo(name, eps, one_thread) -> None:
     from robench.data import load_digits_source
     from robench.models import load_model, parse_spec
     from robench.models.zoo import get
 
     m = load_model(parse_spec(str(get(name).path)), num_classes=10)
-    batch = next(load_digits_source("test", limit=24, seed=0).batches(m.input, 24))
+    batch = next(load_digits_source("test", limit=6, seed=0).batches(m.input, 6))
     _never_weaker(m.module, batch, eps)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mask", [Scaled, Rounded], ids=["logits-x1000", "rounded-input"])
+@pytest.mark.parametrize("mask", [Scaled], ids=["logits-x1000"])  # Rounded: 5,033 passes a sample, bench only
 def test_never_weaker_than_autoattack_on_masked_models(mask, trained, one_thread) -> None:
     from robench.data import load_digits_source
 
