@@ -302,3 +302,11 @@ def test_the_cli_names_the_option_of_an_output_the_full_disk_refused(tmp_path: P
     assert res.stderr.splitlines() == [f"robench: error: --out: cannot write the output {out} (No space left on "
                                        "device); nothing was written"]
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left
+
+
+def test_state_files_are_created_without_execute_bits(tmp_path: Path) -> None:
+    state = RunState(tmp_path, "k")
+    state.check()
+    state.append(part(0, 1))
+    state.close()
+    assert state.path.stat().st_mode & 0o111 == 0  # rw as the umask allows, like every other output

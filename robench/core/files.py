@@ -299,7 +299,7 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY) -> int:
     Opened without blocking, so a FIFO fails at once instead of waiting for a writer.
     """
     try:
-        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)  # a created file: rw as umask allows, no x
     except IsADirectoryError:  # a folder opened for writing
         raise NotRegular("a folder") from None
     mode = os.fstat(fd).st_mode

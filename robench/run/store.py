@@ -216,7 +216,8 @@ def open_store(root: Path) -> None:
         try:
             version = json.loads(read_text(manifest, "example store manifest")).get("version")
         except (ValueError, AttributeError, RobenchError):
-            version = None
+            raise FieldError("cache", f"{{name}} {root}: its {MANIFEST} is not a robench store manifest (unreadable "
+                                      "or not JSON); give another folder or delete this one") from None
         if version != STORE_VERSION:
             raise FieldError("cache", f"{{name}} {root} is an example store of layout version {version!r}; this "
                              f"robench reads version {STORE_VERSION}: give another folder or delete this one")
@@ -232,32 +233,37 @@ SHARD_HEADER = 512  # bytes: a shard's safetensors header without its keys (name
 
 def store_bytes(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, keys_bytes: int,
                 n: int) -> tuple[int, int, int]:
-    """(bytes a full store of this run takes, bytes its folders hold already, the largest shard's bytes).
+    """(bytes a full store of this run takes, bytes its folders hold already, bytes still to write at most).
 
-    ``keys_bytes``: the samples' keys as a shard's header lists them (an upper bound).
+    ``keys_bytes``: the samples' keys as a shard's header lists them (an upper bound). A (source,
+    attack) folder holding at least its examples' data and headers counts as complete; the rest
+    need their full size, less what they hold, plus the largest shard (rewritten beside its old self).
     """
-    full = stored = largest = 0
+    full = stored = missing = largest = 0
     for m in sources:
         shape = (m.input.channels, *m.input.size)
         for spec in suite.attacks:
             per_sample = len(spec.eps) * int(torch.Size(shape).numel())
             per = rows_per_block(shape, len(spec.eps))
-            blocks = -(-n // per)
-            full += n * per_sample + blocks * SHARD_HEADER + keys_bytes
+            data = n * per_sample + -(-n // per) * SHARD_HEADER
+            full += data + keys_bytes
             largest = max(largest, min(n, per) * per_sample + SHARD_HEADER + keys_bytes)
             folder = cache.folder(m.spec.label, spec)
-            stored += sum(p.stat().st_size for p in folder.glob("b*.r*.safetensors")) if folder.is_dir() else 0
-    return full, stored, largest
+            held = sum(p.stat().st_size for p in folder.glob("b*.r*.safetensors")) if folder.is_dir() else 0
+            stored += held
+            missing += 0 if held >= data else data + keys_bytes - held
+    return full, stored, missing + largest if missing else 0
 
 
 def check_space(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, ids: list[str],
                 note: Callable[[str], None] | None) -> None:
     """Say what the store will take; refuse (FieldError) before any work when its disk has not that much free."""
     keys_bytes = sum(len(i.encode()) + 72 for i in ids)  # "id#<64 hex>", quoted, comma
-    full, stored, largest = store_bytes(cache, sources, suite, keys_bytes, len(ids))
-    need = max(0, full - stored) + largest  # a shard is rewritten beside its old self
+    full, stored, need = store_bytes(cache, sources, suite, keys_bytes, len(ids))
     free = shutil.disk_usage(cache.root).free
-    if note is not None:
+    if note is not None and not need:
+        note(f"example store {cache.root}: {human_bytes(stored)} for {len(ids)} samples, all there already")
+    elif note is not None:
         note(f"example store {cache.root}: {human_bytes(full)} for {len(ids)} samples, {human_bytes(stored)} already "
              f"there; up to {human_bytes(need)} more needed, {human_bytes(free)} free")
     if need > free:

@@ -28,6 +28,7 @@ from robench.attacks.base import to_unit
 from robench.attacks.suite import CLEAN, Suite
 from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
+from robench.core.files import kind_of
 from robench.data import to_channels
 from robench.engine import Progress, Status, correct
 from robench.errors import FieldError
@@ -105,6 +106,10 @@ class TransferResult:
 def _check_cache(path: Path | None) -> None:
     if path is None:
         return
+    kind = kind_of(path)
+    if kind is not None and kind != "a folder" or path.is_file():
+        raise FieldError("cache", f"{{name}} {path} is {kind or 'a file'}, not a folder; give a folder for the "
+                                  "example store")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".robench-write-test"
