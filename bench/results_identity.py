@@ -6,7 +6,8 @@ Run: python bench/results_identity.py write DIR      (the installed robench writ
 The zoo runs are the README's: ``robench eval`` (the default pair, default suite), ``robench
 transfer-matrix`` on four zoo models and ``robench leak-check`` (its default models), all on
 the 360 digits test images, plus the eval and transfer runs at ``--batch-size 7`` (per-sample
-seeding: the same numbers at any batch size) and the ``autoattack`` suite on zoo:resnet-stepll (40 images). Fields that name the run rather than its numbers
+seeding: the same numbers at any batch size) and the ``autoattack`` suite on zoo:resnet-stepll (40 images).
+Fields that name the run rather than its numbers
 (robench version, the library versions) are left out of the comparison, and checkpoints are
 compared by file name (the package may be installed elsewhere; weights hashes are compared).
 Not a test: a full write takes a few minutes on 2 cores.
