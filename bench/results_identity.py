@@ -6,7 +6,8 @@ Run: python bench/results_identity.py write DIR      (the installed robench writ
 The zoo runs are the README's: ``robench eval`` (the default pair, default suite), ``robench
 transfer-matrix`` on four zoo models and ``robench leak-check`` (its default models), all on
 the 360 digits test images, plus the eval and transfer runs at ``--batch-size 7`` (per-sample
-seeding: the same numbers at any batch size). Fields that name the run rather than its numbers
+seeding: the same numbers at any batch size) and the ``autoattack`` suite on zoo:resnet-stepll (40 images).
+Fields that name the run rather than its numbers
 (robench version, the library versions) are left out of the comparison, and checkpoints are
 compared by file name (the package may be installed elsewhere; weights hashes are compared).
 Not a test: a full write takes a few minutes on 2 cores.
@@ -28,6 +29,8 @@ RUNS = {
     "transfer": ["transfer-matrix", "zoo:effnet-base", "zoo:effnet-stepll", "zoo:resnet-base", "zoo:resnet-stepll"],
     "transfer-bs7": ["transfer-matrix", "zoo:effnet-base", "zoo:resnet-stepll", "--batch-size", "7"],
     "leak": ["leak-check"],
+    # issue 28's speed work: AutoAttack's four stages on a robust zoo model, where they have survivors to work on
+    "eval-autoattack": ["eval", "-m", "zoo:resnet-stepll", "--attacks", "autoattack", "--eps", "8,16", "--limit", "40"],
 }
 IGNORED = {"robench", "robench_version", "created", "timestamp", "versions", "host", "python", "platform"}
 

@@ -471,6 +471,16 @@ def test_fab_projection_is_the_linear_program_optimum() -> None:
     assert binding >= 5, "the box never binds: the test would miss it"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fab_stable_order_is_a_stable_argsort(dtype: torch.dtype) -> None:
+    room = torch.tensor([[0.5, 0.0, 0.5, -0.0, 1.0, 0.25], [3.0, 2.0, 1.0, 0.0, 0.0, 2.0]], dtype=dtype)
+    assert fab.stable_order(room).tolist() == [[1, 3, 5, 0, 2, 4], [3, 4, 2, 1, 5, 0]]  # ties (and -0.0) by position
+    g = torch.Generator().manual_seed(0)
+    for d in (1, 2, 1023, 1024, 3072):  # many ties: 17 levels, and zeros
+        t = (torch.randint(0, 17, (5, d), generator=g).to(dtype) / 16) * (torch.rand(5, d, generator=g) > 0.3)
+        assert torch.equal(fab.stable_order(t), t.sort(dim=1, stable=True).indices)
+
+
 def test_fab_targets_are_the_most_likely_wrong_classes_capped() -> None:
     logits = torch.tensor([[0.0, 5.0, 1.0, 3.0, 2.0], [9.0, 5.0, 1.0, 3.0, 2.0]])
     y = torch.tensor([1, 1])  # the second sample is misclassified: its top class 0 is a target

@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -75,14 +76,33 @@ def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return way * torch.minimum(room, level[:, None])
 
 
+def stable_order(values: Tensor) -> Tensor:
+    """Per row, the permutation sorting ``values`` ([N, D], >= 0) ascending, ties by position: a stable argsort.
+
+    FAB sorts every row twice a step, and a stable float sort was a fifth of its time on small models.
+    The bits of a non-negative float order as the float does, so bits and position packed into one
+    int64 give distinct keys that any sort puts in the stable order, and numpy sorts those about
+    twice as fast on the CPU. Adding 0.0 turns -0.0 into 0.0, which a float sort counts equal.
+    """
+    if values.dtype != torch.float32:  # the packing needs 32-bit floats
+        return values.sort(dim=1, stable=True).indices
+    shift = max(1, (values.shape[1] - 1).bit_length())
+    bits = (values + 0.0).view(torch.int32).long()
+    keys = (bits << shift) | torch.arange(values.shape[1], device=values.device)
+    low = (1 << shift) - 1
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.sort(keys.numpy(), axis=1) & low)
+    return keys.sort(dim=1).values & low
+
+
 def _level(room: Tensor, weight: Tensor, need: Tensor) -> Tensor:
     """Per row, the smallest lam >= 0 with sum(weight * min(lam, room)) >= need; inf where no lam reaches it.
 
     room, weight: [N, D] (>= 0); need: [N]. The sum is piecewise linear in lam with breakpoints at
     the rooms, so the level follows from the sorted rooms without a search.
     """
-    room, order = room.sort(dim=1, stable=True)
-    weight = weight.gather(1, order)
+    order = stable_order(room)
+    room, weight = room.gather(1, order), weight.gather(1, order)
     capped = F.pad((weight * room).cumsum(1)[:, :-1], (1, 0))  # sum over j < k of weight_j room_j
     free = weight.flip(1).cumsum(1).flip(1)  # sum over j >= k of weight_j
     reach = capped + room * free  # the sum at lam = room_k
