@@ -116,3 +116,10 @@ def test_dry_run_refuses_an_output_it_would_leave_standing(pair: tuple[str, str]
         f"robench: error: --dry-run writes no results, but {name} {path} exists and the real run would overwrite "
         f"it; move it away or leave out {name}"]
     assert path.read_text() == "{}"
+
+
+def test_amp_with_a_cache_is_refused_as_the_real_run_refuses_it(pair: tuple[str, str], tmp_path: Path) -> None:
+    run = RunSpec(suite=SUITE, limit=4, health_probes=False, amp="bf16")
+    with pytest.raises(FieldError, match="cannot be combined with"):
+        dry_run_transfer(TransferConfig(pair, run=run, cache=tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()

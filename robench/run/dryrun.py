@@ -26,7 +26,7 @@ from robench.models import LoadedModel
 from robench.run.evaluate import EvalConfig
 from robench.run.runspec import Opened, RunSpec, open_run
 from robench.run.store import ExampleCache, check_space, header_key_bytes, human_bytes, store_bytes
-from robench.run.transfer import TransferConfig, _pick, full_strength
+from robench.run.transfer import TransferConfig, _pick, check_amp_cache, full_strength
 from robench.run.transfer import plan as transfer_plan
 
 Clock = Callable[[], float]
@@ -55,6 +55,7 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
     a ``cache``, what the real run would say before its work, refusing a disk without them;
     without one, what a store of this run would take. Nothing is written, the store included.
     """
+    check_amp_cache(cfg)
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
     suite = full_strength(cfg.run.suite, warn)
