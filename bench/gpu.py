@@ -17,7 +17,8 @@ Wall seconds around each run with the device synchronized. Sized to fit in 8 min
 H100 with the defaults. On the CPU, a smoke run checks that the script works:
 
     python bench/gpu.py                                     # one GPU
-    python bench/gpu.py --device cpu --model resnet18 --size 32 --images 4 --aa-images 2 --batch 2 --rounds 1
+    python bench/gpu.py --device cpu --model resnet18 --size 32 --images 4 --aa-images 2 --batch 2 \
+        --rounds 1 --threads 1
 """
 
 from __future__ import annotations
@@ -167,7 +168,10 @@ def main() -> int:
     parser.add_argument("--aa-images", type=int, default=64, help="the first images, for autoattack-fast")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:  # a busy shared CPU: one thread per process avoids threads waiting on each other
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA device here; for a smoke run on the CPU give --device cpu (see --help)",
               file=sys.stderr)
