@@ -14,7 +14,7 @@ random weights (10 classes, nothing downloaded), fgsm + bim at eps 4, health pro
       example store: its file count and bytes, and the cached rerun's CPU time against the first run's.
 
     python bench/scale.py                                   # the full size: for a quiet machine, over an hour
-    python bench/scale.py --images 64 --rss-from 16 --batch 16 --transfer-images 16 --rounds 1   # a few minutes
+    python bench/scale.py --images 64 --rss-from 32 --batch 16 --transfer-images 16 --rounds 1   # a few minutes
 """
 
 from __future__ import annotations
@@ -208,9 +208,9 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     args.transfer_images = args.transfer_images or args.images
-    if "b" in args.only and args.rss_from < args.batch:
-        parser.error(f"--rss-from {args.rss_from} is below --batch {args.batch}: peak memory grows with the batch, "
-                     f"so both sizes of (b) need full batches; give --rss-from >= --batch")
+    if "b" in args.only and args.rss_from < max(args.batch, 32):
+        parser.error(f"--rss-from {args.rss_from} is below --batch {args.batch} or the probes' 32 samples: peak "
+                     f"memory grows with both, so (b) compares sizes of at least max(batch, 32) images")
     folder = make_folder(args.root, args.images, args.size)
     print(f"data: {folder} ({args.images} random PNGs, {args.size} px)")
     parts = {"a": overhead, "b": rss, "c": transfer}
