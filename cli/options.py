@@ -418,10 +418,13 @@ def refuse_overwrite(outputs: list[tuple[str, Path | None]]) -> None:
 
 
 def print_dry_run(cfg: Any) -> None:
-    """Run ``robench.run.dryrun.dry_run`` on an EvalConfig and print its table."""
+    """Run ``robench.run.dryrun``'s dry run on an EvalConfig or a TransferConfig and print its table."""
     from robench.render.console import console
     from robench.render.tables import dry_run_table
-    from robench.run.dryrun import dry_run
+    from robench.run.dryrun import dry_run, dry_run_transfer
+    from robench.run.transfer import TransferConfig
 
-    rows = dry_run(cfg, say)
+    rows = dry_run_transfer(cfg, say) if isinstance(cfg, TransferConfig) else dry_run(cfg, say)
     console().print(dry_run_table(rows, rows.attrs["device"]))
+    if "store" in rows.attrs:
+        console().print(rows.attrs["store"])

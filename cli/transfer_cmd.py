@@ -15,6 +15,8 @@ from .options import (
     model_option,
     out_option,
     precheck,
+    print_dry_run,
+    refuse_overwrite,
     run_inputs,
     run_options,
     run_spec,
@@ -40,10 +42,15 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Heatmaps of the transfer rate: .png, .svg or .pdf (needs the plot extra: matplotlib).")
 @click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
+@click.option("--dry-run", is_flag=True,
+              help="Time one batch per source and attack (crafting and scoring on every target) and print the "
+                   "passes per sample, the estimated time of the whole run on this device and the example "
+                   "store's bytes; writes nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,
-                     cache: Path | None, outs: tuple[Path, ...], plot: Path | None, no_health: bool, quiet: bool,
+                     cache: Path | None, outs: tuple[Path, ...], plot: Path | None, no_health: bool, dry_run: bool,
+                     quiet: bool,
                      **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
@@ -81,6 +88,10 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, **run), cache)
+    if dry_run:
+        refuse_overwrite([*(("--out", o) for o in outs), ("--plot", plot)])
+        print_dry_run(cfg)
+        return
     with distributed_run(cfg.run.device, quiet) as (dist, reporter):
         result = run_transfer(cfg, reporter.progress, say, dist, reporter.status, None if quiet else _note)
     if result is None:  # a torchrun rank other than 0: rank 0 writes and renders

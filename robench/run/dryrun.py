@@ -10,18 +10,24 @@ import dataclasses
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
 from robench import engine
+from robench.attacks.suite import Suite
 from robench.core.distributed import LOCAL
 from robench.engine.batch import Views
-from robench.engine.plan import Participant
+from robench.engine.plan import Participant, Plan
 from robench.engine.runner import views
+from robench.models import LoadedModel
 from robench.run.evaluate import EvalConfig
-from robench.run.runspec import open_run
+from robench.run.runspec import Opened, RunSpec, open_run
+from robench.run.store import ExampleCache, check_space, header_key_bytes, human_bytes, store_bytes
+from robench.run.transfer import TransferConfig, _pick, check_amp_cache, full_strength
+from robench.run.transfer import plan as transfer_plan
 
 Clock = Callable[[], float]
 COLUMNS = ["model", "attack", "passes_per_sample", "seconds_per_sample", "samples", "estimated_seconds"]
@@ -37,31 +43,82 @@ def dry_run(cfg: EvalConfig, warn: Callable[[str], None] | None = None,
     so the estimate is then an upper bound.
     """
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)  # one process: a dry run times this device alone
+    return _estimate(opened, [Plan.white_box([p]) for p in opened.participants()], cfg.run, clock)
+
+
+def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = None,
+                     clock: Clock = time.perf_counter) -> pd.DataFrame:
+    """``dry_run`` for a transfer matrix: a row per source and attack, its examples scored on all its targets.
+
+    An attack row's time is crafting on the source plus scoring on every target (each model's
+    clean forward is its own row). ``attrs["store"]`` says the bytes of the example store: with
+    a ``cache``, what the real run would say before its work, refusing a disk without them;
+    without one, what a store of this run would take. Nothing is written, the store included.
+    """
+    check_amp_cache(cfg)
+    opened = open_run(cfg.run, cfg.models, LOCAL, warn)
+    sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
+    suite = full_strength(cfg.run.suite, warn)
+    whole = transfer_plan(opened, sources, targets)
+    plans = [Plan(tuple(whole.model(label) for label in dict.fromkeys([s, *t])), {s: t}, whole.deliver)
+             for s, t in whole.targets.items()]
+    store = _store_line(cfg.cache, opened, sources, suite, cfg.run.seed)  # a disk without it: refused before timing
+    table = _estimate(opened, plans, dataclasses.replace(cfg.run, suite=suite), clock)
+    table.attrs["store"] = store
+    return table
+
+
+def _store_line(root: Path | None, opened: Opened, sources: list[LoadedModel], suite: Suite, seed: int) -> str:
+    """The example store's bytes, as the real run would say them (and refuse a disk without them)."""
+    ids = opened.source.ids
+    if root is None:
+        full = store_bytes(None, sources, suite, header_key_bytes(ids), len(ids))[0]
+        return f"no example store (cache not set); one for this run would take {human_bytes(full)}"
+    heard: list[str] = []
+    check_space(ExampleCache(root, opened.models, seed, opened.source.classes), sources, suite, ids,
+                heard.append)
+    return heard[0]
+
+
+def _estimate(opened: Opened, plans: list[Plan], run: RunSpec, clock: Clock) -> pd.DataFrame:
+    """Each plan timed on the run's first batch: its models' clean rows (once each), then its sources' attacks."""
+    participants = opened.participants()
+    first = next(views(opened.source, list(dict.fromkeys(p.input for p in participants)), run.batch_size), None)
     rows: list[dict[str, Any]] = []
-    for p in opened.participants():
-        first = next(views(opened.source, [p.input], cfg.run.batch_size), None)
-        if first is not None:
-            rows += _model_rows(p, first, cfg, opened.source.ids, clock)
+    if first is not None:
+        clean: dict[str, float] = {}
+        for plan in plans:
+            for p in plan.models:
+                if p.label not in clean:
+                    clean[p.label] = _clean(p, first, clock)
+                    rows.append(_row(p.label, "clean", 1.0, clean[p.label], len(opened.source.ids)))
+            rows += _attack_rows(plan, first, run, opened.source.ids, sum(clean[p.label] for p in plan.models), clock)
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["device"] = str(opened.device)
     return table
 
 
-def _model_rows(p: Participant, first: Views, cfg: EvalConfig, ids: list[str], clock: Clock) -> list[dict[str, Any]]:
-    """The clean row and one row per attack of one model, timed on ``first``."""
+def _clean(p: Participant, first: Views, clock: Clock) -> float:
+    """Seconds per sample of one model's clean forward on the first batch."""
     batch = first[p.input]
-    size, device, n = len(batch.rows), _device(p), len(ids)
+    device = _device(p)
     x = batch.images.to(device)
     engine.score(p.module, x)  # untimed: lazy set-up, cuDNN's choice of kernels, compiling
-    clean = _timed(lambda: engine.score(p.module, x), device, clock)
-    rows = [_row(p.label, "clean", 1.0, clean / size, n)]
-    plan = engine.Plan.white_box([p])
-    for spec in cfg.run.suite.attacks:
-        one = dataclasses.replace(cfg.run.suite, attacks=(spec,))
+    return _timed(lambda: engine.score(p.module, x), device, clock) / len(batch.rows)
+
+
+def _attack_rows(plan: Plan, first: Views, run: RunSpec, ids: list[str], clean: float,
+                 clock: Clock) -> list[dict[str, Any]]:
+    """One row per attack of the plan's source, timed on ``first`` less the clean forwards (``clean`` s/sample)."""
+    (source,) = plan.targets
+    size, device = len(next(iter(first.values())).rows), _device(plan.model(source))
+    rows = []
+    for spec in run.suite.attacks:
+        one = dataclasses.replace(run.suite, attacks=(spec,))
         out = engine.Matrix.empty(ids, engine.settings_of(one), plan.pairs())
-        seconds = _timed(partial(engine.run_batches, plan, [first], one, out, cfg.run.seed), device, clock)
+        seconds = _timed(partial(engine.run_batches, plan, [first], one, out, run.seed), device, clock)
         passes = sum(c["forward_passes"] + c["backward_passes"] for c in out.costs()) / size
-        rows.append(_row(p.label, spec.id, passes, max(seconds - clean, 0.0) / size, n))
+        rows.append(_row(source, spec.id, passes, max(seconds / size - clean, 0.0), len(ids)))
     return rows
 
 

@@ -231,13 +231,14 @@ def open_store(root: Path) -> None:
 SHARD_HEADER = 512  # bytes: a shard's safetensors header without its keys (names, shapes, block, checksum)
 
 
-def store_bytes(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, keys_bytes: int,
+def store_bytes(cache: ExampleCache | None, sources: list[LoadedModel], suite: Suite, keys_bytes: int,
                 n: int) -> tuple[int, int, int]:
     """(bytes a full store of this run takes, bytes its folders hold already, bytes still to write at most).
 
     ``keys_bytes``: the samples' keys as a shard's header lists them (an upper bound). A (source,
     attack) folder holding at least its examples' data and headers counts as complete; the rest
     need their full size, less what they hold, plus the largest shard (rewritten beside its old self).
+    Without a ``cache`` (a dry run with no store) nothing is held already.
     """
     full = stored = missing = largest = 0
     for m in sources:
@@ -248,8 +249,9 @@ def store_bytes(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, k
             data = n * per_sample + -(-n // per) * SHARD_HEADER
             full += data + keys_bytes
             largest = max(largest, min(n, per) * per_sample + SHARD_HEADER + keys_bytes)
-            folder = cache.folder(m.spec.label, spec)
-            held = sum(p.stat().st_size for p in folder.glob("b*.r*.safetensors")) if folder.is_dir() else 0
+            folder = None if cache is None else cache.folder(m.spec.label, spec)
+            held = sum(p.stat().st_size for p in folder.glob("b*.r*.safetensors")) \
+                if folder is not None and folder.is_dir() else 0
             stored += held
             missing += 0 if held >= data else data + keys_bytes - held
     return full, stored, missing + largest if missing else 0
@@ -258,9 +260,8 @@ def store_bytes(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, k
 def check_space(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, ids: list[str],
                 note: Callable[[str], None] | None) -> None:
     """Say what the store will take; refuse (FieldError) before any work when its disk has not that much free."""
-    keys_bytes = sum(len(i.encode()) + 72 for i in ids)  # "id#<64 hex>", quoted, comma
-    full, stored, need = store_bytes(cache, sources, suite, keys_bytes, len(ids))
-    free = shutil.disk_usage(cache.root).free
+    full, stored, need = store_bytes(cache, sources, suite, header_key_bytes(ids), len(ids))
+    free = shutil.disk_usage(_existing(cache.root)).free
     if note is not None and not need:
         note(f"example store {cache.root}: {human_bytes(stored)} for {len(ids)} samples, all there already")
     elif note is not None:
@@ -270,6 +271,18 @@ def check_space(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, i
         raise FieldError("cache", f"{{name}} {cache.root}: the example store needs up to {human_bytes(need)} more, "
                          f"its disk has {human_bytes(free)} free; free space, give a folder on another disk, or "
                          f"keep fewer examples (fewer samples, sources, attacks or eps)")
+
+
+def header_key_bytes(ids: list[str]) -> int:
+    """The samples' keys as shards' headers list them: "id#<64 hex>", quoted, comma (an upper bound)."""
+    return sum(len(i.encode()) + 72 for i in ids)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent: a dry run measures the disk of a store it does not create."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def human_bytes(n: int) -> str:

@@ -121,6 +121,13 @@ def _check_cache(path: Path | None) -> None:
     open_store(path)
 
 
+def check_amp_cache(cfg: TransferConfig) -> None:
+    """Refuse amp with a cache: the store keys on the models, not on their precision."""
+    if cfg.cache is not None and cfg.run.amp is not None:
+        raise FieldError("amp", "{name} cannot be combined with {cache}: the example cache does not yet key on "
+                                "precision; leave out one of them", "cache")
+
+
 def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel]) -> engine.Plan:
     """Each source scored by every target and by itself (the white-box diagonal and the transfer rate need it)."""
     labels = [t.spec.label for t in targets]
@@ -158,9 +165,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     if not cfg.models:
         raise FieldError("models", "transfer-matrix needs at least one {name}")
     _check_cache(cfg.cache)
-    if cfg.cache is not None and cfg.run.amp is not None:  # the cache keys on the models, not on their precision
-        raise FieldError("amp", "{name} cannot be combined with {cache}: the example cache does not yet key on "
-                                "precision; leave out one of them", "cache")
+    check_amp_cache(cfg)
     opened = open_run(cfg.run, cfg.models, dist, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
     if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
