@@ -6,17 +6,15 @@ import base64
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from held_child import held_child
 from PIL import Image
 from results_docs import one_error_line
 from torch import nn
@@ -211,34 +209,9 @@ def _records(state: Path) -> list[dict]:
 PAUSED = Path(__file__).parent / "paused_run.py"  # robench, stopped after its k-th finished batch
 
 
-@contextlib.contextmanager
-def _paused(args: list[str], k: int, timeout: float = 180) -> Iterator[subprocess.Popen]:
-    """``robench ARGS`` in a child that has kept exactly ``k`` batches and waits, blocked, for the test's signal.
-
-    Waiting for the state to grow and then signalling raced the clock: on a loaded machine the child
-    finished every batch first and exited 0. The child (tests/paused_run.py) says on one pipe that its
-    k-th batch is kept, then blocks reading another, which the test closes only when it is done with it.
-    """
-    ready_r, ready_w = os.pipe()
-    wait_r, wait_w = os.pipe()
-    try:
-        proc = subprocess.Popen([sys.executable, str(PAUSED), str(ready_w), str(wait_r), str(k), *args], env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(ready_w, wait_r))
-    finally:
-        os.close(ready_w)  # the child's copies only: end-of-file on ready_r then means the child ended
-        os.close(wait_r)
-    try:
-        said = os.read(ready_r, 100) if select.select([ready_r], [], [], timeout)[0] else b""
-        if said != f"{k} batches kept\n".encode():
-            proc.kill()
-            pytest.fail(f"no {k} finished batches in {timeout} s: {proc.communicate()[1]}")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        os.close(ready_r)
-        os.close(wait_w)
+def _paused(args: list[str], k: int, timeout: float = 180) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """``robench ARGS`` in a child that has kept exactly ``k`` batches and waits, blocked, for the test's signal."""
+    return held_child(PAUSED, args, k, f"{k} batches kept", ENV, timeout)
 
 
 @pytest.fixture(scope="module")

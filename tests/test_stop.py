@@ -12,17 +12,15 @@ import base64
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from held_child import held_child
 
 from robench.cli.main import main
 from robench.core.stop import check_stop, request_stop, stop_requested
@@ -46,29 +44,10 @@ def _args(suite: Path) -> list[str]:
             "-q", "--no-health"]
 
 
-@contextlib.contextmanager
-def _held_in_square(args: list[str], k: int, timeout: float = 180) -> Iterator[subprocess.Popen]:
+def _held_in_square(args: list[str], k: int,
+                    timeout: float = 180) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """``robench ARGS`` in a child held at Square's k-th query, a signal's exception there dropped."""
-    ready_r, ready_w = os.pipe()
-    wait_r, wait_w = os.pipe()
-    try:
-        proc = subprocess.Popen([sys.executable, str(HELD), str(ready_w), str(wait_r), str(k), *args], env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(ready_w, wait_r))
-    finally:
-        os.close(ready_w)
-        os.close(wait_r)
-    try:
-        said = os.read(ready_r, 100) if select.select([ready_r], [], [], timeout)[0] else b""
-        if said != b"in square\n":
-            proc.kill()
-            pytest.fail(f"no square query {k} in {timeout} s: {proc.communicate()[1]}")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        os.close(ready_r)
-        os.close(wait_w)
+    return held_child(HELD, args, k, "in square", ENV, timeout)
 
 
 def _kept_rows(state: Path) -> list[int]:
