@@ -62,6 +62,9 @@ from .options import (
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="X",
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
 @click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
+@click.option("--survivor-check", type=int, default=8, show_default=True, metavar="K",
+              help="When the suite takes shortcuts (e.g. autoattack-malt): re-attack the first K survivors of each "
+                   "worst row with the full autoattack suite, and flag any it fools (0: off).")
 @click.option("--dry-run", is_flag=True,
               help="Time one batch per model and attack and print the passes per sample and the estimated time "
                    "of the whole run on this device; writes no results.")
@@ -72,7 +75,8 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
                  resume: Path | None, outs: tuple[Path, ...], plot: Path | None,
                  per_sample: Path | None, rules_path: Path | None, baseline_path: Path | None, junit: Path | None,
                  summary: Path | None,
-                 clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, dry_run: bool,
+                 clean_refs: tuple[str, ...], clean_ref_tol: float | None, no_health: bool, survivor_check: int,
+                 dry_run: bool,
                  quiet: bool, **run: Any) -> None:
     """Attack each model with its own gradients across attacks x eps.
 
@@ -114,7 +118,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     gate = prepare_gate(rules_path, baseline_path, junit, summary) if rules_path or baseline_path else None
     suite = build_suite(suite_name, attack_names, eps_text, cascade, early_stop, eps_unit)
     cfg = EvalConfig(specs + models, run_spec(suite=suite, health_probes=not no_health, **run), resume,
-                     refs, clean_ref_tol)
+                     refs, clean_ref_tol, survivor_check=survivor_check)
     if gate is not None:
         check_planned_rows(gate, cfg)
     if dry_run:

@@ -76,6 +76,8 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
           "attack of the suite missed at the same eps: the gradients are masked (AutoAttack's own check)"),
     Check("clean_accuracy_mismatch", "clean accuracy differs from the reference given beyond sampling noise "
           "(wrong weights, normalization, resolution or labels)"),
+    Check("cheaper_suite_missed", "the full AutoAttack fools survivors of a suite that takes shortcuts (fewer "
+          "targets or queries): the suite was too greedy and its robust accuracy is overstated"),
     Check("nonfinite_logits", "the model gave NaN or inf logits, clean or under attack: those samples count as "
           "wrong, so its accuracies measure the numerics, not robustness"),
 )}
@@ -362,3 +364,16 @@ def eval_flags(rows: pd.DataFrame, outcomes: Mapping[str, Outcomes], suite: Suit
         *perturbation_exceeds_eps(rows),
         *(clean_accuracy_mismatch(rows, refs, tol) if refs else []),
     ]
+
+
+def cheaper_suite_missed(model: str, eps: float, checked: int, fooled: int) -> list[Flag]:
+    """A flag when the full AutoAttack fooled any of the ``checked`` survivors of a cheaper suite's worst row.
+
+    One fooled sample is enough: each is a sample the suite counted as robust and is not, so its
+    robust accuracy is overstated by at least that much, whatever the statistics say.
+    """
+    if not fooled:
+        return []
+    return [flag("cheaper_suite_missed", model, f"the full autoattack suite fooled {fooled} of {checked} samples "
+                 "that survived this suite: its shortcuts missed them, so its robust accuracy is overstated; "
+                 "use --attacks autoattack for the number", "worst", eps)]
