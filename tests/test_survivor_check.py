@@ -114,3 +114,11 @@ def test_a_bad_k_exits_2_with_one_line_and_no_output(tmp_path: Path, k: str) -> 
     if k == "-1":
         one_error_line(result, 2, "--survivor-check", "[0, ", "0: off")
     assert not out.exists()
+
+
+def test_the_clis_default_is_the_librarys() -> None:
+    """The default is written twice (--help must not import torch): both say the same."""
+    from robench.cli.eval_cmd import eval_command
+
+    (option,) = [p for p in eval_command.params if p.name == "survivor_check"]
+    assert option.default == evaluate.SURVIVOR_CHECK == EvalConfig().survivor_check == 8
