@@ -81,7 +81,8 @@ def test_configs_compose_the_run_and_record_it_flat() -> None:
     assert (ev["limit"], ev["seed"], ev["models"], ev["resume"], ev["clean_refs"]) == (7, 3, ["zoo:effnet-base"], None,
                                                                                        [])
     assert (tr["sources"], tr["targets"], tr["cache"]) == (["effnet-base"], None, None)
-    assert set(ev) - set(shared) == {"models", "resume", "clean_refs", "clean_ref_tol", "worst"}
+    assert set(ev) - set(shared) == {"models", "resume", "clean_refs", "clean_ref_tol", "worst",
+                                       "survivor_check"}
     assert set(tr) - set(shared) == {"models", "sources", "targets", "cache"}
 
 

@@ -376,4 +376,4 @@ def cheaper_suite_missed(model: str, eps: float, checked: int, fooled: int) -> l
         return []
     return [flag("cheaper_suite_missed", model, f"the full autoattack suite fooled {fooled} of {checked} samples "
                  "that survived this suite: its shortcuts missed them, so its robust accuracy is overstated; "
-                 "use --attacks autoattack for the number", "worst", eps)]
+                 "report the autoattack suite's number instead", "worst", eps)]
