@@ -15,7 +15,7 @@ from robench.run.evaluate import EvalConfig, run_eval
 from robench.run.runspec import RunSpec
 
 # APGD-T on 1 target for 1 step: shortcuts() names the 8 targets it drops, so the check runs.
-GREEDY = "attacks:\n  - name: apgd_t\n    targets: 1\n    steps: 1\n"
+GREEDY = "cascade: true\nattacks:\n  - name: apgd_t\n    targets: 1\n    steps: 1\n"
 
 
 def _suite(tmp_path: Path, eps: int) -> Path:

@@ -182,9 +182,12 @@ def _survivor_check(cfg: EvalConfig, opened: Opened, outcomes: dict[str, engine.
 
     A cheaper suite (fewer targets, fewer queries) could miss a sample the full attack fools, and
     then overstate robust accuracy; a few survivors re-attacked catch a suite that was too greedy
-    at a bounded cost. Returns the flags and the record for the results (None: not run).
+    at a bounded cost. Only for cascade suites, AutoAttack's own shape: a hand-cut suite run for
+    speed (a short Square, say) does not pay for full AutoAttack by default. Returns the flags and
+    the record for the results (None: not run).
     """
-    if not cfg.survivor_check or not cfg.worst or not cfg.run.suite.shortcuts():
+    suite = cfg.run.suite
+    if not cfg.survivor_check or not cfg.worst or not suite.cascade or not suite.shortcuts():
         return [], None
     row_of = {sample: r for r, sample in enumerate(opened.source.ids)}
     checked, flags = [], []
