@@ -1,4 +1,4 @@
-"""A robench child process held at a known point, so a test can signal it there and nowhere else.
+"""A robench child process held at a known point, so a test can signal it there, and what it kept.
 
 Waiting for a child's files to grow and then signalling raced the clock: on a loaded machine the
 child finished first and exited 0. The child script (tests/paused_run.py, tests/paused_attack.py)
@@ -9,6 +9,7 @@ only when it is done with it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import subprocess
@@ -43,3 +44,20 @@ def held_child(script: Path, args: list[str], k: int, ready: str, env: dict[str,
             proc.communicate()
         os.close(ready_r)
         os.close(wait_w)
+
+
+def state_records(state: Path) -> list[dict]:
+    """The resume state file's batch records (header and any torn line left out)."""
+    out = []
+    for line in (state / "state-rank0.jsonl").read_text().splitlines()[1:]:
+        with contextlib.suppress(ValueError):  # a line torn by the kill
+            out.append(json.loads(line))
+    return out
+
+
+def same_results(out: Path, uninterrupted: dict) -> dict:
+    """The results file at ``out``, after checking it holds what the uninterrupted run wrote (config aside)."""
+    doc = json.loads(out.read_text())
+    for key in ("rows", "samples", "dataset", "models", "health"):
+        assert doc[key] == uninterrupted[key], key
+    return doc

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from held_child import held_child
+from held_child import held_child, same_results, state_records
 from PIL import Image
 from results_docs import one_error_line
 from torch import nn
@@ -197,15 +197,6 @@ RESUME_ARGS = ["eval", "zoo:effnet-base", "--limit", "120", "--batch-size", "10"
 BATCHES = 12
 
 
-def _records(state: Path) -> list[dict]:
-    """The state file's batch records (header and any torn line left out)."""
-    out = []
-    for line in (state / "state-rank0.jsonl").read_text().splitlines()[1:]:
-        with contextlib.suppress(ValueError):  # a line torn by the kill
-            out.append(json.loads(line))
-    return out
-
-
 PAUSED = Path(__file__).parent / "paused_run.py"  # robench, stopped after its k-th finished batch
 
 
@@ -222,14 +213,6 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(out.read_text())
 
 
-def _same_results(out: Path, uninterrupted: dict) -> dict:
-    """The results file at ``out``, after checking it holds what the uninterrupted run wrote (config aside)."""
-    doc = json.loads(out.read_text())
-    for key in ("rows", "samples", "dataset", "models", "health"):
-        assert doc[key] == uninterrupted[key], key
-    return doc
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uninterrupted: dict) -> None:
     state, out = tmp_path / "state", tmp_path / "r.json"
@@ -238,16 +221,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path: Path, uni
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL and not out.exists()
-    assert len(_records(state)) == 2 < BATCHES  # killed with two batches kept and more to do
+    assert len(state_records(state)) == 2 < BATCHES  # killed with two batches kept and more to do
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     # only the unfinished batches were computed: one record each, none twice
-    records = _records(state)
+    records = state_records(state)
     assert len(records) == BATCHES
     rows = np.concatenate([np.frombuffer(base64.b64decode(r["part"]["rows"]["data"]), dtype=np.int64)
                            for r in records])
     assert sorted(rows.tolist()) == list(range(120))
-    doc = _same_results(out, uninterrupted)
+    doc = same_results(out, uninterrupted)
     assert doc["config"] == {**uninterrupted["config"], "resume": str(state)}
 
 
@@ -260,7 +243,7 @@ def test_ctrl_c_keeps_the_state_and_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == (
         f"robench: error: interrupted; finished batches are kept in {state}: run the same command to go on")
-    assert len(_records(state)) == 1 < BATCHES
+    assert len(state_records(state)) == 1 < BATCHES
 
 
 @pytest.mark.slow
@@ -274,10 +257,10 @@ def test_sigterm_keeps_the_state_exits_143_and_the_rerun_finishes(tmp_path: Path
     assert proc.returncode == 143 and not out.exists()
     assert err.strip().splitlines() == [
         f"robench: error: terminated (SIGTERM); finished batches are kept in {state}: run the same command to go on"]
-    assert len(_records(state)) == 1 < BATCHES
+    assert len(state_records(state)) == 1 < BATCHES
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    _same_results(out, uninterrupted)
+    same_results(out, uninterrupted)
 
 
 def test_sigterm_handler_is_the_cli_s_only_while_a_command_runs() -> None:
@@ -373,11 +356,11 @@ def test_a_state_file_without_its_header_starts_over(tmp_path: Path, content: by
     first = CliRunner().invoke(main, [*SMALL_RESUME, "--resume", str(state), "--out", str(tmp_path / "a.json")])
     assert first.exit_code == 0, first.output
     header = json.loads((state / "state-rank0.jsonl").read_text().splitlines()[0])
-    assert header["versions"] == resume_versions() and len(_records(state)) == 2
+    assert header["versions"] == resume_versions() and len(state_records(state)) == 2
     again = CliRunner().invoke(main, [*SMALL_RESUME, "--resume", str(state), "--out", str(tmp_path / "b.json")])
     assert again.exit_code == 0, again.output
     rows = np.concatenate([np.frombuffer(base64.b64decode(r["part"]["rows"]["data"]), dtype=np.int64)
-                           for r in _records(state)])
+                           for r in state_records(state)])
     assert sorted(rows.tolist()) == list(range(10))  # resumed: no sample computed again
     rows = [json.loads((tmp_path / f).read_text())["rows"] for f in ("a.json", "b.json")]
     assert rows[0] == rows[1]
