@@ -17,6 +17,7 @@ Runs alternate between the two sides so that load from other processes falls on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench import engine
-from robench.attacks import attack_mode
+from robench.attacks import REGISTRY, attack_mode
 from robench.attacks.suite import Suite, load_suite
 from robench.data import Batch, TensorSource, open_source
 from robench.engine import attack_noise
@@ -121,13 +122,28 @@ def bare_single(model: nn.Module, x: Tensor, g: Tensor, eps: Sequence[float], re
 def bare_iterative(
     model: nn.Module, x: Tensor, target: Tensor, eps: Sequence[float], step: float, record: Record, s: int
 ) -> int:
-    """bim / iter_ll: the first gradient at x once, then steps - 1 more per eps."""
-    first = grad_sign(model, x, target)
+    """bim / iter_ll: one trunk of sign steps at the largest eps; a smaller eps leaves it at the first
+    step its own projection would change, and finishes alone (the same trajectories as one run per eps)."""
+    runs = sorted(((e / 255, paper_steps(e)) for e in eps), reverse=True)
+    done: dict[float, Tensor] = {}
+    z, k, trunk = x, 0, list(runs)
+    while trunk:
+        done.update({e: z for e, n in trunk if n == k})
+        trunk = [(e, n) for e, n in trunk if n != k]
+        if not trunk:
+            break
+        moved = z + step * grad_sign(model, z, target)
+        nxt = project(moved, x, trunk[0][0])
+        for e, n in trunk[1:]:
+            own = project(moved, x, e)
+            if not torch.equal(own, nxt):
+                for _ in range(n - k - 1):
+                    own = project(own + step * grad_sign(model, own, target), x, e)
+                done[e] = own
+        trunk = [(e, n) for e, n in trunk if e not in done]
+        z, k = nxt, k + 1
     for e in eps:
-        x_adv = project(x + step * first, x, e / 255)
-        for _ in range(paper_steps(e) - 1):
-            x_adv = project(x_adv + step * grad_sign(model, x_adv, target), x, e / 255)
-        record(s, infer(model, x_adv))
+        record(s, infer(model, done[e / 255]))
         s += 1
     return s
 
@@ -264,9 +280,10 @@ def compare(w: Workload, repeats: int, warm_rows: int) -> tuple[Side, Side]:
 
 
 def expected_passes(suite: Suite, batches: int) -> Passes:
-    """What the brief's schedule predicts: the number both sides must reach."""
+    """The most both sides may spend (bim and iter_ll at their budget, whose trunk may save more): the bound."""
     eps = {a.name: a.eps for a in suite.attacks}
-    grads = 2 + sum(1 + sum(paper_steps(e) - 1 for e in eps[k]) for k in ("bim", "iter_ll")) + 10 * len(eps["pgd"])
+    trunk = sum(REGISTRY[k].budget(REGISTRY[k].config(), eps[k], 10) // 2 for k in ("bim", "iter_ll"))
+    grads = 2 + trunk + 10 * len(eps["pgd"])
     infs = 1 + sum(len(v) for v in eps.values())
     return Passes(grads * batches, grads * batches, infs * batches)
 
@@ -324,7 +341,8 @@ def end_to_end() -> dict[str, float]:
 def summarize(w: Workload, rob: Side, bare: Side) -> tuple[str, float, bool]:
     """Print one workload's rows; returns (name, ratio of medians, all checks passed)."""
     want = expected_passes(w.suite, len(w.batches))
-    same_passes = rob.passes == bare.passes == {want}
+    same_passes = rob.passes == bare.passes and len(rob.passes) == 1 and all(
+        a <= b for a, b in zip(dataclasses.astuple(next(iter(rob.passes))), dataclasses.astuple(want), strict=True))
     same_out = all(np.array_equal(a, b) for a, b in zip(rob.outputs, bare.outputs, strict=True))
     ratio = statistics.median(rob.times) / statistics.median(bare.times)
     n = f"{len(w.ids)} img / {len(w.batches)} batches"
@@ -334,7 +352,7 @@ def summarize(w: Workload, rob: Side, bare: Side) -> tuple[str, float, bool]:
               f"{min(side.times):8.2f}  {passes}")
     verdict = "OK" if ratio <= TARGET else f"ABOVE {TARGET:.2f}x"
     print(f"{'':18} ratio robench/bare (median) {ratio:.3f}x [{verdict}]; min/min "
-          f"{min(rob.times) / min(bare.times):.3f}x; passes equal: {same_passes} (expected {want}); "
+          f"{min(rob.times) / min(bare.times):.3f}x; passes equal: {same_passes} (at most {want}); "
           f"outputs bit-identical: {same_out}")
     return w.name, ratio, same_passes and same_out
 

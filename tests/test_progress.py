@@ -66,9 +66,14 @@ def test_an_attack_spends_at_most_its_budget(name: str, small_cnn: nn.Module) ->
     assert 0 < spent <= budget
 
 
-def test_the_paper_schedules_budget_is_its_steps() -> None:
-    """bim at eps 4 and 16: floor(min(eps + 4, 1.25 eps)) = 5 and 20 gradients, 2 passes each."""
-    assert REGISTRY["bim"].budget(REGISTRY["bim"].config(), [4.0, 16.0], 10) == 2 * (5 + 20)
+def test_the_paper_schedules_budget_is_its_trunk_and_what_may_leave_it() -> None:
+    """bim at eps 4 and 16: floor(min(eps + 4, 1.25 eps)) = 5 and 20 steps; eps 4 rides the trunk for at least
+    3 steps (a fourth could reach its ball), so at most 5 - 4 = 1 of its own: 21 gradients, 2 passes each."""
+    bim = REGISTRY["bim"]
+    assert bim.budget(bim.config(), [4.0, 16.0], 10) == 2 * (20 + 1)
+    assert bim.budget(bim.config(), [2.0, 4.0, 8.0, 16.0], 10) == 2 * (20 + 0 + 1 + 2)
+    assert bim.budget(bim.config(steps=3), [2.0, 16.0], 10) == 2 * (3 + 1)  # eps 2 leaves after 1 step
+    assert bim.budget(bim.config(), [0.0, 16.0], 10) == bim.budget(bim.config(), [16.0], 10) == 2 * 20
 
 
 # --- the per-iteration report ----------------------------------------------------------------------

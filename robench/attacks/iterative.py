@@ -93,14 +93,12 @@ def descend(
     eps: float | Tensor,
     step: float | Tensor,
     steps: int,
-    first: Tensor | None = None,
     stop_on: Tensor | None = None,
 ) -> Tensor:
     """Run ``steps`` projected sign-gradient steps of size ``step`` from ``start``.
 
     All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``. Training gives
-    ``eps`` and ``step`` per example ([N, 1, 1, 1] tensors), never with ``stop_on``.
-    ``first`` is the gradient sign at ``start`` when the caller already has it. With
+    ``eps`` and ``step`` per example ([N, 1, 1, 1] tensors), never with ``stop_on``. With
     ``stop_on`` (the true labels, [N]) a sample stops at the first iterate that the model
     misclassifies and keeps it (early stopping): the gradient's own forward tells, so it
     costs no extra pass, and the other samples' steps are unchanged.
@@ -108,10 +106,9 @@ def descend(
     if stop_on is not None:
         return _descend_until_fooled(model, x, start, target, eps, step, steps, stop_on)
     x_adv = start
-    for i in range(steps):
+    for _ in range(steps):
         check_stop()
-        g = first if (i == 0 and first is not None) else gradient_sign(model, x_adv, target)
-        x_adv = project(x_adv + step * g, x, eps)
+        x_adv = project(x_adv + step * gradient_sign(model, x_adv, target), x, eps)
     return x_adv
 
 
@@ -151,18 +148,67 @@ def _schedule(
     sign: float,
     stop_on: Tensor | None = None,
 ) -> Iterator[tuple[float, Tensor]]:
-    """BIM-style sweep; every eps starts at x, so the first gradient is computed once (without early stopping)."""
-    first: Tensor | None = None
-    for e in eps:
-        n = paper_steps(e) if steps is None else steps
+    """BIM-style sweep over eps (1/255 units); every eps starts at x, so trajectories share work.
+
+    Without early stopping every eps walks one shared trunk until its own projection would
+    bind (``_shared_sweep``): the paper's sweep 2, 4, 8, 16 takes about 23 gradients instead of 37,
+    and every result is the one a separate run at that eps gives. With early stopping each eps
+    runs alone on the samples still correct.
+    """
+    counts = [(e, paper_steps(e) if steps is None else steps) for e in eps]
+    if stop_on is None:
+        with attack_mode(model):
+            done = _shared_sweep(model, x, target, [(to_unit(e), n) for e, n in counts], sign * to_unit(step_size))
+        for (e, _), x_adv in zip(counts, done, strict=True):
+            yield e, x_adv
+        return
+    for e, n in counts:
         if e == 0 or n == 0:
             yield e, x.clone()
             continue
         with attack_mode(model):
-            if first is None and stop_on is None:
-                first = gradient_sign(model, x, target)
-            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, first, stop_on)
+            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, stop_on)
         yield e, x_adv
+
+
+def _shared_sweep(model: nn.Module, x: Tensor, target: Tensor, runs: list[tuple[float, int]],
+                  step: float) -> list[Tensor]:
+    """``descend`` from x for every (eps, steps) in ``runs`` (eps in [0, 1] units), sharing the common trunk.
+
+    Sign steps of one size from one start are the same for every eps until the projection onto
+    the smallest ball changes an iterate. So one trunk walks at the largest eps still on it; at
+    each step, an eps whose own projection would differ from the trunk's leaves it and finishes
+    alone from its own projected iterate. The test is exact (``torch.equal`` on the batch), so each
+    result is bit for bit a separate run's, at any step size; only gradients are saved.
+    """
+    out: list[Tensor | None] = [None] * len(runs)
+    on_trunk = []
+    for i, (e, n) in enumerate(runs):
+        if e == 0 or n == 0:
+            out[i] = x.clone()
+        else:
+            on_trunk.append(i)
+    z, k = x, 0
+    while on_trunk:
+        for i in [i for i in on_trunk if runs[i][1] == k]:
+            out[i] = z
+            on_trunk.remove(i)
+        if not on_trunk:
+            break
+        check_stop()
+        moved = z + step * gradient_sign(model, z, target)
+        widest = max(on_trunk, key=lambda i: runs[i][0])
+        nxt = project(moved, x, runs[widest][0])
+        for i in list(on_trunk):
+            e, n = runs[i]
+            if e == runs[widest][0]:
+                continue
+            own = project(moved, x, e)
+            if not torch.equal(own, nxt):
+                out[i] = descend(model, x, own, target, e, step, n - k - 1)
+                on_trunk.remove(i)
+        z, k = nxt, k + 1
+    return [t if t is not None else x.clone() for t in out]
 
 
 def bim(
