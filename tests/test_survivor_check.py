@@ -10,7 +10,7 @@ from results_docs import invoke, one_error_line
 
 from robench.attacks.suite import load_suite
 from robench.errors import FieldError
-from robench.run import evaluate
+from robench.run import evaluate, survivors
 from robench.run.evaluate import EvalConfig, run_eval
 from robench.run.runspec import RunSpec
 
@@ -36,13 +36,13 @@ def _eval(suite: Path | str, k: int, limit: int = 12) -> evaluate.EvalResult:
 def attacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The rows the full AutoAttack was given, counted where the check hands them to the engine."""
     rows: list[int] = []
-    real = evaluate.views
+    real = survivors.views
 
     def counting(source, configs, batch_size, order=None):  # type: ignore[no-untyped-def]
         rows.extend(order.tolist())
         return real(source, configs, batch_size, order)
 
-    monkeypatch.setattr(evaluate, "views", counting)
+    monkeypatch.setattr(survivors, "views", counting)
     return rows
 
 
