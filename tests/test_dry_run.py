@@ -11,10 +11,11 @@ from test_gpu_path import CLOSE, SUITE
 
 from robench.attacks.suite import load_suite
 from robench.cli.main import main
-from robench.run.dryrun import COLUMNS, SURVIVOR_ROW, dry_run
+from robench.run.dryrun import COLUMNS, SURVIVOR_ROW, dry_run, dry_run_transfer
 from robench.run.evaluate import EvalConfig, run_eval
 from robench.run.runspec import RunSpec
 from robench.run.survivors import planned_passes
+from robench.run.transfer import TransferConfig
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,16 @@ def test_cli_prints_the_survivor_row_as_an_upper_bound(close: str, tmp_path: Pat
                                        "--survivor-check", "2", "--dry-run"])
     assert result.exit_code == 0, result.stderr
     assert "survivor check (upper" in result.stdout and f"{CHECK_PASSES}" in result.stdout
+
+
+def test_transfer_dry_run_counts_the_check_per_source(close: str, tmp_path: Path) -> None:
+    """One model: its own source and target; the check's row is the source's, as in eval."""
+    cfg = TransferConfig((close,), run=_greedy(tmp_path), survivor_check=5)
+    rows = dry_run_transfer(cfg, clock=_ticks())
+    assert rows[["model", "attack"]].values.tolist() == [["Close", "clean"], ["Close", "apgd_t"],
+                                                         ["Close", SURVIVOR_ROW]]
+    assert (rows.iloc[2].passes_per_sample, rows.iloc[2].samples) == (CHECK_PASSES, 5)
+    assert rows.estimated_seconds.sum() == pytest.approx(0.25 * 40 + 0.5 * 40 + rows.iloc[2].estimated_seconds)
+    assert "store" in rows.attrs
+    off = dry_run_transfer(TransferConfig((close,), run=_greedy(tmp_path), survivor_check=0), clock=_ticks())
+    assert SURVIVOR_ROW not in off.attack.tolist()

@@ -47,7 +47,8 @@ def dry_run(cfg: EvalConfig, warn: Callable[[str], None] | None = None,
     """
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)  # one process: a dry run times this device alone
     table = _estimate(opened, [Plan.white_box([p]) for p in opened.participants()], cfg.run, clock)
-    return _with_survivor_check(table, cfg.run.suite, cfg.survivor_check if cfg.worst else 0, opened)
+    return _with_survivor_check(table, cfg.run.suite, cfg.survivor_check if cfg.worst else 0, opened,
+                                [p.label for p in opened.participants()])
 
 
 def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = None,
@@ -58,6 +59,7 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
     clean forward is its own row). ``attrs["store"]`` says the bytes of the example store: with
     a ``cache``, what the real run would say before its work, refusing a disk without them;
     without one, what a store of this run would take. Nothing is written, the store included.
+    The survivor check's row, when it would run, is per source (its white-box diagonal).
     """
     check_amp_cache(cfg)
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)
@@ -68,25 +70,29 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
              for s, t in whole.targets.items()]
     store = _store_line(cfg.cache, opened, sources, suite, cfg.run.seed)  # a disk without it: refused before timing
     table = _estimate(opened, plans, dataclasses.replace(cfg.run, suite=suite), clock)
+    table = _with_survivor_check(table, cfg.run.suite, cfg.survivor_check, opened, list(whole.targets))
     table.attrs["store"] = store
     return table
 
 
-def _with_survivor_check(table: pd.DataFrame, suite: Suite, most: int, opened: Opened) -> pd.DataFrame:
-    """``table`` and, when the survivor check would run, a row per model for it (an upper bound).
+def _with_survivor_check(table: pd.DataFrame, suite: Suite, most: int, opened: Opened,
+                         models: list[str]) -> pd.DataFrame:
+    """``table`` and, when the survivor check would run, a row for it per model of ``models`` (an upper bound).
 
     Its passes per sample are ``survivors.planned_passes`` (every eps's worst row, each of its
     checked samples a survivor no step fools), its samples ``most`` or all there are, fewer, and its
-    seconds per pass the model's own over its timed rows (the clean forward a pass).
+    seconds per pass the model's own over its timed rows (the clean forward a pass; a transfer
+    source's attack rows score its examples on the targets too, so they overstate it).
     """
     n = min(most, len(opened.source.ids))
     passes = planned_passes(suite, most, opened.source.num_classes)
     if not passes or not n or table.empty:
         return table
     rows = []
-    for model, own in table.groupby("model", sort=False):
+    for model in models:
+        own = table[table.model == model]
         per_pass = float(own.seconds_per_sample.sum()) / float(own.passes_per_sample.sum())
-        rows.append(_row(str(model), SURVIVOR_ROW, float(passes), per_pass * passes, n))
+        rows.append(_row(model, SURVIVOR_ROW, float(passes), per_pass * passes, n))
     out = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
     out.attrs = dict(table.attrs)
     return out
