@@ -26,6 +26,7 @@ from .options import (
     run_spec,
     say,
     suite_options,
+    survivor_check_option,
     zoo_default_text,
 )
 
@@ -62,9 +63,7 @@ from .options import (
 @click.option("--clean-ref-tol", type=click.FloatRange(min=0, max=1), metavar="X",
               help="Allowed |clean top-1 - reference|. Default: the exact 95% binomial interval for n.")
 @click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
-@click.option("--survivor-check", type=int, default=8, show_default=True, metavar="N",
-              help="When a cascade suite takes shortcuts (e.g. autoattack-malt): re-attack the first N survivors of "
-                   "each worst row with the full autoattack suite, and flag any it fools (0: off).")
+@survivor_check_option("each worst row")
 @click.option("--dry-run", is_flag=True,
               help="Time one batch per model and attack and print the passes per sample and the estimated time "
                    "of the whole run on this device; writes no results.")

@@ -353,6 +353,14 @@ def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def survivor_check_option(where: str) -> Callable[..., Any]:
+    """--survivor-check N, one definition for eval and transfer-matrix; ``where``: the survivors it re-attacks."""
+    return click.option(
+        "--survivor-check", type=int, default=8, show_default=True, metavar="N",
+        help=f"When a cascade suite takes shortcuts (e.g. autoattack-malt): re-attack the first N survivors of "
+             f"{where} with the full autoattack suite, and flag any it fools (0: off).")
+
+
 def eps_value(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """An option's eps text in 1/255 units, read as --eps is (8, 8/255, 0.03px; 0.3 is the unit trap)."""
     from robench.core.eps import parse_eps

@@ -22,6 +22,7 @@ from .options import (
     run_spec,
     say,
     suite_options,
+    survivor_check_option,
 )
 
 
@@ -42,6 +43,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Heatmaps of the transfer rate: .png, .svg or .pdf (needs the plot extra: matplotlib).")
 @click.option("--no-health", is_flag=True, help="Skip the health probes (see --probe-samples).")
+@survivor_check_option("each source's white-box diagonal, per eps")
 @click.option("--dry-run", is_flag=True,
               help="Time one batch per source and attack (crafting and scoring on every target) and print the "
                    "passes per sample, the estimated time of the whole run on this device and the example "
@@ -49,8 +51,8 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,
-                     cache: Path | None, outs: tuple[Path, ...], plot: Path | None, no_health: bool, dry_run: bool,
-                     quiet: bool,
+                     cache: Path | None, outs: tuple[Path, ...], plot: Path | None, no_health: bool,
+                     survivor_check: int, dry_run: bool, quiet: bool,
                      **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
@@ -87,7 +89,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
                   run_inputs(specs + models, suite_name, run.get("classes")))
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
-                         run_spec(suite=suite, health_probes=not no_health, **run), cache)
+                         run_spec(suite=suite, health_probes=not no_health, **run), cache, survivor_check)
     if dry_run:
         refuse_overwrite([*(("--out", o) for o in outs), ("--plot", plot)])
         print_dry_run(cfg)

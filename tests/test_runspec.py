@@ -83,7 +83,7 @@ def test_configs_compose_the_run_and_record_it_flat() -> None:
     assert (tr["sources"], tr["targets"], tr["cache"]) == (["effnet-base"], None, None)
     assert set(ev) - set(shared) == {"models", "resume", "clean_refs", "clean_ref_tol", "worst",
                                        "survivor_check"}
-    assert set(tr) - set(shared) == {"models", "sources", "targets", "cache"}
+    assert set(tr) - set(shared) == {"models", "sources", "targets", "cache", "survivor_check"}
 
 
 def test_numpy_integers_become_plain_ints() -> None:

@@ -10,9 +10,11 @@ from results_docs import invoke, one_error_line
 
 from robench.attacks.suite import load_suite
 from robench.errors import FieldError
-from robench.run import evaluate
+from robench.run import evaluate, survivors
 from robench.run.evaluate import EvalConfig, run_eval
 from robench.run.runspec import RunSpec
+from robench.run.survivors import SURVIVOR_CHECK
+from robench.run.transfer import TransferConfig, TransferResult, run_transfer
 
 # APGD-T on 1 target for 1 step: shortcuts() names the 8 targets it drops, so the check runs.
 GREEDY = "cascade: true\nattacks:\n  - name: apgd_t\n    targets: 1\n    steps: 1\n"
@@ -36,13 +38,13 @@ def _eval(suite: Path | str, k: int, limit: int = 12) -> evaluate.EvalResult:
 def attacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The rows the full AutoAttack was given, counted where the check hands them to the engine."""
     rows: list[int] = []
-    real = evaluate.views
+    real = survivors.views
 
     def counting(source, configs, batch_size, order=None):  # type: ignore[no-untyped-def]
         rows.extend(order.tolist())
         return real(source, configs, batch_size, order)
 
-    monkeypatch.setattr(evaluate, "views", counting)
+    monkeypatch.setattr(survivors, "views", counting)
     return rows
 
 
@@ -122,3 +124,74 @@ def test_the_clis_default_is_the_librarys() -> None:
 
     (option,) = [p for p in eval_command.params if p.name == "survivor_check"]
     assert option.default == evaluate.SURVIVOR_CHECK == EvalConfig().survivor_check == 8
+
+
+# --- transfer-matrix: the same check on each source's white-box diagonal -------------------------------------------
+def _transfer(suite: Path | str, k: int, sources: tuple[str, ...] | None = None,
+              limit: int = 6) -> TransferResult:
+    run = RunSpec(suite=load_suite(suite), limit=limit, threads=1, health_probes=False)
+    result = run_transfer(TransferConfig(("zoo:resnet-base", "zoo:effnet-base"), sources, None, run,
+                                         survivor_check=k))
+    assert result is not None
+    return result
+
+
+def test_transfer_checks_each_sources_diagonal(tmp_path: Path, attacked: list[int]) -> None:
+    """At eps 0 every sample survives: the first K rows of each source, re-attacked, none fooled."""
+    result = _transfer(_suite(tmp_path, 0), 2)
+    assert result.meta["survivor_check"] == {"max_samples": 2, "suite": "autoattack", "checked": [
+        {"model": "resnet-base", "eps": 0.0, "samples": 2, "fooled": []},
+        {"model": "effnet-base", "eps": 0.0, "samples": 2, "fooled": []}]}
+    assert attacked == [0, 1, 0, 1]
+    assert not [f for f in result.health if f.check == "cheaper_suite_missed"]
+
+
+def test_transfer_checks_sources_only_and_zero_is_off(tmp_path: Path, attacked: list[int]) -> None:
+    result = _transfer(_suite(tmp_path, 0), 3, sources=("effnet-base",))
+    assert [c["model"] for c in result.meta["survivor_check"]["checked"]] == ["effnet-base"]
+    assert attacked == [0, 1, 2]
+    assert _transfer(_suite(tmp_path, 0), 0, sources=("effnet-base",)).meta["survivor_check"] is None
+    assert _transfer("quick", 8, sources=("effnet-base",), limit=2).meta["survivor_check"] is None
+    assert attacked == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_transfer_flags_a_too_greedy_suite_on_the_diagonal(tmp_path: Path) -> None:
+    """As eval's: resnet-base at eps 8, one APGD-T step; the full AutoAttack fools what it left."""
+    out = tmp_path / "t.json"
+    result = invoke("transfer-matrix", "-m", "zoo:resnet-base", "-m", "zoo:effnet-base", "--sources", "resnet-base",
+                    "--attacks", _suite(tmp_path, 8), "--limit", "12", "--threads", "1", "--no-health",
+                    "--survivor-check", "3", "-q", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(out.read_text())
+    (checked,) = doc["survivor_check"]["checked"]
+    assert (checked["model"], checked["eps"], checked["samples"]) == ("resnet-base", 8.0, 3)
+    assert checked["fooled"]
+    (found,) = [f for f in doc["health"] if f["check"] == "cheaper_suite_missed"]
+    assert (found["model"], found["attack"], found["eps"]) == ("resnet-base", "worst", 8.0)
+    assert doc["config"]["survivor_check"] == 3
+
+
+@pytest.mark.parametrize("k", [-1, True, 2.0])
+def test_a_bad_k_is_refused_by_the_transfer_config(k: object) -> None:
+    with pytest.raises(FieldError, match="survivor_check"):
+        TransferConfig(("zoo:resnet-base",), survivor_check=k)  # type: ignore[arg-type]
+
+
+def test_a_bad_k_exits_2_on_transfer_matrix_too(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    result = invoke("transfer-matrix", "-m", "zoo:resnet-base", "--attacks", "autoattack-malt", "--limit", "2",
+                    "--survivor-check", "-1", "--out", out)
+    one_error_line(result, 2, "--survivor-check", "[0, ", "0: off")
+    assert not out.exists()
+
+
+def test_one_option_for_both_commands() -> None:
+    """Same name, type, metavar and default on eval and transfer-matrix, and the libraries' default."""
+    from robench.cli.eval_cmd import eval_command
+    from robench.cli.transfer_cmd import transfer_command
+
+    (a,) = [p for p in eval_command.params if p.name == "survivor_check"]
+    (b,) = [p for p in transfer_command.params if p.name == "survivor_check"]
+    assert (a.opts, a.type, a.metavar, a.default) == (b.opts, b.type, b.metavar, b.default)
+    assert b.default == TransferConfig(("zoo:resnet-base",)).survivor_check == SURVIVOR_CHECK

@@ -26,10 +26,12 @@ from robench.models import LoadedModel
 from robench.run.evaluate import EvalConfig
 from robench.run.runspec import Opened, RunSpec, open_run
 from robench.run.store import ExampleCache, check_space, header_key_bytes, human_bytes, store_bytes
+from robench.run.survivors import planned_passes
 from robench.run.transfer import TransferConfig, _pick, check_amp_cache, full_strength
 from robench.run.transfer import plan as transfer_plan
 
 Clock = Callable[[], float]
+SURVIVOR_ROW = "survivor check (upper bound)"  # the attack column of the survivor check's row
 COLUMNS = ["model", "attack", "passes_per_sample", "seconds_per_sample", "samples", "estimated_seconds"]
 
 
@@ -40,10 +42,13 @@ def dry_run(cfg: EvalConfig, warn: Callable[[str], None] | None = None,
     ``attrs["device"]`` names the device timed.
     The time is measured on the first batch, after one untimed forward (first calls pay for
     lazy set-up and compiling). Under cascade or early stopping later attacks see fewer samples,
-    so the estimate is then an upper bound.
+    so the estimate is then an upper bound. When the survivor check would run
+    (``robench.run.survivors``), each model gets a row ``SURVIVOR_ROW`` for it, also an upper bound.
     """
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)  # one process: a dry run times this device alone
-    return _estimate(opened, [Plan.white_box([p]) for p in opened.participants()], cfg.run, clock)
+    table = _estimate(opened, [Plan.white_box([p]) for p in opened.participants()], cfg.run, clock)
+    return _with_survivor_check(table, cfg.run.suite, cfg.survivor_check if cfg.worst else 0, opened,
+                                [p.label for p in opened.participants()])
 
 
 def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = None,
@@ -54,6 +59,7 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
     clean forward is its own row). ``attrs["store"]`` says the bytes of the example store: with
     a ``cache``, what the real run would say before its work, refusing a disk without them;
     without one, what a store of this run would take. Nothing is written, the store included.
+    The survivor check's row, when it would run, is per source (its white-box diagonal).
     """
     check_amp_cache(cfg)
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)
@@ -64,8 +70,32 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
              for s, t in whole.targets.items()]
     store = _store_line(cfg.cache, opened, sources, suite, cfg.run.seed)  # a disk without it: refused before timing
     table = _estimate(opened, plans, dataclasses.replace(cfg.run, suite=suite), clock)
+    table = _with_survivor_check(table, cfg.run.suite, cfg.survivor_check, opened, list(whole.targets))
     table.attrs["store"] = store
     return table
+
+
+def _with_survivor_check(table: pd.DataFrame, suite: Suite, most: int, opened: Opened,
+                         models: list[str]) -> pd.DataFrame:
+    """``table`` and, when the survivor check would run, a row for it per model of ``models`` (an upper bound).
+
+    Its passes per sample are ``survivors.planned_passes`` (every eps's worst row, each of its
+    checked samples a survivor no step fools), its samples ``most`` or all there are, fewer, and its
+    seconds per pass the model's own over its timed rows (the clean forward a pass; a transfer
+    source's attack rows score its examples on the targets too, so they overstate it).
+    """
+    n = min(most, len(opened.source.ids))
+    passes = planned_passes(suite, most, opened.source.num_classes)
+    if not passes or not n or table.empty:
+        return table
+    rows = []
+    for model in models:
+        own = table[table.model == model]
+        per_pass = float(own.seconds_per_sample.sum()) / float(own.passes_per_sample.sum())
+        rows.append(_row(model, SURVIVOR_ROW, float(passes), per_pass * passes, n))
+    out = pd.concat([table, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+    out.attrs = dict(table.attrs)
+    return out
 
 
 def _store_line(root: Path | None, opened: Opened, sources: list[LoadedModel], suite: Suite, seed: int) -> str:

@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from robench import engine
 from robench.analysis import health, metrics, worst
-from robench.attacks.suite import WORST, Suite, budget_record, load_suite
+from robench.attacks.suite import WORST, budget_record
 from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
 from robench.engine import Progress, Status
 from robench.engine.resume import RunState, fingerprint
-from robench.engine.runner import views
 from robench.results import samples
 from robench.results.provenance import dataset_record, envelope, resume_versions
 from robench.run.precision import check_precision
 from robench.run.runspec import Opened, Probed, RunSpec, model_texts_problem, open_run, parse_specs, probe_models
+from robench.run.survivors import SURVIVOR_CHECK, SURVIVOR_RULE, survivor_check
 
-SURVIVOR_CHECK = 8  # survivors of each worst row the full AutoAttack re-attacks when the suite takes shortcuts
-MAX_SURVIVOR_CHECK = 2**20  # beyond any data size: surely a typo
 EVAL_FIELDS = {  # robench.core.fields; NaN fails every comparison: as a tolerance it would flag nothing, silently
     "models": Rule(tuple, "a tuple of model specs (text)", test=model_texts_problem),
     "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
     "clean_ref_tol": Rule(float | None, "a share in [0, 1]", low=0, high=1, must="be a share in [0, 1]"),
     "worst": Rule(bool, "True or False"),
-    "survivor_check": Rule(int, "a whole number", low=0, high=MAX_SURVIVOR_CHECK,
-                           must=f"be a whole number in [0, {MAX_SURVIVOR_CHECK}] (0: off)"),
+    "survivor_check": SURVIVOR_RULE,
 }
 
 
@@ -169,55 +165,9 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     meta["precision"] = opened.precision
     meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
     meta["probes"] = probed.record()
-    survivor_flags, meta["survivor_check"] = _survivor_check(cfg, opened, outcomes)
+    survivor_flags, meta["survivor_check"] = survivor_check(
+        cfg.run.suite, cfg.survivor_check if cfg.worst else 0, opened, opened.participants(), outcomes, cfg.run)
     flags = [*probed.flags, *survivor_flags, *health.nonfinite_logits(outcomes.items()),
              *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]
     meta["health"] = health.records(flags)
     return EvalResult(rows, outcomes, meta, flags)
-
-
-def _survivor_check(cfg: EvalConfig, opened: Opened, outcomes: dict[str, engine.Outcomes],
-                    ) -> tuple[list[health.Flag], dict[str, Any] | None]:
-    """Full AutoAttack on the first ``survivor_check`` survivors of each worst row, when the suite took shortcuts.
-
-    A cheaper suite (fewer targets, fewer queries) could miss a sample the full attack fools, and
-    then overstate robust accuracy; a few survivors re-attacked catch a suite that was too greedy
-    at a bounded cost. Only for cascade suites, AutoAttack's own shape: a hand-cut suite run for
-    speed (a short Square, say) does not pay for full AutoAttack by default. Returns the flags and
-    the record for the results (None: not run).
-    """
-    suite = cfg.run.suite
-    if not cfg.survivor_check or not cfg.worst or not suite.cascade or not suite.shortcuts():
-        return [], None
-    row_of = {sample: r for r, sample in enumerate(opened.source.ids)}
-    checked, flags = [], []
-    for p in opened.participants():
-        o = outcomes[p.label]
-        for s, (attack, eps) in enumerate(o.settings):
-            if attack != WORST:
-                continue
-            ids = [i for i, ok in zip(o.ids, o.correct()[s], strict=True) if ok][:cfg.survivor_check]
-            fooled = _fooled_by_autoattack(p, opened, [row_of[i] for i in ids], float(eps), cfg.run)
-            checked.append({"model": p.label, "eps": float(eps), "samples": len(ids),
-                            "fooled": [i for i, f in zip(ids, fooled, strict=True) if f]})
-            flags += health.cheaper_suite_missed(p.label, float(eps), len(ids), int(fooled.sum()))
-    return flags, {"max_samples": cfg.survivor_check, "suite": "autoattack", "checked": checked}
-
-
-def _autoattack_at(eps: float) -> Suite:
-    """The built-in ``autoattack`` suite at this one eps."""
-    aa = load_suite("autoattack")
-    return replace(aa, attacks=tuple(replace(a, eps=(eps,)) for a in aa.attacks))
-
-
-def _fooled_by_autoattack(p: engine.Participant, opened: Opened, rows: list[int], eps: float,
-                          run: RunSpec) -> np.ndarray:
-    """Per row, whether the full AutoAttack at ``eps`` (the run's seed) fools the model on it (or it is wrong clean)."""
-    if not rows:
-        return np.zeros(0, dtype=bool)
-    suite, plan = _autoattack_at(eps), engine.Plan.white_box([p])
-    out = engine.Matrix.empty(opened.source.ids, engine.settings_of(suite), plan.pairs())
-    batches = views(opened.source, plan.configs(), run.batch_size, torch.tensor(rows, dtype=torch.int64))
-    engine.run_batches(plan, batches, suite, out, run.seed)
-    ok: np.ndarray = out.subset(np.asarray(rows, dtype=np.int64)).white_box()[p.label].correct()
-    return np.asarray(~ok.all(axis=0), dtype=bool)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robench import engine
-from robench.analysis import health, metrics
+from robench.analysis import health, metrics, worst
 from robench.attacks.base import to_unit
 from robench.attacks.suite import CLEAN, Suite
 from robench.core.distributed import LOCAL, Dist
@@ -37,11 +37,13 @@ from robench.results.provenance import dataset_record, envelope
 from robench.run.precision import check_precision
 from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, probe_models
 from robench.run.store import ExampleCache, check_space, open_store
+from robench.run.survivors import SURVIVOR_CHECK, SURVIVOR_RULE, survivor_check
 
 TRANSFER_FIELDS = {  # robench.core.fields; the labels are checked against the models once they are open
     "models": Rule(tuple, "a tuple of model specs (text)", test=model_texts_problem),
     "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
     "cache": Rule(Path | None, "a folder's Path, or None"),
+    "survivor_check": SURVIVOR_RULE,
 }
 
 
@@ -54,6 +56,7 @@ class TransferConfig:
     targets: tuple[str, ...] | None = None
     run: RunSpec = field(default_factory=RunSpec)
     cache: Path | None = None  # adversarial examples kept here between runs (ExampleCache)
+    survivor_check: int = SURVIVOR_CHECK  # a suite with shortcuts: full AutoAttack on this many white-box survivors
 
     def __post_init__(self) -> None:
         check(self, TRANSFER_FIELDS)
@@ -61,7 +64,8 @@ class TransferConfig:
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files: the run's fields alongside transfer's own."""
         return {"models": list(self.models), "sources": _list(self.sources), "targets": _list(self.targets),
-                **self.run.describe(), "cache": None if self.cache is None else str(self.cache)}
+                **self.run.describe(), "cache": None if self.cache is None else str(self.cache),
+                "survivor_check": self.survivor_check}
 
 
 def _list(labels: tuple[str, ...] | None) -> list[str] | None:
@@ -179,9 +183,9 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     probed = probe_models(opened, cfg.run, dist, status, "transfer")
     opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
+    whole = plan(opened, sources, targets)
     try:
-        done = engine.run(plan(opened, sources, targets), opened.source, suite, cfg.run.seed, cfg.run.batch_size,
-                          dist, hooks)
+        done = engine.run(whole, opened.source, suite, cfg.run.seed, cfg.run.batch_size, dist, hooks)
     finally:  # the blocks still held: on an interrupted run too, what was crafted is kept
         if cache is not None:
             cache.flush()
@@ -200,7 +204,10 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     meta["precision"] = opened.precision
     meta["semantics"] = suite.semantics()
     meta["probes"] = probed.record()
-    flags = [*probed.flags, *transfer_health(out, rows, cfg.run.suite)]
+    white = {s: worst.with_worst(o) for s, o in out.white_box().items()}
+    survivor_flags, meta["survivor_check"] = survivor_check(
+        cfg.run.suite, cfg.survivor_check, opened, [whole.model(s) for s in s_labels], white, cfg.run)
+    flags = [*probed.flags, *survivor_flags, *transfer_health(out, rows, cfg.run.suite)]
     meta["health"] = health.records(flags)
     return TransferResult(rows, out, meta, flags)
 
