@@ -151,7 +151,7 @@ def full_strength(suite: Suite, warn: Callable[[str], None] | None) -> Suite:
         return suite
     if warn is not None:
         warn(f"suite {suite.source}: transfer-matrix runs every attack on every sample at full strength; "
-             "its cascade/early_stop settings apply to eval only")
+             "its cascade/early_stop settings apply to eval (and choose the survivor check) only")
     return dataclasses.replace(suite, cascade=False, early_stop=False)
 
 
