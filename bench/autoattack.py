@@ -70,6 +70,7 @@ attacks:
 A, B, C, D, E = ("robench autoattack", "robench autoattack-malt", "torchattacks AA standard", "ART AA (no FAB)",
                  "robench AA without FAB-T")
 RATIO_OF = {A: C, B: C, C: C, D: D, E: D, "PGD-10": C, "APGD-CE": C, "torchattacks AA, 10 steps": C}
+LOCAL_MODELS = ("lenet-plain", "lenet-pgd", "timm-random")
 AGREEMENT = ((C, B), (A, B), (D, E))  # (x, y): samples x fools that y does not, and the reverse
 ART_DIFFERS = (
     "ART differs from AutoAttack standard where it cannot be set: its APGD keeps the last iterate of a run "
@@ -238,7 +239,8 @@ def lenet_case(name: str, args: argparse.Namespace) -> Case | None:
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     cfg = InputConfig(channels=1, size=(28, 28))
     source = open_source(f"mnist:{args.mnist}", "test", args.robust_limit if kind == "advtrained" else args.limit, 0)
-    return Case(name, model.eval(), cfg, list(source.batches(cfg, args.batch)), list(source.ids), (args.lenet_eps,))
+    return Case(name, model.eval(), cfg, list(source.batches(cfg, args.batch)), list(source.ids), (args.lenet_eps,),
+                f"LeNets: eps in 1/255 ({args.lenet_eps:g}/255 = {args.lenet_eps / 255:.3g} in pixels), MNIST test")
 
 
 def timm_case(args: argparse.Namespace) -> Case:
@@ -311,6 +313,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown here")
     p.add_argument("--table", action="store_true", help="also PGD-10, APGD-CE and torchattacks' own 10 steps")
     args = p.parse_args()
+    bad = [m for m in args.models.split(",") if m.startswith(("lenet", "timm")) and m not in LOCAL_MODELS]
+    if bad:
+        p.error(f"--models: no model {bad[0]!r}; besides zoo specs: {', '.join(LOCAL_MODELS)}")
     args.eps = tuple(float(e) for e in args.eps.split(","))
     args.timm_eps = tuple(float(e) for e in args.timm_eps.split(","))
     args.art = not args.no_art and importlib.util.find_spec("art") is not None
