@@ -345,8 +345,8 @@ def main() -> int:
                 print("".join(f"{c:<{w}}" for c, w in zip(row(r, recs), widths, strict=True)), flush=True)
             print("  agreement: " + "; ".join(blocks[-1][1]) + (f"\n  note: {case.note}" if case.note else ""),
                   flush=True)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(blocks, header))
+            if args.markdown:  # after every case, so that a long run stopped early leaves what it measured
+                Path(args.markdown).write_text(markdown(blocks, header))
     return 0
 
 
