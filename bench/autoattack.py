@@ -325,7 +325,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    header = (f"python {' '.join(sys.argv)}\n\n{args.threads} thread(s), {args.rounds} round(s) in alternating order, CPU seconds of this process "
+    header = (f"python {' '.join(sys.argv)}\n\n"
+              f"{args.threads} thread(s), {args.rounds} round(s) in alternating order, CPU seconds of this process "
               "(median over rounds), passes per sample; ratio goals: robench autoattack / torchattacks <= 0.8, "
               "robench without FAB-T / ART <= 0.8; the cheaper suite must fool every sample the others fool")
     print(header)
