@@ -113,6 +113,73 @@ def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
     assert all(p.grad is None for p in params[1:])
 
 
+# --- the contract under the L2 threat model --------------------------------------------------------
+
+# L2 eps is the L2 norm of the whole perturbation in [0, 1] pixels, taken as given (no /255). One
+# (name, config) per L2 variant; other attacks' L2 variants join this list.
+L2_EPS = [0.0, 0.25, 0.5, 2.0]
+L2_CONFIGS = [
+    ("fab_t", fab.FabTConfig(norm="l2", targets=2, steps=10, restarts=2)),
+    ("square", SquareConfig(norm="l2", queries=100)),
+]
+L2_IDS = [n for n, _ in L2_CONFIGS]
+
+
+def _l2_norms(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).norm(dim=1)
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+@pytest.mark.slow
+def test_l2_contract(name: str, config, small_cnn: nn.Module) -> None:
+    # every sample's whole perturbation within the L2 ball, in [0, 1], the input untouched, eps 0 the identity;
+    # eps 2 is well beyond any per-pixel 1/255 reading (2/255 would barely move an image)
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    small_cnn.train(True)
+    modes = [m.training for m in small_cnn.modules()]
+    x_before = x.clone()
+    out = _run(name, small_cnn, x, labels, L2_EPS, config)
+    assert list(out) == L2_EPS and torch.equal(x, x_before) and torch.equal(out[0.0], x)
+    for eps, x_adv in out.items():
+        assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+        assert _l2_norms(x_adv - x).max().item() <= eps + 1e-5, eps
+        assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert _l2_norms(out[2.0] - x).max().item() > 0.5, "the attack did not move beyond 0.5"
+    assert [m.training for m in small_cnn.modules()] == modes
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+@pytest.mark.slow
+def test_l2_batch_equals_one_by_one(name: str, config, small_cnn: nn.Module) -> None:
+    # the first three labels are the clean predictions, the last the runner-up (fooled from the start):
+    # fab_t fools some of the three at eps 3 and none at 1 (small_cnn's margins keep square from them)
+    from robench.engine import attack_noise
+
+    model = OneByOne(small_cnn).eval()
+    x, _ = _inputs(4)
+    with torch.no_grad():
+        ranked = model(x).argsort(1, descending=True)
+    labels = _labels(model, x, torch.cat([ranked[:3, 0], ranked[3:, 1]]))
+    ids, eps = ["a", "b", "c", "d"], [1.0, 3.0]
+    run = REGISTRY[name].run
+    whole = dict(run(model, x, labels, eps, config, attack_noise(0, name, ids)))
+    for i in range(4):
+        single = dict(run(model, x[i : i + 1], _row(labels, i), eps, config, attack_noise(0, name, ids[i : i + 1])))
+        for e in eps:
+            assert torch.equal(single[e][0], whole[e][i]), (i, e)
+    with torch.no_grad():
+        fooled = torch.cat([model(whole[e]).argmax(1) != labels.true for e in eps])
+    assert fooled.any() and not fooled.all(), "all or nothing fooled: the check would miss a branch"
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+def test_l2_norm_field_is_checked(name: str, config) -> None:
+    with pytest.raises(FieldError, match="norm must be linf | l2, got 'L2'"):
+        REGISTRY[name].config(norm="L2")
+    assert REGISTRY[name].config().norm == "linf"
+
+
 class StopAfter(nn.Module):
     """The model, counting its forwards; the ``at``-th asks for a stop, as SIGTERM's handler or another thread does."""
 
