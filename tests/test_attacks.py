@@ -30,7 +30,17 @@ from robench.attacks.apgd import (
 )
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
-from robench.attacks.square import SquareConfig, square_search, square_share, square_side
+from robench.attacks.square import (
+    SquareConfig,
+    bumps,
+    l2_propose,
+    l2_search,
+    l2_start,
+    square_search,
+    square_share,
+    square_side,
+    two_bumps,
+)
 from robench.core.stop import clear_stop, request_stop, stop_requested
 from robench.errors import FieldError, RobenchError, Terminated
 
@@ -591,6 +601,68 @@ def test_fab_reaches_the_linear_boundary_at_its_closed_form_distance() -> None:
         assert model(out[above]).argmax(1).eq(1).all() and model(out[below]).argmax(1).eq(0).all()
 
 
+def test_fab_l2_projection_by_hand() -> None:
+    # d = clip(lam w, -t, 1 - t) reaching the hyperplane: free (lam 1/4; lam 1/20 with weights 1, -3), the box
+    # binding (the first pixel stops at 1, the other goes on), a zero weight that never moves, a missed hyperplane
+    t = _rows([0.5, 0.5], [0.5, 0.5], [0.875, 0.5], [0.25, 0.5], [0.5, 0.5])
+    w = _rows([1, 1], [1, -3], [1, 1], [2, 0], [1, 1])
+    b = torch.tensor([1.5, -0.5, 1.75, 1.0, 3.0], dtype=torch.float64)
+    d = fab.project_l2(t, w, b)
+    torch.testing.assert_close(d, _rows([0.25, 0.25], [0.05, -0.15], [0.125, 0.25], [0.25, 0.0], [0.5, 0.5]))
+
+
+def test_fab_l2_projection_is_the_quadratic_program_optimum() -> None:
+    # min |d|_2 subject to w . (t + d) = b, 0 <= t + d <= 1, solved by scipy's SLSQP
+    minimize = pytest.importorskip("scipy.optimize").minimize
+    g = torch.Generator().manual_seed(7)
+    t, w = torch.rand(30, 5, generator=g, dtype=torch.float64), torch.randn(30, 5, generator=g, dtype=torch.float64)
+    w[::5, 0] = 0.0
+    b = (w * t).sum(1) + 0.5 * torch.randn(30, generator=g, dtype=torch.float64)
+    d = fab.project_l2(t, w, b)
+    binding = 0
+    for i in range(30):
+        ti, wi, need = t[i].numpy(), w[i].numpy(), float(b[i] - w[i] @ t[i])
+        corner = torch.where(w[i] * need > 0, 1 - t[i], -t[i]) * (w[i] != 0)  # the box's point nearest the plane
+        if abs(float(w[i] @ corner)) < abs(need):  # the hyperplane misses the box
+            assert torch.allclose(d[i], corner)
+            continue
+        start = (corner * need / float(w[i] @ corner)).numpy()  # on the plane, inside the box
+        res = minimize(lambda v: (v**2).sum(), start, jac=lambda v: 2 * v, method="SLSQP",
+                       bounds=list(zip(-ti, 1 - ti, strict=True)),
+                       constraints=[{"type": "eq", "fun": lambda v, wi=wi, need=need: wi @ v - need}],
+                       options={"ftol": 1e-15, "maxiter": 500})
+        assert res.success, res.message
+        z = t[i] + d[i]
+        assert abs(float(w[i] @ z - b[i])) < 1e-9 and z.min() >= 0 and z.max() <= 1 and d[i][w[i] == 0].eq(0).all()
+        assert d[i].norm().item() == pytest.approx(float(res.x @ res.x) ** 0.5, abs=1e-6)
+        binding += bool(((z == 0) | (z == 1)).any() and d[i].norm() > 0)
+    assert binding >= 5, "the box never binds: the test would miss it"
+
+
+def test_fab_l2_reaches_the_linear_boundary_at_its_closed_form_distance() -> None:
+    # the L2 twin of the L-inf case above: the smallest L2 step to the boundary of class 0 against 1 is
+    # margin / |w1 - w0|_2 along (w1 - w0) / |w1 - w0|_2; the iterates stay on that line, so FAB's best is
+    # the same multiple of it. eps is an L2 norm in [0, 1] pixels: no /255
+    from conftest import Linear
+
+    w1 = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    model = Linear(torch.stack([torch.zeros(4), w1, -torch.ones(4)]), torch.tensor([0.0, -0.3, -4.0]))
+    x = 0.4 + 0.2 * torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    labels = _labels(model, x, torch.zeros(6, dtype=torch.long))
+    assert labels.predicted.eq(0).all()
+    smallest = (labels.logits[:, 0] - labels.logits[:, 1]) / w1.norm()
+    c = 0.9 * 1.05
+    found = 1.05 - 0.05 * c * (1 - (1 - c) / (2 - c))
+    below, above = 0.999 * smallest.min().item(), 1.01 * smallest.max().item()
+    out = _run("fab_t", model, x, labels, [below, above], fab.FabTConfig(steps=20, norm="l2"))
+    step = (out[above] - x).flatten(1)
+    assert (x.flatten(1) + 1.05 * step).max() < 1 and (x.flatten(1) + 1.05 * step).min() > 0, "the box binds"
+    torch.testing.assert_close(step.norm(dim=1), found * smallest, rtol=1e-5, atol=0)
+    torch.testing.assert_close(step / step.norm(dim=1, keepdim=True), (w1 / w1.norm()).expand(6, 4), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert model(out[above]).argmax(1).eq(1).all() and model(out[below]).argmax(1).eq(0).all()
+
+
 class _OneByOne(nn.Module):
     """Runs its net on one sample at a time: CPU conv and linear kernels round differently for
     another batch size, so only such a model tells FAB's own batch invariance from the kernels'."""
@@ -742,6 +814,52 @@ def test_square_stops_querying_a_fooled_sample() -> None:
         x_adv, spent = square_search(model, x, y, 8 / 255, SquareConfig(queries=25), base.sample_noise(None, 4))
     assert spent.tolist() == [1, 25, 1, 25]  # the start counts as a query
     assert model.sizes == [4] + [2] * 24
+
+
+def test_square_l2_bumps_by_hand() -> None:
+    # eta (eq. 7): concentric squares of weight 1, 1/4, 1/9, ... summed from the outside in, unit norm
+    ring = torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25], [0.25, 0.25, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(bumps(3), ring / ring.norm())
+    upper, lower = torch.tensor([0.25, 1.25, 0.25]), torch.tensor([[0.25] * 3, [0.25, 1.25, 0.25]])
+    halves = torch.cat([upper[None] / upper.norm(), -lower / lower.norm()]).double()
+    torch.testing.assert_close(two_bumps(3), halves / halves.norm())
+    assert two_bumps(1).tolist() == [[-1.0]]
+    for s in (4, 5, 9):
+        assert two_bumps(s).norm().item() == pytest.approx(1.0) and two_bumps(s)[: s // 2].min() > 0
+
+
+def test_square_l2_update_moves_mass_and_keeps_the_norm() -> None:
+    # away from the box bounds nothing clips: the start lies on the eps-sphere, and Algorithm 3 keeps a
+    # candidate there, emptying W2 outside W1 and leaving every pixel outside both windows as it was
+    n, e = 3, 0.5
+    x = torch.full((n, 3, 8, 8), 0.5)
+    noise = base.sample_noise(None, n)
+    start = l2_start(noise, x, e)
+    torch.testing.assert_close((start - x).flatten(1).norm(dim=1), torch.full((n,), e))
+    # W1 at the top left, W2 at the bottom right, no transpose, signs -, +, +
+    u = torch.tensor([[0.0, 0.0, 0.99, 0.99, 0.2, 0.1, 0.6, 0.9]] * n, dtype=torch.float64)
+    cand = l2_propose(x, start, e, u, 3)
+    torch.testing.assert_close((cand - x).flatten(1).norm(dim=1), torch.full((n,), e))
+    assert cand[:, :, 5:, 5:].eq(0.5).all() and torch.equal(cand[:, :, 3:5], start[:, :, 3:5])
+    assert not torch.equal(cand[:, :, :3, :3], start[:, :, :3, :3])
+
+
+def test_square_l2_makes_no_backward_and_stays_in_budget() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(108, 5))
+    x, _ = _inputs(8)
+    model = _Recording(net).eval()
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    model.sizes.clear()
+    config = SquareConfig(queries=40, norm="l2")
+    with base.attack_mode(model):
+        x_adv, spent = l2_search(model, x, y, 2.0, config, base.sample_noise(None, 8))
+    assert sum(model.sizes) == int(spent.sum()) <= REGISTRY["square"].budget(config, [2.0], 5) * 8
+    with torch.no_grad():
+        fooled = net(x_adv).argmax(1) != y
+    assert torch.equal(fooled, spent < 40) and (~fooled).any() and ((spent > 1) & fooled).any()
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 2.0 + 1e-5
 
 
 # --- square against gradient masking (the zoo's trained model) ----------------------------------
