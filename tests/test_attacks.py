@@ -184,6 +184,40 @@ def test_l2_batch_equals_one_by_one(name: str, config, small_cnn: nn.Module) -> 
 
 
 @pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+@pytest.mark.slow
+def test_l2_early_stop_keeps_every_success_and_changes_nothing_else(name: str, config, small_cnn: nn.Module) -> None:
+    from robench.engine import attack_noise
+
+    x, y = _inputs(6, seed=4)
+    small_cnn.eval()
+    with torch.no_grad():
+        y = small_cnn(x).argmax(1)  # every sample attacked; L2 eps 3 fools some under fab_t
+    labels, run, eps = _labels(small_cnn, x, y), REGISTRY[name].run, [1.0, 3.0]
+    noise = attack_noise(0, name, [str(i) for i in range(6)])
+    full = dict(run(small_cnn, x, labels, eps, config, noise))
+    early = dict(run(small_cnn, x, labels, eps, config, noise, early_stop=True))
+    for e in eps:
+        with torch.no_grad():
+            fooled_full = small_cnn(full[e]).argmax(1) != y
+            fooled_early = small_cnn(early[e]).argmax(1) != y
+        assert (fooled_early | ~fooled_full).all(), e
+        assert torch.equal(early[e][~fooled_early], full[e][~fooled_early]), e
+        assert _l2_norms(early[e] - x).max().item() <= e + 1e-5
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+def test_l2_stop_request_ends_the_attack_at_its_next_iteration(name: str, config, small_cnn: nn.Module) -> None:
+    x, y = _inputs()
+    model = StopAfter(small_cnn, 3)
+    try:
+        with pytest.raises(Terminated):
+            _run(name, model, x, _labels(small_cnn, x, y), [1.0], config)
+        assert model.calls <= 5
+    finally:
+        clear_stop()
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
 def test_l2_norm_field_is_checked(name: str, config) -> None:
     with pytest.raises(FieldError, match="norm must be linf | l2, got 'L2'"):
         REGISTRY[name].config(norm="L2")
