@@ -30,7 +30,17 @@ from robench.attacks.apgd import (
 )
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
-from robench.attacks.square import SquareConfig, square_search, square_share, square_side
+from robench.attacks.square import (
+    SquareConfig,
+    bumps,
+    l2_propose,
+    l2_search,
+    l2_start,
+    square_search,
+    square_share,
+    square_side,
+    two_bumps,
+)
 from robench.core.stop import clear_stop, request_stop, stop_requested
 from robench.errors import FieldError, RobenchError, Terminated
 
@@ -111,6 +121,107 @@ def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
     assert [p.requires_grad for p in params] == flags
     assert torch.equal(params[0].grad, known)
     assert all(p.grad is None for p in params[1:])
+
+
+# --- the contract under the L2 threat model --------------------------------------------------------
+
+# L2 eps is the L2 norm of the whole perturbation in [0, 1] pixels, taken as given (no /255). One
+# (name, config) per L2 variant; other attacks' L2 variants join this list.
+L2_EPS = [0.0, 0.25, 0.5, 2.0]
+L2_CONFIGS = [
+    ("fab_t", fab.FabTConfig(norm="l2", targets=2, steps=10, restarts=2)),
+    ("square", SquareConfig(norm="l2", queries=100)),
+]
+L2_IDS = [n for n, _ in L2_CONFIGS]
+
+
+def _l2_norms(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).norm(dim=1)
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+@pytest.mark.slow
+def test_l2_contract(name: str, config, small_cnn: nn.Module) -> None:
+    # every sample's whole perturbation within the L2 ball, in [0, 1], the input untouched, eps 0 the identity;
+    # eps 2 is well beyond any per-pixel 1/255 reading (2/255 would barely move an image)
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    small_cnn.train(True)
+    modes = [m.training for m in small_cnn.modules()]
+    x_before = x.clone()
+    out = _run(name, small_cnn, x, labels, L2_EPS, config)
+    assert list(out) == L2_EPS and torch.equal(x, x_before) and torch.equal(out[0.0], x)
+    for eps, x_adv in out.items():
+        assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+        assert _l2_norms(x_adv - x).max().item() <= eps + 1e-5, eps
+        assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert _l2_norms(out[2.0] - x).max().item() > 0.5, "the attack did not move beyond 0.5"
+    assert [m.training for m in small_cnn.modules()] == modes
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+@pytest.mark.slow
+def test_l2_batch_equals_one_by_one(name: str, config, small_cnn: nn.Module) -> None:
+    # the first three labels are the clean predictions, the last the runner-up (fooled from the start):
+    # fab_t fools some of the three at eps 3 and none at 1 (small_cnn's margins keep square from them)
+    from robench.engine import attack_noise
+
+    model = OneByOne(small_cnn).eval()
+    x, _ = _inputs(4)
+    with torch.no_grad():
+        ranked = model(x).argsort(1, descending=True)
+    labels = _labels(model, x, torch.cat([ranked[:3, 0], ranked[3:, 1]]))
+    ids, eps = ["a", "b", "c", "d"], [1.0, 3.0]
+    run = REGISTRY[name].run
+    whole = dict(run(model, x, labels, eps, config, attack_noise(0, name, ids)))
+    for i in range(4):
+        single = dict(run(model, x[i : i + 1], _row(labels, i), eps, config, attack_noise(0, name, ids[i : i + 1])))
+        for e in eps:
+            assert torch.equal(single[e][0], whole[e][i]), (i, e)
+    with torch.no_grad():
+        fooled = torch.cat([model(whole[e]).argmax(1) != labels.true for e in eps])
+    assert fooled.any() and not fooled.all(), "all or nothing fooled: the check would miss a branch"
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+@pytest.mark.slow
+def test_l2_early_stop_keeps_every_success_and_changes_nothing_else(name: str, config, small_cnn: nn.Module) -> None:
+    from robench.engine import attack_noise
+
+    x, y = _inputs(6, seed=4)
+    small_cnn.eval()
+    with torch.no_grad():
+        y = small_cnn(x).argmax(1)  # every sample attacked; L2 eps 3 fools some under fab_t
+    labels, run, eps = _labels(small_cnn, x, y), REGISTRY[name].run, [1.0, 3.0]
+    noise = attack_noise(0, name, [str(i) for i in range(6)])
+    full = dict(run(small_cnn, x, labels, eps, config, noise))
+    early = dict(run(small_cnn, x, labels, eps, config, noise, early_stop=True))
+    for e in eps:
+        with torch.no_grad():
+            fooled_full = small_cnn(full[e]).argmax(1) != y
+            fooled_early = small_cnn(early[e]).argmax(1) != y
+        assert (fooled_early | ~fooled_full).all(), e
+        assert torch.equal(early[e][~fooled_early], full[e][~fooled_early]), e
+        assert _l2_norms(early[e] - x).max().item() <= e + 1e-5
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+def test_l2_stop_request_ends_the_attack_at_its_next_iteration(name: str, config, small_cnn: nn.Module) -> None:
+    x, y = _inputs()
+    model = StopAfter(small_cnn, 3)
+    try:
+        with pytest.raises(Terminated):
+            _run(name, model, x, _labels(small_cnn, x, y), [1.0], config)
+        assert model.calls <= 5
+    finally:
+        clear_stop()
+
+
+@pytest.mark.parametrize(("name", "config"), L2_CONFIGS, ids=L2_IDS)
+def test_l2_norm_field_is_checked(name: str, config) -> None:
+    with pytest.raises(FieldError, match="norm must be linf | l2, got 'L2'"):
+        REGISTRY[name].config(norm="L2")
+    assert REGISTRY[name].config().norm == "linf"
 
 
 class StopAfter(nn.Module):
@@ -524,6 +635,68 @@ def test_fab_reaches_the_linear_boundary_at_its_closed_form_distance() -> None:
         assert model(out[above]).argmax(1).eq(1).all() and model(out[below]).argmax(1).eq(0).all()
 
 
+def test_fab_l2_projection_by_hand() -> None:
+    # d = clip(lam w, -t, 1 - t) reaching the hyperplane: free (lam 1/4; lam 1/20 with weights 1, -3), the box
+    # binding (the first pixel stops at 1, the other goes on), a zero weight that never moves, a missed hyperplane
+    t = _rows([0.5, 0.5], [0.5, 0.5], [0.875, 0.5], [0.25, 0.5], [0.5, 0.5])
+    w = _rows([1, 1], [1, -3], [1, 1], [2, 0], [1, 1])
+    b = torch.tensor([1.5, -0.5, 1.75, 1.0, 3.0], dtype=torch.float64)
+    d = fab.project_l2(t, w, b)
+    torch.testing.assert_close(d, _rows([0.25, 0.25], [0.05, -0.15], [0.125, 0.25], [0.25, 0.0], [0.5, 0.5]))
+
+
+def test_fab_l2_projection_is_the_quadratic_program_optimum() -> None:
+    # min |d|_2 subject to w . (t + d) = b, 0 <= t + d <= 1, solved by scipy's SLSQP
+    minimize = pytest.importorskip("scipy.optimize").minimize
+    g = torch.Generator().manual_seed(7)
+    t, w = torch.rand(30, 5, generator=g, dtype=torch.float64), torch.randn(30, 5, generator=g, dtype=torch.float64)
+    w[::5, 0] = 0.0
+    b = (w * t).sum(1) + 0.5 * torch.randn(30, generator=g, dtype=torch.float64)
+    d = fab.project_l2(t, w, b)
+    binding = 0
+    for i in range(30):
+        ti, wi, need = t[i].numpy(), w[i].numpy(), float(b[i] - w[i] @ t[i])
+        corner = torch.where(w[i] * need > 0, 1 - t[i], -t[i]) * (w[i] != 0)  # the box's point nearest the plane
+        if abs(float(w[i] @ corner)) < abs(need):  # the hyperplane misses the box
+            assert torch.allclose(d[i], corner)
+            continue
+        start = (corner * need / float(w[i] @ corner)).numpy()  # on the plane, inside the box
+        res = minimize(lambda v: (v**2).sum(), start, jac=lambda v: 2 * v, method="SLSQP",
+                       bounds=list(zip(-ti, 1 - ti, strict=True)),
+                       constraints=[{"type": "eq", "fun": lambda v, wi=wi, need=need: wi @ v - need}],
+                       options={"ftol": 1e-15, "maxiter": 500})
+        assert res.success, res.message
+        z = t[i] + d[i]
+        assert abs(float(w[i] @ z - b[i])) < 1e-9 and z.min() >= 0 and z.max() <= 1 and d[i][w[i] == 0].eq(0).all()
+        assert d[i].norm().item() == pytest.approx(float(res.x @ res.x) ** 0.5, abs=1e-6)
+        binding += bool(((z == 0) | (z == 1)).any() and d[i].norm() > 0)
+    assert binding >= 5, "the box never binds: the test would miss it"
+
+
+def test_fab_l2_reaches_the_linear_boundary_at_its_closed_form_distance() -> None:
+    # the L2 twin of the L-inf case above: the smallest L2 step to the boundary of class 0 against 1 is
+    # margin / |w1 - w0|_2 along (w1 - w0) / |w1 - w0|_2; the iterates stay on that line, so FAB's best is
+    # the same multiple of it. eps is an L2 norm in [0, 1] pixels: no /255
+    from conftest import Linear
+
+    w1 = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    model = Linear(torch.stack([torch.zeros(4), w1, -torch.ones(4)]), torch.tensor([0.0, -0.3, -4.0]))
+    x = 0.4 + 0.2 * torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    labels = _labels(model, x, torch.zeros(6, dtype=torch.long))
+    assert labels.predicted.eq(0).all()
+    smallest = (labels.logits[:, 0] - labels.logits[:, 1]) / w1.norm()
+    c = 0.9 * 1.05
+    found = 1.05 - 0.05 * c * (1 - (1 - c) / (2 - c))
+    below, above = 0.999 * smallest.min().item(), 1.01 * smallest.max().item()
+    out = _run("fab_t", model, x, labels, [below, above], fab.FabTConfig(steps=20, norm="l2"))
+    step = (out[above] - x).flatten(1)
+    assert (x.flatten(1) + 1.05 * step).max() < 1 and (x.flatten(1) + 1.05 * step).min() > 0, "the box binds"
+    torch.testing.assert_close(step.norm(dim=1), found * smallest, rtol=1e-5, atol=0)
+    torch.testing.assert_close(step / step.norm(dim=1, keepdim=True), (w1 / w1.norm()).expand(6, 4), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert model(out[above]).argmax(1).eq(1).all() and model(out[below]).argmax(1).eq(0).all()
+
+
 class _OneByOne(nn.Module):
     """Runs its net on one sample at a time: CPU conv and linear kernels round differently for
     another batch size, so only such a model tells FAB's own batch invariance from the kernels'."""
@@ -675,6 +848,52 @@ def test_square_stops_querying_a_fooled_sample() -> None:
         x_adv, spent = square_search(model, x, y, 8 / 255, SquareConfig(queries=25), base.sample_noise(None, 4))
     assert spent.tolist() == [1, 25, 1, 25]  # the start counts as a query
     assert model.sizes == [4] + [2] * 24
+
+
+def test_square_l2_bumps_by_hand() -> None:
+    # eta (eq. 7): concentric squares of weight 1, 1/4, 1/9, ... summed from the outside in, unit norm
+    ring = torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25], [0.25, 0.25, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(bumps(3), ring / ring.norm())
+    upper, lower = torch.tensor([0.25, 1.25, 0.25]), torch.tensor([[0.25] * 3, [0.25, 1.25, 0.25]])
+    halves = torch.cat([upper[None] / upper.norm(), -lower / lower.norm()]).double()
+    torch.testing.assert_close(two_bumps(3), halves / halves.norm())
+    assert two_bumps(1).tolist() == [[-1.0]]
+    for s in (4, 5, 9):
+        assert two_bumps(s).norm().item() == pytest.approx(1.0) and two_bumps(s)[: s // 2].min() > 0
+
+
+def test_square_l2_update_moves_mass_and_keeps_the_norm() -> None:
+    # away from the box bounds nothing clips: the start lies on the eps-sphere, and Algorithm 3 keeps a
+    # candidate there, emptying W2 outside W1 and leaving every pixel outside both windows as it was
+    n, e = 3, 0.5
+    x = torch.full((n, 3, 8, 8), 0.5)
+    noise = base.sample_noise(None, n)
+    start = l2_start(noise, x, e)
+    torch.testing.assert_close((start - x).flatten(1).norm(dim=1), torch.full((n,), e))
+    # W1 at the top left, W2 at the bottom right, no transpose, signs -, +, +
+    u = torch.tensor([[0.0, 0.0, 0.99, 0.99, 0.2, 0.1, 0.6, 0.9]] * n, dtype=torch.float64)
+    cand = l2_propose(x, start, e, u, 3)
+    torch.testing.assert_close((cand - x).flatten(1).norm(dim=1), torch.full((n,), e))
+    assert cand[:, :, 5:, 5:].eq(0.5).all() and torch.equal(cand[:, :, 3:5], start[:, :, 3:5])
+    assert not torch.equal(cand[:, :, :3, :3], start[:, :, :3, :3])
+
+
+def test_square_l2_makes_no_backward_and_stays_in_budget() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(108, 5))
+    x, _ = _inputs(8)
+    model = _Recording(net).eval()
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    model.sizes.clear()
+    config = SquareConfig(queries=40, norm="l2")
+    with base.attack_mode(model):
+        x_adv, spent = l2_search(model, x, y, 2.0, config, base.sample_noise(None, 8))
+    assert sum(model.sizes) == int(spent.sum()) <= REGISTRY["square"].budget(config, [2.0], 5) * 8
+    with torch.no_grad():
+        fooled = net(x_adv).argmax(1) != y
+    assert torch.equal(fooled, spent < 40) and (~fooled).any() and ((spent > 1) & fooled).any()
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 2.0 + 1e-5
 
 
 # --- square against gradient masking (the zoo's trained model) ----------------------------------

@@ -1,4 +1,4 @@
-"""FAB-T: the targeted fast adaptive boundary attack for L-infinity.
+"""FAB-T: the targeted fast adaptive boundary attack, for L-infinity or L2.
 
 Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack"
 (ICML 2020, Sec. 3), in the targeted form that AutoAttack runs (Croce & Hein, "Reliable evaluation
@@ -6,7 +6,9 @@ of adversarial robustness with an ensemble of diverse parameter-free attacks", I
 For each of the most likely wrong classes, FAB linearizes the boundary between the true class and
 that class, projects onto it within the [0, 1] box, steps between the current point and the original,
 and keeps the smallest adversarial example. FAB minimizes the norm; given eps (as AutoAttack and
-torchattacks give it), a sample is fooled when that smallest example lies within eps.
+torchattacks give it), a sample is fooled when that smallest example lies within eps. With
+``norm: l2`` the projection, the step's mixing weight, the random start and the size of a found
+example are all L2 (FAB, Sec. 3.1 and 3.3; AutoAttack's L2 run uses this FAB-T).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,6 +47,8 @@ class FabTConfig:
 
     ``alpha_max`` caps the step's pull toward the original point, ``eta`` overshoots the
     projection, ``beta`` shrinks an adversarial iterate toward the original (the paper's values).
+    ``norm``: the threat model, ``linf`` (eps in 1/255 units) or ``l2`` (eps the L2 norm of the
+    whole perturbation in [0, 1] pixels, as RobustBench's 0.5 on CIFAR-10: no /255).
     """
 
     targets: int = 9
@@ -52,6 +57,7 @@ class FabTConfig:
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+    norm: Literal["linf", "l2"] = "linf"
 
     def __post_init__(self) -> None:
         check(self, FAB_T_FIELDS)
@@ -74,6 +80,37 @@ def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     room = torch.where(way > 0, 1 - t, t) * (way != 0)
     level = _level(room, w.abs(), need.abs())
     return way * torch.minimum(room, level[:, None])
+
+
+def project_l2(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """The smallest-L2 step d with w . (t + d) = b and t + d in [0, 1]^D: FAB's L2 projection (Sec. 3.1).
+
+    t, w: [N, D] (t in [0, 1]); b: [N]; returns d: [N, D], row by row. The optimum is
+    d = clip(lam w, -t, 1 - t) for the one lam that reaches the hyperplane (the box's KKT
+    conditions), so coordinate i moves |lam| |w_i| until its bound: the L-inf level problem with
+    rooms scaled by 1 / |w_i| and weights w_i^2, solved exactly rather than by AutoAttack's bisection.
+    Where the hyperplane misses the box, d goes to the box corner nearest it, as project_linf.
+    """
+    need = b - (w * t).sum(1)
+    way = w.sign() * torch.where(need >= 0, 1.0, -1.0).to(w.dtype)[:, None]
+    room = torch.where(way > 0, 1 - t, t) * (way != 0)
+    size = w.abs()
+    level = _level(room / size.clamp_min(1e-30), size * size, need.abs())
+    move = torch.where(size > 0, level[:, None] * size, 0.0)  # inf * 0 would be NaN where w = 0
+    return way * torch.minimum(room, move)
+
+
+def _norms(d: Tensor, norm: str) -> Tensor:
+    """[N] the L-inf or L2 norm of each row of d ([N, ...])."""
+    flat = d.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def _project_l2_ball(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """x_adv pulled radially into the L2 eps-ball around x, then clipped to [0, 1] (which only shortens the step)."""
+    d = x_adv - x
+    scale = (eps / _norms(d, "l2").clamp_min(1e-12)).clamp(max=1.0).view(-1, *[1] * (x.dim() - 1))
+    return (x + d * scale).clamp(0.0, 1.0)
 
 
 def stable_order(values: Tensor) -> Tensor:
@@ -137,9 +174,10 @@ def fab_step(x0: Tensor, x1: Tensor, margin: Tensor, grad: Tensor, config: FabTC
     """
     w = grad.flatten(1)
     b = (w * x1.flatten(1)).sum(1) - margin
-    d1 = project_linf(x1.flatten(1), w, b)
-    d0 = project_linf(x0.flatten(1), w, b)
-    a1, a0 = d1.abs().amax(1).clamp_min(1e-8), d0.abs().amax(1).clamp_min(1e-8)
+    project_onto = project_linf if config.norm == "linf" else project_l2
+    d1 = project_onto(x1.flatten(1), w, b)
+    d0 = project_onto(x0.flatten(1), w, b)
+    a1, a0 = _norms(d1, config.norm).clamp_min(1e-8), _norms(d0, config.norm).clamp_min(1e-8)
     alpha = (a1 / (a1 + a0)).clamp(0.0, config.alpha_max)[:, None]
     mixed = (x1.flatten(1) + config.eta * d1) * (1 - alpha) + (x0.flatten(1) + config.eta * d0) * alpha
     return mixed.clamp(0.0, 1.0).reshape_as(x1)
@@ -147,7 +185,7 @@ def fab_step(x0: Tensor, x1: Tensor, margin: Tensor, grad: Tensor, config: FabTC
 
 @dataclass
 class _Found:
-    """Per sample: the smallest adversarial example so far, its L-inf norm (inf: none yet), the latest iterate."""
+    """Per sample: the smallest adversarial example so far, its norm (inf: none yet), the latest iterate."""
 
     best: Tensor
     norm: Tensor
@@ -158,7 +196,7 @@ class _Found:
         return cls(x.clone(), torch.full((len(x),), math.inf, device=x.device, dtype=x.dtype), x.clone())
 
     def keep(self, rows: Tensor, points: Tensor, norms: Tensor) -> None:
-        """Record the adversarial ``points`` of ``rows`` (L-inf ``norms``) that are smaller than their best so far."""
+        """Record the adversarial ``points`` of ``rows`` (``norms``) that are smaller than their best so far."""
         better = norms < self.norm[rows]
         self.best[rows[better]], self.norm[rows[better]] = points[better], norms[better]
 
@@ -167,11 +205,12 @@ class _Found:
         self.keep(rows, run.best, run.norm)
         self.last[rows] = run.last
 
-    def result(self, x: Tensor, eps: float) -> Tensor:
+    def result(self, x: Tensor, eps: float, norm: str = "linf") -> Tensor:
         """The best example where it is within eps; else the best (or latest) point projected into the eps-ball."""
         fooled = (self.norm <= eps).view(-1, *[1] * (x.dim() - 1))
         fallback = torch.where(self.norm.isfinite().view_as(fooled), self.best, self.last)
-        return torch.where(fooled, self.best, project(fallback, x, eps))
+        inside = project(fallback, x, eps) if norm == "linf" else _project_l2_ball(fallback, x, eps)
+        return torch.where(fooled, self.best, inside)
 
 
 def fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, start: Tensor, eps: float, config: FabTConfig,
@@ -179,7 +218,7 @@ def fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, start: Tens
     """``config.steps`` FAB iterates from ``start`` toward ``target`` (one class per sample, [N]), x0 the original.
 
     An adversarial iterate (not classified y) is recorded and then shrunk toward x0 by beta
-    (FAB, Sec. 3). With ``early_stop`` a sample stops once it has one within eps ([0, 1] units).
+    (FAB, Sec. 3). With ``early_stop`` a sample stops once it has one within eps ([0, 1] pixels, in config.norm).
     Each step costs a forward and backward pass for the gradient and a forward pass to check
     the new iterate, as AutoAttack's FAB: cheaper than a second gradient wherever the step
     overshot the boundary (eta > 1), which is most steps.
@@ -192,7 +231,7 @@ def fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, start: Tens
         x1[live] = fab_step(x0[live], x1[live], margin[live], grad[live], config)
         with torch.no_grad():  # FAB's steps overshoot the boundary by design: most iterates are adversarial
             adv = live[model(x1[live]).argmax(1) != y[live]]
-        found.keep(adv, x1[adv], (x1[adv] - x0[adv]).flatten(1).abs().amax(1))
+        found.keep(adv, x1[adv], _norms(x1[adv] - x0[adv], config.norm))
         x1[adv] = x0[adv] + config.beta * (x1[adv] - x0[adv])
         live = live[found.norm[live] > eps] if early_stop else live
         if len(live) == 0:
@@ -207,19 +246,31 @@ def _need_three(logits: Tensor) -> None:
         raise RobenchError(f"fab_t needs at least 3 classes to choose a target class; the model has {classes}")
 
 
-def random_start(x: Tensor, eps: float, noise: SampleNoise) -> Tensor:
-    """A restart's start (FAB, Sec. 3): x moved by eps / 2 in L-inf, per-sample random direction, clipped to [0, 1].
+def random_start(x: Tensor, eps: float, noise: SampleNoise, norm: str = "linf") -> Tensor:
+    """A restart's start (FAB, Sec. 3): x moved by eps / 2 in the norm, per-sample random direction, clipped to [0, 1].
 
-    x: [N, C, H, W] in [0, 1]; eps in [0, 1] units. AutoAttack's FAB starts a restart the same way.
+    x: [N, C, H, W] in [0, 1]; eps in [0, 1] units. AutoAttack's FAB starts a restart the same way:
+    for L-inf a uniform draw scaled to L-inf norm eps / 2, for L2 a Gaussian one (a uniform
+    direction) scaled to L2 norm eps / 2.
     """
+    if norm == "l2":
+        g = _gaussian_like(x, noise)
+        return (x + 0.5 * eps * g / _norms(g, "l2").clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))).clamp(0.0, 1.0)
     u = noise.uniform_like(x)
     scale = u.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
     return (x + 0.5 * eps * u / scale).clamp(0.0, 1.0)
 
 
+def _gaussian_like(x: Tensor, noise: SampleNoise) -> Tensor:
+    """Standard normal noise shaped like x, per sample: Box-Muller on two of the sample's uniform streams."""
+    u1 = (1 - noise.child("radius").uniform_like(x).double()) / 2  # in (0, 1]: the log stays finite
+    u2 = (noise.child("angle").uniform_like(x).double() + 1) / 2
+    return ((-2 * u1.log()).sqrt() * torch.cos(2 * math.pi * u2)).to(x.dtype)
+
+
 def _attack(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, wrong: Tensor, eps: float,
             config: FabTConfig, noise: SampleNoise, early_stop: bool) -> Tensor:
-    """FAB-T at one eps ([0, 1] units): each target class in turn, on the samples not yet fooled within eps.
+    """FAB-T at one eps ([0, 1] pixels, in config.norm): each target class in turn, on the samples not yet fooled.
 
     Samples misclassified when clean (``wrong``, [N]) are fooled by x itself and never attacked.
     """
@@ -229,10 +280,10 @@ def _attack(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, wrong: Tens
         for r in range(config.restarts):
             rows = (found.norm > eps).nonzero().flatten()
             if len(rows) == 0:
-                return found.result(x, eps)
-            start = x[rows] if r == 0 else random_start(x[rows], eps, noise.rows(rows).child(f"{k}/{r}"))
+                return found.result(x, eps, config.norm)
+            start = x[rows] if r == 0 else random_start(x[rows], eps, noise.rows(rows).child(f"{k}/{r}"), config.norm)
             found.merge(rows, fab_run(model, x[rows], y[rows], targets[rows, k], start, eps, config, early_stop))
-    return found.result(x, eps)
+    return found.result(x, eps, config.norm)
 
 
 def fab_t(
@@ -244,10 +295,11 @@ def fab_t(
     rng: SampleNoise | torch.Generator | None = None,
     early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Targeted FAB for L-inf (Croce & Hein, ICML 2020): the smallest example toward each likely wrong class.
+    """Targeted FAB for L-inf or L2 (Croce & Hein, ICML 2020): the smallest example toward each likely wrong class.
 
-    x: [N, C, H, W] in [0, 1]; eps in 1/255 units, each an independent run from x. The targets are
-    the ``config.targets`` classes (at most classes - 1) with the highest clean logits
+    x: [N, C, H, W] in [0, 1]; eps in 1/255 units for ``norm: linf``, and for ``norm: l2`` the L2 norm
+    of the whole perturbation in [0, 1] pixels, taken as given (no /255); each an independent run from x.
+    The targets are the ``config.targets`` classes (at most classes - 1) with the highest clean logits
     (``labels.logits``, or one forward pass) other than ``labels.true``. A sample's result is its
     smallest adversarial example if that is within eps, else its best or latest point projected into
     the eps-ball. Raises RobenchError with fewer than 3 classes.
@@ -262,4 +314,5 @@ def fab_t(
             yield e, x.clone()
             continue
         with attack_mode(model):
-            yield e, _attack(model, x, labels.true, targets, wrong, to_unit(e), config, noise, early_stop)
+            unit = to_unit(e) if config.norm == "linf" else e
+            yield e, _attack(model, x, labels.true, targets, wrong, unit, config, noise, early_stop)
