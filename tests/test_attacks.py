@@ -864,7 +864,8 @@ def test_square_l2_bumps_by_hand() -> None:
 
 def test_square_l2_update_moves_mass_and_keeps_the_norm() -> None:
     # away from the box bounds nothing clips: the start lies on the eps-sphere, and Algorithm 3 keeps a
-    # candidate there, emptying W2 outside W1 and leaving every pixel outside both windows as it was
+    # candidate there, emptying W2 outside W1; every pixel outside both windows keeps its direction, scaled
+    # by one factor per sample when the whole perturbation is brought back to norm eps (the authors' code)
     n, e = 3, 0.5
     x = torch.full((n, 3, 8, 8), 0.5)
     noise = base.sample_noise(None, n)
@@ -874,7 +875,10 @@ def test_square_l2_update_moves_mass_and_keeps_the_norm() -> None:
     u = torch.tensor([[0.0, 0.0, 0.99, 0.99, 0.2, 0.1, 0.6, 0.9]] * n, dtype=torch.float64)
     cand = l2_propose(x, start, e, u, 3)
     torch.testing.assert_close((cand - x).flatten(1).norm(dim=1), torch.full((n,), e))
-    assert cand[:, :, 5:, 5:].eq(0.5).all() and torch.equal(cand[:, :, 3:5], start[:, :, 3:5])
+    assert cand[:, :, 5:, 5:].eq(0.5).all()
+    moved, before = (cand - x)[:, :, 3:5].flatten(1), (start - x)[:, :, 3:5].flatten(1)
+    factor = moved.norm(dim=1) / before.norm(dim=1)
+    torch.testing.assert_close(moved, before * factor[:, None])
     assert not torch.equal(cand[:, :, :3, :3], start[:, :, :3, :3])
 
 
@@ -892,7 +896,9 @@ def test_square_l2_makes_no_backward_and_stays_in_budget() -> None:
     assert sum(model.sizes) == int(spent.sum()) <= REGISTRY["square"].budget(config, [2.0], 5) * 8
     with torch.no_grad():
         fooled = net(x_adv).argmax(1) != y
-    assert torch.equal(fooled, spent < 40) and (~fooled).any() and ((spent > 1) & fooled).any()
+    # a sample not fooled spends every query; one that stopped early was fooled (at query 40 it may be either)
+    assert (spent[~fooled] == 40).all() and fooled[spent < 40].all()
+    assert (~fooled).any() and ((spent > 1) & fooled).any()
     assert (x_adv - x).flatten(1).norm(dim=1).max() <= 2.0 + 1e-5
 
 

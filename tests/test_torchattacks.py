@@ -214,11 +214,10 @@ def test_square_l2_shapes_equal_torchattacks(setup) -> None:
 @pytest.mark.slow
 def test_square_l2_same_strength(digits_test, one_thread) -> None:
     # random on both sides, so robust accuracies are compared, on the 360 images at L2 eps 3 with 60 queries
-    # (~15 s a side; 99.7% clean). Measured (seeds 0 and 1): torchattacks 82.8% and 81.4%, robench 86.1% and
-    # 85.3%. robench gives each channel the norm of its own part of the two windows (the paper's Algorithm
-    # 3, line 8); the official code and torchattacks give each channel the windows' norm over all channels
-    # and rescale the image to eps, which moves more mass per query: with that rule robench measured 83.6%
-    # and 84.4%. Tolerance 4 points, as the L-inf test, for torchattacks' batch-wide draws.
+    # (~15 s a side; 99.7% clean). Both give each channel's new window the windows' norm over all channels and
+    # rescale the image to eps (the authors' code). Measured before that rule, with a budget per channel:
+    # torchattacks 82.8% and 81.4% (seeds 0 and 1), robench 86.1% and 85.3%; with it 83.6% and 84.4%.
+    # Tolerance 4 points, as the L-inf test, for torchattacks' batch-wide draws against robench's per sample.
     model, x, y, labels = digits_test
     torch.manual_seed(0)
     ref = torchattacks.Square(model, norm="L2", eps=3.0, n_queries=59, p_init=0.8, n_restarts=1, loss="margin")(x, y)
