@@ -393,16 +393,18 @@ def test_paper_schedule() -> None:
 
 @pytest.fixture
 def gradient_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count gradient computations: both attack modules call gradient_sign through their own name."""
+    """Count gradients: the attack modules call gradient_step (step_ll: gradient_sign) by their own name."""
     calls: list[int] = []
-    real = base.gradient_sign
 
-    def counting(model, x, target):
-        calls.append(len(x))
-        return real(model, x, target)
+    def counting(real):
+        def count(model, x, target, *norm):
+            calls.append(len(x))
+            return real(model, x, target, *norm)
+        return count
 
-    monkeypatch.setattr(iterative, "gradient_sign", counting)
-    monkeypatch.setattr(single_step, "gradient_sign", counting)
+    monkeypatch.setattr(iterative, "gradient_step", counting(base.gradient_step))
+    monkeypatch.setattr(single_step, "gradient_step", counting(base.gradient_step))
+    monkeypatch.setattr(single_step, "gradient_sign", counting(base.gradient_sign))
     return calls
 
 
