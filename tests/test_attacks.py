@@ -49,6 +49,28 @@ SWEEP = [2.0, 4.0, 8.0, 16.0]
 # square's default 5000 queries cost ~15 s per unfooled sample of small_cnn here; 200 queries run every
 # branch (the rescaled schedule goes through all nine halvings) in a fraction of that
 FAST = {"square": SquareConfig(queries=200)}
+# the L2 threat model: eps is the perturbation's L2 norm in [0, 1] pixels, as given (no /255); a 3x6x6
+# image's largest L2 perturbation is about 10, so eps 1 moves each pixel by about 0.1 (25/255)
+L2 = {"fgsm": FgsmConfig(norm="l2"), "bim": BimConfig(norm="l2", step_size=0.1), "pgd": PgdConfig(norm="l2"),
+      "apgd": ApgdConfig(norm="l2"), "apgd_t": ApgdTConfig(norm="l2")}
+L2_EPS = [0.0, 0.25, 0.5, 1.0]
+
+
+def _variants(*slow: str) -> list:
+    """(attack, norm) for every registered attack under linf and every L2 one; those named ("apgd_t-l2") slow."""
+    pairs = [(n, "linf") for n in sorted(REGISTRY)] + [(n, "l2") for n in sorted(L2)]
+    return [pytest.param(n, norm, id=f"{n}-{norm}", marks=[pytest.mark.slow] if f"{n}-{norm}" in slow else [])
+            for n, norm in pairs]
+
+
+def _variant_config(name: str, norm: str):
+    return L2[name] if norm == "l2" else _config(name)
+
+
+def _norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Each sample's perturbation size in the attack's eps units: max |delta| * 255 (linf), ||delta||_2 (l2)."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) * 255 if norm == "linf" else flat.norm(p=2, dim=1)
 
 
 def _registry(*slow: str) -> list:
@@ -88,9 +110,9 @@ def _row(labels: Labels, i: int) -> Labels:
 # --- the contract, for every registered attack -------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize(("name", "norm"), _variants())
 @pytest.mark.parametrize("train_mode", [True, False], ids=["from-train", "from-eval"])
-def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
+def test_contract(name: str, norm: str, train_mode: bool, small_cnn: nn.Module) -> None:
     x, y = _inputs()
     labels = _labels(small_cnn, x, y)
     small_cnn.train(train_mode)
@@ -105,16 +127,17 @@ def test_contract(name: str, train_mode: bool, small_cnn: nn.Module) -> None:
     assert "1.num_batches_tracked" in buffers and "1.running_var" in buffers
     x_before = x.clone()
 
-    out = _run(name, small_cnn, x, labels, EPS)
+    eps_list = EPS if norm == "linf" else L2_EPS
+    out = _run(name, small_cnn, x, labels, eps_list, _variant_config(name, norm))
 
-    assert list(out) == EPS, "one output per eps, in order"
+    assert list(out) == eps_list, "one output per eps, in order"
     assert torch.equal(x, x_before), "input mutated"
     assert torch.equal(out[0.0], x), "eps 0 must return x exactly"
     for eps, x_adv in out.items():
         assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
-        assert (x_adv - x).abs().max().item() <= eps / 255 + 1e-6
+        assert _norms(x_adv - x, norm).max().item() <= eps + (1e-6 * 255 if norm == "linf" else 1e-5)
         assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
-    assert (out[16.0] - x).abs().max().item() > 8 / 255, "the attack did not move"
+    assert _norms(out[eps_list[-1]] - x, norm).max().item() > eps_list[-1] / 2, "the attack did not move"
     assert [m.training for m in small_cnn.modules()] == modes
     state = small_cnn.state_dict()
     assert all(torch.equal(buffers[k], state[k]) for k in buffers), "parameters or BN buffers changed"
@@ -270,8 +293,8 @@ class OneByOne(nn.Module):
         return torch.cat([self.model(x[i : i + 1]) for i in range(len(x))])
 
 
-@pytest.mark.parametrize("name", _registry("apgd_t", "fab_t"))
-def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
+@pytest.mark.parametrize(("name", "norm"), _variants("apgd_t-linf", "fab_t-linf", "apgd_t-l2"))
+def test_batch_equals_one_by_one(name: str, norm: str, small_cnn: nn.Module) -> None:
     # the loss is summed over the batch and randomness comes per sample (SampleNoise), so a
     # sample's example does not depend on its neighbours. The labels are the clean predictions,
     # so every sample is attacked, and eps 128 lets the attacks fool some and not others.
@@ -281,8 +304,8 @@ def test_batch_equals_one_by_one(name: str, small_cnn: nn.Module) -> None:
     x, _ = _inputs(4)
     with torch.no_grad():
         labels = _labels(model, x, model(x).argmax(1))
-    ids, eps = ["a", "b", "c", "d"], [4.0, 128.0]
-    run, config = REGISTRY[name].run, _config(name)
+    ids, eps = ["a", "b", "c", "d"], ([4.0, 128.0] if norm == "linf" else [3.0, 5.0])
+    run, config = REGISTRY[name].run, _variant_config(name, norm)
     whole = dict(run(model, x, labels, eps, config, attack_noise(0, name, ids)))
     for i in range(4):
         single = dict(run(model, x[i : i + 1], _row(labels, i), eps, config, attack_noise(0, name, ids[i : i + 1])))
@@ -504,16 +527,18 @@ def test_paper_schedule() -> None:
 
 @pytest.fixture
 def gradient_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count gradient computations: both attack modules call gradient_sign through their own name."""
+    """Count gradients: the attack modules call gradient_step (step_ll: gradient_sign) by their own name."""
     calls: list[int] = []
-    real = base.gradient_sign
 
-    def counting(model, x, target):
-        calls.append(len(x))
-        return real(model, x, target)
+    def counting(real):
+        def count(model, x, target, *norm):
+            calls.append(len(x))
+            return real(model, x, target, *norm)
+        return count
 
-    monkeypatch.setattr(iterative, "gradient_sign", counting)
-    monkeypatch.setattr(single_step, "gradient_sign", counting)
+    monkeypatch.setattr(iterative, "gradient_step", counting(base.gradient_step))
+    monkeypatch.setattr(single_step, "gradient_step", counting(base.gradient_step))
+    monkeypatch.setattr(single_step, "gradient_sign", counting(base.gradient_sign))
     return calls
 
 
@@ -1021,3 +1046,116 @@ def test_rise_ignores_float_noise() -> None:
     old = torch.tensor([1.0, 1.0, 0.0, -20.0, 20.0])
     new = torch.tensor([1.0 + 1e-6, 1.01, 1e-3, -19.99, 20.0001])
     assert rose(new, old).tolist() == [False, True, True, True, False]
+
+
+# --- the L2 threat model: FGM, BIM and PGD L2, APGD L2 -------------------------------------------
+
+
+@pytest.mark.parametrize("config", [StepLLConfig, IterLLConfig])
+def test_least_likely_attacks_refuse_l2_naming_the_field(config) -> None:
+    assert config().norm == config(norm="linf").norm == "linf"
+    with pytest.raises(FieldError, match="norm must be linf: this attack has no L2 version, got 'l2'") as e:
+        config(norm="l2")
+    assert e.value.field == "norm"
+
+
+def test_a_suite_entry_with_l2_on_iter_ll_names_the_key() -> None:
+    from robench.attacks.suite import build_config
+
+    assert build_config("bim", {"norm": "l2"}).norm == "l2"
+    with pytest.raises(RobenchError, match="'norm' must be linf.* for attack 'iter_ll'"):
+        build_config("iter_ll", {"norm": "l2"})
+    with pytest.raises(RobenchError, match="'norm' of attack 'pgd' must be linf | l2"):
+        build_config("pgd", {"norm": "l1"})
+
+
+def test_l2_projection_and_steepest_by_hand() -> None:
+    # delta (0.3, 0.4) has L2 norm 0.5: at eps 0.25 it halves, at eps 1 it stays; [0, 1] clips afterwards
+    x = torch.tensor([[[[0.5, 0.5]]], [[[0.9, 0.1]]]])
+    moved = x + torch.tensor([[[[0.3, 0.4]]], [[[0.3, -0.4]]]])
+    torch.testing.assert_close(base.project(moved, x, 0.25, "l2"), torch.tensor([[[[0.65, 0.7]]], [[[1.0, 0.0]]]]))
+    torch.testing.assert_close(base.project(moved, x, 1.0, "l2"), torch.tensor([[[[0.8, 0.9]]], [[[1.0, 0.0]]]]))
+    g = torch.tensor([[[[3.0, -4.0]]], [[[0.0, 0.0]]]])
+    assert torch.equal(base.steepest(g, "linf"), g.sign())
+    torch.testing.assert_close(base.steepest(g, "l2"), torch.tensor([[[[0.6, -0.8]]], [[[0.0, 0.0]]]]))
+    assert base.in_pixels(8.0, "linf") == 8 / 255 and base.in_pixels(0.5, "l2") == 0.5  # no /255 for l2
+
+
+def test_l2_ball_noise_is_in_the_unit_ball_and_per_sample() -> None:
+    from robench.attacks.base import SampleNoise, l2_ball_noise
+
+    x = torch.zeros(64, 3, 2, 2)
+    noise = SampleNoise(tuple(range(64)))
+    z = l2_ball_noise(x, noise)
+    radius = z.flatten(1).norm(dim=1)
+    assert radius.max() <= 1 + 1e-6 and radius.min() > 0
+    # uniform by volume in 12 dimensions: P(radius < r) = r^12, so the median radius is 0.5^(1/12) = 0.944
+    assert 0.9 < radius.median() < 0.98
+    assert torch.equal(l2_ball_noise(x[:1], SampleNoise(noise.seeds[5:6]))[0], z[5])
+    g = torch.Generator().manual_seed(0)
+    assert l2_ball_noise(x, g).flatten(1).norm(dim=1).max() <= 1 + 1e-6
+
+
+def _hand_gradient(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """d CE / dx for logits = W x + b: W^T (softmax - onehot), no autograd."""
+    w, b = model.fc.weight.detach(), model.fc.bias.detach()
+    p = torch.softmax(x.flatten(1) @ w.T + b, dim=1)
+    return ((p - F.one_hot(target, w.shape[0]).to(p.dtype)) @ w).view_as(x)
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.3, 2.0])
+def test_fgm_is_the_normalised_gradient_step_by_hand(eps: float, linear_model) -> None:
+    # two classes: the gradient is p_other * (w_other - w_label), direction +-[-2, 3, -1, 3] / sqrt(23)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 1, 2, 2, generator=g)
+    x[:4, 0, 0, 0], x[4:, 0, 1, 1] = 0.002, 0.998
+    labels = _labels(linear_model, x, torch.randint(0, 2, (8,), generator=g))
+    grad = _hand_gradient(linear_model, x, labels.true)
+    unit = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(unit.abs(), _pixels(*[[2, 3, 1, 3]] * 8) / math.sqrt(23))
+    out = _run("fgsm", linear_model, x, labels, [0.0, eps], FgsmConfig(norm="l2"))
+    assert torch.equal(out[0.0], x)
+    torch.testing.assert_close(out[eps], (x + eps * unit).clamp(0, 1), rtol=0, atol=1e-6)
+    assert (out[eps] - x).flatten(1).norm(dim=1).max() <= eps + 1e-6
+
+
+def test_pgd_l2_one_full_step_without_start_is_fgm(small_cnn: nn.Module) -> None:
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    fgm = _run("fgsm", small_cnn, x, labels, [0.5], FgsmConfig(norm="l2"))[0.5]
+    one = _run("pgd", small_cnn, x, labels, [0.5], PgdConfig(norm="l2", steps=1, step_size=0.5, random_start=False))
+    torch.testing.assert_close(one[0.5], fgm, rtol=0, atol=1e-6)  # the projection only rescales by ~1
+    a, b = (_run("pgd", small_cnn, x, labels, [0.5], L2["pgd"], seed=s)[0.5] for s in (1, 2))
+    assert not torch.equal(a, b), "the L2 random start comes from rng"
+
+
+@pytest.mark.parametrize("config", [BimConfig(norm="l2", step_size=0.1), BimConfig(norm="l2", step_size=0.037),
+                                    BimConfig(norm="l2", step_size=0.1, steps=7)], ids=["0.1", "0.037", "7-steps"])
+def test_bim_l2_shared_sweep_equals_per_eps_calls_and_fits_its_budget(config, gradient_calls,
+                                                                      small_cnn: nn.Module) -> None:
+    x, y = _inputs(3)
+    labels = _labels(small_cnn, x, y)
+    sweep_eps = [0.0, 0.1, 0.25, 0.5, 1.0]
+    sweep = _run("bim", small_cnn, x, labels, sweep_eps, config)
+    assert len(gradient_calls) <= REGISTRY["bim"].budget(config, sweep_eps, 5) // 2
+    for eps in sweep_eps:
+        assert torch.equal(sweep[eps], _run("bim", small_cnn, x, labels, [eps], config)[eps]), eps
+    assert not torch.equal(sweep[0.1], sweep[1.0])
+
+
+def test_bim_l2_schedule_counts_eps_in_steps() -> None:
+    from robench.attacks.iterative import schedule_steps
+
+    # eps 0.5 at step 0.1 is 5 steps' worth: floor(min(5 + 4, 6.25)) = 6, as linf eps 5 at step 1/255
+    assert schedule_steps(0.5, 0.1, None, "l2") == 6 == paper_steps(5.0)
+    assert schedule_steps(0.5, 0.1, 3, "l2") == 3 and schedule_steps(8.0, 0.37, None, "linf") == paper_steps(8.0)
+
+
+def test_apgd_l2_start_is_on_the_sphere() -> None:
+    from robench.attacks.apgd import start_point
+    from robench.attacks.base import SampleNoise
+
+    x = torch.full((5, 3, 4, 4), 0.5)
+    start = start_point(x, 0.3, SampleNoise(tuple(range(5))), "l2")
+    torch.testing.assert_close((start - x).flatten(1).norm(dim=1), torch.full((5,), 0.3))  # no pixel clips at 0.5
+    assert torch.equal(start_point(x, 0.3, None, "l2"), x)

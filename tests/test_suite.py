@@ -36,7 +36,8 @@ def test_repo_attacks_yaml_is_the_packaged_one() -> None:
 def test_describe_is_plain_data() -> None:
     described = load_suite().describe()
     assert described["attacks"][4] == {"id": "pgd", "name": "pgd", "eps": [2.0, 4.0, 8.0, 16.0], "label": "true",
-                                       "steps": 10, "step_size": None, "random_start": True}
+                                       "steps": 10, "step_size": None, "random_start": True,
+                                       "norm": "linf"}
 
 
 # ---------------------------------------------------------------- eps
@@ -168,7 +169,7 @@ def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
         ("eps: [2, 4]", "eps: [2, 4]\nrepeat: 3",
          "s.yaml line 3: unknown key 'repeat'; allowed: eps, attacks, cascade, early_stop"),
         ("    steps: 20", "    steps: 20\n    stepsize: 1",
-         "s.yaml line 12: unknown key 'stepsize' for attack 'bim'; allowed: label, step_size, steps"),
+         "s.yaml line 12: unknown key 'stepsize' for attack 'bim'; allowed: label, step_size, steps, norm"),
         ("    steps: 3", "    steps: ten",
          "s.yaml line 7: 'steps' of attack 'pgd' must be int, got 'ten'"),
         ("    steps: 3", "    steps: 2.5",

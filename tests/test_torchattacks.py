@@ -16,6 +16,7 @@ from robench.attacks import REGISTRY, Labels
 from robench.attacks.apgd import ApgdConfig, ApgdTConfig, run_noise
 from robench.attacks.base import SampleNoise
 from robench.attacks.iterative import PgdConfig
+from robench.attacks.single_step import FgsmConfig
 from robench.attacks.square import SquareConfig
 from robench.engine import attack_noise
 
@@ -116,9 +117,37 @@ def test_pgd_random_start_same_strength(setup) -> None:
     assert _accuracy(model, ours, y) < _accuracy(model, x, y) - 0.2
 
 
+# --- the L2 threat model: eps is the perturbation's L2 norm in [0, 1] pixels, as given (no /255) ------
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.5])
+def test_pgd_l2_without_random_start(setup, eps: float) -> None:
+    model, x, y, labels = setup
+    ref = torchattacks.PGDL2(model, eps=eps, alpha=eps / 4, steps=5, random_start=False)(x, y)
+    config = PgdConfig(norm="l2", steps=5, step_size=eps / 4, random_start=False)
+    ours = _ours("pgd", model, x, labels, [eps], config)[eps]
+    # torchattacks divides the mean loss's gradient by its norm + 1e-10 and rescales by eps / ||delta||
+    # even inside the ball; robench normalises the summed loss's gradient: equal up to float rounding
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    assert abs(_accuracy(model, ours, y) - _accuracy(model, ref, y)) <= 1 / len(y)
+    assert _accuracy(model, ours, y) < _accuracy(model, x, y)
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.5])
+def test_fgm_is_one_full_pgdl2_step(setup, eps: float) -> None:
+    # torchattacks has no FGM; PGDL2's one step of alpha = eps from x is x + eps g / ||g||, projected
+    # onto a ball it already lies on (test_attacks checks FGM against the gradient by hand)
+    model, x, y, labels = setup
+    ref = torchattacks.PGDL2(model, eps=eps, alpha=eps, steps=1, random_start=False)(x, y)
+    ours = _ours("fgsm", model, x, labels, [eps], FgsmConfig(norm="l2"))[eps]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    assert ((ours - x).flatten(1).norm(dim=1) <= eps + 1e-5).all()
+
+
 # --- Auto-PGD: the same starting points, then each library's own algorithm ---------------------
 
 APGD_STEPS = 10  # the paper's 100 would take minutes here; 10 keeps each library's run near 2 s per eps
+L2_EPS = [0.15, 0.3]  # L2 norms in [0, 1] pixels of the 3x32x32 digits (no /255)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +261,8 @@ def _same_starts(monkeypatch: pytest.MonkeyPatch, atk, x: torch.Tensor, noise: S
     """Make torchattacks start where robench does: its one torch.rand per run returns our noise for those rows.
 
     torchattacks runs on the rows not yet fooled, from x + eps * t / max|t| with t = 2 rand - 1:
-    fed rand = (u + 1) / 2, t is robench's u exactly, so both start from the same points.
+    fed rand = (u + 1) / 2, t is robench's u exactly, so both start from the same points. Under L2 it
+    starts from x + eps * t / ||t||_2 with t = randn: fed robench's Gaussian rows, the same points again.
     """
     row_of = {image.numpy().tobytes(): i for i, image in enumerate(x)}
     assert len(row_of) == len(x), "the images must be distinct to find torchattacks' rows"
@@ -242,9 +272,14 @@ def _same_starts(monkeypatch: pytest.MonkeyPatch, atk, x: torch.Tensor, noise: S
         rows = [row_of[image.numpy().tobytes()] for image in x_in]
         target = atk.target_class - 2 if isinstance(atk, torchattacks.APGDT) else None  # 2: the top other class
         own = run_noise(noise, 0, target)
-        u = SampleNoise(tuple(own.seeds[i] for i in rows)).uniform_like(x_in)
+        streams = SampleNoise(tuple(own.seeds[i] for i in rows))
         with monkeypatch.context() as patch:
-            patch.setattr(torch, "rand", lambda *args, **kwargs: (u + 1) / 2)
+            if atk.norm == "L2":
+                z = streams.normal_like(x_in)[0]  # drawn before torch.randn is replaced
+                patch.setattr(torch, "randn", lambda *args, **kwargs: z)
+            else:
+                u = streams.uniform_like(x_in)
+                patch.setattr(torch, "rand", lambda *args, **kwargs: (u + 1) / 2)
             return real(x_in, y_in)
 
     monkeypatch.setattr(atk, "attack_single_run", run)
@@ -282,21 +317,39 @@ def test_apgd_agrees_on_the_step_ll_model_at_8_and_16(name: str, config, monkeyp
     assert pairs[1][0] < pairs[1][2] - 0.1  # eps 16 is a real attack
 
 
-def _apgd_pairs(model, x, y, labels, name: str, config, eps: list[float], monkeypatch) -> list[tuple]:
-    """(robench, torchattacks, clean) accuracy per eps from the same starting points; within 1 sample."""
+@pytest.mark.parametrize(("name", "config", "slack"),
+                         [("apgd", ApgdConfig(norm="l2", steps=APGD_STEPS), 1),
+                          ("apgd_t", ApgdTConfig(norm="l2", targets=3, steps=APGD_STEPS), 7)],
+                         ids=["apgd-ce-l2", "apgd-t-l2"])
+@pytest.mark.slow
+def test_apgd_l2_agrees_from_the_same_starts(name: str, config, slack: int, digits_test,
+                                             monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+    # AutoAttack's L2 run (Croce & Hein 2020), L2 eps as given (no /255), from the same starts on the sphere.
+    # On the baseline eps 0.15 and 0.3 leave about 96% and 72%. Measured: APGD-CE equal at both; APGD-T one
+    # sample apart at each (torchattacks' first DLR-T checkpoint, see above): APGD-T gets the 2 points
+    # (7 of 360) that the issue allows a random attack, APGD-CE 1 sample.
+    model, x, y, labels = digits_test
+    pairs = _apgd_pairs(model, x, y, labels, name, config, L2_EPS, monkeypatch, slack=slack)
+    assert pairs[-1][0] < pairs[-1][2] - 0.1  # a real attack
+
+
+def _apgd_pairs(model, x, y, labels, name: str, config, eps: list[float], monkeypatch, slack: int = 1) -> list[tuple]:
+    """(robench, torchattacks, clean) accuracy per eps from the same starting points; within ``slack`` samples."""
     noise = attack_noise(0, name, [str(i) for i in range(len(x))])
     # early stopping saves passes and changes no example: each keeps its first misclassified iterate
     ours = dict(REGISTRY[name].run(model, x, labels, eps, config, noise, early_stop=True))
     clean, pairs = _accuracy(model, x, y), []
+    norm, unit = ("L2", 1.0) if config.norm == "l2" else ("Linf", 1 / 255)  # L2 eps as given, no /255
     for e in eps:
         if name == "apgd":
-            atk = torchattacks.APGD(model, eps=e / 255, steps=APGD_STEPS, n_restarts=1, loss="ce")
+            atk = torchattacks.APGD(model, norm=norm, eps=e * unit, steps=APGD_STEPS, n_restarts=1, loss="ce")
         else:  # n_classes - 1 targets
-            atk = torchattacks.APGDT(model, eps=e / 255, steps=APGD_STEPS, n_restarts=1, n_classes=config.targets + 1)
+            atk = torchattacks.APGDT(model, norm=norm, eps=e * unit, steps=APGD_STEPS, n_restarts=1,
+                                     n_classes=config.targets + 1)
         _same_starts(monkeypatch, atk, x, noise)
         ref, mine = _accuracy(model, atk(x, y), y), _accuracy(model, ours[e], y)
         print(f"{name} eps {e:g}: robust accuracy robench {mine:.4f}, torchattacks {ref:.4f} (clean {clean:.4f})")
-        assert abs(mine - ref) <= 1 / len(y) + 1e-9, (e, mine, ref)
+        assert abs(mine - ref) <= slack / len(y) + 1e-9, (e, mine, ref)
         pairs.append((mine, ref, clean))
     return pairs
 

@@ -1,9 +1,13 @@
-"""Auto-PGD (Croce & Hein, ICML 2020): APGD on cross-entropy or DLR, and targeted APGD on DLR-T; L-infinity.
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD on cross-entropy or DLR, and targeted APGD on DLR-T; L-infinity or L2.
 
 APGD is PGD with momentum whose step size, starting at 2 eps, halves at checkpoints where the
 loss stopped rising, each time restarting from the best point so far (the paper's Algorithm 1,
 Section 3). Nothing needs tuning per model, which is why AutoAttack builds on it. Every decision
 (step size, best point, restart) is taken per sample, so a sample's example does not depend on its batch.
+
+``norm: l2`` is the paper's L2 version, AutoAttack's L2 run: the step is the gradient over its L2 norm,
+the projection onto the L2 ball, the random start on that ball's surface. eps is then the L2 norm of the
+whole perturbation in [0, 1] pixels, taken as given (no /255).
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from robench.attacks.base import (
     COUNT,
     UNIT,
     Labels,
+    Norm,
     SampleNoise,
     attack_mode,
     clean_logits,
+    in_pixels,
+    l2_norms,
     project,
     ranked_targets,
     sample_noise,
-    to_unit,
+    steepest,
 )
 from robench.attacks.malt import malt_targets
 from robench.core.fields import check, typed
@@ -47,6 +54,7 @@ class ApgdConfig:
     restarts: int = 1
     rho: float = 0.75
     random_start: bool = True
+    norm: Norm = "linf"  # l2: eps is the L2 norm in [0, 1] pixels (no /255)
 
     def __post_init__(self) -> None:
         check(self, APGD_FIELDS)
@@ -69,6 +77,7 @@ class ApgdTConfig:
     rho: float = 0.75
     random_start: bool = True
     target_select: Literal["logits", "malt"] = "logits"
+    norm: Norm = "linf"  # l2: eps is the L2 norm in [0, 1] pixels (no /255)
 
     def __post_init__(self) -> None:
         check(self, APGD_T_FIELDS)
@@ -157,11 +166,15 @@ class _Goal:
 
 
 @overload
-def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: Literal[True]) -> tuple[Tensor, Tensor, Tensor]: ...
+def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: Literal[True],
+              norm: Norm) -> tuple[Tensor, Tensor, Tensor]: ...
 @overload
-def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool) -> tuple[Tensor | None, Tensor, Tensor]: ...
-def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool) -> tuple[Tensor | None, Tensor, Tensor]:
-    """At x: sign of d(summed loss)/dx (None when not needed), the loss per sample [N], and misclassified [N].
+def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool,
+              norm: Norm) -> tuple[Tensor | None, Tensor, Tensor]: ...
+def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool,
+              norm: Norm) -> tuple[Tensor | None, Tensor, Tensor]:
+    """At x: the steepest direction in ``norm`` of d(summed loss)/dx (None when not needed), the loss per
+    sample [N], and misclassified [N].
 
     The loss is summed, never averaged, so a sample's gradient does not depend on its batch; a
     loss that does not depend on x has a zero gradient.
@@ -173,11 +186,19 @@ def _evaluate(model: nn.Module, x: Tensor, goal: _Goal, need_grad: bool) -> tupl
         sign = None
         if need_grad:
             grads = torch.autograd.grad(loss.sum(), xg, allow_unused=True) if loss.requires_grad else (None,)
-            sign = torch.zeros_like(xg) if grads[0] is None else grads[0].sign()
+            sign = steepest(torch.zeros_like(xg) if grads[0] is None else grads[0], norm)
     return sign, loss.detach(), logits.detach().argmax(1) != goal.true
 
 
 # --- one run: Algorithm 1 -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ball:
+    """The threat model of one eps: its radius in [0, 1] pixel units and its norm."""
+
+    unit: float
+    norm: Norm = "linf"
 
 
 @dataclass
@@ -186,9 +207,10 @@ class _Run:
 
     x: Tensor  # [N, C, H, W] clean images
     unit: float  # eps in [0, 1] pixel units
+    norm: Norm
     cur: Tensor  # x^(k)
     prev: Tensor  # x^(k-1)
-    sign: Tensor  # sign of the gradient at x^(k)
+    sign: Tensor  # the gradient's steepest direction at x^(k): its sign (linf), g / ||g||_2 (l2)
     loss: Tensor  # f(x^(k)), [N]
     step: Tensor  # eta, [N, 1, 1, 1]
     best: Tensor  # x_max
@@ -201,13 +223,13 @@ class _Run:
     best_at_check: Tensor  # f_max at the last checkpoint
 
     @classmethod
-    def begin(cls, model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: float) -> _Run:
+    def begin(cls, model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: float, norm: Norm) -> _Run:
         """The state at the starting point x^(0), after its one forward and backward pass."""
-        sign, loss, wrong = _evaluate(model, start, goal, True)
+        sign, loss, wrong = _evaluate(model, start, goal, True, norm)
         step = torch.full((len(x),) + (1,) * (x.dim() - 1), 2 * unit, dtype=x.dtype, device=x.device)
         out = torch.where(wrong.view(step.shape), start, x)
         ups = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        return cls(x, unit, start.clone(), start.clone(), sign, loss.clone(), step, start.clone(), sign.clone(),
+        return cls(x, unit, norm, start.clone(), start.clone(), sign, loss.clone(), step, start.clone(), sign.clone(),
                    loss.clone(), out, wrong, ups, torch.zeros_like(wrong), loss.clone())
 
     def result(self) -> Tensor:
@@ -218,9 +240,9 @@ class _Run:
 def _advance(model: nn.Module, run: _Run, goal: _Goal, live: Tensor, alpha: float, need_grad: bool) -> None:
     """One momentum step on the live samples (Algorithm 1, lines 5-6), then their bookkeeping (lines 7-9)."""
     x, cur, prev = run.x[live], run.cur[live], run.prev[live]
-    z = project(cur + run.step[live] * run.sign[live], x, run.unit)
-    nxt = project(cur + (z - cur) * alpha + (cur - prev) * (1 - alpha), x, run.unit)
-    sign, loss, wrong = _evaluate(model, nxt, goal.rows(live), need_grad)
+    z = project(cur + run.step[live] * run.sign[live], x, run.unit, run.norm)
+    nxt = project(cur + (z - cur) * alpha + (cur - prev) * (1 - alpha), x, run.unit, run.norm)
+    sign, loss, wrong = _evaluate(model, nxt, goal.rows(live), need_grad, run.norm)
     run.ups[live] += rose(loss, run.loss[live]).long()
     run.prev[live], run.cur[live], run.loss[live] = cur, nxt, loss
     if sign is not None:  # the last iterate needs no gradient: no step follows it
@@ -246,10 +268,10 @@ def _checkpoint(run: _Run, length: int, rho: float) -> None:
     run.ups.zero_()
 
 
-def _single_run(model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: float, steps: int, rho: float,
+def _single_run(model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, ball: _Ball, steps: int, rho: float,
                 early_stop: bool) -> _Run:
     """``steps`` APGD iterations from ``start`` (one forward each, and a backward for all but the last)."""
-    run = _Run.begin(model, x, start, goal, unit)
+    run = _Run.begin(model, x, start, goal, ball.unit, ball.norm)
     marks = checkpoints(steps)
     lengths = {b: b - a for a, b in zip([0, *marks], marks, strict=False)}  # w_j -> w_j - w_{j-1}
     everyone = torch.arange(len(x), device=x.device)
@@ -267,13 +289,17 @@ def _single_run(model: nn.Module, x: Tensor, start: Tensor, goal: _Goal, unit: f
 # --- restarts, targets and the eps sweep -----------------------------------------------------------
 
 
-def start_point(x: Tensor, unit: float, noise: SampleNoise | None) -> Tensor:
-    """x plus uniform noise scaled so that each sample's largest change is eps, clipped to [0, 1]; x without noise.
+def start_point(x: Tensor, unit: float, noise: SampleNoise | None, norm: Norm = "linf") -> Tensor:
+    """x plus noise scaled onto the surface of the eps-ball, clipped to [0, 1]; x without noise.
 
-    Scaling to the sup norm puts every start on the eps-ball's surface, as AutoAttack's code does.
+    As AutoAttack's code does: linf, uniform noise over its sup norm; l2, Gaussian noise over its L2 norm
+    (a uniform point on the sphere).
     """
     if noise is None:
         return x.clone()
+    if norm == "l2":
+        z, _ = noise.normal_like(x)
+        return (x + unit * z / l2_norms(z).clamp_min(torch.finfo(z.dtype).tiny)).clamp(0.0, 1.0)
     u = noise.uniform_like(x)
     top = u.abs().flatten(1).amax(1).view((len(x),) + (1,) * (x.dim() - 1))
     return (x + unit * u / top).clamp(0.0, 1.0)
@@ -285,7 +311,7 @@ def run_noise(noise: SampleNoise, restart: int, target: int | None = None) -> Sa
     return own.child(f"restart{restart}")
 
 
-def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple[_Goal, SampleNoise | None]],
+def _best_of_runs(model: nn.Module, x: Tensor, ball: _Ball, runs: Sequence[tuple[_Goal, SampleNoise | None]],
                   steps: int, rho: float, early_stop: bool) -> Tensor:
     """Each run on the samples no earlier run fooled; per sample the first success, else the highest loss.
 
@@ -298,8 +324,8 @@ def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple
         rows = torch.nonzero(~fooled).flatten()
         if len(rows) == 0:
             break
-        start = start_point(x[rows], unit, (None if noise is None else noise.rows(rows)))
-        run = _single_run(model, x[rows], start, goal.rows(rows), unit, steps, rho, early_stop)
+        start = start_point(x[rows], ball.unit, (None if noise is None else noise.rows(rows)), ball.norm)
+        run = _single_run(model, x[rows], start, goal.rows(rows), ball, steps, rho, early_stop)
         take = run.fooled | (best_loss[rows] == float("-inf")) | rose(run.best_loss, best_loss[rows])
         out[rows[take]], best_loss[rows[take]] = run.result()[take], run.best_loss[take]
         fooled[rows[take]] = run.fooled[take]
@@ -307,14 +333,15 @@ def _best_of_runs(model: nn.Module, x: Tensor, unit: float, runs: Sequence[tuple
 
 
 def _sweep(model: nn.Module, x: Tensor, eps: Sequence[float], runs: Sequence[tuple[_Goal, SampleNoise | None]],
-           steps: int, rho: float, early_stop: bool) -> Iterator[tuple[float, Tensor]]:
-    """Every eps from x on its own; eps 0 gives x itself (the configs hold at least 1 step)."""
+           config: ApgdConfig | ApgdTConfig, early_stop: bool) -> Iterator[tuple[float, Tensor]]:
+    """Every eps (in ``config.norm``'s units) from x on its own; eps 0 gives x itself (configs hold >= 1 step)."""
     for e in eps:
         if e == 0:
             yield e, x.clone()
             continue
         with attack_mode(model):
-            out = _best_of_runs(model, x, to_unit(e), runs, steps, rho, early_stop)
+            ball = _Ball(in_pixels(e, config.norm), config.norm)
+            out = _best_of_runs(model, x, ball, runs, config.steps, config.rho, early_stop)
         yield e, out
 
 
@@ -327,8 +354,9 @@ def apgd(
     rng: SampleNoise | torch.Generator | None = None,
     early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Auto-PGD, L-infinity (Croce & Hein 2020, Algorithm 1): x [N, C, H, W] in [0, 1], eps in 1/255 units.
+    """Auto-PGD (Croce & Hein 2020, Algorithm 1): x [N, C, H, W] in [0, 1], eps in 1/255 units.
 
+    With ``norm: l2``, the paper's L2 version: eps is the L2 norm in [0, 1] pixels (no /255).
     Up the cross-entropy or DLR loss of ``labels.true``, ``config.steps`` iterations per restart.
     Each sample keeps its first misclassified iterate, else its point of highest loss, over all
     restarts. Raises RobenchError for the DLR loss on fewer than 3 classes.
@@ -336,7 +364,7 @@ def apgd(
     noise = sample_noise(rng, len(x))
     goal = _Goal(config.loss, labels.true)
     runs = [(goal, run_noise(noise, r) if config.random_start else None) for r in range(config.restarts)]
-    yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)
+    yield from _sweep(model, x, eps, runs, config, early_stop)
 
 
 def _targets(model: nn.Module, x: Tensor, labels: Labels, logits: Tensor, config: ApgdTConfig) -> Tensor:
@@ -357,6 +385,7 @@ def apgd_t(
 ) -> Iterator[tuple[float, Tensor]]:
     """Targeted Auto-PGD on DLR-T (Croce & Hein 2020, Section 4), L-infinity, eps in 1/255 units.
 
+    With ``norm: l2``, the L2 version: eps is the L2 norm in [0, 1] pixels (no /255).
     One APGD run per target class, the ``config.targets`` most likely classes other than the
     true one by the clean logits (``labels.logits``, else one forward), at most classes - 1, each on
     the samples still not misclassified. Raises RobenchError with fewer than 4 classes: DLR-T
@@ -368,4 +397,4 @@ def apgd_t(
     ranked = _targets(model, x, labels, logits, config)
     runs = [(_Goal("dlr-t", labels.true, ranked[:, t]), run_noise(noise, r, t) if config.random_start else None)
             for t in range(ranked.shape[1]) for r in range(config.restarts)]
-    yield from _sweep(model, x, eps, runs, config.steps, config.rho, early_stop)
+    yield from _sweep(model, x, eps, runs, config, early_stop)

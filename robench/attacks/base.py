@@ -1,6 +1,8 @@
 """What every attack shares: target labels, the model-state guard, input gradient and its sign, projection.
 
-All attacks work on [0, 1] pixels and take eps in 1/255 units, as in the paper.
+All attacks work on [0, 1] pixels. Under L-infinity (``norm: linf``, every attack's default) eps is in
+1/255 units, as in the paper; under L2 (``norm: l2``) eps is the L2 norm of the whole perturbation in
+[0, 1] pixels, taken as given (no /255), the unit RobustBench reports (0.5 on CIFAR-10).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from robench.core.fields import Rule
 
 LabelKind = Literal["true", "predicted"]
+Norm = Literal["linf", "l2"]  # the threat model: the ball an attack keeps its perturbation in
 Eps = TypeVar("Eps", float, Tensor)  # one eps, or a tensor of them (one per example, as training draws them)
 
 
@@ -101,19 +104,50 @@ def ranked_targets(logits: Tensor, true: Tensor, count: int) -> Tensor:
     return others.argsort(dim=1, descending=True, stable=True)[:, : min(count, logits.shape[1] - 1)]
 
 
-def gradient_and_logits(model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """sign(d summed CE / dx) and the logits of that same forward, so early stopping costs no extra pass."""
+def gradient_and_logits(model: nn.Module, x: Tensor, labels: Tensor, norm: Norm = "linf") -> tuple[Tensor, Tensor]:
+    """The steepest-ascent direction of the summed CE (``steepest``) and the logits of that same forward.
+
+    Early stopping reads the logits, so it costs no extra pass.
+    """
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         logits = model(xg)
         loss = F.cross_entropy(logits, labels.clone(), reduction="sum")
         grad = torch.autograd.grad(loss, xg, allow_unused=True)[0] if loss.requires_grad else None
-    return (torch.zeros_like(xg) if grad is None else grad).sign(), logits.detach()
+    return steepest(torch.zeros_like(xg) if grad is None else grad, norm), logits.detach()
 
 
 def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     """sign(d loss / d x) of the summed cross-entropy: the direction of every sign-gradient step."""
     return input_gradient(model, x, labels).sign()
+
+
+def gradient_step(model: nn.Module, x: Tensor, labels: Tensor, norm: Norm = "linf") -> Tensor:
+    """The unit step up the summed cross-entropy in ``norm``: its sign (linf) or the gradient over its L2 norm."""
+    return steepest(input_gradient(model, x, labels), norm)
+
+
+# --- norms: the L-infinity and L2 balls ---------------------------------------------------------------
+
+
+def l2_norms(t: Tensor) -> Tensor:
+    """Each sample's L2 norm over all its pixels, shaped [N, 1, 1, 1] (as many 1s as t has dims after N)."""
+    return t.flatten(1).norm(p=2, dim=1).view((len(t),) + (1,) * (t.dim() - 1))
+
+
+def steepest(grad: Tensor, norm: Norm) -> Tensor:
+    """The direction of largest first-order gain among steps of norm 1: sign(g), or g / ||g||_2 per sample.
+
+    A zero gradient stays zero under either norm (a masked model is the health checks' to report).
+    """
+    if norm == "linf":
+        return grad.sign()
+    return grad / l2_norms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
+
+
+def in_pixels(value: Eps, norm: Norm) -> Eps:
+    """An eps or step size as the attack is given it, in [0, 1] pixel units: /255 for linf, as is for l2."""
+    return to_unit(value) if norm == "linf" else value
 
 
 @dataclass(frozen=True)
@@ -134,6 +168,14 @@ class SampleNoise:
         rows = [torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in self.seeds]
         return (torch.stack(rows) * 2 - 1).to(device=x.device, dtype=x.dtype)
 
+    def normal_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Standard normal noise shaped like ``x`` and one uniform [0, 1) number per row ([N]), per seed."""
+        if len(self.seeds) != len(x):
+            raise ValueError(f"{len(self.seeds)} noise seeds for a batch of {len(x)}")
+        gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+        z = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])
+        u = torch.cat([torch.rand(1, generator=g) for g in gens])
+        return z.to(device=x.device, dtype=x.dtype), u.to(device=x.device, dtype=x.dtype)
 
     def rows(self, index: Tensor) -> SampleNoise:
         """The streams of these samples (index: [K] positions), for work on a subset of a batch."""
@@ -187,9 +229,33 @@ def uniform_noise(x: Tensor, rng: SampleNoise | torch.Generator | None) -> Tenso
     return torch.empty_like(x).uniform_(-1.0, 1.0, generator=rng)
 
 
-def project(x_adv: Tensor, x: Tensor, eps: float | Tensor) -> Tensor:
-    """Clip into the eps-ball around x (eps in [0, 1] units; a tensor: per example), then into [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+def project(x_adv: Tensor, x: Tensor, eps: float | Tensor, norm: Norm = "linf") -> Tensor:
+    """Project onto the eps-ball of ``norm`` around x (eps in [0, 1] units; a tensor: per example), then into [0, 1].
+
+    The L2 projection scales a perturbation longer than eps back to length eps and leaves a shorter one
+    as it is; clipping into [0, 1] afterwards only shortens it, so the result stays in both sets.
+    """
+    if norm == "linf":
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    delta = x_adv - x
+    length = l2_norms(delta)
+    scale = torch.where(length > eps, eps / length.clamp_min(torch.finfo(delta.dtype).tiny), torch.ones_like(length))
+    return (x + delta * scale).clamp(0.0, 1.0)
+
+
+def l2_ball_noise(x: Tensor, rng: SampleNoise | torch.Generator | None) -> Tensor:
+    """Points drawn uniformly from the unit L2 ball (per sample, over all its pixels), shaped like x.
+
+    A Gaussian direction scaled to radius u^(1/d), d the pixels per sample, is uniform by volume
+    (Muller 1959); torchattacks' PGDL2 takes radius u, which crowds starts near the centre.
+    """
+    if isinstance(rng, SampleNoise):
+        z, u = rng.normal_like(x)
+    else:
+        z = torch.randn(x.shape, generator=rng).to(device=x.device, dtype=x.dtype)
+        u = torch.rand(len(x), generator=rng).to(device=x.device, dtype=x.dtype)
+    radius = u.view(l2_norms(z).shape) ** (1.0 / x[0].numel())
+    return z / l2_norms(z).clamp_min(torch.finfo(z.dtype).tiny) * radius
 
 
 MAX_COUNT = 10_000_000  # steps, restarts, queries, targets: AutoAttack's largest is 5,000 queries
@@ -201,6 +267,8 @@ COUNT = Rule(low=1, high=MAX_COUNT, finite=True)  # steps, restarts, targets, qu
 AT_LEAST_ONE = Rule(low=1, finite=True)  # a factor such as FAB's overshoot eta
 UNIT = Rule(low=0, high=1, low_open=True, finite=True, must="be in (0, 1]")  # a share or a decay
 POSITIVE = Rule(low=0, low_open=True, finite=True)  # a step size (None: the attack's default)
+# step_ll and iter_ll aim at the least-likely class in the paper's L-infinity ball; no L2 version is defined
+LINF_ONLY = Rule(test=lambda v: None if v == "linf" else "be linf: this attack has no L2 version")
 
 
 def to_unit(eps: Eps) -> Eps:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from robench.attacks.iterative import paper_steps
+from robench.attacks.iterative import schedule_steps
 from robench.attacks.malt import malt_passes
 
 GRADIENT = 2  # one forward and one backward pass
@@ -37,7 +37,7 @@ def schedule(config: Any, eps: Sequence[float], classes: int) -> int:
     Every eps walks the trunk at least until a step of ``step_size`` could cross its own ball
     (ceil(eps / step_size) - 1 steps), so this bounds what ``_shared_sweep`` spends from above.
     """
-    runs = [(e, paper_steps(e) if config.steps is None else config.steps) for e in eps if e != 0]
+    runs = [(e, schedule_steps(e, config.step_size, config.steps, config.norm)) for e in eps if e != 0]
     if not runs:
         return 0
     widest = max(runs)

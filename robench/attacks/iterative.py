@@ -2,6 +2,10 @@
 
 BIM and iter l.l. follow the paper's schedule: step 1/255 and
 min(eps + 4, 1.25 eps) iterations (eps in 1/255 units), each step projected.
+
+BIM and PGD also run under L2 (``norm: l2``): each step is alpha * g / ||g||_2, projected onto the
+L2 ball of radius eps, then into [0, 1]. There eps and the step size are L2 norms of the whole
+perturbation in [0, 1] pixels, taken as given (no /255). iter l.l. is the paper's L-infinity attack only.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ from torch import Tensor, nn
 
 from robench.attacks.base import (
     COUNT,
+    LINF_ONLY,
     POSITIVE,
     LabelKind,
     Labels,
+    Norm,
     SampleNoise,
     attack_mode,
     gradient_and_logits,
-    gradient_sign,
+    gradient_step,
+    in_pixels,
+    l2_ball_noise,
     project,
-    to_unit,
     uniform_noise,
 )
 from robench.core.fields import check, typed
@@ -32,11 +39,16 @@ from robench.core.stop import check_stop
 
 @dataclass(frozen=True)
 class BimConfig:
-    """BIM: repeated FGSM steps. ``steps`` None means the paper's schedule."""
+    """BIM: repeated FGSM steps. ``steps`` None means the paper's schedule.
+
+    ``norm: l2``: eps and ``step_size`` are L2 norms in [0, 1] pixels (no /255), and the schedule
+    counts eps in steps: floor(min(eps / step_size + 4, 1.25 eps / step_size)).
+    """
 
     label: LabelKind = "true"
     step_size: float = 1.0
     steps: int | None = None
+    norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         check(self, BIM_FIELDS)
@@ -47,29 +59,32 @@ BIM_FIELDS = typed(BimConfig, steps=COUNT, step_size=POSITIVE)
 
 @dataclass(frozen=True)
 class IterLLConfig:
-    """iter l.l.: repeated steps toward the least-likely class of the clean image."""
+    """iter l.l.: repeated steps toward the least-likely class of the clean image; ``norm`` is linf only."""
 
     step_size: float = 1.0
     steps: int | None = None
+    norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         check(self, ITER_LL_FIELDS)
 
 
-ITER_LL_FIELDS = typed(IterLLConfig, steps=COUNT, step_size=POSITIVE)
+ITER_LL_FIELDS = typed(IterLLConfig, steps=COUNT, step_size=POSITIVE, norm=LINF_ONLY)
 
 
 @dataclass(frozen=True)
 class PgdConfig:
     """PGD (Madry et al.): random start, then projected steps.
 
-    ``step_size`` None means 2.5 * eps / steps, Madry et al.'s choice.
+    ``step_size`` None means 2.5 * eps / steps, Madry et al.'s choice. ``norm: l2``: eps and
+    ``step_size`` are L2 norms in [0, 1] pixels (no /255); the random start is uniform in the L2 ball.
     """
 
     label: LabelKind = "true"
     steps: int = 10
     step_size: float | None = None
     random_start: bool = True
+    norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         check(self, PGD_FIELDS)
@@ -85,6 +100,13 @@ def paper_steps(eps: float) -> int:
     return max(1, math.floor(min(eps + 4, 1.25 * eps) + 1e-9))
 
 
+def schedule_steps(eps: float, step_size: float, steps: int | None, norm: Norm) -> int:
+    """BIM's iterations at eps: ``steps``, else the paper's schedule (L2: with eps counted in steps of step_size)."""
+    if steps is not None:
+        return steps
+    return paper_steps(eps) if norm == "linf" else paper_steps(eps / step_size)
+
+
 def descend(
     model: nn.Module,
     x: Tensor,
@@ -94,8 +116,9 @@ def descend(
     step: float | Tensor,
     steps: int,
     stop_on: Tensor | None = None,
+    norm: Norm = "linf",
 ) -> Tensor:
-    """Run ``steps`` projected sign-gradient steps of size ``step`` from ``start``.
+    """Run ``steps`` projected steepest-ascent steps of size ``step`` in ``norm`` from ``start``.
 
     All sizes are in [0, 1] units; a negative ``step`` moves toward ``target``. Training gives
     ``eps`` and ``step`` per example ([N, 1, 1, 1] tensors), never with ``stop_on``. With
@@ -104,16 +127,16 @@ def descend(
     costs no extra pass, and the other samples' steps are unchanged.
     """
     if stop_on is not None:
-        return _descend_until_fooled(model, x, start, target, eps, step, steps, stop_on)
+        return _descend_until_fooled(model, x, start, target, eps, step, steps, stop_on, norm)
     x_adv = start
     for _ in range(steps):
         check_stop()
-        x_adv = project(x_adv + step * gradient_sign(model, x_adv, target), x, eps)
+        x_adv = project(x_adv + step * gradient_step(model, x_adv, target, norm), x, eps, norm)
     return x_adv
 
 
 def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Tensor, eps: float | Tensor,
-                          step: float | Tensor, steps: int, stop_on: Tensor) -> Tensor:
+                          step: float | Tensor, steps: int, stop_on: Tensor, norm: Norm) -> Tensor:
     """``descend`` on the samples the model still classifies correctly, one gradient each per step.
 
     While every sample is still in play the whole batch is used as it is, without copies.
@@ -122,19 +145,19 @@ def _descend_until_fooled(model: nn.Module, x: Tensor, start: Tensor, target: Te
     for _ in range(steps):
         check_stop()
         if live is None:
-            g, logits = gradient_and_logits(model, x_adv, target)
+            g, logits = gradient_and_logits(model, x_adv, target, norm)
             keep = logits.argmax(1) == stop_on
             if bool(keep.all()):
-                x_adv = project(x_adv + step * g, x, eps)
+                x_adv = project(x_adv + step * g, x, eps, norm)
                 continue
             live = torch.arange(len(x), device=x.device)
         else:
-            g, logits = gradient_and_logits(model, x_adv[live], target[live])
+            g, logits = gradient_and_logits(model, x_adv[live], target[live], norm)
             keep = logits.argmax(1) == stop_on[live]
         live, g = live[keep], g[keep]
         if len(live) == 0:
             break
-        x_adv[live] = project(x_adv[live] + step * g, x[live], eps)
+        x_adv[live] = project(x_adv[live] + step * g, x[live], eps, norm)
     return x_adv
 
 
@@ -143,22 +166,23 @@ def _schedule(
     x: Tensor,
     target: Tensor,
     eps: Sequence[float],
-    step_size: float,
-    steps: int | None,
+    config: BimConfig | IterLLConfig,
     sign: float,
     stop_on: Tensor | None = None,
 ) -> Iterator[tuple[float, Tensor]]:
-    """BIM-style sweep over eps (1/255 units); every eps starts at x, so trajectories share work.
+    """BIM-style sweep over eps (units of ``config.norm``); every eps starts at x, so trajectories share work.
 
     Without early stopping every eps walks one shared trunk until its own projection would
     bind (``_shared_sweep``): the paper's sweep 2, 4, 8, 16 takes about 23 gradients instead of 37,
     and every result is the one a separate run at that eps gives. With early stopping each eps
     runs alone on the samples still correct.
     """
-    counts = [(e, paper_steps(e) if steps is None else steps) for e in eps]
+    norm = config.norm
+    counts = [(e, schedule_steps(e, config.step_size, config.steps, norm)) for e in eps]
+    step = sign * in_pixels(config.step_size, norm)
     if stop_on is None:
         with attack_mode(model):
-            done = _shared_sweep(model, x, target, [(to_unit(e), n) for e, n in counts], sign * to_unit(step_size))
+            done = _shared_sweep(model, x, target, [(in_pixels(e, norm), n) for e, n in counts], step, norm)
         for (e, _), x_adv in zip(counts, done, strict=True):
             yield e, x_adv
         return
@@ -167,15 +191,15 @@ def _schedule(
             yield e, x.clone()
             continue
         with attack_mode(model):
-            x_adv = descend(model, x, x, target, to_unit(e), sign * to_unit(step_size), n, stop_on)
+            x_adv = descend(model, x, x, target, in_pixels(e, norm), step, n, stop_on, norm)
         yield e, x_adv
 
 
 def _shared_sweep(model: nn.Module, x: Tensor, target: Tensor, runs: list[tuple[float, int]],
-                  step: float) -> list[Tensor]:
+                  step: float, norm: Norm) -> list[Tensor]:
     """``descend`` from x for every (eps, steps) in ``runs`` (eps in [0, 1] units), sharing the common trunk.
 
-    Sign steps of one size from one start are the same for every eps until the projection onto
+    Steps of one size from one start are the same for every eps until the projection onto
     the smallest ball changes an iterate. So one trunk walks at the largest eps still on it; at
     each step, an eps whose own projection would differ from the trunk's leaves it and finishes
     alone from its own projected iterate. The test is exact (``torch.equal`` on the batch), so each
@@ -196,16 +220,16 @@ def _shared_sweep(model: nn.Module, x: Tensor, target: Tensor, runs: list[tuple[
         if not on_trunk:
             break
         check_stop()
-        moved = z + step * gradient_sign(model, z, target)
+        moved = z + step * gradient_step(model, z, target, norm)
         widest = max(on_trunk, key=lambda i: runs[i][0])
-        nxt = project(moved, x, runs[widest][0])
+        nxt = project(moved, x, runs[widest][0], norm)
         for i in list(on_trunk):
             e, n = runs[i]
             if e == runs[widest][0]:
                 continue
-            own = project(moved, x, e)
+            own = project(moved, x, e, norm)
             if not torch.equal(own, nxt):
-                out[i] = descend(model, x, own, target, e, step, n - k - 1)
+                out[i] = descend(model, x, own, target, e, step, n - k - 1, norm=norm)
                 on_trunk.remove(i)
         z, k = nxt, k + 1
     return [t if t is not None else x.clone() for t in out]
@@ -220,10 +244,13 @@ def bim(
     rng: torch.Generator | None = None,
     early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Basic iterative method (iterative FGSM) up the loss of ``label``."""
+    """Basic iterative method (iterative FGSM) up the loss of ``label``; eps in 1/255 units.
+
+    With ``norm: l2`` each step is step_size * g / ||g||_2 and eps the L2 norm in [0, 1] pixels (no /255).
+    """
     target = labels.pick(config.label)
     stop_on = labels.true if early_stop else None
-    yield from _schedule(model, x, target, eps, config.step_size, config.steps, 1.0, stop_on)
+    yield from _schedule(model, x, target, eps, config, 1.0, stop_on)
 
 
 def iter_ll(
@@ -240,7 +267,7 @@ def iter_ll(
     Early stopping stops at misclassification (what robust accuracy counts), not at y_LL.
     """
     stop_on = labels.true if early_stop else None
-    yield from _schedule(model, x, labels.least_likely, eps, config.step_size, config.steps, -1.0, stop_on)
+    yield from _schedule(model, x, labels.least_likely, eps, config, -1.0, stop_on)
 
 
 def pgd(
@@ -252,21 +279,24 @@ def pgd(
     rng: SampleNoise | torch.Generator | None = None,
     early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Projected gradient descent with a uniform random start in the eps-ball.
+    """Projected gradient descent with a uniform random start in the eps-ball; eps in 1/255 units.
 
-    One noise draw in [-1, 1] serves every eps (scaled by it), so a start does not
-    depend on which other eps values were asked for.
+    With ``norm: l2`` eps is the L2 norm in [0, 1] pixels (no /255), each step step_size * g / ||g||_2,
+    and the start uniform in the L2 ball. One noise draw in the unit ball serves every eps (scaled
+    by it), so a start does not depend on which other eps values were asked for.
     """
-    target = labels.pick(config.label)
-    noise = uniform_noise(x, rng) if config.random_start else None
+    target, norm = labels.pick(config.label), config.norm
+    noise = None
+    if config.random_start:
+        noise = uniform_noise(x, rng) if norm == "linf" else l2_ball_noise(x, rng)
     for e in eps:
         if e == 0:  # the config holds at least 1 step
             yield e, x.clone()
             continue
-        unit = to_unit(e)
+        unit = in_pixels(e, norm)
         size = 2.5 * e / config.steps if config.step_size is None else config.step_size
         start = x if noise is None else (x + unit * noise).clamp(0.0, 1.0)
         with attack_mode(model):
-            x_adv = descend(model, x, start, target, unit, to_unit(size), config.steps,
-                            stop_on=labels.true if early_stop else None)
+            x_adv = descend(model, x, start, target, unit, in_pixels(size, norm), config.steps,
+                            stop_on=labels.true if early_stop else None, norm=norm)
         yield e, x_adv

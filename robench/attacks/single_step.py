@@ -1,7 +1,9 @@
 """Single-step attacks: FGSM and step l.l. (Kurakin et al. 2017, eqs. 1 and 2).
 
-Each computes one gradient per batch and reuses it for every eps. ``early_stop`` is accepted
-and changes nothing: one step has nothing to stop (the engine keeps a smaller eps's success).
+Each computes one gradient per batch and reuses it for every eps. FGSM also runs under L2 (``norm: l2``):
+FGM, x + eps * g / ||g||_2 (Goodfellow et al. 2015; Miyato et al. 2016), eps then the L2 norm of the
+perturbation in [0, 1] pixels, taken as given (no /255). step l.l. is the paper's L-infinity attack only.
+``early_stop`` is accepted and changes nothing: one step has nothing to stop (the engine keeps a smaller eps's success).
 """
 
 from __future__ import annotations
@@ -12,15 +14,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robench.attacks.base import LabelKind, Labels, attack_mode, gradient_sign, to_unit
+from robench.attacks.base import (
+    LINF_ONLY,
+    LabelKind,
+    Labels,
+    Norm,
+    attack_mode,
+    gradient_sign,
+    gradient_step,
+    in_pixels,
+)
 from robench.core.fields import check, typed
 
 
 @dataclass(frozen=True)
 class FgsmConfig:
-    """FGSM: one step up the loss of ``label`` (true labels leak; see leak-check)."""
+    """FGSM: one step up the loss of ``label`` (true labels leak; see leak-check).
+
+    ``norm: l2`` makes it FGM, with eps the perturbation's L2 norm in [0, 1] pixels (no /255).
+    """
 
     label: LabelKind = "true"
+    norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         check(self, FGSM_FIELDS)
@@ -31,16 +46,24 @@ FGSM_FIELDS = typed(FgsmConfig)
 
 @dataclass(frozen=True)
 class StepLLConfig:
-    """step l.l.: one step down the loss of the least-likely class. No options."""
+    """step l.l.: one step down the loss of the least-likely class. ``norm`` is linf only: no L2 version."""
+
+    norm: Norm = "linf"
+
+    def __post_init__(self) -> None:
+        check(self, STEP_LL_FIELDS)
 
 
-def sweep(x: Tensor, direction: Tensor, eps: Sequence[float]) -> Iterator[tuple[float, Tensor]]:
-    """x + eps * direction clipped to [0, 1], for every eps; eps 0 returns x unchanged."""
+STEP_LL_FIELDS = typed(StepLLConfig, norm=LINF_ONLY)
+
+
+def sweep(x: Tensor, direction: Tensor, eps: Sequence[float], norm: Norm = "linf") -> Iterator[tuple[float, Tensor]]:
+    """x + eps * direction clipped to [0, 1], for every eps (units of ``norm``); eps 0 returns x unchanged."""
     for e in eps:
         if e == 0:
             yield e, x.clone()
         else:
-            yield e, (x + to_unit(e) * direction).clamp(0.0, 1.0)
+            yield e, (x + in_pixels(e, norm) * direction).clamp(0.0, 1.0)
 
 
 def fgsm(
@@ -52,10 +75,13 @@ def fgsm(
     rng: torch.Generator | None = None,
     early_stop: bool = False,
 ) -> Iterator[tuple[float, Tensor]]:
-    """Fast gradient sign method: x + eps * sign(grad_x J(x, y))."""
+    """Fast gradient sign method: x + eps * sign(grad_x J(x, y)), eps in 1/255 units.
+
+    With ``norm: l2``, FGM: x + eps * g / ||g||_2 per sample, eps the L2 norm in [0, 1] pixels (no /255).
+    """
     with attack_mode(model):
-        direction = gradient_sign(model, x, labels.pick(config.label))
-    yield from sweep(x, direction, eps)
+        direction = gradient_step(model, x, labels.pick(config.label), config.norm)
+    yield from sweep(x, direction, eps, config.norm)
 
 
 def step_ll(
