@@ -677,6 +677,20 @@ def test_settings_are_compared_only_for_the_rows_a_regression_compares(tmp_path:
     one_error_line(r, 2, "pgd: steps 1 in", "10 in")  # the worst case depends on every attack
 
 
+def test_a_setting_a_baseline_predates_reads_as_its_default(tmp_path: Path) -> None:
+    """A baseline written before ``norm`` existed ran L-infinity: it compares with norm linf, not with norm l2."""
+    def config(**extra: str) -> dict:
+        made = suite_config()
+        made["suite"]["attacks"][0].update(extra)
+        return made
+
+    b_json = write(tmp_path / "b.json", make_doc(PGD, config=suite_config()))  # no norm key
+    r = invoke("gate", write(tmp_path / "r.json", make_doc(PGD, config=config(norm="linf"))), "--baseline", b_json)
+    assert r.exit_code == 0, r.stderr
+    r = invoke("gate", write(tmp_path / "l2.json", make_doc(PGD, config=config(norm="l2"))), "--baseline", b_json)
+    one_error_line(r, 2, 'pgd: norm l2 in l2.json, linf in b.json')
+
+
 def test_eval_baseline_with_other_settings_fails_before_any_work(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import robench.run.evaluate

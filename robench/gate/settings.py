@@ -7,11 +7,13 @@ runs ``pgd`` with 1 step under the id ``pgd`` would otherwise pass a no-regressi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import PurePath
 from typing import Any
 
+from robench.attacks import REGISTRY
 from robench.attacks.suite import CLEAN, WORST
 from robench.errors import RobenchError
 
@@ -31,10 +33,25 @@ def recorded(doc: dict[str, Any]) -> dict[str, Any] | None:
         return None
     entries = suite.get("attacks")
     entries = entries if isinstance(entries, list) else []
-    attacks = {str(a.get("id")): {k: v for k, v in a.items() if k not in SKIP_KEYS}
+    attacks = {str(a.get("id")): _with_defaults({k: v for k, v in a.items() if k not in SKIP_KEYS})
                for a in entries if isinstance(a, dict)}
     run = {"cascade": suite.get("cascade"), "early_stop": suite.get("early_stop"), "seed": config.get("seed")}
     return {"attacks": attacks, "run": run}
+
+
+def _with_defaults(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry with each setting it lacks read as its attack's default.
+
+    A file written before a setting existed (``norm`` came later than most baselines) ran the
+    attack the way the default runs it; reading the gap as the default keeps such a baseline
+    comparable, while a file that names another value still differs.
+    """
+    attack = REGISTRY.get(str(entry.get("name")))
+    if attack is None:
+        return entry
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(attack.config)
+                if f.default is not dataclasses.MISSING}  # as a file holds it: tuples as lists
+    return {**{k: v for k, v in defaults.items() if k not in entry}, **entry}
 
 
 def check_settings(attacks: Iterable[str], results: dict[str, Any], baseline: dict[str, Any],
