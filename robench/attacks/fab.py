@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -28,13 +27,15 @@ from robench.attacks.base import (
     COUNT,
     UNIT,
     Labels,
+    Norm,
     SampleNoise,
     attack_mode,
     clean_logits,
+    in_pixels,
+    l2_norms,
     project,
     ranked_targets,
     sample_noise,
-    to_unit,
 )
 from robench.core.fields import check, typed
 from robench.core.stop import check_stop
@@ -57,7 +58,7 @@ class FabTConfig:
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
-    norm: Literal["linf", "l2"] = "linf"
+    norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         check(self, FAB_T_FIELDS)
@@ -100,17 +101,10 @@ def project_l2(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return way * torch.minimum(room, move)
 
 
-def _norms(d: Tensor, norm: str) -> Tensor:
+def _norms(d: Tensor, norm: Norm) -> Tensor:
     """[N] the L-inf or L2 norm of each row of d ([N, ...])."""
     flat = d.flatten(1)
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
-
-
-def _project_l2_ball(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """x_adv pulled radially into the L2 eps-ball around x, then clipped to [0, 1] (which only shortens the step)."""
-    d = x_adv - x
-    scale = (eps / _norms(d, "l2").clamp_min(1e-12)).clamp(max=1.0).view(-1, *[1] * (x.dim() - 1))
-    return (x + d * scale).clamp(0.0, 1.0)
 
 
 def stable_order(values: Tensor) -> Tensor:
@@ -205,11 +199,11 @@ class _Found:
         self.keep(rows, run.best, run.norm)
         self.last[rows] = run.last
 
-    def result(self, x: Tensor, eps: float, norm: str = "linf") -> Tensor:
+    def result(self, x: Tensor, eps: float, norm: Norm = "linf") -> Tensor:
         """The best example where it is within eps; else the best (or latest) point projected into the eps-ball."""
         fooled = (self.norm <= eps).view(-1, *[1] * (x.dim() - 1))
         fallback = torch.where(self.norm.isfinite().view_as(fooled), self.best, self.last)
-        inside = project(fallback, x, eps) if norm == "linf" else _project_l2_ball(fallback, x, eps)
+        inside = project(fallback, x, eps, norm)
         return torch.where(fooled, self.best, inside)
 
 
@@ -246,7 +240,7 @@ def _need_three(logits: Tensor) -> None:
         raise RobenchError(f"fab_t needs at least 3 classes to choose a target class; the model has {classes}")
 
 
-def random_start(x: Tensor, eps: float, noise: SampleNoise, norm: str = "linf") -> Tensor:
+def random_start(x: Tensor, eps: float, noise: SampleNoise, norm: Norm = "linf") -> Tensor:
     """A restart's start (FAB, Sec. 3): x moved by eps / 2 in the norm, per-sample random direction, clipped to [0, 1].
 
     x: [N, C, H, W] in [0, 1]; eps in [0, 1] units. AutoAttack's FAB starts a restart the same way:
@@ -254,18 +248,11 @@ def random_start(x: Tensor, eps: float, noise: SampleNoise, norm: str = "linf") 
     direction) scaled to L2 norm eps / 2.
     """
     if norm == "l2":
-        g = _gaussian_like(x, noise)
-        return (x + 0.5 * eps * g / _norms(g, "l2").clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))).clamp(0.0, 1.0)
+        g = noise.normal_like(x)[0]
+        return (x + 0.5 * eps * g / l2_norms(g).clamp_min(1e-12)).clamp(0.0, 1.0)
     u = noise.uniform_like(x)
     scale = u.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
     return (x + 0.5 * eps * u / scale).clamp(0.0, 1.0)
-
-
-def _gaussian_like(x: Tensor, noise: SampleNoise) -> Tensor:
-    """Standard normal noise shaped like x, per sample: Box-Muller on two of the sample's uniform streams."""
-    u1 = (1 - noise.child("radius").uniform_like(x).double()) / 2  # in (0, 1]: the log stays finite
-    u2 = (noise.child("angle").uniform_like(x).double() + 1) / 2
-    return ((-2 * u1.log()).sqrt() * torch.cos(2 * math.pi * u2)).to(x.dtype)
 
 
 def _attack(model: nn.Module, x: Tensor, y: Tensor, targets: Tensor, wrong: Tensor, eps: float,
@@ -314,5 +301,5 @@ def fab_t(
             yield e, x.clone()
             continue
         with attack_mode(model):
-            unit = to_unit(e) if config.norm == "linf" else e
+            unit = in_pixels(e, config.norm)
             yield e, _attack(model, x, labels.true, targets, wrong, unit, config, noise, early_stop)

@@ -12,12 +12,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from robench.attacks.base import COUNT, UNIT, Labels, SampleNoise, attack_mode, sample_noise, to_unit
+from robench.attacks.base import (
+    COUNT,
+    UNIT,
+    Labels,
+    Norm,
+    SampleNoise,
+    attack_mode,
+    in_pixels,
+    l2_norms,
+    sample_noise,
+)
 from robench.core.fields import check, typed
 from robench.core.stop import check_stop
 
@@ -39,7 +48,7 @@ class SquareConfig:
 
     queries: int = 5000
     p_init: float = 0.8
-    norm: Literal["linf", "l2"] = "linf"
+    norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         check(self, SQUARE_FIELDS)
@@ -199,11 +208,6 @@ def _place(shape: Tensor, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
     return out
 
 
-def _l2_norms(d: Tensor) -> Tensor:
-    """[N, 1, 1, 1] the L2 norm of each sample's d."""
-    return d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-
-
 def l2_start(noise: SampleNoise, x: Tensor, e: float) -> Tensor:
     """The L2 start (Sec. 3.2): a grid of min(H, W) // 5-sided tiles of eta, each a random sign per channel, norm e.
 
@@ -220,7 +224,7 @@ def l2_start(noise: SampleNoise, x: Tensor, e: float) -> Tensor:
         signs = torch.where(u[:, t, 1:] < 0.5, -1.0, 1.0).double()[:, :, None, None]
         delta[:, :, r : r + s, q : q + s] += _shapes(s, u[:, t, 0])[:, None] * signs
     delta = delta.to(device=x.device, dtype=x.dtype)
-    return (x + e * delta / _l2_norms(delta).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return (x + e * delta / l2_norms(delta).clamp_min(1e-12)).clamp(0.0, 1.0)
 
 
 def l2_side(p: float, h: int, w: int) -> int:
@@ -242,16 +246,16 @@ def l2_propose(x: Tensor, x_best: Tensor, e: float, u: Tensor, side: int) -> Ten
     nu = x_best - x
     m1 = square_mask(u[:, 0:2], side, h, w, x.device).to(x.dtype)
     both = torch.maximum(m1, square_mask(u[:, 2:4], side, h, w, x.device).to(x.dtype))
-    unused = (e * e - _l2_norms(nu) ** 2).clamp_min(0.0)
+    unused = (e * e - l2_norms(nu) ** 2).clamp_min(0.0)
     top = (u[:, 0] * (h - side + 1)).floor().long()
     left = (u[:, 1] * (w - side + 1)).floor().long()
     eta = _place(_shapes(side, u[:, 4]), top, left, h, w).to(device=x.device, dtype=x.dtype)
     signs = _signs(u[:, 5:], x)[:, :, None, None]
     in_w1 = nu * m1
     temp = signs * eta + in_w1 / _channel_norms(in_w1).clamp_min(1e-12)
-    avail = (_l2_norms(nu * both) ** 2 + unused / c).sqrt()
+    avail = (l2_norms(nu * both) ** 2 + unused / c).sqrt()
     new = nu * (1 - both) + temp / _channel_norms(temp).clamp_min(1e-12) * avail
-    new = new * (e / _l2_norms(new).clamp_min(1e-12))
+    new = new * (e / l2_norms(new).clamp_min(1e-12))
     return (x + new).clamp(0.0, 1.0)
 
 
@@ -313,5 +317,5 @@ def square(
             continue
         with attack_mode(model):
             search = square_search if config.norm == "linf" else l2_search
-            x_adv, _ = search(model, x, labels.true, to_unit(e) if config.norm == "linf" else e, config, noise)
+            x_adv, _ = search(model, x, labels.true, in_pixels(e, config.norm), config, noise)
         yield e, x_adv
