@@ -66,6 +66,19 @@ def test_without_a_cache_it_says_what_a_store_would_take(pair: tuple[str, str]) 
     assert store.human_bytes(_store_bytes(keys)) == "11.4 kB"  # 4 x (1,024 + 512 + 1,270 to 1,290) bytes
 
 
+def test_an_ensemble_source_is_timed_at_its_members_passes(pair: tuple[str, str]) -> None:
+    """Without sources named the ensemble is the only source: its rows, one fgsm step costing both members' passes,
+    and a store of its examples alone (half the pair's)."""
+    import dataclasses
+
+    rows = dry_run_transfer(dataclasses.replace(_cfg(pair), ensembles=(("a", "b"),)))
+    assert rows[["model", "attack"]].values.tolist() == [["a+b", "clean"], ["a", "clean"], ["b", "clean"],
+                                                         ["a+b", "fgsm"], ["a+b", "pgd"]]
+    assert rows.passes_per_sample.tolist()[:4] == [1, 1, 1, 4]  # fgsm: a forward and a backward on each member
+    keys = store.header_key_bytes(run_transfer_ids(pair))
+    assert rows.attrs["store"].endswith(f"would take {store.human_bytes(_store_bytes(keys) // 2)}")
+
+
 def run_transfer_ids(pair: tuple[str, str]) -> list[str]:
     from robench.core.distributed import LOCAL
     from robench.run.runspec import open_run
