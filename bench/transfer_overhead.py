@@ -4,8 +4,9 @@ ensemble source vs a bare-torch loop that averages its members' logits by hand.
 Run: python bench/transfer_overhead.py [--images N] [--only matrix|ensemble]. Not a test.
 matrix: both wall times, the attack calls each side makes, and the ratio robench / naive
 (target <= 0.45x for 3 targets). ensemble: robench's BIM on ``Ensemble`` of the three models
-against the same steps written in bare torch, interleaved; passes counted on every member on both
-sides (ratio must be 1), CPU and wall time ratios, and whether the examples are identical.
+against the same BIM on ``HandSum`` (the mean logits in bare torch) and against the steps written
+in bare torch (``hand_bim``), interleaved; passes counted on every member on each side (ratios
+must be 1), CPU and wall time ratios, and whether the examples are identical.
 """
 
 from __future__ import annotations
@@ -76,8 +77,19 @@ def hand_bim(members: list[nn.Module], x: Tensor, y: Tensor) -> Tensor:
     return x_adv
 
 
+class HandSum(nn.Module):
+    """The members' mean logits in one line of bare torch: what ``Ensemble`` must not cost more than."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sum(m(x) for m in self.members) / len(self.members)
+
+
 def ensemble(images: int, batch: int, repeats: int) -> bool:
-    """robench's BIM on ``Ensemble`` vs ``hand_bim``, alternating; prints passes, times and their ratios."""
+    """robench's BIM on ``Ensemble``, on ``HandSum`` and ``hand_bim``, alternating; prints passes, times, ratios."""
     source = open_source("digits", "test", images, 0)
     models = load_models(parse_specs(MODELS), source, False, torch.device("cpu"))
     assert len({(m.input.channels, m.input.size) for m in models}) == 1, "the hand loop feeds each member the same x"
@@ -86,12 +98,12 @@ def ensemble(images: int, batch: int, repeats: int) -> bool:
     spec = parse_suite(f"eps: [{ENSEMBLE_EPS}]\nattacks:\n  - name: bim\n    steps: {ENSEMBLE_STEPS}\n").attacks[0]
     batches = list(source.batches(models[0].input, batch))
 
-    def ours() -> tuple[list[Tensor], Passes]:
+    def attacked(model: nn.Module) -> tuple[list[Tensor], Passes]:
         out, passes = [], Passes()
         for b in batches:
-            with count_passes(joint) as p:
-                labels = Labels.from_logits(score(joint, b.images), b.labels)
-                ((_, x_adv),) = REGISTRY["bim"].run(joint, b.images, labels, spec.eps, spec.config,
+            with _counted(members) as p:
+                labels = Labels.from_logits(score(model, b.images), b.labels)
+                ((_, x_adv),) = REGISTRY["bim"].run(model, b.images, labels, spec.eps, spec.config,
                                                     attack_noise(0, spec.id, [source.ids[r] for r in b.rows.tolist()]))
             out.append(x_adv)
             passes.add(p)
@@ -106,7 +118,8 @@ def ensemble(images: int, batch: int, repeats: int) -> bool:
             passes.add(p)
         return out, passes
 
-    return _alternate({"robench": ours, "bare": bare}, repeats, images, batch)
+    sides = {"robench": lambda: attacked(joint), "robench-handsum": lambda: attacked(HandSum(members)), "bare": bare}
+    return _alternate(sides, repeats, images, batch)
 
 
 class _counted:
@@ -138,20 +151,22 @@ def _alternate(sides: dict, repeats: int, images: int, batch: int) -> bool:
             cpu[name].append(time.process_time() - c)
             wall[name].append(time.perf_counter() - w)
             print(f"  round {r + 1}: {name} cpu {cpu[name][-1]:.2f} s, wall {wall[name][-1]:.2f} s", flush=True)
-    (x_ours, p_ours), (x_bare, p_bare) = results["robench"], results["bare"]
-    same = all(torch.equal(a, b) for a, b in zip(x_ours, x_bare, strict=True))
-    c_ratio = statistics.median(cpu["robench"]) / statistics.median(cpu["bare"])
-    w_ratio = statistics.median(wall["robench"]) / statistics.median(wall["bare"])
+    x_ours, p_ours = results["robench"]
+    same = all(torch.equal(a, b) for name in sides for a, b in zip(x_ours, results[name][0], strict=True))
     print(f"\nensemble of {len(MODELS)} ({', '.join(MODELS)}), BIM eps {ENSEMBLE_EPS:g} x {ENSEMBLE_STEPS} steps, "
-          f"{images} digits images, batch {batch}, {repeats} rounds")
-    print(f"passes (summed over samples and members): robench {p_ours.forward} fwd + {p_ours.backward} bwd, bare "
-          f"{p_bare.forward} fwd + {p_bare.backward} bwd; ratio {p_ours.total / p_bare.total:.3f}")
-    print(f"cpu  robench {statistics.median(cpu['robench']):.2f} s, bare {statistics.median(cpu['bare']):.2f} s: "
-          f"ratio {c_ratio:.3f}x")
-    print(f"wall robench {statistics.median(wall['robench']):.2f} s, bare {statistics.median(wall['bare']):.2f} s: "
-          f"ratio {w_ratio:.3f}x")
+          f"{images} digits images, batch {batch}, {repeats} rounds; robench: BIM on Ensemble, robench-handsum: "
+          f"BIM on HandSum, bare: hand_bim")
+    for name in sides:
+        p = results[name][1]
+        print(f"{name:>16}: passes (summed over samples and members) {p.forward} fwd + {p.backward} bwd, "
+              f"cpu {statistics.median(cpu[name]):.2f} s, wall {statistics.median(wall[name]):.2f} s")
+    for name in list(sides)[1:]:
+        c_ratio = statistics.median(cpu["robench"]) / statistics.median(cpu[name])
+        w_ratio = statistics.median(wall["robench"]) / statistics.median(wall[name])
+        print(f"robench / {name}: passes {p_ours.total / results[name][1].total:.3f}, cpu {c_ratio:.3f}x, "
+              f"wall {w_ratio:.3f}x")
     print(f"examples identical: {same}")
-    return same and p_ours.total == p_bare.total
+    return same and all(results[name][1].total == p_ours.total for name in sides)
 
 
 def matrix(args: argparse.Namespace) -> None:
