@@ -40,13 +40,13 @@ def _members(text: str) -> tuple[str, ...]:
 @model_option("At least one model, here or as MODEL arguments; two or more to measure transfer.")
 @click.option("--sources", metavar="LIST", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LIST", help="Comma-separated labels scoring them. Default: every model.")
-@click.option("--source-ensemble", "ensembles", multiple=True, metavar="A+B[+...]",
-              help="One more source: the models of these labels (two or more, joined by '+') attacked as one "
+@click.option("--source-ensemble", "ensembles", multiple=True, metavar="LABELS",
+              help="One more source: the models of these labels (two or more, joined by '+': a+b+c) attacked as one "
                    "ensemble, its examples scored on every target, held-out models included; repeatable. "
                    "Without --sources, the ensembles are the only sources.")
-@click.option("--ensemble-by", metavar="logits|probs", default="logits", show_default=True,
-              help="How an ensemble combines its members: the mean of their logits (MI-FGSM's eq. 6), or the log "
-                   "of the mean of their softmax probabilities.")
+@click.option("--ensemble-by", metavar="MODE", default="logits", show_default=True,
+              help="How an ensemble combines its members: logits, the mean of their logits (MI-FGSM's eq. 6), or "
+                   "probs, the log of the mean of their softmax probabilities.")
 @suite_options
 @run_options
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
