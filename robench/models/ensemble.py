@@ -112,6 +112,7 @@ class Ensemble(nn.Module):
     resized as transfer delivers a perturbation (bilinear, antialiased) and converted as images are
     (``to_channels``), inside the forward, so gradients flow through it. ``by``: ``logits`` returns
     their mean; ``probs`` the log of their mean softmax, so its softmax is the mean of theirs.
+    Raises ValueError for a ``by`` other than those two, or members and inputs of different counts.
     """
 
     def __init__(self, members: Sequence[nn.Module], inputs: Sequence[InputConfig], by: str = "logits") -> None:
