@@ -31,11 +31,23 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _members(text: str) -> tuple[str, ...]:
+    """An ensemble's member labels: 'a+b+c' -> ('a', 'b', 'c'); an empty one stays, to be refused by name."""
+    return tuple(t.strip() for t in text.split("+"))
+
+
 @click.command("transfer-matrix")
 @click.argument("specs", nargs=-1, metavar="MODEL...")
 @model_option("At least one model, here or as MODEL arguments; two or more to measure transfer.")
 @click.option("--sources", metavar="LIST", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LIST", help="Comma-separated labels scoring them. Default: every model.")
+@click.option("--source-ensemble", "ensembles", multiple=True, metavar="LABELS",
+              help="One more source: the models of these labels (two or more, joined by '+': a+b+c) attacked as one "
+                   "ensemble, its examples scored on every target, held-out models included; repeatable. "
+                   "It is a source beside those of --sources (default: every model).")
+@click.option("--ensemble-by", metavar="MODE", default="logits", show_default=True,
+              help="How an ensemble combines its members: logits, the mean of their logits (MI-FGSM's eq. 6), or "
+                   "probs, the log of the mean of their softmax probabilities.")
 @suite_options
 @target_class_option
 @run_options
@@ -52,6 +64,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
                    "store's bytes; writes nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
+                     ensembles: tuple[str, ...], ensemble_by: str,
                      suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,
                      target_class: str | None, cache: Path | None, outs: tuple[Path, ...], plot: Path | None,
                      no_health: bool, survivor_check: int, dry_run: bool, quiet: bool, **run: Any) -> None:
@@ -69,6 +82,8 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     Examples:
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
       robench transfer-matrix zoo:effnet-base zoo:resnet-base --attack fgsm --attack pgd --target-class random
+      robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:resnet-stepll --source-ensemble \\
+        effnet-base+resnet-base
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
     from robench.core.outputs import check_output, check_outputs, results_paths
@@ -95,7 +110,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
         suite = aimed(suite, target_class)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
                          run_spec(suite=suite, health_probes=not no_health, target_class=target_class, **run), cache,
-                         survivor_check)
+                         survivor_check, tuple(_members(e) for e in ensembles), ensemble_by)
     if dry_run:
         refuse_overwrite([*(("--out", o) for o in outs), ("--plot", plot)])
         print_dry_run(cfg)

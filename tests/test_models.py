@@ -120,6 +120,57 @@ def test_normalized_gradient_flows_to_pixels() -> None:
     assert torch.equal(x.grad, torch.full_like(x, 4.0))
 
 
+# ---------------------------------------------------------------- an ensemble of wrapped models
+
+
+def _member(seed: int, channels: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(channels, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 4))
+
+
+def test_ensemble_averages_logits_or_probabilities_by_hand() -> None:
+    from robench.models.ensemble import Ensemble
+
+    a, b = _member(0), _member(1)
+    x = torch.rand(3, 3, 8, 8)
+    config = InputConfig(size=(8, 8))
+    assert torch.equal(Ensemble([a, b], [config, config])(x), (a(x) + b(x)) / 2)
+    probs = Ensemble([a, b], [config, config], by="probs")(x)
+    torch.testing.assert_close(probs.softmax(1), (a(x).softmax(1) + b(x).softmax(1)) / 2)
+    torch.testing.assert_close(probs.exp().sum(1), torch.ones(3))  # log-probabilities: their softmax is themselves
+    same = Ensemble([a, a], [config, config])
+    assert torch.equal(same(x), a(x))  # two copies: exactly the one model, as its examples then are
+
+
+def test_ensemble_resizes_and_converts_the_pixels_for_each_member() -> None:
+    """A member of another size or channel count sees the pixels resized (bilinear, antialiased) and converted."""
+    import torch.nn.functional as F
+
+    from robench.data import to_channels
+    from robench.models.ensemble import Ensemble, ensemble_input
+
+    big, small, gray = _member(0), _member(1), _member(2, channels=1)
+    inputs = [InputConfig(size=(6, 6)), InputConfig(size=(12, 12)), InputConfig(channels=1, size=(12, 12))]
+    assert ensemble_input(inputs) == inputs[1]  # the most values (3 x 12 x 12), the first of equals
+    x = torch.rand(2, 3, 12, 12, requires_grad=True)
+    down = F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False, antialias=True)
+    want = (big(down) + small(x) + gray(to_channels(x, 1))) / 3
+    got = Ensemble([big, small, gray], inputs)(x)
+    torch.testing.assert_close(got, want)
+    (grad,) = torch.autograd.grad(got.sum(), x)
+    assert grad.abs().sum() > 0 and torch.isfinite(grad).all()  # the attacks' gradients flow through the resizing
+
+
+@pytest.mark.parametrize(("by", "needle"), [("loss", "no single output of a module"), ("max", "be logits or probs")])
+def test_ensemble_modes_other_than_logits_and_probs_are_refused(by: str, needle: str) -> None:
+    from robench.models.ensemble import Ensemble, EnsembleSpec
+
+    with pytest.raises(RobenchError, match=needle):
+        EnsembleSpec(("a", "b"), by)
+    with pytest.raises(ValueError, match=needle):
+        Ensemble([_member(0), _member(1)], [InputConfig(), InputConfig()], by)
+
+
 def test_weights_sha256_stable_and_sensitive(default_checkpoint: Path) -> None:
     a = load_model(parse_spec(str(default_checkpoint)), num_classes=10)
     b = load_model(parse_spec(str(default_checkpoint)), num_classes=10)

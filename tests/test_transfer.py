@@ -428,6 +428,16 @@ def test_cli_writes_tidy_rows(tmp_path: Path) -> None:
         (["zoo:effnet-base", "--attack", "fgsm", "--target-class", "most"], "Invalid value for '--target-class': "
                                                                             "'most' is not one of 'random', "
                                                                             "'least_likely'"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base"], "--source-ensemble must join "
+         "two or more model labels with '+'"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+nope"], "--source-ensemble "
+         "'effnet-base+nope' names 'nope', which is not a model; labels: effnet-base, resnet-base"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "resnet-base+resnet-base"],
+         "--source-ensemble must name each model once ('resnet-base' is there twice)"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+resnet-base", "--source-ensemble",
+          "resnet-base+effnet-base"], "('resnet-base+effnet-base' repeats 'effnet-base+resnet-base')"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+resnet-base", "--ensemble-by",
+          "loss"], "--ensemble-by must be logits or probs (loss averaging would need every attack"),
     ],
 )
 def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -493,3 +503,91 @@ def test_a_cache_of_other_images_under_the_same_names_is_not_reused(
         != on_a.meta["dataset"]["content_sha256"]
     again = run_transfer(TransferConfig(PAIR, run=RunSpec(data=str(b), **run), cache=shared))
     assert again.outcomes.crafted == 0 and again.rows.equals(on_b.rows)  # B's own examples are kept beside A's
+
+
+ENSEMBLE_SUITE = parse_suite("eps: [4, 8]\nattacks:\n  - name: fgsm\n  - name: pgd\n    steps: 2\n"
+                             "  - name: iter_ll\n    steps: 2\n")  # true label, random start, least-likely class
+
+
+def test_an_ensemble_of_two_copies_crafts_that_models_examples_at_twice_the_passes() -> None:
+    """Mean logits of two copies are the one model's, so its examples and every target's outcomes are too."""
+    run = RunSpec(suite=ENSEMBLE_SUITE, limit=12, batch_size=6, health_probes=False)
+    result = run_transfer(TransferConfig(("a=zoo:resnet-base", "b=zoo:resnet-base", "zoo:effnet-base"), ("a",),
+                                         run=run, ensembles=(("a", "b"),)))
+    out = result.outcomes
+    assert result.meta["sources"] == ["a", "a+b"]
+    assert result.meta["ensembles"] == [{"label": "a+b", "members": ["a", "b"], "by": "logits"}]
+    for t in ("a", "b", "effnet-base"):
+        for name in ("pred", "top5", "linf"):
+            np.testing.assert_array_equal(getattr(out.pairs[("a+b", t)], name), getattr(out.pairs[("a", t)], name))
+    assert (out.pairs[("a", "a")].linf[1:] > 0).any()  # the attacks did move the pixels
+    for attack in ("fgsm", "pgd", "iter_ll"):  # one forward and one backward per member per step, nothing more
+        single = out.cost[json.dumps(["a", attack])]
+        assert out.cost[json.dumps(["a+b", attack])] == [2 * single[0], 2 * single[1]] and single[1] > 0
+
+
+def test_ensemble_examples_are_scored_on_held_out_targets(small_res: Path) -> None:
+    """An ensemble of two input sizes crafts as a hand-built Ensemble does; a held-out target scores those examples."""
+    from robench.attacks import REGISTRY, Labels
+    from robench.data import open_source
+    from robench.engine import attack_noise, score
+    from robench.models.ensemble import Ensemble
+
+    specs = ("zoo:resnet-base", f"small={small_res}", "zoo:effnet-base")
+    suite = override(load_suite(), ("fgsm",), (8.0,))
+    run = RunSpec(suite=suite, limit=10, batch_size=10, health_probes=False)
+    result = run_transfer(TransferConfig(specs, run=run, ensembles=(("resnet-base", "small"),), ensemble_by="probs"))
+    models = ["resnet-base", "small", "effnet-base"]  # every model a source, the ensemble one more
+    assert result.meta["sources"] == [*models, "resnet-base+small"] and result.meta["targets"] == models
+    source = open_source("digits", "test", 10, 0)
+    resnet, small, held_out = runspec.load_models(runspec.parse_specs(specs), source, False, torch.device("cpu"))
+    ensemble = Ensemble([resnet.module, small.module], [resnet.input, small.input], "probs")
+    assert resnet.input.size != small.input.size
+    batch = next(source.batches(resnet.input, 10))
+    labels = Labels.from_logits(score(ensemble, batch.images), batch.labels)
+    ((_, x_adv),) = REGISTRY["fgsm"].run(ensemble, batch.images, labels, (8.0,), suite.attacks[0].config,
+                                         attack_noise(0, "fgsm", source.ids))
+    xt = x_adv if held_out.input == resnet.input else \
+        deliver(next(source.batches(held_out.input, 10)).images, x_adv - batch.images, 8.0)
+    pred = score(held_out.module, xt).argmax(1).numpy()
+    np.testing.assert_array_equal(result.outcomes.pairs[("resnet-base+small", "effnet-base")].pred[1], pred)
+    row = result.rows[(result.rows.source == "resnet-base+small") & (result.rows.target == "effnet-base")]
+    assert row.target_top1.item() == float((pred == batch.labels.numpy()).mean())
+    white = score(ensemble, x_adv).argmax(1).numpy()  # the source's own outcome prefilters the paper's rate
+    y = batch.labels.numpy()
+    assert row.n_fooled_source.item() == int(((labels.predicted.numpy() == y) & (white != y)).sum()) > 0
+
+
+def test_an_ensembles_examples_are_kept_under_its_members_and_mode(tmp_path: Path) -> None:
+    """The store keys an ensemble on its members (in order) and mode: a rerun reads them, any change crafts anew."""
+    cache, run = tmp_path / "cache", RunSpec(suite=CHEAP, limit=10, batch_size=10, health_probes=False)
+
+    def crafted(members: tuple[str, ...], by: str = "logits", sources: tuple[str, ...] = ("effnet-base",)) -> int:
+        result = run_transfer(TransferConfig(PAIR, sources, run=run, cache=cache, ensembles=(members,),
+                                             ensemble_by=by))
+        return result.outcomes.crafted
+
+    ens = ("effnet-base", "resnet-base")
+    assert crafted(ens) == 4  # 2 attacks x 1 batch, for effnet-base and for the ensemble
+    assert crafted(ens) == 0
+    assert crafted(ens, "probs") == 2 and crafted(ens[::-1]) == 2  # another mode, another order: other examples
+    assert crafted(ens, sources=("resnet-base",)) == 2  # the member alone has none kept: only its own crafting
+
+
+def test_cli_ensemble_source_row_and_results(tmp_path: Path) -> None:
+    from robench.results.read import load_results
+
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(main, ["transfer-matrix", "zoo:effnet-base", "zoo:resnet-base", "zoo:effnet-stepll",
+                                       "--source-ensemble", "effnet-base+resnet-base", "--attack", "fgsm", "--eps",
+                                       "16", "--limit", "8", "--no-health", "--sources", "effnet-stepll", "--out",
+                                       str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "│ effnet-base+resnet-base │" in result.stdout  # one source row, named by its members
+    doc = load_results(out)  # the schema's check
+    assert doc["ensembles"] == [{"label": "effnet-base+resnet-base", "members": ["effnet-base", "resnet-base"],
+                                 "by": "logits"}]
+    assert doc["config"]["ensembles"] == [["effnet-base", "resnet-base"]] and doc["config"]["ensemble_by"] == "logits"
+    adv = [r for r in doc["rows"] if r["attack"] != "clean"]
+    assert [(r["source"], r["target"]) for r in adv] == [(s, t) for s in ("effnet-stepll", "effnet-base+resnet-base")
+                                                         for t in ("effnet-base", "resnet-base", "effnet-stepll")]

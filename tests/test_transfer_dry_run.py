@@ -66,6 +66,19 @@ def test_without_a_cache_it_says_what_a_store_would_take(pair: tuple[str, str]) 
     assert store.human_bytes(_store_bytes(keys)) == "11.4 kB"  # 4 x (1,024 + 512 + 1,270 to 1,290) bytes
 
 
+def test_an_ensemble_source_is_timed_at_its_members_passes(pair: tuple[str, str]) -> None:
+    """With source a and the ensemble a+b: the ensemble's rows, one fgsm step costing both members' passes, and a
+    store of two sources' examples (as large as the pair's)."""
+    import dataclasses
+
+    rows = dry_run_transfer(dataclasses.replace(_cfg(pair), sources=("a",), ensembles=(("a", "b"),)))
+    assert rows[["model", "attack", "passes_per_sample"]].values.tolist() == [  # fgsm: a forward, a backward per member
+        ["a", "clean", 1], ["b", "clean", 1], ["a", "fgsm", 2], ["a", "pgd", 4],
+        ["a+b", "clean", 1], ["a+b", "fgsm", 4], ["a+b", "pgd", 8]]
+    keys = store.header_key_bytes(run_transfer_ids(pair))
+    assert rows.attrs["store"].endswith(f"would take {store.human_bytes(_store_bytes(keys))}")
+
+
 def run_transfer_ids(pair: tuple[str, str]) -> list[str]:
     from robench.core.distributed import LOCAL
     from robench.run.runspec import open_run

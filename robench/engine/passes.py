@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from robench.models.ensemble import Ensemble
+
 
 @dataclass
 class Passes:
@@ -36,7 +38,8 @@ def count_passes(model: nn.Module) -> Iterator[Passes]:
     """Count ``model``'s passes while the block runs; the hook is removed afterwards.
 
     A forward counts its batch; a backward counts when a gradient flows back into the
-    model's output, which is where every input-gradient attack pays for its backward.
+    model's output, which is where every input-gradient attack pays for its backward. An
+    ``Ensemble`` counts each member's passes: a step on K members costs K of each.
     """
     passes = Passes()
 
@@ -49,8 +52,10 @@ def count_passes(model: nn.Module) -> Iterator[Passes]:
             if out.requires_grad:
                 out.register_hook(backward_hook)
 
-    handle = model.register_forward_hook(forward_hook)
+    units = list(model.members) if isinstance(model, Ensemble) else [model]
+    handles = [unit.register_forward_hook(forward_hook) for unit in units]
     try:
         yield passes
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

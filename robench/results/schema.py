@@ -245,6 +245,14 @@ class BudgetRecord(_Open):
     spent_share: dict[str, float | None] | None = Field(None, description="per model, spent / autoattack")
 
 
+class EnsembleRecord(_Open):
+    """A transfer-matrix source that is an ensemble of the run's models (robench.models.ensemble)."""
+
+    label: Name = Field(description="the source's label in the rows: the members joined by '+'")
+    members: list[Name] = Field(min_length=2, description="the members' model labels, in order")
+    by: Literal["logits", "probs"] = Field(description="logits: their mean; probs: the log of their mean softmax")
+
+
 class ResultsFile(_Open):
     """A robench results file (``--out FILE.json``, or ``FILE.csv`` with ``FILE.csv.meta.json``).
 
@@ -271,6 +279,8 @@ class ResultsFile(_Open):
     precision: Omittable[Precision] = Field(None, description="absent in files before robench's GPU path: float32")
     budget: Omittable[BudgetRecord] = Field(None, description="eval: the suite's passes against AutoAttack "
                                             "standard's; absent in files before robench recorded it")
+    ensembles: Omittable[list[EnsembleRecord]] = Field(None, description="transfer-matrix: the sources that are "
+                                                       "ensembles; absent in files before robench had them")
     rows: list[Row] = Field(min_length=1)
     samples: Samples | None = None
 

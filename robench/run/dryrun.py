@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,12 @@ from robench.core.distributed import LOCAL
 from robench.engine.batch import Views
 from robench.engine.plan import Participant, Plan
 from robench.engine.runner import views
-from robench.models import LoadedModel
+from robench.models.ensemble import EnsembleSpec
 from robench.run.evaluate import EvalConfig
 from robench.run.runspec import Opened, RunSpec, open_run
 from robench.run.store import ExampleCache, check_space, header_key_bytes, human_bytes, store_bytes
 from robench.run.survivors import planned_passes
-from robench.run.transfer import TransferConfig, _pick, check_amp_cache, full_strength
+from robench.run.transfer import TransferConfig, check_amp_cache, full_strength
 from robench.run.transfer import plan as transfer_plan
 
 Clock = Callable[[], float]
@@ -62,14 +62,16 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
     without one, what a store of this run would take. Nothing is written, the store included.
     The survivor check's row, when it would run, is per source (its white-box diagonal).
     """
+    ensembles = cfg.ensemble_specs()
     check_amp_cache(cfg)
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)
-    sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
+    sources, targets = cfg.picked(opened.models)
     suite = full_strength(cfg.run.suite, warn)
-    whole = transfer_plan(opened, sources, targets, cfg.run.target_class)
+    whole = transfer_plan(opened, sources, targets, ensembles, cfg.run.target_class)
     plans = [Plan(tuple(whole.model(label) for label in dict.fromkeys([s, *t])), {s: t}, whole.deliver, whole.aim)
              for s, t in whole.targets.items()]
-    store = _store_line(cfg.cache, opened, sources, suite, cfg.run)  # a disk without it: refused before timing
+    crafting = [whole.model(s) for s in whole.targets]
+    store = _store_line(cfg.cache, opened, crafting, suite, cfg.run, ensembles)  # no disk: refused before timing
     table = _estimate(opened, plans, dataclasses.replace(cfg.run, suite=suite), clock)
     table = _with_survivor_check(table, cfg.run.suite, cfg.survivor_check, opened, list(whole.targets))
     table.attrs["store"] = store
@@ -99,15 +101,16 @@ def _with_survivor_check(table: pd.DataFrame, suite: Suite, most: int, opened: O
     return out
 
 
-def _store_line(root: Path | None, opened: Opened, sources: list[LoadedModel], suite: Suite, run: RunSpec) -> str:
+def _store_line(root: Path | None, opened: Opened, sources: list[Participant], suite: Suite, run: RunSpec,
+                ensembles: Sequence[EnsembleSpec] = ()) -> str:
     """The example store's bytes, as the real run would say them (and refuse a disk without them)."""
     ids = opened.source.ids
     if root is None:
         full = store_bytes(None, sources, suite, header_key_bytes(ids), len(ids))[0]
         return f"no example store (cache not set); one for this run would take {human_bytes(full)}"
     heard: list[str] = []
-    check_space(ExampleCache(root, opened.models, run.seed, opened.source.classes, target_class=run.target_class),
-                sources, suite, ids, heard.append)
+    check_space(ExampleCache(root, opened.models, run.seed, opened.source.classes, target_class=run.target_class,
+                             ensembles=ensembles), sources, suite, ids, heard.append)
     return heard[0]
 
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,9 +23,10 @@ from torch import Tensor
 from robench.attacks.base import to_unit
 from robench.attacks.suite import AttackSpec, Suite
 from robench.core.files import atomic_write_text, read_text, remove_stale_temps
-from robench.engine import Examples
+from robench.engine import Examples, Participant
 from robench.errors import FieldError, RobenchError
 from robench.models import LoadedModel
+from robench.models.ensemble import EnsembleSpec
 
 STORE_FORMAT = "shards-delta-int8-eps/127"  # in the cache key: files of another format are misses, never misread
 STORE_VERSION = 2  # the store's layout, in its manifest: 1 was one file per sample (no manifest)
@@ -63,11 +65,12 @@ class ExampleCache:
 
     A (source, attack) folder is keyed by what decides its examples (the source's identity,
     weights and input config, the attack spec, the seed, the data's class numbering,
-    ``STORE_FORMAT`` and, in a targeted run, how the target classes were chosen). Inside it, a
-    shard holds the samples of one block of run positions (``rows_per_block``) that one rank
-    crafted, each under its key (id and content hash), so the store finds a sample by its key
-    whatever the batch size, world size or resume; a sample elsewhere than its block now
-    (another --limit) is crafted again. A rank writes only
+    ``STORE_FORMAT`` and, in a targeted run, how the target classes were chosen); an ensemble
+    source's by its mode and every member's identity, weights and input config, in order
+    (``ensembles``). Inside it, a shard holds the samples of one block of run positions
+    (``rows_per_block``) that one rank crafted, each under its key (id and content hash), so
+    the store finds a sample by its key whatever the batch size, world size or resume; a
+    sample elsewhere than its block now (another --limit) is crafted again. A rank writes only
     its own file of a block, so ranks never write one file; a block's examples are held until
     the rank moves past it, then merged with its file and written atomically. A shard is
     trusted only if it passes ``_problem``'s checks and its SHA-256; else its samples count
@@ -75,10 +78,12 @@ class ExampleCache:
     """
 
     def __init__(self, root: Path, models: list[LoadedModel], seed: int, classes: list[str], rank: int = 0,
-                 world_size: int = 1, target_class: str | None = None) -> None:
+                 world_size: int = 1, target_class: str | None = None,
+                 ensembles: Sequence[EnsembleSpec] = ()) -> None:
         self.root, self.seed, self.classes, self.rank, self.world_size = root, seed, classes, rank, world_size
         self.target_class = target_class  # a targeted run's (RunSpec.target_class): in the key, as it decides examples
         self.models = {m.spec.label: m for m in models}
+        self.ensembles = {e.label: e for e in ensembles}
         self.bad: list[tuple[Path, str]] = []  # (file, what was wrong with it), in the order found
         self._swept: set[Path] = set()  # folders whose stale temporary files are gone
         self._read: OrderedDict[tuple[Path, int], dict[str, Entry]] = OrderedDict()  # the last blocks read
@@ -87,9 +92,9 @@ class ExampleCache:
 
     def folder(self, source: str, spec: AttackSpec) -> Path:
         """The folder of one source's examples under one attack."""
-        m = self.models[source]
         aim = [] if self.target_class is None else [{"target_class": self.target_class}]  # untargeted keys as before
-        key = json.dumps([*m.function(), spec.describe(), self.seed, self.classes, STORE_FORMAT, *aim], sort_keys=True)
+        key = json.dumps([*self.function(source), spec.describe(), self.seed, self.classes, STORE_FORMAT, *aim],
+                         sort_keys=True)
         folder = self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
         if folder not in self._swept:  # once per run: writers killed mid-write (SIGKILL) left these
             self._swept.add(folder)
@@ -98,6 +103,14 @@ class ExampleCache:
         return folder
 
     _folder = folder
+
+    def function(self, source: str) -> list[Any]:
+        """What decides a source's examples besides the attack: a model's ``function()``, or an ensemble's mode and
+        its members' functions (a single model's key is unchanged, so its stored examples are still found)."""
+        e = self.ensembles.get(source)
+        if e is None:
+            return self.models[source].function()
+        return [["ensemble", e.by, [self.models[m].function() for m in e.members]]]
 
     def load(self, source: str, spec: AttackSpec, ids: list[str], x: Tensor,
              rows: Sequence[int]) -> list[Examples | None]:
@@ -234,7 +247,7 @@ def open_store(root: Path) -> None:
 SHARD_HEADER = 512  # bytes: a shard's safetensors header without its keys (names, shapes, block, checksum)
 
 
-def store_bytes(cache: ExampleCache | None, sources: list[LoadedModel], suite: Suite, keys_bytes: int,
+def store_bytes(cache: ExampleCache | None, sources: Sequence[Participant], suite: Suite, keys_bytes: int,
                 n: int) -> tuple[int, int, int]:
     """(bytes a full store of this run takes, bytes its folders hold already, bytes still to write at most).
 
@@ -252,7 +265,7 @@ def store_bytes(cache: ExampleCache | None, sources: list[LoadedModel], suite: S
             data = n * per_sample + -(-n // per) * SHARD_HEADER
             full += data + keys_bytes
             largest = max(largest, min(n, per) * per_sample + SHARD_HEADER + keys_bytes)
-            folder = None if cache is None else cache.folder(m.spec.label, spec)
+            folder = None if cache is None else cache.folder(m.label, spec)
             held = sum(p.stat().st_size for p in folder.glob("b*.r*.safetensors")) \
                 if folder is not None and folder.is_dir() else 0
             stored += held
@@ -260,7 +273,7 @@ def store_bytes(cache: ExampleCache | None, sources: list[LoadedModel], suite: S
     return full, stored, missing + largest if missing else 0
 
 
-def check_space(cache: ExampleCache, sources: list[LoadedModel], suite: Suite, ids: list[str],
+def check_space(cache: ExampleCache, sources: Sequence[Participant], suite: Suite, ids: list[str],
                 note: Callable[[str], None] | None) -> None:
     """Say what the store will take; refuse (FieldError) before any work when its disk has not that much free."""
     full, stored, need = store_bytes(cache, sources, suite, header_key_bytes(ids), len(ids))

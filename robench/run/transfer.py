@@ -8,12 +8,16 @@ bilinear interpolation (a convex combination, so ||delta||_inf <= eps still hold
 added to the target's own clean input and clipped to [0, 1]. With a zero perturbation
 this is exactly the target's clean input, so its clean accuracy is unchanged; when the
 two input configs are equal the source's example is used as it is.
+
+A source may be an ensemble of the run's models (``TransferConfig.ensembles``,
+``robench.models.ensemble``): one more source, labelled by its members joined by '+', whose
+examples every target scores, the models held out of it included.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +37,10 @@ from robench.data import to_channels
 from robench.engine import Progress, Status, correct
 from robench.errors import FieldError
 from robench.models import LoadedModel
+from robench.models.ensemble import Ensemble, EnsembleSpec, by_problem, ensemble_input, ensembles_problem, say_ensembles
 from robench.results.provenance import dataset_record, envelope
 from robench.run.precision import check_precision
-from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, probe_models
+from robench.run.runspec import Opened, RunSpec, model_texts_problem, open_run, parse_specs, probe_models
 from robench.run.store import ExampleCache, check_space, open_store
 from robench.run.survivors import SURVIVOR_CHECK, SURVIVOR_RULE, survivor_check
 
@@ -44,6 +49,9 @@ TRANSFER_FIELDS = {  # robench.core.fields; the labels are checked against the m
     "run": Rule(RunSpec, "a RunSpec (robench.run.runspec)"),
     "cache": Rule(Path | None, "a folder's Path, or None"),
     "survivor_check": SURVIVOR_RULE,
+    "ensembles": Rule(tuple, "a tuple of ensembles, each a tuple of model labels", test=ensembles_problem,
+                      show=say_ensembles),
+    "ensemble_by": Rule(str, "logits or probs", test=by_problem),
 }
 
 
@@ -57,6 +65,8 @@ class TransferConfig:
     run: RunSpec = field(default_factory=RunSpec)
     cache: Path | None = None  # adversarial examples kept here between runs (ExampleCache)
     survivor_check: int = SURVIVOR_CHECK  # a suite with shortcuts: full AutoAttack on this many white-box survivors
+    ensembles: tuple[tuple[str, ...], ...] = ()  # each one more source: these labels' models averaged as one
+    ensemble_by: str = "logits"  # what the members' outputs are averaged as: logits or probs (Ensemble)
 
     def __post_init__(self) -> None:
         check(self, TRANSFER_FIELDS)
@@ -65,7 +75,30 @@ class TransferConfig:
         """Plain-data form for result files: the run's fields alongside transfer's own."""
         return {"models": list(self.models), "sources": _list(self.sources), "targets": _list(self.targets),
                 **self.run.describe(), "cache": None if self.cache is None else str(self.cache),
-                "survivor_check": self.survivor_check}
+                "survivor_check": self.survivor_check, "ensembles": [list(e) for e in self.ensembles],
+                "ensemble_by": self.ensemble_by}
+
+    def ensemble_specs(self) -> list[EnsembleSpec]:
+        """The ensembles, each member a label of ``models`` (FieldError naming ``ensembles`` otherwise).
+
+        Checked on the specs' labels, before any model is loaded.
+        """
+        labels = [p.label for p in parse_specs(self.models)] if self.ensembles else []
+        specs = [EnsembleSpec(members, self.ensemble_by) for members in self.ensembles]
+        for e in specs:
+            unknown = next((m for m in e.members if m not in labels), None)
+            if unknown is not None:
+                raise FieldError("ensembles", f"{{name}} '{e.label}' names '{unknown}', which is not a model; "
+                                              f"labels: {', '.join(labels)}")
+            if e.label in labels:
+                raise FieldError("ensembles", f"{{name}} '{e.label}' is also a model's label; label that model "
+                                              f"apart with LABEL=SPEC")
+        return specs
+
+    def picked(self, models: list[LoadedModel]) -> tuple[list[LoadedModel], list[LoadedModel]]:
+        """(sources, targets) of the opened ``models``: every model unless named. Ensembles are sources
+        besides these, so a matrix shows each member's own row beside the ensemble's."""
+        return _pick(models, self.sources, "sources"), _pick(models, self.targets, "targets")
 
 
 def _list(labels: tuple[str, ...] | None) -> list[str] | None:
@@ -133,15 +166,27 @@ def check_amp_cache(cfg: TransferConfig) -> None:
 
 
 def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel],
-         aim: TargetClass | None = None) -> engine.Plan:
-    """Each source scored by every target and by itself (the white-box diagonal and the transfer rate need it).
+         ensembles: Sequence[EnsembleSpec] = (), aim: TargetClass | None = None) -> engine.Plan:
+    """Each source (the ensembles after the models) scored by every target and by itself (the white-box
+    diagonal and the transfer rate need it).
 
     ``aim``: a targeted run's choice of each sample's class (RunSpec.target_class).
     """
+    models = opened.participants()
+    by_label = {p.label: p for p in models}
+    joint = [ensemble_participant(e, by_label) for e in ensembles]
     labels = [t.spec.label for t in targets]
-    return engine.Plan(tuple(opened.participants()),
-                       {s.spec.label: tuple(dict.fromkeys([s.spec.label, *labels])) for s in sources}, deliver,
+    crafting = [s.spec.label for s in sources] + [e.label for e in joint]
+    return engine.Plan(tuple(models + joint), {s: tuple(dict.fromkeys([s, *labels])) for s in crafting}, deliver,
                        aim)
+
+
+def ensemble_participant(spec: EnsembleSpec, models: Mapping[str, engine.Participant]) -> engine.Participant:
+    """An ensemble as the engine sees it: its label, an ``Ensemble`` over the members' modules, the input it reads."""
+    members = [models[m] for m in spec.members]
+    inputs = [m.input for m in members]
+    return engine.Participant(spec.label, Ensemble([m.module for m in members], inputs, spec.by),
+                              ensemble_input(inputs))
 
 
 def full_strength(suite: Suite, warn: Callable[[str], None] | None) -> Suite:
@@ -173,23 +218,25 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     """
     if not cfg.models:
         raise FieldError("models", "transfer-matrix needs at least one {name}")
+    ensembles = cfg.ensemble_specs()
     _check_cache(cfg.cache)
     check_amp_cache(cfg)
     opened = open_run(cfg.run, cfg.models, dist, warn)
-    sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
-    if len({m.spec.label for m in [*sources, *targets]}) == 1 and warn is not None:
+    sources, targets = cfg.picked(opened.models)
+    if len({m.spec.label for m in [*sources, *targets]}) == 1 and not ensembles and warn is not None:
         warn(f"transfer-matrix with one model ('{sources[0].spec.label}') measures only its white-box diagonal, no "
              f"transfer; give two or more models (-m)")
     suite = full_strength(cfg.run.suite, warn)
+    whole = plan(opened, sources, targets, ensembles, cfg.run.target_class)
     cache = None
     if cfg.cache is not None:
         cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes, dist.rank, dist.world_size,
-                             cfg.run.target_class)
-        check_space(cache, sources, suite, opened.source.ids, note if dist.rank == 0 else None)
+                             cfg.run.target_class, ensembles)
+        check_space(cache, [whole.model(s) for s in whole.targets], suite, opened.source.ids,
+                    note if dist.rank == 0 else None)
     probed = probe_models(opened, cfg.run, dist, status, "transfer")
     opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
-    whole = plan(opened, sources, targets, cfg.run.target_class)
     try:
         done = engine.run(whole, opened.source, suite, cfg.run.seed, cfg.run.batch_size, dist, hooks)
     finally:  # the blocks still held: on an interrupted run too, what was crafted is kept
@@ -200,12 +247,13 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     if done is None:
         return None
     out, skipped = done
-    s_labels, t_labels = [s.spec.label for s in sources], [t.spec.label for t in targets]
+    s_labels, t_labels = list(whole.targets), [t.spec.label for t in targets]
     rows = summarize(out, s_labels, t_labels, cfg.run.target_class is not None)
     dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped, out.content)
     meta = envelope("transfer-matrix", {**cfg.describe(), "data": opened.data}, dataset,
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
     meta["sources"], meta["targets"] = s_labels, t_labels
+    meta["ensembles"] = [e.describe() for e in ensembles]
     meta["crafted_attack_calls"] = out.crafted
     meta["precision"] = opened.precision
     meta["semantics"] = suite.semantics()
