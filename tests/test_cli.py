@@ -184,7 +184,7 @@ def test_eval_md_has_a_table(default_checkpoint: Path, tmp_path: Path) -> None:
     text = out.read_text()
     assert text.startswith("# robench eval\n") and "n = 10" in text
     assert "| model | attack | norm | eps | top1 | top5 | success_rate | n |" in text
-    assert "| mine | clean | 0 |" in text and "| mine | fgsm | 8 |" in text
+    assert "| mine | clean |  | 0 |" in text and "| mine | fgsm | linf | 8 |" in text  # clean: no norm
 
 
 def test_eval_without_a_model_uses_the_zoo_default(tmp_path: Path) -> None:
