@@ -96,7 +96,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     from robench.core.outputs import check_output, check_outputs, check_per_sample, results_paths
     from robench.render.plots import PLOT_SUFFIXES
 
-    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
+    precheck(run, eps_text, eps_unit, suite_name)  # before torch: a typo costs a second, not the imports
     refs = tuple(parse_clean_ref(r) for r in clean_refs)
     check_outs(outs)
     check_output(plot, PLOT_SUFFIXES, "plot")

@@ -191,19 +191,39 @@ def device_form(param: click.Parameter, value: str) -> str:
     return value
 
 
-def precheck(run: dict[str, Any], eps_text: str | None = None, eps_unit: str = "1/255") -> None:
+def precheck(run: dict[str, Any], eps_text: str | None = None, eps_unit: str = "1/255",
+             suite_name: str | None = None) -> None:
     """Check what needs no torch before a command imports it (seconds, not the 15-45 s of torch and timm).
 
     The library checks the same values again when it builds its configs: one rule, met twice.
+    With ``suite_name`` (--attacks) the suite may be L2, whose eps (0.5) L-inf's rule refuses: an
+    eps that only an L2 suite accepts waits for the suite (robench.attacks.suite.override).
     """
     from robench.core.eps import parse_eps_list
+    from robench.errors import RobenchError
     from robench.models.preprocess import Preprocess
 
     if eps_text is not None:
-        parse_eps_list(eps_text, unit=eps_unit)
+        try:
+            parse_eps_list(eps_text, unit=eps_unit)
+        except RobenchError:
+            if suite_name is None or not _reads_as_l2(eps_text):
+                raise
     texts = {name: run.get(name) for name in PREPROCESS}
     texts["crop_pct"] = None if texts["crop_pct"] is None else repr(texts["crop_pct"])
     Preprocess.from_text(**texts)
+
+
+def _reads_as_l2(eps_text: str) -> bool:
+    """Whether an --eps list is one an L2 suite takes (plain numbers, each once)."""
+    from robench.core.eps import l2_eps_values, split_eps
+    from robench.errors import RobenchError
+
+    try:
+        l2_eps_values(split_eps(eps_text))
+    except RobenchError:
+        return False
+    return True
 
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -390,13 +410,16 @@ def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --attacks NAME|FILE, --attack NAME (repeatable) and --eps LIST."""
     for option in reversed((
         click.option("--attacks", "suite_name", metavar="NAME|FILE", callback=lambda c, p, v: not_empty(p, v),
-                     help="Attack suite: a built-in (paper, autoattack, autoattack-fast, quick; see `robench suites`) "
+                     help="Attack suite: a built-in (paper, autoattack, autoattack-fast, autoattack-l2, quick; see "
+                          "`robench suites`) "
                           "or a YAML file. Default: paper."),
         click.option("--attack", "attack_names", multiple=True, metavar="NAME",
                      help="Run only this attack (repeatable); suite entries keep their options."),
         click.option("--eps", "eps_text", metavar="LIST", multiple=True, callback=joined_eps,
                      help="Comma-separated eps in 1/255 units, e.g. 2,4,8, or as fractions of the pixel range: "
                           "8/255, 0.3*255, 0.03px. A plain number below 1 is refused (0.3 would be 0.3/255). "
+                          "Under an L2 suite (autoattack-l2, norm: l2) eps is the L2 norm in [0, 1] pixels, as "
+                          "written: 0.5. "
                           "Repeatable (--eps 2 --eps 8 is 2,8). Default: the suite's (paper: 2,4,8,16)."),
         eps_unit_option,
     )):

@@ -17,14 +17,14 @@ def suites_command() -> None:
     from rich.table import Table
 
     from robench.attacks.suite import built_in_suites
-    from robench.core.text import eps_label
+    from robench.core.text import eps_with_unit
 
     table = Table(title="robench suites (--attacks NAME)", title_justify="left", show_lines=True)
-    for column in ("name", "attacks", "eps /255", "mode", "about"):
+    for column in ("name", "attacks", "eps", "mode", "about"):
         table.add_column(column)
     for name, suite, about in built_in_suites():
         attacks = ", ".join(a.id for a in suite.attacks)
-        eps = ", ".join(dict.fromkeys(eps_label(e) for a in suite.attacks for e in a.eps))
+        eps = ", ".join(dict.fromkeys(eps_with_unit(e, a.norm) for a in suite.attacks for e in a.eps))
         mode = ", ".join(m for m, on in (("cascade", suite.cascade), ("early stop", suite.early_stop)) if on) or "full"
         table.add_row(name + (" (default)" if name == "paper" else ""), attacks, eps, mode, about)
     console().print(table)

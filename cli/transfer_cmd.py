@@ -89,7 +89,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     from robench.core.outputs import check_output, check_outputs, results_paths
     from robench.render.plots import PLOT_SUFFIXES
 
-    precheck(run, eps_text, eps_unit)  # before torch: a typo costs a second, not the imports
+    precheck(run, eps_text, eps_unit, suite_name)  # before torch: a typo costs a second, not the imports
     if not specs + models:  # no default here (eval's is the zoo's): say so before torch
         from robench.errors import FieldError
 

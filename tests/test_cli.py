@@ -87,7 +87,9 @@ def test_eval_json_meets_the_published_schema(fgsm_run, tmp_path: Path) -> None:
 def test_eval_json_rows(fgsm_run) -> None:
     _, out, _ = fgsm_run
     rows = json.loads(out.read_text())["rows"]
-    assert all(set(r) == {"model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"} for r in rows)
+    assert all(set(r) == {"model", "attack", "norm", "eps", "top1", "top5", "success_rate", "n", "linf_max", "l2_max"}
+               for r in rows)
+    assert [r["norm"] for r in rows] == [None, "linf", "linf", "linf", "linf"]
     assert [(r["attack"], r["eps"]) for r in rows] == [("clean", 0.0), ("fgsm", 2.0), ("fgsm", 8.0),
                                                        ("worst", 2.0), ("worst", 8.0)]
     clean, eps2, eps8, worst2, worst8 = rows
@@ -124,6 +126,42 @@ def test_eval_per_sample_csv(fgsm_run) -> None:
         assert part["top5_correct"].mean() == pytest.approx(r["top5"])
 
 
+def test_eval_autoattack_l2_end_to_end(tmp_path: Path) -> None:
+    """The autoattack-l2 suite on a zoo model: L2 rows within eps, a worst-l2 row, read back from .json and .csv,
+    gated by an L2 rule."""
+    from robench.results.read import load_results
+
+    out, csv = tmp_path / "l2.json", tmp_path / "l2.csv"
+    r = invoke("eval", "zoo:resnet-base", "--attacks", "autoattack-l2", "--eps", "0.5,1", "--limit", "12",
+               "--batch-size", "12", "-q", "--out", out, "--out", csv)
+    assert r.exit_code == 0, r.stderr
+    for doc in (load_results(out), load_results(csv)):
+        rows = {(row["attack"], row["eps"]): row for row in doc["rows"]}
+        assert set(rows) == {("clean", 0.0)} | {(a, e) for a in ("apgd-ce", "apgd_t", "fab_t", "square", "worst-l2")
+                                                for e in (0.5, 1.0)}
+        assert rows[("clean", 0.0)]["norm"] is None and rows[("clean", 0.0)]["l2_max"] == 0.0
+        for (attack, eps), row in rows.items():
+            if attack != "clean":
+                assert row["norm"] == "l2" and 0 < row["l2_max"] <= eps + 1e-5, (attack, eps, row)
+        assert rows[("worst-l2", 1.0)]["top1"] <= rows[("worst-l2", 0.5)]["top1"] < rows[("clean", 0.0)]["top1"]
+    assert load_results(out)["health"] == []
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("rules:\n  - {attack: worst-l2, norm: l2, eps: 0.5, max: 0.99}\n")
+    r = invoke("gate", out, "--rules", gates)
+    assert r.exit_code == 0, r.stderr
+
+
+def test_eval_refuses_an_l2_eps_beyond_the_data_and_eps_on_a_mixed_suite(tmp_path: Path) -> None:
+    one_error_line(invoke("eval", "zoo:resnet-base", "--attacks", "autoattack-l2", "--eps", "56", "--limit", "4"),
+                   2, "L2 eps 56 of 'apgd-ce' is above 55.43, the largest L2 distance between two images of 3x32x32 "
+                      "pixels (model 'resnet-base')")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("attacks:\n  - {name: fgsm, norm: linf, eps: [8]}\n  - {name: fgsm, id: fgm, norm: l2, "
+                     "eps: [0.5]}\n")
+    one_error_line(invoke("eval", "zoo:resnet-base", "--attacks", mixed, "--eps", "8", "--limit", "4"), 2,
+                   "--eps gives every attack one eps list, but these attacks mix norms")
+
+
 def test_eval_csv_writes_rows_and_meta(default_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.csv"
     result = invoke("eval", "-m", default_checkpoint, "--limit", "10", "--attack", "step_ll", "--eps", "4", "-q",
@@ -131,7 +169,8 @@ def test_eval_csv_writes_rows_and_meta(default_checkpoint: Path, tmp_path: Path)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # -q: no table
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"]
+    assert list(frame.columns) == ["model", "attack", "norm", "eps", "top1", "top5", "success_rate", "n", "linf_max",
+                                   "l2_max"]
     assert frame["attack"].tolist() == ["clean", "step_ll", "worst"] and frame["eps"].tolist() == [0.0, 4.0, 4.0]
     meta = json.loads((tmp_path / "x.csv.meta.json").read_text())
     assert meta["dataset"]["n"] == 10 and meta["command"] == "eval" and "rows" not in meta
@@ -144,8 +183,8 @@ def test_eval_md_has_a_table(default_checkpoint: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     text = out.read_text()
     assert text.startswith("# robench eval\n") and "n = 10" in text
-    assert "| model | attack | eps | top1 | top5 | success_rate | n |" in text
-    assert "| mine | clean | 0 |" in text and "| mine | fgsm | 8 |" in text
+    assert "| model | attack | norm | eps | top1 | top5 | success_rate | n |" in text
+    assert "| mine | clean |  | 0 |" in text and "| mine | fgsm | linf | 8 |" in text  # clean: no norm
 
 
 def test_eval_without_a_model_uses_the_zoo_default(tmp_path: Path) -> None:

@@ -120,6 +120,28 @@ def test_iter_ll_is_judged_on_reaching_the_least_likely_class() -> None:
     assert f.attack == "iter_ll" and "iter_ll reaches the least-likely class on 10.0% of samples" in f.message
 
 
+def test_counterparts_and_comparisons_stay_within_one_norm() -> None:
+    l2_bim = AttackSpec("bim", "bim", (8.0,), build_config("bim", {"norm": "l2", "step_size": 0.5}))
+    mixed = Suite((SUITE.attacks[0], l2_bim, *SUITE.attacks[2:]))
+    assert [(a.id, b.id) for a, b in health.counterparts(mixed)] == [("iter_ll", "step_ll")]
+    out = outcomes({"fgsm": 600, "bim": 100}, {})  # an L2 bim at "eps 8" fools less than an L-inf fgsm: no flag
+    assert health.iterative_weaker({"m": out}, mixed) == []
+
+
+def test_a_black_box_is_compared_with_gradient_attacks_of_its_own_norm() -> None:
+    settings = [(CLEAN, 0.0), ("pgd", 1.0), ("square", 1.0), ("pgd-l2", 1.0)]
+    n = 100
+    pred = np.zeros((4, n), dtype=np.int32)
+    pred[2, :10] = 1  # square (L2) fools 10 samples that the L2 pgd missed
+    pred[1, :10] = 1  # the L-inf pgd at eps 1/255 fools the same 10: another ball, no witness
+    out = Outcomes([str(i) for i in range(n)], np.zeros(n, np.int64), settings, pred, pred == 0)
+    specs = (AttackSpec("pgd", "pgd", (1.0,), build_config("pgd", {})),
+             AttackSpec("square", "square", (1.0,), build_config("square", {"norm": "l2"})),
+             AttackSpec("pgd-l2", "pgd", (1.0,), build_config("pgd", {"norm": "l2"})))
+    (f,) = health.black_box_beats_white_box({"m": out}, Suite(specs))
+    assert (f.attack, f.eps) == ("square", 1.0) and "all 1 gradient attacks missed" in f.message
+
+
 def transfer_rows(transfer: float, n: int = N) -> pd.DataFrame:
     cols = ["source", "target", "attack", "eps", "target_top1", "n"]
     return pd.DataFrame([("b", "b", CLEAN, 0.0, 0.9, n), ("b", "b", "fgsm", 8.0, 0.5, n),
@@ -146,6 +168,18 @@ def test_perturbation_exceeds_eps() -> None:
     table["linf_max"] = [0.0, 4.0, 8.0]
     assert health.perturbation_exceeds_eps(table) == []
     assert health.perturbation_exceeds_eps(table.drop(columns="linf_max")) == []
+
+
+def test_perturbation_exceeds_eps_reads_each_rows_norm() -> None:
+    table = rows({(CLEAN, 0.0): 0.9, ("pgd", 8.0): 0.3, ("pgd-l2", 0.5): 0.4, ("worst-l2", 0.5): 0.4})
+    table["norm"] = [None, "linf", "l2", "l2"]
+    table["linf_max"] = [0.0, 8.0, 30.0, 30.0]  # an L2 example may move one pixel far: no L-inf bound on it
+    table["l2_max"] = [0.0, 3.0, 0.5 + 0.5 * health.L2_TOL, 0.52]
+    (f,) = health.perturbation_exceeds_eps(table)
+    assert (f.attack, f.eps) == ("worst-l2", 0.5)
+    assert f.message == "max ||x_adv - x||_2 is 0.52, above L2 eps 0.5 (pixels in [0, 1])"
+    old = table.drop(columns=["norm", "l2_max"])  # a file older than L2: every row L-inf
+    assert [f.attack for f in health.perturbation_exceeds_eps(old)] == ["pgd-l2", "worst-l2"]
 
 
 @pytest.mark.parametrize(("ref", "tol", "flagged"), [

@@ -254,3 +254,13 @@ def test_report_md_shows_every_share_in_percent(tmp_path: Path) -> None:
     text = out.read_text()
     assert "| 95.0 |" in text and "| top1 (%) |" in text and "0.9500" not in text and "0.4750" not in text
     assert "| 52.5 |" in text  # fgsm eps 4: 105 of 200
+
+
+def test_robust_columns_are_per_threat_model() -> None:
+    from robench.render.report_doc import _robust
+
+    rows = pd.DataFrame([{"attack": a, "norm": n, "eps": e, "top1": t} for a, n, e, t in (
+        ("clean", None, 0.0, 0.9), ("pgd", "linf", 8.0, 0.5), ("worst", "linf", 8.0, 0.4),
+        ("pgd-l2", "l2", 0.5, 0.6), ("worst-l2", "l2", 0.5, 0.3))])
+    assert _robust(rows) == {"eps 8": 0.4, "eps 0.5 (L2)": 0.3}
+    assert _robust(rows.drop(columns="norm").iloc[:3]) == {"eps 8": 0.4}  # a file older than L2

@@ -82,3 +82,41 @@ def test_rules_are_frozen_dataclasses() -> None:
     assert parsed.confidence == 0.9 and parsed.correction == "bonferroni"
     with pytest.raises(AttributeError):
         floor.min = 0.1
+
+
+# --- the L2 threat model ----------------------------------------------------------------------------
+
+ROWS = [{"model": "m", "attack": "clean", "norm": None, "eps": 0.0}, {"model": "m", "attack": "pgd", "norm": "linf",
+        "eps": 0.5}, {"model": "m", "attack": "pgd-l2", "norm": "l2", "eps": 0.5},
+        {"model": "m", "attack": "worst-l2", "norm": "l2", "eps": 0.5}, {"model": "old", "attack": "fgsm", "eps": 0.5}]
+
+
+@pytest.mark.parametrize(("rule", "matched"), [
+    ("{norm: l2, eps: 0.5, min: 0.1}", ["pgd-l2", "worst-l2"]),  # an L2 eps read as written
+    ("{eps: 0.5/255, min: 0.1}", ["pgd", "fgsm"]),  # no norm: L-inf rows, and a file older than L2 is L-inf
+    ("{norm: l2, min: 0.1}", ["clean", "pgd-l2", "worst-l2"]),  # clean (eps 0) is in every threat model
+    ("{norm: linf, min: 0.1}", ["clean", "pgd", "fgsm"]),
+    ("{min: 0.1}", ["clean", "pgd", "pgd-l2", "worst-l2", "fgsm"]),
+])
+def test_a_rule_selects_rows_of_its_norm(rule: str, matched: list[str]) -> None:
+    (parsed,) = rules(f"- {rule}").rules
+    assert [r["attack"] for r in ROWS if parsed.match.row(r)] == matched
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("- {norm: L2, min: 0.4}", ["line 1", "'norm' must be linf or l2, got 'L2'"]),
+    ("- {eps: 0.5, min: 0.4}", ["eps 0.5 is in 1/255 units", "an L2 eps needs 'norm: l2' in the rule"]),
+    ("- {norm: l2, eps: 8/255, min: 0.4}", ["'eps': eps '8/255' is not a plain number; under norm l2"]),
+    ("- {norm: l2, health: warn}", ["unknown key 'norm' for a health rule"]),
+])
+def test_bad_l2_rules(text: str, needles: list[str]) -> None:
+    with pytest.raises(RobenchError) as e:
+        rules(text)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+def test_an_l2_rule_describes_its_norm() -> None:
+    (parsed,) = rules("- {attack: 'worst*', norm: l2, eps: [0.25, 0.5], min: 0.4}").rules
+    assert parsed.match == Match((("attack", "worst*"),), (0.25, 0.5), "l2")
+    assert parsed.match.describe() == "attack=worst*, norm l2, eps 0.25,0.5"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
-from robench.attacks.suite import DEFAULT_SUITE, load_suite, override, parse_eps, parse_suite
+from robench.attacks.suite import DEFAULT_SUITE, built_in_suites, load_suite, override, parse_eps, parse_suite
 from robench.core.eps import parse_eps_list
 from robench.errors import FieldError, RobenchError
 
@@ -303,8 +304,8 @@ def test_a_built_in_name_wins_and_a_file_needs_a_suffix_or_slash(tmp_path: Path,
     with pytest.raises(RobenchError) as e:
         load_suite("qiuck")
     assert str(e.value) == ("no suite 'qiuck': not a built-in and no such file; did you mean quick? "
-                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, quick (robench suites), "
-                            "or a YAML file")
+                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, autoattack-l2, quick "
+                            "(robench suites), or a YAML file")
     with pytest.raises(RobenchError, match="^attack suite file not found: ./nosuch$"):
         load_suite("./nosuch")
 
@@ -514,3 +515,94 @@ def test_an_eps_list_with_a_lost_value_or_an_overflow_is_refused(text: str, mess
     with pytest.raises(RobenchError) as e:
         parse_eps_list(text)
     assert str(e.value).startswith(message)
+
+
+# ---------------------------------------------------------------- the L2 threat model
+
+MIXED = """attacks:
+  - name: pgd
+    norm: linf
+    eps: [8]
+  - name: pgd
+    id: pgd-l2
+    norm: l2
+    eps: [0.5, 1]
+"""
+
+
+def test_autoattack_l2_is_autoattack_standard_under_l2_at_half() -> None:
+    aa, l2 = load_suite("autoattack"), load_suite("autoattack-l2")
+    assert [(a.id, a.norm, a.eps) for a in l2.attacks] == [(a.id, "l2", (0.5,)) for a in aa.attacks]
+    strip = {"norm"}  # every other setting is AutoAttack standard's, as in the L-inf suite
+    for a, b in zip(aa.attacks, l2.attacks, strict=True):
+        assert {k: v for k, v in a.describe().items() if k not in strip | {"eps"}} == \
+               {k: v for k, v in b.describe().items() if k not in strip | {"eps"}}
+    assert l2.cascade and l2.early_stop and not l2.shortcuts()  # no survivor check against itself
+    assert "autoattack-l2" in [name for name, _, _ in built_in_suites()]
+
+
+def test_an_l2_suite_reads_eps_as_written() -> None:
+    suite = parse_suite("eps: [0.25, 0.5]\nattacks:\n  - name: pgd\n    norm: l2\n", "s.yaml")
+    assert suite.attacks[0].eps == (0.25, 0.5) and suite.attacks[0].norm == "l2"
+    assert suite.norms() == {"pgd": "l2", "worst": "linf", "worst-l2": "l2"}
+
+
+@pytest.mark.parametrize(("eps", "why"), [
+    ("8/255", "eps '8/255' is not a plain number; under norm l2 eps is the L2 norm of the whole perturbation in "
+              "[0, 1] pixels, written as a plain number such as 0.5 (no /255)"),
+    ("0.5px", "eps '0.5px' is not a plain number"),
+    ("-1", "eps -1 is out of range"),
+    ("[0.5, 5e-1]", "eps 0.5 is given twice (0.5 and 5e-1 are both 0.5 as L2 norms)"),
+])
+def test_an_l2_suite_refuses_converted_eps(eps: str, why: str) -> None:
+    with pytest.raises(RobenchError, match="^s.yaml line 1: 'eps': " + re.escape(why)):
+        parse_suite(f"eps: {eps}\nattacks:\n  - name: pgd\n    norm: l2\n", "s.yaml")
+
+
+def test_a_suite_mixing_norms_must_say_each_entrys_norm() -> None:
+    implicit = MIXED.replace("    norm: linf\n", "")
+    with pytest.raises(RobenchError) as e:
+        parse_suite(implicit, "m.yaml")
+    assert str(e.value) == ("m.yaml line 2: this suite mixes norms (linf and l2), so each entry says which it uses; "
+                            "add 'norm: linf' to this one (or move the L2 attacks to a suite of their own)")
+    with pytest.raises(RobenchError, match=r"^m.yaml line 1: a top-level 'eps' in a suite that mixes norms"):
+        parse_suite("eps: [8]\n" + MIXED, "m.yaml")
+    suite = parse_suite(MIXED, "m.yaml")
+    assert [(a.id, a.norm, a.eps) for a in suite.attacks] == [("pgd", "linf", (8.0,)), ("pgd-l2", "l2", (0.5, 1.0))]
+
+
+def test_eps_override_under_l2_and_refused_on_a_mixed_suite() -> None:
+    l2 = load_suite("autoattack-l2")
+    assert {a.eps for a in override(l2, (), ("0.25", 1)).attacks} == {(0.25, 1.0)}
+    with pytest.raises(FieldError, match="is not a plain number") as e:
+        override(l2, (), ("8/255",))
+    assert e.value.field == "eps"
+    mixed = parse_suite(MIXED, "m.yaml")
+    with pytest.raises(FieldError, match="these attacks mix norms: L-inf eps are in 1/255 units and L2 eps are the "
+                                         "L2 norm of the whole perturbation in") as e:
+        override(mixed, (), ("8",))
+    assert e.value.field == "eps"
+    assert override(mixed, ("pgd",), ("4",)).attacks[0].eps == (4.0,)  # one norm left: its unit
+
+
+def test_an_attack_picked_from_an_l2_suite_runs_in_its_ball() -> None:
+    l2 = load_suite("autoattack-l2")
+    pgd = override(l2, ("pgd",)).attacks[0]
+    assert (pgd.norm, pgd.eps) == ("l2", (0.5,))
+    with pytest.raises(FieldError, match="step_ll has no L2 version") as e:
+        override(l2, ("step_ll",))
+    assert e.value.field == "attack"
+
+
+def test_an_l2_eps_above_the_data_diameter_is_refused() -> None:
+    suite = parse_suite(MIXED.replace("[0.5, 1]", "[0.5, 9]"), "m.yaml")
+    suite.check_l2_eps(3 * 32 * 32, "cifar")  # 9 < sqrt(3072) = 55.4
+    with pytest.raises(RobenchError) as e:
+        suite.check_l2_eps(1 * 8 * 8, "digits (1x8x8)")  # the L-inf eps 8 is not L2: no bound on it
+    assert str(e.value).startswith("m.yaml line 5: L2 eps 9 of 'pgd-l2' is above 8, the largest L2 distance between "
+                                   "two images of digits (1x8x8);")
+
+
+def test_worst_l2_is_reserved() -> None:
+    with pytest.raises(RobenchError, match="attack id 'worst-l2' is reserved for the per-sample worst case"):
+        parse_suite("eps: [8]\nattacks:\n  - name: fgsm\n    id: worst-l2\n", "s.yaml")

@@ -420,8 +420,10 @@ CUT = {"apgd": {"steps": 10}, "apgd_t": {"steps": 10, "targets": 3}, "fab_t": {"
        "square": {"queries": 100}}
 
 
-def _cut_autoattack(model, eps: float):
-    atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps / 255, version="standard", n_classes=10, seed=0)
+def _cut_autoattack(model, eps: float, norm: str = "Linf"):
+    """torchattacks' AutoAttack standard with CUT's budgets; eps in 1/255 units (Linf), as given under L2."""
+    atk = torchattacks.AutoAttack(model, norm=norm, eps=eps / 255 if norm == "Linf" else eps, version="standard",
+                                  n_classes=10, seed=0)
     for a in atk._autoattack.attacks:
         if isinstance(a, torchattacks.APGDT | torchattacks.FAB):
             a.steps, a.n_target_classes = 10, 3
@@ -459,3 +461,36 @@ def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_
     print(f"robust accuracy at eps 16: robench autoattack worst {ours:.4f}, torchattacks AutoAttack {ref:.4f}")
     assert ours <= ref + 0.01
     assert 0.3 < ours < _accuracy(model, batch.images, batch.labels) - 0.1  # a real attack, on a model it cannot empty
+
+
+@pytest.mark.slow
+def test_autoattack_l2_worst_is_at_most_torchattacks_autoattack_l2_plus_one_point(one_thread) -> None:
+    # autoattack-l2's worst-l2 row against torchattacks AutoAttack(norm="L2"), budgets cut alike (CUT),
+    # L2 eps 1.0 as given on both sides (the L2 norm in [0, 1] pixels), on 60 digits
+    import dataclasses
+
+    from robench.analysis.worst import with_worst
+    from robench.attacks.suite import load_suite
+    from robench.data import InputConfig, load_digits_source
+    from robench.engine import Hooks, Matrix, Participant, Plan, run_batches, settings_of
+    from robench.models import load_model, parse_spec
+
+    loaded = load_model(parse_spec("zoo:resnet-stepll"), 10)
+    model = loaded.module.eval()
+    batch = next(load_digits_source("test").batches(loaded.input, 60))
+    suite = load_suite("autoattack-l2")
+    suite = dataclasses.replace(suite, attacks=tuple(
+        dataclasses.replace(a, eps=(1.0,), config=dataclasses.replace(a.config, **CUT[a.name]))
+        for a in suite.attacks))
+    plan = Plan.white_box([Participant("m", model, InputConfig())])
+    out = Matrix.empty([str(i) for i in range(60)], settings_of(suite), plan.pairs())
+    run_batches(plan, iter([{InputConfig(): batch}]), suite, out, 0, Hooks())
+    w = with_worst(out.pairs[("m", "m")], suite.norms())
+    assert w.settings[-1] == ("worst-l2", 1.0) and float(w.l2[-1].max()) <= 1.0 + 1e-5
+    ours = float(w.correct()[-1].mean())
+    ref = _accuracy(model, _cut_autoattack(model, 1.0, "L2")(batch.images, batch.labels), batch.labels)
+    print(f"robust accuracy at L2 eps 1.0: robench autoattack-l2 worst-l2 {ours:.4f}, torchattacks AutoAttack(L2) "
+          f"{ref:.4f}")
+    assert ours <= ref + 1 / 60 + 1e-9  # one sample of 60
+    assert ours < _accuracy(model, batch.images, batch.labels)  # a real attack
+

@@ -346,6 +346,18 @@ def test_deliver_keeps_clean_input_and_eps() -> None:
     assert moved.min() >= 0 and moved.max() <= 1
 
 
+def test_deliver_keeps_an_l2_perturbation_in_the_targets_l2_ball() -> None:
+    g = torch.Generator().manual_seed(0)
+    x_target = torch.full((2, 3, 64, 64), 0.5)
+    delta = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) * 0.02  # L2 norm about 0.64 at 32 px
+    small = deliver(x_target[:, :, :32, :32], delta, 1.0, norm="l2")  # same size, inside the ball: as it is
+    assert torch.allclose(small - 0.5, delta, atol=1e-7)
+    big = deliver(x_target, 3 * delta, 1.0, norm="l2")  # upsampled x2 from norm 1.9: longer, scaled back to 1.0
+    norms = (big - x_target).flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.ones(2), atol=1e-5)
+    assert (big - x_target).abs().max() > 1 / 255  # not clipped to +-eps/255, the L-inf reading of eps 1
+
+
 def test_deliver_across_channels() -> None:
     """RGB perturbations reach a 1-channel target as their luminance; gray ones a 3-channel target replicated."""
     g = torch.Generator().manual_seed(0)
@@ -485,6 +497,33 @@ def test_transfer_summary_is_the_mean_off_diagonal_rate() -> None:
     out = io.StringIO()
     Console(file=out, width=80).print(transfer_summary(rows))
     assert "30.0" in out.getvalue() and "8/255" in out.getvalue()  # (20 + 40) / 2, the diagonal left out
+
+
+
+def test_l2_eps_are_labelled_as_l2_norms_not_255ths() -> None:
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from robench.render.plots import pyplot, transfer_figure
+    from robench.render.tables import transfer_summary, transfer_tables
+
+    rows = pd.DataFrame([{"source": s, "target": t, "attack": a, "norm": norm, "eps": e, "transfer_rate": r,
+                          "target_top1": 0.5, "n_fooled_source": 3}
+                         for a, norm, e in (("fgsm", "linf", 0.5), ("fgm", "l2", 0.5))
+                         for s, t, r in (("a", "a", 1.0), ("a", "b", 0.2), ("b", "a", 0.4), ("b", "b", 1.0))])
+    out = io.StringIO()
+    console = Console(file=out, width=100)
+    for table in [transfer_summary(rows), *transfer_tables(rows)]:
+        console.print(table)
+    text = out.getvalue()
+    assert "fgm eps 0.5 (L2): transfer rate" in text and "fgsm eps 0.5/255: transfer rate" in text
+    assert "0.5 (L2)" in text.split("mean transfer rate")[1] and "0.5/255" in text.split("mean transfer rate")[1]
+    fig = transfer_figure(rows)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["fgsm eps 0.5/255", "fgm eps 0.5 (L2)"]
+    pyplot().close(fig)
 
 
 @pytest.mark.slow

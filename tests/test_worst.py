@@ -69,6 +69,33 @@ def test_worst_never_exceeds_any_attack_row(seed: int) -> None:
     assert curve == sorted(curve, reverse=True)
 
 
+def test_each_norm_has_its_own_worst_rows() -> None:
+    # "a" is L-inf at eps 4 and 8; "b" is L2 at eps 4 and 8 (other balls that share the numbers)
+    labels = [0, 1, 2, 3, 4]
+    pred = [[0, 1, 2, 3, 9],   # clean: sample 4 wrong
+            [0, 7, 2, 3, 4],   # a@4 fools 1
+            [0, 1, 2, 8, 4],   # b@4 fools 3
+            [0, 1, 2, 3, 4],   # a@8 fools nobody
+            [5, 1, 2, 3, 4]]   # b@8 fools 0
+    o = _table(pred, labels)
+    o.linf[:], o.l2[:] = np.arange(5)[:, None], np.arange(5)[:, None] / 10
+    norms = {"a": "linf", "b": "l2"}
+    w = worst.with_worst(o, norms)
+    assert w.settings[5:] == [("worst", 4.0), ("worst", 8.0), ("worst-l2", 4.0), ("worst-l2", 8.0)]
+    assert w.pred[5:].tolist() == [[0, 7, 2, 3, 9], [0, 1, 2, 3, 9], [0, 1, 2, 8, 9], [5, 1, 2, 3, 9]]
+    assert w.linf[5:, 0].tolist() == [1.0, 3.0, 2.0, 4.0] and w.l2[7:, 0].tolist() == pytest.approx([0.2, 0.4])
+    rows = summarize(w, "m", norms).set_index(["attack", "eps"])
+    assert rows.loc[("worst", 4.0), "top1"] == pytest.approx(3 / 5)  # sample 3 is fooled only in the L2 ball
+    assert rows.loc[("worst-l2", 8.0), "top1"] == pytest.approx(3 / 5)
+    assert rows["norm"].isna().tolist() == [True] + [False] * 8  # clean is in no threat model: null
+    assert rows["norm"].tolist()[1:] == ["linf", "l2", "linf", "l2", "linf", "linf", "l2", "l2"]
+    assert rows.loc[("b", 8.0), "l2_max"] == pytest.approx(0.4) and rows.loc[("b", 8.0), "linf_max"] == 4.0
+    assert worst.min_eps(w, norms).tolist() == [np.inf, 4.0, np.inf, np.inf, 0.0]  # the L-inf attacks' own
+    assert worst.robustness_curve(w, {"a": "l2", "b": "l2"})[1:] == [{"eps": 4.0, "robust_accuracy": 0.4},
+                                                                     {"eps": 8.0, "robust_accuracy": 0.2}]
+    assert worst.with_worst(o).settings == [*SETTINGS, ("worst", 4.0), ("worst", 8.0)]  # no norms: all L-inf
+
+
 SUITE = """
 eps: [4, 8, 16]
 attacks:

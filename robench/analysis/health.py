@@ -39,6 +39,7 @@ ALPHA = 0.05  # family-wise error of a check's comparisons in one run (Holm)
 UNBOUNDED_MAX_TOP1 = 0.10  # an unbounded attack leaving more than this correct is a flag (robench.analysis.probes)
 ZERO_GRADIENT_MAX = 0.5  # share of exactly-zero input-gradient entries above which a probe flags
 LINF_TOL = 1e-4  # 1/255 units: float slack on ||x_adv - x||_inf <= eps
+L2_TOL = 1e-4  # [0, 1] pixels: float slack on ||x_adv - x||_2 <= eps (a float32 sum over every pixel)
 BLACK_BOX_MIN_SHARE = 0.01  # share of samples a black box alone fools above which it is a flag (and 2 samples)
 
 
@@ -70,8 +71,8 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
           "(rounding, quantization or another step without a gradient)"),
     Check("randomized_outputs", "two forward passes of the same input disagree in eval mode (dropout left on, "
           "or other randomness): attacks chase noise"),
-    Check("perturbation_exceeds_eps", "a measured ||x_adv - x||_inf exceeds the attack's eps: the examples left "
-          "the threat model"),
+    Check("perturbation_exceeds_eps", "a measured ||x_adv - x||_inf (||x_adv - x||_2 under L2) exceeds the "
+          "attack's eps: the examples left the threat model"),
     Check("black_box_beats_white_box", "a score-based black-box attack (square) fools samples that every gradient "
           "attack of the suite missed at the same eps: the gradients are masked (AutoAttack's own check)"),
     Check("clean_accuracy_mismatch", "clean accuracy differs from the reference given beyond sampling noise "
@@ -204,7 +205,8 @@ def _rises(model: str, attack: str, series: list[Any], correct: Correct | None) 
 
 
 def counterparts(suite: Suite) -> list[tuple[AttackSpec, AttackSpec]]:
-    """(iterative, single-step) pairs of the suite: each attack with its registered counterpart of the same label.
+    """(iterative, single-step) pairs of the suite: each attack with its registered counterpart of the same label
+    and norm (an L2 bim and an L-inf fgsm at "the same eps" are other balls).
 
     With the registry's attacks: bim and pgd with fgsm, iter_ll with step_ll.
     """
@@ -212,7 +214,7 @@ def counterparts(suite: Suite) -> list[tuple[AttackSpec, AttackSpec]]:
         return getattr(spec.config, "label", None)
 
     return [(it, one) for it in suite.attacks for one in suite.attacks
-            if REGISTRY[it.name].counterpart == one.name and label(it) == label(one)]
+            if REGISTRY[it.name].counterpart == one.name and label(it) == label(one) and it.norm == one.norm]
 
 
 def success(out: Outcomes, setting: int, toward: np.ndarray | None) -> np.ndarray:
@@ -279,14 +281,15 @@ def black_box_beats_white_box(outcomes: Mapping[str, Outcomes], suite: Suite) ->
     With full gradients a black box should find next to nothing the white-box attacks missed;
     AutoAttack warns on the same symptom. Flags when such samples are at least
     BLACK_BOX_MIN_SHARE of n and at least 2. Works on full and cascade rows alike (a cascade
-    row that is right has survived every stage before it).
+    row that is right has survived every stage before it). Attacks of one norm only are compared.
     """
     kinds = {a.id: REGISTRY[a.name].black_box for a in suite.attacks}
+    norms = suite.norms()
     flags = []
     for model, out in outcomes.items():
         ok = out.correct()
-        for e in sorted({float(e) for a in suite.attacks for e in a.eps} - {0.0}):
-            at = {a: i for i, (a, x) in enumerate(out.settings) if a in kinds and float(x) == e}
+        for norm, e in sorted({(a.norm, float(e)) for a in suite.attacks for e in a.eps if e}):
+            at = {a: i for i, (a, x) in enumerate(out.settings) if a in kinds and float(x) == e and norms[a] == norm}
             white = [i for a, i in at.items() if not kinds[a]]
             for attack, i in ((a, i) for a, i in at.items() if kinds[a] and white):
                 alone = ok[0] & ok[white].all(0) & ~ok[i]
@@ -299,12 +302,23 @@ def black_box_beats_white_box(outcomes: Mapping[str, Outcomes], suite: Suite) ->
 
 
 def perturbation_exceeds_eps(rows: pd.DataFrame) -> list[Flag]:
-    """Check 8: a row whose ``linf_max`` (1/255 units) exceeds its eps by more than LINF_TOL."""
-    if "linf_max" not in rows:
-        return []
-    over = rows[(rows["attack"] != CLEAN) & (rows["linf_max"] > rows["eps"] + LINF_TOL)]
-    return [flag("perturbation_exceeds_eps", str(r.model), f"max ||x_adv - x||_inf is {r.linf_max:.4g}/255, above "
-                 f"eps {r.eps:g}/255", str(r.attack), r.eps) for r in over.itertuples()]
+    """Check 8: a row whose measured size in its norm exceeds its eps: ``linf_max`` (1/255 units) by more than
+    LINF_TOL, or on an L2 row (``norm`` l2) ``l2_max`` ([0, 1] pixels) by more than L2_TOL.
+
+    Rows without a ``norm`` column (files older than L2) are L-inf.
+    """
+    attacked = rows[rows["attack"] != CLEAN]
+    l2 = attacked["norm"] == "l2" if "norm" in attacked else pd.Series(False, index=attacked.index)
+    flags = []
+    if "linf_max" in attacked:
+        over = attacked[~l2 & (attacked["linf_max"] > attacked["eps"] + LINF_TOL)]
+        flags += [flag("perturbation_exceeds_eps", str(r.model), f"max ||x_adv - x||_inf is {r.linf_max:.4g}/255, "
+                       f"above eps {r.eps:g}/255", str(r.attack), r.eps) for r in over.itertuples()]
+    if "l2_max" in attacked:
+        over = attacked[l2 & (attacked["l2_max"] > attacked["eps"] + L2_TOL)]
+        flags += [flag("perturbation_exceeds_eps", str(r.model), f"max ||x_adv - x||_2 is {r.l2_max:.4g}, above "
+                       f"L2 eps {r.eps:g} (pixels in [0, 1])", str(r.attack), r.eps) for r in over.itertuples()]
+    return flags
 
 
 def nonfinite_logits(outcomes: Iterable[tuple[str, Outcomes]]) -> list[Flag]:
@@ -369,7 +383,8 @@ def eval_flags(rows: pd.DataFrame, outcomes: Mapping[str, Outcomes], suite: Suit
     ]
 
 
-def cheaper_suite_missed(model: str, eps: float, checked: int, fooled: int) -> list[Flag]:
+def cheaper_suite_missed(model: str, eps: float, checked: int, fooled: int, row: str = "worst",
+                         reference: str = "autoattack") -> list[Flag]:
     """A flag when the full AutoAttack fooled any of the ``checked`` survivors of a cheaper suite's worst row.
 
     One fooled sample is enough: each is a sample the suite counted as robust and is not, so its
@@ -377,6 +392,6 @@ def cheaper_suite_missed(model: str, eps: float, checked: int, fooled: int) -> l
     """
     if not fooled:
         return []
-    return [flag("cheaper_suite_missed", model, f"the full autoattack suite fooled {fooled} of {checked} samples "
+    return [flag("cheaper_suite_missed", model, f"the full {reference} suite fooled {fooled} of {checked} samples "
                  "that survived this suite: its shortcuts missed them, so its robust accuracy is overstated; "
-                 "report the autoattack suite's number instead", "worst", eps)]
+                 f"report the {reference} suite's number instead", row, eps)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from robench.analysis.worst import Norms, norm_of
 from robench.attacks.suite import CLEAN
 from robench.engine import Outcomes, correct
 
@@ -20,7 +21,12 @@ DEFINITIONS = {
     "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
     "worst": (
         "attack 'worst': robust accuracy as the per-sample worst case; a sample counts only if the model "
-        "classifies it correctly clean and under every attack of the suite at that eps"
+        "classifies it correctly clean and under every L-inf attack of the suite at that eps; 'worst-l2': the "
+        "same over the L2 attacks"
+    ),
+    "norm": (
+        "the threat model of an attack row: linf (eps in 1/255 units) or l2 (eps the L2 norm of the whole "
+        "perturbation in [0, 1] pixels, no /255); null on clean rows"
     ),
     "min_eps": "per sample: the smallest eps (1/255 units) at which any attack fooled it; 0 if wrong clean",
     "cost": (
@@ -31,8 +37,12 @@ DEFINITIONS = {
         "the largest ||x_adv - x||_inf over the samples, in 1/255 units (at most eps for a sound attack; "
         "0 for clean rows)"
     ),
+    "l2_max": (
+        "the largest ||x_adv - x||_2 over the samples, in [0, 1] pixels (at most eps on an l2 row for a sound "
+        "attack; 0 for clean rows)"
+    ),
 }
-ROW_COLUMNS = ["model", "attack", "eps", "top1", "top5", "success_rate", "n", "linf_max"]
+ROW_COLUMNS = ["model", "attack", "norm", "eps", "top1", "top5", "success_rate", "n", "linf_max", "l2_max"]
 
 
 def success_rate(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray) -> float:
@@ -43,17 +53,21 @@ def success_rate(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarra
     return float((~correct(adv_pred[ok], labels[ok])).mean())
 
 
-def summarize(out: Outcomes, model: str) -> pd.DataFrame:
-    """Tidy rows: one per (model, attack, eps), clean first as attack "clean", eps 0."""
+def summarize(out: Outcomes, model: str, norms: Norms | None = None) -> pd.DataFrame:
+    """Tidy rows: one per (model, attack, eps), clean first as attack "clean", eps 0.
+
+    ``norms``: attack id -> its norm (``Suite.norms()``), for the ``norm`` column; an id it lacks is L-inf.
+    """
     rows = []
     for s, (attack, eps) in enumerate(out.settings):
         rows.append({
-            "model": model, "attack": attack, "eps": eps,
+            "model": model, "attack": attack, "norm": norm_of(attack, norms), "eps": eps,
             "top1": float(correct(out.pred[s], out.labels).mean()),
             "top5": float(out.top5[s].mean()),
             "success_rate": float("nan") if attack == CLEAN else success_rate(out.pred[0], out.pred[s], out.labels),
             "n": len(out.ids),
             "linf_max": round(float(out.linf[s].max(initial=0.0)), 6),
+            "l2_max": round(float(out.l2[s].max(initial=0.0)), 6),
         })
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
@@ -96,10 +110,11 @@ TRANSFER_DEFINITIONS = {
         "TransferAttack's targeted success rate), unconditioned; null on clean rows and in untargeted runs"
     ),
     "n": "number of samples",
+    "norm": DEFINITIONS["norm"],
     "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
     "null": "an empty value (a rate whose denominator is 0, a count on a clean row); files never hold NaN",
 }
-TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "target_error",
+TRANSFER_COLUMNS = ["source", "target", "attack", "norm", "eps", "target_top1", "target_top5", "target_error",
                     "transfer_rate", "n_fooled_source", "transfer_rate_both_clean", "n_fooled_source_both_clean",
                     "targeted_success_rate", "n"]
 

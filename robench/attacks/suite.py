@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from robench.attacks import REGISTRY, get_attack
-from robench.core.eps import MAX_EPS, eps_values, parse_eps, unique_eps
+from robench.core.eps import L2_UNIT, MAX_EPS, eps_values, l2_eps_values, parse_eps, parse_l2_eps, unique_eps
 from robench.core.fields import Rule, check, typed
 from robench.core.files import read_text
 from robench.core.yaml_read import check_node, locate, read_yaml
@@ -26,12 +26,16 @@ if TYPE_CHECKING:
 
 CLEAN = "clean"  # reserved id: the setting (attack name, eps 0) of the unperturbed inputs
 WORST = "worst"  # reserved id: the per-sample worst case over clean and every attack of the suite, per eps
+WORST_L2 = "worst-l2"  # reserved id: the same over the suite's L2 attacks (``norm: l2``), per L2 eps
+WORSTS = {"linf": WORST, "l2": WORST_L2}  # each threat model's worst-case row
+NORMS = ("linf", "l2")  # robench.attacks.base.Norm: the threat models, L-infinity first
 DEFAULT_SUITE = Path(__file__).with_name("attacks.yaml")
 BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
     "paper": DEFAULT_SUITE,
     "autoattack": Path(__file__).with_name("suites") / "autoattack.yaml",
     "autoattack-fast": Path(__file__).with_name("suites") / "autoattack-fast.yaml",
     "autoattack-malt": Path(__file__).with_name("suites") / "autoattack-malt.yaml",
+    "autoattack-l2": Path(__file__).with_name("suites") / "autoattack-l2.yaml",
     "quick": Path(__file__).with_name("suites") / "quick.yaml",
 }
 SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
@@ -41,7 +45,11 @@ AUTOATTACK_QUERIES = 5000  # and Square's queries
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of a suite: registry name, result id, eps list (1/255 units), config."""
+    """One attack of a suite: registry name, result id, eps list, config.
+
+    eps is in 1/255 units under L-infinity, the perturbation's L2 norm in [0, 1] pixels under
+    L2 (``norm``, the config's).
+    """
 
     id: str
     name: str
@@ -51,6 +59,11 @@ class AttackSpec:
 
     def __post_init__(self) -> None:
         check(self, SPEC_FIELDS)
+
+    @property
+    def norm(self) -> str:
+        """The threat model the attack keeps to: its config's ``norm``, or linf for attacks without one."""
+        return str(getattr(self.config, "norm", "linf"))
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""
@@ -96,6 +109,25 @@ class Suite:
         """Plain-data form for result files."""
         return {"source": self.source, "cascade": self.cascade, "early_stop": self.early_stop,
                 "semantics": self.semantics(), "attacks": [a.describe() for a in self.attacks]}
+
+    def norms(self) -> dict[str, str]:
+        """Attack id -> its norm (linf, l2), plus each worst-case row's (``WORSTS``): what results rows carry."""
+        return {**{a.id: a.norm for a in self.attacks}, **{w: n for n, w in WORSTS.items()}}
+
+    def check_l2_eps(self, pixels: int, data: str) -> None:
+        """Refuse an L2 eps beyond the L2 diameter of [0, 1]^pixels, naming its suite line.
+
+        No two images of ``pixels`` values in [0, 1] lie further apart than sqrt(pixels), so a larger
+        eps is a mistake (often an L-inf eps in 1/255 units under ``norm: l2``), not a stronger attack.
+        ``pixels``: channels x height x width of the inputs the attack sees. Raises RobenchError.
+        """
+        diameter = pixels ** 0.5
+        for a in self.attacks:
+            too_big = [e for e in a.eps if e > diameter] if a.norm == "l2" else []
+            if too_big:
+                raise RobenchError(f"{a.at or self.source}: L2 eps {too_big[0]:g} of '{a.id}' is above {diameter:.4g}, "
+                                   f"the largest L2 distance between two images of {data}; an L2 eps is {L2_UNIT} "
+                                   f"(RobustBench: 0.5 on CIFAR-10), so give one below it")
 
     def check_classes(self, classes: int, data: str) -> None:
         """Refuse an attack the data has too few classes for, naming its suite line.
@@ -176,12 +208,45 @@ def build_config(name: str, options: dict[str, Any], where: Callable[[str], str]
         raise RobenchError(f"{prefix}{e.named(repr(e.field))} for attack '{name}'") from None
 
 
-def _eps_from(node: Any, source: str, owner: Any) -> tuple[float, ...]:
+def _eps_from(node: Any, source: str, owner: Any, norm: str = "linf") -> tuple[float, ...]:
+    """An eps list as written: 1/255 units (parse_eps) under linf, L2 norms as they are (parse_l2_eps) under l2."""
     where = locate(source, owner, "eps")
     values = node if isinstance(node, list) else [node]
     if not values:
-        raise RobenchError(f"{where}: 'eps' is empty; give a list such as [2, 4, 8, 16]")
+        example = "[0.25, 0.5]" if norm == "l2" else "[2, 4, 8, 16]"
+        raise RobenchError(f"{where}: 'eps' is empty; give a list such as {example}")
+    if norm == "l2":
+        return unique_eps(values, [parse_l2_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'",
+                          "as L2 norms")
     return unique_eps(values, [parse_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
+
+
+def _entry_norm(entry: Any) -> str:
+    """The norm an entry asks for (linf when it says none); a wrong value is build_config's to refuse, by key."""
+    norm = entry.get("norm", "linf") if isinstance(entry, dict) else "linf"
+    return norm if norm in NORMS else "linf"
+
+
+def _suite_norm(doc: dict[str, Any], entries: list[Any], source: str) -> str | None:
+    """The one norm of a suite's entries, or None when they mix norms, each entry saying its own.
+
+    A suite that mixes norms must say each entry's norm, and give each its eps: a top-level eps,
+    or an entry left to the default norm, would read one number in two units (1/255 and the
+    L2 norm). Raises RobenchError naming the line.
+    """
+    norms = [_entry_norm(e) for e in entries]
+    if len(set(norms)) == 1:
+        return norms[0]
+    unsaid = next((e for e in entries if isinstance(e, dict) and "norm" not in e), None)
+    if unsaid is not None:
+        raise RobenchError(f"{locate(source, unsaid)}: this suite mixes norms (linf and l2), so each entry says "
+                           "which it uses; add 'norm: linf' to this one (or move the L2 attacks to a suite of their "
+                           "own)")
+    if "eps" in doc:
+        raise RobenchError(f"{locate(source, doc, 'eps')}: a top-level 'eps' in a suite that mixes norms would read "
+                           f"one number in two units (1/255 units under linf, {L2_UNIT} under l2); give each entry "
+                           "its own 'eps' instead")
+    return None
 
 
 def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str) -> AttackSpec:
@@ -194,9 +259,11 @@ def _attack_from(entry: Any, default_eps: tuple[float, ...] | None, source: str)
         raise RobenchError(f"{where}: attack entry needs 'name: <attack>'; known: {', '.join(REGISTRY)}")
     get_attack_at(name, where)
     ident = options.pop("id", name)
-    eps = _eps_from(options.pop("eps"), source, entry) if "eps" in options else default_eps
+    norm = _entry_norm(entry)
+    eps = _eps_from(options.pop("eps"), source, entry, norm) if "eps" in options else default_eps
     if eps is None:
-        raise RobenchError(f"{where}: attack '{name}' has no eps; add a top-level 'eps: [2, 4, 8, 16]'")
+        add = f"'eps: [0.5]' ({L2_UNIT})" if norm == "l2" else "a top-level 'eps: [2, 4, 8, 16]'"
+        raise RobenchError(f"{where}: attack '{name}' has no eps; add {add}")
     config = build_config(name, options, lambda key: locate(source, entry, key))
     return AttackSpec(id=str(ident), name=name, eps=eps, config=config, at=where)
 
@@ -218,10 +285,11 @@ def parse_suite(text: str, source: str = "<string>") -> Suite:
     if unknown:
         key = sorted(unknown)[0]
         raise RobenchError(f"{locate(source, doc, key)}: unknown key '{key}'; allowed: {', '.join(SUITE_KEYS)}")
-    default_eps = _eps_from(doc["eps"], source, doc) if "eps" in doc else None
     entries = doc.get("attacks")
     if not isinstance(entries, list) or not entries:
         raise RobenchError(f"{locate(source, doc, 'attacks')}: 'attacks' must be a non-empty list")
+    norm = _suite_norm(doc, entries, source)
+    default_eps = _eps_from(doc["eps"], source, doc, norm or "linf") if "eps" in doc else None
     check_node(doc, SUITE_FIELDS, source)
     flags = {key: doc.get(key, False) for key in SUITE_FIELDS}
     suite = Suite(tuple(_attack_from(e, default_eps, source) for e in entries), source, **flags)
@@ -229,14 +297,14 @@ def parse_suite(text: str, source: str = "<string>") -> Suite:
 
 
 def _unique(suite: Suite, where: tuple[str, ...] | None = None) -> Suite:
-    """Attack ids key the result rows: they must differ, and 'clean' and 'worst' are taken.
+    """Attack ids key the result rows: they must differ, and 'clean', 'worst' and 'worst-l2' are taken.
 
     ``where`` names each attack's file and line, for messages.
     """
     first: dict[str, str] = {}
     for i, a in enumerate(suite.attacks):
         at = where[i] if where else suite.source
-        if a.id in (CLEAN, WORST):
+        if a.id in (CLEAN, WORST, WORST_L2):
             what = "clean accuracy" if a.id == CLEAN else "the per-sample worst case"
             raise RobenchError(f"{at}: attack id '{a.id}' is reserved for {what}; give the entry another 'id:'")
         if a.id in first:
@@ -345,24 +413,52 @@ def override(suite: Suite, names: tuple[str, ...] = (), eps: tuple[float | str, 
     """Keep only ``names`` (suite ids, else registry defaults) and/or replace every eps list.
 
     ``eps`` is read as --eps is (robench.core.eps.eps_values: 8, "8/255", "0.03px"; a plain 0.5 is
-    refused), so code and the command line meet one rule. A name given twice is a FieldError naming
-    ``attack`` (the CLI's filter); a bad eps one naming ``eps``.
+    refused), so code and the command line meet one rule; when every attack kept is L2, as written
+    (l2_eps_values: 0.5). A name given twice is a FieldError naming ``attack`` (the CLI's filter); a
+    bad eps, or one eps list for attacks of both norms, one naming ``eps``.
     """
-    attacks = suite.attacks
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise FieldError("attack", f"{{name}} {dup} is given twice; give each attack once")
-    if names:
-        by_id = {a.id: a for a in suite.attacks}
-        picked = []
-        for n in names:
-            if n in by_id:
-                picked.append(by_id[n])
-            else:
-                cfg = get_attack(n).config()
-                picked.append(AttackSpec(n, n, attacks[0].eps if attacks else (), cfg))
-        attacks = tuple(picked)
+    attacks = _picked(suite, names) if names else suite.attacks
     if eps is not None:
-        values = eps_values(tuple(eps), "eps", unit)
+        values = _eps_override(attacks, tuple(eps), unit)
         attacks = tuple(dataclasses.replace(a, eps=values) for a in attacks)
     return _unique(dataclasses.replace(suite, attacks=attacks))
+
+
+def _picked(suite: Suite, names: tuple[str, ...]) -> tuple[AttackSpec, ...]:
+    """The suite's attacks named, in that order; a registry name the suite lacks comes with its defaults.
+
+    Such an attack takes the eps and the norm of the suite's first attack, so ``--attack pgd`` on
+    an L2 suite runs pgd in the same L2 ball.
+    """
+    by_id = {a.id: a for a in suite.attacks}
+    first = suite.attacks[0] if suite.attacks else None
+    return tuple(by_id[n] if n in by_id else
+                 AttackSpec(n, n, first.eps if first else (), _default_config(n, first.norm if first else "linf"))
+                 for n in names)
+
+
+def _default_config(name: str, norm: str) -> DataclassInstance:
+    """The attack's default config under ``norm``; FieldError naming ``attack`` when it has no such version."""
+    attack = get_attack(name)
+    if norm == "linf":
+        return attack.config()
+    try:
+        return attack.config(norm=norm)
+    except (FieldError, TypeError):
+        raise FieldError("attack", f"{{name}} {name} has no L2 version, and this suite's attacks are L2 "
+                                   "(norm: l2); pick an attack of the suite, or one with norm: l2") from None
+
+
+def _eps_override(attacks: tuple[AttackSpec, ...], eps: tuple[float | str, ...], unit: str) -> tuple[float, ...]:
+    """One eps list for every attack: 1/255 units (eps_values) under linf, L2 norms as written under l2."""
+    norms = {a.norm for a in attacks}
+    if len(norms) > 1:
+        raise FieldError("eps", "{name} gives every attack one eps list, but these attacks mix norms: L-inf eps are "
+                                f"in 1/255 units and L2 eps are {L2_UNIT}, so no number means the same to both; set "
+                                "each attack's eps in a suite file, or keep attacks of one norm")
+    if norms == {"l2"}:
+        return l2_eps_values(eps, "eps")
+    return eps_values(eps, "eps", unit)

@@ -1,4 +1,5 @@
-"""Eps values as people write them: 1/255 units (8), fractions (8/255, 0.3*255) and pixels (0.03px).
+"""Eps values as people write them: 1/255 units (8), fractions (8/255, 0.3*255) and pixels (0.03px);
+under the L2 threat model, the perturbation's L2 norm in [0, 1] pixels as written (0.5).
 
 Light on purpose (no torch): the CLI checks --eps before it imports the attacks, and the attack
 suite (robench.attacks.suite), the gate's rules and ``override`` read eps through the same rules.
@@ -99,7 +100,7 @@ def eps_values(values: tuple[Any, ...], field: str = "eps", unit: str = "1/255")
         raise FieldError(field, str(e), "eps_unit") from None
 
 
-def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float, ...]:
+def unique_eps(written: list[Any], eps: list[float], where: str, unit: str = "in 1/255 units") -> tuple[float, ...]:
     """The parsed eps list, refusing a value given twice (``written``: as the user wrote each one).
 
     Equal means equal in 1/255 units, so 8 and 8/255 are one eps: a repeat would do the work
@@ -110,7 +111,39 @@ def unique_eps(written: list[Any], eps: list[float], where: str) -> tuple[float,
     for text, e in zip(written, eps, strict=True):
         if e in first:
             same = "" if str(first[e]).strip() == str(text).strip() else \
-                f" ({str(first[e]).strip()} and {str(text).strip()} are both {e:g} in 1/255 units)"
+                f" ({str(first[e]).strip()} and {str(text).strip()} are both {e:g} {unit})"
             raise RobenchError(f"{where}: eps {e:g} is given twice{same}; give each eps once")
         first[e] = text
     return tuple(eps)
+
+
+L2_UNIT = "the L2 norm of the whole perturbation in [0, 1] pixels"  # how an L2 eps reads, for messages
+
+
+def parse_l2_eps(value: Any, where: str = "eps") -> float:
+    """One L2 eps as written: a plain non-negative number (0.5), the perturbation's L2 norm in [0, 1] pixels.
+
+    No /255 and no unit conversion (RobustBench writes CIFAR-10's L2 eps as 0.5), so the forms
+    that convert under L-infinity ("8/255", "0.3*255", "0.03px") are refused rather than guessed at.
+    Raises RobenchError naming ``where``.
+    """
+    text = str(value).strip()
+    how = f"under norm l2 eps is {L2_UNIT}, written as a plain number such as 0.5 (no /255)"
+    if isinstance(value, bool) or any(c in text for c in "/*") or text.lower().endswith("px"):
+        raise RobenchError(f"{where}: eps {text!r} is not a plain number; {how}")
+    try:
+        number = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise RobenchError(f"{where}: eps {text[:40]!r} is not a number; {how}") from None
+    if not 0 <= number <= MAX_EPS:
+        raise RobenchError(f"{where}: eps {text} is out of range; {how}, at least 0 (and at most the data's "
+                           f"L2 diameter, sqrt(channels x height x width))")
+    return float(number)
+
+
+def l2_eps_values(values: tuple[Any, ...], field: str = "eps") -> tuple[float, ...]:
+    """Each L2 eps (parse_l2_eps), each once; raises FieldError naming ``field``."""
+    try:
+        return unique_eps(list(values), [parse_l2_eps(v, "{name}") for v in values], "{name}", "as L2 norms")
+    except RobenchError as e:
+        raise FieldError(field, str(e)) from None

@@ -86,3 +86,12 @@ def pct(v: float | None) -> str:
 def eps_label(eps: float) -> str:
     """2.0 -> "2", 0.5 -> "0.5" (1/255 units)."""
     return f"{eps:g}"
+
+
+def eps_with_unit(eps: float, norm: Any = None) -> str:
+    """An eps with its unit, for titles and headers: 8 -> "8/255" (L-inf), 0.5 under l2 -> "0.5 (L2)".
+
+    An L2 eps is the perturbation's L2 norm in [0, 1] pixels: it takes no /255. Any other ``norm``
+    (None, a results file older than L2, a clean row's null) is L-inf.
+    """
+    return f"{eps:g} (L2)" if norm == "l2" else f"{eps:g}/255"

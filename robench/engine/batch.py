@@ -28,6 +28,11 @@ def linf_255(x_adv: Tensor, x: Tensor) -> np.ndarray:
     return ((x_adv - x).abs().flatten(1).amax(1) * 255).float().cpu().numpy()
 
 
+def l2_pixels(x_adv: Tensor, x: Tensor) -> np.ndarray:
+    """Each sample's ||x_adv - x||_2 in [0, 1] pixels, the unit of an L2 eps (in float64: a sum of many squares)."""
+    return (x_adv - x).flatten(1).double().norm(p=2, dim=1).float().cpu().numpy()
+
+
 def score(model: nn.Module, x: Tensor) -> Tensor:
     """Logits for evaluation: inference_mode, returned as a normal tensor."""
     with torch.inference_mode():
@@ -117,13 +122,14 @@ class _Batch:
         for spec in self.suite.attacks:
             self.tracker.begin(spec.id, s.label)
             for eps, x_adv in self.examples(s, spec, xs, labels):
-                linf = linf_255(x_adv, xs)
+                linf, l2 = linf_255(x_adv, xs), l2_pixels(x_adv, xs)
                 for t in self.plan.targets[s.label]:
                     target = self.plan.model(t)
-                    xt = x_adv if target.input == s.input else self.plan.cross(self.x[target.input], x_adv - xs, eps)
+                    xt = x_adv if target.input == s.input else \
+                        self.plan.cross(self.x[target.input], x_adv - xs, eps, spec.norm)
                     o = self.out.pairs[(s.label, t)]
                     o.record(setting, self.rows, score(target.module, xt), self.y)
-                    o.linf[setting, self.rows] = linf
+                    o.linf[setting, self.rows], o.l2[setting, self.rows] = linf, l2
                 setting += 1
             self.tracker.finished_attack()
 
@@ -168,7 +174,7 @@ class _Batch:
         return made
 
 
-Row = tuple[np.ndarray, np.ndarray, np.ndarray]  # per sample of a batch: prediction, top-5 hit, L-inf (1/255)
+Row = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # per sample: prediction, top-5 hit, L-inf (1/255), L2
 
 
 class Survivors:
@@ -186,9 +192,11 @@ class Survivors:
         self.batch, self.s, self.labels = batch, s, labels
         self.o, self.x = batch.out.pairs[(s.label, s.label)], batch.x[s.input]
         rows = batch.rows
-        clean = (self.o.pred[0, rows].copy(), self.o.top5[0, rows].copy(), np.zeros(len(rows), np.float32))
-        every_eps = sorted({float(e) for a in batch.suite.attacks for e in a.eps})
-        self.state: dict[float, Row] = {e: tuple(v.copy() for v in clean) for e in every_eps}
+        zeros = np.zeros(len(rows), np.float32)
+        clean = (self.o.pred[0, rows].copy(), self.o.top5[0, rows].copy(), zeros, zeros)
+        # per threat model and eps: an L-inf eps 1 (1/255) and an L2 eps 1 are other balls
+        every_eps = {(a.norm, float(e)) for a in batch.suite.attacks for e in a.eps}
+        self.state: dict[tuple[str, float], Row] = {k: tuple(v.copy() for v in clean) for k in every_eps}
 
     def run(self) -> None:
         """Every attack of the suite in order, each at its eps ascending."""
@@ -199,27 +207,28 @@ class Survivors:
             setting += len(spec.eps)
             tracker.finished_attack()
 
-    def robust(self, e: float) -> np.ndarray:
-        """[B] which samples the state still has right at eps e."""
-        return correct(self.state[e][0], self.batch.labels)
+    def robust(self, norm: str, e: float) -> np.ndarray:
+        """[B] which samples the state still has right at eps e of this norm."""
+        return correct(self.state[(norm, e)][0], self.batch.labels)
 
     def attack(self, spec: AttackSpec, settings: dict[float, int]) -> None:
         """One attack's rows: crafted for the samples still in play, carried for the rest."""
         cascade, early_stop, n = self.batch.suite.cascade, self.batch.suite.early_stop, len(self.x)
         carried = np.zeros(n, dtype=bool)  # fooled by this attack at a smaller eps
-        carry: Row = (np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, np.float32))
+        carry: Row = (np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, np.float32), np.zeros(n, np.float32))
         ahead = self.single_step(spec) if REGISTRY[spec.name].single_step else None
         for e in sorted(settings):
-            todo = (self.robust(e) if cascade else np.ones(n, dtype=bool)) & ~carried
-            fresh = (v.copy() for v in self.state[e]) if cascade else (np.zeros_like(v) for v in carry)
-            row = cast(Row, tuple(fresh))  # three arrays in, three out
+            todo = (self.robust(spec.norm, e) if cascade else np.ones(n, dtype=bool)) & ~carried
+            fresh = (v.copy() for v in self.state[(spec.norm, e)]) if cascade else (np.zeros_like(v) for v in carry)
+            row = cast(Row, tuple(fresh))  # four arrays in, four out
             if todo.any():
-                self.score(row, todo, ahead[e][todo] if ahead else self.craft(spec, e, todo), cascade, e)
+                self.score(row, todo, ahead[e][todo] if ahead else self.craft(spec, e, todo), cascade,
+                           (spec.norm, e))
             for mine, theirs in zip(row, carry, strict=True):
                 mine[carried] = theirs[carried]
             self.record(settings[e], row)
             if cascade:
-                self.state[e] = row
+                self.state[(spec.norm, e)] = row
             if early_stop:
                 newly = todo & ~correct(row[0], self.batch.labels)
                 for theirs, mine in zip(carry, row, strict=True):
@@ -230,7 +239,7 @@ class Survivors:
         """A single-step attack's examples at every eps from one gradient, for every sample that may need one."""
         need = np.ones(len(self.x), dtype=bool)
         if self.batch.suite.cascade:
-            need = np.any([self.robust(float(e)) for e in spec.eps], axis=0)
+            need = np.any([self.robust(spec.norm, float(e)) for e in spec.eps], axis=0)
         out = {float(e): self.x.clone() for e in spec.eps}
         if need.any():
             index = self.index(need)
@@ -246,17 +255,18 @@ class Survivors:
                                self.batch.suite.early_stop)
         return made[0][1]
 
-    def score(self, row: Row, todo: np.ndarray, x_adv: Tensor, cascade: bool, e: float) -> None:
-        """Write the outcomes of these samples' examples into ``row``."""
+    def score(self, row: Row, todo: np.ndarray, x_adv: Tensor, cascade: bool, key: tuple[str, float]) -> None:
+        """Write the outcomes of these samples' examples into ``row`` (``key``: the state's (norm, eps))."""
         index = self.index(todo)
         pred, top5 = predictions(score(self.s.module, x_adv), self.batch.y[index])
         row[0][todo] = pred
-        row[1][todo] = top5 & self.state[e][1][todo] if cascade else top5
-        row[2][todo] = linf_255(x_adv, self.x[index])
+        row[1][todo] = top5 & self.state[key][1][todo] if cascade else top5
+        row[2][todo], row[3][todo] = linf_255(x_adv, self.x[index]), l2_pixels(x_adv, self.x[index])
 
     def record(self, setting: int, row: Row) -> None:
         rows = self.batch.rows
-        self.o.pred[setting, rows], self.o.top5[setting, rows], self.o.linf[setting, rows] = row
+        o = self.o
+        o.pred[setting, rows], o.top5[setting, rows], o.linf[setting, rows], o.l2[setting, rows] = row
 
     def index(self, mask: np.ndarray) -> Tensor:
         return torch.from_numpy(np.flatnonzero(mask)).to(self.x.device)

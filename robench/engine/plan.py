@@ -13,7 +13,7 @@ from robench.attacks.suite import AttackSpec
 from robench.data import InputConfig
 from robench.engine.outcomes import Pair
 
-Deliver = Callable[[Tensor, Tensor, float], Tensor]  # (target's clean x, source's x_adv - x, eps) -> target's input
+Deliver = Callable[..., Tensor]  # (target's clean x, source's x_adv - x, eps, norm="linf") -> target's input
 Examples = list[tuple[float, Tensor]]  # (eps, x_adv) for every eps of an attack
 
 
@@ -70,10 +70,13 @@ class Plan:
         models = tuple(models)
         return cls(models, {m.label: (m.label,) for m in models}, aim=aim)
 
-    def cross(self, target_x: Tensor, delta: Tensor, eps: float) -> Tensor:
-        """A source's example (``delta`` from its clean x) as a target of another input config takes it."""
+    def cross(self, target_x: Tensor, delta: Tensor, eps: float, norm: str = "linf") -> Tensor:
+        """A source's example (``delta`` from its clean x) as a target of another input config takes it.
+
+        ``norm``: the attack's threat model, passed on only when it is not L-inf (the ball ``eps`` bounds).
+        """
         assert self.deliver is not None, "__post_init__ refuses a plan that crosses input configs without deliver"
-        return self.deliver(target_x, delta, eps)
+        return self.deliver(target_x, delta, eps) if norm == "linf" else self.deliver(target_x, delta, eps, norm=norm)
 
     def pairs(self) -> list[Pair]:
         """Every (source, target) pair, sources in model order."""

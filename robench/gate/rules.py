@@ -23,8 +23,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from robench.attacks.suite import parse_eps, unique_eps
+from robench.attacks.suite import NORMS, parse_eps, unique_eps
 from robench.core import fields
+from robench.core.eps import parse_l2_eps
 from robench.core.files import read_text
 from robench.core.yaml_read import check_node, locate, read_yaml
 from robench.errors import RobenchError
@@ -32,6 +33,7 @@ from robench.errors import RobenchError
 GLOB_KEYS = ("model", "source", "target", "attack")
 CORRECTIONS = ("bonferroni", "none")
 HEALTH_MODES = ("strict", "warn")
+NORM = fields.Rule(str, "linf or l2", choices=NORMS, must="be linf or l2")
 DEFAULT_MAX_DROP = 0.02
 ACCURACIES = ("top1", "top5", "_rate")  # metric endings whose bounds are shares; other metrics take any number
 
@@ -57,7 +59,7 @@ TOP_FIELDS = {"confidence": _number(0.5, 0.9999, " (0.95 for 95%)"),
               "correction": fields.Rule(str, "bonferroni or none", choices=CORRECTIONS, must="be bonferroni or none")}
 GLOB = fields.Rule(str, 'a name or glob such as "effnet-*" (quote it)', test=_glob)
 ROW_FIELDS = {"name": fields.Rule(str, "text"), **{key: GLOB for key in GLOB_KEYS},
-              "metric": fields.Rule(str, "a column name such as top1", test=_column)}
+              "metric": fields.Rule(str, "a column name such as top1", test=_column), "norm": NORM}
 BOUNDS = {"min": SHARE, "max": SHARE}
 ANY_BOUNDS = {"min": ANY_NUMBER, "max": ANY_NUMBER}
 DROP = {"max_drop": SHARE}
@@ -67,14 +69,24 @@ HEALTH = {"health": fields.Rule(str, "strict or warn", choices=HEALTH_MODES, mus
 
 @dataclass(frozen=True)
 class Match:
-    """Which rows a rule applies to: fnmatch globs per key column, and eps values (None = all)."""
+    """Which rows a rule applies to: fnmatch globs per key column, eps values (None = all) and a norm.
+
+    ``norm`` (linf, l2; None = any) picks the rows of one threat model. eps values are in that
+    norm's unit, so a rule with eps and no norm is an L-inf rule. A row without a ``norm`` column
+    (a file older than L2, a leak-check row) is L-inf; a clean row (norm null) is in every one.
+    """
 
     globs: tuple[tuple[str, str], ...] = ()
     eps: tuple[float, ...] | None = None
+    norm: str | None = None
 
     def row(self, row: dict[str, Any]) -> bool:
         """Does a result row carry every column the rule names, with matching values?"""
         if not all(col in row and fnmatchcase(str(row[col]), pat) for col, pat in self.globs):
+            return False
+        want = self.norm or ("linf" if self.eps is not None else None)
+        have = row.get("norm", "linf")
+        if want is not None and have is not None and have != want:
             return False
         if self.eps is None:
             return True
@@ -86,7 +98,7 @@ class Match:
 
     def describe(self) -> str:
         """"model=a*, eps 8" for messages."""
-        parts = [f"{c}={p}" for c, p in self.globs]
+        parts = [f"{c}={p}" for c, p in self.globs] + ([f"norm {self.norm}"] if self.norm else [])
         if self.eps is not None:
             parts.append("eps " + ",".join(f"{e:g}" for e in self.eps))
         return ", ".join(parts) or "every row"
@@ -192,7 +204,7 @@ def default_rules() -> Rules:
 # --- gates.yaml -------------------------------------------------------------------------------------------
 
 _TRIGGERS = {"min": Floor, "max": Floor, "max_drop": Regression, "no_leak": NoLeak, "health": Health}
-_ROW_KEYS = ("name", "model", "source", "target", "attack", "eps", "metric")
+_ROW_KEYS = ("name", "model", "source", "target", "attack", "norm", "eps", "metric")
 _ALLOWED = {
     Floor: (*_ROW_KEYS, "min", "max"),
     Regression: (*_ROW_KEYS, "max_drop"),
@@ -202,6 +214,7 @@ _ALLOWED = {
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in _ALLOWED.values() for k in keys))
 _TOP_KEYS = ("confidence", "correction", "rules")
 _EXAMPLE = "{attack: fgsm, eps: 8, min: 0.4}"
+_L2_HINT = " (an L2 eps needs 'norm: l2' in the rule: without it eps is read in 1/255 units)"
 
 
 def load_rules(path: str | Path) -> Rules:
@@ -251,15 +264,29 @@ def _rule_kind(entry: dict[str, Any], where: str) -> type:
 
 
 def _match(entry: dict[str, Any], source: str) -> Match:
+    """The rows a rule selects; its eps read in its norm's unit (1/255 units, or as written under ``norm: l2``)."""
     globs = [(key, entry[key]) for key in GLOB_KEYS if key in entry]
+    norm = entry.get("norm")
     eps = None
     if "eps" in entry:
         values = entry["eps"] if isinstance(entry["eps"], list) else [entry["eps"]]
         where = locate(source, entry, "eps")
         if not values:
             raise RobenchError(f"{where}: 'eps' is empty; give a number (8) or a list ([4, 8]), or leave it out")
-        eps = unique_eps(values, [parse_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
-    return Match(tuple(globs), eps)
+        if norm == "l2":
+            eps = unique_eps(values, [parse_l2_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'",
+                             "as L2 norms")
+        else:
+            eps = unique_eps(values, [_linf_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
+    return Match(tuple(globs), eps, norm)
+
+
+def _linf_eps(value: Any, where: str) -> float:
+    """parse_eps, with a hint when the value may be an L2 eps written without ``norm: l2``."""
+    try:
+        return parse_eps(value, where)
+    except RobenchError as e:
+        raise RobenchError(f"{e}{_L2_HINT}") from None
 
 
 def _rule(entry: Any, source: str) -> Rule:

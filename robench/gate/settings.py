@@ -14,7 +14,7 @@ from pathlib import PurePath
 from typing import Any
 
 from robench.attacks import REGISTRY
-from robench.attacks.suite import CLEAN, WORST
+from robench.attacks.suite import CLEAN, WORSTS
 from robench.errors import RobenchError
 
 RUN_KEYS = ("cascade", "early_stop", "seed")  # how the whole suite ran: they change every attacked row
@@ -59,15 +59,15 @@ def check_settings(attacks: Iterable[str], results: dict[str, Any], baseline: di
     """Raise RobenchError naming every differing key when the compared attacks ran with other settings.
 
     ``attacks``: the attack ids of the rows a regression rule compares. A clean row depends on no
-    attack setting; the worst-case row depends on every attack of the suite.
+    attack setting; a worst-case row ("worst", "worst-l2") depends on every attack of the suite.
     """
     new, old = recorded(results), recorded(baseline)
     if new is None or old is None:
         return
     ids = set(attacks) - {CLEAN}
-    if WORST in ids:
+    if ids & set(WORSTS.values()):
         ids |= set(new["attacks"]) | set(old["attacks"])
-    ids.discard(WORST)
+    ids -= set(WORSTS.values())
     short = _short(names)
     diffs = [d for a in sorted(ids) for d in _entry_diffs(a, new["attacks"].get(a), old["attacks"].get(a), short)]
     if ids:

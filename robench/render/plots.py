@@ -17,7 +17,7 @@ import pandas as pd
 from robench.core.files import atomic_write
 from robench.core.outputs import check_output
 from robench.core.stats import exact_interval
-from robench.core.text import eps_label
+from robench.core.text import eps_label, eps_with_unit
 from robench.errors import FieldError
 
 if TYPE_CHECKING:  # matplotlib is optional: imported for its types only
@@ -96,8 +96,8 @@ def clean_reference(ax: Axes, top1: float, n: int) -> None:
     ax.axhline(top1, color=CLEAN_COLOR, linestyle="--", linewidth=1.2, label="clean")
 
 
-def style_axes(ax: Axes, eps_values: list[float], title: str, first_column: bool) -> None:
-    """Eps ticks at the measured values, accuracy as a percentage, labels with units.
+def style_axes(ax: Axes, eps_values: list[float], title: str, first_column: bool, unit: str = "1/255") -> None:
+    """Eps ticks at the measured values, accuracy as a percentage, labels with units (``unit``: the eps axis's).
 
     Suites double eps (2, 4, 8, 16), so a log-2 axis spaces them evenly; eps 0 keeps it linear.
     """
@@ -112,7 +112,7 @@ def style_axes(ax: Axes, eps_values: list[float], title: str, first_column: bool
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.grid(True, color="#dddddd", linewidth=0.6)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("eps (1/255, log scale)" if log else "eps (1/255)", fontsize=8)
+    ax.set_xlabel(f"eps ({unit}, log scale)" if log else f"eps ({unit})", fontsize=8)
     if first_column:
         ax.set_ylabel("top-1 accuracy", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -198,15 +198,24 @@ def _slot(eps: float) -> float:
     return 0.12 * max(abs(eps), 1.0)
 
 
+def eps_axis_unit(rows: pd.DataFrame) -> str:
+    """The eps axis's unit: 1/255 (L-inf), the L2 norm in [0, 1] pixels, or both when a suite mixes norms."""
+    norms = set(rows.loc[rows["attack"] != "clean", "norm"].dropna()) if "norm" in rows else set()
+    if "l2" not in norms:
+        return "1/255"
+    return "L2 norm, [0, 1] pixels" if norms == {"l2"} else "1/255 for L-inf lines, L2 norm in pixels for L2 lines"
+
+
 def eval_figure(rows: pd.DataFrame, meta: dict[str, Any]) -> Figure:
     """Top-1 against eps, a panel per model: where robustness falls off, and how sure the numbers are."""
     models = list(dict.fromkeys(rows["model"]))
     eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
     colors, cascade = attack_colors(rows), "(cascade)" in str(meta.get("semantics", ""))
     fig, axes = panel_grid(len(models))
+    unit = eps_axis_unit(rows)
     for i, (ax, model) in enumerate(zip(axes, models, strict=True)):
         eval_panel(ax, rows[rows["model"] == model], colors, cascade, single_eps=len(eps_values) == 1)
-        style_axes(ax, eps_values, str(model), i % MAX_COLUMNS == 0)
+        style_axes(ax, eps_values, str(model), i % MAX_COLUMNS == 0, unit)
     _suptitle(fig, "top-1 accuracy under attack", meta)
     figure_legend(fig, axes)
     return fig
@@ -283,8 +292,9 @@ def transfer_figure(rows: pd.DataFrame, metric: str = "transfer_rate") -> Figure
             rate = cell.pivot(index="source", columns="target", values=metric).reindex(sources)[targets]
             n = cell.pivot(index="source", columns="target", values="n_fooled_source").reindex(sources)[targets] \
                 if counted else None
+            norm = cell["norm"].iloc[0] if "norm" in cell and len(cell) else None
             image = heatmap(axes[i][j], rate.to_numpy(dtype=float), None if n is None else n.to_numpy(dtype=float),
-                            f"{attack} eps {eps_label(eps)}/255", sources, targets, j == 0)
+                            f"{attack} eps {eps_with_unit(eps, norm)}", sources, targets, j == 0)
     bar = fig.colorbar(image, ax=axes, shrink=0.8)
     bar.set_label(FIGURE_METRICS[metric], fontsize=7)
     bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "25", "50", "75", "100"], fontsize=6)

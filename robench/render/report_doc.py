@@ -92,11 +92,17 @@ def check_mergeable(inputs: list[Input]) -> None:
                                f"give files from the same suite")
 
 
-def _robust(rows: pd.DataFrame) -> dict[float, float]:
-    """Robust top-1 per eps: the worst-case rows when present, else the lowest top-1 over attacks."""
+def _robust(rows: pd.DataFrame) -> dict[str, float]:
+    """Robust top-1 per threat model and eps ("eps 8", "eps 0.5 (L2)"): the worst-case rows ("worst", "worst-l2")
+    when present, else the lowest top-1 over that norm's attacks. Rows without ``norm`` are L-inf."""
     adv = rows[rows["attack"] != "clean"]
-    worst = adv[adv["attack"] == "worst"]
-    return cast(dict[float, float], (worst if len(worst) else adv).groupby("eps")["top1"].min().to_dict())
+    l2 = adv["norm"] == "l2" if "norm" in adv else pd.Series(False, index=adv.index)
+    out: dict[str, float] = {}
+    for part, worst_id, unit in ((adv[~l2], "worst", ""), (adv[l2], "worst-l2", " (L2)")):
+        worst = part[part["attack"] == worst_id]
+        for e, v in (worst if len(worst) else part).groupby("eps")["top1"].min().items():
+            out[f"eps {eps_label(float(cast(float, e)))}{unit}"] = float(v)
+    return out
 
 
 def leaderboard(inputs: list[Input]) -> pd.DataFrame:
@@ -113,11 +119,12 @@ def leaderboard(inputs: list[Input]) -> pd.DataFrame:
         for model, group in rows.groupby("model", sort=False):
             clean = group.loc[group["attack"] == "clean", "top1"]
             label = f"{model} ({i.name})" if labels.count(str(model)) > 1 else str(model)
-            robust = {f"eps {eps_label(e)}": v for e, v in _robust(group).items()}
+            robust = _robust(group)
             records.append({"model": label, "file": i.name, "clean": clean.iloc[0] if len(clean) else None,
                             **robust})
     frame = pd.DataFrame(records)
-    eps_columns = sorted((c for c in frame.columns if c.startswith("eps ")), key=lambda c: -float(c[4:]))
+    eps_columns = sorted((c for c in frame.columns if c.startswith("eps ")),
+                         key=lambda c: (c.endswith("(L2)"), -float(c[4:].removesuffix(" (L2)"))))
     return frame.sort_values(eps_columns, ascending=False, kind="stable").reset_index(drop=True) \
         if eps_columns else frame
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from robench.core.text import cell_text, eps_label, pct
+from robench.core.text import cell_text, eps_with_unit, pct
 
 if TYPE_CHECKING:  # rich is imported where a table is drawn (a fast --help); here for its types only
     from rich.table import Table
@@ -16,31 +16,42 @@ if TYPE_CHECKING:  # rich is imported where a table is drawn (a fast --help); he
 
 def results_table(rows: pd.DataFrame, title: str = "robench eval: top-1 / top-5 accuracy (%)",
                   suite: Suite | None = None) -> Table:
-    """A rich table: one line per (model, attack), one column per eps (in 1/255), the worst case last.
+    """A rich table: one line per (model, attack), one column per eps (L-inf in 1/255, then L2), the worst case last.
 
     Under a cascade suite an attack row is the accuracy after that stage, and is labelled so.
     """
     from rich.table import Table
 
-    eps_values = sorted(rows.loc[rows["attack"] != "clean", "eps"].unique())
+    eps_values = threat_eps(rows)
     cascade = bool(getattr(suite, "cascade", False))
     caption = f"rows: {suite.semantics()}" if suite is not None else None
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("model", style="bold")
     table.add_column("attack")
     table.add_column("clean", justify="right")
-    for e in eps_values:
-        table.add_column(f"eps {eps_label(e)}/255", justify="right")
+    for norm, e in eps_values:
+        table.add_column(f"eps {eps_with_unit(e, norm)}", justify="right")
     for model, group in rows.groupby("model", sort=False):
         clean = group[group["attack"] == "clean"].iloc[0]
         table.add_row(str(model), "clean", f"{pct(clean.top1)} / {pct(clean.top5)}", *[""] * len(eps_values))
         for attack, g in group[group["attack"] != "clean"].groupby("attack", sort=False):
-            by_eps = {r.eps: f"{pct(r.top1)} / {pct(r.top5)}" for r in g.itertuples()}
+            by_eps = {(row_norm(r), r.eps): f"{pct(r.top1)} / {pct(r.top5)}" for r in g.itertuples()}
             label = _attack_label(str(attack), cascade)
-            table.add_row("", label, "", *[by_eps.get(e, "") for e in eps_values],
-                          style="bold" if attack == "worst" else None)
+            table.add_row("", label, "", *[by_eps.get(k, "") for k in eps_values],
+                          style="bold" if attack in ("worst", "worst-l2") else None)
         table.add_section()
     return table
+
+
+def row_norm(row: object) -> str:
+    """A row's threat model: l2, else linf (a clean row, or a results file older than L2, has none)."""
+    return "l2" if getattr(row, "norm", None) == "l2" else "linf"
+
+
+def threat_eps(rows: pd.DataFrame) -> list[tuple[str, float]]:
+    """The distinct (norm, eps) of the attack rows: L-inf eps ascending, then L2 eps ascending."""
+    found = {(row_norm(r), float(r.eps)) for r in rows[rows["attack"] != "clean"].itertuples()}
+    return sorted(found, key=lambda k: (k[0] == "l2", k[1]))
 
 
 AUTOATTACK_FAMILY = ("apgd", "apgd_t", "fab_t", "square")  # suites whose cost is worth setting against AutoAttack's
@@ -60,6 +71,8 @@ def budget_line(budget: dict | None, suite: Suite | None) -> str | None:
 def _attack_label(attack: str, cascade: bool) -> str:
     if attack == "worst":
         return "worst case (robust accuracy)"
+    if attack == "worst-l2":
+        return "worst case L2 (robust accuracy)"
     return f"after {attack}" if cascade else attack
 
 
@@ -79,7 +92,8 @@ def transfer_tables(rows: pd.DataFrame) -> list[Table]:
     targets, hit = list(dict.fromkeys(adv["target"])), targeted(rows)
     tables = []
     for (attack, eps), group in adv.groupby(["attack", "eps"], sort=False):
-        title = f"{attack} eps {eps_label(eps)}/255: transfer rate % (target top-1 %), n source-fooled"
+        title = f"{attack} eps {eps_with_unit(eps, row_norm(group.iloc[0]))}: transfer rate % (target top-1 %), " \
+                "n source-fooled"
         table = Table(title=title + (", hit: targeted success %" if hit else ""), title_justify="left")
         table.add_column("source \\ target", style="bold")
         for t in targets:
@@ -105,7 +119,8 @@ def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table
     from rich.table import Table
 
     cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
-    means = cells.groupby(["eps", "attack"], sort=False)[metric].mean()
+    cells = cells.assign(threat=[row_norm(r) for r in cells.itertuples()])
+    means = cells.groupby(["threat", "eps", "attack"], sort=False)[metric].mean()
     attacks = list(dict.fromkeys(cells["attack"]))
     title, caption = SUMMARIES[metric]
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
@@ -113,8 +128,9 @@ def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table
     table.add_column("eps", justify="right", style="bold")
     for attack in attacks:
         table.add_column(str(attack), justify="right")
-    for eps in sorted(cells["eps"].unique()):
-        table.add_row(f"{eps_label(eps)}/255", *[pct(means.get((eps, a), float("nan"))) or "-" for a in attacks])
+    for norm, eps in threat_eps(cells):
+        table.add_row(eps_with_unit(eps, norm), *[pct(means.get((norm, eps, a), float("nan"))) or "-"
+                                                  for a in attacks])
     return table
 
 
@@ -139,7 +155,7 @@ def leak_table(rows: pd.DataFrame) -> Table:
         for i, r in enumerate(group.to_dict("records")):
             verdict = f"[{VERDICT_STYLE[r['verdict']]}]{r['verdict']}[/]" if i == 0 else ""
             table.add_row(
-                str(model) if i == 0 else "", f"{eps_label(r['eps'])}/255", pct(r["clean_top1"]),
+                str(model) if i == 0 else "", eps_with_unit(r["eps"]), pct(r["clean_top1"]),
                 pct(r["fgsm_true_top1"]), pct(r["fgsm_predicted_top1"]), pct(r["step_ll_top1"]),
                 _gap(r["leak_gap"], r["leak_gap_low"], r["leak_gap_high"], r["leak_gap_significant"]),
                 _gap(r["adv_minus_clean"], r["adv_minus_clean_low"], r["adv_minus_clean_high"],

@@ -38,7 +38,8 @@ def _whole(value: Any) -> Any:
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Diff = Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
-Eps = Annotated[float, Field(ge=0, allow_inf_nan=False, description="perturbation budget in 1/255 units")]
+Eps = Annotated[float, Field(ge=0, allow_inf_nan=False, description="perturbation budget: in 1/255 units under "
+                                                                     "linf, the L2 norm in [0, 1] pixels under l2")]
 Name = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
                             description="a label: printable (gates print it to terminals, logs and Markdown)")]
 MAX_COUNT = 2**53  # JSON's largest safe integer: more samples than any data set, and exact as a float
@@ -47,6 +48,7 @@ OptShare = Annotated[Share | None, BeforeValidator(_nan_is_null)]
 OptDiff = Annotated[Diff | None, BeforeValidator(_nan_is_null)]
 OptCount = Annotated[Count | None, BeforeValidator(_nan_is_null)]
 OptEps = Annotated[Eps | None, BeforeValidator(_nan_is_null)]
+OptNorm = Annotated[Literal["linf", "l2"] | None, BeforeValidator(_nan_is_null)]  # a .csv's empty cell reads as NaN
 
 
 ROW_KEYS = {  # command -> the columns every one of its rows carries (readers group and label rows by them)
@@ -96,7 +98,10 @@ class Row(_Open):
     top5: Omittable[Share] = Field(None)
     success_rate: OptShare = Field(None, description="null on clean rows and when no sample is right clean")
     n: Omittable[Count] = Field(None)
+    norm: OptNorm = Field(None, description="the threat model of an attack row, linf or l2 (eps in [0, 1] pixels' "
+                                            "L2 norm); null on clean rows; absent (files older than L2): linf")
     linf_max: Omittable[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(None)
+    l2_max: Omittable[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(None)
     target_top1: Omittable[Share] = Field(None)
     target_top5: Omittable[Share] = Field(None)
     target_error: Omittable[Share] = Field(None)

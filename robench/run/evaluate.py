@@ -12,7 +12,7 @@ import pandas as pd
 
 from robench import engine
 from robench.analysis import health, metrics, worst
-from robench.attacks.suite import WORST, budget_record
+from robench.attacks.suite import budget_record
 from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
 from robench.engine import Progress, Status
@@ -63,13 +63,14 @@ class EvalResult:
     outcomes: dict[str, engine.Outcomes]
     meta: dict[str, Any]
     health: list[health.Flag] = field(default_factory=list)  # also in meta["health"], as records
+    norms: dict[str, str] = field(default_factory=dict)  # attack id -> norm (Suite.norms()); absent: L-inf
 
     def per_sample(self) -> pd.DataFrame:
         """Tidy per-sample rows for every model, with each sample's smallest breaking eps (``min_eps``)."""
         frames = []
         for m, o in self.outcomes.items():
             frame = metrics.per_sample(o, m)
-            frame["min_eps"] = np.tile(worst.min_eps(o), len(o.settings))
+            frame["min_eps"] = np.tile(worst.min_eps(o, self.norms), len(o.settings))
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)
 
@@ -83,10 +84,11 @@ def planned_rows(cfg: EvalConfig) -> list[dict[str, Any]]:
 
     Gates check their rules against them before any work (``robench.gate.judge.check_planned``).
     """
-    settings = engine.settings_of(cfg.run.suite)
+    settings, norms = engine.settings_of(cfg.run.suite), cfg.run.suite.norms()
     if cfg.worst:
-        settings += [(WORST, e) for e in worst.settings_eps(settings)]
-    return [{"model": p.label, "attack": a, "eps": e} for p in parse_specs(cfg.models) for a, e in settings]
+        settings += worst.worst_settings(settings, norms)
+    return [{"model": p.label, "attack": a, "norm": worst.norm_of(a, norms), "eps": e}
+            for p in parse_specs(cfg.models) for a, e in settings]
 
 
 def run_eval(
@@ -154,10 +156,10 @@ def _spent(out: engine.Matrix) -> dict[str, float]:
 def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[int, str],
             probed: Probed) -> EvalResult:
     """Rows, provenance and health of the gathered outcomes."""
-    outcomes = out.white_box()
+    outcomes, norms = out.white_box(), cfg.run.suite.norms()
     if cfg.worst:
-        outcomes = {label: worst.with_worst(o) for label, o in outcomes.items()}
-    rows = pd.concat([metrics.summarize(o, label) for label, o in outcomes.items()], ignore_index=True)
+        outcomes = {label: worst.with_worst(o, norms) for label, o in outcomes.items()}
+    rows = pd.concat([metrics.summarize(o, label, norms) for label, o in outcomes.items()], ignore_index=True)
     dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped, out.content)
     config = {**cfg.describe(), "data": opened.data}  # the data the run used, when RunSpec.data left it to the models
     meta = envelope("eval", config, dataset, [m.describe() for m in opened.models], metrics.DEFINITIONS)
@@ -165,11 +167,11 @@ def _result(cfg: EvalConfig, opened: Opened, out: engine.Matrix, skipped: dict[i
     meta["cost"] = out.costs()
     meta["budget"] = budget_record(cfg.run.suite, opened.source.num_classes, _spent(out))
     meta["precision"] = opened.precision
-    meta["robustness_curve"] = {label: worst.robustness_curve(o) for label, o in outcomes.items()}
+    meta["robustness_curve"] = {label: worst.robustness_curve(o, norms) for label, o in outcomes.items()}
     meta["probes"] = probed.record()
     survivor_flags, meta["survivor_check"] = survivor_check(
         cfg.run.suite, cfg.survivor_check if cfg.worst else 0, opened, opened.participants(), outcomes, cfg.run)
     flags = [*probed.flags, *survivor_flags, *health.nonfinite_logits(outcomes.items()),
              *health.eval_flags(rows, outcomes, cfg.run.suite, dict(cfg.clean_refs), cfg.clean_ref_tol)]
     meta["health"] = health.records(flags)
-    return EvalResult(rows, outcomes, meta, flags)
+    return EvalResult(rows, outcomes, meta, flags, norms)

@@ -155,6 +155,7 @@ def open_run(run: RunSpec, specs: tuple[str, ...], dist: Dist, warn: Callable[[s
                                  f"evaluate on other data)") from None
     run.suite.check_classes(source.num_classes, source.name)
     models = load_models(parsed, source, run.pretrained, device, run.preprocess)
+    check_l2_eps(run.suite, models)
     for m in models:
         notes += [*m.notes, *filter(None, [channel_note(m.spec.label, m.input.channels, source)])]
         if m.weights == "random":
@@ -252,6 +253,16 @@ def parse_specs(specs: tuple[str, ...]) -> list[ModelSpec]:
     if dup:
         raise FieldError("models", f"two models are labelled '{dup}'; name them apart with LABEL=SPEC")
     return parsed
+
+
+def check_l2_eps(suite: Suite, models: list[LoadedModel]) -> None:
+    """Refuse an L2 eps beyond the L2 diameter of any model's inputs (Suite.check_l2_eps), naming the model.
+
+    The bound is each model's own input size: the attack works on the images that model sees.
+    """
+    for m in models:
+        c, (h, w) = m.input.channels, m.input.size
+        suite.check_l2_eps(c * h * w, f"{c}x{h}x{w} pixels (model '{m.spec.label}')")
 
 
 def load_models(parsed: list[ModelSpec], source: Source, pretrained: bool, device: torch.device,

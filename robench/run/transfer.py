@@ -28,7 +28,7 @@ from torch import Tensor
 
 from robench import engine
 from robench.analysis import health, metrics, worst
-from robench.attacks.base import TargetClass, to_unit
+from robench.attacks.base import TargetClass, project, to_unit
 from robench.attacks.suite import CLEAN, Suite
 from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
@@ -105,14 +105,18 @@ def _list(labels: tuple[str, ...] | None) -> list[str] | None:
     return None if labels is None else list(labels)
 
 
-def deliver(x_target: Tensor, delta: Tensor, eps: float) -> Tensor:
+def deliver(x_target: Tensor, delta: Tensor, eps: float, norm: str = "linf") -> Tensor:
     """The source's perturbation, at the target's resolution and channels, on the target's clean input.
 
-    An RGB perturbation reaches a 1-channel target as its luminance, as RGB images do.
+    An RGB perturbation reaches a 1-channel target as its luminance, as RGB images do. It is kept
+    in the target's own ball of ``eps``: clipped to +-eps/255 (L-inf), or under L2 scaled down to
+    L2 norm eps where resizing grew it (upsampling by k multiplies an L2 norm by about k).
     """
     delta = to_channels(delta, x_target.shape[1])
     if delta.shape[-2:] != x_target.shape[-2:]:
         delta = F.interpolate(delta, size=x_target.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+    if norm == "l2":
+        return project(x_target + delta, x_target, eps, "l2")
     unit = to_unit(eps)
     return (x_target + delta.clamp(-unit, unit)).clamp(0.0, 1.0)
 
@@ -248,7 +252,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
         return None
     out, skipped = done
     s_labels, t_labels = list(whole.targets), [t.spec.label for t in targets]
-    rows = summarize(out, s_labels, t_labels, cfg.run.target_class is not None)
+    rows = summarize(out, s_labels, t_labels, suite.norms(), cfg.run.target_class is not None)
     dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped, out.content)
     meta = envelope("transfer-matrix", {**cfg.describe(), "data": opened.data}, dataset,
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
@@ -258,7 +262,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     meta["precision"] = opened.precision
     meta["semantics"] = suite.semantics()
     meta["probes"] = probed.record()
-    white = {s: worst.with_worst(o) for s, o in out.white_box().items()}
+    white = {s: worst.with_worst(o, suite.norms()) for s, o in out.white_box().items()}
     survivor_flags, meta["survivor_check"] = survivor_check(
         cfg.run.suite, cfg.survivor_check, opened, [whole.model(s) for s in s_labels], white, cfg.run)
     flags = [*probed.flags, *survivor_flags, *transfer_health(out, rows, cfg.run.suite)]
@@ -270,15 +274,17 @@ def transfer_health(out: engine.Matrix, rows: pd.DataFrame, suite: Suite) -> lis
     """The result checks: each source's white-box outcomes as eval's, NaN/inf logits of every target on any
     source's examples, and transfer against white-box."""
     white = out.white_box()
-    white_rows = pd.concat([metrics.summarize(o, s) for s, o in white.items()], ignore_index=True)
+    white_rows = pd.concat([metrics.summarize(o, s, suite.norms()) for s, o in white.items()], ignore_index=True)
     return [*health.nonfinite_logits((t, o) for (_, t), o in out.pairs.items()),
             *health.eval_flags(white_rows, white, suite),
             *health.transfer_beats_white_box(rows, out.correctness())]
 
 
-def summarize(out: engine.Matrix, sources: list[str], targets: list[str], targeted: bool = False) -> pd.DataFrame:
+def summarize(out: engine.Matrix, sources: list[str], targets: list[str],
+              norms: Mapping[str, str] | None = None, targeted: bool = False) -> pd.DataFrame:
     """Tidy rows: each target's clean row, then (source, target, attack, eps) rows.
 
+    ``norms``: attack id -> its norm (``Suite.norms()``), for the ``norm`` column; an id it lacks is L-inf.
     ``targeted``: a targeted run, whose rows also get the targeted success rate (NaN otherwise).
     """
     y = out.labels
@@ -288,7 +294,8 @@ def summarize(out: engine.Matrix, sources: list[str], targets: list[str], target
     rows = []
     for t in targets:
         right = correct(clean[t].pred[0], y)
-        rows.append({"source": t, "target": t, "attack": CLEAN, "eps": 0.0, "target_top1": float(right.mean()),
+        rows.append({"source": t, "target": t, "attack": CLEAN, "norm": None, "eps": 0.0,
+                     "target_top1": float(right.mean()),
                      "target_top5": float(clean[t].top5[0].mean()), "target_error": float((~right).mean()), **none,
                      "n": len(y)})
     for s in sources:
@@ -297,7 +304,8 @@ def summarize(out: engine.Matrix, sources: list[str], targets: list[str], target
             o = out.pairs[(s, t)]
             for k, (attack, eps) in enumerate(o.settings[1:], start=1):
                 right = correct(o.pred[k], y)
-                rows.append({"source": s, "target": t, "attack": attack, "eps": eps, "target_top1": float(right.mean()),
+                rows.append({"source": s, "target": t, "attack": attack, "norm": worst.norm_of(attack, norms),
+                             "eps": eps, "target_top1": float(right.mean()),
                              "target_top5": float(o.top5[k].mean()), "target_error": float((~right).mean()),
                              **metrics.transfer_rates(white.pred[0], o.pred[0], white.pred[k], o.pred[k], y),
                              "targeted_success_rate": metrics.targeted_success_rate(o.pred[k], o.goal)
