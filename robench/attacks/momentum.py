@@ -222,6 +222,7 @@ class _Walk:
         total = torch.zeros_like(point)
         radius = self.config.beta * self.eps
         for k, r in enumerate(_uniform_draws(self.neighbours.child(t).rows(rows), point, self.config.samples)):
+            check_stop()  # N gradients a step: a stop request should not wait for all of them
             total += self.gradient(model, point + radius * r, rows, t, k + 1)[0]
         return total / self.config.samples
 
