@@ -303,8 +303,8 @@ def test_a_built_in_name_wins_and_a_file_needs_a_suffix_or_slash(tmp_path: Path,
     with pytest.raises(RobenchError) as e:
         load_suite("qiuck")
     assert str(e.value) == ("no suite 'qiuck': not a built-in and no such file; did you mean quick? "
-                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, quick (robench suites), "
-                            "or a YAML file")
+                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, quick, transfer "
+                            "(robench suites), or a YAML file")
     with pytest.raises(RobenchError, match="^attack suite file not found: ./nosuch$"):
         load_suite("./nosuch")
 

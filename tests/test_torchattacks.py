@@ -416,3 +416,42 @@ def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_
     print(f"robust accuracy at eps 16: robench autoattack worst {ours:.4f}, torchattacks AutoAttack {ref:.4f}")
     assert ours <= ref + 0.01
     assert 0.3 < ours < _accuracy(model, batch.images, batch.labels) - 0.1  # a real attack, on a model it cannot empty
+
+
+# --- the transfer family: one loop (robench.attacks.momentum) against torchattacks' five classes ----------------
+
+# torchattacks' TIFGSM also switches DI on by default (diversity_prob 0.5) and has no momentum: with
+# diversity_prob 0 it is TI alone, deterministic. Each run is 10 steps on 360 images (~6 s a side, one thread).
+FAMILY = {
+    "mi_fgsm": ({}, lambda m, e: torchattacks.MIFGSM(m, eps=e, alpha=e / 10, steps=10, decay=1.0)),
+    "ni_fgsm": ({}, lambda m, e: torchattacks.NIFGSM(m, eps=e, alpha=e / 10, steps=10, decay=1.0)),
+    "ti_fgsm-5": ({"kernel": 5}, lambda m, e: torchattacks.TIFGSM(m, eps=e, alpha=e / 10, steps=10, decay=0.0,
+                                                               len_kernel=5, nsig=3, diversity_prob=0.0)),
+    "ti_fgsm-15": ({"kernel": 15}, lambda m, e: torchattacks.TIFGSM(m, eps=e, alpha=e / 10, steps=10, decay=0.0,
+                                                                 len_kernel=15, nsig=3, diversity_prob=0.0)),
+}
+
+
+def test_ti_kernel_is_torchattacks_gkern(setup) -> None:
+    from robench.attacks.transforms import gaussian_kernel
+
+    for side in (3, 5, 15):
+        ref = torchattacks.TIFGSM(setup[0], len_kernel=side, nsig=3).stacked_kernel[0, 0].double()
+        torch.testing.assert_close(gaussian_kernel(side), ref, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", list(FAMILY))
+@pytest.mark.slow
+def test_deterministic_transfer_attacks_agree_image_for_image(digits_test, one_thread, case: str) -> None:
+    # eps 4 leaves 9-97% robust (eps 8 leaves none under MI), so agreement means something; the loss is
+    # summed here and averaged there, which the mean-|g| normalisation cancels up to float rounding
+    model, x, y, labels = digits_test
+    options, make = FAMILY[case]
+    name = case.split("-")[0]
+    ours = _ours(name, model, x, labels, [4.0], REGISTRY[name].config(**options))[4.0]
+    ref = make(model, 4 / 255)(x, y)
+    with torch.no_grad():
+        robust_ours, robust_ref = model(ours).argmax(1) == y, model(ref).argmax(1) == y
+    assert (robust_ours != robust_ref).sum() <= 1
+    assert (ours == ref).float().mean() > 0.98  # the examples themselves, up to rounding near the ball's edge
+    assert 0.05 < robust_ours.float().mean() < 0.98

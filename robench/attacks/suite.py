@@ -33,6 +33,7 @@ BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
     "autoattack-fast": Path(__file__).with_name("suites") / "autoattack-fast.yaml",
     "autoattack-malt": Path(__file__).with_name("suites") / "autoattack-malt.yaml",
     "quick": Path(__file__).with_name("suites") / "quick.yaml",
+    "transfer": Path(__file__).with_name("suites") / "transfer.yaml",
 }
 SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
 AUTOATTACK_TARGETS = 9  # AutoAttack standard's APGD-T and FAB-T targets
