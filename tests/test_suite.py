@@ -291,6 +291,13 @@ def test_built_in_suites_by_name() -> None:
     quick = load_suite("quick")
     assert [(a.id, a.config.steps if a.name == "pgd" else None) for a in quick.attacks] == [("fgsm", None),
                                                                                             ("pgd-10", 10)]
+    transfer = load_suite("transfer")  # the transfer papers' setting: eps 16, 10 steps of eps/10, full runs
+    assert [(a.id, a.name) for a in transfer.attacks] == [("mi_fgsm", "mi_fgsm"), ("di_fgsm", "di_fgsm"),
+                                                          ("ti_fgsm", "ti_fgsm"), ("di-ti-mi", "mi_fgsm")]
+    assert all(a.eps == (16.0,) and a.config.steps == 10 and a.config.step_size is None for a in transfer.attacks)
+    combo = transfer.attacks[3].config
+    assert (combo.decay, combo.diversity, combo.kernel, combo.samples) == (1.0, 0.5, "auto", 0)
+    assert not (transfer.cascade or transfer.early_stop)
     assert load_suite("paper") == load_suite()
     assert "4/255" in (DEFAULT_SUITE.parent / "suites" / "autoattack.yaml").read_text()  # how to use ImageNet's eps
 
