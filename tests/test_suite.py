@@ -270,7 +270,7 @@ def test_override_falls_back_to_registry_defaults() -> None:
 
 def test_override_errors() -> None:
     suite = load_suite()
-    with pytest.raises(RobenchError, match=r"unknown attack 'fgsmm'; did you mean fgsm\?"):
+    with pytest.raises(RobenchError, match=r"unknown attack 'fgsmm'; did you mean fgsm, ti_fgsm, ni_fgsm\?"):
         override(suite, ("fgsmm",))
     with pytest.raises(RobenchError, match="^attack fgsm is given twice"):
         override(suite, ("fgsm", "fgsm"))
