@@ -142,6 +142,9 @@ def momentum_fgsm(
     every eps, so a batch gives what its samples give one by one. With ``early_stop`` a sample stops at
     its first misclassified iterate and keeps it; with DI or NI on, where the gradient's forward is not
     at the iterate, that check is one more forward per step.
+
+    Targeted mode (a target class per sample, as targeted transfer papers use) is ``_aim`` returning the
+    target with sign -1: every part of the loop then descends the target's loss, and nothing else changes.
     """
     target, sign = _aim(labels, config)
     noise = sample_noise(rng, len(x))
@@ -152,7 +155,8 @@ def momentum_fgsm(
         step = config.step_size if config.step_size is not None else e / config.steps
         walk = _Walk(x, target, sign, in_pixels(e, "linf"), in_pixels(step, "linf"), config, noise)
         with attack_mode(model):
-            yield e, walk.run(model, labels.true if early_stop else None)
+            x_adv = walk.run(model, labels.true if early_stop else None)
+        yield e, x_adv
 
 
 def _aim(labels: Labels, config: TransferConfig) -> tuple[Tensor, float]:
