@@ -45,6 +45,7 @@ MAX_WORKERS = 256
 PROBE_SAMPLES = 32  # robench.analysis.probes.PROBE_SAMPLES, RunSpec's default (the same test checks it)
 CLASS_ORDERS = ("natural", "lexical")  # robench.data.classes.CLASS_ORDERS (the same test checks it)
 AMP_CHOICES = ("bf16", "fp16")  # robench.models.accel.AMP_CHOICES (the same test checks it)
+TARGET_CLASSES = ("random", "least_likely")  # robench.attacks.base.TARGET_CLASSES (the same test checks it)
 
 
 def model_option(default: str) -> Decorator:
@@ -343,6 +344,16 @@ def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,
     if suite_name is not None and suite_name not in BUILT_IN:
         inputs.append(("--attacks", Path(suite_name)))
     return [*inputs, ("--classes", None if classes is None else Path(classes))]
+
+
+def target_class_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --target-class random|least_likely: a targeted run (RunSpec.target_class)."""
+    return click.option(
+        "--target-class", type=click.Choice(TARGET_CLASSES),
+        help="Targeted attacks: every attack steps toward a class per sample, random (fixed by --seed and the "
+             "sample, never its label) or least_likely (the source's lowest-scored class on the clean image, over "
+             "all classes as in the paper). Attacks that can: fgsm, bim, pgd. Adds targeted_success_rate.",
+    )(command)
 
 
 def resume_option(command: Callable[..., Any]) -> Callable[..., Any]:

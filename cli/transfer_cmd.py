@@ -23,6 +23,7 @@ from .options import (
     say,
     suite_options,
     survivor_check_option,
+    target_class_option,
 )
 
 
@@ -36,6 +37,7 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("--sources", metavar="LIST", help="Comma-separated labels crafting examples. Default: every model.")
 @click.option("--targets", metavar="LIST", help="Comma-separated labels scoring them. Default: every model.")
 @suite_options
+@target_class_option
 @run_options
 @click.option("--cache", type=click.Path(path_type=Path), metavar="DIR",
               help="Keep adversarial examples here; a rerun crafts only what is missing.")
@@ -51,9 +53,8 @@ def _labels(text: str | None) -> tuple[str, ...] | None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no tables.")
 def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: str | None, targets: str | None,
                      suite_name: str | None, attack_names: tuple[str, ...], eps_text: str | None, eps_unit: str,
-                     cache: Path | None, outs: tuple[Path, ...], plot: Path | None, no_health: bool,
-                     survivor_check: int, dry_run: bool, quiet: bool,
-                     **run: Any) -> None:
+                     target_class: str | None, cache: Path | None, outs: tuple[Path, ...], plot: Path | None,
+                     no_health: bool, survivor_check: int, dry_run: bool, quiet: bool, **run: Any) -> None:
     """Craft adversarial examples on each source model and score them on every target.
 
     Examples are crafted once per (source, attack, eps) and scored on all targets;
@@ -61,11 +62,13 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     the source classifies correctly when clean and wrongly on its example, the share
     the target classifies wrongly; transfer_rate_both_clean also requires the target
     to be right when clean, and target_error is 1 - target_top1. An example reaches a target of another input
-    size as the source's perturbation resized (bilinear) onto the target's own input.
+    size as the source's perturbation resized (bilinear) onto the target's own input. With --target-class,
+    targeted_success_rate is the share of all samples the target classifies as the class aimed at.
 
     \b
     Examples:
       robench transfer-matrix zoo:effnet-base zoo:resnet-base zoo:effnet-stepll --eps 8,16
+      robench transfer-matrix zoo:effnet-base zoo:resnet-base --attack fgsm --attack pgd --target-class random
       torchrun --nproc-per-node 2 -m robench transfer-matrix zoo:effnet-base zoo:resnet-base --out t.json
     """
     from robench.core.outputs import check_output, check_outputs, results_paths
@@ -79,8 +82,8 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
                                    "e.g. zoo:effnet-base zoo:resnet-base")
     check_outs(outs)
     check_output(plot, PLOT_SUFFIXES, "plot")
-    from robench.render.plots import check_plot, save_figure, transfer_figure
-    from robench.render.tables import transfer_summary, transfer_tables
+    from robench.attacks.suite import aimed
+    from robench.render.plots import check_plot
     from robench.results.write import write_results
     from robench.run.transfer import TransferConfig, run_transfer
 
@@ -88,8 +91,11 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
                   run_inputs(specs + models, suite_name, run.get("classes")))
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
+    if target_class is not None:
+        suite = aimed(suite, target_class)
     cfg = TransferConfig(specs + models, _labels(sources), _labels(targets),
-                         run_spec(suite=suite, health_probes=not no_health, **run), cache, survivor_check)
+                         run_spec(suite=suite, health_probes=not no_health, target_class=target_class, **run), cache,
+                         survivor_check)
     if dry_run:
         refuse_overwrite([*(("--out", o) for o in outs), ("--plot", plot)])
         print_dry_run(cfg)
@@ -100,14 +106,26 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
         return
     for out in outs:
         write_results(out, result.meta, result.rows)
-    if plot is not None:
-        save_figure(transfer_figure(result.rows), plot)
-    if not quiet:
-        for table in transfer_tables(result.rows):
-            console().print(table)
-        if (result.rows["source"] != result.rows["target"]).any():
-            console().print(transfer_summary(result.rows))
+    _show(result.rows, plot, quiet)
     health_warnings(result.health)
+
+
+def _show(rows: Any, plot: Path | None, quiet: bool) -> None:
+    """The heatmaps (``plot``) and the terminal tables; a targeted run's heatmaps show its targeted success rate."""
+    from robench.render.plots import save_figure, transfer_figure
+    from robench.render.tables import targeted, transfer_summary, transfer_tables
+
+    metric = "targeted_success_rate" if targeted(rows) else "transfer_rate"
+    if plot is not None:
+        save_figure(transfer_figure(rows, metric), plot)
+    if quiet:
+        return
+    for table in transfer_tables(rows):
+        console().print(table)
+    if (rows["source"] != rows["target"]).any():
+        console().print(transfer_summary(rows))
+        if metric != "transfer_rate":
+            console().print(transfer_summary(rows, metric))
 
 
 def _note(message: str) -> None:

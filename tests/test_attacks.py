@@ -6,6 +6,7 @@ whose input gradient W^T (softmax - onehot) is computed here by hand, never by a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 
@@ -442,6 +443,9 @@ def test_fgsm_and_step_ll_equal_hand_gradient(eps: float, linear_model) -> None:
         moved = x + step * _hand_sign(linear_model, x, labels.pick(kind))
         assert ((moved < 0) | (moved > 1)).any(), "no pixel is clipped: the test would miss clipping"
         assert torch.equal(_run("fgsm", linear_model, x, labels, [eps], FgsmConfig(kind))[eps], moved.clamp(0, 1))
+    aimed = dataclasses.replace(labels, goal=1 - y)  # label target: down the loss of the goal class
+    moved = x - step * _hand_sign(linear_model, x, 1 - y)
+    assert torch.equal(_run("fgsm", linear_model, x, aimed, [eps], FgsmConfig("target"))[eps], moved.clamp(0, 1))
     moved = x - step * _hand_sign(linear_model, x, labels.least_likely)
     assert ((moved < 0) | (moved > 1)).any()
     assert torch.equal(_run("step_ll", linear_model, x, labels, [eps])[eps], moved.clamp(0, 1))
@@ -464,6 +468,78 @@ def test_iterative_on_linear_model_ends_at_the_single_step(iterative_name: str, 
 
 
 # --- labels -------------------------------------------------------------------------------------
+
+
+AIMED = {"fgsm": FgsmConfig("target"), "bim": BimConfig("target"), "pgd": PgdConfig("target", steps=3)}
+
+
+@pytest.mark.parametrize(("aimed", "least_likely"), [("fgsm", "step_ll"), ("bim", "iter_ll")])
+def test_label_target_at_the_least_likely_class_is_the_papers_ll_attack(aimed: str, least_likely: str,
+                                                                        small_cnn: nn.Module) -> None:
+    # one path (aim: descend the goal's loss): with the least-likely class as the goal, step l.l. and iter l.l. exactly
+    x, y = _inputs(8)
+    labels = _labels(small_cnn, x, y)
+    goal = dataclasses.replace(labels, goal=labels.least_likely)
+    ours, paper = _run(aimed, small_cnn, x, goal, EPS, AIMED[aimed]), _run(least_likely, small_cnn, x, labels, EPS)
+    assert all(torch.equal(ours[e], paper[e]) for e in EPS)
+    other = dataclasses.replace(labels, goal=(labels.least_likely + 1) % 5)  # another goal: another example
+    assert not torch.equal(_run(aimed, small_cnn, x, other, [8.0], AIMED[aimed])[8.0], paper[8.0])
+
+
+@pytest.mark.parametrize("name", sorted(AIMED))
+def test_aimed_attacks_keep_the_contract_and_descend_the_goals_loss(name: str, small_cnn: nn.Module) -> None:
+    from robench.engine import attack_noise
+
+    model, (x, y) = OneByOne(small_cnn).eval(), _inputs(6)
+    labels = _labels(model, x, y)
+    aimed = dataclasses.replace(labels, goal=(labels.predicted + 1 + torch.arange(6) % 4) % 5)  # never predicted
+    before, run, ids = x.clone(), REGISTRY[name].run, [str(i) for i in range(6)]
+    out = dict(run(model, x, aimed, EPS, AIMED[name], attack_noise(0, name, ids)))
+    assert torch.equal(x, before) and torch.equal(out[0.0], x)
+    for e, x_adv in out.items():
+        assert (x_adv - x).abs().max().item() <= e / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    for i in range(6):  # batch == one by one
+        one = dict(run(model, x[i : i + 1], _row(aimed, i), [16.0], AIMED[name], attack_noise(0, name, ids[i:i + 1])))
+        assert torch.equal(one[16.0][0], out[16.0][i]), i
+    with torch.no_grad():  # small_cnn predicts one class everywhere; the goal's loss is what an aimed step lowers
+        loss = [F.cross_entropy(model(out[e]), aimed.goal, reduction="none") for e in (0.0, 16.0)]
+    assert (loss[1] < loss[0]).all(), loss
+    with pytest.raises(RobenchError, match="label 'target' needs each sample's target class"):
+        list(run(model, x, labels, [8.0], AIMED[name], attack_noise(0, name, ids)))
+
+
+def test_the_attacks_that_aim_are_those_whose_label_takes_target() -> None:
+    import typing
+
+    for name, attack in REGISTRY.items():
+        hints = typing.get_type_hints(attack.config)
+        assert ("label" in hints and "target" in typing.get_args(hints["label"])) == attack.aims, name
+    assert {n for n, a in REGISTRY.items() if a.aims} == {"fgsm", "bim", "pgd"}
+
+
+def test_random_goals_are_reproducible_never_the_label_and_uniform_over_the_others() -> None:
+    from robench.engine import goal_noise
+
+    n, classes = 4000, 5
+    ids = [f"img{i}" for i in range(n)]
+    y = torch.arange(n) % classes
+    logits = torch.zeros(n, classes)
+    goal = base.goal_classes("random", logits, y, goal_noise(7, ids))
+    assert not (goal == y).any()
+    assert torch.equal(goal, base.goal_classes("random", logits, y, goal_noise(7, ids)))  # same seed and ids
+    part = base.goal_classes("random", logits[10:20], y[10:20], goal_noise(7, ids[10:20]))
+    assert torch.equal(part, goal[10:20])  # a sample's goal does not depend on its batch
+    assert not torch.equal(goal, base.goal_classes("random", logits, y, goal_noise(8, ids)))  # another seed
+    offsets = torch.bincount((goal - y) % classes, minlength=classes)  # 1 .. 4 steps past the label, 1000 each
+    assert offsets[0] == 0 and (offsets[1:] - n / 4).abs().max() < 4 * (n / 4 * 3 / 4) ** 0.5  # within 4 sd
+
+
+def test_least_likely_goal_is_the_argmin_over_all_classes_even_the_label() -> None:
+    logits = torch.tensor([[3.0, -2.0, 1.0], [-5.0, 0.0, 2.0], [0.5, 0.25, -1.0]])
+    y = torch.tensor([0, 0, 1])  # sample 1's lowest class is its label: the paper keeps it, torchattacks would not
+    goal = base.goal_classes("least_likely", logits, y, base.SampleNoise((1, 2, 3)))
+    assert goal.tolist() == [1, 0, 2]
+
 
 
 def test_step_ll_targets_argmin_of_clean_logits(small_cnn: nn.Module) -> None:

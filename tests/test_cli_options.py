@@ -241,6 +241,9 @@ def test_choices_are_the_librarys_lists() -> None:
 
     for path in ("eval", "transfer-matrix", "leak-check"):
         assert _choices(path, "--amp") == AMP_CHOICES
+    from robench.attacks.base import TARGET_CLASSES
+
+    assert _choices("transfer-matrix", "--target-class") == TARGET_CLASSES
     units = _choices("eval", "--eps-unit")
     assert units == ("1/255", "pixel")  # parse_eps reads a plain number in pixels with unit "pixel", else /255
     assert (parse_eps("8", unit="1/255"), parse_eps("0.03", unit="pixel")) == pytest.approx((8, 7.65))

@@ -38,6 +38,9 @@ from robench.run.transfer import TransferConfig
     ({"probe_samples": -1}, "probe_samples must be a whole number in [1, 1048576], got -1"),
     ({"probe_samples": 8.0}, "probe_samples must be a whole number, got 8.0"),
     ({"probe_samples": True}, "probe_samples must be a whole number, got True"),
+    ({"target_class": "most_likely"}, "target_class must be one of random, least_likely, got 'most_likely'"),
+    ({"target_class": "random"}, "target_class random: attack 'fgsm' has label 'true', not 'target'; every attack of "
+                                 "a targeted run aims at the target class (robench.attacks.suite.aimed sets it)"),
 ])
 def test_bad_fields_are_named_as_fields(fields: dict, message: str) -> None:
     with pytest.raises(FieldError) as err:
@@ -70,6 +73,23 @@ def test_the_cli_names_the_option(args: list[str], line: str) -> None:
     result = CliRunner().invoke(main, ["eval", "zoo:effnet-base", "--attack", "fgsm", *args])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [line]
+
+
+def test_a_targeted_run_and_its_suite_must_agree() -> None:
+    """aimed() turns fgsm, bim and pgd toward the target; an attack that cannot aim, or aims with no target class, is
+    refused by name."""
+    from robench.attacks.suite import aimed, load_suite, override
+
+    suite = aimed(override(load_suite(), ("fgsm", "bim", "pgd")), "least_likely")
+    assert [a.config.label for a in suite.attacks] == ["target"] * 3
+    assert RunSpec(suite=suite, target_class="random").describe()["target_class"] == "random"
+    with pytest.raises(FieldError, match=r"^attack 'fgsm' has label 'target', but no target_class chooses its "
+                                         r"classes; set target_class \(random or least_likely\)") as err:
+        RunSpec(suite=suite)
+    assert err.value.field == "target_class"
+    with pytest.raises(FieldError, match=r"^target_class random: attack 'step_ll' cannot aim at a chosen class; "
+                                         r"those that can: fgsm, bim, pgd; pick them with attack$"):
+        aimed(load_suite(), "random")  # the paper suite holds step_ll and iter_ll
 
 
 def test_configs_compose_the_run_and_record_it_flat() -> None:

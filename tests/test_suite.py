@@ -177,7 +177,7 @@ def test_suite_file_errors_name_the_file(tmp_path: Path) -> None:
         ("    steps: 3", "    random_start: maybe",
          "s.yaml line 7: 'random_start' of attack 'pgd' must be bool, got 'maybe'"),
         ("    label: predicted", "    label: guess",
-         "s.yaml line 5: 'label' of attack 'fgsm' must be true | predicted, got 'guess'"),
+         "s.yaml line 5: 'label' of attack 'fgsm' must be true | predicted | target, got 'guess'"),
         ("    steps: 20", "    steps: -20",
          "s.yaml line 11: 'steps' of attack 'bim' must be >= 0, got -20"),
         ("eps: [2, 4]", "eps: [2, -4]",

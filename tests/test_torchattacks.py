@@ -6,6 +6,7 @@ The model takes [0, 1] pixels (normalization inside), so torchattacks needs no n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 
 import pytest
@@ -14,11 +15,11 @@ from masking import Scaled
 
 from robench.attacks import REGISTRY, Labels
 from robench.attacks.apgd import ApgdConfig, ApgdTConfig, run_noise
-from robench.attacks.base import SampleNoise
+from robench.attacks.base import SampleNoise, goal_classes
 from robench.attacks.iterative import PgdConfig
 from robench.attacks.single_step import FgsmConfig
 from robench.attacks.square import SquareConfig
-from robench.engine import attack_noise
+from robench.engine import attack_noise, goal_noise
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -94,6 +95,48 @@ def test_iter_ll_matches_targeted_least_likely_bim(setup, eps: float) -> None:
     ours = _ours("iter_ll", model, x, labels, [eps])[eps]
     assert torch.equal(ours, ref)
     assert _accuracy(model, ours, y) == _accuracy(model, ref, y)
+
+
+def _aimed(setup, mode: str) -> Labels:
+    """The setup's labels with a targeted run's goals (random: as the engine draws them for seed 0)."""
+    _, _, y, labels = setup
+    goal = goal_classes(mode, labels.logits, y, goal_noise(0, [f"digit{i}" for i in range(len(y))]))
+    return dataclasses.replace(labels, goal=goal)
+
+
+def _toward(atk, goal: torch.Tensor) -> object:
+    """torchattacks' targeted mode, aimed at our goals."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        atk.set_mode_targeted_by_function(lambda images, labels: goal)
+    return atk
+
+
+def _hits(model, x_adv: torch.Tensor, goal: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x_adv).argmax(1) == goal).float().mean())
+
+
+@pytest.mark.parametrize("mode", ["random", "least_likely"])
+@pytest.mark.parametrize("eps", [8.0, 16.0])
+def test_targeted_fgsm_and_bim_identical(setup, mode: str, eps: float) -> None:
+    model, x, y, _ = setup
+    aimed = _aimed(setup, mode)
+    assert not (aimed.goal == y).any() or mode == "least_likely"
+    for name, ref in (("fgsm", torchattacks.FGSM(model, eps=eps / 255)),
+                      ("bim", torchattacks.BIM(model, eps=eps / 255, alpha=1 / 255, steps=0))):
+        ours = _ours(name, model, x, aimed, [eps], REGISTRY[name].config(label="target"))[eps]
+        theirs = _toward(ref, aimed.goal)(x, y)
+        assert torch.equal(ours, theirs), name
+        assert _hits(model, ours, aimed.goal) == _hits(model, theirs, aimed.goal) > _hits(model, x, aimed.goal)
+
+
+def test_targeted_pgd_without_random_start(setup) -> None:
+    model, x, y, _ = setup
+    aimed = _aimed(setup, "random")
+    ref = _toward(torchattacks.PGD(model, eps=16 / 255, alpha=2 / 255, steps=10, random_start=False), aimed.goal)(x, y)
+    ours = _ours("pgd", model, x, aimed, [16.0], PgdConfig("target", steps=10, step_size=2.0, random_start=False))[16.0]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)  # projection rounding, as the untargeted test says
+    assert _hits(model, ours, aimed.goal) > 0.5 > _hits(model, x, aimed.goal)
 
 
 @pytest.mark.parametrize("eps", [4.0, 8.0])

@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from robench.analysis import metrics
-from robench.attacks.suite import load_suite, override, parse_suite
+from robench.attacks.suite import aimed, load_suite, override, parse_suite
 from robench.cli.main import main
 from robench.engine import correct
 from robench.models.checkpoint import save_checkpoint
@@ -45,6 +46,54 @@ def test_the_three_transfer_definitions_by_hand() -> None:
     assert math.isnan(empty["transfer_rate_both_clean"]) and empty["n_fooled_source_both_clean"] == 0
 
 
+def test_targeted_success_rate_by_hand() -> None:
+    """TransferAttack's definition: of ALL samples, the share the target puts in the class aimed at."""
+    adv_t = np.array([3, 1, 2, 0, 4, 4])
+    goal = np.array([3, 0, 2, 1, 4, 0])  # hits on samples 0, 2 and 4
+    assert metrics.targeted_success_rate(adv_t, goal) == 3 / 6
+    assert math.isnan(metrics.targeted_success_rate(adv_t, np.full(6, -1)))  # an untargeted run: no goals
+    assert "TransferAttack" in metrics.TRANSFER_DEFINITIONS["targeted_success_rate"]
+
+
+AIMED = aimed(CHEAP, "random")
+
+
+def _run_aimed(cache: Path, target_class: str | None, batch_size: int = 12) -> Any:
+    suite = CHEAP if target_class is None else AIMED
+    run = RunSpec(suite=suite, limit=12, batch_size=batch_size, health_probes=False, target_class=target_class)
+    return run_transfer(TransferConfig(PAIR, run=run, cache=cache))
+
+
+def test_a_targeted_run_aims_every_source_at_one_goal_per_sample(tmp_path: Path) -> None:
+    """Random goals never the label, the same for every pair and batch size; the rate recomputed from outcomes;
+    least_likely goals are the source's clean argmin; the example store keys on the mode."""
+    cache = tmp_path / "cache"
+    first = _run_aimed(cache, "random")
+    assert first.outcomes.crafted == 2 * 2  # sources x attacks: the store held nothing
+    y, goals = first.outcomes.labels, [o.goal for o in first.outcomes.pairs.values()]
+    assert not (goals[0] == y).any() and all(np.array_equal(g, goals[0]) for g in goals)
+    assert len(set(goals[0].tolist())) > 3  # random, not one class
+    rows = first.rows.set_index(["source", "target", "attack", "eps"])
+    for (s, t), o in first.outcomes.pairs.items():
+        for k, (attack, eps) in enumerate(o.settings[1:], start=1):
+            assert rows.loc[(s, t, attack, eps), "targeted_success_rate"] == float((o.pred[k] == o.goal).mean())
+    assert first.rows.loc[first.rows.attack == "clean", "targeted_success_rate"].isna().all()
+    white = rows.xs("pgd", level="attack")["targeted_success_rate"]
+    assert white[("resnet-base", "resnet-base")].item() >= 0.25  # 2 steps of white-box PGD reach many (clean: 0)
+    again = _run_aimed(cache, "random", batch_size=5)  # goals drawn anew per batch, examples from the store
+    assert again.outcomes.crafted == 0 and again.rows.equals(first.rows)
+    for pair, o in first.outcomes.pairs.items():
+        np.testing.assert_array_equal(again.outcomes.pairs[pair].goal, o.goal)
+    ll = _run_aimed(cache, "least_likely")
+    assert ll.outcomes.crafted == 2 * 2  # random's examples are not least_likely's
+    for (s, _), o in ll.outcomes.pairs.items():
+        np.testing.assert_array_equal(o.goal, ll.outcomes.pairs[(s, s)].least_likely)  # the source's argmin
+    assert not np.array_equal(ll.outcomes.pairs[PAIR_LABELS].goal, goals[0])
+    plain = _run_aimed(cache, None)
+    assert plain.outcomes.crafted == 2 * 2 and plain.rows["targeted_success_rate"].isna().all()
+    assert (plain.outcomes.pairs[PAIR_LABELS].goal == -1).all()
+
+
 @pytest.mark.slow
 def test_diagonal_equals_eval() -> None:
     run = RunSpec(suite=SUITE, limit=30, batch_size=16)
@@ -60,6 +109,7 @@ def test_diagonal_equals_eval() -> None:
 
 
 PAIR = ("zoo:effnet-base", "zoo:resnet-base")
+PAIR_LABELS = ("effnet-base", "resnet-base")
 
 
 def test_examples_are_crafted_once_and_cached_per_sample(tmp_path: Path) -> None:
@@ -390,6 +440,12 @@ def test_the_transfer_suite_runs_by_name(tmp_path: Path) -> None:
         (["zoo:nope"], "unknown zoo model"),
         (["zoo:effnet-base", "--cache", "{blocker}/cache"], "is not a writable folder"),
         (["{five}"], "5 classes"),
+        (["zoo:effnet-base", "--target-class", "random"], "--target-class random: attack 'step_ll' cannot aim at a "
+                                                          "chosen class; those that can: fgsm, bim, pgd; pick them "
+                                                          "with --attack"),
+        (["zoo:effnet-base", "--attack", "fgsm", "--target-class", "most"], "Invalid value for '--target-class': "
+                                                                            "'most' is not one of 'random', "
+                                                                            "'least_likely'"),
     ],
 )
 def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:

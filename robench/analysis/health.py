@@ -215,10 +215,10 @@ def counterparts(suite: Suite) -> list[tuple[AttackSpec, AttackSpec]]:
             if REGISTRY[it.name].counterpart == one.name and label(it) == label(one)]
 
 
-def success(out: Outcomes, setting: int, targeted: bool) -> np.ndarray:
-    """Per-sample success of an attack on its own objective: misclassified, or (targeted) the least-likely class."""
-    if targeted:
-        return out.pred[setting] == out.least_likely
+def success(out: Outcomes, setting: int, toward: np.ndarray | None) -> np.ndarray:
+    """Per-sample success of an attack on its own objective: misclassified, or the class it aims at (toward: [N])."""
+    if toward is not None:
+        return out.pred[setting] == toward
     return ~correct(out.pred[setting], out.labels)
 
 
@@ -227,7 +227,8 @@ def iterative_weaker(outcomes: Mapping[str, Outcomes], suite: Suite, alpha: floa
 
     Success is judged on the attack's own objective: misclassification for bim and pgd
     against fgsm, reaching the least-likely class for iter_ll against step_ll (iter l.l. can
-    leave top-1 higher than step l.l. and still be the stronger targeted attack).
+    leave top-1 higher than step l.l. and still be the stronger targeted attack), and reaching
+    the target class for bim and pgd against fgsm in a targeted run (all three ``label: target``).
     """
     candidates = []
     for model, out in outcomes.items():
@@ -239,10 +240,12 @@ def iterative_weaker(outcomes: Mapping[str, Outcomes], suite: Suite, alpha: floa
 
 
 def _weaker(model: str, out: Outcomes, it: AttackSpec, one: AttackSpec, i: int, j: int, eps: float) -> _Candidate:
-    targeted = REGISTRY[it.name].targeted
-    s_it, s_one = success(out, i, targeted), success(out, j, targeted)
+    aimed = getattr(it.config, "label", None) == "target"  # a targeted run's: toward each sample's target class
+    toward = out.least_likely if REGISTRY[it.name].targeted else out.goal if aimed else None
+    s_it, s_one = success(out, i, toward), success(out, j, toward)
     p, counts = p_better(s_it, s_one)
-    goal = "reaches the least-likely class on" if targeted else "fools"
+    goal = "reaches the target class on" if aimed else "reaches the least-likely class on" if toward is not None \
+        else "fools"
     message = (f"{it.id} {goal} {s_it.mean():.1%} of samples at eps {eps:g}, {one.id} {s_one.mean():.1%} "
                f"({counts} for {one.id}; p = {p:.2g})")
     return _Candidate(p, (model, it.id, one.id), flag("iterative_weaker_than_single_step", model, message, it.id, eps))

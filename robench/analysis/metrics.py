@@ -90,13 +90,18 @@ TRANSFER_DEFINITIONS = {
         "example fools the source, the share that also fools the target; null when there are none and on clean rows"
     ),
     "n_fooled_source_both_clean": "the number of such samples: transfer_rate_both_clean's denominator",
+    "targeted_success_rate": (
+        "a targeted run's (target_class random or least_likely): the share of all samples whose adversarial "
+        "example the target classifies as the sample's target class (the class the source's attack aimed at; "
+        "TransferAttack's targeted success rate), unconditioned; null on clean rows and in untargeted runs"
+    ),
     "n": "number of samples",
     "units": "accuracies and rates are shares in [0, 1] in files; the terminal's tables show them as %",
     "null": "an empty value (a rate whose denominator is 0, a count on a clean row); files never hold NaN",
 }
 TRANSFER_COLUMNS = ["source", "target", "attack", "eps", "target_top1", "target_top5", "target_error",
                     "transfer_rate", "n_fooled_source", "transfer_rate_both_clean", "n_fooled_source_both_clean",
-                    "n"]
+                    "targeted_success_rate", "n"]
 
 
 def transfer_rates(clean_source: np.ndarray, clean_target: np.ndarray, adv_source: np.ndarray,
@@ -114,3 +119,14 @@ def transfer_rates(clean_source: np.ndarray, clean_target: np.ndarray, adv_sourc
         out[name] = float((~correct(adv_target[keep], labels[keep])).mean()) if n else float("nan")
         out[name.replace("transfer_rate", "n_fooled_source")] = n
     return out
+
+
+def targeted_success_rate(adv_target: np.ndarray, goal: np.ndarray) -> float:
+    """TRANSFER_DEFINITIONS' targeted_success_rate: the share of all samples the target puts in their goal class.
+
+    ``adv_target``: the target's top-1 predictions on the examples, ``goal``: each sample's target
+    class, both [N]; NaN for an untargeted run (goals of -1) or no samples.
+    """
+    if not len(goal) or (goal < 0).any():
+        return float("nan")
+    return float((adv_target == goal).mean())

@@ -45,7 +45,7 @@ def with_worst(out: Outcomes) -> Outcomes:
         top5[k], linf[k] = out.top5[rows].all(0), out.linf[rows].max(0)
     return Outcomes(list(out.ids), out.labels, [*out.settings, *((WORST, e) for e in eps_list)],
                     np.vstack([out.pred, pred]), np.vstack([out.top5, top5]), out.least_likely,
-                    np.vstack([out.linf, linf]))
+                    np.vstack([out.linf, linf]), out.goal)
 
 
 def min_eps(out: Outcomes) -> np.ndarray:

@@ -56,17 +56,18 @@ class Attack:
     counterpart: str | None = None  # the single-step attack an iterative one generalizes
     min_classes: int = 2  # apgd_t's DLR-T reads the 4th largest logit; fab_t needs a wrong class to aim at
     black_box: bool = False  # uses scores only, no gradients: the health checks' witness of gradient masking
+    aims: bool = False  # takes ``label: target``: steps toward each sample's class of a targeted run (Labels.goal)
     budget: Callable[[Any, Sequence[float], int], int] = budget.single_step  # passes per sample: (config, eps, classes)
 
 
 REGISTRY: dict[str, Attack] = {
     a.name: a
     for a in (
-        Attack("fgsm", fgsm, FgsmConfig, True),
+        Attack("fgsm", fgsm, FgsmConfig, True, aims=True),
         Attack("step_ll", step_ll, StepLLConfig, True, targeted=True),
-        Attack("bim", bim, BimConfig, False, counterpart="fgsm", budget=budget.schedule),
+        Attack("bim", bim, BimConfig, False, counterpart="fgsm", aims=True, budget=budget.schedule),
         Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll", budget=budget.schedule),
-        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm", budget=budget.pgd),
+        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm", aims=True, budget=budget.pgd),
         Attack("apgd", apgd, ApgdConfig, False, budget=budget.apgd),
         Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True, min_classes=4, budget=budget.apgd),
         Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3, budget=budget.fab),

@@ -19,8 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.core.fields import Rule
+from robench.errors import RobenchError
 
 LabelKind = Literal["true", "predicted"]
+# what an attack that can aim takes as ``label``: away from the true or predicted class, or toward the goal
+AimKind = Literal["true", "predicted", "target"]
+TargetClass = Literal["random", "least_likely"]  # how a targeted run picks each sample's goal (``goal_classes``)
+TARGET_CLASSES: tuple[TargetClass, ...] = ("random", "least_likely")
 Norm = Literal["linf", "l2"]  # the threat model: the ball an attack keeps its perturbation in
 Eps = TypeVar("Eps", float, Tensor)  # one eps, or a tensor of them (one per example, as training draws them)
 
@@ -33,20 +38,53 @@ class Labels:
     predicted: Tensor  # [N]
     least_likely: Tensor  # [N]
     logits: Tensor | None = None  # [N, classes] the clean logits, for attacks that rank classes (apgd_t, fab_t)
+    goal: Tensor | None = None  # [N] the class a targeted run aims each sample at (goal_classes); None: untargeted
 
     @classmethod
-    def from_logits(cls, logits: Tensor, true: Tensor) -> Labels:
-        """Prediction and least-likely class of clean logits (argmin, as in the paper)."""
-        return cls(true=true, predicted=logits.argmax(1), least_likely=logits.argmin(1), logits=logits)
+    def from_logits(cls, logits: Tensor, true: Tensor, goal: Tensor | None = None) -> Labels:
+        """Prediction and least-likely class of clean logits (argmin, as in the paper); ``goal`` as given."""
+        return cls(true=true, predicted=logits.argmax(1), least_likely=logits.argmin(1), logits=logits, goal=goal)
 
     def rows(self, index: Tensor) -> Labels:
         """These samples' labels (index: [K] positions)."""
         return Labels(self.true[index], self.predicted[index], self.least_likely[index],
-                      None if self.logits is None else self.logits[index])
+                      None if self.logits is None else self.logits[index],
+                      None if self.goal is None else self.goal[index])
 
     def pick(self, kind: LabelKind) -> Tensor:
         """The labels an untargeted attack pushes away from."""
         return self.true if kind == "true" else self.predicted
+
+
+def aim(labels: Labels, kind: AimKind) -> tuple[Tensor, float]:
+    """The classes an attack takes its loss on ([N]) and the sign of its steps: +1 up that loss, -1 down it.
+
+    ``target`` descends the loss of each sample's goal (``Labels.goal``), as step l.l. and iter l.l.
+    descend the least-likely class's (Kurakin et al. 2017, eq. 2); ``true`` and ``predicted`` ascend
+    the loss of that class. Raises RobenchError for ``target`` when the labels carry no goal.
+    """
+    if kind != "target":
+        return labels.pick(kind), 1.0
+    if labels.goal is None:
+        raise RobenchError("label 'target' needs each sample's target class: run with target_class "
+                           f"({' or '.join(TARGET_CLASSES)}), or give Labels a goal")
+    return labels.goal, -1.0
+
+
+def goal_classes(mode: TargetClass, logits: Tensor, true: Tensor, noise: SampleNoise) -> Tensor:
+    """[N] each sample's target class under a targeted run (logits: [N, classes] the source's clean ones).
+
+    ``least_likely``: the argmin of the logits over all classes, the paper's y_LL (Kurakin et al.
+    2017, eq. 2), which can be the true class (torchattacks' least-likely mode leaves the true class
+    out). ``random``: uniform among the classes other than the true one, from the sample's own stream
+    (``noise``, one seed per sample), so it does not depend on the batch, its order or the source.
+    """
+    if mode == "least_likely":
+        return logits.argmin(1)
+    classes = logits.shape[1]
+    u = noise.uniform(0, 1)[:, 0].to(true.device)
+    offset = (u * (classes - 1)).long().clamp(max=classes - 2)  # 0 .. classes - 2, each equally likely
+    return (true + 1 + offset) % classes
 
 
 @contextmanager

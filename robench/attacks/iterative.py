@@ -21,10 +21,11 @@ from robench.attacks.base import (
     COUNT,
     LINF_ONLY,
     POSITIVE,
-    LabelKind,
+    AimKind,
     Labels,
     Norm,
     SampleNoise,
+    aim,
     attack_mode,
     gradient_and_logits,
     gradient_step,
@@ -41,11 +42,12 @@ from robench.core.stop import check_stop
 class BimConfig:
     """BIM: repeated FGSM steps. ``steps`` None means the paper's schedule.
 
-    ``norm: l2``: eps and ``step_size`` are L2 norms in [0, 1] pixels (no /255), and the schedule
-    counts eps in steps: floor(min(eps / step_size + 4, 1.25 eps / step_size)).
+    ``label: target`` steps down the loss of each sample's target class (``Labels.goal``), as iter l.l.
+    does for the least-likely one. ``norm: l2``: eps and ``step_size`` are L2 norms in [0, 1] pixels
+    (no /255), and the schedule counts eps in steps: floor(min(eps / step_size + 4, 1.25 eps / step_size)).
     """
 
-    label: LabelKind = "true"
+    label: AimKind = "true"
     step_size: float = 1.0
     steps: int | None = None
     norm: Norm = "linf"
@@ -76,11 +78,12 @@ ITER_LL_FIELDS = typed(IterLLConfig, steps=COUNT, step_size=POSITIVE, norm=LINF_
 class PgdConfig:
     """PGD (Madry et al.): random start, then projected steps.
 
-    ``step_size`` None means 2.5 * eps / steps, Madry et al.'s choice. ``norm: l2``: eps and
+    ``step_size`` None means 2.5 * eps / steps, Madry et al.'s choice. ``label: target`` descends the loss of
+    each sample's target class (``Labels.goal``), the targeted PGD of Madry et al. ``norm: l2``: eps and
     ``step_size`` are L2 norms in [0, 1] pixels (no /255); the random start is uniform in the L2 ball.
     """
 
-    label: LabelKind = "true"
+    label: AimKind = "true"
     steps: int = 10
     step_size: float | None = None
     random_start: bool = True
@@ -247,10 +250,11 @@ def bim(
     """Basic iterative method (iterative FGSM) up the loss of ``label``; eps in 1/255 units.
 
     With ``norm: l2`` each step is step_size * g / ||g||_2 and eps the L2 norm in [0, 1] pixels (no /255).
+    ``label: target`` steps toward the goal, as iter l.l.; early stopping still stops at misclassification.
     """
-    target = labels.pick(config.label)
+    target, sign = aim(labels, config.label)
     stop_on = labels.true if early_stop else None
-    yield from _schedule(model, x, target, eps, config, 1.0, stop_on)
+    yield from _schedule(model, x, target, eps, config, sign, stop_on)
 
 
 def iter_ll(
@@ -283,9 +287,10 @@ def pgd(
 
     With ``norm: l2`` eps is the L2 norm in [0, 1] pixels (no /255), each step step_size * g / ||g||_2,
     and the start uniform in the L2 ball. One noise draw in the unit ball serves every eps (scaled
-    by it), so a start does not depend on which other eps values were asked for.
+    by it), so a start does not depend on which other eps values were asked for. ``label: target`` steps
+    down the goal's loss; early stopping still stops at misclassification.
     """
-    target, norm = labels.pick(config.label), config.norm
+    (target, sign), norm = aim(labels, config.label), config.norm
     noise = None
     if config.random_start:
         noise = uniform_noise(x, rng) if norm == "linf" else l2_ball_noise(x, rng)
@@ -297,6 +302,6 @@ def pgd(
         size = 2.5 * e / config.steps if config.step_size is None else config.step_size
         start = x if noise is None else (x + unit * noise).clamp(0.0, 1.0)
         with attack_mode(model):
-            x_adv = descend(model, x, start, target, unit, in_pixels(size, norm), config.steps,
+            x_adv = descend(model, x, start, target, unit, sign * in_pixels(size, norm), config.steps,
                             stop_on=labels.true if early_stop else None, norm=norm)
         yield e, x_adv

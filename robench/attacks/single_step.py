@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from robench.attacks.base import (
     LINF_ONLY,
-    LabelKind,
+    AimKind,
     Labels,
     Norm,
+    aim,
     attack_mode,
     gradient_sign,
     gradient_step,
@@ -29,12 +30,14 @@ from robench.core.fields import check, typed
 
 @dataclass(frozen=True)
 class FgsmConfig:
-    """FGSM: one step up the loss of ``label`` (true labels leak; see leak-check).
+    """FGSM: one step up the loss of ``label`` (true labels leak; see leak-check), or down the target's.
 
-    ``norm: l2`` makes it FGM, with eps the perturbation's L2 norm in [0, 1] pixels (no /255).
+    ``label: target`` steps toward each sample's target class (``Labels.goal``, a targeted run's), as
+    step l.l. does toward the least-likely one. ``norm: l2`` makes it FGM, with eps the perturbation's
+    L2 norm in [0, 1] pixels (no /255).
     """
 
-    label: LabelKind = "true"
+    label: AimKind = "true"
     norm: Norm = "linf"
 
     def __post_init__(self) -> None:
@@ -78,9 +81,11 @@ def fgsm(
     """Fast gradient sign method: x + eps * sign(grad_x J(x, y)), eps in 1/255 units.
 
     With ``norm: l2``, FGM: x + eps * g / ||g||_2 per sample, eps the L2 norm in [0, 1] pixels (no /255).
+    ``label: target``: x - eps * sign(grad_x J(x, y_target)), the step l.l. step toward the goal.
     """
+    classes, sign = aim(labels, config.label)
     with attack_mode(model):
-        direction = gradient_step(model, x, labels.pick(config.label), config.norm)
+        direction = sign * gradient_step(model, x, classes, config.norm)
     yield from sweep(x, direction, eps, config.norm)
 
 

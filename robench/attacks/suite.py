@@ -286,6 +286,40 @@ def budget_record(suite: Suite, classes: int, spent: dict[str, float]) -> dict[s
             "spent_share": {m: (p / reference if reference else None) for m, p in spent.items()}}
 
 
+def aimed(suite: Suite, target_class: str) -> Suite:
+    """The suite of a targeted run: every attack aiming at each sample's target class (``label: target``).
+
+    Raises FieldError (``check_targeted``'s) for an attack that cannot aim at a chosen class.
+    """
+    attacks = tuple(dataclasses.replace(a, config=dataclasses.replace(a.config, label="target"))
+                    if REGISTRY[a.name].aims else a for a in suite.attacks)
+    targeted = dataclasses.replace(suite, attacks=attacks)
+    check_targeted(targeted, target_class)
+    return targeted
+
+
+def check_targeted(suite: Suite, target_class: str | None) -> None:
+    """Refuse a suite at odds with the run's target class: a FieldError naming ``target_class``.
+
+    With a target class every attack aims at it (``label: target``): a targeted success rate of an
+    attack that pushes away from the true class would measure chance. Without one no attack may,
+    since nothing chooses its classes.
+    """
+    can = ", ".join(n for n, a in REGISTRY.items() if a.aims)
+    for a in suite.attacks:
+        label = getattr(a.config, "label", None)
+        if target_class is None and label == "target":
+            raise FieldError("target_class", f"attack '{a.id}' has label 'target', but no {{name}} chooses its "
+                                             "classes; set {name} (random or least_likely) or give it another label")
+        if target_class is not None and not REGISTRY[a.name].aims:
+            raise FieldError("target_class", f"{{name}} {target_class}: attack '{a.id}' cannot aim at a chosen "
+                                             f"class; those that can: {can}; pick them with {{attack}}", "attack")
+        if target_class is not None and label != "target":
+            raise FieldError("target_class", f"{{name}} {target_class}: attack '{a.id}' has label '{label}', not "
+                                             "'target'; every attack of a targeted run aims at the target class "
+                                             "(robench.attacks.suite.aimed sets it)")
+
+
 def _opening_comment(text: str) -> list[str]:
     """The lines of a file's first comment paragraph, without their '#'."""
     lines = []

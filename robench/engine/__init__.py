@@ -17,14 +17,14 @@ Modules, each importing only those above it in this list:
 - ``plan``: ``Participant``, ``Plan`` and the ``ExampleStore`` protocol (who crafts, who scores).
 - ``hooks``: ``Hooks`` and ``Tracker``, what a run reports to and keeps in beyond its outcomes.
 - ``batch``: one batch (``_Batch``, and ``Survivors`` under cascade or early stopping); ``score``,
-  ``attack_noise``.
+  ``attack_noise``, ``goal_noise``.
 - ``runner``: ``run`` and ``run_batches`` (out-of-memory retries, resume, gathering the ranks), and
   ``evaluate``, the one-model sweep.
 
 This package re-exports the names other packages use; modules inside it import each other by module path.
 """
 
-from robench.engine.batch import attack_noise, score
+from robench.engine.batch import attack_noise, goal_noise, score
 from robench.engine.hooks import Hooks, Progress, Status, Warn
 from robench.engine.outcomes import NONFINITE, Matrix, Outcomes, correct, predictions, settings_of
 from robench.engine.plan import Examples, ExampleStore, Participant, Plan, sample_key
@@ -32,6 +32,6 @@ from robench.engine.runner import evaluate, is_out_of_memory, run, run_batches, 
 
 __all__ = [
     "NONFINITE", "ExampleStore", "Examples", "Hooks", "Matrix", "Outcomes", "Participant", "Plan", "Progress",
-    "Status", "Warn", "attack_noise", "correct", "evaluate", "is_out_of_memory", "predictions", "run",
+    "Status", "Warn", "attack_noise", "correct", "evaluate", "goal_noise", "is_out_of_memory", "predictions", "run",
     "run_batches", "run_views_fitting", "sample_key", "score", "settings_of",
 ]

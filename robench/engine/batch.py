@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks import REGISTRY, Labels
-from robench.attacks.base import SampleNoise
+from robench.attacks.base import SampleNoise, goal_classes
 from robench.attacks.suite import AttackSpec, Suite
 from robench.core.progress import iterations_to
 from robench.data import Batch, InputConfig
@@ -49,6 +49,19 @@ def attack_noise(seed: int, attack_id: str, ids: Sequence[str]) -> SampleNoise:
     return SampleNoise(tuple(stream(i) for i in ids))
 
 
+def goal_noise(seed: int, ids: Sequence[str]) -> SampleNoise:
+    """Each sample's stream for its random target class, seeded by (seed, sample id) alone.
+
+    So a sample's class is the same for every source and attack, at any batch size, order or
+    rank. The text leads with a word, so no attack's stream (``attack_noise``) can be the same.
+    """
+    def stream(sample_id: str) -> int:
+        digest = hashlib.blake2b(f"target-class\0{seed}\0{sample_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") & (2**63 - 1)
+
+    return SampleNoise(tuple(stream(i) for i in ids))
+
+
 def _device(plan: Plan) -> torch.device:
     """Where the models are (the first model's first parameter; the CPU for a model without any)."""
     first = next(plan.models[0].module.parameters(), None)
@@ -78,12 +91,21 @@ class _Batch:
         clean = {m.label: score(m.module, self.x[m.input]) for m in self.plan.models}
         self.tracker.planned([REGISTRY[a.name].budget(a.config, a.eps, clean[s].shape[1])
                               for s in self.plan.targets for a in self.suite.attacks])
+        goals = {s: self.goal(clean[s]) for s in self.plan.targets}
         for (s, t), o in self.out.pairs.items():
             o.labels[self.rows] = self.labels
             o.record(0, self.rows, clean[t], self.y)
             o.least_likely[self.rows] = clean[s].argmin(1).cpu().numpy()
+            if (goal := goals[s]) is not None:
+                o.goal[self.rows] = goal.cpu().numpy()
         for s in self.plan.targets:
-            self.source(self.plan.model(s), Labels.from_logits(clean[s], self.y))
+            self.source(self.plan.model(s), Labels.from_logits(clean[s], self.y, goals[s]))
+
+    def goal(self, logits: Tensor) -> Tensor | None:
+        """[B] each sample's target class from a source's clean logits, or None in an untargeted run."""
+        if self.plan.aim is None:
+            return None
+        return goal_classes(self.plan.aim, logits, self.y, goal_noise(self.seed, self.ids))
 
     def source(self, s: Participant, labels: Labels) -> None:
         """The source's examples for every attack x eps, each scored by every target of the source."""

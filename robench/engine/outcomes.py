@@ -46,6 +46,8 @@ class Outcomes:
     least_likely: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int32))
     # [S, N] float32: ||x_adv - x||_inf of the source's example, 1/255 units; none given: 0 each
     linf: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+    # [N] int32: the class a targeted run's attacks aimed each sample at (the source's); untargeted: -1 each
+    goal: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int32))
 
     def __post_init__(self) -> None:
         s, n = self.pred.shape
@@ -53,6 +55,8 @@ class Outcomes:
             self.least_likely = np.full(n, -1, dtype=np.int32)
         if not self.linf.size:
             self.linf = np.zeros((s, n), dtype=np.float32)
+        if not self.goal.size:
+            self.goal = np.full(n, -1, dtype=np.int32)
 
     @classmethod
     def empty(cls, ids: list[str], settings: list[tuple[str, float]]) -> Outcomes:
@@ -68,17 +72,19 @@ class Outcomes:
     def part(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """These rows' outcomes, for a resume file or another rank."""
         return {"labels": self.labels[rows], "pred": self.pred[:, rows], "top5": self.top5[:, rows],
-                "least_likely": self.least_likely[rows], "linf": self.linf[:, rows]}
+                "least_likely": self.least_likely[rows], "linf": self.linf[:, rows], "goal": self.goal[rows]}
 
     def fill(self, rows: np.ndarray, part: Mapping[str, np.ndarray]) -> None:
-        """Take in rows' outcomes made elsewhere (by ``part``)."""
+        """Take in rows' outcomes made elsewhere (by ``part``; one of an untargeted run may lack ``goal``)."""
         self.labels[rows], self.least_likely[rows] = part["labels"], part["least_likely"]
         self.pred[:, rows], self.top5[:, rows], self.linf[:, rows] = part["pred"], part["top5"], part["linf"]
+        if "goal" in part:
+            self.goal[rows] = part["goal"]
 
     def subset(self, rows: np.ndarray) -> Outcomes:
         """Only these rows, in this order (e.g. leaving out images that could not be read)."""
         return Outcomes([self.ids[r] for r in rows], self.labels[rows], self.settings, self.pred[:, rows],
-                        self.top5[:, rows], self.least_likely[rows], self.linf[:, rows])
+                        self.top5[:, rows], self.least_likely[rows], self.linf[:, rows], self.goal[rows])
 
     def correct(self) -> np.ndarray:
         """[S, N] top-1 correctness."""

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from torch import Tensor, nn
 
+from robench.attacks.base import TargetClass
 from robench.attacks.suite import AttackSpec
 from robench.data import InputConfig
 from robench.engine.outcomes import Pair
@@ -56,6 +57,7 @@ class Plan:
     models: tuple[Participant, ...]
     targets: Mapping[str, tuple[str, ...]]
     deliver: Deliver | None = None  # how an example reaches a target of another input config
+    aim: TargetClass | None = None  # a targeted run's choice of each sample's class (goal_classes); None: untargeted
 
     def __post_init__(self) -> None:
         crosses = any(self.model(s).input != self.model(t).input for s, t in self.pairs())
@@ -63,10 +65,10 @@ class Plan:
             raise ValueError("a source's examples reach a target of another input config; give the plan a deliver")
 
     @classmethod
-    def white_box(cls, models: Iterable[Participant]) -> Plan:
+    def white_box(cls, models: Iterable[Participant], aim: TargetClass | None = None) -> Plan:
         """Every model attacked with its own gradients and scored by itself alone."""
         models = tuple(models)
-        return cls(models, {m.label: (m.label,) for m in models})
+        return cls(models, {m.label: (m.label,) for m in models}, aim=aim)
 
     def cross(self, target_x: Tensor, delta: Tensor, eps: float) -> Tensor:
         """A source's example (``delta`` from its clean x) as a target of another input config takes it."""

@@ -259,10 +259,14 @@ def leak_floor(rows: pd.DataFrame) -> float:
     return max(0.0, math.floor(lowest * 10) / 10)
 
 
-def transfer_figure(rows: pd.DataFrame) -> Figure:
-    """A grid of heatmaps (one per attack x eps): the paper's transfer rate and its n in each cell.
+FIGURE_METRICS = {"transfer_rate": "transfer rate %", "targeted_success_rate": "targeted success rate %"}
 
-    The diagonal (a source scoring its own examples) is white-box, 100% by definition: it is
+
+def transfer_figure(rows: pd.DataFrame, metric: str = "transfer_rate") -> Figure:
+    """A grid of heatmaps (one per attack x eps): ``metric`` in each cell, with its n for the paper's transfer rate.
+
+    ``metric``: the paper's transfer rate, or a targeted run's targeted success rate (FIGURE_METRICS).
+    The diagonal (a source scoring its own examples) is white-box, 100% transfer by definition: it is
     masked, so the colour scale spans the off-diagonal rates. One colorbar serves every panel.
     """
     plt = pyplot()
@@ -272,18 +276,20 @@ def transfer_figure(rows: pd.DataFrame) -> Figure:
     size = (2.4 + 0.9 * len(targets) * len(eps_values), 1.2 + 0.9 * len(sources) * len(attacks))
     fig, axes = plt.subplots(len(attacks), len(eps_values), squeeze=False, figsize=size, layout="constrained")
     image = None
+    counted = metric == "transfer_rate" and "n_fooled_source" in adv
     for i, attack in enumerate(attacks):
         for j, eps in enumerate(eps_values):
             cell = adv[(adv["attack"] == attack) & (adv["eps"] == eps)]
-            rate = cell.pivot(index="source", columns="target", values="transfer_rate").reindex(sources)[targets]
+            rate = cell.pivot(index="source", columns="target", values=metric).reindex(sources)[targets]
             n = cell.pivot(index="source", columns="target", values="n_fooled_source").reindex(sources)[targets] \
-                if "n_fooled_source" in cell else None
+                if counted else None
             image = heatmap(axes[i][j], rate.to_numpy(dtype=float), None if n is None else n.to_numpy(dtype=float),
                             f"{attack} eps {eps_label(eps)}/255", sources, targets, j == 0)
     bar = fig.colorbar(image, ax=axes, shrink=0.8)
-    bar.set_label("transfer rate %", fontsize=7)
+    bar.set_label(FIGURE_METRICS[metric], fontsize=7)
     bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0", "25", "50", "75", "100"], fontsize=6)
-    fig.suptitle("transfer rate %\nrows: source, columns: target; n: source-fooled samples", fontsize=8)
+    counts = "; n: source-fooled samples" if counted else ""
+    fig.suptitle(f"{FIGURE_METRICS[metric]}\nrows: source, columns: target{counts}", fontsize=8)
     return fig
 
 

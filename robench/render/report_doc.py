@@ -129,7 +129,8 @@ def leaderboard_text(board: pd.DataFrame) -> pd.DataFrame:
 
 # accuracies and rates in %, gaps in points, as the terminal tables and the leaderboard show them; p-values stay shares
 PERCENT_COLUMNS = ("top1", "top5", "success_rate", "target_top1", "target_top5", "target_error", "transfer_rate",
-                   "transfer_rate_both_clean", "clean_top1", "fgsm_true_top1", "fgsm_predicted_top1", "step_ll_top1",
+                   "transfer_rate_both_clean", "targeted_success_rate", "clean_top1", "fgsm_true_top1",
+                   "fgsm_predicted_top1", "step_ll_top1",
                    "leak_gap", "leak_gap_low", "leak_gap_high", "adv_minus_clean", "adv_minus_clean_low",
                    "adv_minus_clean_high")
 

@@ -63,37 +63,52 @@ def _attack_label(attack: str, cascade: bool) -> str:
     return f"after {attack}" if cascade else attack
 
 
+def targeted(rows: pd.DataFrame) -> bool:
+    """Whether transfer rows are a targeted run's: their targeted success rate is filled in somewhere."""
+    return "targeted_success_rate" in rows and bool(rows["targeted_success_rate"].notna().any())
+
+
 def transfer_tables(rows: pd.DataFrame) -> list[Table]:
-    """One rich table per (attack, eps): sources as rows, targets as columns, transfer rate (target top-1)."""
+    """One rich table per (attack, eps): sources as rows, targets as columns, transfer rate (target top-1).
+
+    A targeted run's cells also give the targeted success rate ("hit").
+    """
     from rich.table import Table
 
     adv = rows[rows["attack"] != "clean"]
-    targets = list(dict.fromkeys(adv["target"]))
+    targets, hit = list(dict.fromkeys(adv["target"])), targeted(rows)
     tables = []
     for (attack, eps), group in adv.groupby(["attack", "eps"], sort=False):
         title = f"{attack} eps {eps_label(eps)}/255: transfer rate % (target top-1 %), n source-fooled"
-        table = Table(title=title, title_justify="left")
+        table = Table(title=title + (", hit: targeted success %" if hit else ""), title_justify="left")
         table.add_column("source \\ target", style="bold")
         for t in targets:
             table.add_column(str(t), justify="right")
         for source, g in group.groupby("source", sort=False):
-            cells = {r.target: f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)}) "
-                               f"n={cell_text('n_fooled_source', getattr(r, 'n_fooled_source', None)) or '-'}"
-                     if r.source != r.target else f"white-box ({pct(r.target_top1)})" for r in g.itertuples()}
+            cells = {r.target: (f"{pct(r.transfer_rate) or '-'} ({pct(r.target_top1)}) "
+                                f"n={cell_text('n_fooled_source', getattr(r, 'n_fooled_source', None)) or '-'}"
+                                if r.source != r.target else f"white-box ({pct(r.target_top1)})")
+                     + (f" hit {pct(r.targeted_success_rate)}" if hit else "") for r in g.itertuples()}
             table.add_row(str(source), *[cells.get(t, "") for t in targets])
         tables.append(table)
     return tables
 
 
-def transfer_summary(rows: pd.DataFrame) -> Table:
-    """The mean off-diagonal (paper's) transfer rate per attack (columns) and eps (rows): docs/transfer.md's table."""
+SUMMARIES = {  # a transfer summary's metric -> its title and caption
+    "transfer_rate": ("mean transfer rate %", "off-diagonal cells, the paper's definition"),
+    "targeted_success_rate": ("mean targeted success rate %", "off-diagonal cells, of all samples"),
+}
+
+
+def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table:
+    """The mean off-diagonal ``metric`` (SUMMARIES) per attack (columns) and eps (rows): docs/transfer.md's table."""
     from rich.table import Table
 
     cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
-    means = cells.groupby(["eps", "attack"], sort=False)["transfer_rate"].mean()
+    means = cells.groupby(["eps", "attack"], sort=False)[metric].mean()
     attacks = list(dict.fromkeys(cells["attack"]))
-    caption = "off-diagonal cells, the paper's definition"
-    table = Table(title="mean transfer rate %", title_justify="left", caption=caption, caption_justify="left",
+    title, caption = SUMMARIES[metric]
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
                   min_width=len(caption) + 2)  # rich wraps a title and caption to the table's width
     table.add_column("eps", justify="right", style="bold")
     for attack in attacks:

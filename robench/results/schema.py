@@ -104,6 +104,7 @@ class Row(_Open):
     n_fooled_source: OptCount = Field(None, description="null on clean rows")
     transfer_rate_both_clean: OptShare = Field(None, description="null when n_fooled_source_both_clean is 0")
     n_fooled_source_both_clean: OptCount = Field(None, description="null on clean rows")
+    targeted_success_rate: OptShare = Field(None, description="null on clean rows and in untargeted runs")
     clean_top1: Omittable[Share] = Field(None)
     fgsm_true_top1: Omittable[Share] = Field(None)
     fgsm_predicted_top1: Omittable[Share] = Field(None)

@@ -46,7 +46,8 @@ def dry_run(cfg: EvalConfig, warn: Callable[[str], None] | None = None,
     (``robench.run.survivors``), each model gets a row ``SURVIVOR_ROW`` for it, also an upper bound.
     """
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)  # one process: a dry run times this device alone
-    table = _estimate(opened, [Plan.white_box([p]) for p in opened.participants()], cfg.run, clock)
+    table = _estimate(opened, [Plan.white_box([p], cfg.run.target_class) for p in opened.participants()], cfg.run,
+                      clock)
     return _with_survivor_check(table, cfg.run.suite, cfg.survivor_check if cfg.worst else 0, opened,
                                 [p.label for p in opened.participants()])
 
@@ -65,10 +66,10 @@ def dry_run_transfer(cfg: TransferConfig, warn: Callable[[str], None] | None = N
     opened = open_run(cfg.run, cfg.models, LOCAL, warn)
     sources, targets = _pick(opened.models, cfg.sources, "sources"), _pick(opened.models, cfg.targets, "targets")
     suite = full_strength(cfg.run.suite, warn)
-    whole = transfer_plan(opened, sources, targets)
-    plans = [Plan(tuple(whole.model(label) for label in dict.fromkeys([s, *t])), {s: t}, whole.deliver)
+    whole = transfer_plan(opened, sources, targets, cfg.run.target_class)
+    plans = [Plan(tuple(whole.model(label) for label in dict.fromkeys([s, *t])), {s: t}, whole.deliver, whole.aim)
              for s, t in whole.targets.items()]
-    store = _store_line(cfg.cache, opened, sources, suite, cfg.run.seed)  # a disk without it: refused before timing
+    store = _store_line(cfg.cache, opened, sources, suite, cfg.run)  # a disk without it: refused before timing
     table = _estimate(opened, plans, dataclasses.replace(cfg.run, suite=suite), clock)
     table = _with_survivor_check(table, cfg.run.suite, cfg.survivor_check, opened, list(whole.targets))
     table.attrs["store"] = store
@@ -98,15 +99,15 @@ def _with_survivor_check(table: pd.DataFrame, suite: Suite, most: int, opened: O
     return out
 
 
-def _store_line(root: Path | None, opened: Opened, sources: list[LoadedModel], suite: Suite, seed: int) -> str:
+def _store_line(root: Path | None, opened: Opened, sources: list[LoadedModel], suite: Suite, run: RunSpec) -> str:
     """The example store's bytes, as the real run would say them (and refuse a disk without them)."""
     ids = opened.source.ids
     if root is None:
         full = store_bytes(None, sources, suite, header_key_bytes(ids), len(ids))[0]
         return f"no example store (cache not set); one for this run would take {human_bytes(full)}"
     heard: list[str] = []
-    check_space(ExampleCache(root, opened.models, seed, opened.source.classes), sources, suite, ids,
-                heard.append)
+    check_space(ExampleCache(root, opened.models, run.seed, opened.source.classes, target_class=run.target_class),
+                sources, suite, ids, heard.append)
     return heard[0]
 
 

@@ -114,8 +114,8 @@ def run_eval(
         probed = probe_models(opened, cfg.run, dist, status, what)
         opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
         hooks = engine.Hooks(progress, warn, state, what=what, status=status)
-        done = engine.run(engine.Plan.white_box(opened.participants()), opened.source, cfg.run.suite, cfg.run.seed,
-                          cfg.run.batch_size, dist, hooks)
+        done = engine.run(engine.Plan.white_box(opened.participants(), cfg.run.target_class), opened.source,
+                          cfg.run.suite, cfg.run.seed, cfg.run.batch_size, dist, hooks)
     finally:
         if state:
             state.close()
@@ -135,6 +135,8 @@ def _state(cfg: EvalConfig, opened: Opened, dist: Dist) -> RunState | None:
         "suite": cfg.run.suite.describe()["attacks"], "seed": cfg.run.seed, "amp": cfg.run.amp,
         "cascade": cfg.run.suite.cascade, "early_stop": cfg.run.suite.early_stop,  # they change the outcomes
         "layout": "pairs",  # the engine's outcome layout: states of other layouts are other runs
+        # a targeted run's choice of classes (untargeted states keep their fingerprint)
+        **({"target_class": cfg.run.target_class} if cfg.run.target_class is not None else {}),
     })
     state = RunState(cfg.resume, key, dist.rank, versions)
     state.check()

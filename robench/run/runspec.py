@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from robench.analysis import health, probes
-from robench.attacks.suite import Suite, load_suite
+from robench.attacks.base import TARGET_CLASSES, TargetClass
+from robench.attacks.suite import Suite, check_targeted, load_suite
 from robench.core.devices import device_problem
 from robench.core.distributed import Dist, resolve_device
 from robench.core.fields import Rule, check
@@ -64,6 +65,7 @@ RUN_FIELDS: dict[str, Rule] = {  # every field's type is checked before any rang
     "amp_accept_changes": Rule(bool, "True or False"),
     "compile": Rule(bool, "True or False"),
     "channels_last": Rule(bool | None, "True, False or None (on CUDA only)"),
+    "target_class": Rule(str | None, "random, least_likely or None", choices=TARGET_CLASSES),
 }
 
 
@@ -98,9 +100,12 @@ class RunSpec:
     amp_accept_changes: bool = False  # run on when amp changed outcomes of the first batch (recorded)
     compile: bool = False  # torch.compile every model
     channels_last: bool | None = None  # None: on CUDA only (robench.models.accel.channels_last_default)
+    # a targeted run: each sample's class the attacks aim at (robench.attacks.base.goal_classes); None: untargeted
+    target_class: TargetClass | None = None
 
     def __post_init__(self) -> None:
         check(self, RUN_FIELDS)
+        check_targeted(self.suite, self.target_class)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files."""

@@ -62,11 +62,12 @@ class ExampleCache:
     the same whether its examples were crafted or read.
 
     A (source, attack) folder is keyed by what decides its examples (the source's identity,
-    weights and input config, the attack spec, the seed, the data's class numbering and
-    ``STORE_FORMAT``). Inside it, a shard holds the samples of one block of run positions
-    (``rows_per_block``) that one rank crafted, each under its key (id and content hash), so
-    the store finds a sample by its key whatever the batch size, world size or resume; a
-    sample elsewhere than its block now (another --limit) is crafted again. A rank writes only
+    weights and input config, the attack spec, the seed, the data's class numbering,
+    ``STORE_FORMAT`` and, in a targeted run, how the target classes were chosen). Inside it, a
+    shard holds the samples of one block of run positions (``rows_per_block``) that one rank
+    crafted, each under its key (id and content hash), so the store finds a sample by its key
+    whatever the batch size, world size or resume; a sample elsewhere than its block now
+    (another --limit) is crafted again. A rank writes only
     its own file of a block, so ranks never write one file; a block's examples are held until
     the rank moves past it, then merged with its file and written atomically. A shard is
     trusted only if it passes ``_problem``'s checks and its SHA-256; else its samples count
@@ -74,8 +75,9 @@ class ExampleCache:
     """
 
     def __init__(self, root: Path, models: list[LoadedModel], seed: int, classes: list[str], rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, target_class: str | None = None) -> None:
         self.root, self.seed, self.classes, self.rank, self.world_size = root, seed, classes, rank, world_size
+        self.target_class = target_class  # a targeted run's (RunSpec.target_class): in the key, as it decides examples
         self.models = {m.spec.label: m for m in models}
         self.bad: list[tuple[Path, str]] = []  # (file, what was wrong with it), in the order found
         self._swept: set[Path] = set()  # folders whose stale temporary files are gone
@@ -86,7 +88,8 @@ class ExampleCache:
     def folder(self, source: str, spec: AttackSpec) -> Path:
         """The folder of one source's examples under one attack."""
         m = self.models[source]
-        key = json.dumps([*m.function(), spec.describe(), self.seed, self.classes, STORE_FORMAT], sort_keys=True)
+        aim = [] if self.target_class is None else [{"target_class": self.target_class}]  # untargeted keys as before
+        key = json.dumps([*m.function(), spec.describe(), self.seed, self.classes, STORE_FORMAT, *aim], sort_keys=True)
         folder = self.root / hashlib.sha256(key.encode()).hexdigest()[:32]
         if folder not in self._swept:  # once per run: writers killed mid-write (SIGKILL) left these
             self._swept.add(folder)

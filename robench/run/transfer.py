@@ -24,7 +24,7 @@ from torch import Tensor
 
 from robench import engine
 from robench.analysis import health, metrics, worst
-from robench.attacks.base import to_unit
+from robench.attacks.base import TargetClass, to_unit
 from robench.attacks.suite import CLEAN, Suite
 from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
@@ -132,11 +132,16 @@ def check_amp_cache(cfg: TransferConfig) -> None:
                                 "precision; leave out one of them", "cache")
 
 
-def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel]) -> engine.Plan:
-    """Each source scored by every target and by itself (the white-box diagonal and the transfer rate need it)."""
+def plan(opened: Opened, sources: list[LoadedModel], targets: list[LoadedModel],
+         aim: TargetClass | None = None) -> engine.Plan:
+    """Each source scored by every target and by itself (the white-box diagonal and the transfer rate need it).
+
+    ``aim``: a targeted run's choice of each sample's class (RunSpec.target_class).
+    """
     labels = [t.spec.label for t in targets]
     return engine.Plan(tuple(opened.participants()),
-                       {s.spec.label: tuple(dict.fromkeys([s.spec.label, *labels])) for s in sources}, deliver)
+                       {s.spec.label: tuple(dict.fromkeys([s.spec.label, *labels])) for s in sources}, deliver,
+                       aim)
 
 
 def full_strength(suite: Suite, warn: Callable[[str], None] | None) -> Suite:
@@ -178,12 +183,13 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
     suite = full_strength(cfg.run.suite, warn)
     cache = None
     if cfg.cache is not None:
-        cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes, dist.rank, dist.world_size)
+        cache = ExampleCache(cfg.cache, opened.models, cfg.run.seed, opened.source.classes, dist.rank, dist.world_size,
+                             cfg.run.target_class)
         check_space(cache, sources, suite, opened.source.ids, note if dist.rank == 0 else None)
     probed = probe_models(opened, cfg.run, dist, status, "transfer")
     opened.precision = check_precision(opened, cfg.run, warn if dist.is_main else None)
     hooks = engine.Hooks(progress, warn, store=cache, what="transfer", status=status)
-    whole = plan(opened, sources, targets)
+    whole = plan(opened, sources, targets, cfg.run.target_class)
     try:
         done = engine.run(whole, opened.source, suite, cfg.run.seed, cfg.run.batch_size, dist, hooks)
     finally:  # the blocks still held: on an interrupted run too, what was crafted is kept
@@ -195,7 +201,7 @@ def run_transfer(cfg: TransferConfig, progress: Progress | None = None, warn: Ca
         return None
     out, skipped = done
     s_labels, t_labels = [s.spec.label for s in sources], [t.spec.label for t in targets]
-    rows = summarize(out, s_labels, t_labels)
+    rows = summarize(out, s_labels, t_labels, cfg.run.target_class is not None)
     dataset = dataset_record(opened.source, opened.data, "test", out.ids, skipped, out.content)
     meta = envelope("transfer-matrix", {**cfg.describe(), "data": opened.data}, dataset,
                     [m.describe() for m in opened.models], {**metrics.TRANSFER_DEFINITIONS})
@@ -222,12 +228,15 @@ def transfer_health(out: engine.Matrix, rows: pd.DataFrame, suite: Suite) -> lis
             *health.transfer_beats_white_box(rows, out.correctness())]
 
 
-def summarize(out: engine.Matrix, sources: list[str], targets: list[str]) -> pd.DataFrame:
-    """Tidy rows: each target's clean row, then (source, target, attack, eps) rows."""
+def summarize(out: engine.Matrix, sources: list[str], targets: list[str], targeted: bool = False) -> pd.DataFrame:
+    """Tidy rows: each target's clean row, then (source, target, attack, eps) rows.
+
+    ``targeted``: a targeted run, whose rows also get the targeted success rate (NaN otherwise).
+    """
     y = out.labels
     clean = {t: next(o for (_, tt), o in out.pairs.items() if tt == t) for t in targets}
     none = {"transfer_rate": float("nan"), "n_fooled_source": None, "transfer_rate_both_clean": float("nan"),
-            "n_fooled_source_both_clean": None}
+            "n_fooled_source_both_clean": None, "targeted_success_rate": float("nan")}
     rows = []
     for t in targets:
         right = correct(clean[t].pred[0], y)
@@ -243,7 +252,8 @@ def summarize(out: engine.Matrix, sources: list[str], targets: list[str]) -> pd.
                 rows.append({"source": s, "target": t, "attack": attack, "eps": eps, "target_top1": float(right.mean()),
                              "target_top5": float(o.top5[k].mean()), "target_error": float((~right).mean()),
                              **metrics.transfer_rates(white.pred[0], o.pred[0], white.pred[k], o.pred[k], y),
-                             "n": len(y)})
+                             "targeted_success_rate": metrics.targeted_success_rate(o.pred[k], o.goal)
+                             if targeted else float("nan"), "n": len(y)})
     frame = pd.DataFrame(rows, columns=metrics.TRANSFER_COLUMNS)
     for column in ("n_fooled_source", "n_fooled_source_both_clean"):
         frame[column] = frame[column].astype("Int64")
