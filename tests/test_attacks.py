@@ -514,7 +514,8 @@ def test_the_attacks_that_aim_are_those_whose_label_takes_target() -> None:
     for name, attack in REGISTRY.items():
         hints = typing.get_type_hints(attack.config)
         assert ("label" in hints and "target" in typing.get_args(hints["label"])) == attack.aims, name
-    assert {n for n, a in REGISTRY.items() if a.aims} == {"fgsm", "bim", "pgd"}
+    assert {n for n, a in REGISTRY.items() if a.aims} == {"fgsm", "bim", "pgd", "mi_fgsm", "ni_fgsm", "di_fgsm",
+                                                          "ti_fgsm", "vmi_fgsm"}
 
 
 def test_random_goals_are_reproducible_never_the_label_and_uniform_over_the_others() -> None:

@@ -553,3 +553,16 @@ def test_vmi_same_strength_as_torchattacks(digits_test, one_thread) -> None:
 
 def _ids(x: torch.Tensor) -> list[str]:
     return [str(i) for i in range(len(x))]
+
+
+@pytest.mark.parametrize("name", ["mi_fgsm", "ni_fgsm"])
+def test_targeted_momentum_agrees_with_torchattacks(setup, name: str) -> None:
+    # label: target descends the goal's loss through the whole loop (torchattacks: cost = -CE(goal)); 64 images,
+    # random goals, eps 16: the same hits, and examples equal up to rounding near the ball's edge
+    model, x, y, _ = setup
+    aimed = _aimed(setup, "random")
+    make = torchattacks.MIFGSM if name == "mi_fgsm" else torchattacks.NIFGSM
+    ref = _toward(make(model, eps=16 / 255, alpha=1.6 / 255, steps=10, decay=1.0), aimed.goal)(x, y)
+    ours = _ours(name, model, x, aimed, [16.0], REGISTRY[name].config(label="target"))[16.0]
+    assert _hits(model, ours, aimed.goal) == _hits(model, ref, aimed.goal) > 0.5 > _hits(model, x, aimed.goal)
+    assert (ours == ref).float().mean() > 0.98

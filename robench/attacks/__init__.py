@@ -73,11 +73,11 @@ REGISTRY: dict[str, Attack] = {
         Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3, budget=budget.fab),
         Attack("square", square_attack, SquareConfig, False, black_box=True, budget=budget.square),
         # the transfer family: one loop (robench.attacks.momentum), each config its paper's switches
-        Attack("mi_fgsm", momentum_fgsm, MiFgsmConfig, False, budget=budget.momentum),
-        Attack("ni_fgsm", momentum_fgsm, NiFgsmConfig, False, budget=budget.momentum),
-        Attack("di_fgsm", momentum_fgsm, DiFgsmConfig, False, budget=budget.momentum),
-        Attack("ti_fgsm", momentum_fgsm, TiFgsmConfig, False, budget=budget.momentum),
-        Attack("vmi_fgsm", momentum_fgsm, VmiFgsmConfig, False, budget=budget.momentum),
+        Attack("mi_fgsm", momentum_fgsm, MiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("ni_fgsm", momentum_fgsm, NiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("di_fgsm", momentum_fgsm, DiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("ti_fgsm", momentum_fgsm, TiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("vmi_fgsm", momentum_fgsm, VmiFgsmConfig, False, aims=True, budget=budget.momentum),
     )
 }
 

@@ -30,10 +30,11 @@ from robench.attacks.base import (
     LINF_ONLY,
     MAX_COUNT,
     POSITIVE,
-    LabelKind,
+    AimKind,
     Labels,
     Norm,
     SampleNoise,
+    aim,
     attack_mode,
     in_pixels,
     loss_gradient,
@@ -52,11 +53,11 @@ class TransferConfig:
     look-ahead), ``diversity`` (DI's probability per gradient; 0: off) and ``resize`` (DI's canvas over
     the image side), ``kernel`` (TI's Gaussian side in pixels, odd; 1: off; ``auto``: 15 at 299 px scaled
     to the image, see ``transforms.kernel_side``), ``samples`` (VMI's neighbours N; 0: off) and ``beta``
-    (their radius in eps). ``label``: the class whose loss the attack climbs. Targeted mode (a target
-    class's loss descended) enters through ``_aim`` alone: the loop already takes a sign.
+    (their radius in eps). ``label``: the class whose loss the attack climbs (``true``, ``predicted``), or
+    ``target``: each sample's target class (``Labels.goal``), whose loss every part of the loop descends.
     """
 
-    label: LabelKind = "true"
+    label: AimKind = "true"
     steps: int = 10
     step_size: float | None = None
     decay: float = 1.0
@@ -143,10 +144,12 @@ def momentum_fgsm(
     its first misclassified iterate and keeps it; with DI or NI on, where the gradient's forward is not
     at the iterate, that check is one more forward per step.
 
-    Targeted mode (a target class per sample, as targeted transfer papers use) is ``_aim`` returning the
-    target with sign -1: every part of the loop then descends the target's loss, and nothing else changes.
+    ``label: target`` (a targeted run) takes each sample's goal with sign -1 (``base.aim``): momentum, the
+    look-ahead, DI, TI and VMI then all work on the descent of the goal's loss, as targeted MI-FGSM
+    (Dong et al. 2018, Sec. 3.3) and the targeted transfer papers run them; early stopping still stops
+    at misclassification.
     """
-    target, sign = _aim(labels, config)
+    target, sign = aim(labels, config.label)
     noise = sample_noise(rng, len(x))
     for e in eps:
         if e == 0:
@@ -157,15 +160,6 @@ def momentum_fgsm(
         with attack_mode(model):
             x_adv = walk.run(model, labels.true if early_stop else None)
         yield e, x_adv
-
-
-def _aim(labels: Labels, config: TransferConfig) -> tuple[Tensor, float]:
-    """The class per sample whose loss the attack moves, and which way: +1 climbs it (untargeted).
-
-    The hook for targeted mode: a target class with -1 (descend its loss, as iter_ll does) is all the
-    loop needs; early stopping then still stops on misclassification.
-    """
-    return labels.pick(config.label), 1.0
 
 
 class _Walk:
