@@ -441,8 +441,9 @@ def test_the_transfer_suite_runs_by_name(tmp_path: Path) -> None:
         (["zoo:effnet-base", "--cache", "{blocker}/cache"], "is not a writable folder"),
         (["{five}"], "5 classes"),
         (["zoo:effnet-base", "--target-class", "random"], "--target-class random: attack 'step_ll' cannot aim at a "
-                                                          "chosen class; those that can: fgsm, bim, pgd; pick them "
-                                                          "with --attack"),
+                                                          "chosen class; those that can: fgsm, bim, pgd, mi_fgsm, "
+                                                          "ni_fgsm, di_fgsm, ti_fgsm, vmi_fgsm; pick them with "
+                                                          "--attack"),
         (["zoo:effnet-base", "--attack", "fgsm", "--target-class", "most"], "Invalid value for '--target-class': "
                                                                             "'most' is not one of 'random', "
                                                                             "'least_likely'"),
