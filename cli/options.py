@@ -410,9 +410,8 @@ def suite_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add --attacks NAME|FILE, --attack NAME (repeatable) and --eps LIST."""
     for option in reversed((
         click.option("--attacks", "suite_name", metavar="NAME|FILE", callback=lambda c, p, v: not_empty(p, v),
-                     help="Attack suite: a built-in (paper, autoattack, autoattack-fast, autoattack-l2, quick; see "
-                          "`robench suites`) "
-                          "or a YAML file. Default: paper."),
+                     help="Attack suite: a built-in (paper, autoattack, autoattack-fast, autoattack-malt, "
+                          "autoattack-l2, quick, transfer; see `robench suites`) or a YAML file. Default: paper."),
         click.option("--attack", "attack_names", multiple=True, metavar="NAME",
                      help="Run only this attack (repeatable); suite entries keep their options."),
         click.option("--eps", "eps_text", metavar="LIST", multiple=True, callback=joined_eps,

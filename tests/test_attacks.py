@@ -20,6 +20,7 @@ import robench.attacks.base as base
 import robench.attacks.fab as fab
 import robench.attacks.iterative as iterative
 import robench.attacks.single_step as single_step
+import robench.attacks.transforms as transforms
 from robench.attacks import REGISTRY, Labels, get_attack
 from robench.attacks.apgd import (
     ApgdConfig,
@@ -30,6 +31,7 @@ from robench.attacks.apgd import (
     rose,
 )
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, paper_steps
+from robench.attacks.momentum import DiFgsmConfig, MiFgsmConfig, NiFgsmConfig, TiFgsmConfig, VmiFgsmConfig
 from robench.attacks.single_step import FgsmConfig, StepLLConfig
 from robench.attacks.square import (
     SquareConfig,
@@ -512,7 +514,8 @@ def test_the_attacks_that_aim_are_those_whose_label_takes_target() -> None:
     for name, attack in REGISTRY.items():
         hints = typing.get_type_hints(attack.config)
         assert ("label" in hints and "target" in typing.get_args(hints["label"])) == attack.aims, name
-    assert {n for n, a in REGISTRY.items() if a.aims} == {"fgsm", "bim", "pgd"}
+    assert {n for n, a in REGISTRY.items() if a.aims} == {"fgsm", "bim", "pgd", "mi_fgsm", "ni_fgsm", "di_fgsm",
+                                                          "ti_fgsm", "vmi_fgsm"}
 
 
 def test_random_goals_are_reproducible_never_the_label_and_uniform_over_the_others() -> None:
@@ -747,8 +750,10 @@ def test_fab_l2_projection_by_hand() -> None:
 
 
 def test_fab_l2_projection_is_the_quadratic_program_optimum() -> None:
-    # min |d|_2 subject to w . (t + d) = b, 0 <= t + d <= 1, solved by scipy's SLSQP
-    minimize = pytest.importorskip("scipy.optimize").minimize
+    # min |d|_2 subject to w . (t + d) = b, 0 <= t + d <= 1. By the KKT conditions the optimum is
+    # d_j = clip(lam * w_j, -t_j, 1 - t_j) for the lam where w . d = b - w . t; that sum grows with lam, so
+    # 200 bisections find it in float64 (a reference independent of project_l2's sorted breakpoints;
+    # scipy's SLSQP did not converge on every CPU at this tolerance)
     g = torch.Generator().manual_seed(7)
     t, w = torch.rand(30, 5, generator=g, dtype=torch.float64), torch.randn(30, 5, generator=g, dtype=torch.float64)
     w[::5, 0] = 0.0
@@ -756,20 +761,28 @@ def test_fab_l2_projection_is_the_quadratic_program_optimum() -> None:
     d = fab.project_l2(t, w, b)
     binding = 0
     for i in range(30):
-        ti, wi, need = t[i].numpy(), w[i].numpy(), float(b[i] - w[i] @ t[i])
+        need = float(b[i] - w[i] @ t[i])
         corner = torch.where(w[i] * need > 0, 1 - t[i], -t[i]) * (w[i] != 0)  # the box's point nearest the plane
         if abs(float(w[i] @ corner)) < abs(need):  # the hyperplane misses the box
             assert torch.allclose(d[i], corner)
             continue
-        start = (corner * need / float(w[i] @ corner)).numpy()  # on the plane, inside the box
-        res = minimize(lambda v: (v**2).sum(), start, jac=lambda v: 2 * v, method="SLSQP",
-                       bounds=list(zip(-ti, 1 - ti, strict=True)),
-                       constraints=[{"type": "eq", "fun": lambda v, wi=wi, need=need: wi @ v - need}],
-                       options={"ftol": 1e-15, "maxiter": 500})
-        assert res.success, res.message
+
+        def step(lam: float, i: int = i) -> torch.Tensor:
+            return torch.minimum(torch.maximum(lam * w[i], -t[i]), 1 - t[i])
+
+        lo, hi = -1.0, 1.0
+        while float(w[i] @ step(lo)) > need:
+            lo *= 2
+        while float(w[i] @ step(hi)) < need:
+            hi *= 2
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if float(w[i] @ step(mid)) < need else (lo, mid)
+        best = step((lo + hi) / 2)
         z = t[i] + d[i]
         assert abs(float(w[i] @ z - b[i])) < 1e-9 and z.min() >= 0 and z.max() <= 1 and d[i][w[i] == 0].eq(0).all()
-        assert d[i].norm().item() == pytest.approx(float(res.x @ res.x) ** 0.5, abs=1e-6)
+        assert d[i].norm().item() == pytest.approx(best.norm().item(), abs=1e-9)
+        torch.testing.assert_close(d[i], best, rtol=0, atol=1e-9)
         binding += bool(((z == 0) | (z == 1)).any() and d[i].norm() > 0)
     assert binding >= 5, "the box never binds: the test would miss it"
 
@@ -840,7 +853,8 @@ def test_unknown_attack_suggests_the_close_name() -> None:
     with pytest.raises(RobenchError, match="fgsm") as info:
         get_attack("fgsmm")
     assert "fgsmm" in str(info.value)
-    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd, apgd, apgd_t, fab_t, square"):
+    with pytest.raises(RobenchError, match="known: fgsm, step_ll, bim, iter_ll, pgd, apgd, apgd_t, fab_t, square, "
+                                           "mi_fgsm, ni_fgsm, di_fgsm, ti_fgsm, vmi_fgsm"):
         get_attack("zzz")
     assert get_attack("pgd") is REGISTRY["pgd"]
 
@@ -853,7 +867,8 @@ def test_registry_carries_kind_objective_and_counterpart() -> None:
     assert {n for n, a in REGISTRY.items() if a.targeted} == {"step_ll", "iter_ll", "apgd_t", "fab_t"}
     assert {n: a.counterpart for n, a in REGISTRY.items()} == {
         "fgsm": None, "step_ll": None, "bim": "fgsm", "iter_ll": "step_ll", "pgd": "fgsm", "apgd": None,
-        "apgd_t": None, "fab_t": None, "square": None}
+        "apgd_t": None, "fab_t": None, "square": None, "mi_fgsm": None, "ni_fgsm": None, "di_fgsm": None,
+        "ti_fgsm": None, "vmi_fgsm": None}  # transfer attacks: weaker white-box than FGSM is no sign of masking
     assert {n for n, a in REGISTRY.items() if a.black_box} == {"square"}
     assert {n for n, a in REGISTRY.items() if a.min_classes > 2} == {"apgd_t", "fab_t"}
     for attack in REGISTRY.values():  # a counterpart is a single-step attack with the same objective
@@ -1235,3 +1250,110 @@ def test_apgd_l2_start_is_on_the_sphere() -> None:
     start = start_point(x, 0.3, SampleNoise(tuple(range(5))), "l2")
     torch.testing.assert_close((start - x).flatten(1).norm(dim=1), torch.full((5,), 0.3))  # no pixel clips at 0.5
     assert torch.equal(start_point(x, 0.3, None, "l2"), x)
+
+
+# --- the transfer family: one loop (momentum.py), DI and TI (transforms.py) ---------------------------
+
+
+@pytest.mark.parametrize("name", ["mi_fgsm", "ni_fgsm"])
+def test_momentum_on_linear_model_ends_at_fgsm(name: str, linear_model) -> None:
+    # two classes: every gradient is a positive multiple of w_other - w_label, so momentum, its mean-|g|
+    # normalisation and NI's look-ahead keep one sign; 10 steps of 4/255 reach each eps-ball edge (or [0, 1])
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(5))
+    x[0, 0, 0, 0], x[1, 0, 1, 1] = 0.01, 0.99
+    labels = _labels(linear_model, x, torch.tensor([0, 1, 0, 1, 0, 1]))
+    eps = [4.0, 8.0, 16.0]
+    many = _run(name, linear_model, x, labels, eps, REGISTRY[name].config(step_size=4.0))
+    one = _run("fgsm", linear_model, x, labels, eps)
+    for e in eps:
+        assert torch.equal(many[e], one[e]), e
+
+
+def test_mi_without_momentum_is_bim(small_cnn: nn.Module) -> None:
+    # decay 0: sign(g / mean|g|) = sign(g), so each step is BIM's; with momentum the path differs
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    bim = _run("bim", small_cnn, x, labels, [8.0], BimConfig(steps=10, step_size=0.8))[8.0]
+    assert torch.equal(_run("mi_fgsm", small_cnn, x, labels, [8.0], MiFgsmConfig(decay=0.0))[8.0], bim)
+    assert not torch.equal(_run("mi_fgsm", small_cnn, x, labels, [8.0])[8.0], bim)
+
+
+def test_each_switch_changes_the_path_and_the_combination_runs(small_cnn: nn.Module) -> None:
+    x, y = _inputs()
+    labels = _labels(small_cnn, x, y)
+    mi = _run("mi_fgsm", small_cnn, x, labels, [8.0])[8.0]
+    for config in (NiFgsmConfig(), MiFgsmConfig(diversity=0.5), MiFgsmConfig(kernel=3), VmiFgsmConfig(samples=2)):
+        assert not torch.equal(_run("mi_fgsm", small_cnn, x, labels, [8.0], config)[8.0], mi), config
+    combo = _run("mi_fgsm", small_cnn, x, labels, [8.0], MiFgsmConfig(diversity=0.5, kernel="auto", samples=2))[8.0]
+    assert (combo - x).abs().max().item() <= 8 / 255 + 1e-7
+
+
+def test_family_defaults_are_the_papers() -> None:
+    assert (MiFgsmConfig().decay, MiFgsmConfig().steps, MiFgsmConfig().step_size) == (1.0, 10, None)
+    assert NiFgsmConfig().nesterov and NiFgsmConfig().decay == 1.0
+    assert (DiFgsmConfig().diversity, DiFgsmConfig().decay, DiFgsmConfig().resize) == (0.5, 0.0, 330 / 299)
+    assert (TiFgsmConfig().kernel, TiFgsmConfig().decay) == ("auto", 0.0)
+    assert (VmiFgsmConfig().samples, VmiFgsmConfig().beta, VmiFgsmConfig().decay) == (20, 1.5, 1.0)
+    vmi = REGISTRY["vmi_fgsm"]
+    assert vmi.budget(vmi.config(), [0.0, 4.0, 16.0], 10) == 2 * 10 * 2 * 21  # N + 1 gradients a step
+    assert REGISTRY["di_fgsm"].budget(DiFgsmConfig(steps=3), [16.0], 10) == 6
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("kernel", 4, "kernel must be an odd number of pixels in [1, 1001], or auto, got 4"),
+    ("kernel", "big", "kernel must be int or auto, got 'big'"),
+    ("diversity", 1.5, "diversity must be at most 1, got 1.5"),
+    ("resize", 0.9, "resize must be at least 1, got 0.9"),
+    ("samples", -1, "samples must be at least 0, got -1"),
+    ("decay", float("nan"), "decay must be a finite number, got nan"),
+    ("norm", "l2", "norm must be linf: this attack has no L2 version, got 'l2'"),
+])
+def test_family_config_checks_its_fields(field: str, value, says: str) -> None:
+    with pytest.raises(FieldError) as e:
+        MiFgsmConfig(**{field: value})
+    assert str(e.value) == says
+
+
+def test_ti_kernel_is_the_authors_gaussian_scaled_to_the_image() -> None:
+    k3 = transforms.gaussian_kernel(3)  # density at -3, 0, 3: [e^-4.5, 1, e^-4.5], outer product, normalised
+    line = torch.tensor([math.exp(-4.5), 1.0, math.exp(-4.5)], dtype=torch.float64)
+    torch.testing.assert_close(k3, torch.outer(line, line) / line.sum() ** 2, rtol=0, atol=1e-15)
+    k15 = transforms.gaussian_kernel(15)
+    assert k15.shape == (15, 15) and abs(k15.sum().item() - 1) < 1e-12 and torch.equal(k15, k15.T)
+    assert k15[7, 7] == k15.max() and torch.equal(transforms.gaussian_kernel(1), torch.ones(1, 1, dtype=torch.float64))
+    sides = {s: transforms.kernel_side("auto", s, s) for s in (299, 224, 128, 64, 32, 6)}
+    assert sides == {299: 15, 224: 11, 128: 7, 64: 5, 32: 5, 6: 5}
+    assert transforms.kernel_side("auto", 224, 500) == 11 and transforms.kernel_side(9, 32, 32) == 9
+
+
+def test_ti_smoothing_spreads_a_point_into_the_kernel_and_keeps_shape() -> None:
+    grad = torch.zeros(2, 3, 9, 9)
+    grad[0, 1, 4, 4] = 2.0
+    out = transforms.smooth(grad, transforms.gaussian_kernel(5))
+    assert out.shape == grad.shape and torch.equal(out[1], grad[1]) and torch.equal(out[0, 0], grad[0, 0])
+    torch.testing.assert_close(out[0, 1, 2:7, 2:7], 2 * transforms.gaussian_kernel(5).float())
+    assert out[0, 1].sum().item() == pytest.approx(2.0) and torch.equal(transforms.smooth(grad, torch.ones(1, 1)), grad)
+
+
+def test_di_by_hand_canvas_twice_the_image() -> None:
+    # resize 2: an 8 px image on a 16 px canvas, read back at 8 px, is a 2 x 2 average where the image lies and
+    # 0 on the padding: rnd = 8 + floor(u1 * 8), top = floor(u2 * (16 - rnd)), left = floor(u3 * (16 - rnd))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pooled = F.avg_pool2d(x, 2)
+    draws = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.3, 0.0, 0.5, 0.99]])  # the second: top 4, left 7
+    out = transforms.diverse(x, draws, prob=1.0, resize=2.0)
+    torch.testing.assert_close(out[0, :, :4, :4], pooled[0])
+    assert out[0, :, 4:].abs().max() == 0 and out[0, :, :, 4:].abs().max() == 0
+    # top 4: output rows 2-5 average image rows (0, 1) ... (6, 7); left 7 (odd): output columns 3-7 average
+    # image columns (-1, 0), (1, 2) ... (7, 8), the outside ones 0
+    torch.testing.assert_close(out[1, :, 2:6, 3:], F.avg_pool2d(F.pad(x[1], (1, 1)), 2))
+    assert out[1, :, [0, 1, 6, 7]].abs().max() == 0 and out[1, :, :, :3].abs().max() == 0
+    skipped = transforms.diverse(x, draws, prob=0.25, resize=2.0)  # the coin: 0.0 < 0.25 moves, 0.3 does not
+    assert torch.equal(skipped[1], x[1]) and torch.equal(skipped[0], out[0])
+    assert torch.equal(transforms.diverse(x[:, :, :2, :2], draws, prob=1.0, resize=1.1), x[:, :, :2, :2])
+
+
+def test_di_gradient_flows_through_the_transform() -> None:
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    transforms.diverse(x, torch.zeros(1, 4), prob=1.0, resize=2.0).sum().backward()
+    assert x.grad is not None and torch.allclose(x.grad, torch.full_like(x, 0.25))  # each pixel counts 1/4 once

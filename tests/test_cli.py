@@ -473,7 +473,8 @@ def test_a_warning_is_one_line_however_long(capsys: pytest.CaptureFixture[str]) 
 def test_suites_lists_the_built_ins() -> None:
     r = invoke("suites")
     assert r.exit_code == 0, r.stderr
-    for name in ("paper (default)", "autoattack", "autoattack-fast", "quick", "apgd-ce", "cascade", "4/255"):
+    for name in ("paper (default)", "autoattack", "autoattack-fast", "quick", "apgd-ce", "cascade", "4/255", "transfer",
+                 "di-ti-mi"):
         assert name in r.stdout, name
 
 

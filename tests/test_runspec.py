@@ -88,8 +88,12 @@ def test_a_targeted_run_and_its_suite_must_agree() -> None:
         RunSpec(suite=suite)
     assert err.value.field == "target_class"
     with pytest.raises(FieldError, match=r"^target_class random: attack 'step_ll' cannot aim at a chosen class; "
-                                         r"those that can: fgsm, bim, pgd; pick them with attack$"):
+                                         r"those that can: fgsm, bim, pgd, mi_fgsm, ni_fgsm, di_fgsm, ti_fgsm, "
+                                         r"vmi_fgsm; pick them with attack$"):
         aimed(load_suite(), "random")  # the paper suite holds step_ll and iter_ll
+    transfer = aimed(load_suite("transfer"), "random")  # every transfer attack aims, the combination too
+    assert [(a.id, a.config.label) for a in transfer.attacks] == [(i, "target") for i in
+                                                                  ("mi_fgsm", "di_fgsm", "ti_fgsm", "di-ti-mi")]
 
 
 def test_configs_compose_the_run_and_record_it_flat() -> None:
@@ -103,7 +107,8 @@ def test_configs_compose_the_run_and_record_it_flat() -> None:
     assert (tr["sources"], tr["targets"], tr["cache"]) == (["effnet-base"], None, None)
     assert set(ev) - set(shared) == {"models", "resume", "clean_refs", "clean_ref_tol", "worst",
                                        "survivor_check"}
-    assert set(tr) - set(shared) == {"models", "sources", "targets", "cache", "survivor_check"}
+    assert set(tr) - set(shared) == {"models", "sources", "targets", "cache", "survivor_check", "ensembles",
+                                     "ensemble_by"}
 
 
 def test_numpy_integers_become_plain_ints() -> None:

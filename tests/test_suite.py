@@ -271,7 +271,7 @@ def test_override_falls_back_to_registry_defaults() -> None:
 
 def test_override_errors() -> None:
     suite = load_suite()
-    with pytest.raises(RobenchError, match=r"unknown attack 'fgsmm'; did you mean fgsm\?"):
+    with pytest.raises(RobenchError, match=r"unknown attack 'fgsmm'; did you mean fgsm, ti_fgsm, ni_fgsm\?"):
         override(suite, ("fgsmm",))
     with pytest.raises(RobenchError, match="^attack fgsm is given twice"):
         override(suite, ("fgsm", "fgsm"))
@@ -292,6 +292,13 @@ def test_built_in_suites_by_name() -> None:
     quick = load_suite("quick")
     assert [(a.id, a.config.steps if a.name == "pgd" else None) for a in quick.attacks] == [("fgsm", None),
                                                                                             ("pgd-10", 10)]
+    transfer = load_suite("transfer")  # the transfer papers' setting: eps 16, 10 steps of eps/10, full runs
+    assert [(a.id, a.name) for a in transfer.attacks] == [("mi_fgsm", "mi_fgsm"), ("di_fgsm", "di_fgsm"),
+                                                          ("ti_fgsm", "ti_fgsm"), ("di-ti-mi", "mi_fgsm")]
+    assert all(a.eps == (16.0,) and a.config.steps == 10 and a.config.step_size is None for a in transfer.attacks)
+    combo = transfer.attacks[3].config
+    assert (combo.decay, combo.diversity, combo.kernel, combo.samples) == (1.0, 0.5, "auto", 0)
+    assert not (transfer.cascade or transfer.early_stop)
     assert load_suite("paper") == load_suite()
     assert "4/255" in (DEFAULT_SUITE.parent / "suites" / "autoattack.yaml").read_text()  # how to use ImageNet's eps
 
@@ -304,8 +311,8 @@ def test_a_built_in_name_wins_and_a_file_needs_a_suffix_or_slash(tmp_path: Path,
     with pytest.raises(RobenchError) as e:
         load_suite("qiuck")
     assert str(e.value) == ("no suite 'qiuck': not a built-in and no such file; did you mean quick? "
-                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, autoattack-l2, quick "
-                            "(robench suites), or a YAML file")
+                            "built-ins: paper, autoattack, autoattack-fast, autoattack-malt, autoattack-l2, quick, "
+                            "transfer (robench suites), or a YAML file")
     with pytest.raises(RobenchError, match="^attack suite file not found: ./nosuch$"):
         load_suite("./nosuch")
 

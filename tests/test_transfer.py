@@ -426,6 +426,24 @@ def test_cli_writes_tidy_rows(tmp_path: Path) -> None:
         "white-box diagonal, no transfer; give two or more models (-m)" in " ".join(one.stderr.split())
 
 
+def test_the_transfer_suite_runs_by_name(tmp_path: Path) -> None:
+    # DI-TI-MI from resnet-base onto effnet-base at the suite's eps 16: rows per target, the combination's
+    # switches recorded in the results' config; at eps 16 every image falls on the source itself
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(main, ["transfer-matrix", "zoo:resnet-base", "zoo:effnet-base", "--sources",
+                                       "resnet-base", "--attacks", "transfer", "--attack", "di-ti-mi", "--limit", "6",
+                                       "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(out.read_text())
+    rows = [r for r in doc["rows"] if r["attack"] == "di-ti-mi"]
+    assert sorted((r["target"], r["eps"]) for r in rows) == [("effnet-base", 16.0), ("resnet-base", 16.0)]
+    white = next(r for r in rows if r["target"] == "resnet-base")
+    assert white["target_top1"] == 0.0 and white["n_fooled_source"] == 6
+    (spec,) = doc["config"]["suite"]["attacks"]
+    assert (spec["name"], spec["diversity"], spec["kernel"], spec["decay"], spec["steps"]) == ("mi_fgsm", 0.5, "auto",
+                                                                                               1.0, 10)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -435,8 +453,9 @@ def test_cli_writes_tidy_rows(tmp_path: Path) -> None:
         (["zoo:effnet-base", "--cache", "{blocker}/cache"], "is not a writable folder"),
         (["{five}"], "5 classes"),
         (["zoo:effnet-base", "--target-class", "random"], "--target-class random: attack 'step_ll' cannot aim at a "
-                                                          "chosen class; those that can: fgsm, bim, pgd; pick them "
-                                                          "with --attack"),
+                                                          "chosen class; those that can: fgsm, bim, pgd, mi_fgsm, "
+                                                          "ni_fgsm, di_fgsm, ti_fgsm, vmi_fgsm; pick them with "
+                                                          "--attack"),
         (["zoo:effnet-base", "--attack", "fgsm", "--target-class", "most"], "Invalid value for '--target-class': "
                                                                             "'most' is not one of 'random', "
                                                                             "'least_likely'"),

@@ -24,6 +24,14 @@ from robench.attacks.apgd import ApgdConfig, ApgdTConfig, apgd, apgd_t
 from robench.attacks.base import Labels, attack_mode
 from robench.attacks.fab import FabTConfig, fab_t
 from robench.attacks.iterative import BimConfig, IterLLConfig, PgdConfig, bim, iter_ll, pgd
+from robench.attacks.momentum import (
+    DiFgsmConfig,
+    MiFgsmConfig,
+    NiFgsmConfig,
+    TiFgsmConfig,
+    VmiFgsmConfig,
+    momentum_fgsm,
+)
 from robench.attacks.single_step import FgsmConfig, StepLLConfig, fgsm, step_ll
 from robench.attacks.square import SquareConfig
 from robench.attacks.square import square as square_attack  # the package's `square` stays the module
@@ -64,6 +72,12 @@ REGISTRY: dict[str, Attack] = {
         Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True, min_classes=4, budget=budget.apgd),
         Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3, budget=budget.fab),
         Attack("square", square_attack, SquareConfig, False, black_box=True, budget=budget.square),
+        # the transfer family: one loop (robench.attacks.momentum), each config its paper's switches
+        Attack("mi_fgsm", momentum_fgsm, MiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("ni_fgsm", momentum_fgsm, NiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("di_fgsm", momentum_fgsm, DiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("ti_fgsm", momentum_fgsm, TiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("vmi_fgsm", momentum_fgsm, VmiFgsmConfig, False, aims=True, budget=budget.momentum),
     )
 }
 

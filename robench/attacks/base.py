@@ -8,7 +8,7 @@ All attacks work on [0, 1] pixels. Under L-infinity (``norm: linf``, every attac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -147,12 +147,23 @@ def gradient_and_logits(model: nn.Module, x: Tensor, labels: Tensor, norm: Norm 
 
     Early stopping reads the logits, so it costs no extra pass.
     """
+    grad, logits = loss_gradient(model, x, labels)
+    return steepest(grad, norm), logits
+
+
+def loss_gradient(model: nn.Module, x: Tensor, labels: Tensor,
+                  view: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """d(summed CE of model(view(x)))/dx and the logits of that forward; zeros where the loss does not depend on x.
+
+    ``view`` (default: none) is a differentiable input transform the model sees instead of x, as DI's
+    resize-and-pad: the gradient flows back through it to x. The logits are those of the transformed input.
+    """
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        logits = model(xg)
+        logits = model(xg if view is None else view(xg))
         loss = F.cross_entropy(logits, labels.clone(), reduction="sum")
         grad = torch.autograd.grad(loss, xg, allow_unused=True)[0] if loss.requires_grad else None
-    return steepest(torch.zeros_like(xg) if grad is None else grad, norm), logits.detach()
+    return torch.zeros_like(xg) if grad is None else grad, logits.detach()
 
 
 def gradient_sign(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:

@@ -65,6 +65,15 @@ def fab(config: Any, eps: Sequence[float], classes: int) -> int:
     return _nonzero(eps) * _targets(config, classes) * config.restarts * config.steps * (GRADIENT + 1)
 
 
+def momentum(config: Any, eps: Sequence[float], classes: int) -> int:
+    """mi/ni/di/ti/vmi_fgsm: per eps and step a gradient, and VMI's ``samples`` more for its neighbours.
+
+    With early stopping and DI or NI on, checking the iterate adds one forward per step (the gradient's
+    forward is elsewhere), at most ``steps`` passes above this on a sample never fooled.
+    """
+    return _nonzero(eps) * config.steps * GRADIENT * (1 + config.samples)
+
+
 def square(config: Any, eps: Sequence[float], classes: int) -> int:
     """square: ``queries`` forwards per eps."""
     return _nonzero(eps) * config.queries

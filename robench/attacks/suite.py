@@ -37,6 +37,7 @@ BUILT_IN = {  # name -> file: `--attacks NAME` and `robench suites`
     "autoattack-malt": Path(__file__).with_name("suites") / "autoattack-malt.yaml",
     "autoattack-l2": Path(__file__).with_name("suites") / "autoattack-l2.yaml",
     "quick": Path(__file__).with_name("suites") / "quick.yaml",
+    "transfer": Path(__file__).with_name("suites") / "transfer.yaml",
 }
 SUITE_KEYS = ("eps", "attacks", "cascade", "early_stop")
 AUTOATTACK_TARGETS = 9  # AutoAttack standard's APGD-T and FAB-T targets
