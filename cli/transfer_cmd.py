@@ -46,8 +46,9 @@ def _members(text: str) -> tuple[str, ...]:
                    "ensemble, its examples scored on every target, held-out models included; repeatable. "
                    "It is a source beside those of --sources (default: every model).")
 @click.option("--ensemble-by", metavar="MODE", default="logits", show_default=True,
-              help="How an ensemble combines its members: logits, the mean of their logits (MI-FGSM's eq. 6), or "
-                   "probs, the log of the mean of their softmax probabilities.")
+              help="How an ensemble combines its members: logits, the mean of their logits (MI-FGSM's eq. 6); "
+                   "probs, the log of the mean of their softmax probabilities; or loss, the mean of their "
+                   "cross-entropy losses (attacks that step on cross-entropy only: not apgd, apgd_t, fab_t, square).")
 @suite_options
 @target_class_option
 @run_options

@@ -161,14 +161,35 @@ def test_ensemble_resizes_and_converts_the_pixels_for_each_member() -> None:
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()  # the attacks' gradients flow through the resizing
 
 
-@pytest.mark.parametrize(("by", "needle"), [("loss", "no single output of a module"), ("max", "be logits or probs")])
-def test_ensemble_modes_other_than_logits_and_probs_are_refused(by: str, needle: str) -> None:
+def test_ensemble_by_loss_averages_the_members_cross_entropy_by_hand() -> None:
+    """loss: the attacks' one CE gradient is that of the members' mean loss (not of their mean logits' loss)."""
+    import torch.nn.functional as F
+
+    from robench.attacks.base import input_gradient, loss_gradient
+    from robench.models.ensemble import Ensemble
+
+    a, b = _member(0), _member(1)
+    config = InputConfig(size=(8, 8))
+    x, y = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0])
+    ensemble = Ensemble([a, b], [config, config], by="loss")
+    xg = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad((F.cross_entropy(a(xg), y, reduction="sum")
+                                   + F.cross_entropy(b(xg), y, reduction="sum")) / 2, xg)
+    grad, logits = loss_gradient(ensemble, x, y)
+    torch.testing.assert_close(grad, want)
+    torch.testing.assert_close(input_gradient(ensemble, x, y), want)
+    assert torch.equal(logits, ensemble(x).detach()) and torch.equal(ensemble(x), (a(x) + b(x)) / 2)
+    by_logits = loss_gradient(Ensemble([a, b], [config, config]), x, y)[0]
+    assert not torch.allclose(by_logits, want)  # the two fusions step differently
+
+
+def test_ensemble_modes_other_than_logits_probs_and_loss_are_refused() -> None:
     from robench.models.ensemble import Ensemble, EnsembleSpec
 
-    with pytest.raises(RobenchError, match=needle):
-        EnsembleSpec(("a", "b"), by)
-    with pytest.raises(ValueError, match=needle):
-        Ensemble([_member(0), _member(1)], [InputConfig(), InputConfig()], by)
+    with pytest.raises(RobenchError, match="be logits, probs or loss"):
+        EnsembleSpec(("a", "b"), "max")
+    with pytest.raises(ValueError, match="be logits, probs or loss"):
+        Ensemble([_member(0), _member(1)], [InputConfig(), InputConfig()], "max")
 
 
 def test_weights_sha256_stable_and_sensitive(default_checkpoint: Path) -> None:

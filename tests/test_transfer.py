@@ -468,7 +468,10 @@ def test_the_transfer_suite_runs_by_name(tmp_path: Path) -> None:
         (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+resnet-base", "--source-ensemble",
           "resnet-base+effnet-base"], "('resnet-base+effnet-base' repeats 'effnet-base+resnet-base')"),
         (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+resnet-base", "--ensemble-by",
-          "loss"], "--ensemble-by must be logits or probs (loss averaging would need every attack"),
+          "loss", "--attacks", "autoattack"], "--ensemble-by loss averages the members' cross-entropy, which 'apgd-ce' "
+                                              "(apgd) does not step on; those that do: fgsm, step_ll"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+resnet-base", "--ensemble-by",
+          "max"], "--ensemble-by must be logits, probs or loss"),
     ],
 )
 def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:

@@ -57,27 +57,29 @@ class Attack:
     min_classes: int = 2  # apgd_t's DLR-T reads the 4th largest logit; fab_t needs a wrong class to aim at
     black_box: bool = False  # uses scores only, no gradients: the health checks' witness of gradient masking
     aims: bool = False  # takes ``label: target``: steps toward each sample's class of a targeted run (Labels.goal)
+    ce_loss: bool = False  # its loss is base.loss_gradient's cross-entropy, so an ensemble may average members' losses
     budget: Callable[[Any, Sequence[float], int], int] = budget.single_step  # passes per sample: (config, eps, classes)
 
 
 REGISTRY: dict[str, Attack] = {
     a.name: a
     for a in (
-        Attack("fgsm", fgsm, FgsmConfig, True, aims=True),
-        Attack("step_ll", step_ll, StepLLConfig, True, targeted=True),
-        Attack("bim", bim, BimConfig, False, counterpart="fgsm", aims=True, budget=budget.schedule),
-        Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll", budget=budget.schedule),
-        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm", aims=True, budget=budget.pgd),
+        Attack("fgsm", fgsm, FgsmConfig, True, aims=True, ce_loss=True),
+        Attack("step_ll", step_ll, StepLLConfig, True, targeted=True, ce_loss=True),
+        Attack("bim", bim, BimConfig, False, counterpart="fgsm", aims=True, budget=budget.schedule, ce_loss=True),
+        Attack("iter_ll", iter_ll, IterLLConfig, False, targeted=True, counterpart="step_ll", budget=budget.schedule,
+               ce_loss=True),
+        Attack("pgd", pgd, PgdConfig, False, counterpart="fgsm", aims=True, budget=budget.pgd, ce_loss=True),
         Attack("apgd", apgd, ApgdConfig, False, budget=budget.apgd),
         Attack("apgd_t", apgd_t, ApgdTConfig, False, targeted=True, min_classes=4, budget=budget.apgd),
         Attack("fab_t", fab_t, FabTConfig, False, targeted=True, min_classes=3, budget=budget.fab),
         Attack("square", square_attack, SquareConfig, False, black_box=True, budget=budget.square),
         # the transfer family: one loop (robench.attacks.momentum), each config its paper's switches
-        Attack("mi_fgsm", momentum_fgsm, MiFgsmConfig, False, aims=True, budget=budget.momentum),
-        Attack("ni_fgsm", momentum_fgsm, NiFgsmConfig, False, aims=True, budget=budget.momentum),
-        Attack("di_fgsm", momentum_fgsm, DiFgsmConfig, False, aims=True, budget=budget.momentum),
-        Attack("ti_fgsm", momentum_fgsm, TiFgsmConfig, False, aims=True, budget=budget.momentum),
-        Attack("vmi_fgsm", momentum_fgsm, VmiFgsmConfig, False, aims=True, budget=budget.momentum),
+        Attack("mi_fgsm", momentum_fgsm, MiFgsmConfig, False, aims=True, budget=budget.momentum, ce_loss=True),
+        Attack("ni_fgsm", momentum_fgsm, NiFgsmConfig, False, aims=True, budget=budget.momentum, ce_loss=True),
+        Attack("di_fgsm", momentum_fgsm, DiFgsmConfig, False, aims=True, budget=budget.momentum, ce_loss=True),
+        Attack("ti_fgsm", momentum_fgsm, TiFgsmConfig, False, aims=True, budget=budget.momentum, ce_loss=True),
+        Attack("vmi_fgsm", momentum_fgsm, VmiFgsmConfig, False, aims=True, budget=budget.momentum, ce_loss=True),
     )
 }
 

@@ -116,13 +116,7 @@ def input_gradient(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     its input has a zero gradient, as a model that rounds its input does, rather
     than an error: the zero_gradients health probe is what reports it.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        xg = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xg), labels.clone(), reduction="sum")
-        if not loss.requires_grad:
-            return torch.zeros_like(xg)
-        (grad,) = torch.autograd.grad(loss, xg, allow_unused=True)
-    return torch.zeros_like(xg) if grad is None else grad
+    return loss_gradient(model, x, labels)[0]
 
 
 def clean_logits(model: nn.Module, x: Tensor, labels: Labels) -> Tensor:
@@ -157,11 +151,22 @@ def loss_gradient(model: nn.Module, x: Tensor, labels: Tensor,
 
     ``view`` (default: none) is a differentiable input transform the model sees instead of x, as DI's
     resize-and-pad: the gradient flows back through it to x. The logits are those of the transformed input.
+    A model with a ``loss_members`` callable (an ensemble averaging losses, robench.models.ensemble) gives
+    [K, N, classes] member logits: the loss is the members' mean summed CE (Liu et al. ICLR 2017, sec. 3;
+    Dong et al. CVPR 2018, sec. 3.2) and the logits their mean. This is the one home of the CE loss, so
+    every attack stepping on it (``Attack.ce_loss``) averages losses without a line of its own.
     """
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        logits = model(xg if view is None else view(xg))
-        loss = F.cross_entropy(logits, labels.clone(), reduction="sum")
+        seen = xg if view is None else view(xg)
+        members = getattr(model, "loss_members", None)  # an ensemble averaging its members' losses
+        if members is None:
+            logits = model(seen)
+            loss = F.cross_entropy(logits, labels.clone(), reduction="sum")
+        else:
+            outs = members(seen)  # [K, N, classes]
+            loss = torch.stack([F.cross_entropy(o, labels.clone(), reduction="sum") for o in outs]).mean()
+            logits = outs.mean(0)
         grad = torch.autograd.grad(loss, xg, allow_unused=True)[0] if loss.requires_grad else None
     return torch.zeros_like(xg) if grad is None else grad, logits.detach()
 

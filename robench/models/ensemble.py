@@ -5,7 +5,10 @@ ensemble so that an example that fools several models at once transfers better t
 held out of it; Dong et al. (CVPR 2018, MI-FGSM, sec. 3.2, eq. 6) fuse the members' logits,
 l(x) = sum_k w_k l_k(x) with w_k = 1/K here, since logits keep what softmax would flatten.
 ``Ensemble`` is one ``nn.Module``, so every attack runs on it unchanged and pays one forward
-and one backward per member per step.
+and one backward per member per step. Liu et al.'s other fusion, the mean of the members'
+losses, cannot be one output for every loss (cross-entropy, DLR, margins), so ``loss`` is for
+the attacks whose loss is the one cross-entropy of ``robench.attacks.base.loss_gradient``,
+which reads the members' logits through ``loss_members``.
 """
 
 from __future__ import annotations
@@ -21,17 +24,12 @@ from torch import Tensor, nn
 from robench.core.fields import Rule, check
 from robench.data import InputConfig, to_channels
 
-ENSEMBLE_BY = ("logits", "probs")  # what the members' outputs are averaged as (``Ensemble``)
-NO_LOSS = ("loss averaging would need every attack to average its own loss (cross-entropy, least-likely "
-           "cross-entropy, DLR, margins) over the members, and no single output of a module makes each of those "
-           "losses the members' mean")
+ENSEMBLE_BY = ("logits", "probs", "loss")  # what the members' outputs are averaged as (``Ensemble``)
 
 
 def by_problem(by: object) -> str | None:
-    """What an ensemble mode breaks: logits or probs; ``loss`` is refused and why (it needs the attacks' help)."""
-    if by == "loss":
-        return f"be logits or probs ({NO_LOSS})"
-    return None if by in ENSEMBLE_BY else "be logits or probs"
+    """What an ensemble mode breaks: logits, probs or loss."""
+    return None if by in ENSEMBLE_BY else "be logits, probs or loss"
 
 
 def members_problem(members: object) -> str | None:
@@ -71,7 +69,7 @@ def say_ensembles(ensembles: object) -> str:
 ENSEMBLE_FIELDS = {  # robench.core.fields
     "members": Rule(tuple, "a tuple of model labels", test=members_problem,
                     show=lambda m: say_ensembles((m,))),
-    "by": Rule(str, "logits or probs", test=by_problem),
+    "by": Rule(str, "logits, probs or loss", test=by_problem),
 }
 
 
@@ -111,8 +109,11 @@ class Ensemble(nn.Module):
     mean/std (``Normalized``). A member of another size or channel count gets the ensemble's pixels
     resized as transfer delivers a perturbation (bilinear, antialiased) and converted as images are
     (``to_channels``), inside the forward, so gradients flow through it. ``by``: ``logits`` returns
-    their mean; ``probs`` the log of their mean softmax, so its softmax is the mean of theirs.
-    Raises ValueError for a ``by`` other than those two, or members and inputs of different counts.
+    their mean; ``probs`` the log of their mean softmax, so its softmax is the mean of theirs;
+    ``loss`` returns the mean logits too (what its predictions and early stopping read), and sets
+    ``loss_members`` (x -> [K, B, classes] member logits) so that the cross-entropy attacks average
+    the members' losses instead (``robench.attacks.base.loss_gradient``).
+    Raises ValueError for another ``by``, or members and inputs of different counts.
     """
 
     def __init__(self, members: Sequence[nn.Module], inputs: Sequence[InputConfig], by: str = "logits") -> None:
@@ -125,10 +126,15 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.shapes = [(c.channels, c.size) for c in inputs]
         self.by = by
+        self.loss_members = self.member_logits if by == "loss" else None
+
+    def member_logits(self, x: Tensor) -> Tensor:
+        """[K, B, classes]: each member's logits of the ensemble's pixels ``x`` [B, C, H, W] in [0, 1]."""
+        return torch.stack([m(self.fit(x, k)) for k, m in enumerate(self.members)])
 
     def forward(self, x: Tensor) -> Tensor:
-        outs = torch.stack([m(self.fit(x, k)) for k, m in enumerate(self.members)])  # [K, B, classes]
-        if self.by == "logits":
+        outs = self.member_logits(x)
+        if self.by in ("logits", "loss"):
             return outs.mean(0)
         return torch.logsumexp(F.log_softmax(outs, dim=-1), dim=0) - math.log(len(self.members))
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from robench import engine
 from robench.analysis import health, metrics, worst
+from robench.attacks import REGISTRY
 from robench.attacks.base import TargetClass, project, to_unit
 from robench.attacks.suite import CLEAN, Suite
 from robench.core.distributed import LOCAL, Dist
@@ -51,7 +52,7 @@ TRANSFER_FIELDS = {  # robench.core.fields; the labels are checked against the m
     "survivor_check": SURVIVOR_RULE,
     "ensembles": Rule(tuple, "a tuple of ensembles, each a tuple of model labels", test=ensembles_problem,
                       show=say_ensembles),
-    "ensemble_by": Rule(str, "logits or probs", test=by_problem),
+    "ensemble_by": Rule(str, "logits, probs or loss", test=by_problem),
 }
 
 
@@ -70,6 +71,12 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         check(self, TRANSFER_FIELDS)
+        other = [a for a in self.run.suite.attacks if not REGISTRY[a.name].ce_loss]
+        if self.ensembles and self.ensemble_by == "loss" and other:
+            able = ", ".join(n for n, a in REGISTRY.items() if a.ce_loss)
+            raise FieldError("ensemble_by", f"{{name}} loss averages the members' cross-entropy, which "
+                                            f"'{other[0].id}' ({other[0].name}) does not step on; those that do: "
+                                            f"{able}; use logits or probs, or keep only those attacks")
 
     def describe(self) -> dict[str, Any]:
         """Plain-data form for result files: the run's fields alongside transfer's own."""
