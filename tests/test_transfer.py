@@ -587,6 +587,24 @@ def test_an_ensemble_of_two_copies_crafts_that_models_examples_at_twice_the_pass
         assert out.cost[json.dumps(["a+b", attack])] == [2 * single[0], 2 * single[1]] and single[1] > 0
 
 
+def test_an_ensemble_source_plans_each_members_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress plans K members' passes for an ensemble step: two copies spend and plan exactly twice one copy."""
+    from robench.engine.hooks import Tracker
+
+    seen: dict[str, tuple[int, int]] = {}  # stage -> (passes spent, planned)
+    ended = Tracker.ended_call
+
+    def spy(self: Tracker, passes: int) -> None:
+        ended(self, passes)
+        seen[self.stage] = (self.spent, self._planned(self.step) * self.piece)
+
+    monkeypatch.setattr(Tracker, "ended_call", spy)
+    run = RunSpec(suite=override(load_suite(), ("bim",), (1.0,)), limit=8, batch_size=8, health_probes=False)
+    run_transfer(TransferConfig(("a=zoo:resnet-base", "b=zoo:resnet-base"), ("a",), run=run, ensembles=(("a", "b"),)))
+    (one_spent, one_planned), (two_spent, two_planned) = seen["bim on a"], seen["bim on a+b"]
+    assert (two_spent, two_planned) == (2 * one_spent, 2 * one_planned) and 0 < one_spent <= one_planned
+
+
 def test_ensemble_examples_are_scored_on_held_out_targets(small_res: Path) -> None:
     """An ensemble of two input sizes crafts as a hand-built Ensemble does; a held-out target scores those examples."""
     from robench.attacks import REGISTRY, Labels

@@ -17,7 +17,7 @@ from robench.core.progress import iterations_to
 from robench.data import Batch, InputConfig
 from robench.engine.hooks import Hooks, Tracker
 from robench.engine.outcomes import Matrix, correct, predictions
-from robench.engine.passes import count_passes
+from robench.engine.passes import count_passes, pass_units
 from robench.engine.plan import Examples, Participant, Plan, sample_key
 
 Views = dict[InputConfig, Batch]  # the same samples as each distinct input config sees them
@@ -95,6 +95,7 @@ class _Batch:
         """Clean forwards once per model, then every source's examples."""
         clean = {m.label: score(m.module, self.x[m.input]) for m in self.plan.models}
         self.tracker.planned([REGISTRY[a.name].budget(a.config, a.eps, clean[s].shape[1])
+                              * pass_units(self.plan.model(s).module)  # an ensemble's step pays each member
                               for s in self.plan.targets for a in self.suite.attacks])
         goals = {s: self.goal(clean[s]) for s in self.plan.targets}
         for (s, t), o in self.out.pairs.items():

@@ -33,6 +33,16 @@ class Passes:
         self.backward += other.backward
 
 
+def _units(model: nn.Module) -> list[nn.Module]:
+    """The modules whose passes count: an ensemble's members, else the model itself."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
+def pass_units(model: nn.Module) -> int:
+    """How many passes one step on ``model`` counts: K for an ensemble of K members (plans scale by it), else 1."""
+    return len(_units(model))
+
+
 @contextmanager
 def count_passes(model: nn.Module) -> Iterator[Passes]:
     """Count ``model``'s passes while the block runs; the hook is removed afterwards.
@@ -52,7 +62,7 @@ def count_passes(model: nn.Module) -> Iterator[Passes]:
             if out.requires_grad:
                 out.register_hook(backward_hook)
 
-    units = list(model.members) if isinstance(model, Ensemble) else [model]
+    units = _units(model)
     handles = [unit.register_forward_hook(forward_hook) for unit in units]
     try:
         yield passes
