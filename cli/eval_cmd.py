@@ -109,7 +109,7 @@ def eval_command(specs: tuple[str, ...], models: tuple[str, ...], suite_name: st
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot),
                    ("--per-sample", per_sample), ("--junit", junit), ("--summary", summary)],
                   [("--rules", rules_path), *results_paths("--baseline", baseline_path),
-                   *run_inputs(specs + models, suite_name, run.get("classes"))])
+                   *run_inputs(specs + models, suite_name, run.get("classes"), run.get("data"))])
     if (junit or summary) and not (rules_path or baseline_path):
         from robench.errors import RobenchError
 

@@ -82,7 +82,7 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
 
     check_plot(plot)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
-                  run_inputs(specs + models, classes=run.get("classes")))
+                  run_inputs(specs + models, classes=run.get("classes"), data=run.get("data")))
     suite = leak_suite(parse_eps_list(eps_text, unit=eps_unit))
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)

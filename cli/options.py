@@ -347,12 +347,14 @@ def check_outs(outs: tuple[Path, ...]) -> None:
 
 
 def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,
-               classes: str | None = None) -> list[tuple[str, Path | None]]:
-    """The files a run reads, as (option, path): model checkpoints and factory files, a suite file, --classes.
+               classes: str | None = None, data: str | None = None) -> list[tuple[str, Path | None]]:
+    """The files a run reads, as (option, path): model checkpoints and factory files, a suite file, --classes,
+    and the folder of --data when it is one (an image folder, mnist:DIR, fashion-mnist:DIR).
 
-    For robench.core.outputs.check_outputs: no output may overwrite one of them.
+    For robench.core.outputs.check_outputs: no output may overwrite one of them, nor land in the data folder.
     """
     from robench.attacks.suite import BUILT_IN
+    from robench.data.open import is_folder
     from robench.models import parse_spec
 
     inputs: list[tuple[str, Path | None]] = []
@@ -363,6 +365,10 @@ def run_inputs(specs: tuple[str, ...], suite_name: str | None = None,
             inputs.append(("MODEL", Path(spec.name.rpartition(":")[0])))
     if suite_name is not None and suite_name not in BUILT_IN:
         inputs.append(("--attacks", Path(suite_name)))
+    if data is not None and ":" in data and data.startswith(("mnist:", "fashion-mnist:")):
+        inputs.append(("--data", Path(data.partition(":")[2])))
+    elif data is not None and is_folder(data):
+        inputs.append(("--data", Path(data)))
     return [*inputs, ("--classes", None if classes is None else Path(classes))]
 
 

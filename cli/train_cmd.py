@@ -116,7 +116,8 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
 
     arch = cfg.arch
     check_outputs([("--out", out)], [(o.replace("MODEL", "--arch"), p) for o, p in
-                                     run_inputs((arch,) if is_factory(arch) else (), classes=cfg.classes)])
+                                     run_inputs((arch,) if is_factory(arch) else (), classes=cfg.classes,
+                                                data=cfg.data)])
     if threads is not None:  # not in TrainConfig: the thread count does not decide the weights (nor the zoo's recipes)
         import torch
 

@@ -105,7 +105,7 @@ def transfer_command(specs: tuple[str, ...], models: tuple[str, ...], sources: s
 
     check_plot(plot)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
-                  run_inputs(specs + models, suite_name, run.get("classes")))
+                  run_inputs(specs + models, suite_name, run.get("classes"), run.get("data")))
     suite = build_suite(suite_name, attack_names, eps_text, eps_unit=eps_unit)
     if target_class is not None:
         suite = aimed(suite, target_class)

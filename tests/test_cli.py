@@ -854,6 +854,20 @@ def test_an_output_never_overwrites_an_input(tmp_path: Path, monkeypatch: pytest
     assert _files(tmp_path) == before
 
 
+@pytest.mark.parametrize("line", ["eval zoo:effnet-base --data imgs --attack fgsm --plot imgs/0/0.png",
+                                  "transfer-matrix zoo:effnet-base --data imgs --attack fgsm --plot imgs/p.png",
+                                  "leak-check zoo:effnet-base --data imgs --out imgs/0/r.json"])
+def test_no_output_lands_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str) -> None:
+    """--plot imgs/0/0.png replaced a dataset image with the plot, exit 0: now refused before any work."""
+    (tmp_path / "imgs" / "0").mkdir(parents=True)
+    (tmp_path / "imgs" / "0" / "0.png").write_bytes(b"not really a png")
+    monkeypatch.chdir(tmp_path)
+    before = _files(tmp_path)
+    output = line.split()[-2] + " " + line.split()[-1]
+    message = one_error_line(invoke(*line.split()), 2, output, "is inside the input folder --data imgs")
+    assert "outside it" in message and _files(tmp_path) == before
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("out", ["/proc/x.json", "/proc/x.csv"])
 def test_an_output_folder_that_takes_no_new_files_is_refused_before_any_work(out: str) -> None:

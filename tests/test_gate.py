@@ -677,6 +677,25 @@ def test_settings_are_compared_only_for_the_rows_a_regression_compares(tmp_path:
     one_error_line(r, 2, "pgd: steps 1 in", "10 in")  # the worst case depends on every attack
 
 
+@pytest.mark.parametrize(("new", "old", "needle"), [
+    ({"target_class": "random"}, {"target_class": "least_likely"},
+     "target_class random in r.json, least_likely in b.json"),
+    ({"ensembles": [["a", "b"]], "ensemble_by": "probs"}, {"ensembles": [["a", "b"]], "ensemble_by": "logits"},
+     "ensemble_by probs in r.json, logits in b.json"),
+    ({"ensembles": [["a", "b"]], "ensemble_by": "probs"}, {"ensembles": [["a", "b"]]},  # older: logits, the default
+     "ensemble_by probs in r.json, logits in b.json"),
+])
+def test_a_gate_refuses_another_target_choice_or_ensemble_fusion(new: dict, old: dict, needle: str,
+                                                                  tmp_path: Path) -> None:
+    """random targets against least-likely ones, or probs-fused ensembles against logits, passed a gate: now exit 2."""
+    r_json = write(tmp_path / "r.json", make_doc(PGD, config={**suite_config(), **new}))
+    b_json = write(tmp_path / "b.json", make_doc(PGD, config={**suite_config(), **old}))
+    one_error_line(invoke("gate", r_json, "--baseline", b_json), 2, needle, "other settings")
+    same = write(tmp_path / "same.json", make_doc(PGD, config={**suite_config(), "ensemble_by": "probs"}))
+    assert invoke("gate", same, "--baseline", write(tmp_path / "plain.json", make_doc(PGD, config=suite_config()))
+                  ).exit_code == 0  # without ensembles the fusion decides nothing
+
+
 def test_a_setting_a_baseline_predates_reads_as_its_default(tmp_path: Path) -> None:
     """A baseline written before ``norm`` existed ran L-infinity: it compares with norm linf, not with norm l2."""
     def config(**extra: str) -> dict:

@@ -158,6 +158,7 @@ def test_channels_last_is_off_on_the_cpu_by_default(close: str) -> None:
     assert result is not None and result.meta["precision"] == {"amp": None, "compile": False, "channels_last": False}
 
 
+@pytest.mark.reference
 @pytest.mark.slow
 def test_compile_on_the_cpu_gives_the_same_outcomes_and_is_recorded() -> None:
     if compile_problem(torch.device("cpu")):

@@ -283,6 +283,7 @@ def test_square_l2_shapes_equal_torchattacks(setup) -> None:
         torch.testing.assert_close((two_bumps(s).T if flip else two_bumps(s)).float(), ref, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.reference
 @pytest.mark.slow
 def test_square_l2_same_strength(digits_test, one_thread) -> None:
     # random on both sides, so robust accuracies are compared, on the 360 images at L2 eps 3 with 60 queries
@@ -364,6 +365,7 @@ def test_apgd_agrees_on_the_step_ll_model_at_8_and_16(name: str, config, monkeyp
                          [("apgd", ApgdConfig(norm="l2", steps=APGD_STEPS), 1),
                           ("apgd_t", ApgdTConfig(norm="l2", targets=3, steps=APGD_STEPS), 7)],
                          ids=["apgd-ce-l2", "apgd-t-l2"])
+@pytest.mark.reference
 @pytest.mark.slow
 def test_apgd_l2_agrees_from_the_same_starts(name: str, config, slack: int, digits_test,
                                              monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
@@ -463,6 +465,7 @@ def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_
     assert 0.3 < ours < _accuracy(model, batch.images, batch.labels) - 0.1  # a real attack, on a model it cannot empty
 
 
+@pytest.mark.reference
 @pytest.mark.slow
 def test_autoattack_l2_worst_is_at_most_torchattacks_autoattack_l2_plus_one_point(one_thread) -> None:
     # autoattack-l2's worst-l2 row against torchattacks AutoAttack(norm="L2"), budgets cut alike (CUT),
@@ -548,6 +551,7 @@ def _paper_di(atk, z: torch.Tensor) -> torch.Tensor:
     return moved if torch.rand(1) < atk.diversity_prob else z
 
 
+@pytest.mark.reference
 @pytest.mark.slow
 def test_di_same_strength_as_torchattacks_loop_with_the_papers_transform(digits_test, one_thread,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
@@ -570,6 +574,7 @@ def test_di_same_strength_as_torchattacks_loop_with_the_papers_transform(digits_
     assert max(ours) < _accuracy(model, x, y) - 0.2
 
 
+@pytest.mark.reference
 @pytest.mark.slow
 def test_vmi_same_strength_as_torchattacks(digits_test, one_thread) -> None:
     # random neighbours on both sides (torchattacks' from the global generator, robench's per sample), so

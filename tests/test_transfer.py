@@ -472,6 +472,8 @@ def test_the_transfer_suite_runs_by_name(tmp_path: Path) -> None:
                                               "(apgd) does not step on; those that do: fgsm, step_ll"),
         (["zoo:effnet-base", "zoo:resnet-base", "--source-ensemble", "effnet-base+resnet-base", "--ensemble-by",
           "max"], "--ensemble-by must be logits, probs or loss"),
+        (["zoo:effnet-base", "zoo:resnet-base", "--ensemble-by", "probs"], "--ensemble-by probs says how an ensemble "
+         "source combines its members, but no --source-ensemble is given; add one or leave it out"),
     ],
 )
 def test_bad_input_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -519,6 +521,11 @@ def test_transfer_summary_is_the_mean_off_diagonal_rate() -> None:
     out = io.StringIO()
     Console(file=out, width=80).print(transfer_summary(rows))
     assert "30.0" in out.getvalue() and "8/255" in out.getvalue()  # (20 + 40) / 2, the diagonal left out
+    ensemble = pd.DataFrame([{"source": "a+b", "target": t, "attack": "fgsm", "eps": 8.0, "transfer_rate": r}
+                             for t, r in (("a", 1.0), ("b", 0.9), ("c", 0.6))])
+    out = io.StringIO()
+    Console(file=out, width=120).print(transfer_summary(pd.concat([rows, ensemble])))
+    assert "40.0" in out.getvalue()  # (20 + 40 + 60) / 3: a+b's cells on its members a and b are white-box
 
 
 

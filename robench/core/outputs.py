@@ -86,7 +86,8 @@ def results_paths(option: str, path: Path | None) -> list[tuple[str, Path | None
 def check_outputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str, Path | None]]) -> None:
     """Fail before any work when an output would overwrite an input, or two outputs name one file or stream.
 
-    Both lists hold (option, path); None paths are left out. "One file" follows symlinks and hard
+    Both lists hold (option, path); None paths are left out. An input that is a folder (an image
+    folder given as data) takes no output anywhere inside it. "One file" follows symlinks and hard
     links (robench.core.files.same_output); results_paths adds what a ``.csv`` writes or reads beside it.
     """
     for option, path in outputs:
@@ -95,7 +96,20 @@ def check_outputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str
                 same = "" if str(path) == str(source) else " (the same file)"
                 raise RobenchError(f"{option} {path} would overwrite the input {in_option} {source}{same}; "
                                    f"give {option.split()[0]} another file name")
+            if path is not None and source is not None and _inside(path, source):
+                raise RobenchError(f"{option} {path} is inside the input folder {in_option} {source}, whose files "
+                                   f"are the data; write {option.split()[0]} outside it")
     check_distinct(outputs)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Would ``path`` land inside the existing folder ``folder`` (symlinks followed)?"""
+    if not folder.is_dir():
+        return False
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except OSError:
+        return False
 
 
 def check_inputs(inputs: list[tuple[str, Path | None]]) -> None:

@@ -358,7 +358,9 @@ def _row_fields(row: dict[str, Any]) -> dict[str, Any]:
 def _metric_value(row: dict[str, Any], metric: str, where: str, name: str) -> float | None:
     if metric not in row:
         columns = ", ".join(c for c in row if c not in KEY_COLUMNS)
-        raise RobenchError(f"{where}: metric '{metric}' is not a column of {name} ({columns})")
+        fix = "; give rules naming one of those columns (metric: target_top1 for a transfer matrix)" \
+            if where == "default rule" else ""
+        raise RobenchError(f"{where}: metric '{metric}' is not a column of {name} ({columns}){fix}")
     value = row[metric]
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)):
         raise RobenchError(f"{name}: row {row_label(row)} has a non-numeric {metric} {value!r}; the file is damaged")

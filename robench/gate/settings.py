@@ -17,12 +17,12 @@ from robench.attacks import REGISTRY
 from robench.attacks.suite import CLEAN, WORSTS
 from robench.errors import RobenchError
 
-RUN_KEYS = ("cascade", "early_stop", "seed")  # how the whole suite ran: they change every attacked row
+RUN_KEYS = ("cascade", "early_stop", "seed", "target_class", "ensemble_by")  # how the whole suite ran
 SKIP_KEYS = ("id", "eps")  # the row's own key columns: not settings
 
 
 def recorded(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """{"attacks": {id: settings}, "run": {cascade, early_stop, seed}} as the file records them; None if it does not.
+    """{"attacks": {id: settings}, "run": {RUN_KEYS}} as the file records them; None if it does not.
 
     Files written by robench record ``config.suite`` and ``config.seed``; older or hand-made
     files without a suite are compared on their rows alone, as before.
@@ -35,7 +35,10 @@ def recorded(doc: dict[str, Any]) -> dict[str, Any] | None:
     entries = entries if isinstance(entries, list) else []
     attacks = {str(a.get("id")): _with_defaults({k: v for k, v in a.items() if k not in SKIP_KEYS})
                for a in entries if isinstance(a, dict)}
-    run = {"cascade": suite.get("cascade"), "early_stop": suite.get("early_stop"), "seed": config.get("seed")}
+    ensembles = config.get("ensembles") or []  # an ensemble's mode matters only where a file has ensembles
+    run = {"cascade": suite.get("cascade"), "early_stop": suite.get("early_stop"), "seed": config.get("seed"),
+           "target_class": config.get("target_class"),  # untargeted (None) in files older than targeted runs
+           "ensemble_by": config.get("ensemble_by", "logits") if ensembles else None}
     return {"attacks": attacks, "run": run}
 
 

@@ -109,9 +109,19 @@ def transfer_tables(rows: pd.DataFrame) -> list[Table]:
 
 
 SUMMARIES = {  # a transfer summary's metric -> its title and caption
-    "transfer_rate": ("mean transfer rate %", "off-diagonal cells, the paper's definition"),
-    "targeted_success_rate": ("mean targeted success rate %", "off-diagonal cells, of all samples"),
+    "transfer_rate": ("mean transfer rate %", "off-diagonal cells, the paper's definition; an ensemble's own "
+                                              "members left out"),
+    "targeted_success_rate": ("mean targeted success rate %", "off-diagonal cells, of all samples; an ensemble's "
+                                                              "own members left out"),
 }
+
+
+def member(source: str, target: str, rows: pd.DataFrame) -> bool:
+    """Is ``target`` one of the models of the ensemble source ``source`` ("a+b+c"), a white-box cell in all but name?"""
+    parts = source.split("+")
+    labels = set(rows["target"]) | set(rows["source"])
+    return len(parts) > 1 and source not in set(rows["target"]) and all(p in labels for p in parts) \
+        and target in parts
 
 
 def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table:
@@ -119,6 +129,7 @@ def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table
     from rich.table import Table
 
     cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
+    cells = cells[[not member(s, t, rows) for s, t in zip(cells["source"], cells["target"], strict=True)]]
     cells = cells.assign(threat=[row_norm(r) for r in cells.itertuples()])
     means = cells.groupby(["threat", "eps", "attack"], sort=False)[metric].mean()
     attacks = list(dict.fromkeys(cells["attack"]))

@@ -71,6 +71,10 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         check(self, TRANSFER_FIELDS)
+        if self.ensemble_by != "logits" and not self.ensembles:
+            raise FieldError("ensemble_by", f"{{name}} {self.ensemble_by} says how an ensemble source combines its "
+                                            f"members, but no {{ensembles}} is given; add one or leave it out",
+                             "ensembles")
         other = [a for a in self.run.suite.attacks if not REGISTRY[a.name].ce_loss]
         if self.ensembles and self.ensemble_by == "loss" and other:
             able = ", ".join(n for n, a in REGISTRY.items() if a.ce_loss)
