@@ -215,12 +215,13 @@ def precheck(run: dict[str, Any], eps_text: str | None = None, eps_unit: str = "
 
 
 def _reads_as_l2(eps_text: str) -> bool:
-    """Whether an --eps list is one an L2 suite takes (plain numbers, each once)."""
-    from robench.core.eps import l2_eps_values, split_eps
+    """Whether every item of an --eps list reads as an L2 eps (a plain number); a repeat is the suite's to say."""
+    from robench.core.eps import parse_l2_eps, split_eps
     from robench.errors import RobenchError
 
     try:
-        l2_eps_values(split_eps(eps_text))
+        for item in split_eps(eps_text):
+            parse_l2_eps(item)
     except RobenchError:
         return False
     return True

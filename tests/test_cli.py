@@ -160,6 +160,10 @@ def test_eval_refuses_an_l2_eps_beyond_the_data_and_eps_on_a_mixed_suite(tmp_pat
                      "eps: [0.5]}\n")
     one_error_line(invoke("eval", "zoo:resnet-base", "--attacks", mixed, "--eps", "8", "--limit", "4"), 2,
                    "--eps gives every attack one eps list, but these attacks mix norms")
+    one_error_line(invoke("eval", "zoo:resnet-base", "--attacks", "autoattack-l2", "--eps", "0.5,0.5"), 2,
+                   "--eps: eps 0.5 is given twice; give each eps once")  # not L-inf's unit trap
+    one_error_line(invoke("eval", "zoo:resnet-base", "--attacks", "autoattack-l2", "--eps", "0.5", "--eps-unit",
+                          "pixel"), 2, "--eps-unit pixel says how L-inf eps read; these attacks are L2")
 
 
 def test_eval_csv_writes_rows_and_meta(default_checkpoint: Path, tmp_path: Path) -> None:

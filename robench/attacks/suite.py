@@ -461,5 +461,8 @@ def _eps_override(attacks: tuple[AttackSpec, ...], eps: tuple[float | str, ...],
                                 f"in 1/255 units and L2 eps are {L2_UNIT}, so no number means the same to both; set "
                                 "each attack's eps in a suite file, or keep attacks of one norm")
     if norms == {"l2"}:
+        if unit != "1/255":
+            raise FieldError("eps_unit", f"{{name}} {unit} says how L-inf eps read; these attacks are L2, whose eps "
+                                         f"are {L2_UNIT}, read as written; leave it out")
         return l2_eps_values(eps, "eps")
     return eps_values(eps, "eps", unit)
