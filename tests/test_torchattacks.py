@@ -436,10 +436,9 @@ def _cut_autoattack(model, eps: float, norm: str = "Linf"):
     return atk
 
 
-@pytest.mark.slow
-def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_thread) -> None:
-    # the step l.l.-trained zoo model keeps about 3/4 of the digits at eps 16, so there is something to
-    # compare (the baseline falls to 0% under either); the first 180 test images keep it near 30 s
+def _cut_suite_worst(name: str, eps: float, n: int):
+    """zoo:resnet-stepll, its first ``n`` digits test images, and the built-in suite ``name`` at ``eps`` with the
+    budgets cut as CUT cuts torchattacks' (model, batch, outcomes with the worst rows of each norm)."""
     import dataclasses
 
     from robench.analysis.worst import with_worst
@@ -450,15 +449,23 @@ def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_
 
     loaded = load_model(parse_spec("zoo:resnet-stepll"), 10)
     model = loaded.module.eval()
-    batch = next(load_digits_source("test").batches(loaded.input, 180))
-    suite = load_suite("autoattack")
+    batch = next(load_digits_source("test").batches(loaded.input, n))
+    suite = load_suite(name)
     suite = dataclasses.replace(suite, attacks=tuple(
-        dataclasses.replace(a, eps=(16.0,), config=dataclasses.replace(a.config, **CUT[a.name]))
+        dataclasses.replace(a, eps=(eps,), config=dataclasses.replace(a.config, **CUT[a.name]))
         for a in suite.attacks))
     plan = Plan.white_box([Participant("m", model, InputConfig())])
-    out = Matrix.empty([str(i) for i in range(180)], settings_of(suite), plan.pairs())
+    out = Matrix.empty([str(i) for i in range(n)], settings_of(suite), plan.pairs())
     run_batches(plan, iter([{InputConfig(): batch}]), suite, out, 0, Hooks())
-    ours = float(with_worst(out.pairs[("m", "m")]).correct()[-1].mean())
+    return model, batch, with_worst(out.pairs[("m", "m")], suite.norms())
+
+
+@pytest.mark.slow
+def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_thread) -> None:
+    # the step l.l.-trained zoo model keeps about 3/4 of the digits at eps 16, so there is something to
+    # compare (the baseline falls to 0% under either); the first 180 test images keep it near 30 s
+    model, batch, w = _cut_suite_worst("autoattack", 16.0, 180)
+    ours = float(w.correct()[-1].mean())
     ref = _accuracy(model, _cut_autoattack(model, 16.0)(batch.images, batch.labels), batch.labels)
     print(f"robust accuracy at eps 16: robench autoattack worst {ours:.4f}, torchattacks AutoAttack {ref:.4f}")
     assert ours <= ref + 0.01
@@ -470,25 +477,7 @@ def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_
 def test_autoattack_l2_worst_is_at_most_torchattacks_autoattack_l2_plus_one_point(one_thread) -> None:
     # autoattack-l2's worst-l2 row against torchattacks AutoAttack(norm="L2"), budgets cut alike (CUT),
     # L2 eps 1.0 as given on both sides (the L2 norm in [0, 1] pixels), on 60 digits
-    import dataclasses
-
-    from robench.analysis.worst import with_worst
-    from robench.attacks.suite import load_suite
-    from robench.data import InputConfig, load_digits_source
-    from robench.engine import Hooks, Matrix, Participant, Plan, run_batches, settings_of
-    from robench.models import load_model, parse_spec
-
-    loaded = load_model(parse_spec("zoo:resnet-stepll"), 10)
-    model = loaded.module.eval()
-    batch = next(load_digits_source("test").batches(loaded.input, 60))
-    suite = load_suite("autoattack-l2")
-    suite = dataclasses.replace(suite, attacks=tuple(
-        dataclasses.replace(a, eps=(1.0,), config=dataclasses.replace(a.config, **CUT[a.name]))
-        for a in suite.attacks))
-    plan = Plan.white_box([Participant("m", model, InputConfig())])
-    out = Matrix.empty([str(i) for i in range(60)], settings_of(suite), plan.pairs())
-    run_batches(plan, iter([{InputConfig(): batch}]), suite, out, 0, Hooks())
-    w = with_worst(out.pairs[("m", "m")], suite.norms())
+    model, batch, w = _cut_suite_worst("autoattack-l2", 1.0, 60)
     assert w.settings[-1] == ("worst-l2", 1.0) and float(w.l2[-1].max()) <= 1.0 + 1e-5
     ours = float(w.correct()[-1].mean())
     ref = _accuracy(model, _cut_autoattack(model, 1.0, "L2")(batch.images, batch.labels), batch.labels)

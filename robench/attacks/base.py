@@ -217,10 +217,17 @@ class SampleNoise:
 
     def uniform_like(self, x: Tensor) -> Tensor:
         """Noise shaped like ``x`` (one row per seed), on x's device and dtype."""
+        return next(self.uniform_draws(x, 1))
+
+    def uniform_draws(self, x: Tensor, count: int) -> Iterator[Tensor]:
+        """``count`` noise tensors shaped like ``x``, each row the next draws of its sample's stream
+        (the first is ``uniform_like``'s), on x's device and dtype."""
         if len(self.seeds) != len(x):
             raise ValueError(f"{len(self.seeds)} noise seeds for a batch of {len(x)}")
-        rows = [torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in self.seeds]
-        return (torch.stack(rows) * 2 - 1).to(device=x.device, dtype=x.dtype)
+        gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+        for _ in range(count):
+            rows = [torch.rand(x.shape[1:], generator=g) for g in gens]
+            yield (torch.stack(rows) * 2 - 1).to(device=x.device, dtype=x.dtype)
 
     def normal_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Standard normal noise shaped like ``x`` and one uniform [0, 1) number per row ([N]), per seed."""

@@ -219,7 +219,7 @@ class _Walk:
         """VMI's mean gradient over ``samples`` neighbours, uniform in the beta * eps cube around ``point``."""
         total = torch.zeros_like(point)
         radius = self.config.beta * self.eps
-        for k, r in enumerate(_uniform_draws(self.neighbours.child(t).rows(rows), point, self.config.samples)):
+        for k, r in enumerate(self.neighbours.child(t).rows(rows).uniform_draws(point, self.config.samples)):
             check_stop()  # N gradients a step: a stop request should not wait for all of them
             total += self.gradient(model, point + radius * r, rows, t, k + 1)[0]
         return total / self.config.samples
@@ -229,10 +229,3 @@ def _mean_abs(t: Tensor) -> Tensor:
     """[N, 1, 1, 1] each sample's mean |t|, at least the dtype's smallest normal (a zero gradient stays zero)."""
     return t.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(t.dtype).tiny)
 
-
-def _uniform_draws(noise: SampleNoise, like: Tensor, count: int) -> Iterator[Tensor]:
-    """``count`` tensors of uniform [-1, 1] noise shaped like ``like``, each row from its sample's own stream."""
-    gens = [torch.Generator().manual_seed(s) for s in noise.seeds]
-    for _ in range(count):
-        rows = [torch.rand(like.shape[1:], generator=g) for g in gens]
-        yield (torch.stack(rows) * 2 - 1).to(device=like.device, dtype=like.dtype)

@@ -47,11 +47,7 @@ def attack_noise(seed: int, attack_id: str, ids: Sequence[str]) -> SampleNoise:
     depend on the batch size, the batch it falls in, the torchrun rank that runs it, or
     which other attacks ran (or came from a cache) before.
     """
-    def stream(sample_id: str) -> int:
-        digest = hashlib.blake2b(f"{seed}\0{attack_id}\0{sample_id}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") & (2**63 - 1)
-
-    return SampleNoise(tuple(stream(i) for i in ids))
+    return _streams(f"{seed}\0{attack_id}", ids)
 
 
 def goal_noise(seed: int, ids: Sequence[str]) -> SampleNoise:
@@ -60,8 +56,13 @@ def goal_noise(seed: int, ids: Sequence[str]) -> SampleNoise:
     So a sample's class is the same for every source and attack, at any batch size, order or
     rank. The text leads with a word, so no attack's stream (``attack_noise``) can be the same.
     """
+    return _streams(f"target-class\0{seed}", ids)
+
+
+def _streams(key: str, ids: Sequence[str]) -> SampleNoise:
+    """One stream per sample, seeded by the hash of (``key``, sample id) alone."""
     def stream(sample_id: str) -> int:
-        digest = hashlib.blake2b(f"target-class\0{seed}\0{sample_id}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(f"{key}\0{sample_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") & (2**63 - 1)
 
     return SampleNoise(tuple(stream(i) for i in ids))

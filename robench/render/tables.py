@@ -116,12 +116,13 @@ SUMMARIES = {  # a transfer summary's metric -> its title and caption
 }
 
 
-def member(source: str, target: str, rows: pd.DataFrame) -> bool:
-    """Is ``target`` one of the models of the ensemble source ``source`` ("a+b+c"), a white-box cell in all but name?"""
+def member(source: str, target: str, labels: set[str], targets: set[str]) -> bool:
+    """Is ``target`` one of the models of the ensemble source ``source`` ("a+b+c"), a white-box cell in all but name?
+
+    ``labels``: every source and target of the rows; ``targets``: the targets (a model's own label is no ensemble).
+    """
     parts = source.split("+")
-    labels = set(rows["target"]) | set(rows["source"])
-    return len(parts) > 1 and source not in set(rows["target"]) and all(p in labels for p in parts) \
-        and target in parts
+    return len(parts) > 1 and source not in targets and all(p in labels for p in parts) and target in parts
 
 
 def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table:
@@ -129,7 +130,8 @@ def transfer_summary(rows: pd.DataFrame, metric: str = "transfer_rate") -> Table
     from rich.table import Table
 
     cells = rows[(rows["attack"] != "clean") & (rows["source"] != rows["target"])]
-    cells = cells[[not member(s, t, rows) for s, t in zip(cells["source"], cells["target"], strict=True)]]
+    labels, targets = set(rows["target"]) | set(rows["source"]), set(rows["target"])
+    cells = cells[[not member(s, t, labels, targets) for s, t in zip(cells["source"], cells["target"], strict=True)]]
     cells = cells.assign(threat=[row_norm(r) for r in cells.itertuples()])
     means = cells.groupby(["threat", "eps", "attack"], sort=False)[metric].mean()
     attacks = list(dict.fromkeys(cells["attack"]))

@@ -67,7 +67,7 @@ class TransferConfig:
     cache: Path | None = None  # adversarial examples kept here between runs (ExampleCache)
     survivor_check: int = SURVIVOR_CHECK  # a suite with shortcuts: full AutoAttack on this many white-box survivors
     ensembles: tuple[tuple[str, ...], ...] = ()  # each one more source: these labels' models averaged as one
-    ensemble_by: str = "logits"  # what the members' outputs are averaged as: logits or probs (Ensemble)
+    ensemble_by: str = "logits"  # what the members' outputs are averaged as: logits, probs or loss (Ensemble)
 
     def __post_init__(self) -> None:
         check(self, TRANSFER_FIELDS)
