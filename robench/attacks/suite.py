@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from robench.attacks import REGISTRY, get_attack
-from robench.core.eps import L2_UNIT, MAX_EPS, eps_values, l2_eps_values, parse_eps, parse_l2_eps, unique_eps
+from robench.core.eps import L2_UNIT, MAX_EPS, eps_values, l2_eps_list, l2_eps_values, parse_eps, unique_eps
 from robench.core.fields import Rule, check, typed
 from robench.core.files import read_text
 from robench.core.yaml_read import check_node, locate, read_yaml
@@ -217,8 +217,7 @@ def _eps_from(node: Any, source: str, owner: Any, norm: str = "linf") -> tuple[f
         example = "[0.25, 0.5]" if norm == "l2" else "[2, 4, 8, 16]"
         raise RobenchError(f"{where}: 'eps' is empty; give a list such as {example}")
     if norm == "l2":
-        return unique_eps(values, [parse_l2_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'",
-                          "as L2 norms")
+        return l2_eps_list(values, f"{where}: 'eps'")
     return unique_eps(values, [parse_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
 
 

@@ -7,6 +7,7 @@ suite (robench.attacks.suite), the gate's rules and ``override`` read eps throug
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -141,9 +142,14 @@ def parse_l2_eps(value: Any, where: str = "eps") -> float:
     return float(number)
 
 
+def l2_eps_list(values: Sequence[Any], where: str) -> tuple[float, ...]:
+    """Each L2 eps as written (parse_l2_eps), each once; raises RobenchError naming ``where``."""
+    return unique_eps(list(values), [parse_l2_eps(v, where) for v in values], where, "as L2 norms")
+
+
 def l2_eps_values(values: tuple[Any, ...], field: str = "eps") -> tuple[float, ...]:
     """Each L2 eps (parse_l2_eps), each once; raises FieldError naming ``field``."""
     try:
-        return unique_eps(list(values), [parse_l2_eps(v, "{name}") for v in values], "{name}", "as L2 norms")
+        return l2_eps_list(values, "{name}")
     except RobenchError as e:
         raise FieldError(field, str(e)) from None

@@ -25,7 +25,7 @@ from typing import Any
 
 from robench.attacks.suite import NORMS, parse_eps, unique_eps
 from robench.core import fields
-from robench.core.eps import parse_l2_eps
+from robench.core.eps import l2_eps_list
 from robench.core.files import read_text
 from robench.core.yaml_read import check_node, locate, read_yaml
 from robench.errors import RobenchError
@@ -274,8 +274,7 @@ def _match(entry: dict[str, Any], source: str) -> Match:
         if not values:
             raise RobenchError(f"{where}: 'eps' is empty; give a number (8) or a list ([4, 8]), or leave it out")
         if norm == "l2":
-            eps = unique_eps(values, [parse_l2_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'",
-                             "as L2 norms")
+            eps = l2_eps_list(values, f"{where}: 'eps'")
         else:
             eps = unique_eps(values, [_linf_eps(v, f"{where}: 'eps'") for v in values], f"{where}: 'eps'")
     return Match(tuple(globs), eps, norm)
