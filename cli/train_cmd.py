@@ -136,7 +136,10 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     if not dist.is_main:
         return
     meta, done = result.meta, int(result.meta["epochs_done"])
+    shares = [f"{100 * meta[key]:.1f} % {what}" for key, what in (("train_accuracy", "clean"),
+                                                                   ("train_adv_accuracy", "adversarial"))
+              if meta.get(key) is not None]
     console(err=True).print(
-        f"wrote {out}: train accuracy {100 * meta['train_accuracy']:.1f} %, "
+        f"wrote {out}: train accuracy {', '.join(shares)}, "
         f"test accuracy {100 * meta['val_accuracy']:.1f} % after {done} epoch{'' if done == 1 else 's'}"
     )

@@ -588,18 +588,18 @@ def test_a_finished_epochs_rate_stops_with_it() -> None:
     import io
     import re
     import time
-    from types import SimpleNamespace
 
     from robench.render.console import epoch_bar
+    from robench.train.loop import EpochStats
 
     stream = io.StringIO()
     with epoch_bar(2, stream=stream) as update:
-        update(SimpleNamespace(epoch=1, seen=0, total=100, loss=0.0, accuracy=0.0))
+        update(EpochStats(1, 0, 100, 0.0, 0.0))
         time.sleep(0.05)
-        update(SimpleNamespace(epoch=1, seen=100, total=100, loss=1.0, accuracy=0.5))
-        update(SimpleNamespace(epoch=2, seen=0, total=100, loss=0.0, accuracy=0.0))
+        update(EpochStats(1, 100, 100, 1.0, 0.5))
+        update(EpochStats(2, 0, 100, 0.0, 0.0))
         time.sleep(0.5)  # epoch 1 is over: 100 examples in about 0.05 s, not in 0.55 s
-        update(SimpleNamespace(epoch=2, seen=100, total=100, loss=1.0, accuracy=0.5))
+        update(EpochStats(2, 100, 100, 1.0, 0.5))
     first = [ln for ln in stream.getvalue().splitlines() if "epoch 1/2" in ln][-1]
     assert float(re.search(r"([\d,.]+) examples/s", first).group(1).replace(",", "")) > 400, first
 
@@ -633,6 +633,12 @@ def test_epoch_bar_shows_examples_per_second() -> None:
         update(EpochStats(1, 64, 128, 1.5, 0.5))
     last = [ln for ln in stream.getvalue().splitlines() if "64/128" in ln][-1]
     assert re.search(r"\d[\d,.]* examples/s", last) and re.search(r"eta \d+:\d\d:\d\d", last), last
+    assert "acc 50.0%" in last and "adv" not in last, last
+    stream = io.StringIO()
+    with epoch_bar(1, stream=stream) as update:  # adv_fraction 1: no clean examples, an adversarial share
+        update(EpochStats(1, 0, 128, 0.0, None))
+        update(EpochStats(1, 64, 128, 1.5, None, 0.25))
+    assert "acc - adv 25.0%" in [ln for ln in stream.getvalue().splitlines() if "64/128" in ln][-1]
 
 
 def test_threads_is_applied_and_recorded(default_checkpoint: Path, tmp_path: Path) -> None:

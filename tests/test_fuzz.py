@@ -251,8 +251,8 @@ def test_mutated_results_through_the_cli_exit_0_1_or_2_in_one_line(doc) -> None:
 # --- checkpoint metadata ---------------------------------------------------------------------------
 
 ZOO_META_KEYS = ["arch", "num_classes", "classes", "input_size", "interpolation", "crop_pct", "crop_mode", "mean",
-                 "std", "dataset", "model_kwargs", "seed", "robench_version", "train_accuracy", "val_accuracy",
-                 "recipe", "bogus"]
+                 "std", "dataset", "model_kwargs", "seed", "robench_version", "train_accuracy", "train_adv_accuracy",
+                 "val_accuracy", "recipe", "bogus"]
 
 
 @st.composite

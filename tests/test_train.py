@@ -47,11 +47,11 @@ def test_train_step_loss_matches_formula_by_hand() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.rand(4, 1, 2, 2), torch.tensor([1, 1, 0, 0])  # adversarial: the first two (class 1)
     cfg = TrainConfig(train_attack="fgsm", adv_fraction=0.5, lam=0.3)
-    loss, n_clean, right = train_step(model, opt, x, y, cfg, torch.Generator().manual_seed(0))
+    loss, n_clean, right, n_adv, adv_right = train_step(model, opt, x, y, cfg, torch.Generator().manual_seed(0))
     expected = (2 * math.log(4 / 3) + 0.3 * 2 * math.log(4)) / (2 + 0.3 * 2)
-    assert loss == pytest.approx(expected, rel=1e-6) and (n_clean, right) == (2, 2)
+    assert loss == pytest.approx(expected, rel=1e-6) and (n_clean, right, n_adv, adv_right) == (2, 2, 2, 0)
     clean_only = TrainConfig(train_attack="fgsm", adv_fraction=0.0, lam=0.3)
-    loss, n_clean, _ = train_step(ConstantLogits(), opt, x, y, clean_only, torch.Generator())
+    loss, n_clean, *_ = train_step(ConstantLogits(), opt, x, y, clean_only, torch.Generator())
     assert loss == pytest.approx((2 * math.log(4) + 2 * math.log(4 / 3)) / 4, rel=1e-6) and n_clean == 4
 
 
@@ -140,8 +140,8 @@ def test_checkpoint_metadata_round_trip(trained_once) -> None:
     assert (meta["arch"], meta["num_classes"], meta["epochs_done"]) == ("test_resnet", 10, 1)
     assert meta["input_size"] == [3, 16, 16]
     assert meta["recipe"]["attack"] == "step_ll" and meta["recipe"]["lam"] == 0.3 and meta["seed"] == 0
-    assert 0 <= meta["val_accuracy"] <= 1 and 0 <= meta["train_accuracy"] <= 1
-    assert list(result.history.columns) == ["epoch", "loss", "train_accuracy"]
+    assert 0 <= meta["val_accuracy"] <= 1 and 0 <= meta["train_accuracy"] <= 1 and 0 <= meta["train_adv_accuracy"] <= 1
+    assert list(result.history.columns) == ["epoch", "loss", "train_accuracy", "train_adv_accuracy"]
     model = load_model(parse_spec(str(out)), num_classes=10)
     assert model.input.size == (16, 16) and model.mean == (0.5, 0.5, 0.5)
     assert (model.input.crop_pct, model.input.crop_mode) == (1.0, "center")  # the whole image, as trained
@@ -165,6 +165,12 @@ def test_adversarial_fraction_one_and_none_run(tmp_path: Path) -> None:
         result = train(TrainConfig(train_attack=attack, adv_fraction=fraction, label="predicted", **FAST),
                        tmp_path / f"{attack}.safetensors")
         assert math.isfinite(result.history["loss"].iloc[0])
+        last = result.history.iloc[-1]
+        if attack == "fgsm":  # every example adversarial: no clean accuracy to report, only the adversarial one
+            assert last["train_accuracy"] is None and 0 <= last["train_adv_accuracy"] <= 1
+            assert "train_accuracy" not in result.meta and read_metadata(tmp_path / "fgsm.safetensors") == result.meta
+        else:
+            assert 0 <= last["train_accuracy"] <= 1 and last["train_adv_accuracy"] is None
 
 
 def test_plain_loss_equals_cross_entropy() -> None:
@@ -173,9 +179,10 @@ def test_plain_loss_equals_cross_entropy() -> None:
     x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
     with torch.no_grad():
         expected = F.cross_entropy(model(x), y)
-    loss, _, _ = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, TrainConfig(train_attack="none"),
-                            torch.Generator())
+    loss, n_clean, _, n_adv, _ = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y,
+                                            TrainConfig(train_attack="none"), torch.Generator())
     assert loss == pytest.approx(float(expected), rel=1e-6)
+    assert (n_clean, n_adv) == (5, 0)
 
 
 @pytest.mark.parametrize(

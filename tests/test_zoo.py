@@ -80,7 +80,7 @@ def test_rebuild_reproduces_the_recipe_and_accuracy(tmp_path: Path) -> None:
 
     (path,) = build(["effnet-base"], tmp_path)
     shipped, rebuilt = read_metadata(get("effnet-base").path), read_metadata(path)
-    results = ("loss", "train_accuracy", "val_accuracy")
+    results = ("loss", "train_accuracy", "train_adv_accuracy", "val_accuracy")
     assert {k: v for k, v in rebuilt.items() if k not in results} == {
         k: v for k, v in shipped.items() if k not in results}
     ours, theirs = _test_predictions(path), _test_predictions(get("effnet-base").path)

@@ -63,7 +63,8 @@ class CheckpointMeta(BaseModel):
     model_kwargs: Omittable[dict[str, Any]] = None
     seed: Omittable[Count] = None
     robench_version: Omittable[str] = None
-    train_accuracy: Omittable[Share] = None
+    train_accuracy: Omittable[Share] = None  # on the clean examples of the last epoch
+    train_adv_accuracy: Omittable[Share] = None  # on its adversarial examples, as crafted (before each update)
     val_accuracy: Omittable[Share] = None
     recipe: Omittable[dict[str, Any]] = None
 

@@ -256,7 +256,7 @@ def epoch_bar(epochs: int, enabled: bool = True, stream: TextIO | None = None,
         yield lambda stats: None
         return
     bar = Progress(TextColumn(f"epoch {{task.fields[epoch]}}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"),
+                   TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]}"),
                    *rate_columns("examples"), TextColumn("elapsed"), TimeElapsedColumn(),
                    console=console(err=True) if stream is None else _console_on(stream))
     tasks: dict[int, TaskID] = {}
@@ -266,15 +266,21 @@ def epoch_bar(epochs: int, enabled: bool = True, stream: TextIO | None = None,
             bar.start()
         if stats.epoch not in tasks:
             tasks[stats.epoch] = bar.add_task("", total=stats.total, completed=stats.seen, base=stats.seen,
-                                              epoch=stats.epoch, loss=stats.loss, acc=stats.accuracy)
+                                              epoch=stats.epoch, loss=stats.loss, acc=_accuracies(stats))
         else:
-            bar.update(tasks[stats.epoch], completed=stats.seen, loss=stats.loss, acc=stats.accuracy)
+            bar.update(tasks[stats.epoch], completed=stats.seen, loss=stats.loss, acc=_accuracies(stats))
 
     try:
         yield update
     finally:
         if tasks:
             bar.stop()
+
+
+def _accuracies(stats: EpochStats) -> str:
+    """``92.0%`` on the clean examples, then ``adv 41.3%`` where the minibatches held adversarial ones."""
+    clean = "-" if stats.accuracy is None else f"{stats.accuracy:.1%}"
+    return clean if stats.adv_accuracy is None else f"{clean} adv {stats.adv_accuracy:.1%}"
 
 
 def warn(message: str) -> None:

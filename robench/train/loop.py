@@ -166,20 +166,23 @@ class EpochStats:
     seen: int
     total: int
     loss: float
-    accuracy: float  # on the clean part of the minibatches
+    accuracy: float | None  # on the clean part of the minibatches; None while they held none (adv_fraction 1)
+    adv_accuracy: float | None = None  # on the adversarial part, as crafted; None while there was none
 
 
 Progress = Callable[[EpochStats], None]
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: TrainConfig,
-               gen: torch.Generator, dist: Dist = LOCAL, batch_size: int | None = None) -> tuple[float, int, int]:
+               gen: torch.Generator, dist: Dist = LOCAL, batch_size: int | None = None,
+               ) -> tuple[float, int, int, int, int]:
     """One minibatch: craft the first k examples, then one update on the mixed batch.
 
     Under DDP, (x, y) is this rank's shard of a global minibatch of ``batch_size`` examples
     (by default one process's whole batch), whose first k positions are adversarial.
     Returns this rank's share of the loss (shares add up to the minibatch's loss), its
-    number of clean examples and how many of them were right.
+    number of clean examples and how many of them were right, then the same two counts for its
+    adversarial examples (scored before the update, on the logits the loss was taken on).
     """
     n = len(y) if batch_size is None else batch_size
     k = 0 if cfg.train_attack == "none" else round(cfg.adv_fraction * n)
@@ -192,7 +195,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tenso
     opt.zero_grad(set_to_none=True)
     (loss * dist.world_size if dist.is_distributed else loss).backward()  # DDP divides by world_size
     opt.step()
-    return float(loss.detach()), len(clean_y), int(correct(clean.argmax(1), clean_y).sum())
+    return (float(loss.detach()), len(clean_y), int(correct(clean.argmax(1), clean_y).sum()), len(adv_y),
+            int(correct(adv_logits.argmax(1), adv_y).sum()))
 
 
 def _adversarial(module: nn.Module, x: Tensor, y: Tensor, k: int, cfg: TrainConfig, gen: torch.Generator,
@@ -358,9 +362,10 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
         check_finite(model, epoch, cfg.lr, cfg.lam)
         history.append(row)
         if epoch < cfg.epochs and dist.is_main:  # the last epoch is written below, with its validation accuracy
-            save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch, **row}))
+            save_checkpoint(out, model.model, _meta(cfg, model, input_cfg, source, {"epochs_done": epoch,
+                                                                                    **_measured(row)}))
     val = accuracy(model, val_source, input_cfg, dist=dist)
-    extra = {"epochs_done": cfg.epochs, **history[-1], "val_accuracy": val, **validation,
+    extra = {"epochs_done": cfg.epochs, **_measured(history[-1]), "val_accuracy": val, **validation,
              **({"left_out_per_epoch": tail} if tail else {}), **_launch_meta(dist)}
     meta = _meta(cfg, model, input_cfg, source, extra)
     if dist.is_main:
@@ -400,15 +405,29 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, source: Source, input_c
     sizes = [len(rows) for rows in order.split(cfg.batch_size)]
     rows, share = local_rows(order, cfg.batch_size, dist)
     device = next(model.parameters()).device
-    seen = clean = right_total = 0
+    seen = 0
+    counts = [0, 0, 0, 0]  # clean examples, clean right, adversarial examples, adversarial right
     loss_sum = 0.0
     if progress is not None:  # the epoch's start: its examples/s count from here
-        progress(EpochStats(epoch, 0, len(order), 0.0, 0.0))
+        progress(EpochStats(epoch, 0, len(order), 0.0, None))
     for size, batch in zip(sizes, source.batches(input_cfg, share, rows), strict=True):
         step = train_step(model, opt, batch.images.to(device), batch.labels.to(device), cfg, gen, dist, size)
-        loss, n_clean, right = all_sum(step, dist)  # one tiny all-reduce per step, for exact global figures
-        seen, clean, right_total = seen + size, clean + int(n_clean), right_total + int(right)
+        loss, *step_counts = all_sum(step, dist)  # one tiny all-reduce per step, for exact global figures
+        counts = [total + int(c) for total, c in zip(counts, step_counts, strict=True)]
+        seen += size
         loss_sum += loss * size
         if progress is not None:
-            progress(EpochStats(epoch, seen, len(order), loss_sum / seen, right_total / max(1, clean)))
-    return {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": right_total / max(1, clean)}
+            progress(EpochStats(epoch, seen, len(order), loss_sum / seen, *_shares(counts)))
+    clean, adv = _shares(counts)
+    return {"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": clean, "train_adv_accuracy": adv}
+
+
+def _measured(row: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's figures for the checkpoint: an accuracy with nothing to measure (None) is left out."""
+    return {key: value for key, value in row.items() if value is not None}
+
+
+def _shares(counts: list[int]) -> tuple[float | None, float | None]:
+    """Clean and adversarial accuracy from (clean, clean right, adversarial, adversarial right); None where none."""
+    clean, clean_right, adv, adv_right = counts
+    return (clean_right / clean if clean else None), (adv_right / adv if adv else None)
