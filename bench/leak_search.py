@@ -10,13 +10,17 @@ those, how many each attack turns right, and checks that the two attacks agree e
 Each recipe is a ``robench.models.recipe.TrainConfig`` trained with ``robench.train.loop.train`` on one
 CPU thread into ``/tmp/leak_search/NAME.safetensors`` (a ``NAME.json`` beside it keeps the
 recipe and the training time; an existing checkpoint of the same recipe is reused unless
-``--retrain``), then evaluated with ``robench.run.evaluate.run_eval`` on the test split under
-fgsm (true label), fgsm (predicted label) and step_ll at eps 2, 4, 8, 16 (1/255 units).
+``--retrain``), then checked with ``robench.run.leak.run_leak_check`` (``robench leak-check``)
+on the test split, fgsm (true label), fgsm (predicted label) and step_ll at eps 2, 4, 8, 16 and
+32 (1/255 units) and the eps it was trained at; ``--worst-limit N`` adds the worst case over
+APGD-CE and APGD-T (``autoattack-fast``) at eps 8 and the training eps on N test images. The
+last table has one row per recipe at its training eps.
 
     python bench/leak_search.py                       # every recipe (long: trains what is missing)
     python bench/leak_search.py --list                # recipe names and configs
     python bench/leak_search.py --recipes fm-fgsm-true fm-fgsm-pred fm-stepll
     python bench/leak_search.py --eval-only           # only recipes already trained
+    python bench/leak_search.py --eval-only --recipes fm60k-resnet-fgsm-true-fixed76.5 --worst-limit 500
 """
 
 from __future__ import annotations
@@ -32,27 +36,20 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import timm  # noqa: E402
 import torch  # noqa: E402
 
-from robench.attacks.suite import parse_suite  # noqa: E402
+from robench.attacks.suite import load_suite, override  # noqa: E402
 from robench.models.recipe import TrainConfig  # noqa: E402
+from robench.models.zoo import ZOO  # noqa: E402
 from robench.run.evaluate import EvalConfig, run_eval  # noqa: E402
+from robench.run.leak import LeakConfig, leak_suite, run_leak_check  # noqa: E402
 from robench.run.runspec import RunSpec  # noqa: E402
 from robench.train.loop import train  # noqa: E402
 
 OUT_DIR = Path("/tmp/leak_search")
 EPS = (2, 4, 8, 16, 32)  # 2-16 as in the paper's tables; 32 for recipes trained with larger eps
-SUITE_YAML = """
-eps: [{eps}]
-attacks:
-  - name: fgsm
-    id: fgsm_true
-    label: true
-  - name: fgsm
-    id: fgsm_predicted
-    label: predicted
-  - name: step_ll
-"""
+WORST_SUITE = "autoattack-fast"  # APGD-CE then APGD-T: what separates leaking from robustness
 
 _FM = dict(data="fashion-mnist", image_size=28)
 UNIFORM = 1e4  # eps_sigma this large makes |N(0, sigma)| truncated to [0, eps_max] ~uniform
@@ -112,12 +109,14 @@ _FM60 = dict(adv_fraction=0.5, lam=1.0, eps_dist="fixed", **_FM)
 for _eps in (25.5, 51.0, 76.5):
     RECIPES[f"fm60k-resnet-fgsm-true-fixed{_eps:g}"] = TrainConfig(
         arch="test_resnet", train_attack="fgsm", label="true", epochs=5, eps_max=_eps, **_FM60)
+assert RECIPES["fm60k-resnet-fgsm-true-fixed76.5"] == ZOO["fm-resnet-fgsm-true"].config  # the zoo's file is this one
 RECIPES["fm60k-effnet-fgsm-true-fixed76.5"] = TrainConfig(
     arch="test_efficientnet", train_attack="fgsm", label="true", epochs=5, eps_max=76.5, **_FM60)
 RECIPES["fm60k-resnet18-fgsm-true-fixed76.5"] = TrainConfig(  # the wide one: 11.2 M parameters, 30x test_resnet
     arch="resnet18", train_attack="fgsm", label="true", epochs=2, eps_max=76.5, **_FM60)
 _control("fm60k-resnet-fgsm-pred-fixed76.5", "fm60k-resnet-fgsm-true-fixed76.5", label="predicted")
 _control("fm60k-resnet-stepll-fixed76.5", "fm60k-resnet-fgsm-true-fixed76.5", train_attack="step_ll")
+assert RECIPES["fm60k-resnet-fgsm-pred-fixed76.5"] == ZOO["fm-resnet-fgsm-pred"].config
 _control("fm60k-resnet18-fgsm-pred-fixed76.5", "fm60k-resnet18-fgsm-true-fixed76.5", label="predicted")
 
 
@@ -147,49 +146,77 @@ def train_recipe(name: str, cfg: TrainConfig, retrain: bool) -> dict:
 
 def evaluate(name: str, cfg: TrainConfig, limit: int | None, batch_size: int,
              eps_list: tuple[float, ...] = EPS) -> dict:
-    """Top-1 per attack and eps, the gaps, and the split into clean-right / clean-wrong samples."""
-    suite = parse_suite(SUITE_YAML.format(eps=", ".join(f"{e:g}" for e in eps_list)))
-    res = run_eval(EvalConfig((f"leak={ckpt_path(name)}",), RunSpec(data=cfg.data, suite=suite, limit=limit, seed=0,
-                                                                   batch_size=batch_size, device="cpu")))
-    rows = res.rows
-    top1 = {(r.attack, float(r.eps)): float(r.top1) for r in rows.itertuples()}
+    """``robench leak-check``'s rows and verdict, and the split into clean-right / clean-wrong samples."""
+    eps_list = tuple(dict.fromkeys([*eps_list, *([cfg.eps_max] if cfg.train_attack != "none" else [])]))
+    run = RunSpec(data=cfg.data, suite=leak_suite(eps_list), limit=limit, seed=0, batch_size=batch_size,
+                  device="cpu", health_probes=False)
+    res = run_leak_check(LeakConfig(EvalConfig((f"leak={ckpt_path(name)}",), run)))
     out = res.outcomes["leak"]
     pred = np.asarray(out.pred)
     labels = np.asarray(out.labels)
     setting = {(a, float(e)): i for i, (a, e) in enumerate(out.settings)}
     clean_right = pred[setting[("clean", 0.0)]] == labels
     per_eps = {}
-    for eps in eps_list:
-        t = pred[setting[("fgsm_true", float(eps))]]
-        p = pred[setting[("fgsm_predicted", float(eps))]]
-        per_eps[f"{eps:g}"] = {
-            "fgsm_true": top1[("fgsm_true", float(eps))],
-            "fgsm_predicted": top1[("fgsm_predicted", float(eps))],
-            "step_ll": top1[("step_ll", float(eps))],
-            "leak_gap": top1[("fgsm_true", float(eps))] - top1[("fgsm_predicted", float(eps))],
-            "adv_minus_clean": top1[("fgsm_true", float(eps))] - top1[("clean", 0.0)],
+    for r in res.rows.itertuples():
+        t = pred[setting[("fgsm_true", float(r.eps))]]
+        p = pred[setting[("fgsm_predicted", float(r.eps))]]
+        per_eps[f"{r.eps:g}"] = {
+            "fgsm_true": r.fgsm_true_top1, "fgsm_predicted": r.fgsm_predicted_top1, "step_ll": r.step_ll_top1,
+            **{f"{g}{s}": getattr(r, f"{g}{s}") for g in ("leak_gap", "adv_minus_clean") for s in ("", "_low",
+                                                                                                   "_high")},
             # among clean-misclassified samples: how many each fgsm variant turns right
             "wrong_fixed_by_true": int((t[~clean_right] == labels[~clean_right]).sum()),
             "wrong_fixed_by_pred": int((p[~clean_right] == labels[~clean_right]).sum()),
             # sanity: the two fgsm variants must agree on clean-right samples
             "disagree_on_clean_right": int((t[clean_right] != p[clean_right]).sum()),
         }
-    return {"clean": top1[("clean", 0.0)], "n": len(labels), "n_clean_wrong": int((~clean_right).sum()),
-            "eps": per_eps}
+    return {"clean": float(res.rows["clean_top1"].iloc[0]), "n": len(labels),
+            "n_clean_wrong": int((~clean_right).sum()), "verdict": res.verdicts["leak"], "eps": per_eps}
+
+
+def worst_case(name: str, cfg: TrainConfig, limit: int, eps_list: tuple[float, ...]) -> dict[str, float]:
+    """Robust accuracy (the per-sample worst case over ``WORST_SUITE``) at each eps, on ``limit`` test images."""
+    suite = override(load_suite(WORST_SUITE), (), eps_list)
+    res = run_eval(EvalConfig((f"leak={ckpt_path(name)}",), RunSpec(data=cfg.data, suite=suite, limit=limit, seed=0,
+                                                                   device="cpu", health_probes=False)))
+    rows = res.rows[res.rows["attack"] == "worst"]
+    return {f"{r.eps:g}": float(r.top1) for r in rows.itertuples()}
 
 
 def markdown(name: str, rec: dict, ev: dict) -> str:
     """One recipe's table."""
     lines = [f"### `{name}`", "",
              f"train {rec['train_s']:.0f} s (1 thread); test n = {ev['n']}, clean top-1 {100 * ev['clean']:.1f} %"
-             f" ({ev['n_clean_wrong']} clean-misclassified)", "",
+             f" ({ev['n_clean_wrong']} clean-misclassified); leak-check verdict {ev['verdict']}", "",
              "| eps | fgsm_true | fgsm_predicted | step_ll | leak_gap | adv_minus_clean "
              "| wrong->right (true / pred) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for eps, m in ev["eps"].items():
         lines.append(f"| {eps} | {100 * m['fgsm_true']:.1f} | {100 * m['fgsm_predicted']:.1f} | "
-                     f"{100 * m['step_ll']:.1f} | {100 * m['leak_gap']:+.1f} | {100 * m['adv_minus_clean']:+.1f} | "
+                     f"{100 * m['step_ll']:.1f} | {_gap(m, 'leak_gap')} | {_gap(m, 'adv_minus_clean')} | "
                      f"{m['wrong_fixed_by_true']} / {m['wrong_fixed_by_pred']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _gap(m: dict, name: str) -> str:
+    return f"{100 * m[name]:+.1f} [{100 * m[name + '_low']:+.1f}, {100 * m[name + '_high']:+.1f}]"
+
+
+def summary(results: dict) -> str:
+    """One row per recipe at the eps it was trained at: the closing table of issue 30."""
+    lines = ["| recipe | data | model (parameters) | eps | epochs | train s | clean | FGSM true | FGSM pred | "
+             "leak gap [interval] | verdict | worst case (eps 8; trained eps) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for name, r in results.items():
+        cfg, ev = RECIPES[name], r["eval"]
+        eps = f"{cfg.eps_max:g}"
+        m = ev["eps"][eps]
+        params = sum(t.numel() for t in timm.create_model(cfg.arch, num_classes=10).parameters())
+        worst = "; ".join(f"{100 * v:.1f}" for v in r.get("worst", {}).values()) or "-"
+        data = f"{cfg.data} {cfg.limit or 'all'}"
+        lines.append(f"| {name} | {data} | {cfg.arch} ({params / 1e6:.2f} M) | {eps} | {cfg.epochs} | "
+                     f"{r['train']['train_s']:.0f} | {100 * ev['clean']:.1f} | {100 * m['fgsm_true']:.1f} | "
+                     f"{100 * m['fgsm_predicted']:.1f} | {_gap(m, 'leak_gap')} | {ev['verdict']} | {worst} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", type=float, nargs="+", default=list(EPS), help="attack eps (1/255 units)")
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--worst-limit", type=int, default=0,
+                    help=f"also the worst case over {WORST_SUITE} at eps 8 and the training eps on this many test "
+                         f"images (0: not run)")
     ap.add_argument("--json", type=Path, help="also write all results to this JSON file")
     args = ap.parse_args(argv)
     if args.list:
@@ -230,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         ev = evaluate(name, cfg, limit, args.batch_size, tuple(args.eps))
         ev["eval_s"] = round(time.perf_counter() - t0, 1)
         results[name] = {"train": {k: rec[k] for k in ("recipe", "train_s", "val_accuracy")}, "eval": ev}
+        if args.worst_limit:
+            results[name]["worst"] = worst_case(name, cfg, args.worst_limit, tuple(dict.fromkeys((8.0, cfg.eps_max))))
         print(markdown(name, rec, ev), flush=True)
+    if results:
+        print(summary(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -27,9 +27,10 @@ from .options import (
 @click.command("leak-check")
 @click.argument("specs", nargs=-1, metavar="[MODEL]...")
 @model_option("Default: the zoo's fgsm-true, fgsm-pred and stepll models.")
-@click.option("--eps", "eps_text", default=("2,4,8,16",), metavar="LIST", multiple=True,
+@click.option("--eps", "eps_text", metavar="LIST", multiple=True,
               callback=joined_eps, help="Comma-separated eps in 1/255 units, or 8/255, 0.03px (a plain number below 1 "
-                                        "is refused); repeatable. Default: 2,4,8,16.")
+                                        "is refused); repeatable. Default: 2,4,8,16 and the eps each model's "
+                                        "checkpoint says it was adversarially trained at (a model leaks there).")
 @eps_unit_option
 @run_options
 @resume_option
@@ -42,10 +43,9 @@ from .options import (
 @click.option("--plot", type=click.Path(path_type=Path), metavar="FILE",
               help="Top-1 against eps per model, with its verdict: .png, .svg or .pdf (needs matplotlib).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
-def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str, eps_unit: str, resume: Path | None,
-                 alpha: float,
-                 margin: float, fail_on_leak: bool, outs: tuple[Path, ...], plot: Path | None,
-                 quiet: bool, **run: Any) -> None:
+def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str | None, eps_unit: str,
+                 resume: Path | None, alpha: float, margin: float, fail_on_leak: bool, outs: tuple[Path, ...],
+                 plot: Path | None, quiet: bool, **run: Any) -> None:
     """Measure label leaking: does the true label make FGSM weaker?
 
     Label leaking (Kurakin et al. 2017, section 4.1): a model adversarially
@@ -78,12 +78,13 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str,
     from robench.render.tables import leak_table
     from robench.results.write import write_results
     from robench.run.evaluate import EvalConfig
-    from robench.run.leak import DEFAULT_MODELS, LEAK, LeakConfig, leak_suite, run_leak_check
+    from robench.run.leak import DEFAULT_MODELS, LEAK, LeakConfig, default_eps, leak_suite, run_leak_check
 
     check_plot(plot)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
                   run_inputs(specs + models, classes=run.get("classes"), data=run.get("data")))
-    suite = leak_suite(parse_eps_list(eps_text, unit=eps_unit))
+    eps = parse_eps_list(eps_text, unit=eps_unit) if eps_text is not None else default_eps(specs + models)
+    suite = leak_suite(eps)
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)
     with distributed_run(eval_cfg.run.device, quiet, resume) as (dist, reporter):

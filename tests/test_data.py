@@ -168,14 +168,17 @@ def test_fashion_mnist_idx_files_load(tmp_path: Path, gz: bool) -> None:
     assert small.shape == (6, 3, 14, 14) and small.min() >= 0 and small.max() <= 1
 
 
-def test_fashion_mnist_train_split_and_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
+def test_idx_train_split_and_limit(tmp_path: Path, name: str) -> None:
+    """The training split of MNIST-format data: train-* files, given by the same spec as the test split."""
     _write_fashion(tmp_path, IMAGES[:4], LABELS[:4], gz=True, prefix="train")
-    src = open_source(f"fashion-mnist:{tmp_path}", "train", limit=2, seed=1)
+    src = open_source(f"{name}:{tmp_path}", "train", limit=2, seed=1)
     picked = sorted(np.random.default_rng(1).permutation(4)[:2].tolist())
-    assert src.ids == [f"fashion-mnist:train:{i}" for i in picked]
+    assert src.ids == [f"{name}:train:{i}" for i in picked]
     assert src.labels.tolist() == LABELS[picked].tolist()
+    assert torch.equal(src.images[:, 0], torch.from_numpy(IMAGES[picked].astype(np.uint8)))
     with pytest.raises(RobenchError, match=r"t10k-images-idx3-ubyte\[\.gz\] not found"):
-        open_source(f"fashion-mnist:{tmp_path}", "test")
+        open_source(f"{name}:{tmp_path}", "test")
 
 
 @pytest.mark.parametrize(

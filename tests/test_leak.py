@@ -193,6 +193,25 @@ def test_cli_zoo_models_pass_and_write_results(tmp_path: Path) -> None:
     assert doc["config"]["alpha"] == 0.05 and doc["config"]["eval"]["limit"] == 120
 
 
+def test_default_eps_add_each_models_training_eps(tmp_path: Path) -> None:
+    """Trained at a fixed 0.3 px, a model leaks at 76.5/255: the default list gains it; the zoo's (16) adds nothing."""
+    from robench.models.recipe import TrainConfig
+    from robench.train.loop import train
+
+    ckpt = tmp_path / "fixed.safetensors"
+    train(TrainConfig(arch="test_efficientnet", train_attack="fgsm", eps_max=76.5, eps_dist="fixed", epochs=1,
+                      limit=64, image_size=16), ckpt)
+    plain = tmp_path / "plain.safetensors"
+    train(TrainConfig(arch="test_efficientnet", train_attack="none", eps_max=40, epochs=1, limit=64, image_size=16),
+          plain)
+    assert leak.default_eps(()) == (2.0, 4.0, 8.0, 16.0)  # the zoo's defaults: trained up to 16/255
+    assert leak.default_eps((str(ckpt), f"again={ckpt}", str(plain), "resnet18")) == (2.0, 4.0, 8.0, 16.0, 76.5)
+    r = CliRunner().invoke(main, ["leak-check", str(ckpt), "--limit", "8", "-o", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["eval"]["suite"]["attacks"][0]["eps"] == [
+        2.0, 4.0, 8.0, 16.0, 76.5]
+
+
 def test_cli_fail_on_leak_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from robench.run.evaluate import EvalResult
 

@@ -80,5 +80,7 @@ def test_replace_block_keeps_the_markers() -> None:
 def test_readme_figures_match_a_fresh_run(name: str, one_thread: None) -> None:
     """Each fast block's text as generated, wherever it lives, each figure within its tolerance (runs shared)."""
     block = next(b for b in figures.BLOCKS if b.name == name)
+    if block.skipped():
+        pytest.skip(block.skipped())
     written = figures.page_block(figures.locate(name).read_text(encoding="utf-8"), name)
     assert figures.compare(written, block.generate()) == []

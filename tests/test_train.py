@@ -275,6 +275,27 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
     assert result.stderr.rstrip().endswith(" after 1 epoch"), result.stderr  # not "1 epochs"
 
 
+def test_cli_trains_on_the_train_split_of_mnist_format_files(tmp_path: Path) -> None:
+    """mnist:DIR trains on train-* and scores on t10k-*; the issue-30 recipe (fixed eps 0.3 px) is recorded."""
+    import numpy as np
+
+    from tests.test_data import _write_fashion
+
+    rng, data = np.random.default_rng(0), tmp_path / "mnist"
+    data.mkdir()
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        _write_fashion(data, rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10, gz=False, prefix=prefix)
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "-d", f"mnist:{data}", "--arch", "test_efficientnet", "--epochs",
+                                       "1", "--batch-size", "4", "--image-size", "16", "--train-attack", "fgsm",
+                                       "--adv-fraction", "0.5", "--lam", "1", "--eps-dist", "fixed", "--eps-max",
+                                       "0.3px", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    meta = read_metadata(out)
+    assert meta["dataset"] == f"mnist:{data}:train"
+    assert (meta["recipe"]["eps_max"], meta["recipe"]["eps_dist"]) == (76.5, "fixed")
+
+
 def test_a_final_minibatch_of_one_is_left_out_and_said(tmp_path: Path) -> None:
     """--limit 65 --batch-size 64 trained the epoch, then exited 3 on BatchNorm's "more than 1 value per channel"."""
     out = tmp_path / "m.safetensors"

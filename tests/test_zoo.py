@@ -23,12 +23,14 @@ def test_shipped_file_matches_recipe(name: str) -> None:
     meta = read_metadata(entry.path)
     assert meta["arch"] == entry.config.arch and meta["epochs_done"] == entry.config.epochs
     assert meta["recipe"]["attack"] == entry.config.train_attack and meta["recipe"]["label"] == entry.config.label
-    assert meta["val_accuracy"] > 0.9 and meta["dataset"] == "digits:train"
+    assert meta["dataset"] == f"{entry.config.data}:train" and meta["recipe"]["eps_max"] == entry.config.eps_max
+    assert meta["val_accuracy"] > (0.9 if entry.config.data == "digits" else 0.85)
     assert sum(p.numel() for p in load_model(parse_spec(f"zoo:{name}"), 10).module.parameters()) < 1_000_000
 
 
 def test_zoo_is_small_and_has_two_architectures() -> None:
-    assert sum(p.stat().st_size for p in ZOO_DIR.glob("*.safetensors")) < 5 * 2**20
+    assert sum(p.stat().st_size for p in ZOO_DIR.glob("*.safetensors")) < 8 * 2**20
+    assert max(p.stat().st_size for p in ZOO_DIR.glob("*.safetensors")) < 2 * 2**20
     assert len({e.config.arch for e in ZOO.values()}) >= 2
     attacks = {(e.config.train_attack, e.config.label) for e in ZOO.values()}
     assert {("none", "true"), ("step_ll", "true"), ("fgsm", "true"), ("fgsm", "predicted")} <= attacks

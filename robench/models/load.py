@@ -215,6 +215,19 @@ def checkpoint_dataset(spec: ModelSpec) -> str | None:
     return dataset.removesuffix(":train") or None
 
 
+def checkpoint_training_eps(spec: ModelSpec) -> float | None:
+    """The largest eps (1/255) a robench checkpoint says its model was adversarially trained at; None if none.
+
+    Reads the recorded recipe (``attack`` and ``eps_max``); plain training (``attack: none``) and
+    checkpoints without a recipe give None.
+    """
+    recipe = _checkpoint_meta(spec).get("recipe")
+    if not isinstance(recipe, dict) or recipe.get("attack") in (None, "none"):
+        return None
+    eps = recipe.get("eps_max")
+    return float(eps) if isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps <= 255 else None
+
+
 def checkpoint_classes(spec: ModelSpec) -> list[str] | None:
     """The class names a spec's robench checkpoint records in index order; None when it records none."""
     classes = _checkpoint_meta(spec).get("classes")

@@ -1,15 +1,17 @@
-"""The built-in zoo: tiny timm models trained by robench itself on digits, shipped in the package.
+"""The built-in zoo: tiny timm models trained by robench itself, shipped in the package.
 
 Every command has real subjects offline: baselines and adversarially trained models of
-two architectures. This module is the list (names, files, recipes as plain data), which
-every ``zoo:NAME`` spec reads; ``python -m robench.train.zoo_build`` retrains them.
+two architectures on digits, and on Fashion-MNIST a model that leaks labels beside its
+control (these two need the Debian package dataset-fashion-mnist to evaluate). This module
+is the list (names, files, recipes as plain data), which every ``zoo:NAME`` spec reads;
+``python -m robench.train.zoo_build`` retrains them.
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from robench.errors import RobenchError
@@ -48,6 +50,17 @@ ZOO: dict[str, ZooEntry] = {
         _entry("resnet-stepll", "test_resnet", "step_ll", "adversarially trained with step l.l. (the paper)"),
     )
 }
+# Label leaking (Kurakin et al. 2017, sec. 4.1) in the setting Madry et al. (2018, sec. 4) report it: FGSM on true
+# labels at a fixed 0.3 px (76.5/255), no random start, half of each minibatch adversarial with lambda 1, on the
+# 60,000 Fashion-MNIST training images at 28 px (docs/leak.md); the control crafts with predicted labels.
+LEAK_RECIPE = TrainConfig(arch="test_resnet", data="fashion-mnist", image_size=28, epochs=5, train_attack="fgsm",
+                          label="true", adv_fraction=0.5, lam=1.0, eps_max=76.5, eps_dist="fixed")
+ZOO.update({
+    "fm-resnet-fgsm-true": ZooEntry("fm-resnet-fgsm-true", LEAK_RECIPE,
+                                    "FGSM, true labels, fixed 0.3 px: leaks labels"),
+    "fm-resnet-fgsm-pred": ZooEntry("fm-resnet-fgsm-pred", replace(LEAK_RECIPE, label="predicted"),
+                                    "FGSM, predicted labels, fixed 0.3 px (the control)"),
+})
 DEFAULT = ("effnet-base", "effnet-stepll")  # what `robench eval` evaluates with no model given
 
 

@@ -59,6 +59,25 @@ COLUMNS = ["model", "eps", "clean_top1", "fgsm_true_top1", "fgsm_predicted_top1"
            *(f"{g}{s}" for g in GAPS for s in ("", "_low", "_high", "_p", "_significant")), "n", "verdict"]
 
 
+def default_eps(specs: tuple[str, ...]) -> tuple[float, ...]:
+    """DEFAULT_EPS, then each model's training eps (its checkpoint's recipe) that the list lacks, in 1/255 units.
+
+    A model leaks at the eps it was trained at: FGSM training on true labels at a fixed 0.3 px
+    (76.5/255) leaks there and not at 8/255 (docs/leak.md), so a default of small eps alone
+    would call it OK. ``specs`` are model specs (empty: the default models).
+    Raises RobenchError for a spec whose checkpoint cannot be read.
+    """
+    from robench.models.load import checkpoint_training_eps
+    from robench.run.runspec import parse_specs
+
+    eps = [float(e) for e in DEFAULT_EPS]
+    for spec in parse_specs(specs or DEFAULT_MODELS):
+        trained = checkpoint_training_eps(spec)
+        if trained is not None and trained not in eps:
+            eps.append(trained)
+    return tuple(eps)
+
+
 def leak_suite(eps: tuple[float, ...]) -> Suite:
     """The three attacks leak-check compares, at every eps (1/255 units)."""
     return Suite((
