@@ -117,6 +117,7 @@ RECIPES["fm60k-resnet18-fgsm-true-fixed76.5"] = TrainConfig(  # the wide one: 11
 _control("fm60k-resnet-fgsm-pred-fixed76.5", "fm60k-resnet-fgsm-true-fixed76.5", label="predicted")
 _control("fm60k-resnet-stepll-fixed76.5", "fm60k-resnet-fgsm-true-fixed76.5", train_attack="step_ll")
 assert RECIPES["fm60k-resnet-fgsm-pred-fixed76.5"] == ZOO["fm-resnet-fgsm-pred"].config
+assert RECIPES["fm60k-resnet-stepll-fixed76.5"] == ZOO["fm-resnet-stepll"].config
 _control("fm60k-resnet18-fgsm-pred-fixed76.5", "fm60k-resnet18-fgsm-true-fixed76.5", label="predicted")
 
 

@@ -29,7 +29,7 @@ def test_shipped_file_matches_recipe(name: str) -> None:
 
 
 def test_zoo_is_small_and_has_two_architectures() -> None:
-    assert sum(p.stat().st_size for p in ZOO_DIR.glob("*.safetensors")) < 8 * 2**20
+    assert sum(p.stat().st_size for p in ZOO_DIR.glob("*.safetensors")) < 10 * 2**20
     assert max(p.stat().st_size for p in ZOO_DIR.glob("*.safetensors")) < 2 * 2**20
     assert len({e.config.arch for e in ZOO.values()}) >= 2
     attacks = {(e.config.train_attack, e.config.label) for e in ZOO.values()}

@@ -52,7 +52,7 @@ ZOO: dict[str, ZooEntry] = {
 }
 # Label leaking (Kurakin et al. 2017, sec. 4.1) in the setting Madry et al. (2018, sec. 4) report it: FGSM on true
 # labels at a fixed 0.3 px (76.5/255), no random start, half of each minibatch adversarial with lambda 1, on the
-# 60,000 Fashion-MNIST training images at 28 px (docs/leak.md); the control crafts with predicted labels.
+# 60,000 Fashion-MNIST training images at 28 px (docs/leak.md); the controls craft with predicted labels and step l.l.
 LEAK_RECIPE = TrainConfig(arch="test_resnet", data="fashion-mnist", image_size=28, epochs=5, train_attack="fgsm",
                           label="true", adv_fraction=0.5, lam=1.0, eps_max=76.5, eps_dist="fixed")
 ZOO.update({
@@ -60,6 +60,8 @@ ZOO.update({
                                     "FGSM, true labels, fixed 0.3 px: leaks labels"),
     "fm-resnet-fgsm-pred": ZooEntry("fm-resnet-fgsm-pred", replace(LEAK_RECIPE, label="predicted"),
                                     "FGSM, predicted labels, fixed 0.3 px (the control)"),
+    "fm-resnet-stepll": ZooEntry("fm-resnet-stepll", replace(LEAK_RECIPE, train_attack="step_ll"),
+                                 "step l.l., fixed 0.3 px (the paper's cure)"),
 })
 DEFAULT = ("effnet-base", "effnet-stepll")  # what `robench eval` evaluates with no model given
 
