@@ -78,12 +78,22 @@ def leak_command(specs: tuple[str, ...], models: tuple[str, ...], eps_text: str 
     from robench.render.tables import leak_table
     from robench.results.write import write_results
     from robench.run.evaluate import EvalConfig
-    from robench.run.leak import DEFAULT_MODELS, LEAK, LeakConfig, default_eps, leak_suite, run_leak_check
+    from robench.run.leak import (
+        DEFAULT_MODELS,
+        LEAK,
+        LeakConfig,
+        default_eps,
+        leak_suite,
+        run_leak_check,
+        untested_training_eps,
+    )
 
     check_plot(plot)
     check_outputs([*(p for o in outs for p in results_paths("--out", o)), ("--plot", plot)],
                   run_inputs(specs + models, classes=run.get("classes"), data=run.get("data")))
     eps = parse_eps_list(eps_text, unit=eps_unit) if eps_text is not None else default_eps(specs + models)
+    for note in untested_training_eps(specs + models, eps):
+        say(note)
     suite = leak_suite(eps)
     eval_cfg = EvalConfig((specs + models) or DEFAULT_MODELS, run_spec(suite=suite, **run), resume)
     cfg = LeakConfig(eval=eval_cfg, alpha=alpha, margin=margin)

@@ -133,7 +133,7 @@ def test_mean_and_std_are_shown_as_typed(args: list[str], shown: str) -> None:
 
 def test_leak_check_eps_default_reads_as_a_list() -> None:
     text = " ".join(invoke("leak-check", "--help").stdout.split())
-    assert "Default: 2,4,8,16." in text and "(2,4,8,16)" not in text
+    assert "Default: 2,4,8,16 and the eps each model" in text and "(2,4,8,16)" not in text
 
 
 @pytest.mark.parametrize("group", [[], ["zoo"], ["baseline"]])

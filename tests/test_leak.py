@@ -210,6 +210,14 @@ def test_default_eps_add_each_models_training_eps(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     assert json.loads((tmp_path / "r.json").read_text())["config"]["eval"]["suite"]["attacks"][0]["eps"] == [
         2.0, 4.0, 8.0, 16.0, 76.5]
+    assert "trained at eps" not in r.stderr
+    r = CliRunner().invoke(main, ["leak-check", f"fx={ckpt}", str(plain), "--eps", "8", "--limit", "8"])
+    assert r.exit_code == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert said.count("trained at eps") == 1, said  # the plain model was not adversarially trained
+    assert ("model 'fx' was adversarially trained at eps up to 76.5/255 (its checkpoint says), which is not "
+            "among the eps checked; a model leaks at the eps it was trained at: add 76.5 to --eps, or leave --eps "
+            "out") in said
 
 
 def test_cli_fail_on_leak_exits_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from robench.core.distributed import LOCAL, Dist
 from robench.core.fields import Rule, check
 from robench.core.stats import PairedDiff, holm, paired
 from robench.engine import Outcomes, Progress, Status
+from robench.errors import FieldNote
 from robench.results import samples
 from robench.results.provenance import plain_config
 from robench.run.evaluate import EvalConfig, run_eval
@@ -76,6 +77,26 @@ def default_eps(specs: tuple[str, ...]) -> tuple[float, ...]:
         if trained is not None and trained not in eps:
             eps.append(trained)
     return tuple(eps)
+
+
+def untested_training_eps(specs: tuple[str, ...], eps: tuple[float, ...]) -> list[FieldNote]:
+    """A note for each model whose training eps (its checkpoint's recipe) is not among ``eps`` (1/255 units).
+
+    A model trained at 0.3 px and checked only at 8 and 16 gets OK while it leaks at 76.5 (docs/leak.md).
+    Raises RobenchError for a spec whose checkpoint cannot be read.
+    """
+    from robench.models.load import checkpoint_training_eps
+    from robench.run.runspec import parse_specs
+
+    notes = []
+    for spec in parse_specs(specs or DEFAULT_MODELS):
+        trained = checkpoint_training_eps(spec)
+        if trained is not None and not any(abs(trained - e) < 1e-9 for e in eps):
+            notes.append(FieldNote(f"model '{spec.label}' was adversarially trained at eps up to {trained:g}/255 "
+                                   f"(its checkpoint says), which is not among the eps checked; a model leaks at "
+                                   f"the eps it was trained at: add {trained:g} to {{eps}}, or leave {{eps}} out",
+                                   "eps"))
+    return notes
 
 
 def leak_suite(eps: tuple[float, ...]) -> Suite:
