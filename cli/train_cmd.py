@@ -139,6 +139,8 @@ def train_command(out: Path, quiet: bool, device: str, threads: int | None, **op
     shares = [f"{100 * meta[key]:.1f} % {what}" for key, what in (("train_accuracy", "clean"),
                                                                    ("train_adv_accuracy", "adversarial"))
               if meta.get(key) is not None]
+    if "train_accuracy" not in meta:
+        shares[-1] += " (no clean examples)"
     console(err=True).print(
         f"wrote {out}: train accuracy {', '.join(shares)}, "
         f"test accuracy {100 * meta['val_accuracy']:.1f} % after {done} epoch{'' if done == 1 else 's'}"

@@ -717,6 +717,11 @@ def test_mnist_needs_its_folder(tmp_path: Path) -> None:
         open_source("mnist")
     with pytest.raises(RobenchError, match=r"MNIST file t10k-images-idx3-ubyte\[.gz\] not found in .*; give the"):
         open_source(f"mnist:{tmp_path}")
+    with pytest.raises(RobenchError, match=r"^MNIST: folder .*nope not found; give the folder holding the IDX files"):
+        open_source(f"mnist:{tmp_path / 'nope'}")
+    _write_fashion(tmp_path, IMAGES, LABELS, gz=True)  # the test split only, as ../shared/data/mnist-test-1k
+    with pytest.raises(RobenchError, match=r"the folder holds the test split \(t10k-\*\) but not the training split"):
+        open_source(f"mnist:{tmp_path}", "train")
 
 
 def test_content_hashes_tell_same_named_folders_apart(twin_folders: tuple[Path, Path]) -> None:

@@ -275,6 +275,25 @@ def test_cli_train_writes_checkpoint(tmp_path: Path) -> None:
     assert result.stderr.rstrip().endswith(" after 1 epoch"), result.stderr  # not "1 epochs"
 
 
+@pytest.mark.parametrize(("option", "value"), [("--adv-fraction", "0"), ("--lam", "0")])
+def test_cli_train_says_when_no_adversarial_example_counts(tmp_path: Path, option: str, value: str) -> None:
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--train-attack", "fgsm", option, value, "--epochs", "1", "--limit",
+                                       "64", "--image-size", "16", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"{option} 0 leaves no adversarial example in the loss: this trains plainly, though the checkpoint " \
+           f"records fgsm training" in said
+
+
+def test_cli_train_all_adversarial_says_there_were_no_clean_examples(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--train-attack", "fgsm", "--adv-fraction", "1", "--epochs", "1",
+                                       "--limit", "64", "--image-size", "16", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert " % adversarial (no clean examples), test accuracy " in " ".join(result.stderr.split())
+
+
 def test_cli_trains_on_the_train_split_of_mnist_format_files(tmp_path: Path) -> None:
     """mnist:DIR trains on train-* and scores on t10k-*; the issue-30 recipe (fixed eps 0.3 px) is recorded."""
     import numpy as np

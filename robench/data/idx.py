@@ -59,9 +59,25 @@ def _find_idx(root: Path, stem: str, name: str) -> Path:
     for candidate in (root / stem, root / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    hint = "install the Debian package dataset-fashion-mnist or give the folder as fashion-mnist:DIR" \
-        if name == "Fashion-MNIST" else "give the folder holding the IDX files as mnist:DIR"
-    raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; {hint}")
+    split, other, prefix = ("training", "test", "t10k") if stem.startswith("train") else ("test", "training", "train")
+    if not root.is_dir():
+        where = f"{root} is not a folder" if root.exists() else f"folder {root} not found"
+        if name != "Fashion-MNIST":
+            raise RobenchError(f"{name}: {where}; give the folder holding the IDX files (MNIST-format files such "
+                               f"as {stem}.gz) as mnist:DIR")
+        if root == FASHION_MNIST_DIR:
+            raise RobenchError(f"{name}: {where}; install the Debian package dataset-fashion-mnist, or give the "
+                               f"folder of its IDX files as fashion-mnist:DIR")
+        raise RobenchError(f"{name}: {where}; give the folder of its IDX files as fashion-mnist:DIR (the Debian "
+                           f"package dataset-fashion-mnist installs them in {FASHION_MNIST_DIR})")
+    if any(root.glob(f"{prefix}-*-idx*-ubyte*")):
+        raise RobenchError(f"{name} file {stem}[.gz] not found in {root}: the folder holds the {other} split "
+                           f"({prefix}-*) but not the {split} split; add the {split} split's IDX files to it")
+    if root == FASHION_MNIST_DIR:
+        raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; install the Debian package "
+                           f"dataset-fashion-mnist, or give the folder of the IDX files as fashion-mnist:DIR")
+    raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; give the folder holding the MNIST-format IDX "
+                       f"files (train-* and t10k-* images and labels)")
 
 
 def load_idx_source(root: Path, name: str, classes: Sequence[str], split: str = "test", limit: int | None = None,

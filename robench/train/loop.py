@@ -353,6 +353,10 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None, dist: D
     note = channel_note(cfg.arch, input_cfg.channels, source)
     if note and warn is not None and dist.is_main:
         warn(note)
+    if cfg.train_attack != "none" and (cfg.adv_fraction == 0 or cfg.lam == 0) and warn is not None and dist.is_main:
+        field = "adv_fraction" if cfg.adv_fraction == 0 else "lam"
+        warn(FieldNote(f"{{{field}}} 0 leaves no adversarial example in the loss: this trains plainly, though the "
+                       f"checkpoint records {cfg.train_attack} training", field))
     net = data_parallel(model.to(dist.device), dist)
     _seed_rank(cfg.seed, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
