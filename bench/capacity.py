@@ -109,13 +109,14 @@ def table(correct: dict, settings: list, archs: list[str], only: str | None = No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=tuple(SIZES), default="digits")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--data", choices=tuple(SIZES), default="digits", help="training and test data")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
+    parser.add_argument("--archs", default=",".join(ARCHS), help=f"timm archs, comma-separated (default "
+                                                                  f"{','.join(ARCHS)})")
     parser.add_argument("--limit", type=int, help="test images for the paper's attacks (default: all)")
     parser.add_argument("--worst-limit", type=int, default=200, help="test images for the worst case (0: none)")
     parser.add_argument("--worst-suite", default="autoattack-fast", help="suite whose worst case is reported")
-    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--retrain", action="store_true", help="train even when a checkpoint exists")
     parser.add_argument("--train-only", action="store_true", help="train what is missing, evaluate nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ Everything runs on one CPU thread, as the pages say.
 
 Fast blocks (the CI test runs them, about a minute on one thread): ``eval-default`` and
 ``eval-finding`` (``robench eval``), ``leak-zoo`` (``robench leak-check``),
-``leak-fashion-mnist`` (``robench leak-check`` on the zoo's Fashion-MNIST pair, 2,000 images,
+``leak-fashion-mnist`` (``robench leak-check`` on the zoo's three Fashion-MNIST models, 2,000 images,
 about 40 s; skipped, and said, where the Debian package dataset-fashion-mnist is missing) and
 ``transfer-fgsm16`` (fgsm at eps 16 of the documented ``robench transfer-matrix`` on four zoo
 models; per-sample outcomes do not depend on the other attacks or eps, so only that part
