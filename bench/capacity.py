@@ -60,7 +60,7 @@ def checkpoint(arch: str, attack: str, data: str, epochs: int, retrain: bool) ->
     if arch == "test_resnet" and data == "digits" and epochs == EPOCHS:
         return ZOO["resnet-base" if attack == "none" else "resnet-stepll"].path
     path = OUT / f"{data}-{arch}-{attack}-e{epochs}.safetensors"
-    if path.is_file() and not retrain:
+    if path.with_suffix(".json").is_file() and not retrain:  # written when training ends: the file is whole
         return path
     OUT.mkdir(exist_ok=True)
     start = time.perf_counter()
