@@ -60,23 +60,27 @@ COLUMNS = ["model", "eps", "clean_top1", "fgsm_true_top1", "fgsm_predicted_top1"
            *(f"{g}{s}" for g in GAPS for s in ("", "_low", "_high", "_p", "_significant")), "n", "verdict"]
 
 
-def default_eps(specs: tuple[str, ...]) -> tuple[float, ...]:
-    """DEFAULT_EPS, then each model's training eps (its checkpoint's recipe) that the list lacks, in 1/255 units.
+def training_eps(specs: tuple[str, ...]) -> dict[str, float]:
+    """Each model's training eps (1/255; its checkpoint's recipe ``eps_max``), by label; models without one left out.
 
-    A model leaks at the eps it was trained at: FGSM training on true labels at a fixed 0.3 px
-    (76.5/255) leaks there and not at 8/255 (docs/leak.md), so a default of small eps alone
-    would call it OK. ``specs`` are model specs (empty: the default models).
-    Raises RobenchError for a spec whose checkpoint cannot be read.
+    ``specs`` are model specs (empty: the default models). Raises RobenchError for a spec whose
+    checkpoint cannot be read.
     """
     from robench.models.load import checkpoint_training_eps
     from robench.run.runspec import parse_specs
 
-    eps = [float(e) for e in DEFAULT_EPS]
-    for spec in parse_specs(specs or DEFAULT_MODELS):
-        trained = checkpoint_training_eps(spec)
-        if trained is not None and trained not in eps:
-            eps.append(trained)
-    return tuple(eps)
+    found = {spec.label: checkpoint_training_eps(spec) for spec in parse_specs(specs or DEFAULT_MODELS)}
+    return {label: eps for label, eps in found.items() if eps is not None}
+
+
+def default_eps(specs: tuple[str, ...]) -> tuple[float, ...]:
+    """DEFAULT_EPS, then each model's training eps that the list lacks, in 1/255 units.
+
+    A model leaks at the eps it was trained at: FGSM training on true labels at a fixed 0.3 px
+    (76.5/255) leaks there and not at 8/255 (docs/leak.md), so a default of small eps alone
+    would call it OK. Raises RobenchError for a spec whose checkpoint cannot be read.
+    """
+    return tuple(dict.fromkeys([*(float(e) for e in DEFAULT_EPS), *training_eps(specs).values()]))
 
 
 def untested_training_eps(specs: tuple[str, ...], eps: tuple[float, ...]) -> list[FieldNote]:
@@ -85,18 +89,10 @@ def untested_training_eps(specs: tuple[str, ...], eps: tuple[float, ...]) -> lis
     A model trained at 0.3 px and checked only at 8 and 16 gets OK while it leaks at 76.5 (docs/leak.md).
     Raises RobenchError for a spec whose checkpoint cannot be read.
     """
-    from robench.models.load import checkpoint_training_eps
-    from robench.run.runspec import parse_specs
-
-    notes = []
-    for spec in parse_specs(specs or DEFAULT_MODELS):
-        trained = checkpoint_training_eps(spec)
-        if trained is not None and not any(abs(trained - e) < 1e-9 for e in eps):
-            notes.append(FieldNote(f"model '{spec.label}' was adversarially trained at eps up to {trained:g}/255 "
-                                   f"(its checkpoint says), which is not among the eps checked; a model leaks at "
-                                   f"the eps it was trained at: add {trained:g} to {{eps}}, or leave {{eps}} out",
-                                   "eps"))
-    return notes
+    return [FieldNote(f"model '{label}' was adversarially trained at eps up to {trained:g}/255 (its checkpoint "
+                      f"says), which is not among the eps checked; a model leaks at the eps it was trained at: add "
+                      f"{trained:g} to {{eps}}, or leave {{eps}} out", "eps")
+            for label, trained in training_eps(specs).items() if not any(abs(trained - e) < 1e-9 for e in eps)]
 
 
 def leak_suite(eps: tuple[float, ...]) -> Suite:
