@@ -195,15 +195,18 @@ def test_cli_zoo_models_pass_and_write_results(tmp_path: Path) -> None:
 
 def test_default_eps_add_each_models_training_eps(tmp_path: Path) -> None:
     """Trained at a fixed 0.3 px, a model leaks at 76.5/255: the default list gains it; the zoo's (16) adds nothing."""
+    from safetensors.torch import load_file, save_file
+
+    from robench.models.checkpoint import read_metadata
     from robench.models.recipe import TrainConfig
     from robench.train.loop import train
 
     ckpt = tmp_path / "fixed.safetensors"
     train(TrainConfig(arch="test_efficientnet", train_attack="fgsm", eps_max=76.5, eps_dist="fixed", epochs=1,
                       limit=64, image_size=16), ckpt)
-    plain = tmp_path / "plain.safetensors"
-    train(TrainConfig(arch="test_efficientnet", train_attack="none", eps_max=40, epochs=1, limit=64, image_size=16),
-          plain)
+    plain = tmp_path / "plain.safetensors"  # plain training records eps_max 40 but no adversarial attack
+    save_file(load_file(str(ckpt)), str(plain), metadata={"robench": json.dumps(
+        {**read_metadata(ckpt), "recipe": {**read_metadata(ckpt)["recipe"], "attack": "none", "eps_max": 40}})})
     assert leak.default_eps(()) == (2.0, 4.0, 8.0, 16.0)  # the zoo's defaults: trained up to 16/255
     assert leak.default_eps((str(ckpt), f"again={ckpt}", str(plain), "resnet18")) == (2.0, 4.0, 8.0, 16.0, 76.5)
     r = CliRunner().invoke(main, ["leak-check", str(ckpt), "--limit", "8", "-o", str(tmp_path / "r.json")])

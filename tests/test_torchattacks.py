@@ -461,6 +461,7 @@ def _cut_suite_worst(name: str, eps: float, n: int):
 
 
 @pytest.mark.slow
+@pytest.mark.reference  # 24 s; test_autoattack_frozen keeps the cascade's rows in the default run
 def test_autoattack_worst_is_at_most_torchattacks_autoattack_plus_one_point(one_thread) -> None:
     # the step l.l.-trained zoo model keeps about 3/4 of the digits at eps 16, so there is something to
     # compare (the baseline falls to 0% under either); the first 180 test images keep it near 30 s
