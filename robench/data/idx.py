@@ -61,23 +61,23 @@ def _find_idx(root: Path, stem: str, name: str) -> Path:
             return candidate
     split, other, prefix = ("training", "test", "t10k") if stem.startswith("train") else ("test", "training", "train")
     if not root.is_dir():
-        where = f"{root} is not a folder" if root.exists() else f"folder {root} not found"
-        if name != "Fashion-MNIST":
-            raise RobenchError(f"{name}: {where}; give the folder holding the IDX files (MNIST-format files such "
-                               f"as {stem}.gz) as mnist:DIR")
-        if root == FASHION_MNIST_DIR:
-            raise RobenchError(f"{name}: {where}; install the Debian package dataset-fashion-mnist, or give the "
-                               f"folder of its IDX files as fashion-mnist:DIR")
-        raise RobenchError(f"{name}: {where}; give the folder of its IDX files as fashion-mnist:DIR (the Debian "
-                           f"package dataset-fashion-mnist installs them in {FASHION_MNIST_DIR})")
+        problem = f"{root} is not a folder" if root.exists() else f"folder {root} not found"
+        raise RobenchError(f"{name}: {problem}; {_idx_hint(root, name)}")
     if any(root.glob(f"{prefix}-*-idx*-ubyte*")):
         raise RobenchError(f"{name} file {stem}[.gz] not found in {root}: the folder holds the {other} split "
                            f"({prefix}-*) but not the {split} split; add the {split} split's IDX files to it")
+    raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; {_idx_hint(root, name)}")
+
+
+def _idx_hint(root: Path, name: str) -> str:
+    """Where the IDX files come from: the Debian package for Fashion-MNIST's own folder, else a folder to give."""
+    if name != "Fashion-MNIST":
+        return "give the folder holding the IDX files (MNIST-format train-* and t10k-* images and labels) as mnist:DIR"
     if root == FASHION_MNIST_DIR:
-        raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; install the Debian package "
-                           f"dataset-fashion-mnist, or give the folder of the IDX files as fashion-mnist:DIR")
-    raise RobenchError(f"{name} file {stem}[.gz] not found in {root}; give the folder holding the MNIST-format IDX "
-                       f"files (train-* and t10k-* images and labels)")
+        return ("install the Debian package dataset-fashion-mnist, or give the folder of its IDX files as "
+                "fashion-mnist:DIR")
+    return (f"give the folder of its IDX files as fashion-mnist:DIR (the Debian package dataset-fashion-mnist "
+            f"installs them in {FASHION_MNIST_DIR})")
 
 
 def load_idx_source(root: Path, name: str, classes: Sequence[str], split: str = "test", limit: int | None = None,
