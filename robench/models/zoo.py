@@ -1,8 +1,8 @@
 """The built-in zoo: tiny timm models trained by robench itself, shipped in the package.
 
 Every command has real subjects offline: baselines and adversarially trained models of
-two architectures on digits, and on Fashion-MNIST a model that leaks labels beside its
-control (these two need the Debian package dataset-fashion-mnist to evaluate). This module
+two architectures on digits, and on Fashion-MNIST a model that leaks labels beside its two
+controls (these three need the Debian package dataset-fashion-mnist to evaluate). This module
 is the list (names, files, recipes as plain data), which every ``zoo:NAME`` spec reads;
 ``python -m robench.train.zoo_build`` retrains them.
 """
